@@ -1,0 +1,127 @@
+//! `/api/v1/backup/…`: create, list, show and delete snapshots; stats.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ErrorBody};
+use crate::catalog::{Origin, Snapshot};
+use crate::jobs::JobInfo;
+use crate::manager::{BackupManager, Stats};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BackupParams {
+    /// `true` (default): answer when the backup is done. `false`: answer 202 with the job
+    /// at once and follow it at `/api/v1/jobs/{job_id}`.
+    pub wait: Option<bool>,
+    /// A note stored with the snapshot.
+    pub note: Option<String>,
+}
+
+/// Body of a finished backup (the seed's shape).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BackupCreated {
+    pub message: String,
+    pub snapshot_id: String,
+    pub snapshot: Snapshot,
+}
+
+/// Turns a malformed query string into our 400 body instead of axum's plain text.
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "Invalid query", e.body_text()))
+}
+
+/// Snapshot an app's data.
+#[utoipa::path(post, path = "/api/v1/backup/{app_id}", tag = "backup",
+    params(("app_id" = String, Path, description = "Compose project name"), BackupParams),
+    responses(
+        (status = 200, description = "Backup created successfully", body = BackupCreated),
+        (status = 202, description = "Backup started (wait=false)", body = JobInfo),
+        (status = 400, body = ErrorBody), (status = 404, description = "Application not found", body = ErrorBody),
+        (status = 409, description = "A backup or restore of this app is running", body = ErrorBody),
+        (status = 507, description = "No space on the backup filesystem", body = ErrorBody),
+    ))]
+pub async fn create(
+    State(manager): State<Arc<BackupManager>>,
+    Path(app_id): Path<String>,
+    params: Result<Query<BackupParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(params)?;
+    let started = manager
+        .start_backup(&app_id, Origin::Manual, params.note)
+        .await?;
+    if params.wait == Some(false) {
+        return Ok((StatusCode::ACCEPTED, Json(started.job.info())).into_response());
+    }
+    let outcome = started.done.await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Backup failed",
+            e.to_string(),
+        )
+    })?;
+    let snapshot = outcome.map_err(|e| ApiError::from(e.as_ref()))?;
+    Ok(Json(BackupCreated {
+        message: "Backup created successfully".into(),
+        snapshot_id: snapshot.snapshot_id.clone(),
+        snapshot,
+    })
+    .into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only this app's snapshots.
+    pub app_id: Option<String>,
+}
+
+/// List snapshots, newest first.
+#[utoipa::path(get, path = "/api/v1/backup/snapshots", tag = "backup", params(ListParams),
+    responses((status = 200, body = Vec<Snapshot>), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    State(manager): State<Arc<BackupManager>>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Vec<Snapshot>>, ApiError> {
+    let params = query(params)?;
+    Ok(Json(manager.list(params.app_id.as_deref())?))
+}
+
+/// One snapshot.
+#[utoipa::path(get, path = "/api/v1/backup/snapshots/{snapshot_id}", tag = "backup",
+    params(("snapshot_id" = String, Path)),
+    responses((status = 200, body = Snapshot), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(manager): State<Arc<BackupManager>>,
+    Path(snapshot_id): Path<String>,
+) -> Result<Json<Snapshot>, ApiError> {
+    Ok(Json(manager.get(&snapshot_id)?))
+}
+
+/// Delete a snapshot and free its space.
+#[utoipa::path(delete, path = "/api/v1/backup/snapshots/{snapshot_id}", tag = "backup",
+    params(("snapshot_id" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 500, description = "The file could not be removed; still listed", body = ErrorBody)))]
+pub async fn delete(
+    State(manager): State<Arc<BackupManager>>,
+    Path(snapshot_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    manager.delete(&snapshot_id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Space used per app and in total, and what is left on the backup filesystem.
+#[utoipa::path(get, path = "/api/v1/backup/stats", tag = "backup",
+    responses((status = 200, body = Stats), (status = 500, body = ErrorBody)))]
+pub async fn stats(State(manager): State<Arc<BackupManager>>) -> Result<Json<Stats>, ApiError> {
+    Ok(Json(manager.stats()?))
+}

@@ -1,0 +1,100 @@
+//! The one mapping from errors to HTTP: every failure leaves the API as a status and the
+//! body `{"message": "...", "details": "..."}` — `message` is short and stable (panels
+//! match on it), `details` says what exactly went wrong.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::docker::DockerError;
+use crate::manager::ManagerError;
+
+/// The JSON body of every error response (and of a failed job).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub message: String,
+    pub details: String,
+}
+
+/// An error on its way out of a handler.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: &str, details: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody {
+                message: message.into(),
+                details: details.into(),
+            },
+        }
+    }
+}
+
+/// Status and stable message of each manager error.
+fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
+    use ManagerError::*;
+    match e {
+        InvalidId(_) => (StatusCode::BAD_REQUEST, "Invalid identifier"),
+        AppNotFound(_) => (StatusCode::NOT_FOUND, "Application not found"),
+        SnapshotNotFound(_) => (StatusCode::NOT_FOUND, "Snapshot not found"),
+        Busy { .. } => (
+            StatusCode::CONFLICT,
+            "Another backup or restore of this application is running",
+        ),
+        NoSpace(_) => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            "Insufficient storage for the backup",
+        ),
+        Docker(DockerError::Hook { .. }) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "Backup hook failed")
+        }
+        Docker(_) => (StatusCode::BAD_GATEWAY, "Docker engine error"),
+        Archive(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Archive error"),
+        Catalog(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Catalog error"),
+        Delete { .. } => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Snapshot could not be deleted",
+        ),
+        RootInUse(_) => (StatusCode::SERVICE_UNAVAILABLE, "Backup root in use"),
+        Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "Storage error"),
+    }
+}
+
+impl From<&ManagerError> for ErrorBody {
+    fn from(e: &ManagerError) -> Self {
+        ErrorBody {
+            message: classify(e).1.into(),
+            details: e.to_string(),
+        }
+    }
+}
+
+impl From<&ManagerError> for ApiError {
+    fn from(e: &ManagerError) -> Self {
+        ApiError {
+            status: classify(e).0,
+            body: e.into(),
+        }
+    }
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
+        (&e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, "{}: {}", self.body.message, self.body.details);
+        }
+        (self.status, Json(self.body)).into_response()
+    }
+}

@@ -1,0 +1,166 @@
+//! The REST API (axum). [`router`] builds the whole app once; `main` serves it and the
+//! tests drive it with `oneshot` as well as over a real socket.
+//!
+//! - [`backup`] — `/api/v1/backup/…` (the seed routes: create, list, delete; plus show, stats)
+//! - [`jobs`] — `/api/v1/jobs/…` (progress of long operations, SSE)
+//! - [`error`] — the single error → HTTP mapping
+//! - here: auth, `/healthz`, OpenAPI + docs page
+
+pub mod backup;
+pub mod error;
+pub mod jobs;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::manager::BackupManager;
+use error::ApiError;
+
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "appsnap",
+        description = "Backup and restore for the data of Docker compose apps. \
+        Every error is `{\"message\", \"details\"}`; send the key in `x-api-key` when one is configured."
+    ),
+    paths(
+        backup::create,
+        backup::list,
+        backup::show,
+        backup::delete,
+        backup::stats,
+        jobs::list,
+        jobs::show,
+        jobs::events,
+        healthz
+    ),
+    components(schemas(
+        error::ErrorBody,
+        crate::catalog::Snapshot,
+        crate::docker::Mount,
+        crate::catalog::Origin,
+        crate::jobs::JobInfo,
+        crate::jobs::JobState,
+        crate::manager::Stats,
+        crate::manager::AppStats,
+        backup::BackupCreated
+    ))
+)]
+pub struct ApiDoc;
+
+/// The whole HTTP app.
+pub fn router(manager: Arc<BackupManager>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/backup/snapshots", get(backup::list))
+        .route(
+            "/api/v1/backup/snapshots/{snapshot_id}",
+            get(backup::show).delete(backup::delete),
+        )
+        .route("/api/v1/backup/stats", get(backup::stats))
+        .route("/api/v1/backup/{app_id}", post(backup::create))
+        .route("/api/v1/jobs", get(jobs::list))
+        .route("/api/v1/jobs/{job_id}", get(jobs::show))
+        .route("/api/v1/jobs/{job_id}/events", get(jobs::events))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&manager),
+            require_key,
+        ))
+        .with_state(Arc::clone(&manager));
+    // Health and docs stay open: they reveal nothing about the data.
+    Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(manager)
+        .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", ApiDoc::openapi()))
+        .merge(api)
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "no such route; see /docs",
+            )
+        })
+}
+
+/// `x-api-key` must match when a key is configured. Both sides are hashed first, so the
+/// constant-time compare does not leak the key's length either.
+async fn require_key(
+    State(manager): State<Arc<BackupManager>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(expected) = &manager.config().api_key {
+        let given = request
+            .headers()
+            .get(API_KEY_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let ok: bool = Sha256::digest(given)
+            .ct_eq(&Sha256::digest(expected.as_bytes()))
+            .into();
+        if !ok {
+            let details = if given.is_empty() {
+                "the x-api-key header is missing"
+            } else {
+                "the x-api-key header is wrong"
+            };
+            return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", details)
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Liveness, plus whether Docker answers.
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "Service and Docker are up"), (status = 503, body = error::ErrorBody)))]
+pub async fn healthz(State(manager): State<Arc<BackupManager>>) -> Response {
+    match manager.docker().ping().await {
+        Ok(()) => Json(serde_json::json!({"status": "ok", "docker": "ok"})).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Docker engine unreachable",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}
+
+/// Serves the API on `manager.config().listen` until `shutdown` resolves, then waits for
+/// running backups to finish (so no app is left stopped) before returning.
+pub async fn serve(
+    manager: Arc<BackupManager>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listen = manager.config().listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+    tracing::info!(
+        "appsnap listening on http://{} (backups in {}, auth {})",
+        listener.local_addr()?,
+        manager.config().backup_root.display(),
+        if manager.config().api_key.is_some() {
+            "on"
+        } else {
+            "off: loopback only"
+        }
+    );
+    axum::serve(listener, router(Arc::clone(&manager)))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("shutting down: waiting for running backups to finish");
+    manager.idle().await;
+    Ok(())
+}

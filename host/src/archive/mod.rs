@@ -1,0 +1,210 @@
+//! The snapshot archive: a standard `.tar.gz` that `tar -xzf` opens anywhere.
+//!
+//! Layout: a first entry `appsnap.json` (the snapshot's own metadata, so the catalog can be
+//! rebuilt from the archives alone), then one folder per source: `volumes/<name>/…`,
+//! `binds/<escaped host path>/…`, `project/…` (see [`crate::docker`]).
+//!
+//! - [`gzip`]: parallel, independent gzip members; stores incompressible blocks.
+//! - [`tar_format`]: header encoding (GNU long names, PAX xattrs, GNU sparse).
+//! - [`walk`]: the filesystem walk that feeds the tar stream into the gzip pipeline.
+
+pub mod gzip;
+pub mod tar_format;
+pub mod walk;
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the metadata entry, always the archive's first.
+pub const METADATA_ENTRY: &str = "appsnap.json";
+/// A metadata entry larger than this is not ours.
+const METADATA_MAX: u64 = 16 << 20;
+
+/// Errors of writing and reading archives.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// Writing the archive failed (disk full, I/O error).
+    #[error("cannot write the archive: {0}")]
+    Output(#[source] io::Error),
+    /// Reading an existing archive failed.
+    #[error("cannot read archive {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The archive is readable but is not an appsnap snapshot.
+    #[error("{path} is not an appsnap snapshot: {reason}")]
+    NotASnapshot { path: PathBuf, reason: String },
+}
+
+impl ArchiveError {
+    /// True when the cause is a full disk or an exhausted quota (HTTP 507).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            ArchiveError::Output(e) => is_no_space(e),
+            _ => false,
+        }
+    }
+}
+
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+/// One tree to archive: the host path and the folder it becomes in the archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Source {
+    pub archive_dir: String,
+    pub path: PathBuf,
+}
+
+/// How to compress.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// libdeflate level 0–12; 6 matches gzip's default ratio at about 3× its speed.
+    pub level: u32,
+    /// Compression threads (default: every core).
+    pub threads: usize,
+    /// Bytes of tar stream per unit of parallel work.
+    pub chunk_size: usize,
+    /// Directories never entered (the backup root).
+    pub skip_dirs: Vec<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            level: 6,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            chunk_size: 1 << 20,
+            skip_dirs: Vec::new(),
+        }
+    }
+}
+
+/// What writing an archive produced.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub sha256: String,
+    pub compressed_bytes: u64,
+    pub tar_bytes: u64,
+    pub entries: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Writes the archive for `sources` into `out` (blocking; run it off the async runtime).
+/// `progress` is called with the bytes of tar stream produced so far. The caller owns
+/// fsync and rename: this only writes and flushes.
+pub fn write(
+    out: File,
+    metadata_json: &[u8],
+    sources: &[Source],
+    opts: &Options,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Summary, File), ArchiveError> {
+    let gz = gzip::ParallelGzip::new(out, opts.level, opts.threads, opts.chunk_size);
+    let mut sink = walk::ChunkSink::new(gz, progress);
+    let skip = opts
+        .skip_dirs
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    let mut walker = walk::Walker::new(&mut sink, skip);
+    let now = chrono::Utc::now().timestamp();
+    let mut result = walker.add_bytes(METADATA_ENTRY, metadata_json, now);
+    for source in sources {
+        if result.is_err() {
+            break;
+        }
+        result = walker.add_source(&source.archive_dir, &source.path);
+    }
+    let (entries, mut warnings, dropped) = (
+        walker.entries,
+        std::mem::take(&mut walker.warnings),
+        walker.dropped_warnings,
+    );
+    if result.is_ok() {
+        result = sink.write(&tar_format::END);
+    }
+    if dropped > 0 {
+        warnings.push(format!("… and {dropped} more warnings (see the log)"));
+    }
+    let tar_bytes = sink.bytes;
+    // A broken pipeline has its cause in the writer: `finish` returns it.
+    let (written, file) = sink.finish().map_err(ArchiveError::Output)?;
+    if result.is_err() {
+        return Err(ArchiveError::Output(io::Error::other(
+            "the archive pipeline stopped early",
+        )));
+    }
+    Ok((
+        Summary {
+            sha256: hex(&written.sha256),
+            compressed_bytes: written.compressed_bytes,
+            tar_bytes,
+            entries,
+            warnings,
+        },
+        file,
+    ))
+}
+
+/// Bytes of file data `write` will read for `sources` (allocated size for sparse files),
+/// from a metadata-only walk: the denominator of progress.
+pub fn estimate(sources: &[Source]) -> u64 {
+    fn walk(path: &Path) -> u64 {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return 0;
+        };
+        if meta.is_dir() {
+            let Ok(rd) = fs::read_dir(path) else {
+                return 512;
+            };
+            512 + rd.flatten().map(|e| walk(&e.path())).sum::<u64>()
+        } else if meta.is_file() {
+            512 + meta.len().min(meta.blocks() * 512)
+        } else {
+            512
+        }
+    }
+    sources.iter().map(|s| walk(&s.path)).sum()
+}
+
+/// Reads the metadata entry of an archive (the first entry), inflating only its start.
+pub fn read_metadata(path: &Path) -> Result<Vec<u8>, ArchiveError> {
+    let read_err = |source| ArchiveError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let not_ours = |reason: &str| ArchiveError::NotASnapshot {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let file = File::open(path).map_err(read_err)?;
+    let gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
+    let mut archive = tar::Archive::new(gz);
+    let mut entries = archive.entries().map_err(read_err)?;
+    let mut first = match entries.next() {
+        Some(entry) => entry.map_err(|e| not_ours(&e.to_string()))?,
+        None => return Err(not_ours("empty archive")),
+    };
+    if first.path_bytes().as_ref() != METADATA_ENTRY.as_bytes() {
+        return Err(not_ours("first entry is not appsnap.json"));
+    }
+    if first.size() > METADATA_MAX {
+        return Err(not_ours("metadata entry too large"));
+    }
+    let mut data = Vec::new();
+    first.read_to_end(&mut data).map_err(read_err)?;
+    Ok(data)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,432 @@
+//! The producer: walks each source (a volume's `_data`, a bind-mount source, the compose
+//! project dir) and emits its tar stream into the gzip pipeline, reading file data straight
+//! into the pipeline's chunk buffers.
+//!
+//! The walk never follows a symlink (everything is `lstat`ed, files are opened with
+//! `O_NOFOLLOW`), and a file that changes under it is a warning, not a failure: a live app
+//! may always move a file between `readdir` and `open`.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use nix::unistd::{Whence, lseek};
+
+use super::gzip::{ParallelGzip, Slot};
+use super::tar_format::{EntryMeta, Kind, header_blocks, padding};
+
+/// At most this many warnings are kept word for word; the rest are counted.
+const MAX_WARNINGS: usize = 100;
+
+/// The pipeline broke down (the output failed); the real error comes from `finish`.
+#[derive(Debug)]
+pub struct Broken;
+
+/// The tar stream's end of the pipeline: a current chunk being filled.
+pub struct ChunkSink<'p, W> {
+    gz: ParallelGzip<W>,
+    slot: Option<Slot>,
+    /// Bytes of tar stream produced so far.
+    pub bytes: u64,
+    progress: &'p (dyn Fn(u64) + Sync),
+}
+
+impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
+    pub fn new(gz: ParallelGzip<W>, progress: &'p (dyn Fn(u64) + Sync)) -> Self {
+        ChunkSink {
+            gz,
+            slot: None,
+            bytes: 0,
+            progress,
+        }
+    }
+
+    fn current(&mut self) -> Result<&mut Slot, Broken> {
+        if self.slot.is_none() {
+            self.slot = Some(self.gz.take().ok_or(Broken)?);
+        }
+        Ok(self.slot.as_mut().expect("just filled"))
+    }
+
+    fn flush_if_full(&mut self) -> Result<(), Broken> {
+        let full = self
+            .slot
+            .as_ref()
+            .is_some_and(|s| s.raw.len() >= self.gz.chunk_size);
+        if full {
+            let slot = self.slot.take().expect("checked");
+            if !self.gz.submit(slot) {
+                return Err(Broken);
+            }
+            (self.progress)(self.bytes);
+        }
+        Ok(())
+    }
+
+    pub fn write(&mut self, mut data: &[u8]) -> Result<(), Broken> {
+        let chunk = self.gz.chunk_size;
+        while !data.is_empty() {
+            let slot = self.current()?;
+            let n = (chunk - slot.raw.len()).min(data.len());
+            slot.raw.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            self.bytes += n as u64;
+            self.flush_if_full()?;
+        }
+        Ok(())
+    }
+
+    pub fn zeros(&mut self, n: usize) -> Result<(), Broken> {
+        self.write(&vec![0; n])
+    }
+
+    /// Copies `len` bytes of `file` from `offset` straight into chunk buffers. Returns how
+    /// many bytes the file really had (less when it shrank meanwhile).
+    fn copy_from(
+        &mut self,
+        file: &File,
+        mut offset: u64,
+        len: u64,
+    ) -> Result<io::Result<u64>, Broken> {
+        let chunk = self.gz.chunk_size;
+        let mut left = len;
+        while left > 0 {
+            let slot = self.current()?;
+            let start = slot.raw.len();
+            let want = ((chunk - start) as u64).min(left) as usize;
+            slot.raw.resize(start + want, 0);
+            let read = loop {
+                match file.read_at(&mut slot.raw[start..], offset) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            let n = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    slot.raw.truncate(start);
+                    return Ok(Err(e));
+                }
+            };
+            slot.raw.truncate(start + n);
+            self.bytes += n as u64;
+            offset += n as u64;
+            left -= n as u64;
+            self.flush_if_full()?;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(Ok(len - left))
+    }
+
+    /// Submits the last partial chunk and waits for the pipeline to drain.
+    pub fn finish(mut self) -> io::Result<(super::gzip::Written, W)> {
+        if let Some(slot) = self.slot.take()
+            && !slot.raw.is_empty()
+        {
+            self.gz.submit(slot);
+        }
+        (self.progress)(self.bytes);
+        self.gz.finish()
+    }
+}
+
+/// Walks sources into a [`ChunkSink`], keeping hard-link identities and warnings.
+pub struct Walker<'s, 'p, W> {
+    pub sink: &'s mut ChunkSink<'p, W>,
+    /// `(dev, ino)` → archive path of the first name of a multiply-linked file, per source.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    /// Directories never to enter, by `(dev, ino)`: the backup root itself, so that an app
+    /// that bind-mounts a parent of it does not back up its own backups.
+    skip_dirs: Vec<(u64, u64)>,
+    pub entries: u64,
+    pub warnings: Vec<String>,
+    pub dropped_warnings: u64,
+}
+
+impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
+    pub fn new(sink: &'s mut ChunkSink<'p, W>, skip_dirs: Vec<(u64, u64)>) -> Self {
+        Walker {
+            sink,
+            links: HashMap::new(),
+            skip_dirs,
+            entries: 0,
+            warnings: Vec::new(),
+            dropped_warnings: 0,
+        }
+    }
+
+    pub fn warn(&mut self, message: String) {
+        tracing::warn!("{message}");
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(message);
+        } else {
+            self.dropped_warnings += 1;
+        }
+    }
+
+    /// Adds one whole source under `prefix` (e.g. `volumes/db`). A source may be a
+    /// directory or a single file (a bind-mounted config file).
+    pub fn add_source(&mut self, prefix: &str, path: &Path) -> Result<(), Broken> {
+        self.links.clear();
+        match fs::symlink_metadata(path) {
+            Ok(meta) => self.add(path, prefix.as_bytes().to_vec(), meta),
+            Err(e) => {
+                self.warn(format!("source {} skipped: {e}", path.display()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds an in-memory regular file (the metadata entry).
+    pub fn add_bytes(&mut self, name: &str, data: &[u8], mtime: i64) -> Result<(), Broken> {
+        let meta = EntryMeta {
+            mode: 0o644,
+            mtime,
+            size: data.len() as u64,
+            ..EntryMeta::default()
+        };
+        self.sink.write(&header_blocks(name.as_bytes(), &meta))?;
+        self.sink.write(data)?;
+        self.sink.zeros(padding(data.len() as u64))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn add(&mut self, path: &Path, name: Vec<u8>, meta: Metadata) -> Result<(), Broken> {
+        let ft = meta.file_type();
+        let mut entry = EntryMeta {
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid() as u64,
+            gid: meta.gid() as u64,
+            mtime: meta.mtime(),
+            ..EntryMeta::default()
+        };
+        if ft.is_socket() {
+            self.warn(format!(
+                "{} skipped: a socket cannot be archived (the app recreates it)",
+                path.display()
+            ));
+            return Ok(());
+        }
+        entry.xattrs = self.xattrs(path);
+        if ft.is_dir() {
+            entry.kind = Kind::Dir;
+            self.sink.write(&header_blocks(&name, &entry))?;
+            self.entries += 1;
+            return self.add_children(path, &name, &meta);
+        }
+        if ft.is_symlink() {
+            entry.kind = Kind::Symlink;
+            match fs::read_link(path) {
+                Ok(target) => entry.link = target.as_os_str().as_bytes().to_vec(),
+                Err(e) => {
+                    self.warn(format!("{} skipped: {e}", path.display()));
+                    return Ok(());
+                }
+            }
+        } else if ft.is_fifo() {
+            entry.kind = Kind::Fifo;
+        } else if ft.is_char_device() || ft.is_block_device() {
+            entry.kind = if ft.is_char_device() {
+                Kind::CharDevice
+            } else {
+                Kind::BlockDevice
+            };
+            let rdev = meta.rdev();
+            entry.device = (libc::major(rdev), libc::minor(rdev));
+        } else if ft.is_file() {
+            if meta.nlink() > 1 {
+                let key = (meta.dev(), meta.ino());
+                if let Some(first) = self.links.get(&key) {
+                    entry.kind = Kind::HardLink;
+                    entry.link = first.clone();
+                    entry.xattrs.clear();
+                    self.sink.write(&header_blocks(&name, &entry))?;
+                    self.entries += 1;
+                    return Ok(());
+                }
+                self.links.insert(key, name.clone());
+            }
+            return self.add_file(path, &name, entry);
+        }
+        self.sink.write(&header_blocks(&name, &entry))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn add_children(&mut self, dir: &Path, name: &[u8], meta: &Metadata) -> Result<(), Broken> {
+        if self.skip_dirs.contains(&(meta.dev(), meta.ino())) {
+            self.warn(format!(
+                "{} not entered: it is appsnap's backup root",
+                dir.display()
+            ));
+            return Ok(());
+        }
+        let mut children: Vec<_> = match fs::read_dir(dir) {
+            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
+            Err(e) => {
+                self.warn(format!("{}: cannot list: {e}", dir.display()));
+                return Ok(());
+            }
+        };
+        children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for child in children {
+            let path = dir.join(&child);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.warn(format!("{} vanished during the backup", path.display()));
+                    continue;
+                }
+                Err(e) => {
+                    self.warn(format!("{} skipped: {e}", path.display()));
+                    continue;
+                }
+            };
+            self.add(&path, child_name(name, &child), meta)?;
+        }
+        Ok(())
+    }
+
+    fn add_file(&mut self, path: &Path, name: &[u8], mut entry: EntryMeta) -> Result<(), Broken> {
+        let file = match open_nofollow(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.warn(format!("{} vanished during the backup", path.display()));
+                return Ok(());
+            }
+            Err(e) => {
+                self.warn(format!("{} skipped: {e}", path.display()));
+                return Ok(());
+            }
+        };
+        // Sizes come from the open file, not the earlier lstat, to narrow the race.
+        let meta = match file.metadata() {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => {
+                self.warn(format!("{} changed type during the backup", path.display()));
+                return Ok(());
+            }
+            Err(e) => {
+                self.warn(format!("{} skipped: {e}", path.display()));
+                return Ok(());
+            }
+        };
+        let size = meta.len();
+        let segments = if meta.blocks() * 512 < size {
+            data_segments(&file, size)
+        } else {
+            None
+        };
+        entry.size = match &segments {
+            Some(segs) => segs.iter().map(|s| s.1).sum(),
+            None => size,
+        };
+        if let Some(segs) = segments {
+            entry.sparse = Some((size, segs));
+        }
+        entry.kind = Kind::File;
+        self.sink.write(&header_blocks(name, &entry))?;
+        self.entries += 1;
+        let ranges = match &entry.sparse {
+            Some((_, segs)) => segs.clone(),
+            None => vec![(0, size)],
+        };
+        let mut short = false;
+        for (offset, len) in ranges {
+            match self.sink.copy_from(&file, offset, len)? {
+                Ok(n) if n == len => {}
+                Ok(n) => {
+                    short = true;
+                    self.sink.zeros((len - n) as usize)?;
+                }
+                Err(e) => {
+                    self.warn(format!(
+                        "{}: read error, rest stored as zeros: {e}",
+                        path.display()
+                    ));
+                    // The header promised `len` bytes; keep the archive well-formed.
+                    self.sink.zeros(len as usize)?;
+                    short = false;
+                }
+            }
+        }
+        if short {
+            self.warn(format!(
+                "{} shrank while being read; the missing end is stored as zeros",
+                path.display()
+            ));
+        }
+        self.sink.zeros(padding(entry.size))
+    }
+
+    fn xattrs(&mut self, path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let names = match xattr::list(path) {
+            Ok(names) => names,
+            // Filesystems without xattr support answer ENOTSUP: nothing to keep.
+            Err(_) => return Vec::new(),
+        };
+        let mut out = Vec::new();
+        for key in names {
+            if let Ok(Some(value)) = xattr::get(path, &key) {
+                out.push((key.as_bytes().to_vec(), value));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn child_name(parent: &[u8], child: &OsStr) -> Vec<u8> {
+    let mut name = parent.to_vec();
+    name.push(b'/');
+    name.extend_from_slice(child.as_bytes());
+    name
+}
+
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    let open = |flags| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | flags)
+            .open(path)
+    };
+    // O_NOATIME keeps a backup from touching every file's atime; it needs ownership or
+    // CAP_FOWNER, so fall back without it.
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
+}
+
+/// The data segments of a file with holes, from `SEEK_DATA`/`SEEK_HOLE`, so that a 100 MiB
+/// file holding 5 bytes is read as 4 KiB. `None` when the file has no hole after all or
+/// the filesystem cannot say.
+fn data_segments(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
+    use std::os::fd::AsFd;
+    let fd = file.as_fd();
+    let mut segments = Vec::new();
+    let mut pos: i64 = 0;
+    while (pos as u64) < size {
+        let start = match lseek(fd, pos, Whence::SeekData) {
+            Ok(s) => s,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole remains
+            Err(_) => return None,
+        };
+        let end = lseek(fd, start, Whence::SeekHole).ok()?.min(size as i64);
+        if end > start {
+            segments.push((start as u64, (end - start) as u64));
+        }
+        pos = end;
+    }
+    if segments.len() == 1 && segments[0] == (0, size) {
+        return None;
+    }
+    Some(segments)
+}

@@ -1,0 +1,330 @@
+//! The catalog: every snapshot's metadata in `{backup_root}/snapshots.json`.
+//!
+//! The file is a cache of what the archives say about themselves: it is written
+//! atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves the old
+//! or the new version and never half of one, and it can always be rebuilt from the
+//! archives' first entries (`appsnap reindex`). At start-up it is reconciled with the disk:
+//! entries whose archive is gone are dropped, archives it does not know are added.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::archive;
+use crate::docker::Mount;
+
+pub const CATALOG_FILE: &str = "snapshots.json";
+pub const ARCHIVE_SUFFIX: &str = ".tar.gz";
+/// In-progress archives: `.{snapshot_id}.tar.gz.partial`, removed at start-up.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Errors of the snapshot catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The catalog file could not be written; the previous version is still in place.
+    #[error("cannot write the catalog {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The backup root could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why a snapshot was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    Manual,
+    Scheduled,
+    PreRestore,
+    Imported,
+}
+
+/// A snapshot as listed by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Snapshot {
+    pub snapshot_id: String,
+    pub app_id: String,
+    /// RFC 3339, UTC.
+    pub created_at: DateTime<Utc>,
+    /// Size of the archive file.
+    pub size_bytes: u64,
+    pub file_path: String,
+    /// sha256 of the whole archive file, hex.
+    pub sha256: String,
+    pub mounts: Vec<Mount>,
+    pub origin: Origin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub pinned: bool,
+    /// Files skipped or changed while archiving (empty for a clean snapshot).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// What every archive says about itself in its first entry, `appsnap.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchiveMeta {
+    /// Format of this entry and of the archive's layout.
+    pub format: u32,
+    pub appsnap_version: String,
+    pub snapshot_id: String,
+    pub app_id: String,
+    pub created_at: DateTime<Utc>,
+    pub mounts: Vec<Mount>,
+    pub origin: Origin,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+pub struct Catalog {
+    root: PathBuf,
+    /// By snapshot id. Ids start with their creation time, so this is also time order.
+    snapshots: BTreeMap<String, Snapshot>,
+}
+
+impl Catalog {
+    /// Loads the catalog and reconciles it with the archives on disk. A corrupt catalog
+    /// file is kept aside (`snapshots.json.corrupt`) and rebuilt from the archives.
+    pub fn open(root: &Path) -> Result<Catalog, CatalogError> {
+        let path = root.join(CATALOG_FILE);
+        let snapshots = match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<Snapshot>>(&bytes) {
+                Ok(list) => list
+                    .into_iter()
+                    .map(|s| (s.snapshot_id.clone(), s))
+                    .collect(),
+                Err(e) => {
+                    let aside = root.join(format!("{CATALOG_FILE}.corrupt"));
+                    tracing::error!(
+                        "catalog {} is corrupt ({e}); kept as {} and rebuilt from the archives",
+                        path.display(),
+                        aside.display()
+                    );
+                    let _ = fs::rename(&path, &aside);
+                    BTreeMap::new()
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => return Err(CatalogError::Read { path, source }),
+        };
+        let mut catalog = Catalog {
+            root: root.to_path_buf(),
+            snapshots,
+        };
+        if catalog.reconcile()? {
+            catalog.save()?;
+        }
+        Ok(catalog)
+    }
+
+    /// Drops entries whose archive is gone and adds archives the catalog lacks. Returns
+    /// whether anything changed.
+    pub fn reconcile(&mut self) -> Result<bool, CatalogError> {
+        let mut changed = false;
+        self.snapshots.retain(|id, s| {
+            let exists = Path::new(&s.file_path).is_file();
+            if !exists {
+                tracing::warn!(
+                    "snapshot {id}: archive {} is gone; dropped from the catalog",
+                    s.file_path
+                );
+                changed = true;
+            }
+            exists
+        });
+        for path in self.archives_on_disk()? {
+            let known = self
+                .snapshots
+                .values()
+                .any(|s| Path::new(&s.file_path) == path);
+            if known {
+                continue;
+            }
+            match snapshot_from_archive(&path) {
+                Ok(s) => {
+                    tracing::info!(
+                        "snapshot {}: found on disk, added to the catalog",
+                        s.snapshot_id
+                    );
+                    self.snapshots.insert(s.snapshot_id.clone(), s);
+                    changed = true;
+                }
+                Err(e) => tracing::warn!("{} ignored: {e}", path.display()),
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Forgets everything and reads every archive's metadata again.
+    pub fn rebuild(&mut self) -> Result<usize, CatalogError> {
+        self.snapshots.clear();
+        self.reconcile()?;
+        self.save()?;
+        Ok(self.snapshots.len())
+    }
+
+    /// `{root}/{app}/{snapshot}.tar.gz` for every app folder.
+    fn archives_on_disk(&self) -> Result<Vec<PathBuf>, CatalogError> {
+        let mut out = Vec::new();
+        let read = |path: &Path| {
+            fs::read_dir(path).map_err(|source| CatalogError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        for app in read(&self.root)?.flatten() {
+            let name = app.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || !app.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            for file in read(&app.path())?.flatten() {
+                let fname = file.file_name();
+                let fname = fname.to_string_lossy();
+                if !fname.starts_with('.') && fname.ends_with(ARCHIVE_SUFFIX) {
+                    out.push(file.path());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the whole catalog atomically.
+    pub fn save(&self) -> Result<(), CatalogError> {
+        let path = self.root.join(CATALOG_FILE);
+        let list: Vec<&Snapshot> = self.snapshots.values().collect();
+        let bytes = serde_json::to_vec_pretty(&list).expect("snapshots serialize");
+        write_atomic(&path, &bytes).map_err(|source| CatalogError::Write { path, source })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Snapshot> {
+        self.snapshots.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Snapshot> {
+        self.snapshots.get_mut(id)
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.snapshots.contains_key(id)
+    }
+
+    pub fn insert(&mut self, s: Snapshot) {
+        self.snapshots.insert(s.snapshot_id.clone(), s);
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Snapshot> {
+        self.snapshots.remove(id)
+    }
+
+    /// Newest first, optionally of one app.
+    pub fn list(&self, app_id: Option<&str>) -> Vec<&Snapshot> {
+        let mut list: Vec<&Snapshot> = self
+            .snapshots
+            .values()
+            .filter(|s| app_id.is_none_or(|a| s.app_id == a))
+            .collect();
+        list.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| b.snapshot_id.cmp(&a.snapshot_id))
+        });
+        list
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Snapshot> {
+        self.snapshots.values()
+    }
+}
+
+/// A catalog entry from an archive alone: metadata from its first entry, size and
+/// checksum from the file (which costs one full read).
+pub fn snapshot_from_archive(path: &Path) -> Result<Snapshot, archive::ArchiveError> {
+    let bytes = archive::read_metadata(path)?;
+    let meta: ArchiveMeta =
+        serde_json::from_slice(&bytes).map_err(|e| archive::ArchiveError::NotASnapshot {
+            path: path.to_path_buf(),
+            reason: format!("bad appsnap.json: {e}"),
+        })?;
+    let read_err = |source| archive::ArchiveError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let expected = format!("{}{ARCHIVE_SUFFIX}", meta.snapshot_id);
+    if path.file_name().and_then(|n| n.to_str()) != Some(expected.as_str())
+        || path
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            != Some(meta.app_id.as_str())
+    {
+        return Err(archive::ArchiveError::NotASnapshot {
+            path: path.to_path_buf(),
+            reason: format!("its metadata names {}/{expected}", meta.app_id),
+        });
+    }
+    let (sha256, size_bytes) = sha256_file(path).map_err(read_err)?;
+    Ok(Snapshot {
+        snapshot_id: meta.snapshot_id,
+        app_id: meta.app_id,
+        created_at: meta.created_at,
+        size_bytes,
+        file_path: path.to_string_lossy().into_owned(),
+        sha256,
+        mounts: meta.mounts,
+        origin: meta.origin,
+        note: meta.note,
+        pinned: false,
+        warnings: Vec::new(),
+    })
+}
+
+pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut file = File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((archive::hex(&hash.finalize()), total))
+}
+
+/// temp + fsync + rename + fsync(dir): readers see the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}

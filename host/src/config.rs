@@ -1,0 +1,198 @@
+//! Configuration: a TOML file, overridden by `APPSNAP_*` environment variables, overridden
+//! by command-line flags (clap resolves the last two; see `main.rs`).
+//!
+//! Every default is the safe one: loopback only, consistent (stopping) backups, no
+//! automatic deletion of snapshots.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of loading and checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for appsnap.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range or unsafe.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the REST API. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Where archives and the catalog live. Default `/var/websoft9/backups`.
+    pub backup_root: PathBuf,
+    /// Value the `x-api-key` header must carry. Unset: no auth, and loopback only.
+    pub api_key: Option<String>,
+    /// tracing filter, e.g. `info` or `appsnap=debug`.
+    pub log: String,
+    /// Deflate level 0–12 (0 = store). Default 6, gzip's ratio.
+    pub compression_level: u32,
+    /// Compression threads; 0 = one per core.
+    pub threads: usize,
+    /// Keep at most this many snapshots per app (oldest unpinned deleted after a backup);
+    /// 0 = keep all (default: appsnap never deletes data unless asked).
+    pub max_snapshots_per_app: usize,
+    /// Seconds Docker waits for a container to stop before killing it.
+    pub stop_timeout_secs: u32,
+    /// Where the Docker host's filesystem is visible (`/` on the host; e.g. `/host` when
+    /// appsnap runs in a container with the host's root mounted there).
+    pub host_root: PathBuf,
+    /// Per-app settings, by app id.
+    pub apps: HashMap<String, AppConfig>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppConfig {
+    pub mode: BackupMode,
+}
+
+/// How an app's data is made consistent for the archive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMode {
+    /// Stop the app's running containers for the archive, start them right after.
+    #[default]
+    Stop,
+    /// Archive while the app runs (pair with `appsnap.pre-backup` hooks for databases).
+    Live,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            backup_root: PathBuf::from("/var/websoft9/backups"),
+            api_key: None,
+            log: "info".into(),
+            compression_level: 6,
+            threads: 0,
+            max_snapshots_per_app: 0,
+            stop_timeout_secs: 30,
+            host_root: PathBuf::from("/"),
+            apps: HashMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The file's settings over the defaults; no file means defaults.
+    pub fn from_file(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// Refuses settings that would be unsafe or cannot work.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.compression_level > 12 {
+            return Err(ConfigError::Invalid(format!(
+                "compression_level {} is out of range 0–12",
+                self.compression_level
+            )));
+        }
+        if !self.backup_root.is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "backup_root {} must be an absolute path",
+                self.backup_root.display()
+            )));
+        }
+        if self.api_key.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::Invalid("api_key is set but empty".into()));
+        }
+        for id in self.apps.keys() {
+            crate::ids::validate("app id", id).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Serving beyond loopback without a key would hand everyone's data to the network.
+    pub fn check_listen(&self) -> Result<(), ConfigError> {
+        if self.api_key.is_none() && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to listen on {} without an API key: set APPSNAP_API_KEY \
+                 (or api_key in the config file), or listen on 127.0.0.1",
+                self.listen
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn mode_for(&self, app_id: &str) -> BackupMode {
+        self.apps.get(app_id).map(|a| a.mode).unwrap_or_default()
+    }
+
+    pub fn threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = Config::default();
+        c.check().unwrap();
+        c.check_listen().unwrap();
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.max_snapshots_per_app, 0);
+        assert_eq!(c.mode_for("any"), BackupMode::Stop);
+    }
+
+    #[test]
+    fn refuses_public_listen_without_key() {
+        let mut c = Config {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..Config::default()
+        };
+        assert!(
+            c.check_listen()
+                .unwrap_err()
+                .to_string()
+                .contains("APPSNAP_API_KEY")
+        );
+        c.api_key = Some("k".into());
+        c.check_listen().unwrap();
+    }
+
+    #[test]
+    fn file_sets_per_app_mode_and_rejects_unknown_keys() {
+        let c: Config =
+            toml::from_str("compression_level = 3\n[apps.wordpress_x]\nmode = \"live\"\n").unwrap();
+        assert_eq!(c.mode_for("wordpress_x"), BackupMode::Live);
+        assert_eq!(c.compression_level, 3);
+        assert!(toml::from_str::<Config>("compresion_level = 3").is_err());
+    }
+}

@@ -1,0 +1,89 @@
+//! App and snapshot identifiers: the only user input that ever becomes part of a path.
+//!
+//! Both are checked here, once, at the edge: 1–128 bytes of `[A-Za-z0-9_.-]`, not starting
+//! with a dot. That excludes `/`, `..`, NUL and hidden names (appsnap's own temp files and
+//! state start with a dot), so an id can never name a path outside the backup root.
+
+use chrono::{DateTime, Utc};
+
+pub const MAX_LEN: usize = 128;
+
+/// Errors of identifier validation: the {kind} `{value}` is refused because {reason}.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {kind} `{value}`: {reason}")]
+pub struct IdError {
+    pub kind: &'static str,
+    pub value: String,
+    pub reason: &'static str,
+}
+
+/// Checks an app id (a compose project name) or snapshot id.
+pub fn validate(kind: &'static str, value: &str) -> Result<(), IdError> {
+    let fail = |reason| {
+        Err(IdError {
+            kind,
+            // Cut and escape what is echoed back: it may be hostile.
+            value: value
+                .chars()
+                .take(MAX_LEN)
+                .collect::<String>()
+                .escape_default()
+                .to_string(),
+            reason,
+        })
+    };
+    if value.is_empty() {
+        return fail("it is empty");
+    }
+    if value.len() > MAX_LEN {
+        return fail("it is longer than 128 bytes");
+    }
+    if value.starts_with('.') {
+        return fail("it starts with a dot");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return fail("only letters, digits, `_`, `.` and `-` are allowed");
+    }
+    Ok(())
+}
+
+/// A new snapshot id: `snapshot_<UTC time>_<4 hex>`. Ids sort by time to the second; the
+/// suffix separates snapshots made in the same second (uniqueness is checked by the caller).
+pub fn new_snapshot_id(now: DateTime<Utc>) -> String {
+    format!(
+        "snapshot_{}_{:04x}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u16>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_websoft9_ids_and_generated_ids() {
+        for ok in [
+            "wordpress_bl0zt",
+            "gitea",
+            "a.b-c_d",
+            &new_snapshot_id(Utc::now()),
+        ] {
+            assert_eq!(validate("app id", ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_anything_that_could_be_a_path() {
+        let long = "a".repeat(129);
+        for bad in [
+            "", "..", ".", ".hidden", "a/b", "../x", "a\0b", "a b", "é", "a\\b", &long,
+        ] {
+            assert!(validate("app id", bad).is_err(), "{bad:?} must be refused");
+        }
+        assert!(validate("app id", &"a".repeat(128)).is_ok());
+    }
+}

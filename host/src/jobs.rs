@@ -1,0 +1,168 @@
+//! Jobs: long operations (backups, later restores) with observable progress.
+//!
+//! Every backup runs as a job, whether the client waits for it (`wait=true`, the default,
+//! answered when the job ends) or not (`wait=false`, answered at once with 202 and the
+//! job). Progress lives in a `watch` channel: the blocking archive thread publishes, and
+//! any number of pollers and SSE streams read the latest value without queueing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// Finished jobs remembered for `GET /api/v1/jobs/{id}`.
+const KEEP_FINISHED: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobInfo {
+    pub job_id: String,
+    /// `backup` (later: `restore`).
+    pub kind: String,
+    pub app_id: String,
+    pub state: JobState,
+    /// What the job is doing now, e.g. `stopping containers`, `archiving`.
+    pub step: String,
+    pub bytes_done: u64,
+    /// Estimated from a metadata walk before archiving; 0 until known.
+    pub bytes_total: u64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The snapshot, for a successful backup.
+    #[schema(value_type = Object)]
+    pub result: Option<serde_json::Value>,
+    /// `{"message","details"}` of a failed job.
+    #[schema(value_type = Object)]
+    pub error: Option<serde_json::Value>,
+}
+
+/// The handle a running operation reports through.
+#[derive(Clone)]
+pub struct Job {
+    tx: Arc<watch::Sender<JobInfo>>,
+}
+
+impl Job {
+    pub fn id(&self) -> String {
+        self.tx.borrow().job_id.clone()
+    }
+
+    pub fn info(&self) -> JobInfo {
+        self.tx.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<JobInfo> {
+        self.tx.subscribe()
+    }
+
+    pub fn step(&self, step: &str) {
+        self.tx.send_modify(|j| j.step = step.to_string());
+    }
+
+    pub fn total(&self, bytes: u64) {
+        self.tx.send_modify(|j| j.bytes_total = bytes);
+    }
+
+    /// Callable from any thread (the archive writer's).
+    pub fn progress(&self, bytes: u64) {
+        self.tx.send_modify(|j| {
+            j.bytes_done = bytes;
+            // The estimate may fall short when files grow while being read.
+            j.bytes_total = j.bytes_total.max(bytes);
+        });
+    }
+
+    pub fn succeed(&self, result: serde_json::Value) {
+        self.tx.send_modify(|j| {
+            j.state = JobState::Succeeded;
+            j.step = "done".into();
+            j.finished_at = Some(Utc::now());
+            j.result = Some(result);
+        });
+    }
+
+    pub fn fail(&self, error: serde_json::Value) {
+        self.tx.send_modify(|j| {
+            j.state = JobState::Failed;
+            j.finished_at = Some(Utc::now());
+            j.error = Some(error);
+        });
+    }
+}
+
+/// All jobs of this process (they do not survive a restart; snapshots do).
+#[derive(Default)]
+pub struct Jobs {
+    inner: Mutex<JobsInner>,
+}
+
+#[derive(Default)]
+struct JobsInner {
+    by_id: HashMap<String, Job>,
+    order: VecDeque<String>,
+}
+
+impl Jobs {
+    pub fn create(&self, kind: &str, app_id: &str) -> Job {
+        let id = format!(
+            "job_{}_{:08x}",
+            Utc::now().format("%Y%m%dT%H%M%SZ"),
+            rand::random::<u32>()
+        );
+        let (tx, _) = watch::channel(JobInfo {
+            job_id: id.clone(),
+            kind: kind.into(),
+            app_id: app_id.into(),
+            state: JobState::Running,
+            step: "starting".into(),
+            bytes_done: 0,
+            bytes_total: 0,
+            started_at: Utc::now(),
+            finished_at: None,
+            result: None,
+            error: None,
+        });
+        let job = Job { tx: Arc::new(tx) };
+        let mut inner = self.inner.lock().expect("jobs lock");
+        inner.by_id.insert(id.clone(), job.clone());
+        inner.order.push_back(id);
+        // Forget the oldest finished jobs beyond the limit; running ones always stay.
+        while inner.order.len() > KEEP_FINISHED {
+            let Some(pos) = inner
+                .order
+                .iter()
+                .position(|id| inner.by_id[id].info().state != JobState::Running)
+            else {
+                break;
+            };
+            let old = inner.order.remove(pos).expect("position is valid");
+            inner.by_id.remove(&old);
+        }
+        job
+    }
+
+    pub fn get(&self, id: &str) -> Option<Job> {
+        self.inner.lock().expect("jobs lock").by_id.get(id).cloned()
+    }
+
+    /// Newest first.
+    pub fn list(&self) -> Vec<JobInfo> {
+        let inner = self.inner.lock().expect("jobs lock");
+        inner
+            .order
+            .iter()
+            .rev()
+            .map(|id| inner.by_id[id].info())
+            .collect()
+    }
+}

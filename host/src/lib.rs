@@ -1,0 +1,24 @@
+//! appsnap: backup and restore for the data of self-hosted Docker compose apps.
+//!
+//! Map of the modules, from the outside in:
+//! - [`api`]: the axum REST API — routes, auth, the one error → HTTP mapping, OpenAPI.
+//! - [`manager`]: `BackupManager`, the only place that creates, lists and deletes
+//!   snapshots: per-app locks, stop/start around the archive, crash journal.
+//! - [`jobs`]: long operations with progress (polled or streamed as SSE).
+//! - [`docker`]: apps are compose projects; finds their mounts, stops/starts containers,
+//!   runs hooks (bollard).
+//! - [`archive`]: the `.tar.gz` itself — filesystem walk, tar headers, parallel gzip.
+//! - [`catalog`]: `snapshots.json`, written atomically, rebuildable from the archives.
+//! - [`config`]: TOML file < `APPSNAP_*` environment < flags, with safe defaults.
+//! - [`ids`]: validation of the ids that reach the filesystem.
+//!
+//! `main.rs` is a thin CLI over these (`serve`, `backup`, `list`, `delete`, `reindex`).
+
+pub mod api;
+pub mod archive;
+pub mod catalog;
+pub mod config;
+pub mod docker;
+pub mod ids;
+pub mod jobs;
+pub mod manager;

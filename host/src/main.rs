@@ -1,0 +1,196 @@
+//! The `appsnap` binary: a thin CLI over the library. `serve` runs the REST API; the other
+//! verbs drive the same `BackupManager` for operators without the API (they refuse to run
+//! while a service uses the same backup root).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use appsnap::catalog::Origin;
+use appsnap::config::Config;
+use appsnap::manager::BackupManager;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "appsnap",
+    version,
+    about = "Backup and restore for Docker compose apps"
+)]
+struct Cli {
+    /// TOML config file (settings below override it).
+    #[arg(long, global = true, env = "APPSNAP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where archives and the catalog live [default: /var/websoft9/backups].
+    #[arg(long, global = true, env = "APPSNAP_BACKUP_ROOT")]
+    backup_root: Option<PathBuf>,
+    /// Log filter (tracing syntax) [default: info].
+    #[arg(long, global = true, env = "APPSNAP_LOG")]
+    log: Option<String>,
+    /// Deflate level 0–12 [default: 6].
+    #[arg(long, global = true, env = "APPSNAP_COMPRESSION_LEVEL")]
+    compression_level: Option<u32>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the REST API.
+    Serve {
+        /// Listen address [default: 127.0.0.1:8080].
+        #[arg(long, env = "APPSNAP_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Required x-api-key; without it appsnap only listens on loopback.
+        #[arg(long, env = "APPSNAP_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+    },
+    /// Snapshot an app now.
+    Backup {
+        app_id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List snapshots, newest first.
+    List {
+        #[arg(long)]
+        app: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot.
+    Delete { snapshot_id: String },
+    /// Rebuild the catalog from the archives on disk.
+    Reindex,
+    /// Archive directories into a .tar.gz (no Docker; used by the benchmark).
+    #[command(hide = true)]
+    Pack {
+        #[arg(short, long)]
+        output: PathBuf,
+        dirs: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("appsnap: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("appsnap: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
+    let mut config = Config::from_file(cli.config.as_deref())?;
+    if let Some(v) = &cli.backup_root {
+        config.backup_root = v.clone();
+    }
+    if let Some(v) = &cli.log {
+        config.log = v.clone();
+    }
+    if let Some(v) = cli.compression_level {
+        config.compression_level = v;
+    }
+    if let Command::Serve { listen, api_key } = &cli.command {
+        if let Some(v) = listen {
+            config.listen = *v;
+        }
+        if let Some(v) = api_key {
+            config.api_key = Some(v.clone());
+        }
+        config.check_listen()?;
+    }
+    config.check()?;
+    Ok(config)
+}
+
+async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    if let Command::Pack { output, dirs } = command {
+        return pack(&config, &output, dirs);
+    }
+    let manager = BackupManager::open(config).await?;
+    match command {
+        Command::Serve { .. } => appsnap::api::serve(manager, shutdown_signal()).await?,
+        Command::Backup { app_id, note } => {
+            let started = manager.start_backup(&app_id, Origin::Manual, note).await?;
+            let snapshot = started.done.await??;
+            println!("{}", serde_json::to_string_pretty(&snapshot)?);
+        }
+        Command::List { app, json } => {
+            let list = manager.list(app.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for s in list {
+                    println!(
+                        "{}  {:<24} {:>12}  {}",
+                        s.snapshot_id,
+                        s.app_id,
+                        s.size_bytes,
+                        s.created_at.to_rfc3339()
+                    );
+                }
+            }
+        }
+        Command::Delete { snapshot_id } => manager.delete(&snapshot_id)?,
+        Command::Reindex => println!("{} snapshots indexed", manager.reindex()?),
+        Command::Pack { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn pack(
+    config: &Config,
+    output: &std::path::Path,
+    dirs: Vec<PathBuf>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let sources: Vec<_> = dirs
+        .into_iter()
+        .enumerate()
+        .map(|(i, path)| appsnap::archive::Source {
+            archive_dir: format!("data{i}"),
+            path,
+        })
+        .collect();
+    let opts = appsnap::archive::Options {
+        level: config.compression_level,
+        threads: config.threads(),
+        ..Default::default()
+    };
+    let file = std::fs::File::create(output)?;
+    let (summary, file) = appsnap::archive::write(file, b"{}", &sources, &opts, &|_| {})?;
+    file.sync_all()?;
+    eprintln!(
+        "{} entries, {} tar bytes -> {} bytes, sha256 {}",
+        summary.entries, summary.tar_bytes, summary.compressed_bytes, summary.sha256
+    );
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,55 @@
+# Shared by scripts/serve, scripts/test and .ci/run: make a fresh Debian machine able to
+# run appsnap. Every step is idempotent, so running it on a prepared machine costs seconds.
+set -euo pipefail
+
+die() { echo "error: $*" >&2; exit 1; }
+
+need_root() {
+    [ "$(id -u)" = 0 ] || die "run as root (appsnap reads /var/lib/docker/volumes and controls Docker): sudo $0"
+}
+
+# Debian packages: Docker's engine, busybox for the test image, and the tools that the
+# tests (GNU tar, getfattr) and the benchmark (pigz, zstd) compare against.
+ensure_packages() {
+    local missing=()
+    command -v dockerd >/dev/null || missing+=(docker.io)
+    [ -x /bin/busybox ] || missing+=(busybox-static)
+    command -v pigz >/dev/null || missing+=(pigz)
+    command -v zstd >/dev/null || missing+=(zstd)
+    command -v getfattr >/dev/null || missing+=(attr)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# Start dockerd unless one answers already, and wait (bounded) until it does.
+ensure_dockerd() {
+    if docker info >/dev/null 2>&1; then return 0; fi
+    echo "starting dockerd (log: /var/log/appsnap-dockerd.log)"
+    nohup dockerd >/var/log/appsnap-dockerd.log 2>&1 &
+    for _ in $(seq 1 120); do
+        docker info >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    tail -n 30 /var/log/appsnap-dockerd.log >&2 || true
+    die "dockerd did not start within 60 s (see /var/log/appsnap-dockerd.log); install Debian's docker.io"
+}
+
+# No image registry is reachable here, so the test image is imported from busybox-static.
+ensure_test_image() {
+    docker image inspect appsnap-test/busybox:1 >/dev/null 2>&1 && return 0
+    local root
+    root=$(mktemp -d)
+    mkdir -p "$root/bin"
+    cp /bin/busybox "$root/bin/"
+    ln -s busybox "$root/bin/sh"
+    tar -C "$root" -c . | docker import - appsnap-test/busybox:1 >/dev/null
+    rm -rf "$root"
+}
+
+# The wasm target comes from rust-toolchain.toml; rustup installs it on first use.
+ensure_rust() {
+    command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+}

@@ -1,0 +1,490 @@
+//! Shared helpers: real Docker apps (compose-labelled containers, named volumes, bind
+//! mounts), a real appsnap (in-process router or the real binary), and manifests that
+//! compare trees by every attribute appsnap promises to keep.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Once};
+
+use appsnap::config::Config;
+use appsnap::manager::BackupManager;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+use tower::ServiceExt;
+
+pub const IMAGE: &str = "appsnap-test/busybox:1";
+
+/// Runs a command, panics with its output when it fails; returns stdout.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Docker must be there: a missing engine is a failure with instructions, never a skip.
+pub fn require_docker() {
+    static CHECK: Once = Once::new();
+    CHECK.call_once(|| {
+        let ok = Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "no Docker engine answers. Run the tests with `sudo scripts/test` (it installs \
+             Debian's docker.io and busybox-static and starts dockerd), or start dockerd yourself"
+        );
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "the tests must run as root: appsnap reads /var/lib/docker/volumes"
+        );
+        if Command::new("docker")
+            .args(["image", "inspect", IMAGE])
+            .output()
+            .is_ok_and(|o| !o.status.success())
+        {
+            let root = tempfile::tempdir().unwrap();
+            sh(&format!(
+                "mkdir -p {r}/bin && cp /bin/busybox {r}/bin/ && ln -s busybox {r}/bin/sh && \
+                 tar -C {r} -c . | docker import - {IMAGE}",
+                r = root.path().display()
+            ));
+        }
+    });
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:08x}", rand::random::<u32>())
+}
+
+/// A compose-like app: containers labelled with the project, a labelled named volume, a
+/// bind mount and a project working dir, removed on drop.
+pub struct TestApp {
+    pub id: String,
+    pub volume: String,
+    pub containers: Vec<String>,
+    pub tmp: tempfile::TempDir,
+}
+
+impl TestApp {
+    /// One container `web` mounting volume `<id>_data` at /data and `<tmp>/bind` at /bind,
+    /// with the given extra `docker run` arguments (labels for hooks, …).
+    pub fn new(extra: &str) -> TestApp {
+        require_docker();
+        let id = unique("t_");
+        let tmp = tempfile::tempdir().unwrap();
+        let volume = format!("{id}_data");
+        fs::create_dir_all(tmp.path().join("bind")).unwrap();
+        fs::create_dir_all(tmp.path().join("project")).unwrap();
+        fs::write(
+            tmp.path().join("project/docker-compose.yml"),
+            "services: {}\n",
+        )
+        .unwrap();
+        fs::write(tmp.path().join("project/.env"), "SECRET=1\n").unwrap();
+        sh(&format!(
+            "docker volume create --label com.docker.compose.project={id} {volume}"
+        ));
+        let mut app = TestApp {
+            id,
+            volume,
+            containers: Vec::new(),
+            tmp,
+        };
+        app.add_container("web", extra);
+        app
+    }
+
+    pub fn add_container(&mut self, name: &str, extra: &str) -> String {
+        let cname = format!("{}_{name}", self.id);
+        // `wait` lets sh act on SIGTERM at once, so stops take milliseconds.
+        let id = sh(&format!(
+            "docker run -d --name {cname} --network none \
+             --label com.docker.compose.project={id} \
+             --label com.docker.compose.project.working_dir={project} \
+             -v {vol}:/data -v {bind}:/bind {extra} {IMAGE} \
+             sh -c 'trap \"exit 0\" TERM; sleep 1000000 & wait'",
+            id = self.id,
+            project = self.project().display(),
+            vol = self.volume,
+            bind = self.bind().display(),
+        ));
+        self.containers.push(id.clone());
+        id
+    }
+
+    pub fn bind(&self) -> PathBuf {
+        self.tmp.path().join("bind")
+    }
+
+    pub fn project(&self) -> PathBuf {
+        self.tmp.path().join("project")
+    }
+
+    /// The volume's data on the host.
+    pub fn volume_path(&self) -> PathBuf {
+        PathBuf::from(sh(&format!(
+            "docker volume inspect -f '{{{{.Mountpoint}}}}' {}",
+            self.volume
+        )))
+    }
+
+    pub fn started_at(&self, container: &str) -> String {
+        sh(&format!(
+            "docker inspect -f '{{{{.State.StartedAt}}}}' {container}"
+        ))
+    }
+
+    pub fn running(&self, container: &str) -> bool {
+        sh(&format!(
+            "docker inspect -f '{{{{.State.Running}}}}' {container}"
+        )) == "true"
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = Command::new("docker").args(["rm", "-f", c]).output();
+        }
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f", &self.volume])
+            .output();
+    }
+}
+
+/// A config for tests: a private backup root, quick container stops.
+pub fn test_config(root: &Path) -> Config {
+    Config {
+        backup_root: root.to_path_buf(),
+        stop_timeout_secs: 5,
+        ..Config::default()
+    }
+}
+
+/// appsnap in-process: the real manager and router, driven with `oneshot`.
+pub struct Harness {
+    pub root: tempfile::TempDir,
+    pub manager: Arc<BackupManager>,
+    pub router: axum::Router,
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(tune: impl FnOnce(&mut Config)) -> Harness {
+        require_docker();
+        let root = tempfile::tempdir().unwrap();
+        let mut config = test_config(root.path());
+        tune(&mut config);
+        let manager = BackupManager::open(config).await.expect("open manager");
+        let router = appsnap::api::router(Arc::clone(&manager));
+        Harness {
+            root,
+            manager,
+            router,
+        }
+    }
+
+    pub async fn call(&self, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
+        self.call_with(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn call_with(&self, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&bytes).into())
+            })
+        };
+        (status, json)
+    }
+
+    /// POST a backup and insist on 200; returns the snapshot.
+    pub async fn backup(&self, app: &str) -> serde_json::Value {
+        let (status, body) = self.call("POST", &format!("/api/v1/backup/{app}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["snapshot"].clone()
+    }
+
+    /// Every file under the backup root (relative), to prove that nothing was touched.
+    pub fn files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk_names(self.root.path(), self.root.path(), &mut out);
+        out.retain(|p| !p.starts_with(".appsnap"));
+        out
+    }
+}
+
+fn walk_names(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        out.push(p.strip_prefix(base).unwrap().to_string_lossy().into());
+        if e.file_type().unwrap().is_dir() {
+            walk_names(base, &p, out);
+        }
+    }
+    out.sort();
+}
+
+/// The real binary, serving on a free loopback port. Killed on drop.
+pub struct Service {
+    pub child: Child,
+    pub addr: String,
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Service {
+    pub fn start(root: &Path, env: &[(&str, &str)]) -> Service {
+        require_docker();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_appsnap"));
+        cmd.arg("serve")
+            .env("APPSNAP_BACKUP_ROOT", root)
+            .env("APPSNAP_LISTEN", "127.0.0.1:0")
+            .env("APPSNAP_LOG", "info")
+            .env_remove("APPSNAP_API_KEY")
+            .env_remove("APPSNAP_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn appsnap");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = Arc::clone(&log);
+        // The service logs its bound address; read it instead of guessing a free port.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("appsnap did not start: {:?}", log.lock().unwrap()));
+        Service { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One path's attributes, as compared before/after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub link: Option<Vec<u8>>,
+    pub sha256: Option<String>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Inode number of the first path of a hard-link group, as a path, so groups compare.
+    pub link_group: Option<Vec<u8>>,
+}
+
+/// Every path under `dir` (relative, raw bytes) with everything appsnap keeps. Directory
+/// mtimes are left out on request: extracting into a dir updates it.
+pub fn manifest(dir: &Path, dir_mtimes: bool) -> BTreeMap<Vec<u8>, Entry> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    manifest_walk(dir, dir, dir_mtimes, &mut out, &mut inodes);
+    out
+}
+
+fn manifest_walk(
+    base: &Path,
+    path: &Path,
+    dir_mtimes: bool,
+    out: &mut BTreeMap<Vec<u8>, Entry>,
+    inodes: &mut BTreeMap<u64, Vec<u8>>,
+) {
+    let meta = fs::symlink_metadata(path).unwrap();
+    let rel = path
+        .strip_prefix(base)
+        .unwrap()
+        .as_os_str()
+        .as_bytes()
+        .to_vec();
+    let ft = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    let kind = if ft.is_dir() {
+        "dir"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_file() {
+        "file"
+    } else {
+        "other"
+    };
+    let mut xattrs: Vec<_> = xattr::list(path)
+        .map(|names| {
+            names
+                .filter_map(|n| Some((n.as_bytes().to_vec(), xattr::get(path, &n).ok()??)))
+                .collect()
+        })
+        .unwrap_or_default();
+    xattrs.sort();
+    let link_group = (ft.is_file() && meta.nlink() > 1).then(|| {
+        inodes
+            .entry(meta.ino())
+            .or_insert_with(|| rel.clone())
+            .clone()
+    });
+    out.insert(
+        rel,
+        Entry {
+            kind,
+            mode: meta.permissions().mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: if ft.is_file() { meta.len() } else { 0 },
+            mtime: if ft.is_dir() && !dir_mtimes {
+                0
+            } else {
+                meta.mtime()
+            },
+            link: ft
+                .is_symlink()
+                .then(|| fs::read_link(path).unwrap().as_os_str().as_bytes().to_vec()),
+            sha256: ft.is_file().then(|| {
+                let mut h = Sha256::new();
+                std::io::copy(&mut fs::File::open(path).unwrap(), &mut h).unwrap();
+                format!("{:x}", h.finalize())
+            }),
+            xattrs,
+            link_group,
+        },
+    );
+    if ft.is_dir() {
+        for e in fs::read_dir(path).unwrap().flatten() {
+            manifest_walk(base, &e.path(), dir_mtimes, out, inodes);
+        }
+    }
+}
+
+/// Fills `dir` with one of every kind of file appsnap must keep: owners, modes with
+/// setuid/setgid/sticky, old mtimes, symlinks (relative, absolute, dangling, to a dir),
+/// hard links, a FIFO, an empty dir, xattrs, a long name, a non-UTF-8 name, and a 100 MiB
+/// sparse file holding 5 bytes.
+pub fn fill_every_kind(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let p = |s: &str| dir.join(s);
+    fs::create_dir_all(p("sub/deeper")).unwrap();
+    fs::create_dir_all(p("empty")).unwrap();
+    fs::write(p("sub/hello.php"), "<?php echo 'hi';\n".repeat(1000)).unwrap();
+    fs::write(
+        p("random.bin"),
+        (0..300_000)
+            .map(|_| rand::random::<u8>())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    fs::write(p("owned"), "uid 1234\n").unwrap();
+    nix::unistd::chown(&p("owned"), Some(1234.into()), Some(5678.into())).unwrap();
+    fs::write(p("setuid"), "x").unwrap();
+    fs::set_permissions(p("setuid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::create_dir(p("setgid-dir")).unwrap();
+    nix::unistd::chown(&p("setgid-dir"), None, Some(33.into())).unwrap();
+    fs::set_permissions(p("setgid-dir"), fs::Permissions::from_mode(0o2775)).unwrap();
+    fs::create_dir(p("sticky")).unwrap();
+    fs::set_permissions(p("sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(p("private"), "secret").unwrap();
+    fs::set_permissions(p("private"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("sub/hello.php", p("rel-link")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", p("abs-link")).unwrap();
+    std::os::unix::fs::symlink("does/not/exist", p("dangling")).unwrap();
+    std::os::unix::fs::symlink("sub", p("dir-link")).unwrap();
+    fs::write(p("linked-a"), "same inode\n").unwrap();
+    fs::hard_link(p("linked-a"), p("sub/linked-b")).unwrap();
+    nix::unistd::mkfifo(&p("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    fs::write(p("with-xattr"), "x").unwrap();
+    xattr::set(p("with-xattr"), "user.appsnap.test", b"value\0with nul").unwrap();
+    let long = format!("{}/{}", "d".repeat(120), "f".repeat(200));
+    fs::create_dir_all(p(&long).parent().unwrap()).unwrap();
+    fs::write(p(&long), "long name").unwrap();
+    let non_utf8 = std::ffi::OsStr::from_bytes(b"caf\xe9-\xff.txt");
+    fs::write(dir.join(non_utf8), "latin-1 name").unwrap();
+    let sparse = fs::File::create(p("sparse.img")).unwrap();
+    sparse.set_len(100 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    sparse.write_at(b"hello", 50 << 20).unwrap();
+    drop(sparse);
+    // Old, distinct mtimes (after the content is final).
+    for (i, name) in ["sub/hello.php", "owned", "random.bin", "linked-a"]
+        .iter()
+        .enumerate()
+    {
+        let t = nix::sys::time::TimeSpec::new(1_500_000_000 + i as i64 * 1000, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &p(name),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+}
+
+/// Waits (bounded, by polling the service's own state) until `done` holds.
+pub async fn until<F: Fn() -> bool>(what: &str, done: F) {
+    for _ in 0..600 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}

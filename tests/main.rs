@@ -1,0 +1,11 @@
+//! appsnap's integration tests: one binary (ripgrep/wasmtime style), shared helpers in
+//! [`common`], one module per area. They need a running Docker engine and root (appsnap
+//! reads volumes from /var/lib/docker): run them with `scripts/test`, which starts dockerd
+//! on a fresh machine. Without Docker they fail loudly, they never skip.
+
+mod common;
+
+mod archive_fidelity;
+mod backup_api;
+mod faults;
+mod service;
