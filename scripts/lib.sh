@@ -49,7 +49,11 @@ ensure_test_image() {
     rm -rf "$root"
 }
 
-# The wasm target comes from rust-toolchain.toml; rustup installs it on first use.
 ensure_rust() {
     command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+    # Policies build for wasm32-wasip2 (rust-toolchain.toml lists it, but rustup adds
+    # listed targets only when it installs the toolchain itself).
+    if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip2; then
+        rustup target add wasm32-wasip2
+    fi
 }

@@ -27,7 +27,7 @@ struct Cli {
     /// Log filter (tracing syntax) [default: info].
     #[arg(long, global = true, env = "APPSNAP_LOG")]
     log: Option<String>,
-    /// Deflate level 0–12 [default: 6].
+    /// Deflate level 0–12 [default: 3].
     #[arg(long, global = true, env = "APPSNAP_COMPRESSION_LEVEL")]
     compression_level: Option<u32>,
     #[command(subcommand)]

@@ -66,7 +66,7 @@ pub struct Source {
 /// How to compress.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// libdeflate level 0–12; 6 matches gzip's default ratio at about 3× its speed.
+    /// libdeflate level 0–12 (see `Config::compression_level` for the trade-off).
     pub level: u32,
     /// Compression threads (default: every core).
     pub threads: usize,
@@ -79,7 +79,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            level: 6,
+            level: 3,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             chunk_size: 1 << 20,
             skip_dirs: Vec::new(),

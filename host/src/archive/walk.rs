@@ -430,3 +430,61 @@ fn data_segments(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
     }
     Some(segments)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::gzip::ParallelGzip;
+
+    /// Runs `f` on a walker writing into memory; returns its warnings.
+    fn walk_with(f: impl FnOnce(&mut Walker<'_, '_, Vec<u8>>)) -> Vec<String> {
+        let progress = |_| {};
+        let mut sink = ChunkSink::new(ParallelGzip::new(Vec::new(), 1, 1, 4096), &progress);
+        let warnings = {
+            let mut walker = Walker::new(&mut sink, Vec::new());
+            f(&mut walker);
+            walker.warnings.clone()
+        };
+        sink.finish().unwrap();
+        warnings
+    }
+
+    #[test]
+    fn a_file_that_vanishes_between_readdir_and_open_is_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("session.tmp");
+        fs::write(&path, "short-lived").unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        fs::remove_file(&path).unwrap(); // what a live app does between lstat and open
+        let warnings = walk_with(|w| w.add(&path, b"v/session.tmp".to_vec(), meta).unwrap());
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("vanished"), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_missing_source_is_a_warning() {
+        let warnings = walk_with(|w| {
+            w.add_source("volumes/x", Path::new("/nonexistent/appsnap"))
+                .unwrap()
+        });
+        assert!(
+            warnings[0].contains("source /nonexistent/appsnap skipped"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn holes_are_found_without_reading_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::create(dir.path().join("sparse")).unwrap();
+        f.set_len(100 << 20).unwrap();
+        f.write_at(b"hello", 50 << 20).unwrap();
+        let segs = data_segments(&f, 100 << 20).unwrap();
+        assert_eq!(segs.len(), 1);
+        let (off, len) = segs[0];
+        assert!(
+            off <= 50 << 20 && off + len >= (50 << 20) + 5 && len <= 1 << 20,
+            "{segs:?}"
+        );
+    }
+}
