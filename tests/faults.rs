@@ -7,29 +7,7 @@ use std::process::Command;
 
 use axum::http::StatusCode;
 
-use crate::common::{Harness, TestApp, sh};
-
-/// A real, tiny filesystem (tmpfs) as the backup root; unmounted on drop.
-struct SmallFs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallFs {
-    fn new(size: &str) -> SmallFs {
-        let dir = tempfile::tempdir().unwrap();
-        sh(&format!(
-            "mount -t tmpfs -o size={size} appsnap-test {}",
-            dir.path().display()
-        ));
-        SmallFs { dir }
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
+use crate::common::{Harness, SmallFs, TestApp, sh};
 
 #[tokio::test]
 async fn disk_full_is_507_and_leaves_nothing_behind() {
@@ -38,14 +16,15 @@ async fn disk_full_is_507_and_leaves_nothing_behind() {
         "head -c 8388608 /dev/urandom > {}/media.mp4",
         app.volume_path().display()
     ));
-    let small = SmallFs::new("2m");
-    let root: PathBuf = small.dir.path().join("backups");
+    let mnt = tempfile::tempdir().unwrap();
+    let _small = SmallFs::mount(mnt.path(), "2m");
+    let root: PathBuf = mnt.path().join("backups");
     let h = Harness::with(|c| c.backup_root = root.clone()).await;
     let before = app.started_at(&app.containers[0]);
 
     let (status, body) = h.call("POST", &format!("/api/v1/backup/{}", app.id)).await;
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
-    assert_eq!(body["message"], "Insufficient storage for the backup");
+    assert_eq!(body["message"], "Insufficient storage");
     assert!(
         body["details"].as_str().unwrap().contains("No space left"),
         "{body}"

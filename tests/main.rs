@@ -8,4 +8,6 @@ mod common;
 mod archive_fidelity;
 mod backup_api;
 mod faults;
+mod malicious;
+mod restore;
 mod service;

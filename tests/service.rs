@@ -3,8 +3,6 @@
 
 use std::process::Command;
 
-use futures_util::StreamExt;
-
 use crate::common::{Service, TestApp, sh};
 
 fn appsnap(root: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -155,32 +153,10 @@ async fn killed_mid_backup_recovers_at_next_start() {
     let job_id = job["job_id"].as_str().unwrap();
 
     // Follow the SSE stream until the archive has really started.
-    let resp = http
-        .get(svc.url(&format!("/api/v1/jobs/{job_id}/events")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let mut stream = resp.bytes_stream();
-    let mut seen = String::new();
-    loop {
-        let chunk = stream.next().await.expect("stream open").unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-        let archiving = seen
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .any(|d| {
-                let j: serde_json::Value = serde_json::from_str(d).unwrap();
-                j["step"] == "archiving" && j["bytes_done"].as_u64().unwrap() > 0
-            });
-        if archiving {
-            break;
-        }
-        assert!(
-            !seen.contains("event: finished"),
-            "finished before it could be killed: {seen}"
-        );
-    }
+    crate::common::follow_until(&svc, job_id, |j| {
+        j["step"] == "archiving" && j["bytes_done"].as_u64() > Some(0)
+    })
+    .await;
     assert!(!app.running(&app.containers[0]), "stopped for the backup");
     svc.child.kill().unwrap();
     svc.child.wait().unwrap();
@@ -190,7 +166,11 @@ async fn killed_mid_backup_recovers_at_next_start() {
     assert_eq!(partials, 1, "the killed backup left its partial archive");
 
     let svc = Service::start(root.path(), &[]);
-    assert!(svc.log_contains("a backup was interrupted"));
+    assert!(
+        svc.log_contains("a backup was interrupted"),
+        "{:?}",
+        svc.log.lock().unwrap()
+    );
     assert!(
         app.running(&app.containers[0]),
         "started again by the recovery"
@@ -209,4 +189,74 @@ async fn killed_mid_backup_recovers_at_next_start() {
         .await
         .unwrap();
     assert_eq!(list, serde_json::json!([]));
+}
+
+/// kill -9 in the middle of extracting a restore: the next start puts the data from
+/// before the restore back and starts the app.
+#[tokio::test]
+async fn killed_mid_restore_is_rolled_back_at_next_start() {
+    let app = TestApp::new("");
+    let vol = app.volume_path();
+    sh(&format!(
+        "head -c 200000000 /dev/urandom | base64 -w 76 > {}/dump.sql",
+        vol.display()
+    ));
+    let root = tempfile::tempdir().unwrap();
+    let mut svc = Service::start(root.path(), &[]);
+    let http = reqwest::Client::new();
+    let snap: serde_json::Value = http
+        .post(svc.url(&format!("/api/v1/backup/{}", app.id)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let snapshot_id = snap["snapshot_id"].as_str().unwrap();
+    std::fs::write(vol.join("dump.sql"), "the newer, smaller data").unwrap();
+    std::fs::write(vol.join("added"), "after the snapshot").unwrap();
+    let before = crate::common::manifest(&vol, true);
+
+    let job: serde_json::Value = http
+        .post(svc.url(&format!(
+            "/api/v1/backup/restore/{}/{snapshot_id}?wait=false",
+            app.id
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["kind"], "restore", "{job}");
+    crate::common::follow_until(&svc, job["job_id"].as_str().unwrap(), |j| {
+        j["step"] == "extracting"
+    })
+    .await;
+    svc.child.kill().unwrap();
+    svc.child.wait().unwrap();
+    drop(svc);
+    assert!(
+        !app.running(&app.containers[0]),
+        "the app was stopped for the restore"
+    );
+
+    let svc = Service::start(root.path(), &[]);
+    assert!(
+        svc.log_contains("a restore was interrupted: rolling back"),
+        "{:?}",
+        svc.log.lock().unwrap()
+    );
+    assert_eq!(
+        crate::common::manifest(&vol, true),
+        before,
+        "the data from before the restore"
+    );
+    assert!(app.running(&app.containers[0]));
+    let names: Vec<_> = std::fs::read_dir(vol.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, ["_data"], "nothing left aside");
 }

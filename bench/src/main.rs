@@ -78,7 +78,7 @@ const WORDS: &[&str] = &[
 fn main() {
     let mut size: u64 = 2 << 30;
     let mut dir = PathBuf::from("/var/tmp/appsnap-bench");
-    let mut levels = vec![6u32];
+    let mut levels = vec![3u32];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -178,7 +178,9 @@ fn main() {
     for (name, cmd, file) in &runs {
         let (elapsed, rss) = timed(cmd);
         let bytes = fs::metadata(out.join(file)).unwrap().len();
-        let _ = fs::remove_file(out.join(file)); // keep the page cache for the input
+        if !file.starts_with('a') {
+            let _ = fs::remove_file(out.join(file)); // keep the page cache for the input
+        }
         results.push((name.to_string(), elapsed, bytes, rss));
         eprintln!("  {name}: {:.2}s", elapsed.as_secs_f64());
     }
@@ -201,9 +203,84 @@ fn main() {
             human(*rss),
         );
     }
+    let restore_level = *levels.iter().find(|&&l| l == 3).unwrap_or(&levels[0]);
+    restore(&appsnap, &out, restore_level, input);
     list_10k(&dir.join("catalog"));
     if std::env::var_os("APPSNAP_BENCH_KEEP").is_none() {
         let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// Restore throughput: appsnap's extractor (parallel inflate) against `gzip -dc | tar -x`
+/// and `pigz -dc | tar -x` of the same archive, each followed by a syncfs of its target.
+fn restore(appsnap: &Path, out: &Path, level: u32, input: u64) {
+    let archive = out.join(format!("a{level}.tar.gz"));
+    let a = archive.display();
+    for l in fs::read_dir(out).unwrap().flatten() {
+        if l.path() != archive {
+            let _ = fs::remove_file(l.path());
+        }
+    }
+    let target = |name: &str| {
+        let t = out.join(name);
+        let _ = fs::remove_dir_all(&t);
+        t
+    };
+    let runs = [
+        ("appsnap restore", {
+            let t = target("r-appsnap");
+            format!(
+                "{} unpack {a} {} && sync -f {}",
+                appsnap.display(),
+                t.display(),
+                out.display()
+            )
+        }),
+        ("gzip -dc | tar -x", {
+            let t = target("r-gzip");
+            format!(
+                "mkdir {t} && gzip -dc {a} | tar -x -C {t} && sync -f {o}",
+                t = t.display(),
+                o = out.display()
+            )
+        }),
+        ("pigz -dc | tar -x", {
+            let t = target("r-pigz");
+            format!(
+                "mkdir {t} && pigz -dc {a} | tar -x -C {t} && sync -f {o}",
+                t = t.display(),
+                o = out.display()
+            )
+        }),
+    ];
+    let mut results = Vec::new();
+    for (name, cmd) in &runs {
+        sh(&format!("cat {a} > /dev/null")); // archive in cache for everyone
+        let (elapsed, rss) = timed(cmd);
+        eprintln!("  {name}: {:.2}s", elapsed.as_secs_f64());
+        results.push((name, elapsed, rss));
+        for d in ["r-appsnap", "r-gzip", "r-pigz"] {
+            let _ = fs::remove_dir_all(out.join(d));
+        }
+    }
+    let pigz = results[2].1;
+    println!(
+        "\nrestore of the level-{level} archive ({} of data):",
+        human(input)
+    );
+    println!(
+        "{:<22} {:>9} {:>11} {:>10} {:>9}",
+        "tool", "seconds", "MB/s", "x pigz", "peak RSS"
+    );
+    for (name, elapsed, rss) in &results {
+        println!(
+            "{:<22} {:>9.2} {:>11.1} {:>10.2} {:>9}",
+            name,
+            elapsed.as_secs_f64(),
+            input as f64 / elapsed.as_secs_f64() / 1e6,
+            pigz.as_secs_f64() / elapsed.as_secs_f64(),
+            human(*rss)
+        );
     }
 }
 

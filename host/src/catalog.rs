@@ -155,6 +155,12 @@ impl Catalog {
                 continue;
             }
             match snapshot_from_archive(&path) {
+                Ok(s) if self.snapshots.contains_key(&s.snapshot_id) => tracing::warn!(
+                    "{} ignored: snapshot {} is already listed from {}",
+                    path.display(),
+                    s.snapshot_id,
+                    self.snapshots[&s.snapshot_id].file_path
+                ),
                 Ok(s) => {
                     tracing::info!(
                         "snapshot {}: found on disk, added to the catalog",
@@ -252,35 +258,35 @@ impl Catalog {
 }
 
 /// A catalog entry from an archive alone: metadata from its first entry, size and
-/// checksum from the file (which costs one full read).
+/// checksum from the file (which costs one full read). The folder names the app (an
+/// import may file a snapshot under another app than the one it was taken of); the file
+/// name must be the snapshot id the archive carries.
 pub fn snapshot_from_archive(path: &Path) -> Result<Snapshot, archive::ArchiveError> {
+    let not_ours = |reason: String| archive::ArchiveError::NotASnapshot {
+        path: path.to_path_buf(),
+        reason,
+    };
     let bytes = archive::read_metadata(path)?;
     let meta: ArchiveMeta =
-        serde_json::from_slice(&bytes).map_err(|e| archive::ArchiveError::NotASnapshot {
-            path: path.to_path_buf(),
-            reason: format!("bad appsnap.json: {e}"),
-        })?;
-    let read_err = |source| archive::ArchiveError::Read {
+        serde_json::from_slice(&bytes).map_err(|e| not_ours(format!("bad appsnap.json: {e}")))?;
+    let expected = format!("{}{ARCHIVE_SUFFIX}", meta.snapshot_id);
+    if path.file_name().and_then(|n| n.to_str()) != Some(expected.as_str()) {
+        return Err(not_ours(format!("its metadata names {expected}")));
+    }
+    let app_id = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .filter(|n| crate::ids::validate("app id", n).is_ok())
+        .ok_or_else(|| not_ours("its folder is not an app id".into()))?
+        .to_string();
+    let (sha256, size_bytes) = sha256_file(path).map_err(|source| archive::ArchiveError::Read {
         path: path.to_path_buf(),
         source,
-    };
-    let expected = format!("{}{ARCHIVE_SUFFIX}", meta.snapshot_id);
-    if path.file_name().and_then(|n| n.to_str()) != Some(expected.as_str())
-        || path
-            .parent()
-            .and_then(|p| p.file_name())
-            .and_then(|n| n.to_str())
-            != Some(meta.app_id.as_str())
-    {
-        return Err(archive::ArchiveError::NotASnapshot {
-            path: path.to_path_buf(),
-            reason: format!("its metadata names {}/{expected}", meta.app_id),
-        });
-    }
-    let (sha256, size_bytes) = sha256_file(path).map_err(read_err)?;
+    })?;
     Ok(Snapshot {
         snapshot_id: meta.snapshot_id,
-        app_id: meta.app_id,
+        app_id,
         created_at: meta.created_at,
         size_bytes,
         file_path: path.to_string_lossy().into_owned(),

@@ -54,6 +54,16 @@ pub struct Config {
     pub max_snapshots_per_app: usize,
     /// Seconds Docker waits for a container to stop before killing it.
     pub stop_timeout_secs: u32,
+    /// After a restore, how long containers may take to run (and be healthy, when they
+    /// have a healthcheck) before the restore is rolled back.
+    pub restore_timeout_secs: u32,
+    /// A container without a healthcheck must keep running this long after a restore
+    /// to count as started (one that exits at once is a failed restore).
+    pub restore_settle_secs: u32,
+    /// Recreate device nodes found in an archive (off: an imported archive could plant one).
+    pub restore_devices: bool,
+    /// Largest snapshot accepted by `POST /api/v1/backup/snapshots/import`.
+    pub max_import_bytes: u64,
     /// Where the Docker host's filesystem is visible (`/` on the host; e.g. `/host` when
     /// appsnap runs in a container with the host's root mounted there).
     pub host_root: PathBuf,
@@ -89,6 +99,10 @@ impl Default for Config {
             threads: 0,
             max_snapshots_per_app: 0,
             stop_timeout_secs: 30,
+            restore_timeout_secs: 120,
+            restore_settle_secs: 3,
+            restore_devices: false,
+            max_import_bytes: 100 << 30,
             host_root: PathBuf::from("/"),
             apps: HashMap::new(),
         }

@@ -255,7 +255,7 @@ impl Docker {
     }
 
     /// `host_root` + an absolute host path.
-    fn on_host(&self, path: &str) -> String {
+    pub fn on_host(&self, path: &str) -> String {
         self.host_root
             .join(path.trim_start_matches('/'))
             .to_string_lossy()
@@ -333,11 +333,57 @@ impl Docker {
         Ok(())
     }
 
-    /// Waits (bounded) until a container reports running: used after a start.
-    pub async fn is_running(&self, id: &str) -> Result<bool, DockerError> {
-        let info = self.client.inspect_container(id, None).await?;
-        Ok(info.state.and_then(|s| s.running).unwrap_or(false))
+    /// Creates a named volume for `app_id` (a restore into an app that lost it) and
+    /// returns where its data lives on the host.
+    pub async fn create_volume(&self, name: &str, app_id: &str) -> Result<String, DockerError> {
+        let request = bollard::models::VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(HashMap::from([(
+                PROJECT_LABEL.to_string(),
+                app_id.to_string(),
+            )])),
+            ..Default::default()
+        };
+        let volume = self.client.create_volume(request).await?;
+        Ok(self.on_host(&volume.mountpoint))
     }
+
+    pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        self.client
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await?;
+        Ok(())
+    }
+
+    /// What a restore waits on after starting a container.
+    pub async fn state(&self, id: &str) -> Result<ContainerStatus, DockerError> {
+        let info = self.client.inspect_container(id, None).await?;
+        let state = info.state.unwrap_or_default();
+        Ok(ContainerStatus {
+            running: state.running.unwrap_or(false),
+            restarting: state.restarting.unwrap_or(false),
+            exit_code: state.exit_code.unwrap_or(0),
+            health: state
+                .health
+                .and_then(|h| h.status)
+                .map(|s| s.to_string())
+                .filter(|s| !s.is_empty() && s != "none"),
+            restart_count: info.restart_count.unwrap_or(0),
+            started_at: state.started_at.unwrap_or_default(),
+        })
+    }
+}
+
+/// A container's state as far as a restore cares.
+#[derive(Debug, Clone)]
+pub struct ContainerStatus {
+    pub running: bool,
+    pub restarting: bool,
+    pub exit_code: i64,
+    /// `starting`, `healthy` or `unhealthy`; `None` without a healthcheck.
+    pub health: Option<String>,
+    pub restart_count: i64,
+    pub started_at: String,
 }
 
 fn add_use(list: &mut Vec<(String, Vec<String>)>, key: &str, dest: String) {

@@ -61,6 +61,10 @@ enum Command {
     },
     /// Delete a snapshot.
     Delete { snapshot_id: String },
+    /// Restore an app from one of its snapshots (rolled back on any failure).
+    Restore { app_id: String, snapshot_id: String },
+    /// Check a snapshot's checksum and structure.
+    Verify { snapshot_id: String },
     /// Rebuild the catalog from the archives on disk.
     Reindex,
     /// Archive directories into a .tar.gz (no Docker; used by the benchmark).
@@ -70,6 +74,9 @@ enum Command {
         output: PathBuf,
         dirs: Vec<PathBuf>,
     },
+    /// Extract a `pack` archive's first folder into a new directory (benchmark).
+    #[command(hide = true)]
+    Unpack { archive: PathBuf, into: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -123,9 +130,11 @@ fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
 }
 
 async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    if let Command::Pack { output, dirs } = command {
-        return pack(&config, &output, dirs);
-    }
+    let command = match command {
+        Command::Pack { output, dirs } => return pack(&config, &output, dirs),
+        Command::Unpack { archive, into } => return unpack(&config, &archive, into),
+        other => other,
+    };
     let manager = BackupManager::open(config).await?;
     match command {
         Command::Serve { .. } => appsnap::api::serve(manager, shutdown_signal()).await?,
@@ -152,7 +161,22 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         }
         Command::Delete { snapshot_id } => manager.delete(&snapshot_id)?,
         Command::Reindex => println!("{} snapshots indexed", manager.reindex()?),
-        Command::Pack { .. } => unreachable!("handled above"),
+        Command::Restore {
+            app_id,
+            snapshot_id,
+        } => {
+            let started = manager.start_restore(&app_id, &snapshot_id).await?;
+            started.done.await??;
+            println!("Snapshot {snapshot_id} restored into {app_id}");
+        }
+        Command::Verify { snapshot_id } => {
+            let (_, v) = manager.verify(&snapshot_id).await?;
+            println!(
+                "Snapshot {snapshot_id} verified: {} entries, {} tar bytes",
+                v.entries, v.tar_bytes
+            );
+        }
+        Command::Pack { .. } | Command::Unpack { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -181,6 +205,26 @@ fn pack(
     eprintln!(
         "{} entries, {} tar bytes -> {} bytes, sha256 {}",
         summary.entries, summary.tar_bytes, summary.compressed_bytes, summary.sha256
+    );
+    Ok(())
+}
+
+fn unpack(
+    config: &Config,
+    archive: &std::path::Path,
+    into: PathBuf,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let stream = appsnap::archive::read::open_tar_stream(archive, config.threads())?;
+    let targets = [appsnap::archive::extract::Target {
+        archive_dir: "data0".into(),
+        path: into,
+        reserved: None,
+    }];
+    let opts = appsnap::archive::extract::Options::default();
+    let summary = appsnap::archive::extract::extract(stream, &targets, &opts, &|_| {})?;
+    eprintln!(
+        "{} entries, {} tar bytes",
+        summary.entries, summary.tar_bytes
     );
     Ok(())
 }

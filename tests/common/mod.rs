@@ -88,6 +88,11 @@ impl TestApp {
     /// One container `web` mounting volume `<id>_data` at /data and `<tmp>/bind` at /bind,
     /// with the given extra `docker run` arguments (labels for hooks, …).
     pub fn new(extra: &str) -> TestApp {
+        Self::new_running(extra, "")
+    }
+
+    /// An app whose container runs `first` (a shell line) at every start.
+    pub fn new_running(extra: &str, first: &str) -> TestApp {
         require_docker();
         let id = unique("t_");
         let tmp = tempfile::tempdir().unwrap();
@@ -109,11 +114,17 @@ impl TestApp {
             containers: Vec::new(),
             tmp,
         };
-        app.add_container("web", extra);
+        app.add_container_running("web", extra, first);
         app
     }
 
     pub fn add_container(&mut self, name: &str, extra: &str) -> String {
+        self.add_container_running(name, extra, "")
+    }
+
+    /// Like `add_container`, with a shell line run before the container idles (a check
+    /// that makes it exit, say).
+    pub fn add_container_running(&mut self, name: &str, extra: &str, first: &str) -> String {
         let cname = format!("{}_{name}", self.id);
         // `wait` lets sh act on SIGTERM at once, so stops take milliseconds.
         let id = sh(&format!(
@@ -121,7 +132,7 @@ impl TestApp {
              --label com.docker.compose.project={id} \
              --label com.docker.compose.project.working_dir={project} \
              -v {vol}:/data -v {bind}:/bind {extra} {IMAGE} \
-             sh -c 'trap \"exit 0\" TERM; sleep 1000000 & wait'",
+             sh -c '{first} trap \"exit 0\" TERM; sleep 1000000 & wait'",
             id = self.id,
             project = self.project().display(),
             vol = self.volume,
@@ -176,6 +187,8 @@ pub fn test_config(root: &Path) -> Config {
     Config {
         backup_root: root.to_path_buf(),
         stop_timeout_secs: 5,
+        restore_settle_secs: 1,
+        restore_timeout_secs: 30,
         ..Config::default()
     }
 }
@@ -193,8 +206,12 @@ impl Harness {
     }
 
     pub async fn with(tune: impl FnOnce(&mut Config)) -> Harness {
+        Self::in_root(tempfile::tempdir().unwrap(), tune).await
+    }
+
+    /// Opens appsnap on a backup root the test prepared (crash leftovers, say).
+    pub async fn in_root(root: tempfile::TempDir, tune: impl FnOnce(&mut Config)) -> Harness {
         require_docker();
-        let root = tempfile::tempdir().unwrap();
         let mut config = test_config(root.path());
         tune(&mut config);
         let manager = BackupManager::open(config).await.expect("open manager");
@@ -478,13 +495,56 @@ pub fn fill_every_kind(dir: &Path) {
     }
 }
 
-/// Waits (bounded, by polling the service's own state) until `done` holds.
-pub async fn until<F: Fn() -> bool>(what: &str, done: F) {
-    for _ in 0..600 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+/// A real, tiny filesystem (tmpfs) mounted at `dir`; unmounted on drop.
+pub struct SmallFs(pub PathBuf);
+
+impl SmallFs {
+    pub fn mount(dir: &Path, size: &str) -> SmallFs {
+        fs::create_dir_all(dir).unwrap();
+        sh(&format!(
+            "mount -t tmpfs -o size={size} appsnap-test {}",
+            dir.display()
+        ));
+        SmallFs(dir.to_path_buf())
     }
-    panic!("timed out waiting for {what}");
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Follows a job's SSE stream on a real service until `stop` says so; returns the last
+/// event's JSON. Panics if the job finishes first.
+pub async fn follow_until(
+    svc: &Service,
+    job_id: &str,
+    stop: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    use futures_util::StreamExt;
+    let resp = reqwest::get(svc.url(&format!("/api/v1/jobs/{job_id}/events")))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    loop {
+        let chunk = stream.next().await.expect("stream open").unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            let job: serde_json::Value = serde_json::from_str(data).unwrap();
+            if stop(&job) {
+                return job;
+            }
+            assert_eq!(
+                job["state"], "running",
+                "the job ended before the awaited moment: {job}"
+            );
+        }
+    }
 }

@@ -47,10 +47,22 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
             StatusCode::CONFLICT,
             "Another backup or restore of this application is running",
         ),
-        NoSpace(_) => (
-            StatusCode::INSUFFICIENT_STORAGE,
-            "Insufficient storage for the backup",
+        NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "Insufficient storage"),
+        ForeignSnapshot { .. } => (
+            StatusCode::BAD_REQUEST,
+            "Snapshot does not belong to this app",
         ),
+        Corrupt(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Snapshot is corrupt"),
+        RestoreFailed { .. } => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Restore failed, rolled back",
+        ),
+        RollbackFailed { .. } => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Restore failed, rollback incomplete",
+        ),
+        SnapshotExists(_) => (StatusCode::CONFLICT, "Snapshot already exists"),
+        TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "Upload too large"),
         Docker(DockerError::Hook { .. }) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "Backup hook failed")
         }

@@ -2,6 +2,8 @@
 //! tests drive it with `oneshot` as well as over a real socket.
 //!
 //! - [`backup`] — `/api/v1/backup/…` (the seed routes: create, list, delete; plus show, stats)
+//! - [`restore`] — `POST /api/v1/backup/restore/{app_id}/{snapshot_id}`
+//! - [`transfer`] — verify, download and import of snapshots
 //! - [`jobs`] — `/api/v1/jobs/…` (progress of long operations, SSE)
 //! - [`error`] — the single error → HTTP mapping
 //! - here: auth, `/healthz`, OpenAPI + docs page
@@ -9,10 +11,12 @@
 pub mod backup;
 pub mod error;
 pub mod jobs;
+pub mod restore;
+pub mod transfer;
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -69,6 +73,23 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
             get(backup::show).delete(backup::delete),
         )
         .route("/api/v1/backup/stats", get(backup::stats))
+        .route(
+            "/api/v1/backup/restore/{app_id}/{snapshot_id}",
+            post(restore::restore),
+        )
+        .route(
+            "/api/v1/backup/snapshots/{snapshot_id}/verify",
+            post(transfer::verify),
+        )
+        .route(
+            "/api/v1/backup/snapshots/{snapshot_id}/download",
+            get(transfer::download),
+        )
+        // Uploads stream to disk with their own limit (max_import_bytes).
+        .route(
+            "/api/v1/backup/snapshots/import",
+            post(transfer::import).layer(DefaultBodyLimit::disable()),
+        )
         .route("/api/v1/backup/{app_id}", post(backup::create))
         .route("/api/v1/jobs", get(jobs::list))
         .route("/api/v1/jobs/{job_id}", get(jobs::show))

@@ -7,8 +7,12 @@
 //! - [`gzip`]: parallel, independent gzip members; stores incompressible blocks.
 //! - [`tar_format`]: header encoding (GNU long names, PAX xattrs, GNU sparse).
 //! - [`walk`]: the filesystem walk that feeds the tar stream into the gzip pipeline.
+//! - [`read`]: the way back: members inflated in parallel into one tar stream.
+//! - [`extract`]: safe extraction into mounts (restore) and its dry run (verify).
 
+pub mod extract;
 pub mod gzip;
+pub mod read;
 pub mod tar_format;
 pub mod walk;
 
@@ -37,6 +41,22 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
+    /// The archive's compressed or tar structure is broken (truncated, corrupted).
+    #[error("corrupt archive: {0}")]
+    Corrupt(#[source] io::Error),
+    /// An entry would write outside its mount or is otherwise unsafe to extract.
+    #[error("unsafe entry `{entry}`: {reason}")]
+    Unsafe { entry: String, reason: String },
+    /// Writing a restored file failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The archive's checksum differs from the one recorded at backup time.
+    #[error("checksum mismatch: recorded {recorded}, file has {actual}")]
+    Checksum { recorded: String, actual: String },
     /// The archive is readable but is not an appsnap snapshot.
     #[error("{path} is not an appsnap snapshot: {reason}")]
     NotASnapshot { path: PathBuf, reason: String },
@@ -46,9 +66,24 @@ impl ArchiveError {
     /// True when the cause is a full disk or an exhausted quota (HTTP 507).
     pub fn is_no_space(&self) -> bool {
         match self {
-            ArchiveError::Output(e) => is_no_space(e),
+            ArchiveError::Output(e) | ArchiveError::Write { source: e, .. } => is_no_space(e),
             _ => false,
         }
+    }
+
+    pub(crate) fn corrupt(e: io::Error) -> ArchiveError {
+        ArchiveError::Corrupt(e)
+    }
+
+    /// True when the archive itself is bad (as opposed to the disk we write to).
+    pub fn is_bad_archive(&self) -> bool {
+        matches!(
+            self,
+            ArchiveError::Corrupt(_)
+                | ArchiveError::Unsafe { .. }
+                | ArchiveError::Checksum { .. }
+                | ArchiveError::NotASnapshot { .. }
+        )
     }
 }
 
@@ -207,4 +242,49 @@ pub fn read_metadata(path: &Path) -> Result<Vec<u8>, ArchiveError> {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a successful verification saw.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub entries: u64,
+    pub tar_bytes: u64,
+}
+
+/// Checks an archive without writing anything: its sha256 against `sha256` (when given),
+/// then a full read of every member and entry under the same rules as a restore.
+pub fn verify(
+    path: &Path,
+    sha256: Option<&str>,
+    targets: &[extract::Target],
+    threads: usize,
+    allow_devices: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Verified, ArchiveError> {
+    if let Some(recorded) = sha256 {
+        let (actual, _) =
+            crate::catalog::sha256_file(path).map_err(|source| ArchiveError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if actual != recorded {
+            return Err(ArchiveError::Checksum {
+                recorded: recorded.to_string(),
+                actual,
+            });
+        }
+    }
+    let stream = read::open_tar_stream(path, threads).map_err(|source| ArchiveError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let opts = extract::Options {
+        allow_devices,
+        dry_run: true,
+    };
+    let summary = extract::extract(stream, targets, &opts, progress)?;
+    Ok(Verified {
+        entries: summary.entries,
+        tar_bytes: summary.tar_bytes,
+    })
 }

@@ -1,0 +1,69 @@
+//! `POST /api/v1/backup/restore/{app_id}/{snapshot_id}`: put a snapshot back.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::backup::query;
+use super::error::{ApiError, ErrorBody};
+use crate::jobs::JobInfo;
+use crate::manager::BackupManager;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RestoreParams {
+    /// `true` (default): answer when the restore is done. `false`: 202 with the job.
+    pub wait: Option<bool>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Restored {
+    pub message: String,
+    pub app_id: String,
+    pub snapshot_id: String,
+}
+
+/// Restore an app's data from one of its snapshots. Verified first; on any failure the
+/// previous data is put back and the app started as it was (500 `Restore failed, rolled back`).
+#[utoipa::path(post, path = "/api/v1/backup/restore/{app_id}/{snapshot_id}", tag = "backup",
+    params(("app_id" = String, Path), ("snapshot_id" = String, Path), RestoreParams),
+    responses(
+        (status = 200, description = "Snapshot restored successfully", body = Restored),
+        (status = 202, description = "Restore started (wait=false)", body = JobInfo),
+        (status = 400, description = "Bad id, or Snapshot does not belong to this app", body = ErrorBody),
+        (status = 404, description = "Application or snapshot not found", body = ErrorBody),
+        (status = 409, description = "A backup or restore of this app is running", body = ErrorBody),
+        (status = 422, description = "The snapshot failed verification; nothing was touched", body = ErrorBody),
+        (status = 500, description = "Restore failed, rolled back", body = ErrorBody),
+    ))]
+pub async fn restore(
+    State(manager): State<Arc<BackupManager>>,
+    Path((app_id, snapshot_id)): Path<(String, String)>,
+    params: Result<Query<RestoreParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(params)?;
+    let started = manager.start_restore(&app_id, &snapshot_id).await?;
+    if params.wait == Some(false) {
+        return Ok((StatusCode::ACCEPTED, Json(started.job.info())).into_response());
+    }
+    let outcome = started.done.await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Restore failed",
+            e.to_string(),
+        )
+    })?;
+    let snapshot = outcome.map_err(|e| ApiError::from(e.as_ref()))?;
+    Ok(Json(Restored {
+        message: "Snapshot restored successfully".into(),
+        app_id: snapshot.app_id,
+        snapshot_id: snapshot.snapshot_id,
+    })
+    .into_response())
+}

@@ -1,0 +1,192 @@
+//! Snapshots in and out: verification, download (a plain file stream, see the API) and
+//! import — how an app moves between servers.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+
+use super::{BackupManager, ManagerError, STATE_DIR, io_err};
+use crate::archive::{self, Verified, extract};
+use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Origin, PARTIAL_SUFFIX, Snapshot};
+use crate::ids;
+use crate::jobs::Job;
+
+/// Mount folders of a snapshot, as verification targets (nothing is written).
+fn check_targets(mounts: &[crate::docker::Mount]) -> Vec<extract::Target> {
+    mounts
+        .iter()
+        .map(|m| extract::Target {
+            archive_dir: m.archive_dir.clone(),
+            path: PathBuf::new(),
+            reserved: None,
+        })
+        .collect()
+}
+
+impl BackupManager {
+    /// Checksum, then a full read under the restore's rules. Nothing is written.
+    pub async fn verify(&self, snapshot_id: &str) -> Result<(Snapshot, Verified), ManagerError> {
+        let snapshot = self.get(snapshot_id)?;
+        let job = self.jobs.create("verify", &snapshot.app_id);
+        let result = self.verify_file(&snapshot, &job).await;
+        match &result {
+            Ok(v) => {
+                job.succeed(serde_json::json!({"entries": v.entries, "tar_bytes": v.tar_bytes}))
+            }
+            Err(e) => job
+                .fail(serde_json::to_value(crate::api::error::ErrorBody::from(e)).expect("error")),
+        }
+        Ok((snapshot, result?))
+    }
+
+    pub(super) async fn verify_file(
+        &self,
+        snapshot: &Snapshot,
+        job: &Job,
+    ) -> Result<Verified, ManagerError> {
+        let path = PathBuf::from(&snapshot.file_path);
+        let sha = snapshot.sha256.clone();
+        let targets = check_targets(&snapshot.mounts);
+        let (threads, allow_devices, job) = (
+            self.config.threads(),
+            self.config.restore_devices,
+            job.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            archive::verify(&path, Some(&sha), &targets, threads, allow_devices, &|b| {
+                job.progress(b)
+            })
+        })
+        .await
+        .map_err(|e| ManagerError::Corrupt(format!("verification task: {e}")))?
+        .map_err(|e| match ManagerError::from(e) {
+            // A missing file is not corruption of the archive, but it is unusable all the same.
+            ManagerError::Archive(e) => ManagerError::Corrupt(e.to_string()),
+            other => other,
+        })
+    }
+
+    /// Streams an upload into the backup root, verifies it and lists it under the app it
+    /// names (or `app_override`). The id is kept, so a snapshot keeps its name across
+    /// servers; an id that exists already is refused.
+    pub async fn import<S, E>(
+        &self,
+        body: S,
+        app_override: Option<&str>,
+    ) -> Result<Snapshot, ManagerError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        if let Some(app) = app_override {
+            ids::validate("app id", app)?;
+        }
+        let tmp = self.config.backup_root.join(STATE_DIR).join(format!(
+            "import-{:08x}{PARTIAL_SUFFIX}",
+            rand::random::<u32>()
+        ));
+        let result = self.import_into(&tmp, body, app_override).await;
+        let _ = fs::remove_file(&tmp);
+        result
+    }
+
+    async fn import_into<S, E>(
+        &self,
+        tmp: &std::path::Path,
+        mut body: S,
+        app_override: Option<&str>,
+    ) -> Result<Snapshot, ManagerError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let limit = self.config.max_import_bytes;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)
+            .map_err(io_err("cannot create the import file"))?;
+        let mut hash = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|e| ManagerError::Corrupt(format!("upload interrupted: {e}")))?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(ManagerError::TooLarge(limit));
+            }
+            hash.update(&chunk);
+            // Small blocking writes between awaits: the upload arrives slower than a disk.
+            file.write_all(&chunk)
+                .map_err(io_err("cannot write the import file"))?;
+        }
+        file.sync_all()
+            .map_err(io_err("cannot write the import file"))?;
+        drop(file);
+        let sha256 = archive::hex(&hash.finalize());
+
+        let (path, threads, allow_devices) = (
+            tmp.to_path_buf(),
+            self.config.threads(),
+            self.config.restore_devices,
+        );
+        let meta: ArchiveMeta = tokio::task::spawn_blocking(move || {
+            let bytes = archive::read_metadata(&path)?;
+            let meta: ArchiveMeta = serde_json::from_slice(&bytes).map_err(|e| {
+                archive::ArchiveError::NotASnapshot {
+                    path: path.clone(),
+                    reason: format!("bad appsnap.json: {e}"),
+                }
+            })?;
+            archive::verify(
+                &path,
+                None,
+                &check_targets(&meta.mounts),
+                threads,
+                allow_devices,
+                &|_| {},
+            )?;
+            Ok::<_, archive::ArchiveError>(meta)
+        })
+        .await
+        .map_err(|e| ManagerError::Corrupt(format!("verification task: {e}")))??;
+
+        let app_id = app_override.unwrap_or(&meta.app_id).to_string();
+        ids::validate("app id", &app_id)?;
+        ids::validate("snapshot id", &meta.snapshot_id)?;
+        let dir = self.config.backup_root.join(&app_id);
+        fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+        let final_path = dir.join(format!("{}{ARCHIVE_SUFFIX}", meta.snapshot_id));
+        let snapshot = Snapshot {
+            snapshot_id: meta.snapshot_id.clone(),
+            app_id,
+            created_at: meta.created_at,
+            size_bytes: size,
+            file_path: final_path.to_string_lossy().into_owned(),
+            sha256,
+            mounts: meta.mounts,
+            origin: Origin::Imported,
+            note: meta.note,
+            pinned: false,
+            warnings: Vec::new(),
+        };
+        let mut catalog = self.catalog.lock().expect("catalog lock");
+        if catalog.contains(&snapshot.snapshot_id) || final_path.exists() {
+            return Err(ManagerError::SnapshotExists(snapshot.snapshot_id));
+        }
+        fs::rename(tmp, &final_path).map_err(io_err("cannot move the import into place"))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("cannot sync the app folder"))?;
+        catalog.insert(snapshot.clone());
+        catalog.save()?;
+        tracing::info!(snapshot = %snapshot.snapshot_id, app = %snapshot.app_id, bytes = size, "snapshot imported");
+        Ok(snapshot)
+    }
+}

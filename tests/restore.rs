@@ -1,0 +1,519 @@
+//! Restore against real containers and volumes: the round trip, every fault of the
+//! rollback promise made real (corrupt archive, full disk, a container that dies, an
+//! unhealthy one, a kill -9), and the ownership and locking rules.
+
+use std::fs;
+use std::path::Path;
+
+use axum::http::StatusCode;
+
+use crate::common::{Harness, SmallFs, TestApp, fill_every_kind, manifest, sh};
+
+fn restore_uri(app: &str, snapshot: &serde_json::Value) -> String {
+    format!(
+        "/api/v1/backup/restore/{app}/{}",
+        snapshot["snapshot_id"].as_str().unwrap()
+    )
+}
+
+/// Changes of every kind a running app makes after a snapshot.
+fn change_everything(dir: &Path) {
+    fs::write(dir.join("sub/hello.php"), "rewritten").unwrap();
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("owned"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"appended\n").unwrap();
+    fs::remove_file(dir.join("random.bin")).unwrap();
+    fs::remove_file(dir.join("rel-link")).unwrap();
+    fs::write(dir.join("added-after.txt"), "new").unwrap();
+    fs::create_dir(dir.join("new-dir")).unwrap();
+    fs::set_permissions(
+        dir.join("private"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    nix::unistd::chown(&dir.join("sub"), Some(42.into()), None).unwrap();
+}
+
+#[tokio::test]
+async fn restore_gives_exactly_the_snapshot_back() {
+    let app = TestApp::new("");
+    fill_every_kind(&app.volume_path());
+    fill_every_kind(&app.bind());
+    let (vol0, bind0, proj0) = (
+        manifest(&app.volume_path(), true),
+        manifest(&app.bind(), true),
+        manifest(&app.project(), true),
+    );
+    let h = Harness::new().await;
+    let snap = h.backup(&app.id).await;
+
+    change_everything(&app.volume_path());
+    change_everything(&app.bind());
+    fs::write(
+        app.project().join("docker-compose.yml"),
+        "services: {changed: {}}\n",
+    )
+    .unwrap();
+    assert_ne!(manifest(&app.volume_path(), true), vol0);
+
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["message"], "Snapshot restored successfully");
+    assert_eq!(
+        manifest(&app.volume_path(), true),
+        vol0,
+        "the volume is the snapshot, exactly"
+    );
+    assert_eq!(manifest(&app.bind(), true), bind0, "the bind mount too");
+    assert_eq!(manifest(&app.project(), true), proj0, "and the compose dir");
+    let sparse = fs::metadata(app.volume_path().join("sparse.img")).unwrap();
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&sparse) * 512 < 1 << 20,
+        "still sparse"
+    );
+    assert!(app.running(&app.containers[0]));
+    // Nothing left aside next to the volume.
+    let vol_dir = app.volume_path().parent().unwrap().to_path_buf();
+    let names: Vec<_> = fs::read_dir(&vol_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, ["_data"], "{names:?}");
+    assert!(
+        fs::read_dir(h.root.path().join(".appsnap"))
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().contains("journal"))
+    );
+}
+
+#[tokio::test]
+async fn corrupt_or_truncated_snapshot_is_refused_before_anything_is_touched() {
+    let app = TestApp::new("");
+    fs::write(
+        app.volume_path().join("db.sql"),
+        "INSERT 1;\n".repeat(200_000),
+    )
+    .unwrap();
+    let h = Harness::new().await;
+    let snap = h.backup(&app.id).await;
+    let path = snap["file_path"].as_str().unwrap().to_string();
+    let good = fs::read(&path).unwrap();
+    fs::write(app.volume_path().join("db.sql"), "changed").unwrap();
+    let before = (
+        manifest(&app.volume_path(), true),
+        app.started_at(&app.containers[0]),
+    );
+
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0xff;
+    for (what, bytes) in [
+        ("flipped byte", flipped),
+        ("truncated", good[..good.len() * 2 / 3].to_vec()),
+    ] {
+        fs::write(&path, &bytes).unwrap();
+        let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {body}");
+        assert_eq!(body["message"], "Snapshot is corrupt");
+        assert!(
+            body["details"].as_str().unwrap().contains("checksum"),
+            "{what}: {body}"
+        );
+        assert_eq!(
+            (
+                manifest(&app.volume_path(), true),
+                app.started_at(&app.containers[0])
+            ),
+            before,
+            "{what}: untouched"
+        );
+        let (status, _) = h
+            .call(
+                "POST",
+                &format!(
+                    "/api/v1/backup/snapshots/{}/verify",
+                    snap["snapshot_id"].as_str().unwrap()
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    fs::write(&path, &good).unwrap();
+    let (status, body) = h
+        .call(
+            "POST",
+            &format!(
+                "/api/v1/backup/snapshots/{}/verify",
+                snap["snapshot_id"].as_str().unwrap()
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["message"], "Snapshot verified");
+    assert!(body["entries"].as_u64().unwrap() >= 3);
+}
+
+/// The bind mount is its own small filesystem: the snapshot no longer fits next to the
+/// data set aside, so extraction hits ENOSPC and everything must come back.
+#[tokio::test]
+async fn disk_full_during_extraction_rolls_back() {
+    let app = TestApp::new("");
+    let _small = SmallFs::mount(&app.bind(), "6m");
+    sh(&format!(
+        "head -c 4000000 /dev/urandom > {}/video.mp4",
+        app.bind().display()
+    ));
+    let h = Harness::new().await;
+    let snap = h.backup(&app.id).await;
+    fs::remove_file(app.bind().join("video.mp4")).unwrap();
+    sh(&format!(
+        "head -c 3000000 /dev/urandom > {}/other.mp4",
+        app.bind().display()
+    ));
+    nix::unistd::chown(&app.bind(), Some(7.into()), Some(8.into())).unwrap();
+    let before = manifest(&app.bind(), true);
+
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["message"], "Restore failed, rolled back");
+    let details = body["details"].as_str().unwrap();
+    assert!(
+        details.contains("extracting") && details.contains("No space"),
+        "{details}"
+    );
+    assert_eq!(
+        manifest(&app.bind(), true),
+        before,
+        "the original data, identical (root included)"
+    );
+    assert!(app.running(&app.containers[0]));
+}
+
+#[tokio::test]
+async fn container_that_exits_at_once_rolls_back() {
+    let app = TestApp::new_running("", "[ -e /data/broken ] && exit 3;");
+    let app_id = app.id.clone();
+    let h = Harness::with(|c| {
+        c.apps.insert(
+            app_id,
+            appsnap::config::AppConfig {
+                mode: appsnap::config::BackupMode::Live,
+            },
+        );
+    })
+    .await;
+    fs::write(app.volume_path().join("broken"), "a bad state").unwrap();
+    let snap = h.backup(&app.id).await; // live: the container keeps running
+    fs::remove_file(app.volume_path().join("broken")).unwrap();
+    fs::write(app.volume_path().join("good"), "v2").unwrap();
+    let before = manifest(&app.volume_path(), true);
+
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["message"], "Restore failed, rolled back");
+    let details = body["details"].as_str().unwrap();
+    assert!(
+        details.contains("waiting for containers to run") && details.contains("exit code 3"),
+        "{details}"
+    );
+    assert_eq!(manifest(&app.volume_path(), true), before);
+    assert!(
+        app.running(&app.containers[0]),
+        "started again on the old data"
+    );
+}
+
+#[tokio::test]
+async fn unhealthy_app_rolls_back() {
+    let app = TestApp::new(
+        "--health-cmd 'test ! -e /data/unhealthy' --health-interval 1s --health-timeout 1s --health-retries 1",
+    );
+    let app_id = app.id.clone();
+    let h = Harness::with(|c| {
+        c.apps.insert(
+            app_id,
+            appsnap::config::AppConfig {
+                mode: appsnap::config::BackupMode::Live,
+            },
+        );
+    })
+    .await;
+    fs::write(app.volume_path().join("unhealthy"), "").unwrap();
+    let snap = h.backup(&app.id).await;
+    fs::remove_file(app.volume_path().join("unhealthy")).unwrap();
+    let before = manifest(&app.volume_path(), true);
+
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        body["details"].as_str().unwrap().contains("unhealthy"),
+        "{body}"
+    );
+    assert_eq!(manifest(&app.volume_path(), true), before);
+    assert!(app.running(&app.containers[0]));
+}
+
+#[tokio::test]
+async fn ownership_existence_and_locks() {
+    let app =
+        TestApp::new("--label 'appsnap.pre-backup=while [ ! -e /bind/go ]; do sleep 0.05; done'");
+    let other = TestApp::new("");
+    let h = Harness::new().await;
+    let other_snap = h.backup(&other.id).await;
+
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &other_snap)).await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("Snapshot does not belong to this app")
+        )
+    );
+    let (status, body) = h
+        .call(
+            "POST",
+            &format!(
+                "/api/v1/backup/restore/{}/snapshot_20990101T000000Z_0000",
+                app.id
+            ),
+        )
+        .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (StatusCode::NOT_FOUND, Some("Snapshot not found"))
+    );
+    let (status, body) = h
+        .call("POST", &restore_uri("no_such_app_r", &other_snap))
+        .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (StatusCode::NOT_FOUND, Some("Application not found"))
+    );
+    let (status, _) = h.call("POST", "/api/v1/backup/restore/a%2F..%2Fb/x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // A backup holds the app: a restore of it must wait its turn.
+    fs::write(app.bind().join("go"), "").unwrap();
+    let snap = h.backup(&app.id).await;
+    fs::remove_file(app.bind().join("go")).unwrap();
+    let (status, job) = h
+        .call("POST", &format!("/api/v1/backup/{}?wait=false", app.id))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    fs::write(app.bind().join("go"), "").unwrap();
+    let mut rx = h
+        .manager
+        .jobs
+        .get(job["job_id"].as_str().unwrap())
+        .unwrap()
+        .subscribe();
+    rx.wait_for(|j| j.state != appsnap::jobs::JobState::Running)
+        .await
+        .unwrap();
+    let (status, job) = h
+        .call(
+            "POST",
+            &format!("{}?wait=false", restore_uri(&app.id, &snap)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["kind"], "restore");
+    let mut rx = h
+        .manager
+        .jobs
+        .get(job["job_id"].as_str().unwrap())
+        .unwrap()
+        .subscribe();
+    let done = rx
+        .wait_for(|j| j.state != appsnap::jobs::JobState::Running)
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        done.state,
+        appsnap::jobs::JobState::Succeeded,
+        "{:?}",
+        done.error
+    );
+}
+
+/// Mounts that exist now but not in the snapshot are left alone; a volume of the
+/// snapshot that is gone is created again.
+#[tokio::test]
+async fn missing_volume_is_recreated_and_new_mounts_are_untouched() {
+    let mut app = TestApp::new("");
+    let extra = format!("{}_cache", app.id);
+    sh(&format!(
+        "docker volume create --label com.docker.compose.project={} {extra}",
+        app.id
+    ));
+    let worker = app.add_container("worker", &format!("-v {extra}:/cache"));
+    let extra_path = std::path::PathBuf::from(sh(&format!(
+        "docker volume inspect -f '{{{{.Mountpoint}}}}' {extra}"
+    )));
+    fs::write(extra_path.join("cached"), "snapshot-time").unwrap();
+    fs::write(app.volume_path().join("main"), "snapshot-time").unwrap();
+    let h = Harness::new().await;
+    let snap = h.backup(&app.id).await;
+
+    // The cache volume disappears with its container; a new volume appears.
+    sh(&format!(
+        "docker rm -f {worker} && docker volume rm {extra}"
+    ));
+    app.containers.retain(|c| c != &worker);
+    let later = format!("{}_later", app.id);
+    sh(&format!(
+        "docker volume create --label com.docker.compose.project={} {later}",
+        app.id
+    ));
+    let later_path = std::path::PathBuf::from(sh(&format!(
+        "docker volume inspect -f '{{{{.Mountpoint}}}}' {later}"
+    )));
+    fs::write(later_path.join("keep"), "mine").unwrap();
+
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let recreated = std::path::PathBuf::from(sh(&format!(
+        "docker volume inspect -f '{{{{.Mountpoint}}}}' {extra}"
+    )));
+    assert_eq!(
+        fs::read_to_string(recreated.join("cached")).unwrap(),
+        "snapshot-time"
+    );
+    let label = sh(&format!(
+        "docker volume inspect -f '{{{{index .Labels \"com.docker.compose.project\"}}}}' {extra}"
+    ));
+    assert_eq!(label, app.id);
+    assert_eq!(fs::read_to_string(later_path.join("keep")).unwrap(), "mine");
+    sh(&format!("docker volume rm -f {extra} {later}"));
+}
+
+#[tokio::test]
+async fn download_then_import_moves_a_snapshot_to_another_server() {
+    let app = TestApp::new("");
+    fill_every_kind(&app.volume_path());
+    let snapshot_time = manifest(&app.volume_path(), true);
+    let server_a = Harness::new().await;
+    let snap = server_a.backup(&app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap();
+
+    let req = axum::http::Request::get(format!("/api/v1/backup/snapshots/{id}/download"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = tower::ServiceExt::oneshot(server_a.router.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/gzip");
+    assert!(
+        resp.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains(id)
+    );
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(bytes.len() as u64, snap["size_bytes"].as_u64().unwrap());
+    drop(server_a); // server A is gone, and its backup root with it
+    assert!(!Path::new(snap["file_path"].as_str().unwrap()).exists());
+
+    let server_b = Harness::new().await;
+    let import = |body: Vec<u8>, query: &str| {
+        axum::http::Request::post(format!("/api/v1/backup/snapshots/import{query}"))
+            .body(axum::body::Body::from(body))
+            .unwrap()
+    };
+    let (status, body) = server_b.call_with(import(bytes.to_vec(), "")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["snapshot"]["snapshot_id"], id);
+    assert_eq!(body["snapshot"]["app_id"], app.id.as_str());
+    assert_eq!(body["snapshot"]["sha256"], snap["sha256"]);
+    assert_eq!(body["snapshot"]["origin"], "imported");
+    let (status, body) = server_b.call_with(import(bytes.to_vec(), "")).await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (StatusCode::CONFLICT, Some("Snapshot already exists"))
+    );
+    let (status, body) = server_b
+        .call_with(import(b"not an archive at all".to_vec(), ""))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    change_everything(&app.volume_path());
+    let (status, body) = server_b.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(manifest(&app.volume_path(), true), snapshot_time);
+    assert_eq!(
+        server_b.manager.list(None).unwrap().len(),
+        1,
+        "failed imports left nothing"
+    );
+    let leftovers = fs::read_dir(server_b.root.path().join(".appsnap"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("import-"))
+        .count();
+    assert_eq!(leftovers, 0);
+}
+
+#[tokio::test]
+async fn import_is_size_limited() {
+    let h = Harness::with(|c| c.max_import_bytes = 1000).await;
+    let req = axum::http::Request::post("/api/v1/backup/snapshots/import")
+        .body(axum::body::Body::from(vec![0u8; 5000]))
+        .unwrap();
+    let (status, body) = h.call_with(req).await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("Upload too large"))
+    );
+    assert_eq!(h.files(), Vec::<String>::new());
+}
+
+/// The two ways a crashed restore is repaired at start-up, from the journal a real
+/// restore writes: finished when extraction had completed, rolled back before that.
+#[tokio::test]
+async fn startup_finishes_or_rolls_back_an_interrupted_restore() {
+    for (phase, expect) in [("extracted", "restored"), ("extracting", "old")] {
+        let app = TestApp::new("");
+        let data = app.volume_path();
+        let aside = data.with_file_name("._data.appsnap-aside-0000abcd");
+        fs::create_dir(&aside).unwrap();
+        fs::write(aside.join("state"), "old").unwrap();
+        fs::write(data.join("state"), "restored").unwrap();
+        sh(&format!("docker stop -t 1 {}", app.containers[0]));
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir(root.path().join(".appsnap")).unwrap();
+        let journal = serde_json::json!({
+            "app_id": app.id, "snapshot_id": "snapshot_20260101T000000Z_0001", "phase": phase,
+            "stopped": [app.containers[0]], "created_volumes": [],
+            "mounts": [{"target": data, "aside": aside, "how": "renamed", "root": null}],
+        });
+        let journal_path = root
+            .path()
+            .join(format!(".appsnap/{}.restore.journal", app.id));
+        fs::write(&journal_path, journal.to_string()).unwrap();
+
+        let h = Harness::in_root(root, |_| {}).await;
+        assert_eq!(
+            fs::read_to_string(data.join("state")).unwrap(),
+            expect,
+            "phase {phase}"
+        );
+        assert!(!aside.exists(), "phase {phase}: nothing left aside");
+        assert!(!journal_path.exists(), "phase {phase}: journal done");
+        assert!(
+            app.running(&app.containers[0]),
+            "phase {phase}: the app runs"
+        );
+        drop(h);
+    }
+}
