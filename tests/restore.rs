@@ -193,6 +193,38 @@ async fn disk_full_during_extraction_rolls_back() {
     assert!(app.running(&app.containers[0]));
 }
 
+/// A permission fault: the bind mount has become read-only, so not even its current data
+/// can be moved aside. Nothing may change.
+#[tokio::test]
+async fn read_only_target_rolls_back_untouched() {
+    let app = TestApp::new("");
+    fs::write(app.bind().join("config.ini"), "v1").unwrap();
+    let h = Harness::new().await;
+    let snap = h.backup(&app.id).await;
+    fs::write(app.bind().join("config.ini"), "v2").unwrap();
+    let before = manifest(&app.bind(), true);
+    let vol_before = manifest(&app.volume_path(), true);
+    let _ro = crate::common::ReadOnly::mount(&app.bind());
+
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["message"], "Restore failed, rolled back");
+    assert!(
+        body["details"]
+            .as_str()
+            .unwrap()
+            .contains("Read-only file system"),
+        "{body}"
+    );
+    assert_eq!(manifest(&app.bind(), true), before);
+    assert_eq!(
+        manifest(&app.volume_path(), true),
+        vol_before,
+        "nor anything else"
+    );
+    assert!(app.running(&app.containers[0]));
+}
+
 #[tokio::test]
 async fn container_that_exits_at_once_rolls_back() {
     let app = TestApp::new_running("", "[ -e /data/broken ] && exit 3;");

@@ -509,6 +509,25 @@ impl SmallFs {
     }
 }
 
+/// `dir` bind-mounted read-only onto itself: writes fail with EROFS, even for root.
+pub struct ReadOnly(pub PathBuf);
+
+impl ReadOnly {
+    pub fn mount(dir: &Path) -> ReadOnly {
+        let d = dir.display();
+        sh(&format!(
+            "mount --bind {d} {d} && mount -o remount,bind,ro {d}"
+        ));
+        ReadOnly(dir.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 impl Drop for SmallFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();

@@ -144,11 +144,7 @@ impl Read for ParallelInflate {
 
 /// Reads whole members off the file, one permit each. A malformed member ends the
 /// stream with an error in its place.
-fn split_members(
-    mut file: File,
-    work: &SyncSender<Numbered>,
-    permits: &Receiver<()>,
-) {
+fn split_members(mut file: File, work: &SyncSender<Numbered>, permits: &Receiver<()>) {
     let corrupt = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
     let mut seq = 0;
     let mut offset = 0u64;

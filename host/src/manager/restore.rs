@@ -407,12 +407,7 @@ fn plan_move(target: &Path, rid: &str) -> io::Result<Moved> {
         }
         Err(e) => return Err(e),
     };
-    let is_mount_point = meta.is_dir()
-        && target
-            .parent()
-            .and_then(|p| fs::metadata(p).ok())
-            .is_some_and(|parent| parent.dev() != meta.dev());
-    if !is_mount_point {
+    if !(meta.is_dir() && is_mount_point(target, &meta)) {
         return Ok(Moved {
             target: target.into(),
             aside: sibling,
@@ -432,6 +427,48 @@ fn plan_move(target: &Path, rid: &str) -> io::Result<Moved> {
             xattrs: xattrs_of(target),
         }),
     })
+}
+
+/// A mount point cannot be renamed (EBUSY). Another filesystem shows in `st_dev`; a bind
+/// mount of the same filesystem only in the mount table.
+fn is_mount_point(path: &Path, meta: &fs::Metadata) -> bool {
+    let parent_dev = path
+        .parent()
+        .and_then(|p| fs::metadata(p).ok())
+        .map(|m| m.dev());
+    if parent_dev.is_some_and(|d| d != meta.dev()) {
+        return true;
+    }
+    let Ok(canonical) = fs::canonicalize(path) else {
+        return false;
+    };
+    let Ok(table) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mount_point| Path::new(&unescape_mountinfo(mount_point)) == canonical)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn perform_move(m: &Moved) -> io::Result<()> {
