@@ -9,5 +9,6 @@ mod archive_fidelity;
 mod backup_api;
 mod faults;
 mod malicious;
+mod policies;
 mod restore;
 mod service;

@@ -64,6 +64,8 @@ pub struct Config {
     pub restore_devices: bool,
     /// Largest snapshot accepted by `POST /api/v1/backup/snapshots/import`.
     pub max_import_bytes: u64,
+    /// Seconds between two scheduler passes (schedule policies decide what is due).
+    pub scheduler_tick_secs: u64,
     /// Where the Docker host's filesystem is visible (`/` on the host; e.g. `/host` when
     /// appsnap runs in a container with the host's root mounted there).
     pub host_root: PathBuf,
@@ -103,6 +105,7 @@ impl Default for Config {
             restore_settle_secs: 3,
             restore_devices: false,
             max_import_bytes: 100 << 30,
+            scheduler_tick_secs: 30,
             host_root: PathBuf::from("/"),
             apps: HashMap::new(),
         }

@@ -5,6 +5,8 @@
 //! - [`manager`]: `BackupManager`, the only place that creates, lists and deletes
 //!   snapshots: per-app locks, stop/start around the archive, crash journal.
 //! - [`jobs`]: long operations with progress (polled or streamed as SSE).
+//! - [`policy`]: WebAssembly policies (wasmtime sandbox, registry of built-in and uploaded
+//!   components, bindings); the decisions are applied in `manager`.
 //! - [`docker`]: apps are compose projects; finds their mounts, stops/starts containers,
 //!   runs hooks (bollard).
 //! - [`archive`]: the `.tar.gz` itself — filesystem walk, tar headers, parallel gzip.
@@ -22,3 +24,4 @@ pub mod docker;
 pub mod ids;
 pub mod jobs;
 pub mod manager;
+pub mod policy;

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::docker::DockerError;
 use crate::manager::ManagerError;
+use crate::policy::PolicyError;
 
 /// The JSON body of every error response (and of a failed job).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -61,6 +62,28 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
             StatusCode::INTERNAL_SERVER_ERROR,
             "Restore failed, rollback incomplete",
         ),
+        QuotaDenied { .. } => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            "Backup denied by quota policy",
+        ),
+        Policy(p) => match p {
+            PolicyError::Invalid(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "Invalid policy component")
+            }
+            PolicyError::Config { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid policy configuration",
+            ),
+            PolicyError::WrongKind(..) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "Policy of the wrong kind")
+            }
+            PolicyError::NotFound(_) => (StatusCode::NOT_FOUND, "Policy not found"),
+            PolicyError::Conflict(_) => (StatusCode::CONFLICT, "Policy in use"),
+            PolicyError::Failed(_) | PolicyError::Malformed(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "Policy failed")
+            }
+            PolicyError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Storage error"),
+        },
         SnapshotExists(_) => (StatusCode::CONFLICT, "Snapshot already exists"),
         TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "Upload too large"),
         Docker(DockerError::Hook { .. }) => {

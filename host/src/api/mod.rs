@@ -4,6 +4,7 @@
 //! - [`backup`] — `/api/v1/backup/…` (the seed routes: create, list, delete; plus show, stats)
 //! - [`restore`] — `POST /api/v1/backup/restore/{app_id}/{snapshot_id}`
 //! - [`transfer`] — verify, download and import of snapshots
+//! - [`policies`] — `/api/v1/policies/…`, bindings per app, retention runs, pins
 //! - [`jobs`] — `/api/v1/jobs/…` (progress of long operations, SSE)
 //! - [`error`] — the single error → HTTP mapping
 //! - here: auth, `/healthz`, OpenAPI + docs page
@@ -11,6 +12,7 @@
 pub mod backup;
 pub mod error;
 pub mod jobs;
+pub mod policies;
 pub mod restore;
 pub mod transfer;
 
@@ -70,8 +72,32 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .route("/api/v1/backup/snapshots", get(backup::list))
         .route(
             "/api/v1/backup/snapshots/{snapshot_id}",
-            get(backup::show).delete(backup::delete),
+            get(backup::show)
+                .delete(backup::delete)
+                .patch(policies::patch_snapshot),
         )
+        .route(
+            "/api/v1/policies/{name}",
+            get(policies::show)
+                .delete(policies::delete)
+                .put(policies::upload)
+                .layer(DefaultBodyLimit::max(policies::MAX_COMPONENT_BYTES)),
+        )
+        .route("/api/v1/policies", get(policies::list))
+        .route("/api/v1/policies/{name}/dry-run", post(policies::dry_run))
+        .route(
+            "/api/v1/backup/apps/{app_id}/policies",
+            get(policies::bindings).put(policies::bind),
+        )
+        .route(
+            "/api/v1/backup/apps/{app_id}/retention",
+            post(policies::run_retention),
+        )
+        .route(
+            "/api/v1/backup/policies/default",
+            axum::routing::put(policies::bind_default),
+        )
+        .route("/api/v1/backup/schedules", get(policies::schedules))
         .route("/api/v1/backup/stats", get(backup::stats))
         .route(
             "/api/v1/backup/restore/{app_id}/{snapshot_id}",
@@ -178,9 +204,20 @@ pub async fn serve(
             "off: loopback only"
         }
     );
+    // The scheduler: every tick, start the backups the schedule policies say are due.
+    let ticking = Arc::clone(&manager);
+    let tick = std::time::Duration::from_secs(manager.config().scheduler_tick_secs.max(1));
+    let scheduler = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        loop {
+            interval.tick().await;
+            ticking.scheduler_tick(chrono::Utc::now()).await;
+        }
+    });
     axum::serve(listener, router(Arc::clone(&manager)))
         .with_graceful_shutdown(shutdown)
         .await?;
+    scheduler.abort();
     tracing::info!("shutting down: waiting for running backups to finish");
     manager.idle().await;
     Ok(())

@@ -110,6 +110,8 @@ impl BackupManager {
             .await
             .unwrap_or(0);
         job.total(total);
+        job.step("asking the quota policy");
+        let evict = self.quota_admit(&app.id, total).await?;
 
         let running = app.running();
         job.step("running pre-backup hooks");
@@ -224,6 +226,8 @@ impl BackupManager {
             catalog.save()?;
         }
         self.enforce_count(&app.id);
+        job.step("applying policies");
+        self.after_backup(&app.id, evict).await;
         Ok(snapshot)
     }
 

@@ -4,12 +4,17 @@
 //! - [`backup`]: making a snapshot (stop, archive, start, commit) and its crash repair;
 //! - [`restore`]: putting one back with rollback, and its crash repair;
 //! - [`transfer`]: verify, download and import (moving snapshots between servers);
+//! - [`policies`]: quota before a backup, retention after it, schedules, dry runs, and
+//!   the host rules no policy can break;
 //! - here: opening the backup root (lock, repairs, catalog), per-app locks, list, delete,
 //!   stats.
 
 mod backup;
+mod policies;
 mod restore;
 mod transfer;
+
+pub use policies::{Decision, RetentionReport};
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -89,6 +94,12 @@ pub enum ManagerError {
         cause: String,
         rollback: String,
     },
+    /// The quota policy refused the backup.
+    #[error("quota policy `{policy}` denied the backup: {reason}")]
+    QuotaDenied { policy: String, reason: String },
+    /// A policy could not be stored, bound or run.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     /// A snapshot with this id is in the catalog already.
     #[error("snapshot `{0}` exists already")]
     SnapshotExists(String),
@@ -144,6 +155,8 @@ pub(super) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> Ma
 pub struct AppStats {
     pub snapshots: u64,
     pub bytes: u64,
+    /// The quota policy that applies to the app, if any: `bytes` is what it counts.
+    pub quota: Option<crate::policy::Binding>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -171,6 +184,7 @@ pub struct BackupManager {
     /// Count of held app locks, for a graceful shutdown that waits for them.
     busy_count: watch::Sender<usize>,
     pub jobs: Jobs,
+    pub policies: Arc<crate::policy::Registry>,
     /// Held for the manager's life: one process per backup root.
     _root_lock: File,
 }
@@ -230,6 +244,7 @@ impl BackupManager {
         let catalog = tokio::task::spawn_blocking(move || Catalog::open(&root))
             .await
             .expect("catalog open task")?;
+        let config_state = config.backup_root.join(STATE_DIR);
         Ok(Arc::new(BackupManager {
             config: Arc::new(config),
             docker,
@@ -237,6 +252,7 @@ impl BackupManager {
             busy: Arc::default(),
             busy_count: watch::channel(0).0,
             jobs: Jobs::default(),
+            policies: Arc::new(crate::policy::Registry::open(&config_state)?),
             _root_lock: lock,
         }))
     }
@@ -334,6 +350,9 @@ impl BackupManager {
             a.bytes += s.size_bytes;
             total_snapshots += 1;
             total_bytes += s.size_bytes;
+        }
+        for (app, a) in apps.iter_mut() {
+            a.quota = self.policies.effective(app, crate::policy::Kind::Quota);
         }
         let vfs =
             nix::sys::statvfs::statvfs(&self.config.backup_root).map_err(|e| ManagerError::Io {

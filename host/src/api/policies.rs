@@ -1,0 +1,186 @@
+//! `/api/v1/policies/…` and the per-app policy routes: upload, list, delete, bind,
+//! dry-run, run retention, pin a snapshot, see schedules.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use crate::catalog::Snapshot;
+use crate::manager::{BackupManager, ManagerError, RetentionReport};
+use crate::policy::{Bindings, PolicyError, PolicyInfo};
+
+/// Largest component accepted.
+pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PolicyError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Policy failed",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| ApiError::from(ManagerError::Policy(e)))
+}
+
+/// Upload a policy component (`application/wasm`) as a new version of `name`. Its kind
+/// comes from the world it exports; the new version is used from the next evaluation on.
+#[utoipa::path(put, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    responses((status = 201, body = PolicyInfo), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, description = "Not a usable policy component", body = ErrorBody)))]
+pub async fn upload(
+    State(manager): State<Arc<BackupManager>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<PolicyInfo>), ApiError> {
+    crate::ids::validate("policy name", &name).map_err(ManagerError::from)?;
+    let registry = Arc::clone(&manager.policies);
+    let info = blocking(move || registry.upload(&name, &body)).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// Built-in and uploaded policies, with their versions and failure counts.
+#[utoipa::path(get, path = "/api/v1/policies", tag = "policies", responses((status = 200, body = Vec<PolicyInfo>)))]
+pub async fn list(
+    State(manager): State<Arc<BackupManager>>,
+) -> Result<Json<Vec<PolicyInfo>>, ApiError> {
+    let registry = Arc::clone(&manager.policies);
+    Ok(Json(blocking(move || Ok(registry.list())).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path)),
+    responses((status = 200, body = PolicyInfo), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(manager): State<Arc<BackupManager>>,
+    Path(name): Path<String>,
+) -> Result<Json<PolicyInfo>, ApiError> {
+    crate::ids::validate("policy name", &name).map_err(ManagerError::from)?;
+    let registry = Arc::clone(&manager.policies);
+    Ok(Json(blocking(move || registry.info(&name)).await?))
+}
+
+/// Delete an uploaded policy (refused while bound, and for built-ins).
+#[utoipa::path(delete, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(
+    State(manager): State<Arc<BackupManager>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    crate::ids::validate("policy name", &name).map_err(ManagerError::from)?;
+    manager
+        .policies
+        .delete(&name)
+        .map_err(ManagerError::Policy)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DryRun {
+    pub app_id: String,
+    /// Configuration to try (default: the app's bound one, else `{}`).
+    #[schema(value_type = Object)]
+    pub config: Option<serde_json::Value>,
+}
+
+/// What a policy would decide for an app, changing nothing.
+#[utoipa::path(post, path = "/api/v1/policies/{name}/dry-run", tag = "policies", params(("name" = String, Path)),
+    request_body = DryRun, responses((status = 200, description = "The decision", body = Object),
+        (status = 404, body = ErrorBody)))]
+pub async fn dry_run(
+    State(manager): State<Arc<BackupManager>>,
+    Path(name): Path<String>,
+    Json(req): Json<DryRun>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(manager.dry_run(&name, &req.app_id, req.config).await?))
+}
+
+/// Bind retention/quota/schedule policies (with their JSON config) to an app; each
+/// config is checked by the policy's `validate-config` (422 when refused).
+#[utoipa::path(put, path = "/api/v1/backup/apps/{app_id}/policies", tag = "policies", params(("app_id" = String, Path)),
+    request_body = Bindings, responses((status = 200, body = Bindings), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn bind(
+    State(manager): State<Arc<BackupManager>>,
+    Path(app_id): Path<String>,
+    Json(bindings): Json<Bindings>,
+) -> Result<Json<Bindings>, ApiError> {
+    crate::ids::validate("app id", &app_id).map_err(ManagerError::from)?;
+    let registry = Arc::clone(&manager.policies);
+    let (app, b) = (app_id.clone(), bindings.clone());
+    blocking(move || registry.bind(Some(&app), b)).await?;
+    Ok(Json(manager.policies.bindings(Some(&app_id))))
+}
+
+#[utoipa::path(get, path = "/api/v1/backup/apps/{app_id}/policies", tag = "policies", params(("app_id" = String, Path)),
+    responses((status = 200, body = Bindings)))]
+pub async fn bindings(
+    State(manager): State<Arc<BackupManager>>,
+    Path(app_id): Path<String>,
+) -> Result<Json<Bindings>, ApiError> {
+    crate::ids::validate("app id", &app_id).map_err(ManagerError::from)?;
+    Ok(Json(manager.policies.bindings(Some(&app_id))))
+}
+
+/// The default bindings, for apps without their own.
+#[utoipa::path(put, path = "/api/v1/backup/policies/default", tag = "policies",
+    request_body = Bindings, responses((status = 200, body = Bindings), (status = 422, body = ErrorBody)))]
+pub async fn bind_default(
+    State(manager): State<Arc<BackupManager>>,
+    Json(bindings): Json<Bindings>,
+) -> Result<Json<Bindings>, ApiError> {
+    let registry = Arc::clone(&manager.policies);
+    blocking(move || registry.bind(None, bindings)).await?;
+    Ok(Json(manager.policies.bindings(None)))
+}
+
+/// Run the app's retention policy now.
+#[utoipa::path(post, path = "/api/v1/backup/apps/{app_id}/retention", tag = "policies", params(("app_id" = String, Path)),
+    responses((status = 200, body = RetentionReport)))]
+pub async fn run_retention(
+    State(manager): State<Arc<BackupManager>>,
+    Path(app_id): Path<String>,
+) -> Result<Json<RetentionReport>, ApiError> {
+    Ok(Json(manager.retention(&app_id, None, false).await?))
+}
+
+/// Scheduled backups: last run, next run and last error per app.
+#[utoipa::path(get, path = "/api/v1/backup/schedules", tag = "policies", responses((status = 200, body = Object)))]
+pub async fn schedules(State(manager): State<Arc<BackupManager>>) -> Json<serde_json::Value> {
+    Json(serde_json::to_value(manager.schedules()).expect("schedules"))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotPatch {
+    /// Pinned snapshots are never deleted by a policy.
+    pub pinned: Option<bool>,
+    /// An empty string removes the note.
+    pub note: Option<String>,
+}
+
+/// Pin or annotate a snapshot.
+#[utoipa::path(patch, path = "/api/v1/backup/snapshots/{snapshot_id}", tag = "backup", params(("snapshot_id" = String, Path)),
+    request_body = SnapshotPatch, responses((status = 200, body = Snapshot), (status = 404, body = ErrorBody)))]
+pub async fn patch_snapshot(
+    State(manager): State<Arc<BackupManager>>,
+    Path(snapshot_id): Path<String>,
+    Json(patch): Json<SnapshotPatch>,
+) -> Result<Json<Snapshot>, ApiError> {
+    Ok(Json(manager.patch(
+        &snapshot_id,
+        patch.pinned,
+        patch.note,
+    )?))
+}

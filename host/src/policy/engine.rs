@@ -1,0 +1,362 @@
+//! The sandbox: wasmtime running policy components against the worlds of `wit/`.
+//!
+//! One process-wide engine compiles each component once (cached by sha256); every call
+//! gets a fresh `Store` with: fuel and an epoch deadline (a ticker thread advances the
+//! epoch every 100 ms; 10 ticks ≈ 1 s wall clock), a 64 MiB memory cap, and a WASI
+//! context with nothing in it — no preopened dirs, no env, no args, no sockets, no
+//! inherited stdio. The only import beyond WASI's is `log`, rate-limited.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::{Kind, PolicyError};
+
+pub mod bindings {
+    pub mod retention {
+        wasmtime::component::bindgen!({ world: "retention", path: "../wit" });
+    }
+    pub mod quota {
+        wasmtime::component::bindgen!({ world: "quota", path: "../wit" });
+    }
+    pub mod schedule {
+        wasmtime::component::bindgen!({ world: "schedule", path: "../wit" });
+    }
+}
+
+pub use bindings::retention::appsnap::policy::types::{
+    Admission, Description, SnapshotInfo, Usage, Verdict,
+};
+
+/// Memory a policy may use.
+pub const MEMORY_LIMIT: usize = 64 << 20;
+/// Instructions (roughly) a call may run; the epoch deadline bounds wall time as well.
+const FUEL: u64 = 2_000_000_000;
+const TICK: Duration = Duration::from_millis(100);
+const DEADLINE_TICKS: u64 = 10;
+/// Log lines kept per call.
+const MAX_LOG_LINES: usize = 20;
+
+/// What a guest's store holds.
+pub struct Host {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    pub log: Vec<String>,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A component, type-checked and ready to instantiate.
+pub struct Compiled {
+    pub kind: Kind,
+    pub sha256: String,
+    pub description: Description,
+    pre: Pre,
+}
+
+enum Pre {
+    Retention(bindings::retention::RetentionPre<Host>),
+    Quota(bindings::quota::QuotaPre<Host>),
+    Schedule(bindings::schedule::SchedulePre<Host>),
+}
+
+pub struct PolicyEngine {
+    engine: Engine,
+    linker: Linker<Host>,
+    cache: Mutex<HashMap<String, Arc<Compiled>>>,
+}
+
+/// The process-wide engine (its epoch ticker thread lives as long as the process).
+pub fn shared() -> &'static PolicyEngine {
+    static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| PolicyEngine::new().expect("wasmtime engine"))
+}
+
+impl PolicyEngine {
+    fn new() -> wasmtime::Result<PolicyEngine> {
+        let mut config = Config::new();
+        config.consume_fuel(true).epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("appsnap-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        linker.root().func_wrap("log", |mut store, (message,): (String,)| {
+            let host: &mut Host = store.data_mut();
+            if host.log.len() < MAX_LOG_LINES {
+                tracing::info!(target: "appsnap::policy::guest", "{}", message.chars().take(500).collect::<String>());
+                host.log.push(message);
+            }
+            Ok(())
+        })?;
+        Ok(PolicyEngine {
+            engine,
+            linker,
+            cache: Mutex::default(),
+        })
+    }
+
+    fn store(&self) -> Store<Host> {
+        let wasi = WasiCtxBuilder::new()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(MEMORY_LIMIT)
+            .instances(32)
+            .tables(32)
+            .memories(8)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            Host {
+                wasi,
+                table: ResourceTable::new(),
+                limits,
+                log: Vec::new(),
+            },
+        );
+        store.limiter(|h| &mut h.limits);
+        store.set_fuel(FUEL).expect("fuel is enabled");
+        store.set_epoch_deadline(DEADLINE_TICKS);
+        store
+    }
+
+    /// Compiles and type-checks a component (cached by sha256): which world it exports
+    /// decides its kind, and it must answer `describe` consistently.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<Compiled>, PolicyError> {
+        let sha256 = crate::archive::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes));
+        if let Some(c) = self.cache.lock().expect("cache lock").get(&sha256) {
+            return Ok(Arc::clone(c));
+        }
+        if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
+            return Err(PolicyError::Invalid(
+                "this is a core WebAssembly module, not a component: build the policy with \
+                 `cargo build --target wasm32-wasip2` (see the README)"
+                    .into(),
+            ));
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| PolicyError::Invalid(format!("not a WebAssembly component: {e:#}")))?;
+        let pre: InstancePre<Host> = self.linker.instantiate_pre(&component).map_err(|e| {
+            PolicyError::Invalid(format!(
+                "the component needs imports appsnap does not provide (a different WIT \
+                 version than appsnap:policy@0.1.0?): {e:#}"
+            ))
+        })?;
+        let (kind, pre) = if let Ok(p) = bindings::retention::RetentionPre::new(pre.clone()) {
+            (Kind::Retention, Pre::Retention(p))
+        } else if let Ok(p) = bindings::quota::QuotaPre::new(pre.clone()) {
+            (Kind::Quota, Pre::Quota(p))
+        } else if let Ok(p) = bindings::schedule::SchedulePre::new(pre) {
+            (Kind::Schedule, Pre::Schedule(p))
+        } else {
+            return Err(PolicyError::Invalid(
+                "the component exports none of the worlds of appsnap:policy@0.1.0 \
+                 (retention, quota, schedule) with the expected signatures"
+                    .into(),
+            ));
+        };
+        let mut compiled = Compiled {
+            kind,
+            sha256: sha256.clone(),
+            description: Description {
+                name: String::new(),
+                version: String::new(),
+                kind: String::new(),
+                config_help: String::new(),
+            },
+            pre,
+        };
+        let description = self
+            .describe(&compiled)
+            .map_err(|e| PolicyError::Invalid(format!("`describe` failed: {e}")))?;
+        if description.kind != kind.as_str() {
+            return Err(PolicyError::Invalid(format!(
+                "`describe` says kind `{}` but the component exports the {} world",
+                description.kind,
+                kind.as_str()
+            )));
+        }
+        compiled.description = description;
+        let compiled = Arc::new(compiled);
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .insert(sha256, Arc::clone(&compiled));
+        Ok(compiled)
+    }
+
+    fn describe(&self, c: &Compiled) -> Result<Description, PolicyError> {
+        let mut store = self.store();
+        let d = match &c.pre {
+            Pre::Retention(p) => p
+                .instantiate(&mut store)
+                .and_then(|i| i.call_describe(&mut store)),
+            Pre::Quota(p) => p
+                .instantiate(&mut store)
+                .and_then(|i| i.call_describe(&mut store))
+                .map(convert_quota_description),
+            Pre::Schedule(p) => p
+                .instantiate(&mut store)
+                .and_then(|i| i.call_describe(&mut store))
+                .map(convert_schedule_description),
+        };
+        d.map_err(trap)
+    }
+
+    pub fn validate_config(
+        &self,
+        c: &Compiled,
+        config: &str,
+    ) -> Result<Result<(), String>, PolicyError> {
+        let mut store = self.store();
+        let r = match &c.pre {
+            Pre::Retention(p) => p
+                .instantiate(&mut store)
+                .and_then(|i| i.call_validate_config(&mut store, config)),
+            Pre::Quota(p) => p
+                .instantiate(&mut store)
+                .and_then(|i| i.call_validate_config(&mut store, config)),
+            Pre::Schedule(p) => p
+                .instantiate(&mut store)
+                .and_then(|i| i.call_validate_config(&mut store, config)),
+        };
+        r.map_err(trap)
+    }
+
+    pub fn retention(
+        &self,
+        c: &Compiled,
+        now: i64,
+        config: &str,
+        snapshots: &[SnapshotInfo],
+    ) -> Result<Vec<Verdict>, PolicyError> {
+        let Pre::Retention(p) = &c.pre else {
+            return Err(PolicyError::WrongKind(c.kind, Kind::Retention));
+        };
+        let mut store = self.store();
+        p.instantiate(&mut store)
+            .and_then(|i| i.call_decide(&mut store, now, config, snapshots))
+            .map_err(trap)
+    }
+
+    pub fn quota(
+        &self,
+        c: &Compiled,
+        now: i64,
+        config: &str,
+        usage: Usage,
+        incoming: u64,
+        snapshots: &[SnapshotInfo],
+    ) -> Result<Admission, PolicyError> {
+        let Pre::Quota(p) = &c.pre else {
+            return Err(PolicyError::WrongKind(c.kind, Kind::Quota));
+        };
+        use bindings::quota::appsnap::policy::types as q;
+        let usage = q::Usage {
+            app_bytes: usage.app_bytes,
+            total_bytes: usage.total_bytes,
+            disk_free: usage.disk_free,
+            disk_size: usage.disk_size,
+        };
+        let snapshots: Vec<q::SnapshotInfo> = snapshots.iter().map(to_quota_info).collect();
+        let mut store = self.store();
+        let a = p
+            .instantiate(&mut store)
+            .and_then(|i| i.call_admit(&mut store, now, config, usage, incoming, &snapshots))
+            .map_err(trap)?;
+        Ok(match a {
+            q::Admission::Admit => Admission::Admit,
+            q::Admission::AdmitAfterEvicting(ids) => Admission::AdmitAfterEvicting(ids),
+            q::Admission::Deny(r) => Admission::Deny(r),
+        })
+    }
+
+    pub fn next_run(
+        &self,
+        c: &Compiled,
+        now: i64,
+        config: &str,
+        last_run: Option<i64>,
+    ) -> Result<Option<i64>, PolicyError> {
+        let Pre::Schedule(p) = &c.pre else {
+            return Err(PolicyError::WrongKind(c.kind, Kind::Schedule));
+        };
+        let mut store = self.store();
+        p.instantiate(&mut store)
+            .and_then(|i| i.call_next_run(&mut store, now, config, last_run))
+            .map_err(trap)
+    }
+}
+
+/// A trap, a timeout (fuel or epoch), or running out of memory, in words.
+fn trap(e: wasmtime::Error) -> PolicyError {
+    let detail = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) | Some(wasmtime::Trap::Interrupt) => {
+            "ran out of its time budget (~1 s)".to_string()
+        }
+        Some(t) => format!("trapped: {t}"),
+        None if format!("{e:#}").contains("growing memory") => {
+            format!("used more than its {} MiB of memory", MEMORY_LIMIT >> 20)
+        }
+        None => e.root_cause().to_string(),
+    };
+    PolicyError::Failed(detail)
+}
+
+fn to_quota_info(s: &SnapshotInfo) -> bindings::quota::appsnap::policy::types::SnapshotInfo {
+    bindings::quota::appsnap::policy::types::SnapshotInfo {
+        id: s.id.clone(),
+        app_id: s.app_id.clone(),
+        created_at: s.created_at,
+        size: s.size,
+        origin: s.origin.clone(),
+        pinned: s.pinned,
+        verified: s.verified,
+    }
+}
+
+fn convert_quota_description(
+    d: bindings::quota::appsnap::policy::types::Description,
+) -> Description {
+    Description {
+        name: d.name,
+        version: d.version,
+        kind: d.kind,
+        config_help: d.config_help,
+    }
+}
+
+fn convert_schedule_description(
+    d: bindings::schedule::appsnap::policy::types::Description,
+) -> Description {
+    Description {
+        name: d.name,
+        version: d.version,
+        kind: d.kind,
+        config_help: d.config_help,
+    }
+}

@@ -1,0 +1,485 @@
+//! Policies: retention, quota and schedule decisions made by WebAssembly components that
+//! operators can upload and swap at runtime. The host acts; policies only decide.
+//!
+//! - [`engine`]: wasmtime, the worlds of `wit/`, and the sandbox limits;
+//! - here: the registry — built-in and uploaded components by name and version (stored by
+//!   sha256 under `{backup_root}/.appsnap/policies/`), bindings of policies to apps (and a
+//!   default), schedule state, and per-policy failure counts shown in the API.
+//!
+//! Host rules no policy can break live in `manager::policies`: pinned snapshots and the
+//! newest verified snapshot survive, a policy can only delete what it was shown, and a
+//! failing policy means "delete nothing / admit".
+
+pub mod engine;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use engine::{Compiled, shared};
+
+/// Errors of the policy registry and sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The upload is not a usable policy component (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// A call into the policy trapped, timed out or ran out of memory.
+    #[error("policy failed: {0}")]
+    Failed(String),
+    /// The policy answered something the host cannot accept.
+    #[error("policy answered nonsense: {0}")]
+    Malformed(String),
+    /// The policy is of another kind than the slot it was used for.
+    #[error("a {0} policy cannot be used as {1}")]
+    WrongKind(Kind, Kind),
+    /// No policy of that name.
+    #[error("no policy `{0}`")]
+    NotFound(String),
+    /// The operation conflicts with how the policy is used.
+    #[error("{0}")]
+    Conflict(String),
+    /// A configuration was refused by the policy's `validate-config`.
+    #[error("invalid configuration for `{policy}`: {reason}")]
+    Config { policy: String, reason: String },
+    /// Storing policies or bindings failed.
+    #[error("policy storage: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Retention,
+    Quota,
+    Schedule,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Retention => "retention",
+            Kind::Quota => "quota",
+            Kind::Schedule => "schedule",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Built-in policies, built from `policies/` by `build.rs` and embedded.
+pub const BUILTINS: &[(&str, &[u8])] = &[
+    (
+        "keep-last",
+        include_bytes!(concat!(env!("APPSNAP_GUESTS_DIR"), "/keep_last.wasm")),
+    ),
+    (
+        "keep-within",
+        include_bytes!(concat!(env!("APPSNAP_GUESTS_DIR"), "/keep_within.wasm")),
+    ),
+    (
+        "gfs",
+        include_bytes!(concat!(env!("APPSNAP_GUESTS_DIR"), "/gfs.wasm")),
+    ),
+    (
+        "quota-oldest-first",
+        include_bytes!(concat!(
+            env!("APPSNAP_GUESTS_DIR"),
+            "/quota_oldest_first.wasm"
+        )),
+    ),
+    (
+        "daily-weekly-cron",
+        include_bytes!(concat!(
+            env!("APPSNAP_GUESTS_DIR"),
+            "/daily_weekly_cron.wasm"
+        )),
+    ),
+];
+
+/// One policy bound to a slot, with its configuration (any JSON; passed as a string).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Binding {
+    pub policy: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+}
+
+/// The policies of an app (or the default for apps without their own).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bindings {
+    pub retention: Option<Binding>,
+    pub quota: Option<Binding>,
+    pub schedule: Option<Binding>,
+}
+
+impl Bindings {
+    fn slots(&self) -> [(Kind, Option<&Binding>); 3] {
+        [
+            (Kind::Retention, self.retention.as_ref()),
+            (Kind::Quota, self.quota.as_ref()),
+            (Kind::Schedule, self.schedule.as_ref()),
+        ]
+    }
+
+    fn uses(&self, name: &str) -> bool {
+        self.slots()
+            .iter()
+            .any(|(_, b)| b.is_some_and(|b| b.policy == name))
+    }
+}
+
+/// One stored version of an uploaded policy.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Version {
+    pub sha256: String,
+    pub uploaded_at: DateTime<Utc>,
+    pub kind: Kind,
+    /// From the component's `describe`.
+    pub version: String,
+    pub config_help: String,
+}
+
+/// A policy as the API lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyInfo {
+    pub name: String,
+    pub kind: Kind,
+    pub builtin: bool,
+    /// sha256 of the version in use.
+    pub current: String,
+    pub versions: Vec<Version>,
+    /// Calls that trapped, timed out or answered nonsense since start-up.
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScheduleState {
+    /// Last scheduled run (or when the schedule was first seen).
+    pub last_run: Option<DateTime<Utc>>,
+    pub next_run: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    /// Uploaded policies: name → versions, newest last, and the current one.
+    uploaded: BTreeMap<String, (Vec<Version>, String)>,
+    default: Bindings,
+    apps: BTreeMap<String, Bindings>,
+    schedules: BTreeMap<String, ScheduleState>,
+}
+
+#[derive(Default)]
+struct Health {
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+pub struct Registry {
+    dir: PathBuf,
+    state: Mutex<State>,
+    health: Mutex<BTreeMap<String, Arc<Health>>>,
+}
+
+impl Registry {
+    /// Loads `{state_dir}/policies/`.
+    pub fn open(state_dir: &Path) -> Result<Registry, PolicyError> {
+        let dir = state_dir.join("policies");
+        fs::create_dir_all(&dir)?;
+        let state = match fs::read(dir.join("state.json")) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                PolicyError::Invalid(format!("policies/state.json is corrupt: {e}"))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Registry {
+            dir,
+            state: Mutex::new(state),
+            health: Mutex::default(),
+        })
+    }
+
+    fn save(&self, state: &State) -> Result<(), PolicyError> {
+        let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
+        crate::catalog::write_atomic(&self.dir.join("state.json"), &bytes)?;
+        Ok(())
+    }
+
+    fn builtin(name: &str) -> Option<&'static [u8]> {
+        BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+    }
+
+    /// The version in use of `name`, compiled (blocking: may compile).
+    pub fn resolve(&self, name: &str) -> Result<Arc<Compiled>, PolicyError> {
+        if let Some(bytes) = Self::builtin(name) {
+            return shared().load(bytes);
+        }
+        let sha = {
+            let state = self.state.lock().expect("policy state");
+            state
+                .uploaded
+                .get(name)
+                .map(|(_, current)| current.clone())
+                .ok_or_else(|| PolicyError::NotFound(name.into()))?
+        };
+        let bytes = fs::read(self.dir.join(format!("{sha}.wasm")))?;
+        shared().load(&bytes)
+    }
+
+    /// Stores a new version of `name` and makes it current (blocking: compiles).
+    /// Evaluations already running keep the version they started with.
+    pub fn upload(&self, name: &str, bytes: &[u8]) -> Result<PolicyInfo, PolicyError> {
+        crate::ids::validate("policy name", name)
+            .map_err(|e| PolicyError::Invalid(e.to_string()))?;
+        if Self::builtin(name).is_some() {
+            return Err(PolicyError::Conflict(format!(
+                "`{name}` is a built-in policy; upload under another name"
+            )));
+        }
+        let compiled = shared().load(bytes)?;
+        let path = self.dir.join(format!("{}.wasm", compiled.sha256));
+        if !path.exists() {
+            crate::catalog::write_atomic(&path, bytes)?;
+        }
+        let mut state = self.state.lock().expect("policy state");
+        if let Some((versions, _)) = state.uploaded.get(name)
+            && versions.last().is_some_and(|v| v.kind != compiled.kind)
+        {
+            return Err(PolicyError::Conflict(format!(
+                "`{name}` is a {} policy; this component is {}",
+                versions[0].kind, compiled.kind
+            )));
+        }
+        let entry = state.uploaded.entry(name.to_string()).or_default();
+        if !entry.0.iter().any(|v| v.sha256 == compiled.sha256) {
+            entry.0.push(Version {
+                sha256: compiled.sha256.clone(),
+                uploaded_at: Utc::now(),
+                kind: compiled.kind,
+                version: compiled.description.version.clone(),
+                config_help: compiled.description.config_help.clone(),
+            });
+        }
+        entry.1 = compiled.sha256.clone();
+        self.save(&state)?;
+        tracing::info!(policy = name, kind = %compiled.kind, sha256 = %compiled.sha256, "policy uploaded");
+        drop(state);
+        self.info(name)
+    }
+
+    pub fn list(&self) -> Vec<PolicyInfo> {
+        let mut names: Vec<String> = BUILTINS.iter().map(|(n, _)| n.to_string()).collect();
+        names.extend(
+            self.state
+                .lock()
+                .expect("policy state")
+                .uploaded
+                .keys()
+                .cloned(),
+        );
+        names.iter().filter_map(|n| self.info(n).ok()).collect()
+    }
+
+    pub fn info(&self, name: &str) -> Result<PolicyInfo, PolicyError> {
+        let health = self.health(name);
+        let (failures, last_error) = (
+            health.failures.load(Ordering::Relaxed),
+            health.last_error.lock().expect("health").clone(),
+        );
+        if let Some(bytes) = Self::builtin(name) {
+            let c = shared().load(bytes)?;
+            return Ok(PolicyInfo {
+                name: name.into(),
+                kind: c.kind,
+                builtin: true,
+                current: c.sha256.clone(),
+                versions: vec![Version {
+                    sha256: c.sha256.clone(),
+                    uploaded_at: DateTime::<Utc>::UNIX_EPOCH,
+                    kind: c.kind,
+                    version: c.description.version.clone(),
+                    config_help: c.description.config_help.clone(),
+                }],
+                failures,
+                last_error,
+            });
+        }
+        let state = self.state.lock().expect("policy state");
+        let (versions, current) = state
+            .uploaded
+            .get(name)
+            .ok_or_else(|| PolicyError::NotFound(name.into()))?;
+        Ok(PolicyInfo {
+            name: name.into(),
+            kind: versions.last().map_or(Kind::Retention, |v| v.kind),
+            builtin: false,
+            current: current.clone(),
+            versions: versions.clone(),
+            failures,
+            last_error,
+        })
+    }
+
+    /// Removes an uploaded policy; refused while any app (or the default) uses it.
+    pub fn delete(&self, name: &str) -> Result<(), PolicyError> {
+        if Self::builtin(name).is_some() {
+            return Err(PolicyError::Conflict(format!(
+                "`{name}` is built in and cannot be deleted"
+            )));
+        }
+        let mut state = self.state.lock().expect("policy state");
+        if !state.uploaded.contains_key(name) {
+            return Err(PolicyError::NotFound(name.into()));
+        }
+        let users: Vec<String> = std::iter::once(("default".to_string(), &state.default))
+            .chain(state.apps.iter().map(|(a, b)| (a.clone(), b)))
+            .filter(|(_, b)| b.uses(name))
+            .map(|(a, _)| a)
+            .collect();
+        if !users.is_empty() {
+            return Err(PolicyError::Conflict(format!(
+                "`{name}` is bound to {}",
+                users.join(", ")
+            )));
+        }
+        let (versions, _) = state.uploaded.remove(name).expect("checked");
+        self.save(&state)?;
+        for v in versions {
+            let still_used = state
+                .uploaded
+                .values()
+                .any(|(vs, _)| vs.iter().any(|x| x.sha256 == v.sha256));
+            if !still_used {
+                let _ = fs::remove_file(self.dir.join(format!("{}.wasm", v.sha256)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every binding (policy exists, right kind, `validate-config` accepts the
+    /// config) and stores them for `app` (`None`: the default). Blocking.
+    pub fn bind(&self, app: Option<&str>, bindings: Bindings) -> Result<(), PolicyError> {
+        for (kind, binding) in bindings.slots() {
+            let Some(b) = binding else { continue };
+            let c = self.resolve(&b.policy)?;
+            if c.kind != kind {
+                return Err(PolicyError::WrongKind(c.kind, kind));
+            }
+            shared()
+                .validate_config(&c, &b.config.to_string())?
+                .map_err(|reason| PolicyError::Config {
+                    policy: b.policy.clone(),
+                    reason,
+                })?;
+        }
+        let mut state = self.state.lock().expect("policy state");
+        match app {
+            Some(app) if bindings == Bindings::default() => {
+                state.apps.remove(app);
+            }
+            Some(app) => {
+                state.apps.insert(app.to_string(), bindings);
+            }
+            None => state.default = bindings,
+        }
+        self.save(&state)
+    }
+
+    /// The app's own bindings (`None`: the default's).
+    pub fn bindings(&self, app: Option<&str>) -> Bindings {
+        let state = self.state.lock().expect("policy state");
+        match app {
+            Some(app) => state.apps.get(app).cloned().unwrap_or_default(),
+            None => state.default.clone(),
+        }
+    }
+
+    /// What applies to `app` in `kind`'s slot: its own binding, else the default's.
+    pub fn effective(&self, app: &str, kind: Kind) -> Option<Binding> {
+        let state = self.state.lock().expect("policy state");
+        let pick = |b: &Bindings| match kind {
+            Kind::Retention => b.retention.clone(),
+            Kind::Quota => b.quota.clone(),
+            Kind::Schedule => b.schedule.clone(),
+        };
+        state
+            .apps
+            .get(app)
+            .and_then(pick)
+            .or_else(|| pick(&state.default))
+    }
+
+    /// Apps with a schedule of their own, plus (when the default has one) `known`.
+    pub fn scheduled_apps(&self, known: impl IntoIterator<Item = String>) -> Vec<String> {
+        let state = self.state.lock().expect("policy state");
+        let mut apps: Vec<String> = state
+            .apps
+            .iter()
+            .filter(|(_, b)| b.schedule.is_some())
+            .map(|(a, _)| a.clone())
+            .collect();
+        if state.default.schedule.is_some() {
+            apps.extend(known);
+        }
+        apps.sort();
+        apps.dedup();
+        apps
+    }
+
+    pub fn schedule_state(&self, app: &str) -> ScheduleState {
+        self.state
+            .lock()
+            .expect("policy state")
+            .schedules
+            .get(app)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn schedules(&self) -> BTreeMap<String, ScheduleState> {
+        self.state.lock().expect("policy state").schedules.clone()
+    }
+
+    pub fn set_schedule_state(&self, app: &str, s: ScheduleState) -> Result<(), PolicyError> {
+        let mut state = self.state.lock().expect("policy state");
+        state.schedules.insert(app.to_string(), s);
+        self.save(&state)
+    }
+
+    fn health(&self, name: &str) -> Arc<Health> {
+        Arc::clone(
+            self.health
+                .lock()
+                .expect("health")
+                .entry(name.to_string())
+                .or_default(),
+        )
+    }
+
+    /// Counts a failed call (trap, timeout, nonsense) against `policy` and logs it.
+    pub fn record_failure(&self, policy: &str, app: &str, error: &PolicyError) {
+        tracing::error!(
+            policy,
+            app,
+            "policy failed, nothing deleted or denied: {error}"
+        );
+        let h = self.health(policy);
+        h.failures.fetch_add(1, Ordering::Relaxed);
+        *h.last_error.lock().expect("health") =
+            Some(format!("{}: app {app}: {error}", Utc::now().to_rfc3339()));
+    }
+}

@@ -1,0 +1,520 @@
+//! WASM policies with real components: the built-ins from `policies/`, and hostile test
+//! guests built from `policies/test-guests/` by the same build (looping, hoarding memory,
+//! naming snapshots they were not shown, deleting everything, a foreign world, a newer
+//! WIT). Retention, quota and the scheduler act on real snapshots of a real app.
+
+use std::time::{Duration, Instant};
+
+use appsnap::policy::engine::SnapshotInfo;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::{DateTime, TimeZone, Utc};
+
+use crate::common::{Harness, TestApp, sh};
+
+fn guest(file: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/{file}.wasm", env!("APPSNAP_GUESTS_DIR")))
+        .expect("guest built by build.rs")
+}
+
+async fn put_policy(h: &Harness, name: &str, bytes: Vec<u8>) -> (StatusCode, serde_json::Value) {
+    h.call_with(
+        Request::put(format!("/api/v1/policies/{name}"))
+            .header("content-type", "application/wasm")
+            .body(Body::from(bytes))
+            .unwrap(),
+    )
+    .await
+}
+
+async fn send_json(
+    h: &Harness,
+    method: &str,
+    uri: &str,
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    h.call_with(
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+    )
+    .await
+}
+
+async fn bind(
+    h: &Harness,
+    app: &str,
+    bindings: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    send_json(
+        h,
+        "PUT",
+        &format!("/api/v1/backup/apps/{app}/policies"),
+        bindings,
+    )
+    .await
+}
+
+fn ids(h: &Harness, app: &str) -> Vec<String> {
+    h.manager
+        .list(Some(app))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.snapshot_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn builtins_are_listed_and_bad_uploads_get_precise_422s() {
+    let h = Harness::new().await;
+    let (status, list) = h.call("GET", "/api/v1/policies").await;
+    assert_eq!(status, StatusCode::OK);
+    let kinds: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (name, kind) in [
+        ("keep-last", "retention"),
+        ("keep-within", "retention"),
+        ("gfs", "retention"),
+        ("quota-oldest-first", "quota"),
+        ("daily-weekly-cron", "schedule"),
+    ] {
+        assert!(
+            kinds.contains(&(name.into(), kind.into())),
+            "{name} missing: {kinds:?}"
+        );
+    }
+
+    for (what, bytes, expect) in [
+        (
+            "garbage",
+            b"definitely not wasm".to_vec(),
+            "not a WebAssembly component",
+        ),
+        (
+            "core module",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "core WebAssembly module",
+        ),
+        (
+            "wrong world",
+            guest("wrong_world"),
+            "exports none of the worlds",
+        ),
+        ("newer WIT", guest("newer_wit"), "appsnap:policy"),
+    ] {
+        let (status, body) = put_policy(&h, "candidate", bytes).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {body}");
+        assert_eq!(body["message"], "Invalid policy component", "{what}");
+        assert!(
+            body["details"].as_str().unwrap().contains(expect),
+            "{what}: {body}"
+        );
+    }
+    let (status, _) = h.call("GET", "/api/v1/policies/candidate").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored");
+    let (status, _) = put_policy(&h, "gfs", guest("delete_all")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "built-in names are taken");
+    let (status, _) = put_policy(&h, "..%2Fx", guest("delete_all")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// Each hostile guest is stopped or its answer refused within about a second, deletes
+/// nothing it must not, and the service answers other requests meanwhile.
+#[tokio::test]
+async fn hostile_policies_are_contained() {
+    let app = TestApp::new("");
+    let h = Harness::new().await;
+    let first = h.backup(&app.id).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h.backup(&app.id).await;
+    h.backup(&app.id).await;
+    let (status, _) = send_json(
+        &h,
+        "PATCH",
+        &format!("/api/v1/backup/snapshots/{first}"),
+        serde_json::json!({"pinned": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let all = ids(&h, &app.id);
+
+    for (name, file, expect) in [
+        ("looper", "loop_forever", "time budget"),
+        ("hoarder", "alloc_forever", "memory"),
+        ("liar", "unknown_ids", "not shown"),
+    ] {
+        let (status, body) = put_policy(&h, name, guest(file)).await;
+        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+        assert_eq!(body["kind"], "retention");
+        let (status, body) = bind(
+            &h,
+            &app.id,
+            serde_json::json!({"retention": {"policy": name, "config": {}}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let start = Instant::now();
+        let uri = format!("/api/v1/backup/apps/{}/retention", app.id);
+        let (run, health) = tokio::join!(h.call("POST", &uri), async {
+            tokio::time::sleep(Duration::from_millis(100)).await; // let the policy start first
+            let t = Instant::now();
+            let r = h.call("GET", "/api/v1/backup/snapshots").await;
+            (r.0, t.elapsed())
+        });
+        let elapsed = start.elapsed();
+        assert_eq!(run.0, StatusCode::OK, "{name}: {}", run.1);
+        let error = run.1["error"].as_str().unwrap_or_default();
+        assert!(error.contains(expect), "{name}: {}", run.1);
+        assert!(elapsed < Duration::from_secs(3), "{name} took {elapsed:?}");
+        assert_eq!(health.0, StatusCode::OK);
+        assert!(
+            health.1 < Duration::from_millis(500),
+            "{name}: other requests waited {:?}",
+            health.1
+        );
+        assert_eq!(ids(&h, &app.id), all, "{name}: nothing deleted");
+        let (_, info) = h.call("GET", &format!("/api/v1/policies/{name}")).await;
+        assert!(
+            info["failures"].as_u64().unwrap() >= 1 && info["last_error"].is_string(),
+            "{info}"
+        );
+    }
+
+    // A policy that deletes everything: only the host rules stand between it and the data.
+    put_policy(&h, "wrecker", guest("delete_all")).await;
+    bind(
+        &h,
+        &app.id,
+        serde_json::json!({"retention": {"policy": "wrecker"}}),
+    )
+    .await;
+    let (_, report) = h
+        .call("POST", &format!("/api/v1/backup/apps/{}/retention", app.id))
+        .await;
+    let left = ids(&h, &app.id);
+    assert_eq!(left.len(), 2, "{report}");
+    assert!(left.contains(&first), "pinned survives");
+    assert!(left.contains(&all[0]), "the newest survives");
+    assert_eq!(report["protected"].as_array().unwrap().len(), 2, "{report}");
+}
+
+fn at(s: &str) -> i64 {
+    DateTime::parse_from_rfc3339(s).unwrap().timestamp()
+}
+
+fn snap(id: &str, t: &str) -> SnapshotInfo {
+    SnapshotInfo {
+        id: id.into(),
+        app_id: "a".into(),
+        created_at: at(t),
+        size: 1,
+        origin: "manual".into(),
+        pinned: false,
+        verified: true,
+    }
+}
+
+/// GFS against a table of snapshot times with known answers: leap days, month and year
+/// ends, ISO weeks across the new year, snapshots from the future.
+#[test]
+fn gfs_known_answers() {
+    let engine = appsnap::policy::shared();
+    let gfs = engine
+        .load(
+            appsnap::policy::BUILTINS
+                .iter()
+                .find(|(n, _)| *n == "gfs")
+                .unwrap()
+                .1,
+        )
+        .unwrap();
+    let cases: Vec<(&str, &str, Vec<SnapshotInfo>, Vec<&str>)> = vec![
+        (
+            "leap day",
+            r#"{"daily": 3}"#,
+            vec![
+                snap("feb28", "2024-02-28T10:00:00Z"),
+                snap("feb29a", "2024-02-29T09:00:00Z"),
+                snap("feb29b", "2024-02-29T18:00:00Z"),
+                snap("mar1a", "2024-03-01T00:00:00Z"),
+                snap("mar1b", "2024-03-01T23:59:00Z"),
+            ],
+            vec!["feb28", "feb29b", "mar1b"],
+        ),
+        (
+            "ISO weeks over new year",
+            r#"{"weekly": 2}"#,
+            vec![
+                snap("w52", "2025-12-28T12:00:00Z"),
+                snap("w01wed", "2025-12-31T12:00:00Z"),
+                snap("w01sun", "2026-01-04T23:00:00Z"),
+                snap("w02mon", "2026-01-05T01:00:00Z"),
+            ],
+            vec!["w01sun", "w02mon"],
+        ),
+        (
+            "monthly or yearly",
+            r#"{"monthly": 2, "yearly": 2}"#,
+            vec![
+                snap("y2024", "2024-06-01T00:00:00Z"),
+                snap("dec31", "2025-12-31T23:59:59Z"),
+                snap("jan15", "2026-01-15T00:00:00Z"),
+                snap("jan31", "2026-01-31T00:00:00Z"),
+            ],
+            vec!["dec31", "jan31"],
+        ),
+        (
+            "future and last",
+            r#"{"last": 1}"#,
+            vec![
+                snap("future", "2026-03-02T12:00:00Z"),
+                snap("h1", "2026-03-01T11:00:00Z"),
+                snap("h2", "2026-03-01T10:00:00Z"),
+            ],
+            vec!["future", "h1"],
+        ),
+        (
+            "unlimited hourly",
+            r#"{"hourly": -1}"#,
+            vec![
+                snap("a", "2026-03-01T10:05:00Z"),
+                snap("b", "2026-03-01T10:55:00Z"),
+                snap("c", "2026-03-01T11:00:00Z"),
+            ],
+            vec!["b", "c"],
+        ),
+    ];
+    let now = at("2026-03-01T12:00:00Z").max(0);
+    for (name, config, snaps, want) in cases {
+        let now = if name == "leap day" {
+            at("2024-03-02T00:00:00Z")
+        } else if name == "ISO weeks over new year" {
+            at("2026-01-06T00:00:00Z")
+        } else if name == "monthly or yearly" {
+            at("2026-02-01T00:00:00Z")
+        } else {
+            now
+        };
+        let verdicts = engine.retention(&gfs, now, config, &snaps).unwrap();
+        let mut kept: Vec<&str> = verdicts
+            .iter()
+            .filter(|v| v.keep)
+            .map(|v| v.id.as_str())
+            .collect();
+        kept.sort();
+        let mut want = want.clone();
+        want.sort();
+        assert_eq!(kept, want, "{name}: {verdicts:?}");
+    }
+    let v = engine
+        .retention(
+            &gfs,
+            at("2024-03-02T00:00:00Z"),
+            r#"{"daily": 3, "monthly": 1}"#,
+            &[snap("x", "2024-02-29T18:00:00Z")],
+        )
+        .unwrap();
+    assert_eq!(v[0].reason, "daily 2024-02-29, monthly 2024-02");
+    assert!(
+        engine
+            .validate_config(&gfs, r#"{"daily": -2}"#)
+            .unwrap()
+            .is_err()
+    );
+    assert!(engine.validate_config(&gfs, r#"{}"#).unwrap().is_err());
+}
+
+#[tokio::test]
+async fn bound_retention_deletes_exactly_the_expected_snapshots() {
+    let app = TestApp::new("");
+    let h = Harness::new().await;
+    let (status, body) = bind(
+        &h,
+        &app.id,
+        serde_json::json!({"retention": {"policy": "keep-last", "config": {"n": "x"}}}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("Invalid policy configuration")
+        ),
+        "{body}"
+    );
+    let (status, _) = bind(&h, &app.id, serde_json::json!({"retention": {"policy": "quota-oldest-first", "config": {"max_bytes": 1}}})).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a quota policy in the retention slot"
+    );
+
+    // An operator's own policy: keep-last uploaded under another name, then bound.
+    let (status, body) = put_policy(&h, "mine", appsnap::policy::BUILTINS[0].1.to_vec()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = bind(
+        &h,
+        &app.id,
+        serde_json::json!({"retention": {"policy": "mine", "config": {"n": 2}}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut made = Vec::new();
+    for _ in 0..4 {
+        made.push(h.backup(&app.id).await);
+    }
+    let left = ids(&h, &app.id);
+    let newest2: Vec<String> = made
+        .iter()
+        .rev()
+        .take(2)
+        .map(|s| s["snapshot_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, newest2);
+    for s in &made[..2] {
+        assert!(
+            !std::path::Path::new(s["file_path"].as_str().unwrap()).exists(),
+            "deleted from disk too"
+        );
+    }
+    // Dry runs change nothing.
+    let (status, dry) = send_json(
+        &h,
+        "POST",
+        "/api/v1/policies/keep-last/dry-run",
+        serde_json::json!({"app_id": app.id, "config": {"n": 1}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{dry}");
+    assert_eq!(dry["deleted"].as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(ids(&h, &app.id), newest2);
+    // Bound policies cannot be deleted; a new version swaps in.
+    let (status, _) = h.call("DELETE", "/api/v1/policies/mine").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, body) = put_policy(&h, "mine", guest("delete_all")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["versions"].as_array().unwrap().len(), 2);
+    bind(&h, &app.id, serde_json::json!({})).await;
+    let (status, _) = h.call("DELETE", "/api/v1/policies/mine").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn quota_denies_and_evicts_after_the_new_snapshot() {
+    let app = TestApp::new("");
+    sh(&format!(
+        "head -c 100000 /dev/urandom > {}/photo.jpg",
+        app.volume_path().display()
+    ));
+    let h = Harness::new().await;
+    let (status, _) = bind(&h, &app.id, serde_json::json!({"quota": {"policy": "quota-oldest-first", "config": {"max_bytes": 1000}}})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = h.call("POST", &format!("/api/v1/backup/{}", app.id)).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert_eq!(body["message"], "Backup denied by quota policy");
+    assert!(
+        body["details"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds max_bytes"),
+        "{body}"
+    );
+    assert!(ids(&h, &app.id).is_empty());
+
+    bind(&h, &app.id, serde_json::json!({"quota": {"policy": "quota-oldest-first", "config": {"max_bytes": 250000}}})).await;
+    let a = h.backup(&app.id).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = h.backup(&app.id).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = h.backup(&app.id).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        ids(&h, &app.id),
+        [c, b],
+        "the oldest was evicted once the newest was complete"
+    );
+    assert!(!ids(&h, &app.id).contains(&a));
+    let (_, stats) = h.call("GET", "/api/v1/backup/stats").await;
+    assert_eq!(
+        stats["apps"][&app.id]["quota"]["policy"], "quota-oldest-first",
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn scheduler_runs_due_backups_once_with_an_injected_clock() {
+    let app = TestApp::new("");
+    let h = Harness::new().await;
+    let (status, body) = bind(&h, &app.id, serde_json::json!({"schedule": {"policy": "daily-weekly-cron", "config": {"cron": "61 * * * *"}}})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, _) = bind(&h, &app.id, serde_json::json!({"schedule": {"policy": "daily-weekly-cron", "config": {"daily": "02:30"}}})).await;
+    assert_eq!(status, StatusCode::OK);
+    let t = |s: &str| {
+        Utc.from_utc_datetime(&chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap())
+    };
+
+    assert!(
+        h.manager
+            .scheduler_tick(t("2026-03-01 01:00"))
+            .await
+            .is_empty(),
+        "first sight: counts from now"
+    );
+    assert!(
+        h.manager
+            .scheduler_tick(t("2026-03-01 02:00"))
+            .await
+            .is_empty()
+    );
+    let started = h.manager.scheduler_tick(t("2026-03-01 02:31")).await;
+    assert_eq!(started.len(), 1);
+    for (_, s) in started {
+        let snap = s.done.await.unwrap().unwrap();
+        assert_eq!(snap.origin, appsnap::catalog::Origin::Scheduled);
+    }
+    assert!(
+        h.manager
+            .scheduler_tick(t("2026-03-01 02:32"))
+            .await
+            .is_empty(),
+        "once per slot"
+    );
+    // Down for four days: one catch-up run, not four.
+    let started = h.manager.scheduler_tick(t("2026-03-05 10:00")).await;
+    assert_eq!(started.len(), 1);
+    for (_, s) in started {
+        s.done.await.unwrap().unwrap();
+    }
+    assert!(
+        h.manager
+            .scheduler_tick(t("2026-03-05 10:01"))
+            .await
+            .is_empty()
+    );
+    assert_eq!(ids(&h, &app.id).len(), 2);
+    let (_, schedules) = h.call("GET", "/api/v1/backup/schedules").await;
+    assert_eq!(
+        schedules[&app.id]["next_run"], "2026-03-06T02:30:00Z",
+        "{schedules}"
+    );
+}
