@@ -122,6 +122,12 @@ async fn builtins_are_listed_and_bad_uploads_get_precise_422s() {
             "{what}: {body}"
         );
     }
+    let (status, body) = put_policy(&h, "candidate", vec![0u8; 17 << 20]).await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("Upload too large")),
+        "{body}"
+    );
     let (status, _) = h.call("GET", "/api/v1/policies/candidate").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored");
     let (status, _) = put_policy(&h, "gfs", guest("delete_all")).await;

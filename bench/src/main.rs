@@ -453,7 +453,11 @@ fn db_page(rng: &mut StdRng, page_no: u64) -> Vec<u8> {
 /// component cached, as in the service), and the cold compile of an upload.
 fn policy_bench() {
     use appsnap::policy::engine::SnapshotInfo;
-    let gfs = appsnap::policy::BUILTINS.iter().find(|(n, _)| *n == "gfs").unwrap().1;
+    let gfs = appsnap::policy::BUILTINS
+        .iter()
+        .find(|(n, _)| *n == "gfs")
+        .unwrap()
+        .1;
     let engine = appsnap::policy::shared();
     let t = Instant::now();
     let compiled = engine.load(gfs).unwrap();
@@ -472,11 +476,14 @@ fn policy_bench() {
         })
         .collect();
     let now = base + 10_000 * 3_600;
-    let config = r#"{"last": 5, "hourly": 48, "daily": 14, "weekly": 8, "monthly": 12, "yearly": 3}"#;
+    let config =
+        r#"{"last": 5, "hourly": 48, "daily": 14, "weekly": 8, "monthly": 12, "yearly": 3}"#;
     let mut best = Duration::MAX;
     for _ in 0..10 {
         let t = Instant::now();
-        let verdicts = engine.retention(&compiled, now, config, &snapshots).unwrap();
+        let verdicts = engine
+            .retention(&compiled, now, config, &snapshots)
+            .unwrap();
         best = best.min(t.elapsed());
         assert_eq!(verdicts.len(), 10_000);
     }

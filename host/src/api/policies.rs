@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -42,9 +43,17 @@ async fn blocking<T: Send + 'static>(
 pub async fn upload(
     State(manager): State<Arc<BackupManager>>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<PolicyInfo>), ApiError> {
     crate::ids::validate("policy name", &name).map_err(ManagerError::from)?;
+    let body = body.map_err(|e| {
+        let message = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "Upload too large"
+        } else {
+            "Invalid upload"
+        };
+        ApiError::new(e.status(), message, e.body_text())
+    })?;
     let registry = Arc::clone(&manager.policies);
     let info = blocking(move || registry.upload(&name, &body)).await?;
     Ok((StatusCode::CREATED, Json(info)))
