@@ -200,29 +200,7 @@ impl BackupManager {
             return Ok(Vec::new());
         };
         let snapshots = self.list(Some(app_id))?;
-        let stats = self.stats()?;
-        let usage = Usage {
-            app_bytes: stats.apps.get(app_id).map_or(0, |a| a.bytes),
-            total_bytes: stats.total_bytes,
-            disk_free: stats.disk_free_bytes,
-            disk_size: stats.disk_total_bytes,
-        };
-        let decided: Result<Admission, PolicyError> = async {
-            let compiled = self.resolve_blocking(&binding.policy).await?;
-            let infos: Vec<SnapshotInfo> = snapshots.iter().map(info).collect();
-            let config = binding.config.to_string();
-            let now = Utc::now().timestamp();
-            let a = tokio::task::spawn_blocking(move || {
-                shared().quota(&compiled, now, &config, usage, incoming, &infos)
-            })
-            .await
-            .map_err(|e| PolicyError::Failed(e.to_string()))??;
-            if let Admission::AdmitAfterEvicting(ids) = &a {
-                check_ids(&snapshots, ids)?;
-            }
-            Ok(a)
-        }
-        .await;
+        let decided = self.ask_quota(&binding, app_id, incoming, &snapshots).await;
         match decided {
             Ok(Admission::Admit) => Ok(Vec::new()),
             Ok(Admission::AdmitAfterEvicting(ids)) => {
@@ -246,6 +224,38 @@ impl BackupManager {
                 Ok(Vec::new())
             }
         }
+    }
+
+    /// Calls the quota policy of `binding` for `app_id`, checking the ids it answers.
+    async fn ask_quota(
+        &self,
+        binding: &Binding,
+        app_id: &str,
+        incoming: u64,
+        snapshots: &[Snapshot],
+    ) -> Result<Admission, PolicyError> {
+        let stats = self
+            .stats()
+            .map_err(|e| PolicyError::Failed(e.to_string()))?;
+        let usage = Usage {
+            app_bytes: stats.apps.get(app_id).map_or(0, |a| a.bytes),
+            total_bytes: stats.total_bytes,
+            disk_free: stats.disk_free_bytes,
+            disk_size: stats.disk_total_bytes,
+        };
+        let compiled = self.resolve_blocking(&binding.policy).await?;
+        let infos: Vec<SnapshotInfo> = snapshots.iter().map(info).collect();
+        let config = binding.config.to_string();
+        let now = Utc::now().timestamp();
+        let admission = tokio::task::spawn_blocking(move || {
+            shared().quota(&compiled, now, &config, usage, incoming, &infos)
+        })
+        .await
+        .map_err(|e| PolicyError::Failed(e.to_string()))??;
+        if let Admission::AdmitAfterEvicting(ids) = &admission {
+            check_ids(snapshots, ids)?;
+        }
+        Ok(admission)
     }
 
     /// After a successful backup: the quota's evictions, then retention. Failures here
@@ -382,22 +392,10 @@ impl BackupManager {
             Kind::Quota => {
                 let snapshots = self.list(Some(app_id))?;
                 let incoming = snapshots.first().map_or(0, |s| s.size_bytes);
-                let stats = self.stats()?;
-                let usage = Usage {
-                    app_bytes: stats.apps.get(app_id).map_or(0, |a| a.bytes),
-                    total_bytes: stats.total_bytes,
-                    disk_free: stats.disk_free_bytes,
-                    disk_size: stats.disk_total_bytes,
-                };
-                let infos: Vec<SnapshotInfo> = snapshots.iter().map(info).collect();
-                let config = binding.config.to_string();
-                let now = Utc::now().timestamp();
-                let a = tokio::task::spawn_blocking(move || {
-                    shared().quota(&compiled, now, &config, usage, incoming, &infos)
-                })
-                .await
-                .map_err(|e| ManagerError::Policy(PolicyError::Failed(e.to_string())))?
-                .map_err(ManagerError::Policy)?;
+                let a = self
+                    .ask_quota(&binding, app_id, incoming, &snapshots)
+                    .await
+                    .map_err(ManagerError::Policy)?;
                 let decision = match a {
                     Admission::Admit => serde_json::json!({"decision": "admit"}),
                     Admission::AdmitAfterEvicting(ids) => {
