@@ -158,8 +158,18 @@ impl PolicyEngine {
                     .into(),
             ));
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| PolicyError::Invalid(format!("not a WebAssembly component: {e:#}")))?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            // wasmparser appends a multi-line dump of the bytes it expected; the first line says it.
+            let why = format!("{e:#}");
+            let why = why
+                .split(" - expected")
+                .next()
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .unwrap_or_default();
+            PolicyError::Invalid(format!("not a WebAssembly component: {why}"))
+        })?;
         let pre: InstancePre<Host> = self.linker.instantiate_pre(&component).map_err(|e| {
             PolicyError::Invalid(format!(
                 "the component needs imports appsnap does not provide (a different WIT \

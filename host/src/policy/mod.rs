@@ -110,9 +110,14 @@ pub const BUILTINS: &[(&str, &[u8])] = &[
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Binding {
     pub policy: String,
-    #[serde(default)]
+    /// Omitted: `{}`.
+    #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub config: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
 }
 
 /// The policies of an app (or the default for apps without their own).
