@@ -140,16 +140,11 @@ async fn killed_mid_backup_recovers_at_next_start() {
         app.volume_path().display()
     ));
     let root = tempfile::tempdir().unwrap();
-    let mut svc = Service::start(root.path(), &[]);
+    let svc = Service::start(root.path(), &[]);
     let http = reqwest::Client::new();
-    let job: serde_json::Value = http
-        .post(svc.url(&format!("/api/v1/backup/{}?wait=false", app.id)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job: serde_json::Value = svc
+        .post(&format!("/api/v1/backup/{}?wait=false", app.id))
+        .await;
     let job_id = job["job_id"].as_str().unwrap();
 
     // Follow the SSE stream until the archive has really started.
@@ -158,9 +153,7 @@ async fn killed_mid_backup_recovers_at_next_start() {
     })
     .await;
     assert!(!app.running(&app.containers[0]), "stopped for the backup");
-    svc.child.kill().unwrap();
-    svc.child.wait().unwrap();
-    drop(svc);
+    svc.kill();
     let app_dir = root.path().join(&app.id);
     let partials = std::fs::read_dir(&app_dir).unwrap().count();
     assert_eq!(partials, 1, "the killed backup left its partial archive");
@@ -202,40 +195,25 @@ async fn killed_mid_restore_is_rolled_back_at_next_start() {
         vol.display()
     ));
     let root = tempfile::tempdir().unwrap();
-    let mut svc = Service::start(root.path(), &[]);
-    let http = reqwest::Client::new();
-    let snap: serde_json::Value = http
-        .post(svc.url(&format!("/api/v1/backup/{}", app.id)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let svc = Service::start(root.path(), &[]);
+    let snap: serde_json::Value = svc.post(&format!("/api/v1/backup/{}", app.id)).await;
     let snapshot_id = snap["snapshot_id"].as_str().unwrap();
     std::fs::write(vol.join("dump.sql"), "the newer, smaller data").unwrap();
     std::fs::write(vol.join("added"), "after the snapshot").unwrap();
     let before = crate::common::manifest(&vol, true);
 
-    let job: serde_json::Value = http
-        .post(svc.url(&format!(
+    let job: serde_json::Value = svc
+        .post(&format!(
             "/api/v1/backup/restore/{}/{snapshot_id}?wait=false",
             app.id
-        )))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert_eq!(job["kind"], "restore", "{job}");
     crate::common::follow_until(&svc, job["job_id"].as_str().unwrap(), |j| {
         j["step"] == "extracting"
     })
     .await;
-    svc.child.kill().unwrap();
-    svc.child.wait().unwrap();
-    drop(svc);
+    svc.kill();
     assert!(
         !app.running(&app.containers[0]),
         "the app was stopped for the restore"

@@ -321,6 +321,24 @@ impl Service {
         format!("http://{}{path}", self.addr)
     }
 
+    /// POST with no body; the answer's JSON.
+    pub async fn post(&self, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .post(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// kill -9, and wait until the process is gone.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     pub fn log_contains(&self, needle: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
     }
