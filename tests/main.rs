@@ -7,7 +7,9 @@ mod common;
 
 mod archive_fidelity;
 mod backup_api;
+mod crash_walk;
 mod faults;
+mod integrity;
 mod malicious;
 mod policies;
 mod restore;

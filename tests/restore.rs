@@ -234,6 +234,7 @@ async fn container_that_exits_at_once_rolls_back() {
             app_id,
             appsnap::config::AppConfig {
                 mode: appsnap::config::BackupMode::Live,
+                ..Default::default()
             },
         );
     })
@@ -270,6 +271,7 @@ async fn unhealthy_app_rolls_back() {
             app_id,
             appsnap::config::AppConfig {
                 mode: appsnap::config::BackupMode::Live,
+                ..Default::default()
             },
         );
     })

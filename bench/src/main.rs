@@ -525,6 +525,8 @@ fn list_10k(root: &Path) {
                 note: None,
                 pinned: false,
                 warnings: Vec::new(),
+                tar_bytes: None,
+                entries: None,
             }
         })
         .collect();

@@ -8,20 +8,23 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::archive;
-use crate::docker::Mount;
+use crate::model::{Mount, sha256_file};
 
 pub const CATALOG_FILE: &str = "snapshots.json";
 pub const ARCHIVE_SUFFIX: &str = ".tar.gz";
 /// In-progress archives: `.{snapshot_id}.tar.gz.partial`, removed at start-up.
 pub const PARTIAL_SUFFIX: &str = ".partial";
+/// Beside each archive, `{snapshot_id}.meta.json`: what the catalog knows that the archive
+/// cannot say about itself (pin, edited note, warnings, sizes), so that a rebuild of the
+/// catalog (`reindex`, a corrupt `snapshots.json`) keeps it.
+pub const SIDECAR_SUFFIX: &str = ".meta.json";
 
 /// Errors of the snapshot catalog.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,13 @@ pub struct Snapshot {
     /// Files skipped or changed while archiving (empty for a clean snapshot).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Length of the uncompressed tar stream and its number of entries, as the writer
+    /// produced them: verify insists on both, so an archive cut at a gzip member boundary
+    /// cannot pass for a shorter one. Absent when unknown (imports, older snapshots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
 }
 
 /// What every archive says about itself in its first entry, `appsnap.json`.
@@ -88,6 +98,46 @@ pub struct ArchiveMeta {
     pub origin: Origin,
     #[serde(default)]
     pub note: Option<String>,
+}
+
+/// The sidecar's content: the catalog-only fields of a [`Snapshot`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Sidecar {
+    #[serde(default)]
+    pub pinned: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
+    /// The date the snapshot is listed under, which may differ from the archive's own
+    /// (an import dated in the future is listed as of its import).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// Where the sidecar of the archive at `archive` lives.
+pub fn sidecar_path(archive: &Path) -> PathBuf {
+    let name = archive.file_name().unwrap_or_default().to_string_lossy();
+    let stem = name.strip_suffix(ARCHIVE_SUFFIX).unwrap_or(&name);
+    archive.with_file_name(format!("{stem}{SIDECAR_SUFFIX}"))
+}
+
+/// Writes `s`'s catalog-only fields beside its archive (atomically).
+pub fn write_sidecar(s: &Snapshot) -> io::Result<()> {
+    let sidecar = Sidecar {
+        pinned: s.pinned,
+        note: s.note.clone(),
+        warnings: s.warnings.clone(),
+        tar_bytes: s.tar_bytes,
+        entries: s.entries,
+        created_at: Some(s.created_at),
+    };
+    let bytes = serde_json::to_vec_pretty(&sidecar).expect("sidecar serializes");
+    write_atomic(&sidecar_path(Path::new(&s.file_path)), &bytes)
 }
 
 pub struct Catalog {
@@ -284,35 +334,30 @@ pub fn snapshot_from_archive(path: &Path) -> Result<Snapshot, archive::ArchiveEr
         path: path.to_path_buf(),
         source,
     })?;
+    let sidecar: Option<Sidecar> = match fs::read(sidecar_path(path)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .inspect_err(|e| tracing::warn!("{}: unreadable sidecar ignored: {e}", path.display()))
+            .ok(),
+        Err(_) => None,
+    };
+    let sidecar_note = sidecar.as_ref().map(|s| s.note.clone());
+    let sidecar = sidecar.unwrap_or_default();
     Ok(Snapshot {
         snapshot_id: meta.snapshot_id,
         app_id,
-        created_at: meta.created_at,
+        created_at: sidecar.created_at.unwrap_or(meta.created_at),
         size_bytes,
         file_path: path.to_string_lossy().into_owned(),
         sha256,
         mounts: meta.mounts,
         origin: meta.origin,
-        note: meta.note,
-        pinned: false,
-        warnings: Vec::new(),
+        // An edited (or cleared) note lives in the sidecar; the archive has the first one.
+        note: sidecar_note.unwrap_or(meta.note),
+        pinned: sidecar.pinned,
+        warnings: sidecar.warnings,
+        tar_bytes: sidecar.tar_bytes,
+        entries: sidecar.entries,
     })
-}
-
-pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
-    let mut file = File::open(path)?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((archive::hex(&hash.finalize()), total))
 }
 
 /// temp + fsync + rename + fsync(dir): readers see the old file or the new one.

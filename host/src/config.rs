@@ -39,6 +39,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where archives and the catalog live. Default `/var/websoft9/backups`.
     pub backup_root: PathBuf,
+    /// appsnap's memory outside the backup root: the id each backup root had, so that an
+    /// unmounted backup disk is noticed instead of silently replaced by an empty folder.
+    /// Default `/var/lib/appsnap`.
+    pub state_dir: PathBuf,
     /// Value the `x-api-key` header must carry. Unset: no auth, and loopback only.
     pub api_key: Option<String>,
     /// tracing filter, e.g. `info` or `appsnap=debug`.
@@ -52,8 +56,11 @@ pub struct Config {
     /// Keep at most this many snapshots per app (oldest unpinned deleted after a backup);
     /// 0 = keep all (default: appsnap never deletes data unless asked).
     pub max_snapshots_per_app: usize,
-    /// Seconds Docker waits for a container to stop before killing it.
+    /// Seconds Docker waits for a container to stop before killing it, for containers
+    /// without a stop timeout of their own (compose's `stop_grace_period`).
     pub stop_timeout_secs: u32,
+    /// Seconds a pre/post-backup hook may run before the backup gives up on it.
+    pub hook_timeout_secs: u64,
     /// After a restore, how long containers may take to run (and be healthy, when they
     /// have a healthcheck) before the restore is rolled back.
     pub restore_timeout_secs: u32,
@@ -77,6 +84,8 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct AppConfig {
     pub mode: BackupMode,
+    /// Overrides `hook_timeout_secs` for this app.
+    pub hook_timeout_secs: Option<u64>,
 }
 
 /// How an app's data is made consistent for the archive.
@@ -95,12 +104,14 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             backup_root: PathBuf::from("/var/websoft9/backups"),
+            state_dir: PathBuf::from("/var/lib/appsnap"),
             api_key: None,
             log: "info".into(),
             compression_level: 3,
             threads: 0,
             max_snapshots_per_app: 0,
             stop_timeout_secs: 30,
+            hook_timeout_secs: 600,
             restore_timeout_secs: 120,
             restore_settle_secs: 3,
             restore_devices: false,
@@ -165,6 +176,15 @@ impl Config {
 
     pub fn mode_for(&self, app_id: &str) -> BackupMode {
         self.apps.get(app_id).map(|a| a.mode).unwrap_or_default()
+    }
+
+    pub fn hook_timeout_for(&self, app_id: &str) -> std::time::Duration {
+        let secs = self
+            .apps
+            .get(app_id)
+            .and_then(|a| a.hook_timeout_secs)
+            .unwrap_or(self.hook_timeout_secs);
+        std::time::Duration::from_secs(secs)
     }
 
     pub fn threads(&self) -> usize {

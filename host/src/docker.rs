@@ -5,6 +5,11 @@
 //!
 //! Data is read from the host's filesystem (`host_root` + the volume's `Mountpoint` or the
 //! bind source), never through helper containers.
+//!
+//! A mount's *root* is resolved the way the kernel resolves it when Docker mounts it: a
+//! bind source or compose dir that is a symlink (`./data -> /mnt/disk2/db`, the usual way
+//! to move a database to another disk) is followed, so the archive holds the data and a
+//! restore writes where the container reads. Links *inside* the data stay links.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,9 +21,8 @@ use bollard::query_parameters::{
     StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 
-use crate::archive::Source;
+use crate::model::{Mount, Source};
 
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";
 pub const WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
@@ -26,6 +30,8 @@ pub const PRE_BACKUP_LABEL: &str = "appsnap.pre-backup";
 pub const POST_BACKUP_LABEL: &str = "appsnap.post-backup";
 /// Hook output kept for the error message.
 const HOOK_OUTPUT_MAX: usize = 4096;
+/// Symlinks followed while resolving one mount root (the kernel's limit).
+const MAX_LINKS: usize = 40;
 
 /// Errors of talking to Docker.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,25 @@ pub enum DockerError {
     /// The Docker engine could not be reached or refused a call.
     #[error("Docker engine: {0}")]
     Engine(#[from] bollard::errors::Error),
+    /// A volume whose data only exists while a container mounts it (NFS, CIFS, a block
+    /// device through `driver_opts`): stopped for a consistent copy, it would read empty.
+    #[error(
+        "volume `{name}` is mounted by Docker from {what} only while a container uses it; \
+         appsnap cannot read it from the host. Back it up where it is served from, or \
+         use a bind mount"
+    )]
+    UnreadableVolume { name: String, what: String },
+    /// A pre/post-backup hook did not finish in time (it may still run in the container).
+    #[error(
+        "{label} hook `{command}` in container {container} did not finish within {secs} s \
+         (set hook_timeout_secs to allow more)"
+    )]
+    HookTimeout {
+        label: &'static str,
+        container: String,
+        command: String,
+        secs: u64,
+    },
     /// A pre/post-backup hook exited non-zero.
     #[error("{label} hook `{command}` in container {container} exited with {exit_code}: {output}")]
     Hook {
@@ -69,23 +94,6 @@ pub struct Container {
     pub labels: HashMap<String, String>,
 }
 
-/// One piece of an app's data, as recorded in a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Mount {
-    /// `volume`, `bind` or `project` (the compose working dir).
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Volume name, or the host path of a bind mount / project dir.
-    pub name: String,
-    /// Host path the data was read from.
-    pub source: String,
-    /// Where containers see it (comma-separated when several); empty for the project dir
-    /// or a volume no container mounts.
-    pub destination: String,
-    /// Folder of this mount inside the archive.
-    pub archive_dir: String,
-}
-
 /// An app and where its data lives.
 #[derive(Debug, Clone)]
 pub struct App {
@@ -94,6 +102,9 @@ pub struct App {
     pub mounts: Vec<Mount>,
     /// Mount sources left out, with why (nested in another source, a socket, /proc …).
     pub skipped: Vec<String>,
+    /// Volumes whose data appsnap cannot read from the host (name, where Docker mounts
+    /// it from): a backup refuses the app rather than archive an empty folder as its data.
+    pub unreadable: Vec<(String, String)>,
 }
 
 impl App {
@@ -204,19 +215,25 @@ impl Docker {
 
         let mut mounts = Vec::new();
         let mut skipped = Vec::new();
+        let mut unreadable = Vec::new();
         for (name, dests) in volumes {
             let vol = self.client.inspect_volume(&name).await?;
-            if vol.mountpoint.is_empty() {
-                skipped.push(format!(
-                    "volume {name}: driver {} exposes no mountpoint",
-                    vol.driver
-                ));
-                continue;
-            }
+            let source = match volume_source(&vol) {
+                VolumeSource::Mountpoint => vol.mountpoint.clone(),
+                VolumeSource::Device(device) => device,
+                VolumeSource::Nothing(why) => {
+                    skipped.push(format!("volume {name}: {why}"));
+                    continue;
+                }
+                VolumeSource::Unreadable(what) => {
+                    unreadable.push((name, what));
+                    continue;
+                }
+            };
             mounts.push(Mount {
                 kind: "volume".into(),
                 archive_dir: format!("volumes/{name}"),
-                source: self.on_host(&vol.mountpoint),
+                source: self.resolve_on_host(&source),
                 destination: dests.join(","),
                 name,
             });
@@ -229,21 +246,22 @@ impl Docker {
             mounts.push(Mount {
                 kind: "bind".into(),
                 archive_dir: format!("binds/{}", escape_path(&src)),
-                source: self.on_host(&src),
+                source: self.resolve_on_host(&src),
                 destination: dests.join(","),
                 name: src,
             });
         }
-        if let Some(dir) = working_dir
-            && Path::new(&self.on_host(&dir)).is_dir()
-        {
-            mounts.push(Mount {
-                kind: "project".into(),
-                archive_dir: "project".into(),
-                source: self.on_host(&dir),
-                destination: String::new(),
-                name: dir,
-            });
+        if let Some(dir) = working_dir {
+            let source = self.resolve_on_host(&dir);
+            if Path::new(&source).is_dir() {
+                mounts.push(Mount {
+                    kind: "project".into(),
+                    archive_dir: "project".into(),
+                    source,
+                    destination: String::new(),
+                    name: dir,
+                });
+            }
         }
         let mounts = drop_nested(mounts, &mut skipped);
         Ok(App {
@@ -251,6 +269,7 @@ impl Docker {
             containers,
             mounts,
             skipped,
+            unreadable,
         })
     }
 
@@ -262,12 +281,42 @@ impl Docker {
             .into_owned()
     }
 
-    pub async fn stop(&self, id: &str, timeout_secs: u32) -> Result<(), DockerError> {
+    /// Where the data of the host path `path` really is, as seen from here: every
+    /// symlink on the way followed like the kernel does when Docker mounts it, with
+    /// absolute link targets taken inside `host_root`.
+    pub fn resolve_on_host(&self, path: &str) -> String {
+        resolve_in_root(&self.host_root, Path::new(path))
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Stops a container, giving it its own stop timeout (compose's `stop_grace_period`)
+    /// when it has one, else `default_secs`. Returns when it has stopped; `Killed` when it
+    /// did not stop in time and Docker had to kill it (its files may be inconsistent).
+    pub async fn stop(&self, id: &str, default_secs: u32) -> Result<Stopped, DockerError> {
+        let info = self.client.inspect_container(id, None).await?;
+        let timeout = info
+            .config
+            .and_then(|c| c.stop_timeout)
+            .filter(|&t| t >= 0)
+            .unwrap_or(default_secs.into());
+        let was_running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
         let opts = StopContainerOptionsBuilder::default()
-            .t(timeout_secs as i32)
+            .t(timeout.min(i32::MAX.into()) as i32)
             .build();
-        self.client.stop_container(id, Some(opts)).await?;
-        Ok(())
+        match self.client.stop_container(id, Some(opts)).await {
+            // 304: it was not running.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => return Ok(Stopped::Clean),
+            other => other?,
+        }
+        let state = self.state(id).await?;
+        Ok(if was_running && state.exit_code == 137 {
+            Stopped::Killed { timeout }
+        } else {
+            Stopped::Clean
+        })
     }
 
     pub async fn start(&self, id: &str) -> Result<(), DockerError> {
@@ -286,10 +335,34 @@ impl Docker {
 
     /// Runs the command of `label` (if the container has it) with `sh -c` inside the
     /// container and fails with its output when it exits non-zero.
-    pub async fn run_hook(&self, c: &Container, label: &'static str) -> Result<(), DockerError> {
+    /// A hook that has not finished after `timeout` fails: a hung dump must not hold the
+    /// app's lock (and, in stop mode, keep it from being backed up) forever.
+    pub async fn run_hook(
+        &self,
+        c: &Container,
+        label: &'static str,
+        timeout: std::time::Duration,
+    ) -> Result<(), DockerError> {
         let Some(command) = c.labels.get(label) else {
             return Ok(());
         };
+        match tokio::time::timeout(timeout, self.run_hook_command(c, label, command)).await {
+            Ok(result) => result,
+            Err(_) => Err(DockerError::HookTimeout {
+                label,
+                container: c.name.clone(),
+                command: command.clone(),
+                secs: timeout.as_secs(),
+            }),
+        }
+    }
+
+    async fn run_hook_command(
+        &self,
+        c: &Container,
+        label: &'static str,
+        command: &String,
+    ) -> Result<(), DockerError> {
         tracing::info!(container = %c.name, %label, %command, "running hook");
         let exec = self
             .client
@@ -309,8 +382,9 @@ impl Docker {
         } = self.client.start_exec(&exec.id, None).await?
         {
             while let Some(chunk) = stream.next().await {
+                let chunk = chunk?.into_bytes();
                 if output.len() < HOOK_OUTPUT_MAX {
-                    output.push_str(&String::from_utf8_lossy(&chunk?.into_bytes()));
+                    output.push_str(&String::from_utf8_lossy(&chunk));
                 }
             }
         }
@@ -321,7 +395,7 @@ impl Docker {
             .exit_code
             .unwrap_or(-1);
         if exit_code != 0 {
-            output.truncate(HOOK_OUTPUT_MAX);
+            truncate_utf8(&mut output, HOOK_OUTPUT_MAX);
             return Err(DockerError::Hook {
                 label,
                 container: c.name.clone(),
@@ -371,6 +445,112 @@ impl Docker {
             restart_count: info.restart_count.unwrap_or(0),
             started_at: state.started_at.unwrap_or_default(),
         })
+    }
+}
+
+/// How a container stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    Clean,
+    /// It outlived its stop timeout and was killed.
+    Killed {
+        timeout: i64,
+    },
+}
+
+/// Where a named volume's data can be read from the host.
+enum VolumeSource {
+    /// Its `Mountpoint` (`…/volumes/<name>/_data`), always there.
+    Mountpoint,
+    /// A `local` volume with `driver_opts` `type: none, o: bind, device: <path>`: the
+    /// data lives at `device`; `_data` shows it only while a container runs.
+    Device(String),
+    /// Nothing persistent (tmpfs) or no mountpoint at all: skipped, with why.
+    Nothing(String),
+    /// Mounted by Docker from elsewhere (NFS, CIFS, a block device) only while used.
+    Unreadable(String),
+}
+
+fn volume_source(vol: &bollard::models::Volume) -> VolumeSource {
+    let opt = |k: &str| vol.options.get(k).map(String::as_str).unwrap_or("");
+    let (kind, o, device) = (opt("type"), opt("o"), opt("device"));
+    if vol.driver == "local" && !(kind.is_empty() && device.is_empty()) {
+        let bind = o.split(',').any(|f| f == "bind" || f == "rbind");
+        return if bind && device.starts_with('/') {
+            VolumeSource::Device(device.to_string())
+        } else if kind == "tmpfs" {
+            VolumeSource::Nothing("a tmpfs volume holds nothing that survives a stop".into())
+        } else {
+            VolumeSource::Unreadable(format!("`{device}` (driver_opts type `{kind}`)"))
+        };
+    }
+    if vol.mountpoint.is_empty() {
+        return VolumeSource::Nothing(format!("driver {} exposes no mountpoint", vol.driver));
+    }
+    VolumeSource::Mountpoint
+}
+
+/// Resolves the absolute `path` inside `root` (`root` + path, every symlink followed;
+/// absolute targets start again at `root`, `..` never climbs above it). A component that
+/// does not exist ends the resolution: the rest is appended as it is.
+fn resolve_in_root(root: &Path, path: &Path) -> PathBuf {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let mut todo: VecDeque<std::ffi::OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut done = PathBuf::new(); // relative to root
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            done.pop();
+            continue;
+        }
+        let candidate = done.join(&c);
+        let target = match std::fs::symlink_metadata(root.join(&candidate)) {
+            Ok(m) if m.file_type().is_symlink() && hops < MAX_LINKS => {
+                std::fs::read_link(root.join(&candidate)).ok()
+            }
+            Ok(_) => None,
+            Err(_) => {
+                done.push(c);
+                done.extend(todo);
+                return root.join(done);
+            }
+        };
+        match target {
+            Some(t) => {
+                hops += 1;
+                if t.is_absolute() {
+                    done = PathBuf::new();
+                }
+                for part in t.components().rev() {
+                    match part {
+                        Component::Normal(n) => todo.push_front(n.to_os_string()),
+                        Component::ParentDir => todo.push_front("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            None => done.push(c),
+        }
+    }
+    root.join(done)
+}
+
+/// Cuts `s` to at most `max` bytes without splitting a character.
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
 }
 
@@ -475,6 +655,35 @@ mod tests {
         assert_eq!(sources, ["/data/apps/wpx", "/data/apps/wp"]);
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].contains("included in project"));
+    }
+
+    #[test]
+    fn mount_roots_are_resolved_like_the_kernel_does() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("mnt/disk2/db")).unwrap();
+        std::fs::create_dir_all(r.join("srv/app")).unwrap();
+        // absolute link (taken inside the root), relative link, link to a link
+        std::os::unix::fs::symlink("/mnt/disk2/db", r.join("srv/app/data")).unwrap();
+        std::os::unix::fs::symlink("../mnt/disk2", r.join("srv/disk")).unwrap();
+        std::os::unix::fs::symlink("app/data", r.join("srv/again")).unwrap();
+        std::os::unix::fs::symlink("loop", r.join("srv/loop")).unwrap();
+        let resolve = |p: &str| resolve_in_root(r, Path::new(p));
+        assert_eq!(resolve("/srv/app/data"), r.join("mnt/disk2/db"));
+        assert_eq!(resolve("/srv/disk/db"), r.join("mnt/disk2/db"));
+        assert_eq!(resolve("/srv/again"), r.join("mnt/disk2/db"));
+        assert_eq!(resolve("/srv/app/data/new/x"), r.join("mnt/disk2/db/new/x"));
+        assert_eq!(resolve("/srv/../../srv/app"), r.join("srv/app"));
+        // A loop ends after MAX_LINKS hops instead of spinning.
+        assert_eq!(resolve("/srv/loop"), r.join("srv/loop"));
+    }
+
+    #[test]
+    fn hook_output_is_cut_on_a_character_boundary() {
+        let mut s = "é".repeat(HOOK_OUTPUT_MAX); // 2 bytes each
+        s.insert(0, 'x'); // every boundary is now odd
+        truncate_utf8(&mut s, HOOK_OUTPUT_MAX);
+        assert!(s.len() <= HOOK_OUTPUT_MAX && s.len() >= HOOK_OUTPUT_MAX - 1);
     }
 
     #[test]

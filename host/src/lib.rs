@@ -11,8 +11,10 @@
 //!   runs hooks (bollard).
 //! - [`archive`]: the `.tar.gz` itself — filesystem walk, tar headers, parallel gzip.
 //! - [`catalog`]: `snapshots.json`, written atomically, rebuildable from the archives.
+//! - [`model`]: what those three share — `Mount`, `Source`, a file's sha256.
 //! - [`config`]: TOML file < `APPSNAP_*` environment < flags, with safe defaults.
 //! - [`ids`]: validation of the ids that reach the filesystem.
+//! - [`failpoint`]: named points where the crash-walk test stops the process.
 //!
 //! `main.rs` is a thin CLI over these (`serve`, `backup`, `list`, `delete`, `reindex`).
 
@@ -21,7 +23,9 @@ pub mod archive;
 pub mod catalog;
 pub mod config;
 pub mod docker;
+pub mod failpoint;
 pub mod ids;
 pub mod jobs;
 pub mod manager;
+pub mod model;
 pub mod policy;

@@ -136,6 +136,19 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         other => other,
     };
     let manager = BackupManager::open(config).await?;
+    if matches!(command, Command::Backup { .. } | Command::Restore { .. }) {
+        // Ctrl-C or SIGTERM in the middle would leave the app stopped or half restored:
+        // the operation runs to its consistent end (done, or rolled back) first.
+        tokio::spawn(async {
+            loop {
+                shutdown_signal().await;
+                eprintln!(
+                    "appsnap: signal received; finishing the current operation first so that \
+                     the app is not left down (kill -9 would leave that to the next start)"
+                );
+            }
+        });
+    }
     match command {
         Command::Serve { .. } => appsnap::api::serve(manager, shutdown_signal()).await?,
         Command::Backup { app_id, note } => {

@@ -186,6 +186,7 @@ impl Drop for TestApp {
 pub fn test_config(root: &Path) -> Config {
     Config {
         backup_root: root.to_path_buf(),
+        state_dir: std::env::temp_dir().join("appsnap-test-state"),
         stop_timeout_secs: 5,
         restore_settle_secs: 1,
         restore_timeout_secs: 30,
@@ -280,6 +281,8 @@ pub struct Service {
     pub child: Child,
     pub addr: String,
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The thread copying stderr into `log`; joined to read a dead service's last words.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Service {
@@ -303,7 +306,7 @@ impl Service {
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = Arc::clone(&log);
         // The service logs its bound address; read it instead of guessing a free port.
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
@@ -314,7 +317,27 @@ impl Service {
         let addr = rx
             .recv_timeout(std::time::Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("appsnap did not start: {:?}", log.lock().unwrap()));
-        Service { child, addr, log }
+        Service {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits until the process has ended by itself; its exit status and its whole log.
+    pub fn wait_exit(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        (status, self.log.lock().unwrap().clone())
+    }
+
+    /// kill -9, then its whole log.
+    pub fn kill_and_log(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        self.wait_exit().1
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -48,6 +48,11 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
             StatusCode::CONFLICT,
             "Another backup or restore of this application is running",
         ),
+        RepairPending { .. } => (
+            StatusCode::CONFLICT,
+            "An interrupted operation of this application is being repaired",
+        ),
+        RootLost { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Backup root missing"),
         NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "Insufficient storage"),
         ForeignSnapshot { .. } => (
             StatusCode::BAD_REQUEST,
@@ -86,9 +91,13 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
         },
         SnapshotExists(_) => (StatusCode::CONFLICT, "Snapshot already exists"),
         TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "Upload too large"),
-        Docker(DockerError::Hook { .. }) => {
+        Docker(DockerError::Hook { .. } | DockerError::HookTimeout { .. }) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "Backup hook failed")
         }
+        Docker(DockerError::UnreadableVolume { .. }) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Application data cannot be read",
+        ),
         Docker(_) => (StatusCode::BAD_GATEWAY, "Docker engine error"),
         Archive(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Archive error"),
         Catalog(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Catalog error"),

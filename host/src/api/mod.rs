@@ -55,7 +55,7 @@ pub const API_KEY_HEADER: &str = "x-api-key";
     components(schemas(
         error::ErrorBody,
         crate::catalog::Snapshot,
-        crate::docker::Mount,
+        crate::model::Mount,
         crate::catalog::Origin,
         crate::jobs::JobInfo,
         crate::jobs::JobState,
@@ -211,6 +211,7 @@ pub async fn serve(
         let mut interval = tokio::time::interval(tick);
         loop {
             interval.tick().await;
+            ticking.repair_pending().await;
             ticking.scheduler_tick(chrono::Utc::now()).await;
         }
     });

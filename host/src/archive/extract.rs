@@ -96,6 +96,7 @@ pub fn extract(
         inner: stream,
         bytes: 0,
         reported: 0,
+        eof: false,
         progress,
     };
     let mut archive = tar::Archive::new(counted);
@@ -120,6 +121,7 @@ pub fn extract(
         };
         if i == 0 && name == METADATA_ENTRY.as_bytes() {
             io::copy(&mut entry, &mut io::sink()).map_err(ArchiveError::corrupt)?;
+            summary.entries += 1;
             continue;
         }
         if entry.header().entry_type() == EntryType::XGlobalHeader {
@@ -149,11 +151,51 @@ pub fn extract(
             })?;
         summary.entries += 1;
     }
+    let mut counted = archive.into_inner();
+    check_end(&mut counted)?;
     for tree in &mut trees {
         tree.finish_dirs(opts)?;
     }
-    summary.tar_bytes = archive.into_inner().bytes;
+    summary.tar_bytes = counted.bytes;
     Ok(summary)
+}
+
+/// The `tar` crate ends its entries at a zero block *or* at a clean end of the stream, so
+/// an archive cut at a gzip member boundary (or inside the last file's data) would read as
+/// complete. Ours always ends with tar's end-of-archive marker (two zero blocks): the
+/// stream must not have run dry before it, and all that follows must be zeros.
+fn check_end<R: Read>(counted: &mut Counting<'_, R>) -> Result<(), ArchiveError> {
+    let truncated = || {
+        ArchiveError::corrupt(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the archive ends before tar's end-of-archive marker (truncated)",
+        ))
+    };
+    if counted.eof {
+        return Err(truncated());
+    }
+    // The entry reader stopped after the first zero block; the second must follow.
+    let mut rest = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match counted.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ArchiveError::corrupt(e)),
+        };
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(ArchiveError::corrupt(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "data after tar's end-of-archive marker",
+            )));
+        }
+        rest += n as u64;
+    }
+    if rest < 512 {
+        return Err(truncated());
+    }
+    Ok(())
 }
 
 enum Failure {
@@ -498,17 +540,20 @@ fn finish_by_path(path: &Path, meta: &Meta, chmod: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Counts the tar bytes read, for progress.
+/// Counts the tar bytes read, for progress, and notices the end of the stream.
 struct Counting<'p, R> {
     inner: R,
     bytes: u64,
     reported: u64,
+    /// The stream ran dry while the tar reader still wanted bytes.
+    eof: bool,
     progress: &'p (dyn Fn(u64) + Sync),
 }
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.eof |= n == 0 && !buf.is_empty();
         self.bytes += n as u64;
         if self.bytes - self.reported >= 1 << 20 || n == 0 {
             self.reported = self.bytes;

@@ -21,7 +21,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use crate::model::{Source, hex};
 
 /// Name of the metadata entry, always the archive's first.
 pub const METADATA_ENTRY: &str = "appsnap.json";
@@ -89,13 +89,6 @@ impl ArchiveError {
 
 pub fn is_no_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-}
-
-/// One tree to archive: the host path and the folder it becomes in the archive.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Source {
-    pub archive_dir: String,
-    pub path: PathBuf,
 }
 
 /// How to compress.
@@ -240,10 +233,6 @@ pub fn read_metadata(path: &Path) -> Result<Vec<u8>, ArchiveError> {
     Ok(data)
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// What a successful verification saw.
 #[derive(Debug, Clone)]
 pub struct Verified {
@@ -262,11 +251,10 @@ pub fn verify(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Verified, ArchiveError> {
     if let Some(recorded) = sha256 {
-        let (actual, _) =
-            crate::catalog::sha256_file(path).map_err(|source| ArchiveError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let (actual, _) = crate::model::sha256_file(path).map_err(|source| ArchiveError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if actual != recorded {
             return Err(ArchiveError::Checksum {
                 recorded: recorded.to_string(),

@@ -80,18 +80,28 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
         Ok(())
     }
 
-    pub fn zeros(&mut self, n: usize) -> Result<(), Broken> {
-        self.write(&vec![0; n])
+    /// Writes `n` zero bytes from a fixed buffer: `n` may be a 10 GB log that was
+    /// truncated while being read, which must not become a 10 GB allocation.
+    pub fn zeros(&mut self, mut n: u64) -> Result<(), Broken> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        while n > 0 {
+            let k = n.min(ZEROS.len() as u64) as usize;
+            self.write(&ZEROS[..k])?;
+            n -= k as u64;
+        }
+        Ok(())
     }
 
-    /// Copies `len` bytes of `file` from `offset` straight into chunk buffers. Returns how
-    /// many bytes the file really had (less when it shrank meanwhile).
+    /// Copies up to `len` bytes of `file` from `offset` straight into chunk buffers.
+    /// Returns how many bytes were copied — less than `len` when the file shrank
+    /// meanwhile or a read failed (then with the error) — so the caller can pad the
+    /// entry to the length its header promised.
     fn copy_from(
         &mut self,
         file: &File,
         mut offset: u64,
         len: u64,
-    ) -> Result<io::Result<u64>, Broken> {
+    ) -> Result<(u64, Option<io::Error>), Broken> {
         let chunk = self.gz.chunk_size;
         let mut left = len;
         while left > 0 {
@@ -109,7 +119,7 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
                 Ok(n) => n,
                 Err(e) => {
                     slot.raw.truncate(start);
-                    return Ok(Err(e));
+                    return Ok((len - left, Some(e)));
                 }
             };
             slot.raw.truncate(start + n);
@@ -121,7 +131,7 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
                 break;
             }
         }
-        Ok(Ok(len - left))
+        Ok((len - left, None))
     }
 
     /// Submits the last partial chunk and waits for the pipeline to drain.
@@ -193,7 +203,7 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
         };
         self.sink.write(&header_blocks(name.as_bytes(), &meta))?;
         self.sink.write(data)?;
-        self.sink.zeros(padding(data.len() as u64))?;
+        self.sink.zeros(padding(data.len() as u64) as u64)?;
         self.entries += 1;
         Ok(())
     }
@@ -251,9 +261,15 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
                     self.entries += 1;
                     return Ok(());
                 }
-                self.links.insert(key, name.clone());
+                // Only a name that really is in the archive may be a link target: if
+                // this one vanished or could not be opened, the next name of the same
+                // file is stored as the file itself.
+                if self.add_file(path, &name, entry)? {
+                    self.links.insert(key, name);
+                }
+                return Ok(());
             }
-            return self.add_file(path, &name, entry);
+            return self.add_file(path, &name, entry).map(|_| ());
         }
         self.sink.write(&header_blocks(&name, &entry))?;
         self.entries += 1;
@@ -294,16 +310,17 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
         Ok(())
     }
 
-    fn add_file(&mut self, path: &Path, name: &[u8], mut entry: EntryMeta) -> Result<(), Broken> {
+    /// Adds a regular file; `Ok(false)` when it could not be archived (a warning says why).
+    fn add_file(&mut self, path: &Path, name: &[u8], mut entry: EntryMeta) -> Result<bool, Broken> {
         let file = match open_nofollow(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.warn(format!("{} vanished during the backup", path.display()));
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => {
                 self.warn(format!("{} skipped: {e}", path.display()));
-                return Ok(());
+                return Ok(false);
             }
         };
         // Sizes come from the open file, not the earlier lstat, to narrow the race.
@@ -311,11 +328,11 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
             Ok(m) if m.is_file() => m,
             Ok(_) => {
                 self.warn(format!("{} changed type during the backup", path.display()));
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => {
                 self.warn(format!("{} skipped: {e}", path.display()));
-                return Ok(());
+                return Ok(false);
             }
         };
         let size = meta.len();
@@ -338,32 +355,44 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
             Some((_, segs)) => segs.clone(),
             None => vec![(0, size)],
         };
-        let mut short = false;
-        for (offset, len) in ranges {
-            match self.sink.copy_from(&file, offset, len)? {
-                Ok(n) if n == len => {}
-                Ok(n) => {
-                    short = true;
-                    self.sink.zeros((len - n) as usize)?;
-                }
-                Err(e) => {
-                    self.warn(format!(
-                        "{}: read error, rest stored as zeros: {e}",
-                        path.display()
-                    ));
-                    // The header promised `len` bytes; keep the archive well-formed.
-                    self.sink.zeros(len as usize)?;
-                    short = false;
-                }
+        self.copy_entry_data(path, &file, &ranges)?;
+        self.sink.zeros(padding(entry.size) as u64)?;
+        Ok(true)
+    }
+
+    /// Copies the `ranges` of `file` that a header just announced. Whatever happens to
+    /// the file meanwhile, exactly the announced bytes are written, so the entries that
+    /// follow stay aligned: a shrunk end or an unreadable range is stored as zeros (in
+    /// bounded chunks) and becomes a warning on the snapshot.
+    fn copy_entry_data(
+        &mut self,
+        path: &Path,
+        file: &File,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), Broken> {
+        let mut shrank = false;
+        for &(offset, len) in ranges {
+            let (copied, error) = self.sink.copy_from(file, offset, len)?;
+            if copied == len {
+                continue;
+            }
+            self.sink.zeros(len - copied)?;
+            match error {
+                Some(e) => self.warn(format!(
+                    "{}: read error at byte {}, the rest of that range is stored as zeros: {e}",
+                    path.display(),
+                    offset + copied
+                )),
+                None => shrank = true,
             }
         }
-        if short {
+        if shrank {
             self.warn(format!(
                 "{} shrank while being read; the missing end is stored as zeros",
                 path.display()
             ));
         }
-        self.sink.zeros(padding(entry.size))
+        Ok(())
     }
 
     fn xattrs(&mut self, path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -438,6 +467,16 @@ mod tests {
 
     /// Runs `f` on a walker writing into memory; returns its warnings.
     fn walk_with(f: impl FnOnce(&mut Walker<'_, '_, Vec<u8>>)) -> Vec<String> {
+        walk_to_tar(f).0
+    }
+
+    /// Runs `f`, ends the tar stream, and parses it back with the `tar` crate (as a
+    /// restore would): the warnings, and each entry's name, type and data.
+    #[allow(clippy::type_complexity)]
+    fn walk_to_tar(
+        f: impl FnOnce(&mut Walker<'_, '_, Vec<u8>>),
+    ) -> (Vec<String>, Vec<(String, tar::EntryType, Vec<u8>)>) {
+        use std::io::Read;
         let progress = |_| {};
         let mut sink = ChunkSink::new(ParallelGzip::new(Vec::new(), 1, 1, 4096), &progress);
         let warnings = {
@@ -445,8 +484,129 @@ mod tests {
             f(&mut walker);
             walker.warnings.clone()
         };
-        sink.finish().unwrap();
-        warnings
+        sink.write(&crate::archive::tar_format::END).unwrap();
+        let (_, gz) = sink.finish().unwrap();
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(&gz[..]));
+        let entries = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.expect("a well-formed tar stream");
+                let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+                let kind = e.header().entry_type();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                (name, kind, data)
+            })
+            .collect();
+        (warnings, entries)
+    }
+
+    /// A header announcing `len` bytes, then `copy` fills them from `file`, then one
+    /// more entry: the entries after a misbehaving file must still be read correctly.
+    fn announced_then_next(
+        w: &mut Walker<'_, '_, Vec<u8>>,
+        len: u64,
+        copy: impl FnOnce(&mut Walker<'_, '_, Vec<u8>>),
+    ) {
+        let meta = EntryMeta {
+            mode: 0o644,
+            size: len,
+            ..EntryMeta::default()
+        };
+        w.sink.write(&header_blocks(b"v/file", &meta)).unwrap();
+        copy(w);
+        w.sink.zeros(padding(len) as u64).unwrap();
+        w.add_bytes("v/next", b"still aligned", 0).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_shrinks_while_read_keeps_the_stream_aligned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        fs::write(&path, vec![b'x'; 300_000]).unwrap();
+        let file = open_nofollow(&path).unwrap();
+        let announced = file.metadata().unwrap().len();
+        // The app truncates its log after our fstat.
+        let app = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        app.set_len(1000).unwrap();
+        let (warnings, entries) = walk_to_tar(|w| {
+            announced_then_next(w, announced, |w| {
+                w.copy_entry_data(&path, &file, &[(0, announced)]).unwrap()
+            })
+        });
+        assert_eq!(entries.len(), 2, "{warnings:?}");
+        let data = &entries[0].2;
+        assert_eq!(data.len() as u64, announced);
+        assert!(data[..1000].iter().all(|&b| b == b'x'));
+        assert!(data[1000..].iter().all(|&b| b == 0));
+        assert_eq!(entries[1].0, "v/next");
+        assert_eq!(entries[1].2, b"still aligned");
+        assert!(warnings[0].contains("shrank"), "{warnings:?}");
+    }
+
+    /// A real read error in the middle of a range: `/proc/self/mem` read across a page
+    /// that is mapped, then one that is not, gives 4096 bytes and then EIO.
+    #[test]
+    fn a_read_error_mid_file_pads_only_what_is_missing() {
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+        use std::num::NonZeroUsize;
+        let page = 4096usize;
+        // SAFETY: a fresh anonymous mapping that nothing else uses; the second page is
+        // unmapped so that reading it through /proc/self/mem fails.
+        let base = unsafe {
+            let p = mmap_anonymous(
+                None,
+                NonZeroUsize::new(2 * page).unwrap(),
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE,
+            )
+            .unwrap();
+            std::ptr::write_bytes(p.as_ptr() as *mut u8, b'm', page);
+            munmap(p.byte_add(page), page).unwrap();
+            p
+        };
+        let mem = File::open("/proc/self/mem").unwrap();
+        let addr = base.as_ptr() as u64;
+        let len = 3 * page as u64;
+        let (warnings, entries) = walk_to_tar(|w| {
+            announced_then_next(w, len, |w| {
+                w.copy_entry_data(Path::new("/proc/self/mem"), &mem, &[(addr, len)])
+                    .unwrap()
+            })
+        });
+        // SAFETY: the first page is still ours.
+        unsafe { munmap(base, page).unwrap() };
+        assert_eq!(entries.len(), 2, "{warnings:?}");
+        let data = &entries[0].2;
+        assert_eq!(data.len() as u64, len);
+        assert!(data[..page].iter().all(|&b| b == b'm'));
+        assert!(data[page..].iter().all(|&b| b == 0));
+        assert_eq!(entries[1].2, b"still aligned");
+        assert!(warnings[0].contains("read error at byte"), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_vanished_hard_link_target_leaves_the_next_name_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, "shared inode").unwrap();
+        fs::hard_link(&a, &b).unwrap();
+        // Both names were listed and lstat'ed (nlink 2); then the app removes `a`.
+        let (meta_a, meta_b) = (
+            fs::symlink_metadata(&a).unwrap(),
+            fs::symlink_metadata(&b).unwrap(),
+        );
+        fs::remove_file(&a).unwrap();
+        let (warnings, entries) = walk_to_tar(|w| {
+            w.add(&a, b"v/a".to_vec(), meta_a).unwrap();
+            w.add(&b, b"v/b".to_vec(), meta_b).unwrap();
+        });
+        assert!(warnings[0].contains("vanished"), "{warnings:?}");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].0, "v/b");
+        assert_eq!(entries[0].1, tar::EntryType::Regular);
+        assert_eq!(entries[0].2, b"shared inode");
     }
 
     #[test]

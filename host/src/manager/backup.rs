@@ -23,7 +23,7 @@ use crate::api::error::ErrorBody;
 use crate::archive::{self, ArchiveError};
 use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Origin, PARTIAL_SUFFIX, Snapshot};
 use crate::config::BackupMode;
-use crate::docker::{App, Docker, POST_BACKUP_LABEL, PRE_BACKUP_LABEL};
+use crate::docker::{App, Docker, DockerError, POST_BACKUP_LABEL, PRE_BACKUP_LABEL, Stopped};
 use crate::ids;
 use crate::jobs::Job;
 
@@ -81,6 +81,13 @@ impl BackupManager {
         job: &Job,
     ) -> Result<Snapshot, ManagerError> {
         tracing::info!(app = %app.id, mounts = app.mounts.len(), "backup started");
+        if let Some((name, what)) = app.unreadable.first() {
+            // An empty folder archived as the app's data would be a lie with a 200.
+            return Err(ManagerError::Docker(DockerError::UnreadableVolume {
+                name: name.clone(),
+                what: what.clone(),
+            }));
+        }
         let dir = self.config.backup_root.join(&app.id);
         fs::DirBuilder::new()
             .recursive(true)
@@ -115,8 +122,11 @@ impl BackupManager {
 
         let running = app.running();
         job.step("running pre-backup hooks");
+        let hook_timeout = self.config.hook_timeout_for(&app.id);
         for c in &running {
-            self.docker.run_hook(c, PRE_BACKUP_LABEL).await?;
+            self.docker
+                .run_hook(c, PRE_BACKUP_LABEL, hook_timeout)
+                .await?;
         }
 
         let mut warnings: Vec<String> = app
@@ -139,14 +149,14 @@ impl BackupManager {
             };
             crate::catalog::write_atomic(&journal, &serde_json::to_vec(&record).expect("journal"))
                 .map_err(io_err("cannot write the backup journal"))?;
-            match self.stop_all(&stopped).await {
-                Ok(w) => warnings.extend(w),
-                Err(e) => {
-                    warnings.extend(self.start_all(&stopped).await);
-                    let _ = fs::remove_file(&journal);
-                    return Err(e);
-                }
+            crash_point("backup.journaled");
+            let stopping = self.stop_all(&stopped).await;
+            crash_point("backup.stopped");
+            if let Err(e) = stopping {
+                self.start_again(&stopped, &journal, &mut warnings).await;
+                return Err(e);
             }
+            warnings.extend(stopping.unwrap_or_default());
         }
 
         job.step("archiving");
@@ -177,14 +187,18 @@ impl BackupManager {
             ))))
         });
 
+        crash_point("backup.archived");
         if !stopped.is_empty() {
             job.step("starting containers");
-            warnings.extend(self.start_all(&stopped).await);
-            let _ = fs::remove_file(&journal);
+            self.start_again(&stopped, &journal, &mut warnings).await;
         }
         job.step("running post-backup hooks");
         for c in &running {
-            if let Err(e) = self.docker.run_hook(c, POST_BACKUP_LABEL).await {
+            if let Err(e) = self
+                .docker
+                .run_hook(c, POST_BACKUP_LABEL, hook_timeout)
+                .await
+            {
                 warnings.push(e.to_string());
             }
         }
@@ -205,6 +219,7 @@ impl BackupManager {
             let _ = fs::remove_file(&partial);
             return Err(io_err("cannot move the finished archive into place")(e));
         }
+        crash_point("backup.renamed");
         warnings.extend(summary.warnings);
         let snapshot = Snapshot {
             snapshot_id,
@@ -218,13 +233,20 @@ impl BackupManager {
             note,
             pinned: false,
             warnings,
+            tar_bytes: Some(summary.tar_bytes),
+            entries: Some(summary.entries),
         };
+        if let Err(e) = crate::catalog::write_sidecar(&snapshot) {
+            // The snapshot is good; only its warnings would be lost to a catalog rebuild.
+            tracing::warn!(snapshot = %snapshot.snapshot_id, "cannot write its sidecar: {e}");
+        }
         {
             let mut catalog = self.catalog.lock().expect("catalog lock");
             catalog.insert(snapshot.clone());
             // On failure the archive stays and is listed again at the next start-up.
             catalog.save()?;
         }
+        crash_point("backup.listed");
         self.enforce_count(&app.id);
         job.step("applying policies");
         self.after_backup(&app.id, evict).await;
@@ -241,8 +263,10 @@ impl BackupManager {
         }
     }
 
-    /// Stops every container in `ids`. One that no longer exists is a warning (it cannot
-    /// write to the data any more); any other failure aborts the backup.
+    /// Stops every container in `ids`, each with its own stop timeout when it has one.
+    /// One that no longer exists, or that had to be killed, is a warning (the first cannot
+    /// write to the data any more; the second's files may be inconsistent); any other
+    /// failure aborts the backup.
     pub(super) async fn stop_all(&self, ids: &[String]) -> Result<Vec<String>, ManagerError> {
         let timeout = self.config.stop_timeout_secs;
         let results =
@@ -251,7 +275,12 @@ impl BackupManager {
         let mut warnings = Vec::new();
         for (id, result) in ids.iter().zip(results) {
             match result {
-                Ok(()) => {}
+                Ok(Stopped::Clean) => {}
+                Ok(Stopped::Killed { timeout }) => warnings.push(format!(
+                    "container {} did not stop within {timeout} s and was killed: its files \
+                     may not be consistent (raise its stop_grace_period)",
+                    short(id)
+                )),
                 Err(e) if e.is_not_found() => {
                     warnings.push(format!(
                         "container {} disappeared during the backup",
@@ -264,20 +293,46 @@ impl BackupManager {
         Ok(warnings)
     }
 
-    /// Starts every container in `ids`; what fails becomes a warning (a container removed
-    /// meanwhile cannot be started, and the snapshot is still good).
-    pub(super) async fn start_all(&self, ids: &[String]) -> Vec<String> {
-        let mut warnings = Vec::new();
+    /// Starts every container in `ids`. A container removed meanwhile is a warning (the
+    /// snapshot is still good); one that could not be started makes `failed` true.
+    pub(super) async fn start_all(&self, ids: &[String]) -> StartReport {
+        let mut report = StartReport::default();
         for id in ids {
-            if let Err(e) = self.docker.start(id).await {
-                tracing::error!(container = %id, "could not start container again: {e}");
-                warnings.push(format!(
-                    "container {} could not be started again: {e}",
+            match self.docker.start(id).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => report.warnings.push(format!(
+                    "container {} disappeared during the backup",
                     short(id)
-                ));
+                )),
+                Err(e) => {
+                    tracing::error!(container = %id, "could not start container again: {e}");
+                    report.failed = true;
+                    report.warnings.push(format!(
+                        "container {} could not be started again: {e}",
+                        short(id)
+                    ));
+                }
             }
         }
-        warnings
+        report
+    }
+
+    /// Starts what the backup stopped. The journal goes only once they all run again;
+    /// otherwise it stays, the app is marked as needing repair (409 for new backups and
+    /// restores) and the start is retried in the background.
+    async fn start_again(&self, ids: &[String], journal: &Path, warnings: &mut Vec<String>) {
+        let report = self.start_all(ids).await;
+        warnings.extend(report.warnings);
+        if report.failed {
+            tracing::error!(
+                "the app's containers could not all be started again; {} is kept and the \
+                 start is retried in the background",
+                journal.display()
+            );
+        } else {
+            let _ = fs::remove_file(journal);
+            crash_point("backup.restarted");
+        }
     }
 
     /// The simple count rule of `max_snapshots_per_app`: oldest unpinned go first.
@@ -297,8 +352,9 @@ impl BackupManager {
                 .collect()
         };
         for id in doomed {
-            match self.delete(&id) {
-                Ok(()) => {
+            match self.delete_unless_pinned(&id) {
+                Ok(false) => {}
+                Ok(true) => {
                     tracing::info!(app = app_id, snapshot = %id, "deleted by max_snapshots_per_app")
                 }
                 Err(e) => {
@@ -309,8 +365,29 @@ impl BackupManager {
     }
 }
 
-/// Start-up repair of a backup that was interrupted by a crash.
-pub(super) async fn recover_backup(docker: &Docker, path: &Path) {
+/// What starting an app's containers again gave.
+#[derive(Debug, Default)]
+pub(super) struct StartReport {
+    pub warnings: Vec<String>,
+    /// A container exists but could not be started.
+    pub failed: bool,
+}
+
+/// Only a crash is of interest at these points of a backup (see [`crate::failpoint`]).
+fn crash_point(name: &str) {
+    let _ = crate::failpoint::point(name);
+}
+
+/// Repair of a backup that was interrupted (a crash, or containers that would not start
+/// again). A container's stop may still be in flight when appsnap died, and starting it
+/// then answers "already running" just before the stop completes: so each container is
+/// first stopped (which waits for any stop in progress), then started, then checked.
+/// `Err` keeps the journal for another try.
+pub(super) async fn recover_backup(
+    docker: &Docker,
+    path: &Path,
+    stop_timeout: u32,
+) -> Result<(), String> {
     let journal: BackupJournal = match fs::read(path).map(|b| serde_json::from_slice(&b)) {
         Ok(Ok(j)) => j,
         other => {
@@ -319,7 +396,7 @@ pub(super) async fn recover_backup(docker: &Docker, path: &Path) {
                 path.display()
             );
             let _ = fs::remove_file(path);
-            return;
+            return Ok(());
         }
     };
     tracing::warn!(
@@ -328,22 +405,30 @@ pub(super) async fn recover_backup(docker: &Docker, path: &Path) {
         "a backup was interrupted: starting the {} container(s) it had stopped",
         journal.stopped.len()
     );
-    let mut all_ok = true;
+    let mut errors = Vec::new();
     for id in &journal.stopped {
-        match docker.start(id).await {
-            Ok(()) => tracing::info!(container = %short(id), "started again"),
+        let result = async {
+            docker.stop(id, stop_timeout).await?;
+            docker.start(id).await?;
+            docker.state(id).await
+        }
+        .await;
+        match result {
+            Ok(state) if state.running => tracing::info!(container = %short(id), "started again"),
+            // Started, then ended by itself: the app's own doing, not a failed repair.
+            Ok(state) => tracing::error!(container = %short(id),
+                "started again, but it exited at once (exit code {})", state.exit_code),
             Err(e) if e.is_not_found() => {
                 tracing::warn!(container = %short(id), "container no longer exists")
             }
-            Err(e) => {
-                all_ok = false;
-                tracing::error!(container = %short(id), "could not start: {e}");
-            }
+            Err(e) => errors.push(format!("container {} could not be started: {e}", short(id))),
         }
     }
     let _ = fs::remove_file(&journal.partial);
-    // Keep the journal while Docker is unreachable, so the next start-up tries again.
-    if all_ok {
-        let _ = fs::remove_file(path);
+    if !errors.is_empty() {
+        // Keep the journal: the repair is retried until the app runs again.
+        return Err(errors.join("; "));
     }
+    let _ = fs::remove_file(path);
+    Ok(())
 }

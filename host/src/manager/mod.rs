@@ -3,12 +3,14 @@
 //!
 //! - [`backup`]: making a snapshot (stop, archive, start, commit) and its crash repair;
 //! - [`restore`]: putting one back with rollback, and its crash repair;
+//! - [`aside`]: the journaled file half of a restore (set aside, commit, roll back);
 //! - [`transfer`]: verify, download and import (moving snapshots between servers);
 //! - [`policies`]: quota before a backup, retention after it, schedules, dry runs, and
 //!   the host rules no policy can break;
 //! - here: opening the backup root (lock, repairs, catalog), per-app locks, list, delete,
 //!   stats.
 
+mod aside;
 mod backup;
 mod policies;
 mod restore;
@@ -19,7 +21,6 @@ pub use policies::{Decision, RetentionReport};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -52,6 +53,28 @@ pub enum ManagerError {
     /// Another operation holds the app's lock.
     #[error("a {operation} of app `{app_id}` is already running")]
     Busy { app_id: String, operation: String },
+    /// An interrupted backup or restore of the app is not repaired yet.
+    #[error(
+        "an interrupted {operation} of app `{app_id}` is not repaired yet ({journal}); appsnap \
+         retries the repair in the background, see its log"
+    )]
+    RepairPending {
+        app_id: String,
+        operation: String,
+        journal: PathBuf,
+    },
+    /// The backup root was initialised before but its mark is gone: most likely the backup
+    /// disk is not mounted, and appsnap would fill the root filesystem instead.
+    #[error(
+        "backup root {root} was initialised before (id {id}) but {mark} is missing: is the \
+         backup disk mounted? If the old backups are really gone, remove {record} to start afresh"
+    )]
+    RootLost {
+        root: PathBuf,
+        id: String,
+        mark: PathBuf,
+        record: PathBuf,
+    },
     /// The backup filesystem is full.
     #[error("no space left on the backup filesystem: {0}")]
     NoSpace(String),
@@ -86,9 +109,7 @@ pub enum ManagerError {
     )]
     RestoreFailed { step: String, cause: String },
     /// A restore failed and so did putting things back: see `rollback` and the log.
-    #[error(
-        "{step} failed: {cause}; rolling back also failed: {rollback}. The previous data is kept aside and will be put back at the next start of appsnap"
-    )]
+    #[error("{step} failed: {cause}; rolling back also failed: {rollback}")]
     RollbackFailed {
         step: String,
         cause: String,
@@ -210,11 +231,7 @@ impl BackupManager {
     pub async fn open(config: Config) -> Result<Arc<BackupManager>, ManagerError> {
         let root = config.backup_root.clone();
         let state = root.join(STATE_DIR);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&state)
-            .map_err(io_err(format!("cannot create {}", state.display())))?;
+        mark_root(&root, &config.state_dir)?;
         let lock = lock_root(&state.join("lock"))?;
         let docker = Docker::connect(&config.host_root)?;
 
@@ -231,13 +248,11 @@ impl BackupManager {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            if name.ends_with(".backup.journal") {
-                backup::recover_backup(&docker, &path).await;
-            } else if name.ends_with(".restore.journal") {
-                restore::recover_restore(&docker, &path).await;
-            } else if name.ends_with(PARTIAL_SUFFIX) {
+            if name.ends_with(PARTIAL_SUFFIX) {
                 tracing::warn!("removing interrupted import {}", path.display());
                 let _ = fs::remove_file(&path);
+            } else if let Err(e) = repair(&docker, &path, config.stop_timeout_secs).await {
+                tracing::error!("repair from {} failed, retried later: {e}", path.display());
             }
         }
         remove_partials(&root);
@@ -257,6 +272,46 @@ impl BackupManager {
         }))
     }
 
+    /// Retries the repairs that failed before (Docker was down, a rollback could not put
+    /// the data back): called periodically by the service. An app being worked on is
+    /// left for the next pass. Returns what was tried: app id and outcome.
+    pub async fn repair_pending(&self) -> Vec<(String, Result<(), String>)> {
+        let mut tried = Vec::new();
+        for (app_id, operation, path) in self.pending_journals() {
+            let Ok(_lock) = self.take_lock(&app_id, "repair") else {
+                continue;
+            };
+            let result = repair(&self.docker, &path, self.config.stop_timeout_secs).await;
+            match &result {
+                Ok(()) => tracing::info!(app = %app_id, "interrupted {operation} repaired"),
+                Err(e) => {
+                    tracing::warn!(app = %app_id, "repair of the {operation} failed again: {e}")
+                }
+            }
+            tried.push((app_id, result));
+        }
+        tried
+    }
+
+    /// Outstanding journals: (app id, operation, path).
+    fn pending_journals(&self) -> Vec<(String, String, PathBuf)> {
+        let state = self.config.backup_root.join(STATE_DIR);
+        let Ok(dir) = fs::read_dir(&state) else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = dir
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let stem = name.strip_suffix(".journal")?;
+                let (app, op) = stem.rsplit_once('.')?;
+                Some((app.to_string(), op.to_string(), e.path()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -265,7 +320,25 @@ impl BackupManager {
         &self.docker
     }
 
+    /// Takes the app's lock for `operation`. Refused while another operation runs, and
+    /// while an interrupted one is not repaired (its journal may describe data set aside
+    /// that a new operation must not sweep away).
     fn lock_app(&self, app_id: &str, operation: &str) -> Result<AppLock, ManagerError> {
+        let lock = self.take_lock(app_id, operation)?;
+        for kind in ["restore", "backup"] {
+            let journal = self.journal_path(app_id, kind);
+            if journal.exists() {
+                return Err(ManagerError::RepairPending {
+                    app_id: app_id.into(),
+                    operation: kind.into(),
+                    journal,
+                });
+            }
+        }
+        Ok(lock)
+    }
+
+    fn take_lock(&self, app_id: &str, operation: &str) -> Result<AppLock, ManagerError> {
         let mut busy = self.busy.lock().expect("busy lock");
         if let Some(running) = busy.get(app_id) {
             return Err(ManagerError::Busy {
@@ -318,21 +391,25 @@ impl BackupManager {
     pub fn delete(&self, snapshot_id: &str) -> Result<(), ManagerError> {
         ids::validate("snapshot id", snapshot_id)?;
         let mut catalog = self.catalog.lock().expect("catalog lock");
-        let snapshot = catalog
-            .get(snapshot_id)
-            .ok_or_else(|| ManagerError::SnapshotNotFound(snapshot_id.into()))?;
-        let path = snapshot.file_path.clone();
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                tracing::warn!(snapshot = snapshot_id, "archive {path} was already gone");
+        remove_snapshot(&mut catalog, snapshot_id)
+    }
+
+    /// Deletes for a policy or a count rule, whose decision was taken earlier and outside
+    /// the catalog lock: a snapshot pinned since then (or already gone) is kept, checked
+    /// here under the lock. Returns whether it was deleted.
+    pub fn delete_unless_pinned(&self, snapshot_id: &str) -> Result<bool, ManagerError> {
+        let mut catalog = self.catalog.lock().expect("catalog lock");
+        match catalog.get(snapshot_id) {
+            None => Ok(false),
+            Some(s) if s.pinned => {
+                tracing::info!(
+                    snapshot = snapshot_id,
+                    "kept: pinned after the policy decided"
+                );
+                Ok(false)
             }
-            Err(source) => return Err(ManagerError::Delete { path, source }),
+            Some(_) => remove_snapshot(&mut catalog, snapshot_id).map(|()| true),
         }
-        catalog.remove(snapshot_id);
-        catalog.save()?;
-        tracing::info!(snapshot = snapshot_id, "snapshot deleted");
-        Ok(())
     }
 
     /// Rebuilds the catalog from the archives on disk.
@@ -374,6 +451,108 @@ pub(super) fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
+/// Removes a snapshot's archive (durably), then its sidecar and its catalog entry.
+fn remove_snapshot(catalog: &mut Catalog, snapshot_id: &str) -> Result<(), ManagerError> {
+    let snapshot = catalog
+        .get(snapshot_id)
+        .ok_or_else(|| ManagerError::SnapshotNotFound(snapshot_id.into()))?;
+    let path = snapshot.file_path.clone();
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            tracing::warn!(snapshot = snapshot_id, "archive {path} was already gone");
+        }
+        Err(source) => return Err(ManagerError::Delete { path, source }),
+    }
+    // Without this a power cut can bring the deleted archive back (and the catalog,
+    // rebuilt from the disk, would list it again).
+    if let Some(dir) = Path::new(&path).parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| ManagerError::Delete {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    let _ = fs::remove_file(crate::catalog::sidecar_path(Path::new(&path)));
+    catalog.remove(snapshot_id);
+    catalog.save()?;
+    tracing::info!(snapshot = snapshot_id, "snapshot deleted");
+    Ok(())
+}
+
+/// Runs the repair a journal describes (see `backup::recover_backup` and
+/// `restore::recover_restore`).
+async fn repair(docker: &Docker, path: &Path, stop_timeout: u32) -> Result<(), String> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    if name.ends_with(".backup.journal") {
+        backup::recover_backup(docker, path, stop_timeout).await
+    } else if name.ends_with(".restore.journal") {
+        restore::recover_restore(docker, path, stop_timeout).await
+    } else {
+        Ok(())
+    }
+}
+
+/// An unmounted backup disk must not silently become an empty store on the root
+/// filesystem. The root carries a mark (`.appsnap/id`), and `state_dir` remembers, per
+/// root path, the id it had: a root that had one and lost it is refused. A root is created
+/// (and marked) only on first use, and that is logged.
+fn mark_root(root: &Path, state_dir: &Path) -> Result<(), ManagerError> {
+    use sha2::Digest;
+    let mark = root.join(STATE_DIR).join("id");
+    let key = archive::hex(&sha2::Sha256::digest(root.as_os_str().as_encoded_bytes()));
+    let record = state_dir.join("roots").join(format!("{}.id", &key[..16]));
+    let known = fs::read_to_string(&record)
+        .ok()
+        .map(|s| s.trim().to_string());
+    let id = match fs::read_to_string(&mark) {
+        Ok(id) => id.trim().to_string(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(id) = known {
+                return Err(ManagerError::RootLost {
+                    root: root.into(),
+                    id,
+                    mark,
+                    record,
+                });
+            }
+            if !root.exists() {
+                tracing::info!("creating the backup root {}", root.display());
+            } else if root.join(STATE_DIR).exists()
+                || root.join(crate::catalog::CATALOG_FILE).exists()
+            {
+                tracing::info!(
+                    "marking the backup root {} (made by an older appsnap)",
+                    root.display()
+                );
+            } else {
+                tracing::info!("initialising the backup root {}", root.display());
+            }
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root.join(STATE_DIR))
+                .map_err(io_err(format!("cannot create {}", root.display())))?;
+            let id = format!("{:016x}", rand::random::<u64>());
+            crate::catalog::write_atomic(&mark, id.as_bytes())
+                .map_err(io_err(format!("cannot write {}", mark.display())))?;
+            id
+        }
+        Err(e) => return Err(io_err(format!("cannot read {}", mark.display()))(e)),
+    };
+    let remembered = fs::create_dir_all(record.parent().expect("has a parent"))
+        .and_then(|()| crate::catalog::write_atomic(&record, id.as_bytes()));
+    if let Err(e) = remembered {
+        tracing::warn!(
+            "cannot record the backup root's id in {}: {e}; an unmounted backup disk \
+             would not be noticed",
+            record.display()
+        );
+    }
+    Ok(())
+}
+
 /// One appsnap process per backup root: two would rewrite one catalog and repair each
 /// other's backups as crashes.
 fn lock_root(path: &Path) -> Result<File, ManagerError> {
@@ -384,9 +563,7 @@ fn lock_root(path: &Path) -> Result<File, ManagerError> {
         .mode(0o600)
         .open(path)
         .map_err(io_err(format!("cannot open {}", path.display())))?;
-    // SAFETY: flock on a valid, owned descriptor; the lock lives as long as `file`.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    if file.try_lock().is_err() {
         return Err(ManagerError::RootInUse(
             path.parent()
                 .and_then(Path::parent)

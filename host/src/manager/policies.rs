@@ -148,8 +148,9 @@ impl BackupManager {
         }
         if !dry_run {
             for d in &report.deleted {
-                match self.delete(&d.snapshot_id) {
-                    Ok(()) => {
+                match self.delete_unless_pinned(&d.snapshot_id) {
+                    Ok(false) => {}
+                    Ok(true) => {
                         tracing::info!(app = app_id, snapshot = %d.snapshot_id, reason = %d.reason, "deleted by retention policy")
                     }
                     Err(e) => {
@@ -262,8 +263,9 @@ impl BackupManager {
     /// never fail the backup; they are logged and counted.
     pub(super) async fn after_backup(&self, app_id: &str, evict: Vec<String>) {
         for id in evict {
-            match self.delete(&id) {
-                Ok(()) => tracing::info!(app = app_id, snapshot = %id, "evicted by quota policy"),
+            match self.delete_unless_pinned(&id) {
+                Ok(false) => {}
+                Ok(true) => tracing::info!(app = app_id, snapshot = %id, "evicted by quota policy"),
                 Err(e) => {
                     tracing::error!(app = app_id, snapshot = %id, "quota eviction failed: {e}")
                 }
@@ -442,6 +444,10 @@ impl BackupManager {
             s.note = (!n.is_empty()).then_some(n);
         }
         let out = s.clone();
+        // The sidecar first: it is what survives a rebuild of the catalog.
+        crate::catalog::write_sidecar(&out).map_err(super::io_err(format!(
+            "cannot save the pin and note of {snapshot_id}"
+        )))?;
         catalog.save()?;
         Ok(out)
     }

@@ -1,89 +1,32 @@
 //! Restore: put a snapshot's data back without ever leaving the app worse off.
 //!
 //! verify (checksum + a full dry-run read, before anything is touched) → lock the app →
-//! stop its running containers → move each mount's current data aside (a rename next to
-//! it; when the mount is itself a mount point and cannot be renamed, its children are
-//! renamed into a hidden folder inside it) → extract safely → start the containers that
-//! were running and wait until they run (and are healthy) → drop the moved-aside data.
+//! stop its running containers → set each mount's current data aside → extract safely →
+//! start the containers that were running and wait until they run (and are healthy) →
+//! commit (drop the data set aside).
 //!
-//! Any failure after the stop rolls back: what was extracted is removed, the moved-aside
-//! data is renamed back (so it is byte- and metadata-identical: it never moved between
-//! filesystems), the containers that were running are started, and the caller gets
-//! `RestoreFailed` naming the step. Every transition is written to a journal first, so a
-//! crash at any point is repaired at the next start-up: rolled back, or finished when the
-//! extraction had completed.
+//! The file half — aside, extract, commit or roll back, each transition journaled — is
+//! [`super::aside`]; this file orchestrates it with Docker. Any failure after the stop
+//! rolls back: the extracted data is removed, the old data renamed back, the containers
+//! that were running started again, and the caller gets `RestoreFailed` naming the step.
+//! When the data cannot be put back, the containers are left stopped (never started on
+//! half-restored data), the journal stays, and the repair is retried in the background;
+//! until then a backup or restore of the app answers 409.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use super::{BackupManager, ManagerError, Started, io_err, short};
+use super::aside::{RestoreJournal, Swap};
+use super::{BackupManager, ManagerError, Started, short};
 use crate::api::error::ErrorBody;
 use crate::archive::{self, extract};
 use crate::catalog::Snapshot;
 use crate::docker::{App, Docker};
+use crate::failpoint;
 use crate::ids;
 use crate::jobs::Job;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Phase {
-    /// Moving current data aside: nothing extracted yet.
-    Moving,
-    /// Extracting: targets may hold partial snapshot data.
-    Extracting,
-    /// Extraction complete: only starting the app and cleaning up remain.
-    Extracted,
-}
-
-/// How a mount's current data was set aside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum How {
-    /// `target` renamed to `aside`, a sibling.
-    Renamed,
-    /// `target` is a mount point: its children renamed into `aside`, a folder inside it.
-    Inside,
-    /// Nothing was there; the restore creates it.
-    Created,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Moved {
-    target: PathBuf,
-    aside: PathBuf,
-    how: How,
-    /// For `Inside`: the mount root's own metadata, which extraction overwrites.
-    root: Option<RootMeta>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct RootMeta {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct RestoreJournal {
-    app_id: String,
-    snapshot_id: String,
-    phase: Phase,
-    /// Containers that were running and must run again whatever happens.
-    stopped: Vec<String>,
-    mounts: Vec<Moved>,
-    /// Volumes this restore created (removed again on rollback).
-    created_volumes: Vec<String>,
-}
 
 impl BackupManager {
     /// Validates, checks ownership and takes the app's lock (so 400/404/409 come back at
@@ -134,42 +77,31 @@ impl BackupManager {
         job.step("preparing");
         let (plan, created_volumes) = self.plan_targets(app, snapshot).await?;
         let stopped: Vec<String> = app.running().iter().map(|c| c.id.clone()).collect();
-        let journal_path = self.journal_path(&app.id, "restore");
-        let mut journal = RestoreJournal {
-            app_id: app.id.clone(),
-            snapshot_id: snapshot.snapshot_id.clone(),
-            phase: Phase::Moving,
-            stopped: stopped.clone(),
-            mounts: Vec::new(),
-            created_volumes,
-        };
-        let write = |j: &RestoreJournal| {
-            crate::catalog::write_atomic(&journal_path, &serde_json::to_vec(j).expect("journal"))
-                .map_err(io_err("cannot write the restore journal"))
-        };
-        write(&journal)?;
+        let mut journal = RestoreJournal::new(&app.id, &snapshot.snapshot_id, stopped);
+        journal.created_volumes = created_volumes;
+        let mut swap =
+            Swap::begin(&self.journal_path(&app.id, "restore"), journal).map_err(|e| {
+                ManagerError::Io {
+                    context: "cannot start the restore".into(),
+                    source: std::io::Error::other(e),
+                }
+            })?;
 
-        let result = self
-            .restore_steps(snapshot, job, &plan, &mut journal, &write)
-            .await;
-        let (step, cause) = match result {
+        let (step, cause) = match self.restore_steps(snapshot, job, &plan, &mut swap).await {
             Ok(()) => {
                 job.step("removing the previous data");
-                for moved in &journal.mounts {
-                    drop_aside(moved);
+                if let Err(e) = swap.commit() {
+                    // The snapshot is in place and running; only the cleanup is left.
+                    tracing::error!(app = %app.id, "restore committed, cleanup failed: {e}");
                 }
-                let _ = fs::remove_file(&journal_path);
                 return Ok(());
             }
             Err(failure) => failure,
         };
         job.step("rolling back");
         tracing::warn!(app = %app.id, "restore failed at {step}: {cause}; rolling back");
-        match rollback(&self.docker, &journal).await {
-            Ok(()) => {
-                let _ = fs::remove_file(&journal_path);
-                Err(ManagerError::RestoreFailed { step, cause })
-            }
+        match rollback(&self.docker, swap, self.config.stop_timeout_secs).await {
+            Ok(()) => Err(ManagerError::RestoreFailed { step, cause }),
             Err(rollback) => Err(ManagerError::RollbackFailed {
                 step,
                 cause,
@@ -184,51 +116,38 @@ impl BackupManager {
         snapshot: &Snapshot,
         job: &Job,
         plan: &[(String, PathBuf)],
-        journal: &mut RestoreJournal,
-        write: &impl Fn(&RestoreJournal) -> Result<(), ManagerError>,
+        swap: &mut Swap,
     ) -> Result<(), (String, String)> {
         let fail = |step: &str| {
             let step = step.to_string();
             move |e: String| (step, e)
         };
-        let stopped = journal.stopped.clone();
+        let stopped = swap.journal.stopped.clone();
         if !stopped.is_empty() {
             job.step("stopping containers");
             self.stop_all(&stopped)
                 .await
                 .map_err(|e| e.to_string())
                 .map_err(fail("stopping containers"))?;
+            failpoint::point("restore.stopped").map_err(fail("stopping containers"))?;
         }
 
         job.step("moving current data aside");
         let rid = format!("{:08x}", rand::random::<u32>());
         for (_, target) in plan {
-            let moved = plan_move(target, &rid)
-                .map_err(|e| e.to_string())
-                .map_err(fail("moving current data aside"))?;
-            // Journal first: a crash between the two lines finds an intent whose aside
-            // does not exist yet, and leaves the target alone.
-            journal.mounts.push(moved.clone());
-            write(journal)
-                .map_err(|e| e.to_string())
-                .map_err(fail("moving current data aside"))?;
-            perform_move(&moved)
-                .map_err(|e| format!("{}: {e}", moved.target.display()))
+            swap.move_aside(target, &rid)
                 .map_err(fail("moving current data aside"))?;
         }
 
         job.step("extracting");
-        journal.phase = Phase::Extracting;
-        write(journal)
-            .map_err(|e| e.to_string())
-            .map_err(fail("extracting"))?;
+        swap.begin_extraction().map_err(fail("extracting"))?;
         let targets: Vec<extract::Target> = plan
             .iter()
-            .zip(&journal.mounts)
+            .zip(&swap.journal.mounts)
             .map(|((archive_dir, target), moved)| extract::Target {
                 archive_dir: archive_dir.clone(),
                 path: target.clone(),
-                reserved: (moved.how == How::Inside).then(|| {
+                reserved: (moved.how == super::aside::How::Inside).then(|| {
                     moved
                         .aside
                         .file_name()
@@ -260,23 +179,15 @@ impl BackupManager {
         .map_err(|e| format!("extraction task: {e}"))
         .and_then(|r| r.map_err(|e| e.to_string()))
         .map_err(fail("extracting"))?;
-        // The data set aside is deleted soon: the restored data must be on disk first.
-        for (_, target) in plan {
-            sync_fs(target)
-                .map_err(|e| format!("syncing {}: {e}", target.display()))
-                .map_err(fail("extracting"))?;
-        }
-        journal.phase = Phase::Extracted;
-        write(journal)
-            .map_err(|e| e.to_string())
-            .map_err(fail("extracting"))?;
+        swap.extracted().map_err(fail("extracting"))?;
 
         if !stopped.is_empty() {
             job.step("starting containers");
-            let warnings = self.start_all(&stopped).await;
-            if !warnings.is_empty() {
-                return Err(("starting containers".into(), warnings.join("; ")));
+            let started = self.start_all(&stopped).await;
+            if !started.warnings.is_empty() {
+                return Err(("starting containers".into(), started.warnings.join("; ")));
             }
+            failpoint::point("restore.started").map_err(fail("starting containers"))?;
             job.step("waiting for containers to run");
             self.wait_running(&stopped)
                 .await
@@ -347,11 +258,17 @@ impl BackupManager {
                     s.restart_count,
                     s.started_at.clone(),
                 ));
-                if !s.running
-                    || s.restarting
-                    || s.restart_count != *restarts
-                    || s.started_at != *started
-                {
+                if s.restart_count != *restarts || s.started_at != *started || s.restarting {
+                    // Its restart policy brought it back: the new run's state says
+                    // nothing about why the first one ended.
+                    return Err(format!(
+                        "container {} exited after the restore and was restarted {} time(s) \
+                         by its restart policy",
+                        short(id),
+                        (s.restart_count - *restarts).max(1)
+                    ));
+                }
+                if !s.running {
                     return Err(format!(
                         "container {} stopped after the restore (exit code {})",
                         short(id),
@@ -385,307 +302,80 @@ impl BackupManager {
     }
 }
 
-/// Decides how `target`'s current data will be set aside.
-fn plan_move(target: &Path, rid: &str) -> io::Result<Moved> {
-    let name = target
-        .file_name()
-        .map(|n| n.as_bytes().to_vec())
-        .unwrap_or_else(|| b"root".to_vec());
-    let sibling = target.with_file_name(format!(
-        ".{}.appsnap-aside-{rid}",
-        String::from_utf8_lossy(&name)
-    ));
-    let meta = match fs::symlink_metadata(target) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(Moved {
-                target: target.into(),
-                aside: sibling,
-                how: How::Created,
-                root: None,
-            });
-        }
-        Err(e) => return Err(e),
-    };
-    if !(meta.is_dir() && is_mount_point(target, &meta)) {
-        return Ok(Moved {
-            target: target.into(),
-            aside: sibling,
-            how: How::Renamed,
-            root: None,
-        });
-    }
-    Ok(Moved {
-        target: target.into(),
-        aside: target.join(format!(".appsnap-aside-{rid}")),
-        how: How::Inside,
-        root: Some(RootMeta {
-            mode: meta.permissions().mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            mtime: meta.mtime(),
-            xattrs: xattrs_of(target),
-        }),
-    })
-}
-
-/// A mount point cannot be renamed (EBUSY). Another filesystem shows in `st_dev`; a bind
-/// mount of the same filesystem only in the mount table.
-fn is_mount_point(path: &Path, meta: &fs::Metadata) -> bool {
-    let parent_dev = path
-        .parent()
-        .and_then(|p| fs::metadata(p).ok())
-        .map(|m| m.dev());
-    if parent_dev.is_some_and(|d| d != meta.dev()) {
-        return true;
-    }
-    let Ok(canonical) = fs::canonicalize(path) else {
-        return false;
-    };
-    let Ok(table) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    table
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mount_point| Path::new(&unescape_mountinfo(mount_point)) == canonical)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn perform_move(m: &Moved) -> io::Result<()> {
-    match m.how {
-        How::Created => {
-            if let Some(parent) = m.target.parent() {
-                fs::create_dir_all(parent)?;
+/// Stops the containers, puts the files back, removes the volumes the restore created and
+/// starts the containers that were running. Idempotent, so recovery can run it again.
+/// When the files cannot be put back, the containers stay stopped (never started on
+/// half-restored data) and the journal stays for the next try.
+async fn rollback(docker: &Docker, mut swap: Swap, stop_timeout: u32) -> Result<(), String> {
+    for id in &swap.journal.stopped {
+        // It may have been started already; never touch the files under a running app.
+        match docker.stop(id, stop_timeout).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                return Err(format!(
+                    "container {} could not be stopped for the rollback: {e}",
+                    short(id)
+                ));
             }
-            Ok(())
-        }
-        How::Renamed => fs::rename(&m.target, &m.aside),
-        How::Inside => {
-            fs::DirBuilder::new().mode(0o700).create(&m.aside)?;
-            for child in fs::read_dir(&m.target)? {
-                let child = child?;
-                if child.path() != m.aside {
-                    fs::rename(child.path(), m.aside.join(child.file_name()))?;
-                }
-            }
-            Ok(())
         }
     }
-}
-
-/// Flushes the filesystem holding `path` (syncfs: one call for a whole tree).
-fn sync_fs(path: &Path) -> io::Result<()> {
-    let dir = if path.is_dir() {
-        path
-    } else {
-        path.parent().unwrap_or(Path::new("/"))
-    };
-    let f = fs::File::open(dir)?;
-    nix::unistd::syncfs(&f)?;
-    Ok(())
-}
-
-/// After a successful restore the moved-aside data goes.
-fn drop_aside(m: &Moved) {
-    let result = match m.how {
-        How::Created => Ok(()),
-        How::Renamed | How::Inside => remove_any(&m.aside),
-    };
-    if let Err(e) = result {
-        tracing::error!(
-            "could not remove the previous data at {}: {e}",
-            m.aside.display()
-        );
+    if let Err(e) = swap.rollback_files() {
+        tracing::error!(app = %swap.journal.app_id, "rollback of the files failed: {e}");
+        return Err(format!(
+            "{e}; the app's containers are left stopped and the rollback is retried \
+             in the background (journal {})",
+            swap.path().display()
+        ));
     }
-}
-
-fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Puts every mount back as the journal says it was, then starts the containers.
-/// Idempotent, so a crash during a rollback is repaired by running it again.
-async fn rollback(docker: &Docker, journal: &RestoreJournal) -> Result<(), String> {
-    let mut errors = Vec::new();
-    for id in &journal.stopped {
-        // It may have been started already; a stopped one answers 304, which is fine.
-        if let Err(e) = docker.stop(id, 10).await
+    for name in &swap.journal.created_volumes {
+        if let Err(e) = docker.remove_volume(name).await
             && !e.is_not_found()
         {
-            tracing::warn!(container = %short(id), "stop before rollback: {e}");
+            tracing::warn!(volume = %name, "could not remove the volume created for the restore: {e}");
         }
     }
-    for moved in journal.mounts.iter().rev() {
-        if let Err(e) = undo(moved, journal.phase) {
-            tracing::error!("rollback of {}: {e}", moved.target.display());
-            errors.push(format!("{}: {e}", moved.target.display()));
-        }
-    }
-    if errors.is_empty() {
-        for name in &journal.created_volumes {
-            if let Err(e) = docker.remove_volume(name).await {
-                tracing::warn!(volume = %name, "could not remove the volume created for the restore: {e}");
-            }
-        }
-    }
-    for id in &journal.stopped {
+    let mut errors = Vec::new();
+    for id in &swap.journal.stopped {
         if let Err(e) = docker.start(id).await {
             errors.push(format!("container {} could not be started: {e}", short(id)));
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
     }
+    swap.finish()
 }
 
-fn undo(m: &Moved, phase: Phase) -> io::Result<()> {
-    let extracted = phase != Phase::Moving;
-    match m.how {
-        How::Created => {
-            if extracted {
-                remove_any(&m.target)?;
-            }
-        }
-        How::Renamed => {
-            if fs::symlink_metadata(&m.aside).is_err() {
-                return Ok(()); // never moved
-            }
-            if fs::symlink_metadata(&m.target).is_ok() {
-                if !extracted {
-                    return Err(io::Error::other(format!(
-                        "both {} and its aside copy exist before extraction; keeping both",
-                        m.target.display()
-                    )));
-                }
-                remove_any(&m.target)?;
-            }
-            fs::rename(&m.aside, &m.target)?;
-        }
-        How::Inside => {
-            if fs::symlink_metadata(&m.aside).is_err() {
-                return Ok(());
-            }
-            if extracted {
-                for child in fs::read_dir(&m.target)? {
-                    let child = child?;
-                    if child.path() != m.aside {
-                        remove_any(&child.path())?;
-                    }
-                }
-            }
-            for child in fs::read_dir(&m.aside)? {
-                let child = child?;
-                fs::rename(child.path(), m.target.join(child.file_name()))?;
-            }
-            fs::remove_dir(&m.aside)?;
-            if let Some(root) = &m.root {
-                restore_root_meta(&m.target, root)?;
-            }
+/// Repair of a restore that was interrupted (a crash, or a rollback that failed): finished
+/// when the extraction had completed and was synced (the data on disk is the verified
+/// snapshot), rolled back otherwise. `Err` keeps the journal for another try.
+pub(super) async fn recover_restore(
+    docker: &Docker,
+    path: &Path,
+    stop_timeout: u32,
+) -> Result<(), String> {
+    // An unreadable journal is kept: it may describe data set aside that a person must see.
+    let swap = Swap::load(path)?;
+    let (app, snapshot) = (
+        swap.journal.app_id.clone(),
+        swap.journal.snapshot_id.clone(),
+    );
+    if !swap.journal.commits() {
+        tracing::warn!(%app, %snapshot, phase = ?swap.journal.phase,
+            "a restore was interrupted: rolling back to the data from before it");
+        rollback(docker, swap, stop_timeout).await?;
+        tracing::info!(%app, "interrupted restore rolled back");
+        return Ok(());
+    }
+    tracing::warn!(%app, %snapshot,
+        "a restore was interrupted after its extraction completed: finishing it");
+    for id in &swap.journal.stopped {
+        match docker.start(id).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(format!("container {} could not be started: {e}", short(id))),
         }
     }
-    Ok(())
-}
-
-fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Ok(names) = xattr::list(path) else {
-        return Vec::new();
-    };
-    names
-        .filter_map(|n| Some((n.as_bytes().to_vec(), xattr::get(path, &n).ok()??)))
-        .collect()
-}
-
-fn restore_root_meta(path: &Path, root: &RootMeta) -> io::Result<()> {
-    use std::ffi::OsStr;
-    nix::unistd::chown(path, Some(root.uid.into()), Some(root.gid.into()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(root.mode))?;
-    for name in xattr::list(path)? {
-        if !root
-            .xattrs
-            .iter()
-            .any(|(k, _)| k.as_slice() == name.as_bytes())
-        {
-            xattr::remove(path, &name)?;
-        }
-    }
-    for (k, v) in &root.xattrs {
-        xattr::set(path, OsStr::from_bytes(k), v)?;
-    }
-    let t = nix::sys::time::TimeSpec::new(root.mtime, 0);
-    nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &t,
-        &t,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )?;
-    Ok(())
-}
-
-/// Start-up repair of a restore interrupted by a crash: finished when the extraction had
-/// completed (the data on disk is the verified snapshot), rolled back otherwise.
-pub(super) async fn recover_restore(docker: &Docker, path: &Path) {
-    let journal: RestoreJournal = match fs::read(path).map(|b| serde_json::from_slice(&b)) {
-        Ok(Ok(j)) => j,
-        other => {
-            // Keep it: it may describe data set aside that a person must look at.
-            tracing::error!(
-                "unreadable restore journal {} ({other:?}); left in place",
-                path.display()
-            );
-            return;
-        }
-    };
-    if journal.phase == Phase::Extracted {
-        tracing::warn!(app = %journal.app_id, snapshot = %journal.snapshot_id,
-            "a restore was interrupted after its extraction completed: finishing it");
-        for moved in &journal.mounts {
-            drop_aside(moved);
-        }
-        for id in &journal.stopped {
-            if let Err(e) = docker.start(id).await {
-                tracing::error!(container = %short(id), "could not start: {e}");
-            }
-        }
-        let _ = fs::remove_file(path);
-        return;
-    }
-    tracing::warn!(app = %journal.app_id, snapshot = %journal.snapshot_id, phase = ?journal.phase,
-        "a restore was interrupted: rolling back to the data from before it");
-    match rollback(docker, &journal).await {
-        Ok(()) => {
-            tracing::info!(app = %journal.app_id, "interrupted restore rolled back");
-            let _ = fs::remove_file(path);
-        }
-        Err(e) => {
-            tracing::error!(app = %journal.app_id, "rollback incomplete, will retry at next start: {e}")
-        }
-    }
+    swap.commit()
 }

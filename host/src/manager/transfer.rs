@@ -17,7 +17,7 @@ use crate::ids;
 use crate::jobs::Job;
 
 /// Mount folders of a snapshot, as verification targets (nothing is written).
-fn check_targets(mounts: &[crate::docker::Mount]) -> Vec<extract::Target> {
+fn check_targets(mounts: &[crate::model::Mount]) -> Vec<extract::Target> {
     mounts
         .iter()
         .map(|m| extract::Target {
@@ -57,7 +57,7 @@ impl BackupManager {
             self.config.restore_devices,
             job.clone(),
         );
-        tokio::task::spawn_blocking(move || {
+        let verified = tokio::task::spawn_blocking(move || {
             archive::verify(&path, Some(&sha), &targets, threads, allow_devices, &|b| {
                 job.progress(b)
             })
@@ -68,7 +68,22 @@ impl BackupManager {
             // A missing file is not corruption of the archive, but it is unusable all the same.
             ManagerError::Archive(e) => ManagerError::Corrupt(e.to_string()),
             other => other,
-        })
+        })?;
+        // What the writer recorded is what a complete archive holds.
+        let recorded = [
+            ("tar bytes", snapshot.tar_bytes, verified.tar_bytes),
+            ("entries", snapshot.entries, verified.entries),
+        ];
+        for (what, recorded, found) in recorded {
+            if let Some(recorded) = recorded
+                && recorded != found
+            {
+                return Err(ManagerError::Corrupt(format!(
+                    "the archive holds {found} {what}, the backup wrote {recorded}"
+                )));
+            }
+        }
+        Ok(verified)
     }
 
     /// Streams an upload into the backup root, verifies it and lists it under the app it
@@ -163,10 +178,23 @@ impl BackupManager {
         let dir = self.config.backup_root.join(&app_id);
         fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
         let final_path = dir.join(format!("{}{ARCHIVE_SUFFIX}", meta.snapshot_id));
+        // A snapshot dated in the future would rank as "the newest" for every policy
+        // (keep-last would keep it and delete each fresh backup): it is listed as of now.
+        let now = chrono::Utc::now();
+        let mut warnings = Vec::new();
+        let created_at = if meta.created_at > now + chrono::Duration::minutes(5) {
+            warnings.push(format!(
+                "the archive is dated {}, in the future; listed as of its import",
+                meta.created_at.to_rfc3339()
+            ));
+            now
+        } else {
+            meta.created_at
+        };
         let snapshot = Snapshot {
             snapshot_id: meta.snapshot_id.clone(),
             app_id,
-            created_at: meta.created_at,
+            created_at,
             size_bytes: size,
             file_path: final_path.to_string_lossy().into_owned(),
             sha256,
@@ -174,7 +202,9 @@ impl BackupManager {
             origin: Origin::Imported,
             note: meta.note,
             pinned: false,
-            warnings: Vec::new(),
+            warnings,
+            tar_bytes: None,
+            entries: None,
         };
         let mut catalog = self.catalog.lock().expect("catalog lock");
         if catalog.contains(&snapshot.snapshot_id) || final_path.exists() {
@@ -184,6 +214,9 @@ impl BackupManager {
         fs::File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err("cannot sync the app folder"))?;
+        if let Err(e) = crate::catalog::write_sidecar(&snapshot) {
+            tracing::warn!(snapshot = %snapshot.snapshot_id, "cannot write its sidecar: {e}");
+        }
         catalog.insert(snapshot.clone());
         catalog.save()?;
         tracing::info!(snapshot = %snapshot.snapshot_id, app = %snapshot.app_id, bytes = size, "snapshot imported");

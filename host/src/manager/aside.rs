@@ -1,0 +1,628 @@
+//! The file half of a restore as a journaled state machine: set each mount's current data
+//! aside, let the caller extract the snapshot, then either **commit** (drop what was set
+//! aside) or **roll back** (put it back). No Docker here, so it is tested on real
+//! directories by itself; `restore.rs` orchestrates it with the containers.
+//!
+//! ```text
+//! Moving ──▶ Extracting ──▶ Extracted ──▶ Committed ──▶ (journal removed)
+//!    │            │             │
+//!    └────────────┴─────────────┴──▶ RollingBack ──▶ (journal removed)
+//! ```
+//!
+//! The journal is written *before* the step it announces and again after each mount's
+//! move, undo or drop, so a crash at any instant leaves a journal that says exactly what
+//! to finish. The rule recovery follows: **Extracted or Committed → commit, anything else
+//! → roll back**, and a rollback, once begun, is never turned into a commit (the journal
+//! says `RollingBack` before the first undo). Every step is idempotent, so recovery can be
+//! interrupted and run again. The result is the old data or the snapshot in every mount,
+//! never a mix.
+//!
+//! Setting aside is a rename next to the mount (instant, never a copy, same filesystem,
+//! so undo gives back the very same inodes). A mount that is itself a mount point cannot be
+//! renamed (EBUSY): its children are renamed into a hidden folder inside it, and its own
+//! owner, mode, times and xattrs are kept in the journal.
+
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::failpoint;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Setting current data aside: nothing extracted yet.
+    Moving,
+    /// Extracting: targets may hold partial snapshot data.
+    Extracting,
+    /// Extraction complete and synced: the snapshot is whole on disk.
+    Extracted,
+    /// The restore succeeded: only dropping the data set aside remains.
+    Committed,
+    /// Putting the old data back; never turns into a commit.
+    RollingBack,
+}
+
+/// How a mount's current data was set aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum How {
+    /// `target` renamed to `aside`, a sibling.
+    Renamed,
+    /// `target` is a mount point: its children renamed into `aside`, a folder inside it.
+    Inside,
+    /// Nothing was there; the restore creates it.
+    Created,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Moved {
+    pub target: PathBuf,
+    pub aside: PathBuf,
+    pub how: How,
+    /// For `Inside`: the mount root's own metadata, which extraction overwrites.
+    pub root: Option<RootMeta>,
+    /// Rolled back already (a resumed rollback skips it).
+    #[serde(default)]
+    pub undone: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RootMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreJournal {
+    pub app_id: String,
+    pub snapshot_id: String,
+    pub phase: Phase,
+    /// Extraction has begun: a rollback must clear what it wrote.
+    #[serde(default)]
+    pub extraction_began: bool,
+    /// Containers that were running and must run again whatever happens.
+    pub stopped: Vec<String>,
+    pub mounts: Vec<Moved>,
+    /// Volumes this restore created (removed again on rollback).
+    pub created_volumes: Vec<String>,
+}
+
+impl RestoreJournal {
+    pub fn new(app_id: &str, snapshot_id: &str, stopped: Vec<String>) -> RestoreJournal {
+        RestoreJournal {
+            app_id: app_id.into(),
+            snapshot_id: snapshot_id.into(),
+            phase: Phase::Moving,
+            extraction_began: false,
+            stopped,
+            mounts: Vec::new(),
+            created_volumes: Vec::new(),
+        }
+    }
+
+    /// Whether recovery finishes this restore (else it rolls it back).
+    pub fn commits(&self) -> bool {
+        matches!(self.phase, Phase::Extracted | Phase::Committed)
+    }
+
+    /// Journals written before `extraction_began` existed say it by their phase.
+    fn extraction_began(&self) -> bool {
+        self.extraction_began || matches!(self.phase, Phase::Extracting | Phase::Extracted)
+    }
+}
+
+/// A restore's journal on disk and the steps that move it forward.
+pub struct Swap {
+    pub journal: RestoreJournal,
+    path: PathBuf,
+}
+
+impl Swap {
+    /// Writes a new journal. An outstanding one is never overwritten: it may describe
+    /// data set aside by an earlier restore that still has to be put back.
+    pub fn begin(path: &Path, journal: RestoreJournal) -> Result<Swap, String> {
+        if path.exists() {
+            return Err(format!(
+                "{} exists: an earlier restore is not repaired yet",
+                path.display()
+            ));
+        }
+        let swap = Swap {
+            journal,
+            path: path.to_path_buf(),
+        };
+        swap.save()?;
+        failpoint::point("restore.journaled")?;
+        Ok(swap)
+    }
+
+    pub fn load(path: &Path) -> Result<Swap, String> {
+        let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let journal = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} is unreadable: {e}", path.display()))?;
+        Ok(Swap {
+            journal,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn save(&self) -> Result<(), String> {
+        let bytes = serde_json::to_vec(&self.journal).expect("journal serializes");
+        crate::catalog::write_atomic(&self.path, &bytes)
+            .map_err(|e| format!("cannot write the restore journal: {e}"))
+    }
+
+    /// Sets `target`'s current data aside (intent journaled first: a crash between the
+    /// two finds an aside that does not exist yet, and leaves the target alone).
+    pub fn move_aside(&mut self, target: &Path, rid: &str) -> Result<(), String> {
+        let i = self.journal.mounts.len();
+        let moved = plan_move(target, rid).map_err(|e| format!("{}: {e}", target.display()))?;
+        self.journal.mounts.push(moved.clone());
+        self.save()?;
+        failpoint::point(&format!("restore.move-{i}.journaled"))?;
+        perform_move(&moved).map_err(|e| format!("{}: {e}", target.display()))?;
+        failpoint::point(&format!("restore.move-{i}.done"))
+    }
+
+    pub fn begin_extraction(&mut self) -> Result<(), String> {
+        self.journal.phase = Phase::Extracting;
+        self.journal.extraction_began = true;
+        self.save()?;
+        failpoint::point("restore.extracting")
+    }
+
+    /// After a complete extraction: syncs every target's filesystem (the data set aside
+    /// is deleted soon, the restored data must be on disk first), then says so.
+    pub fn extracted(&mut self) -> Result<(), String> {
+        for m in &self.journal.mounts {
+            sync_fs(&m.target).map_err(|e| format!("syncing {}: {e}", m.target.display()))?;
+        }
+        self.journal.phase = Phase::Extracted;
+        self.save()?;
+        failpoint::point("restore.extracted")
+    }
+
+    /// The restore succeeded: drops the data set aside and the journal. A drop that
+    /// fails is logged (the restore stands; the folder is left for a person to remove).
+    pub fn commit(self) -> Result<(), String> {
+        let mut this = self;
+        if this.journal.phase != Phase::Committed {
+            this.journal.phase = Phase::Committed;
+            this.save()?;
+        }
+        crash_only("restore.committed");
+        for (i, m) in this.journal.mounts.iter().enumerate() {
+            drop_aside(m);
+            crash_only(&format!("restore.drop-{i}"));
+        }
+        this.finish()
+    }
+
+    /// Puts every mount back as it was, newest move first, journaling each undo. Stops
+    /// at the first mount that cannot be put back: the caller must then leave the app
+    /// stopped, and the journal stays for a later retry.
+    pub fn rollback_files(&mut self) -> Result<(), String> {
+        let extracted = self.journal.extraction_began();
+        if self.journal.phase != Phase::RollingBack {
+            // Said explicitly before the phase stops saying it (older journals).
+            self.journal.extraction_began = extracted;
+            self.journal.phase = Phase::RollingBack;
+            self.save()?;
+        }
+        failpoint::point("rollback.begun")?;
+        for i in (0..self.journal.mounts.len()).rev() {
+            if self.journal.mounts[i].undone {
+                continue;
+            }
+            let m = &self.journal.mounts[i];
+            undo(m, extracted).map_err(|e| format!("{}: {e}", m.target.display()))?;
+            self.journal.mounts[i].undone = true;
+            self.save()?;
+            failpoint::point(&format!("rollback.undo-{i}"))?;
+        }
+        Ok(())
+    }
+
+    /// The journal is done with: removed, and the removal made durable.
+    pub fn finish(self) -> Result<(), String> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove {}: {e}", self.path.display())),
+        }
+        if let Some(dir) = self.path.parent() {
+            let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        crash_only("restore.journal-removed");
+        Ok(())
+    }
+}
+
+/// A point where only a crash is of interest: the step after it cannot fail any more.
+fn crash_only(name: &str) {
+    let _ = failpoint::point(name);
+}
+
+/// Decides how `target`'s current data will be set aside.
+fn plan_move(target: &Path, rid: &str) -> io::Result<Moved> {
+    let name = target
+        .file_name()
+        .map(|n| n.as_bytes().to_vec())
+        .unwrap_or_else(|| b"root".to_vec());
+    let sibling = target.with_file_name(format!(
+        ".{}.appsnap-aside-{rid}",
+        String::from_utf8_lossy(&name)
+    ));
+    let moved = |aside, how, root| Moved {
+        target: target.into(),
+        aside,
+        how,
+        root,
+        undone: false,
+    };
+    let meta = match fs::symlink_metadata(target) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(moved(sibling, How::Created, None));
+        }
+        Err(e) => return Err(e),
+    };
+    if !(meta.is_dir() && is_mount_point(target, &meta)) {
+        return Ok(moved(sibling, How::Renamed, None));
+    }
+    let root = RootMeta {
+        mode: meta.permissions().mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime: meta.mtime(),
+        xattrs: xattrs_of(target),
+    };
+    Ok(moved(
+        target.join(format!(".appsnap-aside-{rid}")),
+        How::Inside,
+        Some(root),
+    ))
+}
+
+/// A mount point cannot be renamed (EBUSY). The kernel says whether a path is the root of
+/// a mount (`statx`'s `STATX_ATTR_MOUNT_ROOT`, Linux 5.8+), which also catches a bind mount
+/// of the same filesystem; older kernels fall back to `st_dev` and the mount table.
+fn is_mount_point(path: &Path, meta: &fs::Metadata) -> bool {
+    if let Some(answer) = statx_mount_root(path) {
+        return answer;
+    }
+    let parent_dev = path
+        .parent()
+        .and_then(|p| fs::metadata(p).ok())
+        .map(|m| m.dev());
+    if parent_dev.is_some_and(|d| d != meta.dev()) {
+        return true;
+    }
+    let Ok(canonical) = fs::canonicalize(path) else {
+        return false;
+    };
+    let Ok(table) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mount_point| Path::new(&unescape_mountinfo(mount_point)) == canonical)
+}
+
+/// `Some(is the root of a mount)` when the kernel can tell.
+fn statx_mount_root(path: &Path) -> Option<bool> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statx is a valid out-buffer; the path is NUL-terminated and lives
+    // across the call.
+    let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            0,
+            &mut buf,
+        )
+    };
+    let bit = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    (rc == 0 && buf.stx_attributes_mask & bit != 0).then_some(buf.stx_attributes & bit != 0)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn perform_move(m: &Moved) -> io::Result<()> {
+    match m.how {
+        How::Created => {
+            if let Some(parent) = m.target.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            Ok(())
+        }
+        How::Renamed => fs::rename(&m.target, &m.aside),
+        How::Inside => {
+            match fs::DirBuilder::new().mode(0o700).create(&m.aside) {
+                // Resumed after a crash between the two steps: the folder is ours.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                other => other?,
+            }
+            for child in fs::read_dir(&m.target)? {
+                let child = child?;
+                if child.path() != m.aside {
+                    fs::rename(child.path(), m.aside.join(child.file_name()))?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Flushes the filesystem holding `path` (syncfs: one call for a whole tree).
+fn sync_fs(path: &Path) -> io::Result<()> {
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("/"))
+    };
+    let f = fs::File::open(dir)?;
+    nix::unistd::syncfs(&f)?;
+    Ok(())
+}
+
+/// After a successful restore the moved-aside data goes.
+fn drop_aside(m: &Moved) {
+    let result = match m.how {
+        How::Created => Ok(()),
+        How::Renamed | How::Inside => remove_any(&m.aside),
+    };
+    if let Err(e) = result {
+        tracing::error!(
+            "could not remove the previous data at {}: {e}",
+            m.aside.display()
+        );
+    }
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Puts one mount back. Idempotent: run again after a crash, it finishes the job.
+fn undo(m: &Moved, extracted: bool) -> io::Result<()> {
+    match m.how {
+        How::Created => {
+            if extracted {
+                remove_any(&m.target)?;
+            }
+        }
+        How::Renamed => {
+            if fs::symlink_metadata(&m.aside).is_err() {
+                return Ok(()); // never moved, or already put back
+            }
+            if fs::symlink_metadata(&m.target).is_ok() {
+                if !extracted {
+                    return Err(io::Error::other(format!(
+                        "both {} and its aside copy exist before extraction; keeping both",
+                        m.target.display()
+                    )));
+                }
+                remove_any(&m.target)?;
+            }
+            fs::rename(&m.aside, &m.target)?;
+        }
+        How::Inside => {
+            if fs::symlink_metadata(&m.aside).is_err() {
+                return Ok(());
+            }
+            if extracted {
+                for child in fs::read_dir(&m.target)? {
+                    let child = child?;
+                    if child.path() != m.aside {
+                        remove_any(&child.path())?;
+                    }
+                }
+            }
+            for child in fs::read_dir(&m.aside)? {
+                let child = child?;
+                fs::rename(child.path(), m.target.join(child.file_name()))?;
+            }
+            fs::remove_dir(&m.aside)?;
+            if let Some(root) = &m.root {
+                restore_root_meta(&m.target, root)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    names
+        .filter_map(|n| Some((n.as_bytes().to_vec(), xattr::get(path, &n).ok()??)))
+        .collect()
+}
+
+fn restore_root_meta(path: &Path, root: &RootMeta) -> io::Result<()> {
+    use std::ffi::OsStr;
+    nix::unistd::chown(path, Some(root.uid.into()), Some(root.gid.into()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(root.mode))?;
+    for name in xattr::list(path)? {
+        if !root
+            .xattrs
+            .iter()
+            .any(|(k, _)| k.as_slice() == name.as_bytes())
+        {
+            xattr::remove(path, &name)?;
+        }
+    }
+    for (k, v) in &root.xattrs {
+        xattr::set(path, OsStr::from_bytes(k), v)?;
+    }
+    let t = nix::sys::time::TimeSpec::new(root.mtime, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three mounts with distinct content; returns their paths.
+    fn mounts(dir: &Path) -> Vec<PathBuf> {
+        (0..3)
+            .map(|i| {
+                let m = dir.join(format!("m{i}"));
+                fs::create_dir_all(m.join("sub")).unwrap();
+                fs::write(m.join("sub/file"), format!("old {i}")).unwrap();
+                m
+            })
+            .collect()
+    }
+
+    fn content(m: &Path) -> Option<String> {
+        fs::read_to_string(m.join("sub/file")).ok()
+    }
+
+    /// Sets every mount aside and "extracts" new content, as a restore does.
+    fn swap_and_extract(dir: &Path, ms: &[PathBuf]) -> Swap {
+        let journal = RestoreJournal::new("app", "snap", Vec::new());
+        let mut swap = Swap::begin(&dir.join("j"), journal).unwrap();
+        for m in ms {
+            swap.move_aside(m, "00000001").unwrap();
+        }
+        swap.begin_extraction().unwrap();
+        for (i, m) in ms.iter().enumerate() {
+            fs::create_dir_all(m.join("sub")).unwrap();
+            fs::write(m.join("sub/file"), format!("new {i}")).unwrap();
+        }
+        swap.extracted().unwrap();
+        swap
+    }
+
+    #[test]
+    fn commit_keeps_the_snapshot_and_drops_the_old_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let ms = mounts(dir.path());
+        let swap = swap_and_extract(dir.path(), &ms);
+        swap.commit().unwrap();
+        for (i, m) in ms.iter().enumerate() {
+            assert_eq!(content(m).unwrap(), format!("new {i}"));
+        }
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(
+            left.len(),
+            3,
+            "no aside folder and no journal left: {left:?}"
+        );
+    }
+
+    /// The bug this module exists for: a rollback interrupted half way must be resumed
+    /// as a rollback, never "finished" as a restore (which deleted the old data of the
+    /// mounts not yet undone).
+    #[test]
+    fn an_interrupted_rollback_resumes_as_a_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let ms = mounts(dir.path());
+        let mut swap = swap_and_extract(dir.path(), &ms);
+        // Roll back the last mount only, as if killed right after its undo.
+        swap.journal.phase = Phase::RollingBack;
+        let last = swap.journal.mounts.len() - 1;
+        undo(&swap.journal.mounts[last], true).unwrap();
+        swap.journal.mounts[last].undone = true;
+        swap.save().unwrap();
+        drop(swap);
+
+        let mut again = Swap::load(&dir.path().join("j")).unwrap();
+        assert!(!again.journal.commits(), "a rollback is never committed");
+        again.rollback_files().unwrap();
+        again.finish().unwrap();
+        for (i, m) in ms.iter().enumerate() {
+            assert_eq!(content(m).unwrap(), format!("old {i}"), "mount {i}");
+        }
+        assert!(!dir.path().join("j").exists());
+    }
+
+    #[test]
+    fn every_undo_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let ms = mounts(dir.path());
+        let mut swap = swap_and_extract(dir.path(), &ms);
+        for m in &swap.journal.mounts {
+            undo(m, true).unwrap();
+            undo(m, true).unwrap(); // a crash before `undone` was journaled
+        }
+        swap.rollback_files().unwrap();
+        for (i, m) in ms.iter().enumerate() {
+            assert_eq!(content(m).unwrap(), format!("old {i}"));
+        }
+    }
+
+    #[test]
+    fn an_outstanding_journal_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let ms = mounts(dir.path());
+        let _first = swap_and_extract(dir.path(), &ms);
+        let err = Swap::begin(
+            &dir.path().join("j"),
+            RestoreJournal::new("app", "other", Vec::new()),
+        )
+        .err()
+        .unwrap();
+        assert!(err.contains("not repaired yet"), "{err}");
+        let kept = Swap::load(&dir.path().join("j")).unwrap();
+        assert_eq!(kept.journal.snapshot_id, "snap");
+    }
+
+    #[test]
+    fn a_journal_from_before_extraction_began_existed_is_read_by_its_phase() {
+        let j: RestoreJournal = serde_json::from_str(
+            r#"{"app_id":"a","snapshot_id":"s","phase":"extracting","stopped":[],
+                "mounts":[],"created_volumes":[]}"#,
+        )
+        .unwrap();
+        assert!(j.extraction_began() && !j.commits());
+    }
+}

@@ -1,0 +1,345 @@
+//! The crash walk: the promise "the old data or the snapshot, never a mix, and the app as
+//! it was" proven at *every* fail point of a restore, of its rollback and of a backup —
+//! not by one lucky kill. For each point the real service is started with
+//! `APPSNAP_CRASH_AT=<point>` (it aborts there, as `kill -9` would), started again (it
+//! repairs from its journal before serving), and the app's three mounts are compared with
+//! full manifests (type, mode, owner, mtime, size, content hash, link target, xattrs).
+//!
+//! The points are not listed here: a traced run (`APPSNAP_FAILPOINT_TRACE=1`) reports the
+//! ones its path passes, so a point added to the code is walked without touching this file.
+//! The fault that sends a restore into its rollback is injected (`APPSNAP_FAIL_AT`); a real
+//! one (a container that dies) would cost seconds of settle time per point.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::common::{Entry, Service, TestApp, fill_every_kind, manifest};
+
+type State = Vec<BTreeMap<Vec<u8>, Entry>>;
+
+fn state(app: &TestApp) -> State {
+    [app.volume_path(), app.bind(), app.project()]
+        .iter()
+        .map(|d| manifest(d, true))
+        .collect()
+}
+
+/// A service on `root` with quick settings and extra environment.
+fn service(root: &Path, config: &Path, env: &[(&str, &str)]) -> Service {
+    let mut all = vec![("APPSNAP_CONFIG", config.to_str().unwrap())];
+    all.extend_from_slice(env);
+    Service::start(root, &all)
+}
+
+/// POSTs `path` on a service that is expected to abort at `point`; waits until it has.
+async fn crash_during(svc: Service, path: &str, point: &str) {
+    // Every point lies before the answer: an answer means the point was not reached.
+    if let Ok(resp) = reqwest::Client::new().post(svc.url(path)).send().await {
+        let status = resp.status();
+        panic!(
+            "no crash at {point}: answered {status}; log: {:?}",
+            svc.kill_and_log()
+        );
+    }
+    let (status, log) = svc.wait_exit();
+    assert!(
+        !status.success()
+            && log
+                .iter()
+                .any(|l| l.contains(&format!("crashing at {point}"))),
+        "the service did not crash at {point}: {status:?}, log: {log:?}"
+    );
+}
+
+/// The fail points a traced service passed, in order (it is stopped to read them all).
+fn traced(svc: Service) -> Vec<String> {
+    svc.kill_and_log()
+        .iter()
+        .filter_map(|l| l.strip_prefix("appsnap failpoint: "))
+        .filter(|p| !p.starts_with("crashing at"))
+        .map(String::from)
+        .collect()
+}
+
+async fn post_ok(svc: &Service, path: &str) -> serde_json::Value {
+    let resp = reqwest::Client::new()
+        .post(svc.url(path))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {body}");
+    body
+}
+
+/// Nothing left next to the mounts, no journal: a repair leaves no trace.
+fn assert_clean(app: &TestApp, root: &Path, point: &str) {
+    for dir in [app.volume_path(), app.bind(), app.project()] {
+        let parent = dir.parent().unwrap();
+        let asides: Vec<_> = fs::read_dir(parent)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("appsnap-aside"))
+            .map(|e| e.path())
+            .collect();
+        assert!(asides.is_empty(), "{point}: left aside {asides:?}");
+    }
+    let journals: Vec<PathBuf> = fs::read_dir(root.join(".appsnap"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".journal"))
+        .collect();
+    assert!(journals.is_empty(), "{point}: {journals:?}");
+}
+
+struct Walk<'a> {
+    root: &'a Path,
+    config: &'a Path,
+    app: &'a TestApp,
+    a: &'a State,
+    b: &'a State,
+}
+
+impl Walk<'_> {
+    /// Restores A from state B with `env`, returns the fail points passed, and puts B back.
+    async fn traced_restore(&self, to_a: &str, to_b: &str, env: &[(&str, &str)]) -> Vec<String> {
+        let svc = service(self.root, self.config, env);
+        let _ = reqwest::Client::new()
+            .post(svc.url(to_a))
+            .send()
+            .await
+            .unwrap();
+        let points = traced(svc);
+        if state(self.app) == *self.a {
+            let svc = service(self.root, self.config, &[]);
+            post_ok(&svc, to_b).await;
+        }
+        assert_eq!(state(self.app), *self.b);
+        points
+    }
+}
+
+#[tokio::test]
+async fn every_fail_point_of_restore_rollback_and_backup_ends_old_or_new_never_a_mix() {
+    if !cfg!(feature = "failpoints") {
+        panic!(
+            "the crash walk needs the fail points: run `scripts/test` (it builds with \
+             `--features appsnap/failpoints`)"
+        );
+    }
+    let app = TestApp::new("");
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().with_extension("toml");
+    fs::write(
+        &config,
+        format!(
+            "restore_settle_secs = 0\nstop_timeout_secs = 5\nstate_dir = \"{}\"\n",
+            std::env::temp_dir().join("appsnap-test-state").display()
+        ),
+    )
+    .unwrap();
+
+    // State A (the snapshot to restore) and state B (the app's data now).
+    fill_every_kind(&app.volume_path());
+    fill_every_kind(&app.bind());
+    let a = state(&app);
+    let svc = service(root.path(), &config, &[]);
+    let snap_a = post_ok(&svc, &format!("/api/v1/backup/{}", app.id)).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fs::write(app.volume_path().join("sub/hello.php"), "rewritten").unwrap();
+    fs::remove_file(app.volume_path().join("random.bin")).unwrap();
+    fs::write(app.bind().join("added-after.txt"), "new").unwrap();
+    fs::write(
+        app.project().join("docker-compose.yml"),
+        "services: {b: {}}\n",
+    )
+    .unwrap();
+    let b = state(&app);
+    assert_ne!(a, b);
+    let snap_b = post_ok(&svc, &format!("/api/v1/backup/{}", app.id)).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(svc);
+    let restore = |id: &str| format!("/api/v1/backup/restore/{}/{id}", app.id);
+
+    // The points of a restore, and of a rollback after a fault once the app runs again.
+    let (to_a, to_b) = (restore(&snap_a), restore(&snap_b));
+    let walk = Walk {
+        root: root.path(),
+        config: &config,
+        app: &app,
+        a: &a,
+        b: &b,
+    };
+    let restore_points = walk
+        .traced_restore(&to_a, &to_b, &[("APPSNAP_FAILPOINT_TRACE", "1")])
+        .await;
+    let with_fault = walk
+        .traced_restore(
+            &to_a,
+            &to_b,
+            &[
+                ("APPSNAP_FAILPOINT_TRACE", "1"),
+                ("APPSNAP_FAIL_AT", "restore.started"),
+            ],
+        )
+        .await;
+    let fault_at = with_fault
+        .iter()
+        .position(|p| p == "restore.started")
+        .unwrap();
+    let rollback_points: Vec<String> = with_fault[fault_at + 1..].to_vec();
+    assert!(
+        restore_points.len() >= 10 && rollback_points.len() >= 4,
+        "{restore_points:?} / {rollback_points:?}"
+    );
+    let committed_from = restore_points
+        .iter()
+        .position(|p| p == "restore.extracted")
+        .unwrap();
+
+    let mut walked = 0;
+    let walks = restore_points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.clone(), None, if i >= committed_from { "A" } else { "B" }))
+        .chain(
+            rollback_points
+                .iter()
+                .map(|p| (p.clone(), Some("restore.started"), "B")),
+        );
+    for (point, fault, expect) in walks {
+        let mut env = vec![("APPSNAP_CRASH_AT", point.as_str())];
+        if let Some(f) = fault {
+            env.push(("APPSNAP_FAIL_AT", f));
+        }
+        crash_during(
+            service(root.path(), &config, &env),
+            &restore(&snap_a),
+            &point,
+        )
+        .await;
+        let svc = service(root.path(), &config, &[]); // repairs before it listens
+        let now = state(&app);
+        let want = if expect == "A" { &a } else { &b };
+        assert!(
+            now == *want,
+            "crash at {point} (fault {fault:?}): the data is {}, expected {expect}",
+            if now == a {
+                "A"
+            } else if now == b {
+                "B"
+            } else {
+                "a MIX"
+            }
+        );
+        assert!(app.running(&app.containers[0]), "{point}: the app runs");
+        assert_clean(&app, root.path(), &point);
+        if now == a {
+            post_ok(&svc, &restore(&snap_b)).await;
+            assert_eq!(state(&app), b);
+        }
+        walked += 1;
+    }
+
+    // A backup: the app runs again after a crash at any point, and whatever is listed
+    // is a complete snapshot that verifies.
+    let svc = service(root.path(), &config, &[("APPSNAP_FAILPOINT_TRACE", "1")]);
+    post_ok(&svc, &format!("/api/v1/backup/{}", app.id)).await;
+    let backup_points: Vec<String> = traced(svc)
+        .into_iter()
+        .filter(|p| p.starts_with("backup."))
+        .collect();
+    assert!(backup_points.len() >= 5, "{backup_points:?}");
+    for point in &backup_points {
+        let svc = service(root.path(), &config, &[("APPSNAP_CRASH_AT", point)]);
+        crash_during(svc, &format!("/api/v1/backup/{}", app.id), point).await;
+        let svc = service(root.path(), &config, &[]);
+        assert!(app.running(&app.containers[0]), "{point}: the app runs");
+        assert_clean(&app, root.path(), point);
+        let app_dir = root.path().join(&app.id);
+        let partials: Vec<_> = fs::read_dir(&app_dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .collect();
+        assert!(partials.is_empty(), "{point}: {partials:?}");
+        let list: serde_json::Value = reqwest::get(svc.url("/api/v1/backup/snapshots"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for s in list.as_array().unwrap() {
+            let id = s["snapshot_id"].as_str().unwrap();
+            post_ok(&svc, &format!("/api/v1/backup/snapshots/{id}/verify")).await;
+        }
+        walked += 1;
+    }
+    eprintln!(
+        "crash walk: {walked} fail points walked ({} restore, {} rollback, {} backup)",
+        restore_points.len(),
+        rollback_points.len(),
+        backup_points.len()
+    );
+}
+
+/// A kill while a backup waits for a slow container to stop: Docker finishes that stop
+/// after appsnap is gone. Recovery must not "start" the container while the stop is still
+/// in flight (Docker answers "already running", then the stop completes and the app stays
+/// down): it waits for the stop, starts it, and the container has really started again.
+#[tokio::test]
+async fn a_kill_while_containers_stop_leaves_the_app_running() {
+    let app = TestApp::new_running(
+        "",
+        "trap \"sleep 2; exit 0\" TERM; sleep 1000000 & wait; exit;",
+    );
+    let root = tempfile::tempdir().unwrap();
+    let svc = Service::start(root.path(), &[]);
+    let job = svc
+        .post(&format!("/api/v1/backup/{}?wait=false", app.id))
+        .await;
+    let job_id = job["job_id"].as_str().unwrap().to_string();
+    crate::common::follow_until(&svc, &job_id, |j| j["step"] == "stopping containers").await;
+    // Docker reports the SIGTERM of the stop as a `kill` event: once it is seen, the stop
+    // is in flight (and lasts 2 s, the container's trap), so the kill lands inside it.
+    let mut events = std::process::Command::new("docker")
+        .args([
+            "events",
+            "--filter",
+            "event=kill",
+            "--format",
+            "{{.Actor.ID}}",
+        ])
+        .args(["--filter", &format!("container={}", app.containers[0])])
+        .args(["--since", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(events.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = events.kill();
+    let _ = events.wait();
+    assert_eq!(line.trim(), app.containers[0]);
+    svc.kill();
+    let killed_at = chrono::Utc::now();
+    let svc = Service::start(root.path(), &[]);
+    assert!(app.running(&app.containers[0]), "the app runs again");
+    let started =
+        chrono::DateTime::parse_from_rfc3339(&app.started_at(&app.containers[0])).unwrap();
+    assert!(
+        started > killed_at,
+        "started again after the interrupted stop ({started} vs kill at {killed_at})"
+    );
+    drop(svc);
+}
