@@ -36,7 +36,7 @@ async fn every_file_kind_survives_backup_and_gnu_tar() {
     let vol_dir = format!("volumes/{}", app.volume);
     let bind_dir = format!(
         "binds/{}",
-        appsnap::docker::escape_path(&app.bind().to_string_lossy())
+        appsnap::model::escape_path(&app.bind().to_string_lossy())
     );
     for want in [
         &vol_dir,

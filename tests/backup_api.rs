@@ -243,7 +243,7 @@ async fn same_app_is_409_while_other_apps_back_up_in_parallel() {
     );
     fs::write(app.bind().join("go"), "").unwrap();
     let done = finished(&h, &job_id).await;
-    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.failure);
     let result = done.result.unwrap();
     // The last progress report is the whole tar stream the archive holds, and the
     // estimate made before archiving was a real one.
@@ -289,6 +289,10 @@ async fn failing_pre_hook_aborts_cleanly() {
         vec![app.id.clone()],
         "only the (empty) app folder"
     );
+    // The failed job carries the same error body as the answer.
+    let (_, jobs) = h.call("GET", "/api/v1/jobs").await;
+    assert_eq!(jobs[0]["state"], "failed");
+    assert_eq!(jobs[0]["error"]["message"], "Backup hook failed", "{jobs}");
 }
 
 #[tokio::test]
@@ -326,7 +330,7 @@ async fn sockets_and_vanished_containers_are_reported_not_fatal() {
     crate::common::sh(&format!("docker rm -f {doomed}"));
     fs::write(app.bind().join("go"), "").unwrap();
     let done = finished(&h, job["job_id"].as_str().unwrap()).await;
-    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.failure);
     let warnings = done.result.unwrap()["warnings"].to_string();
     assert!(
         warnings.contains("php-fpm.sock") && warnings.contains("socket"),

@@ -9,6 +9,7 @@ mod archive_fidelity;
 mod backup_api;
 mod crash_walk;
 mod faults;
+mod hostile;
 mod integrity;
 mod malicious;
 mod policies;

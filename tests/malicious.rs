@@ -17,10 +17,17 @@ const META: &str = r#"{"format":1,"appsnap_version":"0.1.0","snapshot_id":"snaps
 "mounts":[{"type":"volume","name":"v","source":"/x","destination":"/data","archive_dir":"volumes/v"}]}"#;
 
 /// One crafted entry: name, type, link target, data.
-type Crafted<'a> = (&'a [u8], EntryType, &'a [u8], &'a [u8]);
+pub type Crafted<'a> = (&'a [u8], EntryType, &'a [u8], &'a [u8]);
 
 /// A gzip'd tar: the metadata entry, then `entries`.
 fn archive(entries: &[Crafted]) -> Vec<u8> {
+    let mut all: Vec<Crafted> = vec![(b"volumes/v/", EntryType::Directory, b"", b"")];
+    all.extend_from_slice(entries);
+    archive_with(META, &all)
+}
+
+/// A gzip'd tar: `meta` as the metadata entry, then `entries`.
+pub fn archive_with(meta: &str, entries: &[Crafted]) -> Vec<u8> {
     let mut tar = Vec::new();
     let mut add = |name: &[u8], kind: EntryType, link: &[u8], data: &[u8]| {
         let mut h = Header::new_gnu();
@@ -41,8 +48,7 @@ fn archive(entries: &[Crafted]) -> Vec<u8> {
         tar.extend_from_slice(data);
         tar.resize(tar.len().div_ceil(512) * 512, 0);
     };
-    add(b"appsnap.json", EntryType::Regular, b"", META.as_bytes());
-    add(b"volumes/v/", EntryType::Directory, b"", b"");
+    add(b"appsnap.json", EntryType::Regular, b"", meta.as_bytes());
     for (name, kind, link, data) in entries {
         add(name, *kind, link, data);
     }
@@ -104,6 +110,22 @@ fn attacks(outside: &Path) -> Vec<(&'static str, Vec<u8>)> {
             "device node",
             archive(&[(b"volumes/v/sda", EntryType::Block, b"", b"")]),
         ),
+        (
+            "the mount's root itself a symlink to a host folder",
+            archive(&[(b"volumes/v", EntryType::Symlink, o.as_bytes(), b"")]),
+        ),
+        (
+            "a NUL byte inside a GNU long name",
+            archive(&[
+                (
+                    b"././@LongLink",
+                    EntryType::GNULongName,
+                    b"",
+                    b"volumes/v/inno\0cent\0",
+                ),
+                (b"volumes/v/x", EntryType::Regular, b"", b"x"),
+            ]),
+        ),
     ]
 }
 
@@ -118,6 +140,7 @@ fn extractor_refuses_and_writes_nothing_outside() {
             archive_dir: "volumes/v".into(),
             path: target.clone(),
             reserved: None,
+            discard: false,
         }];
         let stream = flate2::read::MultiGzDecoder::new(&bytes[..]);
         let err = extract(stream, &targets, &Options::default(), &|_| {}).expect_err(name);

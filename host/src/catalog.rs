@@ -319,6 +319,7 @@ pub fn snapshot_from_archive(path: &Path) -> Result<Snapshot, archive::ArchiveEr
     let bytes = archive::read_metadata(path)?;
     let meta: ArchiveMeta =
         serde_json::from_slice(&bytes).map_err(|e| not_ours(format!("bad appsnap.json: {e}")))?;
+    crate::model::check_mounts(&meta.mounts).map_err(not_ours)?;
     let expected = format!("{}{ARCHIVE_SUFFIX}", meta.snapshot_id);
     if path.file_name().and_then(|n| n.to_str()) != Some(expected.as_str()) {
         return Err(not_ours(format!("its metadata names {expected}")));

@@ -22,7 +22,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use crate::model::{Mount, Source};
+use crate::model::{Mount, Source, escape_path};
 
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";
 pub const WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
@@ -407,6 +407,24 @@ impl Docker {
         Ok(())
     }
 
+    /// The project label of the named volume, `Some(None)` for an unlabelled one, `None`
+    /// when no volume has that name.
+    pub async fn volume_owner(&self, name: &str) -> Result<Option<Option<String>>, DockerError> {
+        match self.client.inspect_volume(name).await {
+            Ok(v) => Ok(Some(v.labels.get(PROJECT_LABEL).cloned())),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Docker's own data directory (`/var/lib/docker`), as seen from here.
+    pub async fn root_dir(&self) -> Result<String, DockerError> {
+        let info = self.client.info().await?;
+        Ok(self.resolve_on_host(info.docker_root_dir.as_deref().unwrap_or("/var/lib/docker")))
+    }
+
     /// Creates a named volume for `app_id` (a restore into an app that lost it) and
     /// returns where its data lives on the host.
     pub async fn create_volume(&self, name: &str, app_id: &str) -> Result<String, DockerError> {
@@ -616,14 +634,6 @@ fn drop_nested(mut mounts: Vec<Mount>, skipped: &mut Vec<String>) -> Vec<Mount> 
     }
     kept.sort_by(|a, b| a.archive_dir.cmp(&b.archive_dir));
     kept
-}
-
-/// A host path as one archive folder name: `/srv/app/data` → `srv%2Fapp%2Fdata`.
-/// Reversible (`%` is escaped too) and free of `/`.
-pub fn escape_path(path: &str) -> String {
-    path.trim_start_matches('/')
-        .replace('%', "%25")
-        .replace('/', "%2F")
 }
 
 #[cfg(test)]

@@ -41,9 +41,14 @@ pub struct JobInfo {
     /// The snapshot, for a successful backup.
     #[schema(value_type = Object)]
     pub result: Option<serde_json::Value>,
-    /// `{"message","details"}` of a failed job.
+    /// `{"message","details"}` of a failed job (filled in by the API from `failure`).
     #[schema(value_type = Object)]
     pub error: Option<serde_json::Value>,
+    /// Why the job failed, as the operation's own error: the API maps it to `error` the
+    /// same way it maps the error of a request (`api::error`), so jobs need not know HTTP.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub failure: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 /// The handle a running operation reports through.
@@ -91,11 +96,11 @@ impl Job {
         });
     }
 
-    pub fn fail(&self, error: serde_json::Value) {
+    pub fn fail(&self, error: Arc<dyn std::error::Error + Send + Sync>) {
         self.tx.send_modify(|j| {
             j.state = JobState::Failed;
             j.finished_at = Some(Utc::now());
-            j.error = Some(error);
+            j.failure = Some(error);
         });
     }
 }
@@ -131,6 +136,7 @@ impl Jobs {
             finished_at: None,
             result: None,
             error: None,
+            failure: None,
         });
         let job = Job { tx: Arc::new(tx) };
         let mut inner = self.inner.lock().expect("jobs lock");

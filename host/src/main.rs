@@ -179,8 +179,11 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
             snapshot_id,
         } => {
             let started = manager.start_restore(&app_id, &snapshot_id).await?;
-            started.done.await??;
+            let restored = started.done.await??;
             println!("Snapshot {snapshot_id} restored into {app_id}");
+            for skipped in restored.skipped {
+                println!("not restored: {skipped}");
+            }
         }
         Command::Verify { snapshot_id } => {
             let (_, v) = manager.verify(&snapshot_id).await?;
@@ -232,6 +235,7 @@ fn unpack(
         archive_dir: "data0".into(),
         path: into,
         reserved: None,
+        discard: false,
     }];
     let opts = appsnap::archive::extract::Options::default();
     let summary = appsnap::archive::extract::extract(stream, &targets, &opts, &|_| {})?;

@@ -33,6 +33,62 @@ pub struct Source {
     pub path: PathBuf,
 }
 
+/// A host path as one archive folder name: `/srv/app/data` → `srv%2Fapp%2Fdata`.
+/// Reversible (`%` is escaped too) and free of `/`.
+pub fn escape_path(path: &str) -> String {
+    path.trim_start_matches('/')
+        .replace('%', "%25")
+        .replace('/', "%2F")
+}
+
+/// Checks what an archive's metadata says about its mounts before anything believes it:
+/// known kinds, names that fit their kind, and each mount's archive folder exactly the
+/// one its kind and name give (so a folder name cannot smuggle in another meaning).
+pub fn check_mounts(mounts: &[Mount]) -> Result<(), String> {
+    let mut folders = std::collections::HashSet::new();
+    for m in mounts {
+        let expected = match m.kind.as_str() {
+            "volume" => {
+                let ok = m
+                    .name
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric())
+                    && m.name.len() <= 255
+                    && m.name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                if !ok {
+                    return Err(format!("`{}` is not a Docker volume name", m.name));
+                }
+                format!("volumes/{}", m.name)
+            }
+            "bind" => {
+                let p = Path::new(&m.name);
+                let ok = p.is_absolute()
+                    && !m.name.contains('\0')
+                    && p.components().all(|c| c != std::path::Component::ParentDir);
+                if !ok {
+                    return Err(format!("bind `{}` is not an absolute, plain path", m.name));
+                }
+                format!("binds/{}", escape_path(&m.name))
+            }
+            "project" => "project".to_string(),
+            other => return Err(format!("unknown mount type `{other}`")),
+        };
+        if m.archive_dir != expected {
+            return Err(format!(
+                "{} `{}` must be archived under `{expected}`, not `{}`",
+                m.kind, m.name, m.archive_dir
+            ));
+        }
+        if !folders.insert(expected.clone()) {
+            return Err(format!("`{expected}` is listed twice"));
+        }
+    }
+    Ok(())
+}
+
 /// sha256 (hex) and length of a file, read once.
 pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
     let mut file = File::open(path)?;

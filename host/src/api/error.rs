@@ -134,6 +134,28 @@ impl From<ManagerError> for ApiError {
     }
 }
 
+impl From<std::sync::Arc<ManagerError>> for ApiError {
+    fn from(e: std::sync::Arc<ManagerError>) -> Self {
+        (&*e).into()
+    }
+}
+
+/// A job as the API shows it: its failure, if any, mapped to the error body like the
+/// error of a request.
+pub fn job_view(mut info: crate::jobs::JobInfo) -> crate::jobs::JobInfo {
+    if let Some(failure) = &info.failure {
+        let body = match failure.downcast_ref::<ManagerError>() {
+            Some(e) => ErrorBody::from(e),
+            None => ErrorBody {
+                message: "Job failed".into(),
+                details: failure.to_string(),
+            },
+        };
+        info.error = Some(serde_json::to_value(body).expect("error body serializes"));
+    }
+    info
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {

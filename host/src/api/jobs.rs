@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, job_view};
 use crate::jobs::{Job, JobInfo, JobState};
 use crate::manager::BackupManager;
 
@@ -26,7 +26,7 @@ fn find(manager: &BackupManager, id: &str) -> Result<Job, ApiError> {
 /// Recent jobs, newest first.
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", responses((status = 200, body = Vec<JobInfo>)))]
 pub async fn list(State(manager): State<Arc<BackupManager>>) -> Json<Vec<JobInfo>> {
-    Json(manager.jobs.list())
+    Json(manager.jobs.list().into_iter().map(job_view).collect())
 }
 
 /// A job's state and progress.
@@ -36,7 +36,7 @@ pub async fn show(
     State(manager): State<Arc<BackupManager>>,
     Path(id): Path<String>,
 ) -> Result<Json<JobInfo>, ApiError> {
-    Ok(Json(find(&manager, &id)?.info()))
+    Ok(Json(job_view(find(&manager, &id)?.info())))
 }
 
 /// Server-sent events: `progress` with the job whenever it changes (coalesced), then one
@@ -55,7 +55,7 @@ pub async fn events(
             }
             // The first event is the current state; later ones wait for a change.
             let gone = !first && rx.changed().await.is_err();
-            let info = rx.borrow_and_update().clone();
+            let info = job_view(rx.borrow_and_update().clone());
             let finished = gone || info.state != JobState::Running;
             let event = Event::default()
                 .event(if finished { "finished" } else { "progress" })

@@ -124,6 +124,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
             Arc::clone(&manager),
             require_key,
         ))
+        .route_layer(middleware::from_fn(refuse_cross_site))
         .with_state(Arc::clone(&manager));
     // Health and docs stay open: they reveal nothing about the data.
     Router::new()
@@ -138,6 +139,61 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
                 "no such route; see /docs",
             )
         })
+}
+
+/// Without a key, "loopback only" must hold against browsers too: a page on any site can
+/// make the user's browser send a *simple* request (a form POST, a `fetch` without custom
+/// headers) to 127.0.0.1. State-changing requests are refused when the browser says they
+/// come from elsewhere (`Sec-Fetch-Site`, `Origin`), and when they carry one of the
+/// content types a form can send — our bodies are JSON or binary, which a cross-site page
+/// cannot send without a preflight that appsnap never answers.
+async fn refuse_cross_site(request: Request, next: Next) -> Response {
+    use axum::http::{Method, header};
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let refuse = |details: String| {
+        ApiError::new(StatusCode::FORBIDDEN, "Cross-site request refused", details).into_response()
+    };
+    if let Some(site) = text("sec-fetch-site")
+        && !matches!(site, "same-origin" | "none")
+    {
+        return refuse(format!("the browser says this request is {site}"));
+    }
+    if let Some(origin) = text("origin") {
+        let host = text("host").unwrap_or_default();
+        let authority = origin.split_once("://").map(|(_, a)| a).unwrap_or(origin);
+        if authority != host {
+            return refuse(format!("origin {origin} is not this service ({host})"));
+        }
+    }
+    let form_type = text(header::CONTENT_TYPE.as_str()).is_some_and(|ct| {
+        let ct = ct
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        matches!(
+            ct.as_str(),
+            "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data"
+        )
+    });
+    if form_type {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported content type",
+            "send JSON (application/json) or binary (application/gzip, application/wasm, \
+             application/octet-stream); form content types are refused",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// `x-api-key` must match when a key is configured. Both sides are hashed first, so the

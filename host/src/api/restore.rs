@@ -27,6 +27,9 @@ pub struct Restored {
     pub message: String,
     pub app_id: String,
     pub snapshot_id: String,
+    /// Mounts of the snapshot that were not restored, with why: the app no longer mounts
+    /// them, or they name a volume of another app or a path appsnap never writes to.
+    pub skipped: Vec<String>,
 }
 
 /// Restore an app's data from one of its snapshots. Verified first; on any failure the
@@ -59,11 +62,12 @@ pub async fn restore(
             e.to_string(),
         )
     })?;
-    let snapshot = outcome.map_err(|e| ApiError::from(e.as_ref()))?;
+    let restored = outcome.map_err(|e| ApiError::from(e.as_ref()))?;
     Ok(Json(Restored {
         message: "Snapshot restored successfully".into(),
-        app_id: snapshot.app_id,
-        snapshot_id: snapshot.snapshot_id,
+        app_id: restored.snapshot.app_id,
+        snapshot_id: restored.snapshot.snapshot_id,
+        skipped: restored.skipped,
     })
     .into_response())
 }

@@ -40,6 +40,9 @@ pub struct Target {
     /// A name at the top of `path` that belongs to appsnap (the aside folder when the
     /// current data was moved into the mount itself); the archive may not use it.
     pub reserved: Option<String>,
+    /// Check this mount's entries but write none of them (a snapshot mount the app no
+    /// longer has: it is skipped, not written wherever the archive says).
+    pub discard: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -142,8 +145,25 @@ pub fn extract(
         {
             return Err(unsafe_entry("uses the name of appsnap's aside folder"));
         }
+        if name.contains(&0) || entry.link_name_bytes().is_some_and(|l| l.contains(&0)) {
+            return Err(unsafe_entry("a NUL byte in a name"));
+        }
         let meta = entry_meta(&mut entry)?;
-        tree.add(&rel, &mut entry, meta, opts)
+        // A root that is a link would make the mount itself point anywhere on the host.
+        // Only a bind mount may be a single (regular) file: `./nginx.conf:/etc/nginx/…`.
+        let file_root = tree.target.archive_dir.starts_with("binds/")
+            && matches!(meta.kind, EntryType::Regular | EntryType::Continuous);
+        if rel.is_empty() && !meta.kind.is_dir() && !file_root {
+            return Err(unsafe_entry(
+                "a mount's root must be a directory (a bind mount's may be a regular file), \
+                 never a link or a special file",
+            ));
+        }
+        let tree_opts = Options {
+            dry_run: opts.dry_run || tree.target.discard,
+            ..opts.clone()
+        };
+        tree.add(&rel, &mut entry, meta, &tree_opts)
             .map_err(|e| match e {
                 Failure::Unsafe(reason) => unsafe_entry(&reason),
                 Failure::Io(path, source) => ArchiveError::Write { path, source },
@@ -154,7 +174,11 @@ pub fn extract(
     let mut counted = archive.into_inner();
     check_end(&mut counted)?;
     for tree in &mut trees {
-        tree.finish_dirs(opts)?;
+        let tree_opts = Options {
+            dry_run: opts.dry_run || tree.target.discard,
+            ..opts.clone()
+        };
+        tree.finish_dirs(&tree_opts)?;
     }
     summary.tar_bytes = counted.bytes;
     Ok(summary)

@@ -19,7 +19,6 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::{BackupManager, ManagerError, Started, io_err, short};
-use crate::api::error::ErrorBody;
 use crate::archive::{self, ArchiveError};
 use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Origin, PARTIAL_SUFFIX, Snapshot};
 use crate::config::BackupMode;
@@ -57,7 +56,10 @@ impl BackupManager {
         let (this, job2) = (Arc::clone(self), job.clone());
         let done = tokio::spawn(async move {
             let _lock = lock;
-            let result = this.backup(&app, origin, note, &job2).await;
+            let result = this
+                .backup(&app, origin, note, &job2)
+                .await
+                .map_err(Arc::new);
             match &result {
                 Ok(s) => {
                     tracing::info!(app = %app.id, snapshot = %s.snapshot_id, bytes = s.size_bytes, "backup finished");
@@ -65,10 +67,10 @@ impl BackupManager {
                 }
                 Err(e) => {
                     tracing::error!(app = %app.id, "backup failed: {e}");
-                    job2.fail(serde_json::to_value(ErrorBody::from(e)).expect("error serializes"));
+                    job2.fail(e.clone());
                 }
             }
-            result.map_err(Arc::new)
+            result
         });
         Ok(Started { job, done })
     }

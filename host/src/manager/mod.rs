@@ -17,6 +17,7 @@ mod restore;
 mod transfer;
 
 pub use policies::{Decision, RetentionReport};
+pub use restore::Restored;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -191,9 +192,9 @@ pub struct Stats {
 }
 
 /// A backup accepted and running: its job, and the task to await for the outcome.
-pub struct Started {
+pub struct Started<T = Snapshot> {
     pub job: Job,
-    pub done: tokio::task::JoinHandle<Result<Snapshot, Arc<ManagerError>>>,
+    pub done: tokio::task::JoinHandle<Result<T, Arc<ManagerError>>>,
 }
 
 pub struct BackupManager {

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use super::aside::{RestoreJournal, Swap};
 use super::{BackupManager, ManagerError, Started, short};
-use crate::api::error::ErrorBody;
 use crate::archive::{self, extract};
 use crate::catalog::Snapshot;
 use crate::docker::{App, Docker};
@@ -35,7 +34,7 @@ impl BackupManager {
         self: &Arc<Self>,
         app_id: &str,
         snapshot_id: &str,
-    ) -> Result<Started, ManagerError> {
+    ) -> Result<Started<Restored>, ManagerError> {
         ids::validate("app id", app_id)?;
         let snapshot = self.get(snapshot_id)?;
         let app = self.docker.find_app(app_id).await?;
@@ -52,33 +51,46 @@ impl BackupManager {
         let done = tokio::spawn(async move {
             let _lock = lock;
             tracing::info!(app = %app.id, snapshot = %snapshot.snapshot_id, "restore started");
-            let result = this.restore(&app, &snapshot, &job2).await;
+            let result = this
+                .restore(&app, &snapshot, &job2)
+                .await
+                .map(|skipped| Restored {
+                    snapshot: snapshot.clone(),
+                    skipped,
+                })
+                .map_err(Arc::new);
             match &result {
-                Ok(_) => {
+                Ok(restored) => {
                     tracing::info!(app = %app.id, snapshot = %snapshot.snapshot_id, "restore finished");
-                    job2.succeed(serde_json::to_value(&snapshot).expect("snapshot serializes"));
+                    job2.succeed(serde_json::to_value(restored).expect("outcome serializes"));
                 }
                 Err(e) => {
                     tracing::error!(app = %app.id, snapshot = %snapshot.snapshot_id, "restore failed: {e}");
-                    job2.fail(serde_json::to_value(ErrorBody::from(e)).expect("error serializes"));
+                    job2.fail(e.clone());
                 }
             }
-            result.map(|()| snapshot).map_err(Arc::new)
+            result
         });
         Ok(Started { job, done })
     }
 
-    async fn restore(&self, app: &App, snapshot: &Snapshot, job: &Job) -> Result<(), ManagerError> {
+    /// Returns the snapshot mounts that were not restored, with why.
+    async fn restore(
+        &self,
+        app: &App,
+        snapshot: &Snapshot,
+        job: &Job,
+    ) -> Result<Vec<String>, ManagerError> {
         job.step("verifying");
         let verified = self.verify_file(snapshot, job).await?;
         job.total(verified.tar_bytes);
         job.progress(0);
 
         job.step("preparing");
-        let (plan, created_volumes) = self.plan_targets(app, snapshot).await?;
+        let mut plan = self.plan_targets(app, snapshot).await?;
         let stopped: Vec<String> = app.running().iter().map(|c| c.id.clone()).collect();
         let mut journal = RestoreJournal::new(&app.id, &snapshot.snapshot_id, stopped);
-        journal.created_volumes = created_volumes;
+        journal.created_volumes = std::mem::take(&mut plan.created);
         let mut swap =
             Swap::begin(&self.journal_path(&app.id, "restore"), journal).map_err(|e| {
                 ManagerError::Io {
@@ -94,7 +106,7 @@ impl BackupManager {
                     // The snapshot is in place and running; only the cleanup is left.
                     tracing::error!(app = %app.id, "restore committed, cleanup failed: {e}");
                 }
-                return Ok(());
+                return Ok(plan.skipped);
             }
             Err(failure) => failure,
         };
@@ -115,7 +127,7 @@ impl BackupManager {
         &self,
         snapshot: &Snapshot,
         job: &Job,
-        plan: &[(String, PathBuf)],
+        plan: &Plan,
         swap: &mut Swap,
     ) -> Result<(), (String, String)> {
         let fail = |step: &str| {
@@ -134,27 +146,31 @@ impl BackupManager {
 
         job.step("moving current data aside");
         let rid = format!("{:08x}", rand::random::<u32>());
-        for (_, target) in plan {
-            swap.move_aside(target, &rid)
+        for t in plan.targets.iter().filter(|t| !t.discard) {
+            swap.move_aside(&t.path, &rid)
                 .map_err(fail("moving current data aside"))?;
         }
 
         job.step("extracting");
         swap.begin_extraction().map_err(fail("extracting"))?;
+        // The name of an aside folder inside a mount is reserved in that mount.
+        let mut moved = swap.journal.mounts.iter();
         let targets: Vec<extract::Target> = plan
+            .targets
             .iter()
-            .zip(&swap.journal.mounts)
-            .map(|((archive_dir, target), moved)| extract::Target {
-                archive_dir: archive_dir.clone(),
-                path: target.clone(),
-                reserved: (moved.how == super::aside::How::Inside).then(|| {
-                    moved
-                        .aside
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned()
-                }),
+            .map(|t| {
+                let mut t = t.clone();
+                if !t.discard {
+                    let m = moved.next().expect("one journaled move per written target");
+                    t.reserved = (m.how == super::aside::How::Inside).then(|| {
+                        m.aside
+                            .file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned()
+                    });
+                }
+                t
             })
             .collect();
         let opts = extract::Options {
@@ -196,49 +212,105 @@ impl BackupManager {
         Ok(())
     }
 
-    /// Where each of the snapshot's mounts goes in the app as it is now: the same volume
-    /// or path when it still exists, else the mount serving the same container path (an
-    /// app reinstalled under new volume names), else recreated (volumes are created with
-    /// the app's label; paths at their original place).
-    async fn plan_targets(
-        &self,
-        app: &App,
-        snapshot: &Snapshot,
-    ) -> Result<(Vec<(String, PathBuf)>, Vec<String>), ManagerError> {
-        let mut plan = Vec::new();
-        let mut created = Vec::new();
+    /// Where each of the snapshot's mounts goes. **The archive never picks a host path**:
+    /// a target is one of the app's mounts as Docker reports them *now* (the same volume
+    /// or path, else the mount serving the same container path — an app reinstalled under
+    /// new names), or a named volume that does not exist at all, created with the app's
+    /// label. Anything else — a path the app no longer mounts, a volume of another app,
+    /// a path inside the backup root, appsnap's state or Docker's own directory — is not
+    /// restored: its entries are checked and discarded, and it is listed as skipped.
+    async fn plan_targets(&self, app: &App, snapshot: &Snapshot) -> Result<Plan, ManagerError> {
+        let mut plan = Plan::default();
+        let docker_root = PathBuf::from(self.docker.root_dir().await?);
         for m in &snapshot.mounts {
-            let dests: Vec<&str> = m.destination.split(',').filter(|d| !d.is_empty()).collect();
-            let current = app
-                .mounts
-                .iter()
-                .filter(|c| c.kind == m.kind)
-                .find(|c| c.name == m.name || m.kind == "project")
-                .or_else(|| {
-                    app.mounts
-                        .iter()
-                        .filter(|c| c.kind == m.kind)
-                        .find(|c| c.destination.split(',').any(|d| dests.contains(&d)))
-                });
-            let target = match current {
-                Some(c) => PathBuf::from(&c.source),
-                None if m.kind == "volume" => {
-                    let path = self.docker.create_volume(&m.name, &app.id).await?;
-                    tracing::info!(app = %app.id, volume = %m.name, "volume recreated for the restore");
-                    created.push(m.name.clone());
-                    PathBuf::from(path)
+            let target = match self.target_of(app, m, &docker_root).await? {
+                Ok(t) => t,
+                Err(why) => {
+                    tracing::warn!(app = %app.id, mount = %m.name, "not restored: {why}");
+                    plan.skipped.push(format!("{} {}: {why}", m.kind, m.name));
+                    plan.targets.push(extract::Target {
+                        archive_dir: m.archive_dir.clone(),
+                        path: PathBuf::new(),
+                        reserved: None,
+                        discard: true,
+                    });
+                    continue;
                 }
-                None => PathBuf::from(self.docker.on_host(&m.name)),
             };
-            if plan.iter().any(|(_, t)| *t == target) {
+            let path = target.path();
+            if plan
+                .targets
+                .iter()
+                .any(|t| !t.discard && (t.path.starts_with(&path) || path.starts_with(&t.path)))
+            {
                 return Err(ManagerError::Corrupt(format!(
-                    "two mounts of the snapshot map to {}",
-                    target.display()
+                    "two mounts of the snapshot map to {} (or inside it)",
+                    path.display()
                 )));
             }
-            plan.push((m.archive_dir.clone(), target));
+            if let Target::CreatedAt(name, _) = &target {
+                plan.created.push(name.clone());
+            }
+            plan.targets.push(extract::Target {
+                archive_dir: m.archive_dir.clone(),
+                path,
+                reserved: None,
+                discard: false,
+            });
         }
-        Ok((plan, created))
+        Ok(plan)
+    }
+
+    /// The target of one snapshot mount, or why it has none.
+    async fn target_of(
+        &self,
+        app: &App,
+        m: &crate::model::Mount,
+        docker_root: &Path,
+    ) -> Result<Result<Target, String>, ManagerError> {
+        let dests: Vec<&str> = m.destination.split(',').filter(|d| !d.is_empty()).collect();
+        let same_kind = || app.mounts.iter().filter(|c| c.kind == m.kind);
+        let current = same_kind()
+            .find(|c| c.name == m.name || m.kind == "project")
+            .or_else(|| same_kind().find(|c| c.destination.split(',').any(|d| dests.contains(&d))));
+        let target = match current {
+            Some(c) => Target::Current(PathBuf::from(&c.source)),
+            None if m.kind == "volume" => match self.docker.volume_owner(&m.name).await? {
+                None => {
+                    let path = self.docker.create_volume(&m.name, &app.id).await?;
+                    tracing::info!(app = %app.id, volume = %m.name, "volume recreated for the restore");
+                    Target::CreatedAt(m.name.clone(), PathBuf::from(path))
+                }
+                Some(owner) => {
+                    return Ok(Err(format!(
+                        "the volume exists and belongs to {}, not to this app",
+                        owner.map_or("no compose project".into(), |o| format!("app `{o}`"))
+                    )));
+                }
+            },
+            None => {
+                return Ok(Err(
+                    "the app does not mount it any more (the archive's path is not trusted)".into(),
+                ));
+            }
+        };
+        let path = target.path();
+        let config = &self.config;
+        let inside = |root: &Path| path.starts_with(root) || root.starts_with(&path);
+        if inside(&config.backup_root) || inside(&config.state_dir) {
+            return Ok(Err(format!(
+                "{} overlaps appsnap's backup root or state",
+                path.display()
+            )));
+        }
+        let own_volume = docker_root.join("volumes").join(&m.name).join("_data");
+        if inside(docker_root) && !(m.kind == "volume" && path == own_volume) {
+            return Ok(Err(format!(
+                "{} is inside Docker's own directory",
+                path.display()
+            )));
+        }
+        Ok(Ok(target))
     }
 
     /// Bounded wait until every container runs — healthy when it has a healthcheck,
@@ -299,6 +371,39 @@ impl BackupManager {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Ok(())
+    }
+}
+
+/// A restore that succeeded, and the snapshot mounts it did not restore (with why).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restored {
+    pub snapshot: Snapshot,
+    pub skipped: Vec<String>,
+}
+
+/// Where a restore writes, and what it leaves out.
+#[derive(Debug, Default)]
+struct Plan {
+    /// One per snapshot mount, in order; skipped ones are `discard`.
+    targets: Vec<extract::Target>,
+    /// Volumes created for this restore (removed again by a rollback).
+    created: Vec<String>,
+    /// Snapshot mounts not restored, with why.
+    skipped: Vec<String>,
+}
+
+enum Target {
+    /// One of the app's mounts as Docker reports it now.
+    Current(PathBuf),
+    /// A volume that did not exist, created for the restore.
+    CreatedAt(String, PathBuf),
+}
+
+impl Target {
+    fn path(&self) -> PathBuf {
+        match self {
+            Target::Current(p) | Target::CreatedAt(_, p) => p.clone(),
+        }
     }
 }
 

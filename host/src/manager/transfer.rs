@@ -24,22 +24,37 @@ fn check_targets(mounts: &[crate::model::Mount]) -> Vec<extract::Target> {
             archive_dir: m.archive_dir.clone(),
             path: PathBuf::new(),
             reserved: None,
+            discard: false,
         })
         .collect()
 }
 
+/// Removes a temporary file however its owner ends (finished, failed, or dropped).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
 impl BackupManager {
     /// Checksum, then a full read under the restore's rules. Nothing is written.
-    pub async fn verify(&self, snapshot_id: &str) -> Result<(Snapshot, Verified), ManagerError> {
+    pub async fn verify(
+        &self,
+        snapshot_id: &str,
+    ) -> Result<(Snapshot, Verified), std::sync::Arc<ManagerError>> {
         let snapshot = self.get(snapshot_id)?;
         let job = self.jobs.create("verify", &snapshot.app_id);
-        let result = self.verify_file(&snapshot, &job).await;
+        let result = self
+            .verify_file(&snapshot, &job)
+            .await
+            .map_err(std::sync::Arc::new);
         match &result {
             Ok(v) => {
                 job.succeed(serde_json::json!({"entries": v.entries, "tar_bytes": v.tar_bytes}))
             }
-            Err(e) => job
-                .fail(serde_json::to_value(crate::api::error::ErrorBody::from(e)).expect("error")),
+            Err(e) => job.fail(e.clone()),
         }
         Ok((snapshot, result?))
     }
@@ -105,9 +120,10 @@ impl BackupManager {
             "import-{:08x}{PARTIAL_SUFFIX}",
             rand::random::<u32>()
         ));
-        let result = self.import_into(&tmp, body, app_override).await;
-        let _ = fs::remove_file(&tmp);
-        result
+        // A guard, not a line after the await: when the client disconnects, axum drops
+        // this future mid-upload and only destructors still run.
+        let _cleanup = RemoveOnDrop(tmp.clone());
+        self.import_into(&tmp, body, app_override).await
     }
 
     async fn import_into<S, E>(
@@ -153,12 +169,17 @@ impl BackupManager {
         );
         let meta: ArchiveMeta = tokio::task::spawn_blocking(move || {
             let bytes = archive::read_metadata(&path)?;
-            let meta: ArchiveMeta = serde_json::from_slice(&bytes).map_err(|e| {
-                archive::ArchiveError::NotASnapshot {
-                    path: path.clone(),
-                    reason: format!("bad appsnap.json: {e}"),
-                }
-            })?;
+            let not_ours = |reason: String| archive::ArchiveError::NotASnapshot {
+                path: path.clone(),
+                reason,
+            };
+            let meta: ArchiveMeta = serde_json::from_slice(&bytes)
+                .map_err(|e| not_ours(format!("bad appsnap.json: {e}")))?;
+            // Nothing the metadata says is believed before it is checked.
+            for (what, id) in [("app id", &meta.app_id), ("snapshot id", &meta.snapshot_id)] {
+                ids::validate(what, id).map_err(|e| not_ours(e.to_string()))?;
+            }
+            crate::model::check_mounts(&meta.mounts).map_err(not_ours)?;
             archive::verify(
                 &path,
                 None,
