@@ -236,3 +236,157 @@ async fn an_upload_cut_off_mid_way_leaves_no_file() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// `VmHWM` (peak resident set) of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// gzip (one member, fast) of a tar stream made of `parts` written one after another.
+fn gz_of(parts: &mut dyn FnMut(&mut dyn Write)) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    parts(&mut gz);
+    gz.finish().unwrap()
+}
+
+fn header(name: &[u8], kind: EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(size);
+    h.set_cksum();
+    h
+}
+
+/// The metadata entry of the `malicious` archives, as raw tar bytes.
+fn meta_entry(out: &mut dyn Write) {
+    let meta = br#"{"format":1,"appsnap_version":"0.1.0","snapshot_id":"snapshot_20260101T000000Z_b0b0",
+"app_id":"victim","created_at":"2026-01-01T00:00:00Z","origin":"manual",
+"mounts":[{"type":"volume","name":"v","source":"/x","destination":"/data","archive_dir":"volumes/v"}]}"#;
+    out.write_all(header(b"appsnap.json", EntryType::Regular, meta.len() as u64).as_bytes())
+        .unwrap();
+    out.write_all(meta).unwrap();
+    out.write_all(&vec![0; (512 - meta.len() % 512) % 512])
+        .unwrap();
+}
+
+/// 1 GiB of one byte, written in 1 MiB pieces.
+fn gib(out: &mut dyn Write, byte: u8) {
+    let piece = vec![byte; 1 << 20];
+    for _ in 0..1024 {
+        out.write_all(&piece).unwrap();
+    }
+}
+
+/// Archives of a few MB that claim gigabytes — a 1 GiB GNU long name, a 1 GiB PAX record,
+/// a 1 PiB sparse file, 64 MiB gzip members — are refused with 422 and the limit they hit,
+/// at once, and the service's peak memory stays within 64 MB of its idle peak.
+#[tokio::test]
+async fn archives_that_claim_gigabytes_are_refused_in_bounded_memory() {
+    let long_name = gz_of(&mut |out| {
+        meta_entry(out);
+        out.write_all(header(b"././@LongLink", EntryType::GNULongName, 1 << 30).as_bytes())
+            .unwrap();
+        gib(out, b'a');
+    });
+    let pax = gz_of(&mut |out| {
+        meta_entry(out);
+        out.write_all(header(b"././@PaxHeader", EntryType::XHeader, 1 << 30).as_bytes())
+            .unwrap();
+        gib(out, b'a');
+    });
+    let sparse = gz_of(&mut |out| {
+        meta_entry(out);
+        let mut h = header(b"volumes/v/huge", EntryType::GNUSparse, 512);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(1 << 50);
+        gnu.sparse[0].set_offset((1 << 50) - 512);
+        gnu.sparse[0].set_length(512);
+        h.set_cksum();
+        out.write_all(h.as_bytes()).unwrap();
+        out.write_all(&[7; 512]).unwrap();
+        out.write_all(&[0; 1024]).unwrap();
+    });
+    // appsnap's own gzip format, with members 64 times the size it ever writes.
+    let big_members = {
+        let (_, out) = {
+            let gz = appsnap::archive::gzip::ParallelGzip::new(Vec::new(), 1, 2, 64 << 20);
+            let progress = |_| {};
+            let mut sink = appsnap::archive::walk::ChunkSink::new(gz, &progress);
+            let mut tar = Vec::new();
+            meta_entry(&mut tar);
+            sink.write(&tar).unwrap();
+            sink.write(header(b"volumes/v/zeros", EntryType::Regular, 1 << 30).as_bytes())
+                .unwrap();
+            sink.zeros(1 << 30).unwrap();
+            sink.write(&[0; 1024]).unwrap();
+            sink.finish().unwrap()
+        };
+        out
+    };
+    let root = tempfile::tempdir().unwrap();
+    let svc = Service::start(root.path(), &[]);
+    let client = reqwest::Client::new();
+    let import = |bytes: Vec<u8>| {
+        client
+            .post(svc.url("/api/v1/backup/snapshots/import"))
+            .header("content-type", "application/gzip")
+            .body(bytes)
+            .send()
+    };
+    // Warm up: one real (small) refusal, so the idle peak includes a working import.
+    import(b"not gzip".to_vec()).await.unwrap();
+    let idle = peak_rss(svc.child.id());
+    for (what, bytes, limit) in [
+        (
+            "1 GiB long name",
+            long_name,
+            "long name of 1073741824 bytes",
+        ),
+        ("1 GiB PAX record", pax, "PAX record"),
+        ("1 PiB sparse file", sparse, "sparse file of"),
+        ("64 MiB gzip members", big_members, "appsnap writes at most"),
+    ] {
+        assert!(bytes.len() < 16 << 20, "{what}: {} bytes", bytes.len());
+        let started = std::time::Instant::now();
+        let resp = import(bytes).await.unwrap();
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(status.as_u16(), 422, "{what}: {body}");
+        assert!(
+            body["details"].as_str().unwrap().contains(limit),
+            "{what}: {body}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+        let peak = peak_rss(svc.child.id());
+        assert!(
+            peak < idle + (64 << 20),
+            "{what}: peak RSS {} MB, idle {} MB",
+            peak >> 20,
+            idle >> 20
+        );
+    }
+    assert_eq!(
+        fs::read_dir(root.path().join(".appsnap"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("import-"))
+            .count(),
+        0
+    );
+}

@@ -29,6 +29,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat, mkfifo};
 use tar::EntryType;
 
+use super::tar_read::TarReader;
 use super::{ArchiveError, METADATA_ENTRY};
 
 /// Where one mount folder of the archive goes.
@@ -86,6 +87,8 @@ struct Meta {
     /// Symlink or hard-link target.
     link: Option<Vec<u8>>,
     device: (u32, u32),
+    /// A sparse file's logical size and data segments (its data is the segments only).
+    sparse: Option<(u64, Vec<(u64, u64)>)>,
 }
 
 /// Reads the whole tar stream and extracts (or with `dry_run`, checks) every entry.
@@ -99,10 +102,9 @@ pub fn extract(
         inner: stream,
         bytes: 0,
         reported: 0,
-        eof: false,
         progress,
     };
-    let mut archive = tar::Archive::new(counted);
+    let mut reader = TarReader::new(counted);
     let mut trees: Vec<Tree> = targets
         .iter()
         .map(|t| Tree {
@@ -113,21 +115,16 @@ pub fn extract(
         })
         .collect();
     let mut summary = Summary::default();
-    let entries = archive.entries().map_err(ArchiveError::corrupt)?;
-    for (i, entry) in entries.enumerate() {
-        let mut entry = entry.map_err(ArchiveError::corrupt)?;
-        let name = entry.path_bytes().into_owned();
+    let mut first = true;
+    while let Some(entry) = reader.next_entry().map_err(ArchiveError::corrupt)? {
+        let name = entry.name.clone();
         let shown = String::from_utf8_lossy(&name).into_owned();
         let unsafe_entry = |reason: &str| ArchiveError::Unsafe {
             entry: shown.clone(),
             reason: reason.to_string(),
         };
-        if i == 0 && name == METADATA_ENTRY.as_bytes() {
-            io::copy(&mut entry, &mut io::sink()).map_err(ArchiveError::corrupt)?;
-            summary.entries += 1;
-            continue;
-        }
-        if entry.header().entry_type() == EntryType::XGlobalHeader {
+        if std::mem::take(&mut first) && name == METADATA_ENTRY.as_bytes() {
+            summary.entries += 1; // its data is skipped by the next read
             continue;
         }
         if name.first() == Some(&b'/') {
@@ -145,10 +142,20 @@ pub fn extract(
         {
             return Err(unsafe_entry("uses the name of appsnap's aside folder"));
         }
-        if name.contains(&0) || entry.link_name_bytes().is_some_and(|l| l.contains(&0)) {
+        if name.contains(&0) || entry.link.as_ref().is_some_and(|l| l.contains(&0)) {
             return Err(unsafe_entry("a NUL byte in a name"));
         }
-        let meta = entry_meta(&mut entry)?;
+        let meta = Meta {
+            kind: entry.kind,
+            uid: entry.uid,
+            gid: entry.gid,
+            mode: entry.mode,
+            mtime: entry.mtime,
+            xattrs: entry.xattrs,
+            link: entry.link,
+            device: entry.device,
+            sparse: entry.sparse,
+        };
         // A root that is a link would make the mount itself point anywhere on the host.
         // Only a bind mount may be a single (regular) file: `./nginx.conf:/etc/nginx/…`.
         let file_root = tree.target.archive_dir.starts_with("binds/")
@@ -163,7 +170,7 @@ pub fn extract(
             dry_run: opts.dry_run || tree.target.discard,
             ..opts.clone()
         };
-        tree.add(&rel, &mut entry, meta, &tree_opts)
+        tree.add(&rel, &mut EntryData(&mut reader), meta, &tree_opts)
             .map_err(|e| match e {
                 Failure::Unsafe(reason) => unsafe_entry(&reason),
                 Failure::Io(path, source) => ArchiveError::Write { path, source },
@@ -171,8 +178,6 @@ pub fn extract(
             })?;
         summary.entries += 1;
     }
-    let mut counted = archive.into_inner();
-    check_end(&mut counted)?;
     for tree in &mut trees {
         let tree_opts = Options {
             dry_run: opts.dry_run || tree.target.discard,
@@ -180,46 +185,17 @@ pub fn extract(
         };
         tree.finish_dirs(&tree_opts)?;
     }
-    summary.tar_bytes = counted.bytes;
+    summary.tar_bytes = reader.bytes;
     Ok(summary)
 }
 
-/// The `tar` crate ends its entries at a zero block *or* at a clean end of the stream, so
-/// an archive cut at a gzip member boundary (or inside the last file's data) would read as
-/// complete. Ours always ends with tar's end-of-archive marker (two zero blocks): the
-/// stream must not have run dry before it, and all that follows must be zeros.
-fn check_end<R: Read>(counted: &mut Counting<'_, R>) -> Result<(), ArchiveError> {
-    let truncated = || {
-        ArchiveError::corrupt(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the archive ends before tar's end-of-archive marker (truncated)",
-        ))
-    };
-    if counted.eof {
-        return Err(truncated());
+/// The current entry's data, as a `Read`.
+struct EntryData<'r, R>(&'r mut TarReader<R>);
+
+impl<R: Read> Read for EntryData<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_data(buf)
     }
-    // The entry reader stopped after the first zero block; the second must follow.
-    let mut rest = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match counted.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ArchiveError::corrupt(e)),
-        };
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Err(ArchiveError::corrupt(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "data after tar's end-of-archive marker",
-            )));
-        }
-        rest += n as u64;
-    }
-    if rest < 512 {
-        return Err(truncated());
-    }
-    Ok(())
 }
 
 enum Failure {
@@ -423,40 +399,6 @@ fn components(name: &[u8]) -> Option<Vec<Vec<u8>>> {
     Some(out)
 }
 
-fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, ArchiveError> {
-    let bad = ArchiveError::corrupt;
-    let h = entry.header();
-    let kind = h.entry_type();
-    let device = if matches!(kind, EntryType::Char | EntryType::Block) {
-        (
-            h.device_major().map_err(bad)?.unwrap_or(0),
-            h.device_minor().map_err(bad)?.unwrap_or(0),
-        )
-    } else {
-        (0, 0)
-    };
-    let mut meta = Meta {
-        kind,
-        uid: h.uid().map_err(bad)?,
-        gid: h.gid().map_err(bad)?,
-        mode: h.mode().map_err(bad)? & 0o7777,
-        mtime: h.mtime().map_err(bad)? as i64,
-        xattrs: Vec::new(),
-        link: entry.link_name_bytes().map(|l| l.into_owned()),
-        device,
-    };
-    if let Some(exts) = entry.pax_extensions().map_err(bad)? {
-        for ext in exts {
-            let ext = ext.map_err(bad)?;
-            if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                meta.xattrs
-                    .push((name.to_vec(), ext.value_bytes().to_vec()));
-            }
-        }
-    }
-    Ok(meta)
-}
-
 fn link_target(meta: &Meta) -> Result<&[u8], Failure> {
     match &meta.link {
         Some(l) if !l.is_empty() => Ok(l),
@@ -464,9 +406,10 @@ fn link_target(meta: &Meta) -> Result<&[u8], Failure> {
     }
 }
 
-/// Writes a regular file through its descriptor; zero blocks become holes.
+/// Writes a regular file through its descriptor. A sparse entry's segments are written at
+/// their offsets (its holes cost a seek, never a write or a read), and in any file runs of
+/// zero blocks become holes, so sparse files stay sparse.
 fn write_file(path: &Path, data: &mut impl Read, meta: &Meta) -> Result<(), Failure> {
-    const BLOCK: usize = 4096;
     let io_err = |e| Failure::Io(path.to_path_buf(), e);
     let file = OpenOptions::new()
         .write(true)
@@ -482,9 +425,39 @@ fn write_file(path: &Path, data: &mut impl Read, meta: &Meta) -> Result<(), Fail
             }
         })?;
     let mut buf = vec![0u8; 256 * 1024];
-    let mut offset = 0u64;
+    let size = match &meta.sparse {
+        Some((logical, segments)) => {
+            for &(offset, len) in segments {
+                let written =
+                    write_run(path, &file, &mut data.by_ref().take(len), offset, &mut buf)?;
+                if written != len {
+                    return Err(Failure::Read(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "a sparse segment is cut short",
+                    )));
+                }
+            }
+            *logical
+        }
+        None => write_run(path, &file, data, 0, &mut buf)?,
+    };
+    file.set_len(size).map_err(io_err)?;
+    finish_fd(&file, meta).map_err(io_err)
+}
+
+/// Copies `data` to `file` from `base` on, leaving zero blocks as holes; returns the bytes
+/// read.
+fn write_run(
+    path: &Path,
+    file: &File,
+    data: &mut impl Read,
+    base: u64,
+    buf: &mut [u8],
+) -> Result<u64, Failure> {
+    const BLOCK: usize = 4096;
+    let mut offset = base;
     loop {
-        let n = match data.read(&mut buf) {
+        let n = match data.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -508,13 +481,12 @@ fn write_file(path: &Path, data: &mut impl Read, meta: &Meta) -> Result<(), Fail
                 run_end = next;
             }
             file.write_all_at(&chunk[start..run_end], offset + start as u64)
-                .map_err(io_err)?;
+                .map_err(|e| Failure::Io(path.to_path_buf(), e))?;
             start = run_end;
         }
         offset += n as u64;
     }
-    file.set_len(offset).map_err(io_err)?;
-    finish_fd(&file, meta).map_err(io_err)
+    Ok(offset - base)
 }
 
 fn finish_fd(file: &File, meta: &Meta) -> io::Result<()> {
@@ -564,20 +536,17 @@ fn finish_by_path(path: &Path, meta: &Meta, chmod: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Counts the tar bytes read, for progress, and notices the end of the stream.
+/// Counts the tar bytes read, for progress.
 struct Counting<'p, R> {
     inner: R,
     bytes: u64,
     reported: u64,
-    /// The stream ran dry while the tar reader still wanted bytes.
-    eof: bool,
     progress: &'p (dyn Fn(u64) + Sync),
 }
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.eof |= n == 0 && !buf.is_empty();
         self.bytes += n as u64;
         if self.bytes - self.reported >= 1 << 20 || n == 0 {
             self.reported = self.bytes;

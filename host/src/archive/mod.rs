@@ -6,6 +6,7 @@
 //!
 //! - [`gzip`]: parallel, independent gzip members; stores incompressible blocks.
 //! - [`tar_format`]: header encoding (GNU long names, PAX xattrs, GNU sparse).
+//! - [`tar_read`]: the bounded reader of those headers (nothing claimed is believed).
 //! - [`walk`]: the filesystem walk that feeds the tar stream into the gzip pipeline.
 //! - [`read`]: the way back: members inflated in parallel into one tar stream.
 //! - [`extract`]: safe extraction into mounts (restore) and its dry run (verify).
@@ -14,6 +15,7 @@ pub mod extract;
 pub mod gzip;
 pub mod read;
 pub mod tar_format;
+pub mod tar_read;
 pub mod walk;
 
 use std::fs::{self, File};

@@ -19,8 +19,11 @@ use libdeflater::Decompressor;
 
 use super::gzip::{HEADER_LEN, TRAILER_LEN, member_len};
 
-/// An appsnap member never holds more than a chunk; anything claiming more is corrupt.
-const MAX_MEMBER_RAW: usize = 64 << 20;
+/// An appsnap member never holds more than a chunk (1 MiB); anything claiming more than
+/// this is refused before its buffer is allocated, so the members in flight bound memory.
+pub const MAX_MEMBER_RAW: usize = 4 << 20;
+/// Deflate's worst case adds a few bytes per 64 KiB stored block.
+const MAX_MEMBER_PACKED: usize = MAX_MEMBER_RAW + (MAX_MEMBER_RAW >> 10) + 64;
 
 /// Opens `path` as a tar stream: parallel when the archive is appsnap's, sequential
 /// otherwise. `threads` is the number of inflate workers.
@@ -160,8 +163,7 @@ fn split_members(mut file: File, work: &SyncSender<Numbered>, permits: &Receiver
             }
             Ok(_) => match member_len(&head) {
                 Some(len)
-                    if len >= HEADER_LEN + TRAILER_LEN
-                        && len - HEADER_LEN <= MAX_MEMBER_RAW * 2 =>
+                    if len >= HEADER_LEN + TRAILER_LEN && len - HEADER_LEN <= MAX_MEMBER_PACKED =>
                 {
                     let mut member = vec![0; len];
                     member[..HEADER_LEN].copy_from_slice(&head);
@@ -173,6 +175,10 @@ fn split_members(mut file: File, work: &SyncSender<Numbered>, permits: &Receiver
                         Err(e) => Err(e),
                     }
                 }
+                Some(len) => Err(corrupt(format!(
+                    "the gzip member at byte {offset} claims {len} bytes (appsnap writes at \
+                     most {MAX_MEMBER_PACKED})"
+                ))),
                 _ => Err(corrupt(format!("no appsnap gzip member at byte {offset}"))),
             },
             Err(e) => Err(e),
@@ -198,7 +204,10 @@ fn inflate_worker(work: &Mutex<Receiver<Numbered>>, done: &SyncSender<Numbered>)
             if isize > MAX_MEMBER_RAW {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "gzip member too large",
+                    format!(
+                        "a gzip member inflating to {isize} bytes (appsnap writes at most \
+                         {MAX_MEMBER_RAW})"
+                    ),
                 ));
             }
             let mut out = vec![0; isize];

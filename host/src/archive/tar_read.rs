@@ -1,0 +1,384 @@
+//! A tar reader that believes nothing an archive claims before it is checked — the reading
+//! half of [`super::tar_format`], for restore, verify and import.
+//!
+//! The `tar` crate reads a GNU long name or a PAX record whole into memory, whatever size
+//! its header claims (a 1 MB archive can ask for 1 GiB), and expands a sparse entry by
+//! *reading* its holes as zeros (a 541-byte archive can describe a 1 PiB file). Here:
+//! - long names, long link targets and PAX records are at most [`MAX_EXTENSION`] bytes;
+//! - a sparse entry comes as its map (at most [`MAX_SPARSE_SEGMENTS`] segments, ordered,
+//!   inside a logical size of at most [`MAX_LOGICAL_SIZE`]) plus its stored data, so the
+//!   cost is O(stored bytes + map), never O(logical size): holes are the writer's seeks;
+//! - the archive must end with tar's end-of-archive marker, and nothing but zeros after it
+//!   (a stream cut between two entries is truncated, not shorter);
+//! - every header's checksum is checked.
+//!
+//! The header layouts themselves are decoded with the `tar` crate's `Header` types.
+
+use std::io::{self, Read};
+
+use tar::{EntryType, Header};
+
+pub const BLOCK: u64 = 512;
+/// Longest GNU long name / long link / PAX extension record set accepted.
+pub const MAX_EXTENSION: u64 = 64 << 10;
+/// Most segments a sparse entry's map may have.
+pub const MAX_SPARSE_SEGMENTS: usize = 1 << 20;
+/// Largest logical size of a sparse file (ext4's largest file, 16 TiB).
+pub const MAX_LOGICAL_SIZE: u64 = 1 << 44;
+
+/// One entry, with every extension applied.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: Vec<u8>,
+    pub kind: EntryType,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    pub link: Option<Vec<u8>>,
+    pub device: (u32, u32),
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Bytes of data stored after the header (for a sparse file: its segments only).
+    pub size: u64,
+    /// For a GNU sparse file: the logical size and the `(offset, length)` segments, in
+    /// order, whose data follows one after the other.
+    pub sparse: Option<(u64, Vec<(u64, u64)>)>,
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the archive ends before tar's end-of-archive marker (truncated)",
+    )
+}
+
+pub struct TarReader<R> {
+    inner: R,
+    /// Bytes of the tar stream read so far.
+    pub bytes: u64,
+    /// Data bytes of the current entry not yet read, then its padding.
+    remaining: u64,
+    padding: u64,
+}
+
+impl<R: Read> TarReader<R> {
+    pub fn new(inner: R) -> TarReader<R> {
+        TarReader {
+            inner,
+            bytes: 0,
+            remaining: 0,
+            padding: 0,
+        }
+    }
+
+    /// Fills `buf` completely; a short stream is truncation.
+    fn fill(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.inner.read(&mut buf[n..]) {
+                Ok(0) => return Err(truncated()),
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.bytes += n as u64;
+        Ok(())
+    }
+
+    /// Reads and drops `n` bytes.
+    fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        let mut buf = [0u8; 8192];
+        while n > 0 {
+            let k = n.min(buf.len() as u64) as usize;
+            self.fill(&mut buf[..k])?;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
+    /// An extension's data (long name, PAX records), bounded before anything is read.
+    fn small_data(&mut self, size: u64, what: &str) -> io::Result<Vec<u8>> {
+        if size > MAX_EXTENSION {
+            return Err(bad(format!(
+                "a {what} of {size} bytes (the limit is {MAX_EXTENSION})"
+            )));
+        }
+        let mut data = vec![0; size as usize];
+        self.fill(&mut data)?;
+        self.skip(pad(size))?;
+        Ok(data)
+    }
+
+    /// The current entry's data: reads at most what is left of it.
+    pub fn read_data(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.remaining) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.fill(&mut buf[..n])?;
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+
+    /// The next entry, or `None` at the end-of-archive marker (after checking that only
+    /// zeros follow it). Whatever the caller left unread of the previous entry is skipped.
+    pub fn next_entry(&mut self) -> io::Result<Option<Entry>> {
+        self.skip(self.remaining + self.padding)?;
+        self.remaining = 0;
+        self.padding = 0;
+        let (mut long_name, mut long_link, mut pax): (Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>) =
+            (None, None, Vec::new());
+        loop {
+            let mut block = [0u8; BLOCK as usize];
+            self.fill(&mut block)?;
+            if block.iter().all(|&b| b == 0) {
+                if long_name.is_some() || long_link.is_some() || !pax.is_empty() {
+                    return Err(bad("an extension header with no entry after it"));
+                }
+                self.end()?;
+                return Ok(None);
+            }
+            let header = Header::from_byte_slice(&block);
+            check_sum(&block, header)?;
+            let kind = header.entry_type();
+            let size = header.entry_size()?;
+            match kind {
+                EntryType::GNULongName => {
+                    long_name = Some(trim_nul(self.small_data(size, "long name")?))
+                }
+                EntryType::GNULongLink => {
+                    long_link = Some(trim_nul(self.small_data(size, "long link target")?))
+                }
+                EntryType::XHeader => {
+                    if pax.len() as u64 + size > MAX_EXTENSION {
+                        return Err(bad(format!(
+                            "PAX records of more than {MAX_EXTENSION} bytes"
+                        )));
+                    }
+                    let data = self.small_data(size, "PAX record set")?;
+                    pax.extend_from_slice(&data);
+                }
+                EntryType::XGlobalHeader => {
+                    self.small_data(size, "global PAX record set")?;
+                }
+                _ => return self.entry(header, long_name, long_link, &pax).map(Some),
+            }
+        }
+    }
+
+    /// The real entry after its extensions: PAX records override the header (as GNU tar
+    /// and the `tar` crate read them), a GNU sparse map is read and checked.
+    fn entry(
+        &mut self,
+        header: &Header,
+        long_name: Option<Vec<u8>>,
+        long_link: Option<Vec<u8>>,
+        pax: &[u8],
+    ) -> io::Result<Entry> {
+        let kind = header.entry_type();
+        let mut e = Entry {
+            name: long_name.unwrap_or_else(|| header.path_bytes().into_owned()),
+            kind,
+            mode: header.mode()? & 0o7777,
+            uid: header.uid()?,
+            gid: header.gid()?,
+            mtime: header.mtime()? as i64,
+            link: long_link.or_else(|| header.link_name_bytes().map(|l| l.into_owned())),
+            device: (0, 0),
+            xattrs: Vec::new(),
+            size: header.entry_size()?,
+            sparse: None,
+        };
+        if matches!(kind, EntryType::Char | EntryType::Block) {
+            e.device = (
+                header.device_major()?.unwrap_or(0),
+                header.device_minor()?.unwrap_or(0),
+            );
+        }
+        for (key, value) in pax_records(pax)? {
+            let number = || -> io::Result<u64> {
+                let text = std::str::from_utf8(value).map_err(|_| bad("a PAX number"))?;
+                let whole = text.split('.').next().unwrap_or_default();
+                whole
+                    .parse()
+                    .map_err(|_| bad(format!("PAX value `{text}`")))
+            };
+            match key {
+                b"path" => e.name = value.to_vec(),
+                b"linkpath" => e.link = Some(value.to_vec()),
+                b"size" => e.size = number()?,
+                b"uid" => e.uid = number()?,
+                b"gid" => e.gid = number()?,
+                b"mtime" => e.mtime = number()? as i64,
+                k => {
+                    if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
+                        e.xattrs.push((name.to_vec(), value.to_vec()));
+                    }
+                }
+            }
+        }
+        if kind == EntryType::GNUSparse {
+            e.sparse = Some(self.sparse_map(header, e.size)?);
+        }
+        self.remaining = e.size;
+        self.padding = pad(e.size);
+        Ok(e)
+    }
+
+    /// A GNU sparse entry's map: four slots in the header, then 21 per extension block.
+    fn sparse_map(&mut self, header: &Header, stored: u64) -> io::Result<(u64, Vec<(u64, u64)>)> {
+        let gnu = header
+            .as_gnu()
+            .ok_or_else(|| bad("a sparse entry without a GNU header"))?;
+        let real = gnu.real_size()?;
+        if real > MAX_LOGICAL_SIZE {
+            return Err(bad(format!(
+                "a sparse file of {real} bytes (the limit is {MAX_LOGICAL_SIZE})"
+            )));
+        }
+        let mut raw: Vec<(u64, u64)> = Vec::new();
+        for slot in gnu.sparse.iter().filter(|s| !s.is_empty()) {
+            raw.push((slot.offset()?, slot.length()?));
+        }
+        let mut extended = gnu.is_extended();
+        while extended {
+            let mut block = [0u8; BLOCK as usize];
+            self.fill(&mut block)?;
+            for slot in block[..504].chunks(24) {
+                if slot[0] == 0 {
+                    continue;
+                }
+                raw.push((octal(&slot[..12])?, octal(&slot[12..])?));
+            }
+            extended = block[504] != 0;
+            if raw.len() > MAX_SPARSE_SEGMENTS {
+                return Err(bad(format!(
+                    "a sparse map of more than {MAX_SPARSE_SEGMENTS} segments"
+                )));
+            }
+        }
+        let (mut end, mut total) = (0u64, 0u64);
+        let mut segments = Vec::with_capacity(raw.len());
+        for (off, len) in raw {
+            let stop = off
+                .checked_add(len)
+                .filter(|&s| off >= end && s <= real)
+                .ok_or_else(|| bad("a sparse map out of order or past the file's end"))?;
+            end = stop;
+            total += len;
+            if len > 0 {
+                segments.push((off, len));
+            }
+        }
+        if total != stored {
+            return Err(bad(format!(
+                "a sparse map of {total} bytes for {stored} stored bytes"
+            )));
+        }
+        Ok((real, segments))
+    }
+
+    /// After the first zero block: the second, then only zeros to the end.
+    fn end(&mut self) -> io::Result<()> {
+        let mut second = [0u8; BLOCK as usize];
+        self.fill(&mut second)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match self.inner.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.bytes += n as u64;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Err(bad("data after tar's end-of-archive marker"));
+            }
+        }
+        if second.iter().any(|&b| b != 0) {
+            return Err(bad("data after tar's end-of-archive marker"));
+        }
+        Ok(())
+    }
+}
+
+fn pad(size: u64) -> u64 {
+    (BLOCK - size % BLOCK) % BLOCK
+}
+
+fn trim_nul(mut v: Vec<u8>) -> Vec<u8> {
+    while v.last() == Some(&0) {
+        v.pop();
+    }
+    v
+}
+
+fn check_sum(block: &[u8; BLOCK as usize], header: &Header) -> io::Result<()> {
+    let sum: u32 = block[..148]
+        .iter()
+        .chain(&block[156..])
+        .map(|&b| u32::from(b))
+        .sum::<u32>()
+        + 8 * 32;
+    if header.cksum()? != sum {
+        return Err(bad("tar header checksum mismatch"));
+    }
+    Ok(())
+}
+
+/// `"<len> <key>=<value>\n"` records; a malformed one is refused.
+fn pax_records(mut data: &[u8]) -> io::Result<Vec<(&[u8], &[u8])>> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let space = data
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or_else(|| bad("a PAX record without its length"))?;
+        let len: usize = std::str::from_utf8(&data[..space])
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .filter(|&l| l > space + 1 && l <= data.len())
+            .ok_or_else(|| bad("a PAX record with a bad length"))?;
+        let record = &data[space + 1..len];
+        let record = record
+            .strip_suffix(b"\n")
+            .ok_or_else(|| bad("a PAX record without its newline"))?;
+        let eq = record
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or_else(|| bad("a PAX record without `=`"))?;
+        out.push((&record[..eq], &record[eq + 1..]));
+        data = &data[len..];
+    }
+    Ok(out)
+}
+
+/// A numeric header field: octal text, or GNU's base-256 when the high bit is set.
+fn octal(field: &[u8]) -> io::Result<u64> {
+    if field.first().is_some_and(|&b| b & 0x80 != 0) {
+        let mut v: u64 = u64::from(field[0] & 0x7f);
+        for &b in &field[1..] {
+            v = v
+                .checked_mul(256)
+                .and_then(|v| v.checked_add(u64::from(b)))
+                .ok_or_else(|| bad("a numeric field out of range"))?;
+        }
+        return Ok(v);
+    }
+    let text: Vec<u8> = field
+        .iter()
+        .copied()
+        .take_while(|&b| b != 0)
+        .filter(|&b| b != b' ')
+        .collect();
+    if text.is_empty() {
+        return Ok(0);
+    }
+    let text = std::str::from_utf8(&text).map_err(|_| bad("a numeric field"))?;
+    u64::from_str_radix(text, 8).map_err(|_| bad(format!("numeric field `{text}`")))
+}
