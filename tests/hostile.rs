@@ -390,3 +390,41 @@ async fn archives_that_claim_gigabytes_are_refused_in_bounded_memory() {
         0
     );
 }
+
+/// File capabilities, `trusted.*` and ACLs come back from this server's own snapshots; from
+/// an imported one only `user.*` attributes do (unless `restore_privileged_xattrs`).
+#[tokio::test]
+async fn privileged_xattrs_come_back_only_from_this_servers_snapshots() {
+    let app = TestApp::new("");
+    let file = app.volume_path().join("tool");
+    fs::write(&file, "binary").unwrap();
+    xattr::set(&file, "trusted.appsnap", b"privileged").unwrap();
+    xattr::set(&file, "user.appsnap", b"plain").unwrap();
+    let a = Harness::new().await;
+    let snap = a.backup(&app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap().to_string();
+    let restore = format!("/api/v1/backup/restore/{}/{id}", app.id);
+    let names = || {
+        let mut n: Vec<String> = xattr::list(&file)
+            .unwrap()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    let (status, body) = a.call("POST", &restore).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(names(), ["trusted.appsnap", "user.appsnap"], "own snapshot");
+
+    let bytes = fs::read(snap["file_path"].as_str().unwrap()).unwrap();
+    drop(a);
+    let b = Harness::new().await;
+    let req = axum::http::Request::post("/api/v1/backup/snapshots/import")
+        .body(axum::body::Body::from(bytes))
+        .unwrap();
+    let (status, body) = b.call_with(req).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = b.call("POST", &restore).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(names(), ["user.appsnap"], "imported snapshot");
+}

@@ -158,9 +158,9 @@ async fn corrupt_or_truncated_snapshot_is_refused_before_anything_is_touched() {
 }
 
 /// The bind mount is its own small filesystem: the snapshot no longer fits next to the
-/// data set aside, so extraction hits ENOSPC and everything must come back.
+/// data set aside. That is known before anything is touched: 507, nothing stopped.
 #[tokio::test]
-async fn disk_full_during_extraction_rolls_back() {
+async fn a_snapshot_that_cannot_fit_is_refused_before_anything_is_touched() {
     let app = TestApp::new("");
     let _small = SmallFs::mount(&app.bind(), "6m");
     sh(&format!(
@@ -170,6 +170,45 @@ async fn disk_full_during_extraction_rolls_back() {
     let h = Harness::new().await;
     let snap = h.backup(&app.id).await;
     fs::remove_file(app.bind().join("video.mp4")).unwrap();
+    sh(&format!(
+        "head -c 3000000 /dev/urandom > {}/other.mp4",
+        app.bind().display()
+    ));
+    let before = (
+        manifest(&app.bind(), true),
+        app.started_at(&app.containers[0]),
+    );
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert!(
+        body["details"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was touched"),
+        "{body}"
+    );
+    let after = (
+        manifest(&app.bind(), true),
+        app.started_at(&app.containers[0]),
+    );
+    assert_eq!(after, before, "untouched, not even restarted");
+}
+
+/// What the up-front check cannot see: a snapshot of 1000 one-byte files stores 1 KB, but
+/// each takes a page of the small filesystem, so extraction hits ENOSPC half way and
+/// everything must come back.
+#[tokio::test]
+async fn disk_full_during_extraction_rolls_back() {
+    let app = TestApp::new("");
+    let _small = SmallFs::mount(&app.bind(), "6m");
+    for i in 0..1000 {
+        fs::write(app.bind().join(format!("f{i}")), "x").unwrap();
+    }
+    let h = Harness::new().await;
+    let snap = h.backup(&app.id).await;
+    for i in 0..1000 {
+        fs::remove_file(app.bind().join(format!("f{i}"))).unwrap();
+    }
     sh(&format!(
         "head -c 3000000 /dev/urandom > {}/other.mp4",
         app.bind().display()

@@ -67,8 +67,12 @@ pub struct Config {
     /// A container without a healthcheck must keep running this long after a restore
     /// to count as started (one that exits at once is a failed restore).
     pub restore_settle_secs: u32,
-    /// Recreate device nodes found in an archive (off: an imported archive could plant one).
+    /// Recreate device nodes from any snapshot, imports included (off: only from snapshots
+    /// this server made; an imported archive could plant one).
     pub restore_devices: bool,
+    /// Restore extended attributes outside `user.*` (file capabilities, `trusted.*`,
+    /// ACLs) from any snapshot, imports included (off: only from this server's own).
+    pub restore_privileged_xattrs: bool,
     /// Largest snapshot accepted by `POST /api/v1/backup/snapshots/import`.
     pub max_import_bytes: u64,
     /// Seconds between two scheduler passes (schedule policies decide what is due).
@@ -115,6 +119,7 @@ impl Default for Config {
             restore_timeout_secs: 120,
             restore_settle_secs: 3,
             restore_devices: false,
+            restore_privileged_xattrs: false,
             max_import_bytes: 100 << 30,
             scheduler_tick_secs: 30,
             host_root: PathBuf::from("/"),

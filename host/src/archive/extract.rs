@@ -52,12 +52,20 @@ pub struct Options {
     pub allow_devices: bool,
     /// Check and read everything, write nothing (verify).
     pub dry_run: bool,
+    /// Restore extended attributes outside `user.*` (`security.capability`, `trusted.*`,
+    /// ACLs): only for snapshots this server made, or when the operator says so.
+    pub privileged_xattrs: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub entries: u64,
     pub tar_bytes: u64,
+    /// Bytes of file data stored for each target (holes excluded): what a restore of it
+    /// needs on its filesystem, in `targets` order.
+    pub stored: Vec<u64>,
+    /// Extended attributes left out because they were not allowed (`privileged_xattrs`).
+    pub dropped_xattrs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +122,10 @@ pub fn extract(
             dirs: Vec::new(),
         })
         .collect();
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        stored: vec![0; targets.len()],
+        ..Summary::default()
+    };
     let mut first = true;
     while let Some(entry) = reader.next_entry().map_err(ArchiveError::corrupt)? {
         let name = entry.name.clone();
@@ -131,10 +142,11 @@ pub fn extract(
             return Err(unsafe_entry("absolute path"));
         }
         let parts = components(&name).ok_or_else(|| unsafe_entry("`..` in the path"))?;
-        let tree = trees
+        let (index, tree) = trees
             .iter_mut()
-            .filter(|t| parts.starts_with(&t.prefix))
-            .max_by_key(|t| t.prefix.len())
+            .enumerate()
+            .filter(|(_, t)| parts.starts_with(&t.prefix))
+            .max_by_key(|(_, t)| t.prefix.len())
             .ok_or_else(|| unsafe_entry("not under any mount of the snapshot"))?;
         let rel = parts[tree.prefix.len()..].to_vec();
         if let (Some(first), Some(reserved)) = (rel.first(), &tree.target.reserved)
@@ -145,13 +157,25 @@ pub fn extract(
         if name.contains(&0) || entry.link.as_ref().is_some_and(|l| l.contains(&0)) {
             return Err(unsafe_entry("a NUL byte in a name"));
         }
+        let mut xattrs = entry.xattrs;
+        if !opts.privileged_xattrs {
+            let before = xattrs.len();
+            xattrs.retain(|(k, _)| k.starts_with(b"user."));
+            summary.dropped_xattrs += (before - xattrs.len()) as u64;
+        }
+        if matches!(
+            entry.kind,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+        ) {
+            summary.stored[index] += entry.size;
+        }
         let meta = Meta {
             kind: entry.kind,
             uid: entry.uid,
             gid: entry.gid,
             mode: entry.mode,
             mtime: entry.mtime,
-            xattrs: entry.xattrs,
+            xattrs,
             link: entry.link,
             device: entry.device,
             sparse: entry.sparse,

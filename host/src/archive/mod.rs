@@ -240,6 +240,8 @@ pub fn read_metadata(path: &Path) -> Result<Vec<u8>, ArchiveError> {
 pub struct Verified {
     pub entries: u64,
     pub tar_bytes: u64,
+    /// File data stored per target (holes excluded), in `targets` order.
+    pub stored: Vec<u64>,
 }
 
 /// Checks an archive without writing anything: its sha256 against `sha256` (when given),
@@ -249,7 +251,7 @@ pub fn verify(
     sha256: Option<&str>,
     targets: &[extract::Target],
     threads: usize,
-    allow_devices: bool,
+    opts: &extract::Options,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Verified, ArchiveError> {
     if let Some(recorded) = sha256 {
@@ -269,12 +271,13 @@ pub fn verify(
         source,
     })?;
     let opts = extract::Options {
-        allow_devices,
         dry_run: true,
+        ..opts.clone()
     };
     let summary = extract::extract(stream, targets, &opts, progress)?;
     Ok(Verified {
         entries: summary.entries,
         tar_bytes: summary.tar_bytes,
+        stored: summary.stored,
     })
 }

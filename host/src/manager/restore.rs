@@ -88,6 +88,7 @@ impl BackupManager {
 
         job.step("preparing");
         let mut plan = self.plan_targets(app, snapshot).await?;
+        check_space(&plan, &verified.stored)?;
         let stopped: Vec<String> = app.running().iter().map(|c| c.id.clone()).collect();
         let mut journal = RestoreJournal::new(&app.id, &snapshot.snapshot_id, stopped);
         journal.created_volumes = std::mem::take(&mut plan.created);
@@ -173,10 +174,7 @@ impl BackupManager {
                 t
             })
             .collect();
-        let opts = extract::Options {
-            allow_devices: self.config.restore_devices,
-            dry_run: false,
-        };
+        let opts = self.extract_options(snapshot.origin != crate::catalog::Origin::Imported);
         let (path, threads, progress_job) = (
             PathBuf::from(&snapshot.file_path),
             self.config.threads(),
@@ -372,6 +370,43 @@ impl BackupManager {
         }
         Ok(())
     }
+}
+
+/// Refuses, before anything is touched, a restore whose data cannot fit: the old data stays
+/// on each filesystem (set aside) until the new data is complete, so the snapshot's stored
+/// bytes must fit in what is free now, summed per filesystem.
+fn check_space(plan: &Plan, stored: &[u64]) -> Result<(), ManagerError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut need: HashMap<u64, (u64, PathBuf)> = HashMap::new();
+    for (t, &bytes) in plan.targets.iter().zip(stored) {
+        if t.discard {
+            continue;
+        }
+        let existing = t
+            .path
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
+        let dev = std::fs::metadata(existing).map(|m| m.dev()).unwrap_or(0);
+        let entry = need.entry(dev).or_insert((0, existing.to_path_buf()));
+        entry.0 += bytes;
+    }
+    for (bytes, path) in need.into_values() {
+        let vfs = nix::sys::statvfs::statvfs(&path).map_err(|e| ManagerError::Io {
+            context: format!("statvfs {}", path.display()),
+            source: e.into(),
+        })?;
+        let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
+        if bytes > free {
+            return Err(ManagerError::NoSpace(format!(
+                "the snapshot needs {bytes} bytes on the filesystem of {}, which has {free} \
+                 free (the current data stays there until the restore is complete); nothing \
+                 was touched",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A restore that succeeded, and the snapshot mounts it did not restore (with why).

@@ -39,6 +39,17 @@ impl Drop for RemoveOnDrop {
 }
 
 impl BackupManager {
+    /// What extraction may recreate: device nodes and privileged extended attributes
+    /// come back from snapshots this server made, and from others (imports) only when the
+    /// operator allows them (`restore_devices`, `restore_privileged_xattrs`).
+    pub(super) fn extract_options(&self, made_here: bool) -> extract::Options {
+        extract::Options {
+            allow_devices: made_here || self.config.restore_devices,
+            privileged_xattrs: made_here || self.config.restore_privileged_xattrs,
+            dry_run: false,
+        }
+    }
+
     /// Checksum, then a full read under the restore's rules. Nothing is written.
     pub async fn verify(
         &self,
@@ -67,13 +78,13 @@ impl BackupManager {
         let path = PathBuf::from(&snapshot.file_path);
         let sha = snapshot.sha256.clone();
         let targets = check_targets(&snapshot.mounts);
-        let (threads, allow_devices, job) = (
+        let (threads, opts, job) = (
             self.config.threads(),
-            self.config.restore_devices,
+            self.extract_options(snapshot.origin != Origin::Imported),
             job.clone(),
         );
         let verified = tokio::task::spawn_blocking(move || {
-            archive::verify(&path, Some(&sha), &targets, threads, allow_devices, &|b| {
+            archive::verify(&path, Some(&sha), &targets, threads, &opts, &|b| {
                 job.progress(b)
             })
         })
@@ -162,10 +173,10 @@ impl BackupManager {
         drop(file);
         let sha256 = archive::hex(&hash.finalize());
 
-        let (path, threads, allow_devices) = (
+        let (path, threads, opts) = (
             tmp.to_path_buf(),
             self.config.threads(),
-            self.config.restore_devices,
+            self.extract_options(false),
         );
         let meta: ArchiveMeta = tokio::task::spawn_blocking(move || {
             let bytes = archive::read_metadata(&path)?;
@@ -185,7 +196,7 @@ impl BackupManager {
                 None,
                 &check_targets(&meta.mounts),
                 threads,
-                allow_devices,
+                &opts,
                 &|_| {},
             )?;
             Ok::<_, archive::ArchiveError>(meta)
