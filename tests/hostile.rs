@@ -428,3 +428,66 @@ async fn privileged_xattrs_come_back_only_from_this_servers_snapshots() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(names(), ["user.appsnap"], "imported snapshot");
 }
+
+/// A live app swaps a directory of its volume with a symlink to a host folder, over and
+/// over (`renameat2` with RENAME_EXCHANGE), while live backups run. The walk goes by
+/// descriptors, so no snapshot ever holds the host folder's files.
+#[tokio::test]
+async fn a_live_swap_of_a_directory_for_a_symlink_never_leaks_host_files() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = TestApp::new("");
+    let app_id = app.id.clone();
+    let h = Harness::with(|c| {
+        c.apps.insert(
+            app_id,
+            appsnap::config::AppConfig {
+                mode: appsnap::config::BackupMode::Live,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let host = tempfile::tempdir().unwrap();
+    for i in 0..50 {
+        fs::write(host.path().join(format!("host-secret-{i}")), "secret").unwrap();
+    }
+    let vol = app.volume_path();
+    fs::create_dir(vol.join("d")).unwrap();
+    for i in 0..50 {
+        fs::write(vol.join(format!("d/own-{i}")), "app data").unwrap();
+    }
+    std::os::unix::fs::symlink(host.path(), vol.join("l")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, vol) = (Arc::clone(&stop), vol.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                nix::fcntl::renameat2(
+                    nix::fcntl::AT_FDCWD,
+                    &vol.join("d"),
+                    nix::fcntl::AT_FDCWD,
+                    &vol.join("l"),
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                )
+                .unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let mut leaked = Vec::new();
+    for _ in 0..16 {
+        let snap = h.backup(&app.id).await;
+        let listing =
+            crate::common::sh(&format!("tar -tzf {}", snap["file_path"].as_str().unwrap()));
+        if listing.contains("host-secret") {
+            leaked.push(snap["snapshot_id"].clone());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 100, "the swap raced the backups ({swaps} swaps)");
+    assert!(leaked.is_empty(), "host files in {leaked:?}");
+}

@@ -2,17 +2,22 @@
 //! project dir) and emits its tar stream into the gzip pipeline, reading file data straight
 //! into the pipeline's chunk buffers.
 //!
-//! The walk never follows a symlink (everything is `lstat`ed, files are opened with
-//! `O_NOFOLLOW`), and a file that changes under it is a warning, not a failure: a live app
-//! may always move a file between `readdir` and `open`.
+//! The walk goes by directory descriptors, never by re-resolving full paths: every child is
+//! opened relative to its parent's descriptor with `O_PATH | O_NOFOLLOW` (a name from
+//! `readdir` has no `/`, so nothing but the final component is resolved, and it is never
+//! followed), and what it is — its `fstat`, its data, its listing, its link target — comes
+//! from that descriptor. A live app that swaps a directory for a symlink to a host folder
+//! between two steps gets the symlink archived as a symlink, never the host folder's files.
+//! A file that changes under the walk is a warning, not a failure.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::unistd::{Whence, lseek};
 
@@ -184,8 +189,12 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
     /// directory or a single file (a bind-mounted config file).
     pub fn add_source(&mut self, prefix: &str, path: &Path) -> Result<(), Broken> {
         self.links.clear();
-        match fs::symlink_metadata(path) {
-            Ok(meta) => self.add(path, prefix.as_bytes().to_vec(), meta),
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(path);
+        match opened.and_then(|fd| Node::new(fd, path.to_path_buf())) {
+            Ok(node) => self.add(&node, prefix.as_bytes().to_vec()),
             Err(e) => {
                 self.warn(format!("source {} skipped: {e}", path.display()));
                 Ok(())
@@ -208,7 +217,8 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
         Ok(())
     }
 
-    fn add(&mut self, path: &Path, name: Vec<u8>, meta: Metadata) -> Result<(), Broken> {
+    fn add(&mut self, node: &Node, name: Vec<u8>) -> Result<(), Broken> {
+        let (path, meta) = (node.path.as_path(), &node.meta);
         let ft = meta.file_type();
         let mut entry = EntryMeta {
             mode: meta.mode() & 0o7777,
@@ -224,17 +234,20 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
             ));
             return Ok(());
         }
-        entry.xattrs = self.xattrs(path);
         if ft.is_dir() {
             entry.kind = Kind::Dir;
+            entry.xattrs = match node.reopen(libc::O_DIRECTORY) {
+                Ok(dir) => xattrs_of(&dir),
+                Err(_) => Vec::new(),
+            };
             self.sink.write(&header_blocks(&name, &entry))?;
             self.entries += 1;
-            return self.add_children(path, &name, &meta);
+            return self.add_children(node, &name);
         }
         if ft.is_symlink() {
             entry.kind = Kind::Symlink;
-            match fs::read_link(path) {
-                Ok(target) => entry.link = target.as_os_str().as_bytes().to_vec(),
+            match node.read_link() {
+                Ok(target) => entry.link = target,
                 Err(e) => {
                     self.warn(format!("{} skipped: {e}", path.display()));
                     return Ok(());
@@ -262,68 +275,72 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
                     return Ok(());
                 }
                 // Only a name that really is in the archive may be a link target: if
-                // this one vanished or could not be opened, the next name of the same
-                // file is stored as the file itself.
-                if self.add_file(path, &name, entry)? {
+                // this one could not be read, the next name of the same file is stored
+                // as the file itself.
+                if self.add_file(node, &name, entry)? {
                     self.links.insert(key, name);
                 }
                 return Ok(());
             }
-            return self.add_file(path, &name, entry).map(|_| ());
+            return self.add_file(node, &name, entry).map(|_| ());
         }
         self.sink.write(&header_blocks(&name, &entry))?;
         self.entries += 1;
         Ok(())
     }
 
-    fn add_children(&mut self, dir: &Path, name: &[u8], meta: &Metadata) -> Result<(), Broken> {
+    fn add_children(&mut self, dir: &Node, name: &[u8]) -> Result<(), Broken> {
+        let meta = &dir.meta;
         if self.skip_dirs.contains(&(meta.dev(), meta.ino())) {
             self.warn(format!(
                 "{} not entered: it is appsnap's backup root",
-                dir.display()
+                dir.path.display()
             ));
             return Ok(());
         }
-        let mut children: Vec<_> = match fs::read_dir(dir) {
+        // Listed through the descriptor: the very directory that was opened.
+        let mut children: Vec<_> = match fs::read_dir(dir.proc_path()) {
             Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
             Err(e) => {
-                self.warn(format!("{}: cannot list: {e}", dir.display()));
+                self.warn(format!("{}: cannot list: {e}", dir.path.display()));
                 return Ok(());
             }
         };
         children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         for child in children {
-            let path = dir.join(&child);
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.warn(format!("{} vanished during the backup", path.display()));
-                    continue;
-                }
-                Err(e) => {
-                    self.warn(format!("{} skipped: {e}", path.display()));
-                    continue;
-                }
-            };
-            self.add(&path, child_name(name, &child), meta)?;
+            self.add_child(dir, name, &child)?;
         }
         Ok(())
     }
 
-    /// Adds a regular file; `Ok(false)` when it could not be archived (a warning says why).
-    fn add_file(&mut self, path: &Path, name: &[u8], mut entry: EntryMeta) -> Result<bool, Broken> {
-        let file = match open_nofollow(path) {
-            Ok(f) => f,
+    /// Adds the child `child` of `dir`, whose archive name is `name`.
+    fn add_child(&mut self, dir: &Node, name: &[u8], child: &OsStr) -> Result<(), Broken> {
+        let path = dir.path.join(child);
+        match dir.child(child).and_then(|fd| Node::new(fd, path.clone())) {
+            Ok(node) => self.add(&node, child_name(name, child)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.warn(format!("{} vanished during the backup", path.display()));
-                return Ok(false);
+                Ok(())
             }
+            Err(e) => {
+                self.warn(format!("{} skipped: {e}", path.display()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds a regular file; `Ok(false)` when it could not be archived (a warning says why).
+    fn add_file(&mut self, node: &Node, name: &[u8], mut entry: EntryMeta) -> Result<bool, Broken> {
+        let path = node.path.as_path();
+        let file = match node.open_for_reading() {
+            Ok(f) => f,
             Err(e) => {
                 self.warn(format!("{} skipped: {e}", path.display()));
                 return Ok(false);
             }
         };
-        // Sizes come from the open file, not the earlier lstat, to narrow the race.
+        entry.xattrs = xattrs_of(&file);
+        // Sizes come from the open file: it may have grown or shrunk since the fstat.
         let meta = match file.metadata() {
             Ok(m) if m.is_file() => m,
             Ok(_) => {
@@ -394,21 +411,104 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
         }
         Ok(())
     }
+}
 
-    fn xattrs(&mut self, path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let names = match xattr::list(path) {
-            Ok(names) => names,
-            // Filesystems without xattr support answer ENOTSUP: nothing to keep.
-            Err(_) => return Vec::new(),
-        };
-        let mut out = Vec::new();
-        for key in names {
-            if let Ok(Some(value)) = xattr::get(path, &key) {
-                out.push((key.as_bytes().to_vec(), value));
-            }
+/// Extended attributes, read through an open descriptor. Symlinks, FIFOs and devices are
+/// not opened for this (opening a FIFO blocks, a device may act): theirs are not kept.
+fn xattrs_of(file: &File) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use xattr::FileExt;
+    let names = match file.list_xattr() {
+        Ok(names) => names,
+        // Filesystems without xattr support answer ENOTSUP: nothing to keep.
+        Err(_) => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for key in names {
+        if let Ok(Some(value)) = file.get_xattr(&key) {
+            out.push((key.as_bytes().to_vec(), value));
         }
-        out.sort();
-        out
+    }
+    out.sort();
+    out
+}
+
+/// One object of the walk: an `O_PATH` descriptor (opened beneath its parent's, never
+/// following a link), its `fstat`, and its path — for messages only, never reopened.
+struct Node {
+    fd: File,
+    meta: Metadata,
+    path: PathBuf,
+}
+
+impl Node {
+    fn new(fd: File, path: PathBuf) -> io::Result<Node> {
+        let meta = fd.metadata()?;
+        Ok(Node { fd, meta, path })
+    }
+
+    /// `/proc/self/fd/N`: opening it reopens *this* object, whatever its path is now.
+    fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
+    fn reopen(&self, flags: i32) -> io::Result<File> {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(self.proc_path())
+    }
+
+    /// A regular file opened for reading. O_NOATIME keeps a backup from touching every
+    /// file's atime; it needs ownership or CAP_FOWNER, so fall back without it.
+    fn open_for_reading(&self) -> io::Result<File> {
+        match self.reopen(libc::O_NONBLOCK | libc::O_NOATIME) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => self.reopen(libc::O_NONBLOCK),
+            other => other,
+        }
+    }
+
+    /// A child of this directory, as an `O_PATH | O_NOFOLLOW` descriptor.
+    fn child(&self, name: &OsStr) -> io::Result<File> {
+        let c_name = std::ffi::CString::new(name.as_bytes())?;
+        // SAFETY: a valid directory descriptor and a NUL-terminated name; the returned
+        // descriptor is owned by the File.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c_name.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    /// The target of this symlink (`readlinkat` on its own descriptor).
+    fn read_link(&self) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            // SAFETY: an empty path with an O_PATH descriptor reads the link itself; the
+            // buffer is valid for `buf.len()` bytes.
+            let n = unsafe {
+                libc::readlinkat(
+                    self.fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if (n as usize) < buf.len() {
+                buf.truncate(n as usize);
+                return Ok(buf);
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
     }
 }
 
@@ -417,21 +517,6 @@ fn child_name(parent: &[u8], child: &OsStr) -> Vec<u8> {
     name.push(b'/');
     name.extend_from_slice(child.as_bytes());
     name
-}
-
-fn open_nofollow(path: &Path) -> io::Result<File> {
-    let open = |flags| {
-        fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | flags)
-            .open(path)
-    };
-    // O_NOATIME keeps a backup from touching every file's atime; it needs ownership or
-    // CAP_FOWNER, so fall back without it.
-    match open(libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
-        other => other,
-    }
 }
 
 /// The data segments of a file with holes, from `SEEK_DATA`/`SEEK_HOLE`, so that a 100 MiB
@@ -525,7 +610,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         fs::write(&path, vec![b'x'; 300_000]).unwrap();
-        let file = open_nofollow(&path).unwrap();
+        let file = File::open(&path).unwrap();
         let announced = file.metadata().unwrap().len();
         // The app truncates its log after our fstat.
         let app = fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -592,15 +677,12 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         fs::write(&a, "shared inode").unwrap();
         fs::hard_link(&a, &b).unwrap();
-        // Both names were listed and lstat'ed (nlink 2); then the app removes `a`.
-        let (meta_a, meta_b) = (
-            fs::symlink_metadata(&a).unwrap(),
-            fs::symlink_metadata(&b).unwrap(),
-        );
+        let parent = node(dir.path());
+        // Both names were listed; then the app removes `a`.
         fs::remove_file(&a).unwrap();
         let (warnings, entries) = walk_to_tar(|w| {
-            w.add(&a, b"v/a".to_vec(), meta_a).unwrap();
-            w.add(&b, b"v/b".to_vec(), meta_b).unwrap();
+            w.add_child(&parent, b"v", OsStr::new("a")).unwrap();
+            w.add_child(&parent, b"v", OsStr::new("b")).unwrap();
         });
         assert!(warnings[0].contains("vanished"), "{warnings:?}");
         assert_eq!(entries.len(), 1);
@@ -609,14 +691,26 @@ mod tests {
         assert_eq!(entries[0].2, b"shared inode");
     }
 
+    /// The directory `dir` as the walk holds it.
+    fn node(dir: &Path) -> Node {
+        let fd = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(dir)
+            .unwrap();
+        Node::new(fd, dir.to_path_buf()).unwrap()
+    }
+
     #[test]
     fn a_file_that_vanishes_between_readdir_and_open_is_a_warning() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("session.tmp");
-        fs::write(&path, "short-lived").unwrap();
-        let meta = fs::symlink_metadata(&path).unwrap();
-        fs::remove_file(&path).unwrap(); // what a live app does between lstat and open
-        let warnings = walk_with(|w| w.add(&path, b"v/session.tmp".to_vec(), meta).unwrap());
+        fs::write(dir.path().join("session.tmp"), "short-lived").unwrap();
+        let parent = node(dir.path());
+        fs::remove_file(dir.path().join("session.tmp")).unwrap(); // listed, then gone
+        let warnings = walk_with(|w| {
+            w.add_child(&parent, b"v", OsStr::new("session.tmp"))
+                .unwrap()
+        });
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("vanished"), "{warnings:?}");
     }
@@ -631,6 +725,38 @@ mod tests {
             warnings[0].contains("source /nonexistent/appsnap skipped"),
             "{warnings:?}"
         );
+    }
+
+    /// The attack of a live app: the directory being walked is swapped for a symlink to a
+    /// host folder. The walk holds the directory's descriptor, so it archives the
+    /// directory it opened (or the link, as a link) — never the host folder's files.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_is_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let host = root.path().join("host");
+        fs::create_dir(&host).unwrap();
+        fs::write(host.join("shadow"), "host secret").unwrap();
+        let vol = root.path().join("vol");
+        fs::create_dir_all(vol.join("d")).unwrap();
+        fs::write(vol.join("d/own"), "app data").unwrap();
+        let parent = node(&vol);
+        let d = node(&vol.join("d"));
+        // Swap: `d` becomes a symlink to the host folder after it was opened.
+        fs::rename(vol.join("d"), root.path().join("old-d")).unwrap();
+        std::os::unix::fs::symlink(&host, vol.join("d")).unwrap();
+        let (_, entries) = walk_to_tar(|w| {
+            w.add_children(&d, b"v/d").unwrap(); // the opened directory
+            w.add_child(&parent, b"v", OsStr::new("d")).unwrap(); // the new name
+        });
+        let names: Vec<_> = entries.iter().map(|e| (e.0.as_str(), e.1)).collect();
+        assert_eq!(
+            names,
+            [
+                ("v/d/own", tar::EntryType::Regular),
+                ("v/d", tar::EntryType::Symlink)
+            ]
+        );
+        assert!(entries.iter().all(|e| e.2 != b"host secret"));
     }
 
     #[test]
