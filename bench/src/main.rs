@@ -535,8 +535,11 @@ fn list_10k(root: &Path) {
         serde_json::to_vec(&list).unwrap(),
     )
     .unwrap();
+    // The catalog is made afresh each run: its root must not be remembered between runs
+    // (an initialised root that loses its mark is refused, see `state_dir`).
     let config = appsnap::config::Config {
         backup_root: root.to_path_buf(),
+        state_dir: root.join(".bench-state"),
         ..Default::default()
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
