@@ -238,3 +238,49 @@ async fn killed_mid_restore_is_rolled_back_at_next_start() {
         .collect();
     assert_eq!(names, ["_data"], "nothing left aside");
 }
+
+/// The key can live in a file (`ps` shows command lines, not files), and a panel on the
+/// same host can talk over a Unix socket whose permissions are the access control.
+#[tokio::test]
+async fn key_from_a_file_and_a_unix_socket() {
+    use std::io::{Read, Write};
+    let root = tempfile::tempdir().unwrap();
+    let key = root.path().with_extension("key");
+    std::fs::write(&key, "from-a-file\n").unwrap();
+    let svc = Service::start(
+        root.path(),
+        &[("APPSNAP_API_KEY_FILE", key.to_str().unwrap())],
+    );
+    let client = reqwest::Client::new();
+    let without = client
+        .get(svc.url("/api/v1/backup/snapshots"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without.status(), 401);
+    let with = client
+        .get(svc.url("/api/v1/backup/snapshots"))
+        .header("x-api-key", "from-a-file")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with.status(), 200);
+    drop(svc);
+
+    let socket = root.path().with_extension("sock");
+    let svc = Service::start(
+        root.path(),
+        &[("APPSNAP_LISTEN_UNIX", socket.to_str().unwrap())],
+    );
+    assert_eq!(svc.addr, format!("unix:{}", socket.display()));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o660);
+    let mut conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    conn.write_all(b"GET /api/v1/backup/snapshots HTTP/1.0\r\nhost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.ends_with("[]"), "{answer}");
+}

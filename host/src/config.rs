@@ -45,6 +45,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Value the `x-api-key` header must carry. Unset: no auth, and loopback only.
     pub api_key: Option<String>,
+    /// A file holding the key (first line; a key given on the command line is visible
+    /// to every user in `ps`). Read at start-up into `api_key`.
+    pub api_key_file: Option<PathBuf>,
+    /// Serve on this Unix socket (mode 0660) instead of `listen`: for a panel on the same
+    /// host, with the socket's permissions as the access control.
+    pub listen_unix: Option<PathBuf>,
     /// tracing filter, e.g. `info` or `appsnap=debug`.
     pub log: String,
     /// libdeflate level 0–12 (0 = store). Default 3: on the benchmark's app-like mix it
@@ -110,6 +116,8 @@ impl Default for Config {
             backup_root: PathBuf::from("/var/websoft9/backups"),
             state_dir: PathBuf::from("/var/lib/appsnap"),
             api_key: None,
+            api_key_file: None,
+            listen_unix: None,
             log: "info".into(),
             compression_level: 3,
             threads: 0,
@@ -167,9 +175,34 @@ impl Config {
         Ok(())
     }
 
+    /// Reads `api_key_file` into `api_key`.
+    pub fn load_key_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.api_key_file else {
+            return Ok(());
+        };
+        if self.api_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "set api_key or api_key_file, not both".into(),
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let key = text.lines().next().unwrap_or_default().trim();
+        if key.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "api_key_file {} is empty",
+                path.display()
+            )));
+        }
+        self.api_key = Some(key.to_string());
+        Ok(())
+    }
+
     /// Serving beyond loopback without a key would hand everyone's data to the network.
     pub fn check_listen(&self) -> Result<(), ConfigError> {
-        if self.api_key.is_none() && !self.listen.ip().is_loopback() {
+        if self.listen_unix.is_none() && self.api_key.is_none() && !self.listen.ip().is_loopback() {
             return Err(ConfigError::Invalid(format!(
                 "refusing to listen on {} without an API key: set APPSNAP_API_KEY \
                  (or api_key in the config file), or listen on 127.0.0.1",
@@ -229,6 +262,35 @@ mod tests {
         );
         c.api_key = Some("k".into());
         c.check_listen().unwrap();
+    }
+
+    #[test]
+    fn the_key_can_come_from_a_file_but_not_from_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let mut c = Config {
+            api_key_file: Some(file.clone()),
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..Config::default()
+        };
+        c.load_key_file().unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("s3cret"));
+        c.check_listen().unwrap();
+        let err = c.load_key_file().unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        std::fs::write(&file, "\n").unwrap();
+        let mut empty = Config {
+            api_key_file: Some(file),
+            ..Config::default()
+        };
+        assert!(
+            empty
+                .load_key_file()
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
     }
 
     #[test]

@@ -44,6 +44,12 @@ enum Command {
         /// Required x-api-key; without it appsnap only listens on loopback.
         #[arg(long, env = "APPSNAP_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
+        /// File holding the x-api-key (not visible in `ps`, unlike --api-key).
+        #[arg(long, env = "APPSNAP_API_KEY_FILE")]
+        api_key_file: Option<PathBuf>,
+        /// Serve on this Unix socket (mode 0660) instead of TCP.
+        #[arg(long, env = "APPSNAP_LISTEN_UNIX")]
+        listen_unix: Option<PathBuf>,
     },
     /// Snapshot an app now.
     Backup {
@@ -116,13 +122,26 @@ fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
     if let Some(v) = cli.compression_level {
         config.compression_level = v;
     }
-    if let Command::Serve { listen, api_key } = &cli.command {
+    if let Command::Serve {
+        listen,
+        api_key,
+        api_key_file,
+        listen_unix,
+    } = &cli.command
+    {
         if let Some(v) = listen {
             config.listen = *v;
         }
         if let Some(v) = api_key {
             config.api_key = Some(v.clone());
         }
+        if let Some(v) = api_key_file {
+            config.api_key_file = Some(v.clone());
+        }
+        if let Some(v) = listen_unix {
+            config.listen_unix = Some(v.clone());
+        }
+        config.load_key_file()?;
         config.check_listen()?;
     }
     config.check()?;

@@ -308,8 +308,10 @@ impl Service {
         // The service logs its bound address; read it instead of guessing a free port.
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                // `http://127.0.0.1:PORT`, or `unix:/path` for a Unix socket.
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let at = rest.split_whitespace().next().unwrap_or("");
+                    let _ = tx.send(at.trim_start_matches("http://").to_string());
                 }
                 log2.lock().unwrap().push(line);
             }

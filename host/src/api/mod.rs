@@ -240,29 +240,22 @@ pub async fn healthz(State(manager): State<Arc<BackupManager>>) -> Response {
     }
 }
 
-/// Serves the API on `manager.config().listen` until `shutdown` resolves, then waits for
-/// running backups to finish (so no app is left stopped) before returning.
+/// Serves the API on `manager.config().listen` (or its Unix socket) until `shutdown`
+/// resolves, then waits for running backups to finish (so no app is left stopped).
 pub async fn serve(
     manager: Arc<BackupManager>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listen = manager.config().listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
-    tracing::info!(
-        "appsnap listening on http://{} (backups in {}, auth {})",
-        listener.local_addr()?,
-        manager.config().backup_root.display(),
-        if manager.config().api_key.is_some() {
-            "on"
-        } else {
-            "off: loopback only"
-        }
-    );
-    // The scheduler: every tick, start the backups the schedule policies say are due.
+    let config = manager.config();
+    let auth = if config.api_key.is_some() {
+        "on"
+    } else {
+        "off: loopback only"
+    };
+    // The scheduler: every tick, retry pending repairs, then start the backups the
+    // schedule policies say are due.
     let ticking = Arc::clone(&manager);
-    let tick = std::time::Duration::from_secs(manager.config().scheduler_tick_secs.max(1));
+    let tick = std::time::Duration::from_secs(config.scheduler_tick_secs.max(1));
     let scheduler = tokio::spawn(async move {
         let mut interval = tokio::time::interval(tick);
         loop {
@@ -271,9 +264,41 @@ pub async fn serve(
             ticking.scheduler_tick(chrono::Utc::now()).await;
         }
     });
-    axum::serve(listener, router(Arc::clone(&manager)))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let app = router(Arc::clone(&manager));
+    let root = config.backup_root.display();
+    if let Some(path) = &config.listen_unix {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        // A socket left by an earlier run is replaced; any other file is not ours.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            std::fs::remove_file(path)?;
+        }
+        let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", path.display()),
+            )
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        tracing::info!(
+            "appsnap listening on unix:{} (backups in {root}, auth {auth})",
+            path.display()
+        );
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+    } else {
+        let listen = config.listen;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
+        })?;
+        tracing::info!(
+            "appsnap listening on http://{} (backups in {root}, auth {auth})",
+            listener.local_addr()?
+        );
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+    }
     scheduler.abort();
     tracing::info!("shutting down: waiting for running backups to finish");
     manager.idle().await;
