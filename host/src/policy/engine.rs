@@ -64,6 +64,66 @@ pub struct Compiled {
     pub sha256: String,
     pub description: Description,
     pre: Pre,
+    /// When it was compiled (the cache evicts the oldest).
+    loaded: std::time::Instant,
+}
+
+/// Compiled components kept in memory.
+const MAX_CACHED: usize = 64;
+/// What an uploaded component may ask cranelift to compile. Compile time and memory grow
+/// faster than linearly with one function's size, and cranelift cannot be interrupted:
+/// so the code is measured (wasmparser, no compilation) before anything is compiled. The
+/// built-in policies use a small fraction of each limit (see the test below).
+const MAX_FUNCTIONS: usize = 20_000;
+const MAX_FUNCTION_BYTES: usize = 256 << 10;
+const MAX_CODE_BYTES: usize = 8 << 20;
+const MAX_LOCALS: u64 = 10_000;
+
+/// What a component asks to compile: functions, code bytes, the largest function and the
+/// most locals of one function. `None` for bytes that do not parse.
+fn code_stats(bytes: &[u8]) -> Option<(usize, usize, usize, u64)> {
+    let (mut functions, mut code, mut largest, mut most_locals) = (0usize, 0usize, 0usize, 0u64);
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        if let wasmparser::Payload::CodeSectionEntry(body) = payload.ok()? {
+            let size = body.range().len();
+            functions += 1;
+            code += size;
+            largest = largest.max(size);
+            let mut locals = 0u64;
+            if let Ok(reader) = body.get_locals_reader() {
+                for local in reader.into_iter().flatten() {
+                    locals += u64::from(local.0);
+                }
+            }
+            most_locals = most_locals.max(locals);
+        }
+    }
+    Some((functions, code, largest, most_locals))
+}
+
+/// Refuses code too large to compile in bounded time and memory. Malformed bytes pass:
+/// the compiler then says what is wrong, as for any invalid component.
+fn check_code(bytes: &[u8]) -> Result<(), String> {
+    let Some((functions, code, largest, locals)) = code_stats(bytes) else {
+        return Ok(());
+    };
+    if largest > MAX_FUNCTION_BYTES {
+        return Err(format!(
+            "a function of {largest} bytes (the limit is {MAX_FUNCTION_BYTES})"
+        ));
+    }
+    if locals > MAX_LOCALS {
+        return Err(format!(
+            "a function with {locals} locals (the limit is {MAX_LOCALS})"
+        ));
+    }
+    if functions > MAX_FUNCTIONS || code > MAX_CODE_BYTES {
+        return Err(format!(
+            "{functions} functions, {code} bytes of code (the limits are {MAX_FUNCTIONS} \
+             and {MAX_CODE_BYTES})"
+        ));
+    }
+    Ok(())
 }
 
 enum Pre {
@@ -151,6 +211,7 @@ impl PolicyEngine {
         if let Some(c) = self.cache.lock().expect("cache lock").get(&sha256) {
             return Ok(Arc::clone(c));
         }
+        check_code(bytes).map_err(PolicyError::Invalid)?;
         if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
             return Err(PolicyError::Invalid(
                 "this is a core WebAssembly module, not a component: build the policy with \
@@ -199,6 +260,7 @@ impl PolicyEngine {
                 config_help: String::new(),
             },
             pre,
+            loaded: std::time::Instant::now(),
         };
         let description = self
             .describe(&compiled)
@@ -212,10 +274,20 @@ impl PolicyEngine {
         }
         compiled.description = description;
         let compiled = Arc::new(compiled);
-        self.cache
-            .lock()
-            .expect("cache lock")
-            .insert(sha256, Arc::clone(&compiled));
+        let mut cache = self.cache.lock().expect("cache lock");
+        // Bounded: uploads cannot grow the process without limit. The oldest entry goes
+        // (evaluations holding it keep their Arc; it is compiled again when needed).
+        while cache.len() >= MAX_CACHED {
+            let Some(oldest) = cache
+                .iter()
+                .min_by_key(|(_, c)| c.loaded)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            cache.remove(&oldest);
+        }
+        cache.insert(sha256, Arc::clone(&compiled));
         Ok(compiled)
     }
 
@@ -368,5 +440,72 @@ fn convert_schedule_description(
         version: d.version,
         kind: d.kind,
         config_help: d.config_help,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    fn section(id: u8, content: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(content.len(), out);
+        out.extend_from_slice(content);
+    }
+
+    /// A component whose one core module has one function of `nops` instructions.
+    fn component_with_function(nops: usize) -> Vec<u8> {
+        let mut body = vec![0x00]; // no locals
+        body.resize(1 + nops, 0x01); // nop
+        body.push(0x0b); // end
+        let mut code = vec![0x01];
+        leb(body.len(), &mut code);
+        code.extend_from_slice(&body);
+        let mut module = b"\0asm\x01\0\0\0".to_vec();
+        section(1, &[0x01, 0x60, 0x00, 0x00], &mut module);
+        section(3, &[0x01, 0x00], &mut module);
+        section(10, &code, &mut module);
+        let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+        section(1, &module, &mut component);
+        component
+    }
+
+    #[test]
+    fn built_in_policies_are_well_within_the_code_limits() {
+        for (name, bytes) in crate::policy::BUILTINS {
+            let (functions, code, largest, locals) = code_stats(bytes).unwrap();
+            assert!(
+                functions * 4 < MAX_FUNCTIONS
+                    && code * 4 < MAX_CODE_BYTES
+                    && largest * 4 < MAX_FUNCTION_BYTES
+                    && locals * 4 < MAX_LOCALS,
+                "{name}: {functions} functions, {code} bytes, largest {largest}, {locals} locals"
+            );
+        }
+    }
+
+    #[test]
+    fn a_component_too_big_to_compile_in_bounded_time_is_refused_before_compiling() {
+        let huge = component_with_function(MAX_FUNCTION_BYTES + 1);
+        let err = check_code(&huge).unwrap_err();
+        assert!(err.contains("a function of"), "{err}");
+        match shared().load(&huge) {
+            Err(PolicyError::Invalid(why)) => assert!(why.contains("the limit is"), "{why}"),
+            other => panic!("{:?}", other.map(|c| c.sha256.clone())),
+        }
+        // The same shape, small, gets past the check (and fails later as not a policy).
+        check_code(&component_with_function(100)).unwrap();
     }
 }
