@@ -284,3 +284,112 @@ async fn key_from_a_file_and_a_unix_socket() {
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     assert!(answer.ends_with("[]"), "{answer}");
 }
+
+/// Containers a backup stopped and could not start again keep their journal: the app is
+/// marked as needing repair (409 for new backups), and the next start of appsnap (or its
+/// periodic repair) starts them. The refused start is injected (`backup.restart`): a real
+/// one needs a broken Docker engine.
+#[tokio::test]
+async fn a_backup_that_cannot_restart_the_app_keeps_its_journal_until_repaired() {
+    if !cfg!(feature = "failpoints") {
+        panic!("needs the fail points: run `scripts/test`");
+    }
+    let app = TestApp::new("");
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().with_extension("toml");
+    // No periodic repair during the test: the first tick runs at start, the next in an hour.
+    std::fs::write(&config, "scheduler_tick_secs = 3600\n").unwrap();
+    let env = [
+        ("APPSNAP_CONFIG", config.to_str().unwrap()),
+        ("APPSNAP_FAIL_AT", "backup.restart"),
+    ];
+    let svc = Service::start(root.path(), &env);
+    let snap = svc.post(&format!("/api/v1/backup/{}", app.id)).await;
+    let warnings = snap["snapshot"]["warnings"].to_string();
+    assert!(warnings.contains("fault injected"), "{snap}");
+    assert!(
+        !app.running(&app.containers[0]),
+        "the injected fault left it stopped"
+    );
+    let journal = root
+        .path()
+        .join(format!(".appsnap/{}.backup.journal", app.id));
+    assert!(journal.exists(), "kept until the app runs again");
+    let again = svc.post(&format!("/api/v1/backup/{}", app.id)).await;
+    assert!(
+        again["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not repaired"),
+        "{again}"
+    );
+    svc.kill();
+    let _svc = Service::start(root.path(), &[("APPSNAP_CONFIG", config.to_str().unwrap())]);
+    assert!(app.running(&app.containers[0]), "repaired at start-up");
+    assert!(!journal.exists());
+}
+
+/// Ctrl-C in the middle of `appsnap restore` must not leave the app down: the CLI finishes
+/// the restore first (the signal lands once the restore's journal exists).
+#[test]
+fn ctrl_c_during_a_cli_restore_finishes_it_first() {
+    use std::io::{BufRead, BufReader};
+    if !cfg!(feature = "failpoints") {
+        panic!("needs the fail points: run `scripts/test`");
+    }
+    let app = TestApp::new("");
+    std::fs::write(app.volume_path().join("state"), "snapshot").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_appsnap"));
+        cmd.args(args)
+            .env("APPSNAP_BACKUP_ROOT", root.path())
+            .env("APPSNAP_LOG", "warn")
+            .env_remove("APPSNAP_CONFIG");
+        cmd
+    };
+    let out = cli(&["backup", &app.id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = snap["snapshot_id"].as_str().unwrap().to_string();
+    std::fs::write(app.volume_path().join("state"), "changed").unwrap();
+
+    let mut child = cli(&["restore", &app.id, &id])
+        .env("APPSNAP_FAILPOINT_TRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let journaled = line.contains("appsnap failpoint: restore.journaled");
+        log.push(line);
+        if journaled {
+            break;
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    log.extend(lines.map_while(Result::ok));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{log:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("restored"),
+        "{log:?}"
+    );
+    assert!(log.iter().any(|l| l.contains("signal received")), "{log:?}");
+    assert_eq!(
+        std::fs::read_to_string(app.volume_path().join("state")).unwrap(),
+        "snapshot"
+    );
+    assert!(app.running(&app.containers[0]));
+}

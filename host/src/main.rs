@@ -158,9 +158,16 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
     if matches!(command, Command::Backup { .. } | Command::Restore { .. }) {
         // Ctrl-C or SIGTERM in the middle would leave the app stopped or half restored:
         // the operation runs to its consistent end (done, or rolled back) first.
-        tokio::spawn(async {
+        // Registered here, before the operation starts, not when the task first runs.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::spawn(async move {
             loop {
-                shutdown_signal().await;
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
                 eprintln!(
                     "appsnap: signal received; finishing the current operation first so that \
                      the app is not left down (kill -9 would leave that to the next start)"

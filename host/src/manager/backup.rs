@@ -323,7 +323,14 @@ impl BackupManager {
     /// otherwise it stays, the app is marked as needing repair (409 for new backups and
     /// restores) and the start is retried in the background.
     async fn start_again(&self, ids: &[String], journal: &Path, warnings: &mut Vec<String>) {
-        let report = self.start_all(ids).await;
+        // A start refused for real needs a broken engine; the test suite injects one here.
+        let report = match crate::failpoint::point("backup.restart") {
+            Ok(()) => self.start_all(ids).await,
+            Err(injected) => StartReport {
+                warnings: vec![injected],
+                failed: true,
+            },
+        };
         warnings.extend(report.warnings);
         if report.failed {
             tracing::error!(
