@@ -491,3 +491,53 @@ async fn a_live_swap_of_a_directory_for_a_symlink_never_leaks_host_files() {
     assert!(swaps > 100, "the swap raced the backups ({swaps} swaps)");
     assert!(leaked.is_empty(), "host files in {leaked:?}");
 }
+
+/// Heavy work is bounded: with one slot, a backup started while a restore runs waits its
+/// turn (its job says so) and then runs.
+#[tokio::test]
+async fn heavy_operations_beyond_the_limit_wait_their_turn() {
+    use appsnap::jobs::JobState;
+    // A never becomes healthy (its first check is an hour away): its restore holds the
+    // only slot until restore_timeout_secs, then rolls back.
+    let a = TestApp::new("--health-cmd true --health-interval 1h --health-start-period 1h");
+    let b = TestApp::new("");
+    let h = Harness::with(|c| {
+        c.max_parallel = 1;
+        c.restore_timeout_secs = 3;
+    })
+    .await;
+    let snap = h.backup(&a.id).await;
+    let restore = h
+        .manager
+        .start_restore(&a.id, snap["snapshot_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    let mut a_job = restore.job.subscribe();
+    a_job
+        .wait_for(|j| j.step == "waiting for containers to run")
+        .await
+        .unwrap();
+    let backup = h
+        .manager
+        .start_backup(&b.id, appsnap::catalog::Origin::Manual, None)
+        .await
+        .unwrap();
+    let mut b_job = backup.job.subscribe();
+    let waiting = b_job
+        .wait_for(|j| j.step.starts_with("waiting for a free slot") || j.state != JobState::Running)
+        .await
+        .unwrap()
+        .clone();
+    assert!(
+        waiting.step.starts_with("waiting for a free slot"),
+        "{waiting:?}"
+    );
+    let restored = restore.done.await.unwrap();
+    assert!(restored.is_err(), "A never got healthy: rolled back");
+    let snapshot = backup
+        .done
+        .await
+        .unwrap()
+        .expect("B's backup ran once the slot was free");
+    assert_eq!(snapshot.app_id, b.id);
+}

@@ -59,6 +59,9 @@ pub struct Config {
     pub compression_level: u32,
     /// Compression threads; 0 = one per core.
     pub threads: usize,
+    /// Heavy operations (backups, restores, verifies, imports) running at once; more wait
+    /// their turn (their job says so).
+    pub max_parallel: usize,
     /// Keep at most this many snapshots per app (oldest unpinned deleted after a backup);
     /// 0 = keep all (default: appsnap never deletes data unless asked).
     pub max_snapshots_per_app: usize,
@@ -121,6 +124,7 @@ impl Default for Config {
             log: "info".into(),
             compression_level: 3,
             threads: 0,
+            max_parallel: 2,
             max_snapshots_per_app: 0,
             stop_timeout_secs: 30,
             hook_timeout_secs: 600,

@@ -42,14 +42,17 @@ pub async fn show(
 /// Server-sent events: `progress` with the job whenever it changes (coalesced), then one
 /// `finished` event, then the stream ends.
 #[utoipa::path(get, path = "/api/v1/jobs/{job_id}/events", tag = "jobs", params(("job_id" = String, Path)),
-    responses((status = 200, description = "text/event-stream of JobInfo"), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "text/event-stream of JobInfo"), (status = 404, body = ErrorBody),
+        (status = 429, description = "Too many event streams open", body = ErrorBody)))]
 pub async fn events(
     State(manager): State<Arc<BackupManager>>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let rx = find(&manager, &id)?.subscribe();
-    let stream =
-        futures_util::stream::unfold((rx, true, false), |(mut rx, first, done)| async move {
+    let guard = StreamSlot::take()?;
+    let stream = futures_util::stream::unfold(
+        (rx, true, false, guard),
+        |(mut rx, first, done, guard)| async move {
             if done {
                 return None;
             }
@@ -61,7 +64,40 @@ pub async fn events(
                 .event(if finished { "finished" } else { "progress" })
                 .json_data(&info)
                 .expect("job info serializes");
-            Some((Ok(event), (rx, false, finished)))
-        });
+            Some((Ok(event), (rx, false, finished, guard)))
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Open event streams are bounded: each holds a connection and a subscription for as
+/// long as its job runs.
+const MAX_STREAMS: usize = 64;
+static OPEN_STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the `MAX_STREAMS`, given back when its stream is dropped (ended or abandoned).
+struct StreamSlot;
+
+impl StreamSlot {
+    fn take() -> Result<StreamSlot, ApiError> {
+        use std::sync::atomic::Ordering;
+        let taken = OPEN_STREAMS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < MAX_STREAMS).then_some(n + 1)
+        });
+        taken.map(|_| StreamSlot).map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many event streams",
+                format!(
+                    "{MAX_STREAMS} event streams are open; poll /api/v1/jobs/{{id}} or retry later"
+                ),
+            )
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        OPEN_STREAMS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }

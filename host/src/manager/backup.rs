@@ -82,6 +82,7 @@ impl BackupManager {
         note: Option<String>,
         job: &Job,
     ) -> Result<Snapshot, ManagerError> {
+        let _slot = self.heavy_slot(Some(job)).await;
         tracing::info!(app = %app.id, mounts = app.mounts.len(), "backup started");
         if let Some((name, what)) = app.unreadable.first() {
             // An empty folder archived as the app's data would be a lie with a 200.

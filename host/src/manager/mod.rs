@@ -206,6 +206,8 @@ pub struct BackupManager {
     /// Count of held app locks, for a graceful shutdown that waits for them.
     busy_count: watch::Sender<usize>,
     pub jobs: Jobs,
+    /// Slots for heavy work (backups, restores, verifies, imports): more wait their turn.
+    heavy: tokio::sync::Semaphore,
     pub policies: Arc<crate::policy::Registry>,
     /// Held for the manager's life: one process per backup root.
     _root_lock: File,
@@ -261,6 +263,7 @@ impl BackupManager {
             .await
             .expect("catalog open task")?;
         let config_state = config.backup_root.join(STATE_DIR);
+        let heavy_slots = config.max_parallel.max(1);
         Ok(Arc::new(BackupManager {
             config: Arc::new(config),
             docker,
@@ -268,6 +271,7 @@ impl BackupManager {
             busy: Arc::default(),
             busy_count: watch::channel(0).0,
             jobs: Jobs::default(),
+            heavy: tokio::sync::Semaphore::new(heavy_slots),
             policies: Arc::new(crate::policy::Registry::open(&config_state)?),
             _root_lock: lock,
         }))
@@ -354,6 +358,29 @@ impl BackupManager {
             busy: Arc::clone(&self.busy),
             count: self.busy_count.clone(),
         })
+    }
+
+    /// A slot for heavy work, waiting (and saying so in the job) while all are taken.
+    pub(super) async fn heavy_slot(&self, job: Option<&Job>) -> tokio::sync::SemaphorePermit<'_> {
+        if let Ok(permit) = self.heavy.try_acquire() {
+            return permit;
+        }
+        let step = job.map(|j| j.info().step);
+        if let Some(job) = job {
+            job.step(&format!(
+                "waiting for a free slot ({} heavy operations at most)",
+                self.config.max_parallel.max(1)
+            ));
+        }
+        let permit = self
+            .heavy
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        if let (Some(job), Some(step)) = (job, step) {
+            job.step(&step);
+        }
+        permit
     }
 
     fn journal_path(&self, app_id: &str, kind: &str) -> PathBuf {

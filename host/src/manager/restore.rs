@@ -81,6 +81,7 @@ impl BackupManager {
         snapshot: &Snapshot,
         job: &Job,
     ) -> Result<Vec<String>, ManagerError> {
+        let _slot = self.heavy_slot(Some(job)).await;
         job.step("verifying");
         let verified = self.verify_file(snapshot, job).await?;
         job.total(verified.tar_bytes);

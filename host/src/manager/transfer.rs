@@ -57,6 +57,7 @@ impl BackupManager {
     ) -> Result<(Snapshot, Verified), std::sync::Arc<ManagerError>> {
         let snapshot = self.get(snapshot_id)?;
         let job = self.jobs.create("verify", &snapshot.app_id);
+        let _slot = self.heavy_slot(Some(&job)).await;
         let result = self
             .verify_file(&snapshot, &job)
             .await
@@ -178,7 +179,8 @@ impl BackupManager {
             self.config.threads(),
             self.extract_options(false),
         );
-        let meta: ArchiveMeta = tokio::task::spawn_blocking(move || {
+        let _slot = self.heavy_slot(None).await;
+        let meta = tokio::task::spawn_blocking(move || {
             let bytes = archive::read_metadata(&path)?;
             let not_ours = |reason: String| archive::ArchiveError::NotASnapshot {
                 path: path.clone(),
