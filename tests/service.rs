@@ -393,3 +393,52 @@ fn ctrl_c_during_a_cli_restore_finishes_it_first() {
     );
     assert!(app.running(&app.containers[0]));
 }
+
+/// SIGTERM in the middle of a long backup: the service stops the archive at its next
+/// chunk, starts the app's containers again, keeps no partial archive, and exits within
+/// seconds instead of after the whole backup.
+#[tokio::test]
+async fn sigterm_during_a_long_backup_stops_within_seconds_and_the_app_runs() {
+    let app = TestApp::new("");
+    // Text that compresses slowly at level 12: the archive would take far longer than
+    // the bound below.
+    sh(&format!(
+        "yes 'INSERT INTO t VALUES (1234, \"some row text\", 5678.9);' | head -c 800M > {}/dump.sql",
+        app.volume_path().display()
+    ));
+    let root = tempfile::tempdir().unwrap();
+    let svc = Service::start(root.path(), &[("APPSNAP_COMPRESSION_LEVEL", "12")]);
+    let job = svc
+        .post(&format!("/api/v1/backup/{}?wait=false", app.id))
+        .await;
+    let job_id = job["job_id"].as_str().unwrap().to_string();
+    crate::common::follow_until(&svc, &job_id, |j| {
+        j["step"] == "archiving" && j["bytes_done"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(svc.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (status, log) = svc.wait_exit();
+    let took = asked.elapsed();
+    assert!(status.success(), "{log:?}");
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    assert!(app.running(&app.containers[0]), "the app runs again");
+    let svc = Service::start(root.path(), &[]);
+    let list: serde_json::Value = reqwest::get(svc.url("/api/v1/backup/snapshots"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list, serde_json::json!([]), "nothing half-done was kept");
+    let leftovers: Vec<_> = std::fs::read_dir(root.path().join(&app.id))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -106,6 +106,7 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
             "Snapshot could not be deleted",
         ),
         RootInUse(_) => (StatusCode::SERVICE_UNAVAILABLE, "Backup root in use"),
+        ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "Service shutting down"),
         Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "Storage error"),
     }
 }

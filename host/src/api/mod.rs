@@ -266,6 +266,14 @@ pub async fn serve(
     });
     let app = router(Arc::clone(&manager));
     let root = config.backup_root.display();
+    // When the signal comes, long work is told to stop (at a consistent point) at once,
+    // so the requests waiting for it end and the service exits within seconds.
+    let stopping = Arc::clone(&manager);
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: stopping the work in progress");
+        stopping.cancel_all();
+    };
     if let Some(path) = &config.listen_unix {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         // A socket left by an earlier run is replaced; any other file is not ours.

@@ -55,6 +55,8 @@ pub struct Options {
     /// Restore extended attributes outside `user.*` (`security.capability`, `trusted.*`,
     /// ACLs): only for snapshots this server made, or when the operator says so.
     pub privileged_xattrs: bool,
+    /// Set from outside to stop at the next read (shutdown, an abandoned verify).
+    pub cancel: Option<super::Cancel>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -111,7 +113,22 @@ pub fn extract(
         bytes: 0,
         reported: 0,
         progress,
+        cancel: opts.cancel.clone(),
     };
+    extract_entries(counted, targets, opts).map_err(|e| {
+        if super::cancelled(&opts.cancel) {
+            ArchiveError::Cancelled
+        } else {
+            e
+        }
+    })
+}
+
+fn extract_entries<R: Read>(
+    counted: Counting<'_, R>,
+    targets: &[Target],
+    opts: &Options,
+) -> Result<Summary, ArchiveError> {
     let mut reader = TarReader::new(counted);
     let mut trees: Vec<Tree> = targets
         .iter()
@@ -566,10 +583,14 @@ struct Counting<'p, R> {
     bytes: u64,
     reported: u64,
     progress: &'p (dyn Fn(u64) + Sync),
+    cancel: Option<super::Cancel>,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if super::cancelled(&self.cancel) {
+            return Err(io::Error::other("cancelled"));
+        }
         let n = self.inner.read(buf)?;
         self.bytes += n as u64;
         if self.bytes - self.reported >= 1 << 20 || n == 0 {

@@ -56,6 +56,9 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
+    /// The work was stopped (appsnap is shutting down, or its client left).
+    #[error("stopped: appsnap is shutting down or the request was abandoned")]
+    Cancelled,
     /// The archive's checksum differs from the one recorded at backup time.
     #[error("checksum mismatch: recorded {recorded}, file has {actual}")]
     Checksum { recorded: String, actual: String },
@@ -104,6 +107,18 @@ pub struct Options {
     pub chunk_size: usize,
     /// Directories never entered (the backup root).
     pub skip_dirs: Vec<PathBuf>,
+    /// Set from outside to stop the work at the next chunk.
+    pub cancel: Option<Cancel>,
+}
+
+/// A flag that long archive work checks, so that shutdown and abandoned requests stop it
+/// within a chunk instead of running to the end.
+pub type Cancel = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
+pub fn cancelled(cancel: &Option<Cancel>) -> bool {
+    cancel
+        .as_ref()
+        .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 impl Default for Options {
@@ -113,6 +128,7 @@ impl Default for Options {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             chunk_size: 1 << 20,
             skip_dirs: Vec::new(),
+            cancel: None,
         }
     }
 }
@@ -139,6 +155,7 @@ pub fn write(
 ) -> Result<(Summary, File), ArchiveError> {
     let gz = gzip::ParallelGzip::new(out, opts.level, opts.threads, opts.chunk_size);
     let mut sink = walk::ChunkSink::new(gz, progress);
+    sink.cancel = opts.cancel.clone();
     let skip = opts
         .skip_dirs
         .iter()
@@ -169,6 +186,9 @@ pub fn write(
     // A broken pipeline has its cause in the writer: `finish` returns it.
     let (written, file) = sink.finish().map_err(ArchiveError::Output)?;
     if result.is_err() {
+        if cancelled(&opts.cancel) {
+            return Err(ArchiveError::Cancelled);
+        }
         return Err(ArchiveError::Output(io::Error::other(
             "the archive pipeline stopped early",
         )));

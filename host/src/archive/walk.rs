@@ -38,6 +38,8 @@ pub struct ChunkSink<'p, W> {
     /// Bytes of tar stream produced so far.
     pub bytes: u64,
     progress: &'p (dyn Fn(u64) + Sync),
+    /// Checked at every chunk: set, the pipeline stops as if broken.
+    pub cancel: Option<super::Cancel>,
 }
 
 impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
@@ -47,6 +49,7 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
             slot: None,
             bytes: 0,
             progress,
+            cancel: None,
         }
     }
 
@@ -63,6 +66,9 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
             .as_ref()
             .is_some_and(|s| s.raw.len() >= self.gz.chunk_size);
         if full {
+            if super::cancelled(&self.cancel) {
+                return Err(Broken);
+            }
             let slot = self.slot.take().expect("checked");
             if !self.gz.submit(slot) {
                 return Err(Broken);

@@ -167,6 +167,7 @@ impl BackupManager {
             level: self.config.compression_level,
             threads: self.config.threads(),
             skip_dirs: vec![self.config.backup_root.clone()],
+            cancel: Some(self.new_cancel()),
             ..archive::Options::default()
         };
         let (progress_job, partial2) = (job.clone(), partial.clone());

@@ -87,6 +87,9 @@ pub enum ManagerError {
     Archive(ArchiveError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// appsnap is shutting down: the work stopped at a consistent point.
+    #[error("appsnap is shutting down; the operation was stopped and nothing half-done was kept")]
+    ShuttingDown,
     /// The archive file of a snapshot could not be removed; the catalog still lists it.
     #[error("cannot remove {path}: {source}")]
     Delete {
@@ -151,7 +154,9 @@ impl From<DockerError> for ManagerError {
 
 impl From<ArchiveError> for ManagerError {
     fn from(e: ArchiveError) -> Self {
-        if e.is_no_space() {
+        if matches!(e, ArchiveError::Cancelled) {
+            ManagerError::ShuttingDown
+        } else if e.is_no_space() {
             ManagerError::NoSpace(e.to_string())
         } else if e.is_bad_archive() {
             ManagerError::Corrupt(e.to_string())
@@ -208,6 +213,9 @@ pub struct BackupManager {
     pub jobs: Jobs,
     /// Slots for heavy work (backups, restores, verifies, imports): more wait their turn.
     heavy: tokio::sync::Semaphore,
+    /// Set once shutdown begins; with the cancel flags of the work in progress.
+    shutting_down: std::sync::atomic::AtomicBool,
+    cancels: Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicBool>>>,
     pub policies: Arc<crate::policy::Registry>,
     /// Held for the manager's life: one process per backup root.
     _root_lock: File,
@@ -272,6 +280,8 @@ impl BackupManager {
             busy_count: watch::channel(0).0,
             jobs: Jobs::default(),
             heavy: tokio::sync::Semaphore::new(heavy_slots),
+            shutting_down: Default::default(),
+            cancels: Mutex::default(),
             policies: Arc::new(crate::policy::Registry::open(&config_state)?),
             _root_lock: lock,
         }))
@@ -358,6 +368,35 @@ impl BackupManager {
             busy: Arc::clone(&self.busy),
             count: self.busy_count.clone(),
         })
+    }
+
+    /// A cancel flag for one piece of long archive work; [`Self::cancel_all`] sets it.
+    pub(super) fn new_cancel(&self) -> archive::Cancel {
+        use std::sync::atomic::Ordering;
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(
+            self.shutting_down.load(Ordering::SeqCst),
+        ));
+        let mut all = self.cancels.lock().expect("cancels lock");
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&flag));
+        flag
+    }
+
+    /// Shutdown: archive work in progress stops at its next chunk — a backup then starts
+    /// the app's containers again and keeps no partial archive, a restore rolls back, a
+    /// verify ends — and containers are no longer waited for.
+    pub fn cancel_all(&self) {
+        use std::sync::atomic::Ordering;
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for flag in self.cancels.lock().expect("cancels lock").iter() {
+            if let Some(flag) = flag.upgrade() {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub(super) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A slot for heavy work, waiting (and saying so in the job) while all are taken.

@@ -321,6 +321,9 @@ impl BackupManager {
         let mut first: HashMap<&str, (Instant, i64, String)> = HashMap::new();
         let mut pending: Vec<&String> = ids.iter().collect();
         while !pending.is_empty() {
+            if self.is_shutting_down() {
+                return Err("appsnap is shutting down".into());
+            }
             let mut still = Vec::new();
             for id in pending {
                 let s = self.docker.state(id).await.map_err(|e| e.to_string())?;

@@ -29,6 +29,17 @@ fn check_targets(mounts: &[crate::model::Mount]) -> Vec<extract::Target> {
         .collect()
 }
 
+/// Sets a cancel flag when dropped: work still running for a dropped future stops.
+struct SetOnDrop(Option<archive::Cancel>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// Removes a temporary file however its owner ends (finished, failed, or dropped).
 struct RemoveOnDrop(PathBuf);
 
@@ -47,6 +58,7 @@ impl BackupManager {
             allow_devices: made_here || self.config.restore_devices,
             privileged_xattrs: made_here || self.config.restore_privileged_xattrs,
             dry_run: false,
+            cancel: Some(self.new_cancel()),
         }
     }
 
@@ -84,6 +96,8 @@ impl BackupManager {
             self.extract_options(snapshot.origin != Origin::Imported),
             job.clone(),
         );
+        // A verify whose caller is gone (its future dropped) stops at the next read.
+        let _abandoned = SetOnDrop(opts.cancel.clone());
         let verified = tokio::task::spawn_blocking(move || {
             archive::verify(&path, Some(&sha), &targets, threads, &opts, &|b| {
                 job.progress(b)
