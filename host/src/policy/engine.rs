@@ -34,6 +34,8 @@ pub use bindings::retention::appsnap::policy::types::{
 
 /// Memory a policy may use.
 pub const MEMORY_LIMIT: usize = 64 << 20;
+/// Elements of one table (function references); a Rust guest uses a few hundred.
+const TABLE_ELEMENTS: usize = 100_000;
 /// Instructions (roughly) a call may run; the epoch deadline bounds wall time as well.
 const FUEL: u64 = 2_000_000_000;
 const TICK: Duration = Duration::from_millis(100);
@@ -182,11 +184,14 @@ impl PolicyEngine {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        // A policy gets one linear memory (a Rust guest needs no more) and a few small
+        // tables; `memory_size` and `table_elements` cap each.
         let limits = StoreLimitsBuilder::new()
             .memory_size(MEMORY_LIMIT)
+            .table_elements(TABLE_ELEMENTS)
             .instances(32)
-            .tables(32)
-            .memories(8)
+            .tables(8)
+            .memories(1)
             .trap_on_grow_failure(true)
             .build();
         let mut store = Store::new(
