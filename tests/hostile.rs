@@ -437,17 +437,7 @@ async fn a_live_swap_of_a_directory_for_a_symlink_never_leaks_host_files() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let app = TestApp::new("");
-    let app_id = app.id.clone();
-    let h = Harness::with(|c| {
-        c.apps.insert(
-            app_id,
-            appsnap::config::AppConfig {
-                mode: appsnap::config::BackupMode::Live,
-                ..Default::default()
-            },
-        );
-    })
-    .await;
+    let h = Harness::live(&app.id).await;
     let host = tempfile::tempdir().unwrap();
     for i in 0..50 {
         fs::write(host.path().join(format!("host-secret-{i}")), "secret").unwrap();

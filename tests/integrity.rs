@@ -10,14 +10,9 @@ use std::path::Path;
 
 use axum::http::StatusCode;
 
-use crate::common::{Harness, IMAGE, TestApp, manifest, sh, test_config, unique};
-
-fn restore_uri(app: &str, snapshot: &serde_json::Value) -> String {
-    format!(
-        "/api/v1/backup/restore/{app}/{}",
-        snapshot["snapshot_id"].as_str().unwrap()
-    )
-}
+use crate::common::{
+    Harness, IMAGE, TestApp, interrupted_restore, manifest, restore_uri, sh, test_config, unique,
+};
 
 /// A container of compose project `id` with the given working dir and `docker run` args.
 fn run_container(app: &mut TestApp, working_dir: &Path, args: &str, script: &str) -> String {
@@ -382,22 +377,7 @@ async fn a_backup_root_that_lost_its_mark_is_refused() {
 async fn an_unrepaired_restore_blocks_the_app_and_is_retried() {
     let app = TestApp::new("");
     let data = app.volume_path();
-    let aside = data.with_file_name("._data.appsnap-aside-0000abcd");
-    fs::create_dir(&aside).unwrap();
-    fs::write(aside.join("state"), "old").unwrap();
-    fs::write(data.join("state"), "half restored").unwrap();
-    sh(&format!("docker stop -t 1 {}", app.containers[0]));
-    let root = tempfile::tempdir().unwrap();
-    fs::create_dir(root.path().join(".appsnap")).unwrap();
-    let journal = serde_json::json!({
-        "app_id": app.id, "snapshot_id": "snapshot_20260101T000000Z_0001", "phase": "extracting",
-        "stopped": [app.containers[0]], "created_volumes": [],
-        "mounts": [{"target": data, "aside": aside, "how": "renamed", "root": null}],
-    });
-    let journal_path = root
-        .path()
-        .join(format!(".appsnap/{}.restore.journal", app.id));
-    fs::write(&journal_path, journal.to_string()).unwrap();
+    let (root, journal_path, _) = interrupted_restore(&app, "extracting", "half restored");
     // Nothing can be renamed in the volume's folder: the rollback fails.
     let volume_dir = data.parent().unwrap().to_path_buf();
     let immutable = Immutable::set(&volume_dir);
@@ -479,17 +459,7 @@ async fn a_hung_hook_times_out_and_touches_nothing() {
 #[tokio::test]
 async fn a_container_restarted_by_its_policy_is_reported_as_such() {
     let app = TestApp::new_running("--restart always", "[ -e /data/broken ] && exit 3;");
-    let app_id = app.id.clone();
-    let h = Harness::with(|c| {
-        c.apps.insert(
-            app_id,
-            appsnap::config::AppConfig {
-                mode: appsnap::config::BackupMode::Live,
-                ..Default::default()
-            },
-        );
-    })
-    .await;
+    let h = Harness::live(&app.id).await;
     fs::write(app.volume_path().join("broken"), "a bad state").unwrap();
     let snap = h.backup(&app.id).await;
     fs::remove_file(app.volume_path().join("broken")).unwrap();

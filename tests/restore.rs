@@ -7,14 +7,9 @@ use std::path::Path;
 
 use axum::http::StatusCode;
 
-use crate::common::{Harness, SmallFs, TestApp, fill_every_kind, manifest, sh};
-
-fn restore_uri(app: &str, snapshot: &serde_json::Value) -> String {
-    format!(
-        "/api/v1/backup/restore/{app}/{}",
-        snapshot["snapshot_id"].as_str().unwrap()
-    )
-}
+use crate::common::{
+    Harness, SmallFs, TestApp, fill_every_kind, interrupted_restore, manifest, restore_uri, sh,
+};
 
 /// Changes of every kind a running app makes after a snapshot.
 fn change_everything(dir: &Path) {
@@ -267,17 +262,7 @@ async fn read_only_target_rolls_back_untouched() {
 #[tokio::test]
 async fn container_that_exits_at_once_rolls_back() {
     let app = TestApp::new_running("", "[ -e /data/broken ] && exit 3;");
-    let app_id = app.id.clone();
-    let h = Harness::with(|c| {
-        c.apps.insert(
-            app_id,
-            appsnap::config::AppConfig {
-                mode: appsnap::config::BackupMode::Live,
-                ..Default::default()
-            },
-        );
-    })
-    .await;
+    let h = Harness::live(&app.id).await;
     fs::write(app.volume_path().join("broken"), "a bad state").unwrap();
     let snap = h.backup(&app.id).await; // live: the container keeps running
     fs::remove_file(app.volume_path().join("broken")).unwrap();
@@ -304,17 +289,7 @@ async fn unhealthy_app_rolls_back() {
     let app = TestApp::new(
         "--health-cmd 'test ! -e /data/unhealthy' --health-interval 1s --health-timeout 1s --health-retries 1",
     );
-    let app_id = app.id.clone();
-    let h = Harness::with(|c| {
-        c.apps.insert(
-            app_id,
-            appsnap::config::AppConfig {
-                mode: appsnap::config::BackupMode::Live,
-                ..Default::default()
-            },
-        );
-    })
-    .await;
+    let h = Harness::live(&app.id).await;
     fs::write(app.volume_path().join("unhealthy"), "").unwrap();
     let snap = h.backup(&app.id).await;
     fs::remove_file(app.volume_path().join("unhealthy")).unwrap();
@@ -558,22 +533,7 @@ async fn startup_finishes_or_rolls_back_an_interrupted_restore() {
     for (phase, expect) in [("extracted", "restored"), ("extracting", "old")] {
         let app = TestApp::new("");
         let data = app.volume_path();
-        let aside = data.with_file_name("._data.appsnap-aside-0000abcd");
-        fs::create_dir(&aside).unwrap();
-        fs::write(aside.join("state"), "old").unwrap();
-        fs::write(data.join("state"), "restored").unwrap();
-        sh(&format!("docker stop -t 1 {}", app.containers[0]));
-        let root = tempfile::tempdir().unwrap();
-        fs::create_dir(root.path().join(".appsnap")).unwrap();
-        let journal = serde_json::json!({
-            "app_id": app.id, "snapshot_id": "snapshot_20260101T000000Z_0001", "phase": phase,
-            "stopped": [app.containers[0]], "created_volumes": [],
-            "mounts": [{"target": data, "aside": aside, "how": "renamed", "root": null}],
-        });
-        let journal_path = root
-            .path()
-            .join(format!(".appsnap/{}.restore.journal", app.id));
-        fs::write(&journal_path, journal.to_string()).unwrap();
+        let (root, journal_path, aside) = interrupted_restore(&app, phase, "restored");
 
         let h = Harness::in_root(root, |_| {}).await;
         assert_eq!(

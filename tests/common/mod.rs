@@ -182,6 +182,42 @@ impl Drop for TestApp {
     }
 }
 
+/// What a restore interrupted in `phase` leaves behind, as a real one writes it: the app's
+/// volume holds `now` in `state`, the data set aside holds "old", its container is
+/// stopped, and a backup root holds the journal. Returns the root and the journal's path.
+pub fn interrupted_restore(
+    app: &TestApp,
+    phase: &str,
+    now: &str,
+) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let data = app.volume_path();
+    let aside = data.with_file_name("._data.appsnap-aside-0000abcd");
+    fs::create_dir(&aside).unwrap();
+    fs::write(aside.join("state"), "old").unwrap();
+    fs::write(data.join("state"), now).unwrap();
+    sh(&format!("docker stop -t 1 {}", app.containers[0]));
+    let root = tempfile::tempdir().unwrap();
+    fs::create_dir(root.path().join(".appsnap")).unwrap();
+    let journal = serde_json::json!({
+        "app_id": app.id, "snapshot_id": "snapshot_20260101T000000Z_0001", "phase": phase,
+        "stopped": [app.containers[0]], "created_volumes": [],
+        "mounts": [{"target": data, "aside": aside, "how": "renamed", "root": null}],
+    });
+    let journal_path = root
+        .path()
+        .join(format!(".appsnap/{}.restore.journal", app.id));
+    fs::write(&journal_path, journal.to_string()).unwrap();
+    (root, journal_path, aside)
+}
+
+/// The restore route for a snapshot (as the API answered it).
+pub fn restore_uri(app: &str, snapshot: &serde_json::Value) -> String {
+    format!(
+        "/api/v1/backup/restore/{app}/{}",
+        snapshot["snapshot_id"].as_str().unwrap()
+    )
+}
+
 /// A config for tests: a private backup root, quick container stops.
 pub fn test_config(root: &Path) -> Config {
     Config {
@@ -208,6 +244,21 @@ impl Harness {
 
     pub async fn with(tune: impl FnOnce(&mut Config)) -> Harness {
         Self::in_root(tempfile::tempdir().unwrap(), tune).await
+    }
+
+    /// A harness where `app_id` is backed up in `live` mode (its containers keep running).
+    pub async fn live(app_id: &str) -> Harness {
+        let app_id = app_id.to_string();
+        Self::with(|c| {
+            c.apps.insert(
+                app_id,
+                appsnap::config::AppConfig {
+                    mode: appsnap::config::BackupMode::Live,
+                    ..Default::default()
+                },
+            );
+        })
+        .await
     }
 
     /// Opens appsnap on a backup root the test prepared (crash leftovers, say).
