@@ -300,6 +300,11 @@ async fn archives_that_claim_gigabytes_are_refused_in_bounded_memory() {
             .unwrap();
         gib(out, b'a');
     });
+    let name_first = gz_of(&mut |out| {
+        out.write_all(header(b"././@LongLink", EntryType::GNULongName, 1 << 30).as_bytes())
+            .unwrap();
+        gib(out, b'a');
+    });
     let pax = gz_of(&mut |out| {
         meta_entry(out);
         out.write_all(header(b"././@PaxHeader", EntryType::XHeader, 1 << 30).as_bytes())
@@ -355,6 +360,11 @@ async fn archives_that_claim_gigabytes_are_refused_in_bounded_memory() {
             "long name of 1073741824 bytes",
         ),
         ("1 GiB PAX record", pax, "PAX record"),
+        (
+            "1 GiB long name before the metadata",
+            name_first,
+            "long name of 1073741824 bytes",
+        ),
         ("1 PiB sparse file", sparse, "sparse file of"),
         ("64 MiB gzip members", big_members, "appsnap writes at most"),
     ] {

@@ -19,7 +19,7 @@ pub mod tar_read;
 pub mod walk;
 
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -238,20 +238,27 @@ pub fn read_metadata(path: &Path) -> Result<Vec<u8>, ArchiveError> {
     };
     let file = File::open(path).map_err(read_err)?;
     let gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
-    let mut archive = tar::Archive::new(gz);
-    let mut entries = archive.entries().map_err(read_err)?;
-    let mut first = match entries.next() {
-        Some(entry) => entry.map_err(|e| not_ours(&e.to_string()))?,
-        None => return Err(not_ours("empty archive")),
+    // The bounded reader: extensions before the first entry are limited like anywhere.
+    let mut reader = tar_read::TarReader::new(gz);
+    let first = match reader.next_entry() {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return Err(not_ours("empty archive")),
+        Err(e) => return Err(not_ours(&e.to_string())),
     };
-    if first.path_bytes().as_ref() != METADATA_ENTRY.as_bytes() {
+    if first.name != METADATA_ENTRY.as_bytes() {
         return Err(not_ours("first entry is not appsnap.json"));
     }
-    if first.size() > METADATA_MAX {
+    if first.size > METADATA_MAX {
         return Err(not_ours("metadata entry too large"));
     }
-    let mut data = Vec::new();
-    first.read_to_end(&mut data).map_err(read_err)?;
+    let mut data = vec![0; first.size as usize];
+    let mut filled = 0;
+    while filled < data.len() {
+        match reader.read_data(&mut data[filled..]).map_err(read_err)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
     Ok(data)
 }
 
