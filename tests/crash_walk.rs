@@ -270,12 +270,7 @@ async fn every_fail_point_of_restore_rollback_and_backup_ends_old_or_new_never_a
             .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
             .collect();
         assert!(partials.is_empty(), "{point}: {partials:?}");
-        let list: serde_json::Value = reqwest::get(svc.url("/api/v1/backup/snapshots"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: serde_json::Value = svc.get("/api/v1/backup/snapshots").await;
         for s in list.as_array().unwrap() {
             let id = s["snapshot_id"].as_str().unwrap();
             post_ok(&svc, &format!("/api/v1/backup/snapshots/{id}/verify")).await;

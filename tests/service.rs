@@ -428,12 +428,7 @@ async fn sigterm_during_a_long_backup_stops_within_seconds_and_the_app_runs() {
     assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
     assert!(app.running(&app.containers[0]), "the app runs again");
     let svc = Service::start(root.path(), &[]);
-    let list: serde_json::Value = reqwest::get(svc.url("/api/v1/backup/snapshots"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = svc.get("/api/v1/backup/snapshots").await;
     assert_eq!(list, serde_json::json!([]), "nothing half-done was kept");
     let leftovers: Vec<_> = std::fs::read_dir(root.path().join(&app.id))
         .unwrap()

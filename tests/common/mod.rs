@@ -409,6 +409,16 @@ impl Service {
             .unwrap()
     }
 
+    /// GET; the answer's JSON.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        reqwest::get(self.url(path))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// kill -9, and wait until the process is gone.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
