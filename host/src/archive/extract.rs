@@ -139,6 +139,14 @@ fn extract_entries<R: Read>(
             dirs: Vec::new(),
         })
         .collect();
+    // A discarded mount (one the app no longer has) is read and checked, never written.
+    let tree_opts: Vec<Options> = targets
+        .iter()
+        .map(|t| Options {
+            dry_run: opts.dry_run || t.discard,
+            ..opts.clone()
+        })
+        .collect();
     let mut summary = Summary {
         stored: vec![0; targets.len()],
         ..Summary::default()
@@ -207,11 +215,7 @@ fn extract_entries<R: Read>(
                  never a link or a special file",
             ));
         }
-        let tree_opts = Options {
-            dry_run: opts.dry_run || tree.target.discard,
-            ..opts.clone()
-        };
-        tree.add(&rel, &mut EntryData(&mut reader), meta, &tree_opts)
+        tree.add(&rel, &mut EntryData(&mut reader), meta, &tree_opts[index])
             .map_err(|e| match e {
                 Failure::Unsafe(reason) => unsafe_entry(&reason),
                 Failure::Io(path, source) => ArchiveError::Write { path, source },
@@ -219,12 +223,8 @@ fn extract_entries<R: Read>(
             })?;
         summary.entries += 1;
     }
-    for tree in &mut trees {
-        let tree_opts = Options {
-            dry_run: opts.dry_run || tree.target.discard,
-            ..opts.clone()
-        };
-        tree.finish_dirs(&tree_opts)?;
+    for (tree, opts) in trees.iter_mut().zip(&tree_opts) {
+        tree.finish_dirs(opts)?;
     }
     summary.tar_bytes = reader.bytes;
     Ok(summary)
