@@ -84,6 +84,10 @@ pub struct Config {
     pub restore_privileged_xattrs: bool,
     /// Largest snapshot accepted by `POST /api/v1/backup/snapshots/import`.
     pub max_import_bytes: u64,
+    /// Most entries (files, directories, links) in a snapshot from elsewhere (imports);
+    /// each costs ~10–20 bytes of memory while it is read, so the default keeps any
+    /// verify under ~64 MB. This server's own snapshots may hold as many as they recorded.
+    pub max_archive_entries: u64,
     /// Seconds between two scheduler passes (schedule policies decide what is due).
     pub scheduler_tick_secs: u64,
     /// Where the Docker host's filesystem is visible (`/` on the host; e.g. `/host` when
@@ -133,6 +137,7 @@ impl Default for Config {
             restore_devices: false,
             restore_privileged_xattrs: false,
             max_import_bytes: 100 << 30,
+            max_archive_entries: 1_500_000,
             scheduler_tick_secs: 30,
             host_root: PathBuf::from("/"),
             apps: HashMap::new(),

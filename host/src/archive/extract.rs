@@ -5,23 +5,28 @@
 //! written outside the mount an entry belongs to:
 //! - absolute names and `..` components are refused, and every entry must lie under one of
 //!   the snapshot's mount folders;
-//! - the extractor keeps a map of every path it has made; a parent must be a directory *it*
-//!   made, so a symlink planted by the archive is never written through, and an existing
-//!   path is never overwritten (a duplicate entry is refused);
+//! - the extractor remembers every path it has made (by a keyed hash: see [`Made`]); a
+//!   parent must be a directory *it* made, so a symlink planted by the archive is never
+//!   written through, and an existing path is never overwritten (a duplicate entry is
+//!   refused);
 //! - hard links must point at a regular file extracted earlier in the same mount;
-//! - device nodes only when explicitly allowed.
+//! - device nodes only when explicitly allowed;
+//! - at most [`Options::max_entries`] entries, which bounds that memory.
 //!
 //! Files are created with `O_EXCL | O_NOFOLLOW` and finished through their descriptor
 //! (owner, then mode — chown clears setuid — then xattrs, then times). Runs of zero blocks
-//! become holes, so sparse files stay sparse. Directory metadata is applied last, deepest
-//! first, so a read-only directory does not block its own contents.
+//! become holes, so sparse files stay sparse. A directory gets its owner, mode and xattrs
+//! when its entry comes, and its times once its contents are in (adding an entry changes
+//! its parent's mtime): the extractor keeps the chain of directories it is inside, which
+//! costs the depth of one path, not the number of directories.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags, futimens, mknod, utimensat};
@@ -57,6 +62,9 @@ pub struct Options {
     pub privileged_xattrs: bool,
     /// Set from outside to stop at the next read (shutdown, an abandoned verify).
     pub cancel: Option<super::Cancel>,
+    /// Refuse an archive of more entries than this (`None`: no limit). Each costs ~10–20
+    /// bytes of memory while the archive is read (see [`Made`]).
+    pub max_entries: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -72,17 +80,64 @@ pub struct Summary {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Node {
-    Dir,
-    File,
-    Other,
+    Dir = 1,
+    File = 2,
+    Other = 3,
+}
+
+/// The paths one mount's extraction has made, as a set of 64-bit words: a hash of the path
+/// under a key drawn at random for each extraction, whose two low bits say what was made
+/// there. ~10–20 bytes per entry whatever its name's length (names may be 64 KiB each).
+/// An archive cannot be crafted to collide with a key it does not know; a chance collision
+/// (about n²/2⁶³: 10⁻⁷ for a million entries) can only make two paths look like one.
+struct Made {
+    keys: RandomState,
+    nodes: HashSet<u64>,
+}
+
+impl Made {
+    fn new() -> Made {
+        Made {
+            keys: RandomState::new(),
+            nodes: HashSet::new(),
+        }
+    }
+
+    fn get(&self, key: u64) -> Option<Node> {
+        [Node::Dir, Node::File, Node::Other]
+            .into_iter()
+            .find(|&node| self.nodes.contains(&(key | node as u64)))
+    }
+
+    /// Callers check first that nothing was made at `key`.
+    fn insert(&mut self, key: u64, node: Node) {
+        self.nodes.insert(key | node as u64);
+    }
+
+    /// The keys of `rel`'s ancestors (the mount root first) and of `rel` itself, each
+    /// hashed on from the last: O(length of the path), however deep.
+    fn prefix_keys(&self, rel: &[Vec<u8>]) -> Vec<u64> {
+        let mut hasher = self.keys.build_hasher();
+        let mut keys = Vec::with_capacity(rel.len() + 1);
+        keys.push(hasher.clone().finish() & !3);
+        for c in rel {
+            hasher.write(c);
+            hasher.write_u8(b'/');
+            keys.push(hasher.clone().finish() & !3);
+        }
+        keys
+    }
 }
 
 struct Tree<'t> {
     target: &'t Target,
     prefix: Vec<Vec<u8>>,
-    nodes: HashMap<Vec<u8>, Node>,
-    /// Directories to finish at the end: (path, uid, gid, mode, mtime, xattrs).
-    dirs: Vec<(Vec<u8>, Meta)>,
+    made: Made,
+    /// The directories the last entry went into (below the mount root), outermost first,
+    /// with the mtime each gets once the archive has left it.
+    open: Vec<(Vec<u8>, Option<TimeSpec>)>,
+    /// The mount root's mtime, set at the very end.
+    root_mtime: Option<TimeSpec>,
 }
 
 /// What the headers say about an entry, besides its name and data.
@@ -135,8 +190,9 @@ fn extract_entries<R: Read>(
         .map(|t| Tree {
             target: t,
             prefix: components(t.archive_dir.as_bytes()).unwrap_or_default(),
-            nodes: HashMap::new(),
-            dirs: Vec::new(),
+            made: Made::new(),
+            open: Vec::new(),
+            root_mtime: None,
         })
         .collect();
     // A discarded mount (one the app no longer has) is read and checked, never written.
@@ -159,6 +215,13 @@ fn extract_entries<R: Read>(
             entry: shown.clone(),
             reason: reason.to_string(),
         };
+        if let Some(max) = opts.max_entries
+            && summary.entries >= max
+        {
+            return Err(ArchiveError::corrupt(io::Error::other(format!(
+                "more than {max} entries (the limit is {max}: `max_archive_entries`)"
+            ))));
+        }
         if std::mem::take(&mut first) && name == METADATA_ENTRY.as_bytes() {
             summary.entries += 1; // its data is skipped by the next read
             continue;
@@ -224,7 +287,7 @@ fn extract_entries<R: Read>(
         summary.entries += 1;
     }
     for (tree, opts) in trees.iter_mut().zip(&tree_opts) {
-        tree.finish_dirs(opts)?;
+        tree.finish(opts)?;
     }
     summary.tar_bytes = reader.bytes;
     Ok(summary)
@@ -254,12 +317,63 @@ impl Tree<'_> {
         p
     }
 
+    /// The path of the `depth` outermost open directories.
+    fn open_path(&self, depth: usize) -> PathBuf {
+        let mut p = self.target.path.clone();
+        for (c, _) in &self.open[..depth] {
+            p.push(OsStr::from_bytes(c));
+        }
+        p
+    }
+
+    /// Before an entry goes into `parent` (whose ancestors' keys are `keys`): sets the
+    /// times of the open directories the archive has now left, then opens the way down to
+    /// `parent`. Only the directory that receives the new entry — `parent`, or the deepest
+    /// existing ancestor when missing parents are made first — changes; if the archive had
+    /// left it already (entries out of walk order), it is opened again with the time it
+    /// has now, so it keeps it.
+    fn enter(&mut self, parent: &[Vec<u8>], keys: &[u64]) -> Result<(), Failure> {
+        let common = self
+            .open
+            .iter()
+            .zip(parent)
+            .take_while(|((open, _), p)| open == *p)
+            .count();
+        while self.open.len() > common {
+            let depth = self.open.len();
+            if let Some(t) = self.open[depth - 1].1 {
+                let path = self.open_path(depth);
+                set_times(&path, t).map_err(|e| Failure::Io(path, e))?;
+            }
+            self.open.pop();
+        }
+        let receiving = (0..=parent.len())
+            .rev()
+            .find(|&d| self.made.get(keys[d]) == Some(Node::Dir))
+            .unwrap_or(0);
+        for depth in common + 1..=parent.len() {
+            let time = if depth == receiving {
+                let path = self.path(&parent[..depth]);
+                let m = fs::symlink_metadata(&path).map_err(|e| Failure::Io(path, e))?;
+                Some(TimeSpec::new(m.mtime(), m.mtime_nsec()))
+            } else {
+                None
+            };
+            self.open.push((parent[depth - 1].clone(), time));
+        }
+        Ok(())
+    }
+
     /// Makes sure every ancestor of `rel` is a directory this extraction made (creating
     /// missing ones, for archives without directory entries).
-    fn ensure_parents(&mut self, rel: &[Vec<u8>], opts: &Options) -> Result<(), Failure> {
+    fn ensure_parents(
+        &mut self,
+        rel: &[Vec<u8>],
+        keys: &[u64],
+        opts: &Options,
+    ) -> Result<(), Failure> {
         for depth in 0..rel.len() {
-            let key = rel[..depth].join(&b'/');
-            match self.nodes.get(&key) {
+            match self.made.get(keys[depth]) {
                 Some(Node::Dir) => continue,
                 Some(_) => return Err(Failure::Unsafe("a parent is a symlink or a file".into())),
                 None => {}
@@ -268,7 +382,7 @@ impl Tree<'_> {
                 let path = self.path(&rel[..depth]);
                 self.mkdir(&path, depth == 0)?;
             }
-            self.nodes.insert(key, Node::Dir);
+            self.made.insert(keys[depth], Node::Dir);
         }
         Ok(())
     }
@@ -301,37 +415,47 @@ impl Tree<'_> {
         opts: &Options,
     ) -> Result<(), Failure> {
         let kind = meta.kind;
-        let key = rel.join(&b'/');
-        if kind.is_dir() {
-            match self.nodes.get(&key) {
-                Some(Node::Dir) => {}
-                Some(_) => {
-                    return Err(Failure::Unsafe("a directory replaces another entry".into()));
-                }
-                None => {
-                    if !rel.is_empty() {
-                        self.ensure_parents(rel, opts)?;
-                    }
-                    if !opts.dry_run {
-                        self.mkdir(&self.path(rel), rel.is_empty())?;
-                    }
-                    self.nodes.insert(key.clone(), Node::Dir);
-                }
+        let keys = self.made.prefix_keys(rel);
+        let key = keys[rel.len()];
+        match self.made.get(key) {
+            Some(Node::Dir) | None if kind.is_dir() => {}
+            Some(_) if kind.is_dir() => {
+                return Err(Failure::Unsafe("a directory replaces another entry".into()));
             }
-            self.dirs.retain(|(k, _)| *k != key);
-            self.dirs.push((key, meta));
-            return Ok(());
+            Some(_) => {
+                return Err(Failure::Unsafe(
+                    "duplicate entry (it would overwrite an earlier one)".into(),
+                ));
+            }
+            None => {}
         }
-        if self.nodes.contains_key(&key) {
-            return Err(Failure::Unsafe(
-                "duplicate entry (it would overwrite an earlier one)".into(),
-            ));
-        }
-        if !rel.is_empty() {
-            self.ensure_parents(rel, opts)?;
+        if let Some((_, ancestors)) = rel.split_last() {
+            if !opts.dry_run {
+                self.enter(ancestors, &keys)?;
+            }
+            self.ensure_parents(rel, &keys, opts)?;
         }
         let path = self.path(rel);
         let io_err = |e| Failure::Io(path.clone(), e);
+        if kind.is_dir() {
+            if self.made.get(key).is_none() {
+                if !opts.dry_run {
+                    self.mkdir(&path, rel.is_empty())?;
+                }
+                self.made.insert(key, Node::Dir);
+            }
+            if !opts.dry_run {
+                // Owner, mode and xattrs now (root writes into a read-only directory all
+                // the same); the time once the archive leaves it.
+                set_owner_mode_xattrs(&path, &meta, true).map_err(io_err)?;
+                let time = Some(TimeSpec::new(meta.mtime, 0));
+                match rel.last() {
+                    Some(name) => self.open.push((name.clone(), time)),
+                    None => self.root_mtime = time,
+                }
+            }
+            return Ok(());
+        }
         let node = match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 if opts.dry_run {
@@ -361,7 +485,8 @@ impl Tree<'_> {
                     ));
                 }
                 let trel = &parts[self.prefix.len()..];
-                if self.nodes.get(&trel.join(&b'/')) != Some(&Node::File) {
+                let tkey = self.made.prefix_keys(trel)[trel.len()];
+                if self.made.get(tkey) != Some(Node::File) {
                     return Err(Failure::Unsafe(
                         "hard link to a file the archive did not create".into(),
                     ));
@@ -404,24 +529,26 @@ impl Tree<'_> {
             }
             other => return Err(Failure::Unsafe(format!("unsupported entry type {other:?}"))),
         };
-        self.nodes.insert(key, node);
+        self.made.insert(key, node);
         Ok(())
     }
 
-    /// Owners, modes, xattrs and times of directories, deepest first.
-    fn finish_dirs(&mut self, opts: &Options) -> Result<(), ArchiveError> {
+    /// The times of the directories still open, innermost first, and of the mount root.
+    fn finish(&mut self, opts: &Options) -> Result<(), ArchiveError> {
         if opts.dry_run {
             return Ok(());
         }
-        let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by_key(|(k, _)| {
-            std::cmp::Reverse(k.iter().filter(|&&b| b == b'/').count() + usize::from(!k.is_empty()))
-        });
-        for (key, meta) in dirs {
-            let rel = components(&key).unwrap_or_default();
-            let path = self.path(&rel);
-            finish_by_path(&path, &meta, true)
-                .map_err(|source| ArchiveError::Write { path, source })?;
+        let write_err = |path: PathBuf| move |source| ArchiveError::Write { path, source };
+        while let Some(depth) = self.open.len().checked_sub(1) {
+            if let Some(t) = self.open[depth].1 {
+                let path = self.open_path(depth + 1);
+                set_times(&path, t).map_err(write_err(path.clone()))?;
+            }
+            self.open.pop();
+        }
+        if let Some(t) = self.root_mtime {
+            let path = self.target.path.clone();
+            set_times(&path, t).map_err(write_err(path.clone()))?;
         }
         Ok(())
     }
@@ -549,6 +676,11 @@ fn finish_fd(file: &File, meta: &Meta) -> io::Result<()> {
 /// For entries without a useful descriptor (dirs, symlinks, FIFOs, devices). Symlinks
 /// have no mode of their own and take no `user.*` xattrs.
 fn finish_by_path(path: &Path, meta: &Meta, chmod: bool) -> io::Result<()> {
+    set_owner_mode_xattrs(path, meta, chmod)?;
+    set_times(path, TimeSpec::new(meta.mtime, 0))
+}
+
+fn set_owner_mode_xattrs(path: &Path, meta: &Meta, chmod: bool) -> io::Result<()> {
     fchownat(
         nix::fcntl::AT_FDCWD,
         path,
@@ -566,7 +698,11 @@ fn finish_by_path(path: &Path, meta: &Meta, chmod: bool) -> io::Result<()> {
             return Err(e);
         }
     }
-    let t = TimeSpec::new(meta.mtime, 0);
+    Ok(())
+}
+
+/// Access and modification time, of the path itself (never a link's target).
+fn set_times(path: &Path, t: TimeSpec) -> io::Result<()> {
     utimensat(
         nix::fcntl::AT_FDCWD,
         path,
@@ -598,5 +734,113 @@ impl<R: Read> Read for Counting<'_, R> {
             (self.progress)(self.bytes);
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(entries: &[(&str, EntryType, i64)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for &(name, kind, mtime) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(if kind.is_dir() { 0o750 } else { 0o640 });
+            h.set_mtime(mtime as u64);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_size(0);
+            b.append_data(&mut h, name, io::empty()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn target(dir: &Path) -> Target {
+        Target {
+            archive_dir: "m".into(),
+            path: dir.join("m"),
+            reserved: None,
+            discard: false,
+        }
+    }
+
+    fn mtime(p: &Path) -> i64 {
+        fs::symlink_metadata(p).unwrap().mtime()
+    }
+
+    /// The archive's order must not change what a directory's time ends up as: entries
+    /// that come back into a directory the archive had left, and a directory whose entry
+    /// comes after its contents, all keep the recorded times.
+    #[test]
+    fn directories_keep_their_times_in_any_entry_order() {
+        let tar = archive(&[
+            ("m/", EntryType::Directory, 1_000),
+            ("m/a/", EntryType::Directory, 2_000),
+            ("m/a/f", EntryType::Regular, 5),
+            ("m/b/", EntryType::Directory, 3_000),
+            ("m/b/g", EntryType::Regular, 5),
+            ("m/a/late", EntryType::Regular, 5),
+            ("m/c/d/e", EntryType::Regular, 5),
+            ("m/c/", EntryType::Directory, 4_000),
+            ("m/c/d/", EntryType::Directory, 4_500),
+            ("m/b/x/y/", EntryType::Directory, 6_000),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let summary = extract(
+            &tar[..],
+            &[target(dir.path())],
+            &Options::default(),
+            &|_| {},
+        )
+        .unwrap();
+        assert_eq!(summary.entries, 10);
+        let m = dir.path().join("m");
+        for (path, want) in [
+            ("", 1_000),
+            ("a", 2_000),
+            ("b", 3_000),
+            ("c", 4_000),
+            ("c/d", 4_500),
+            ("b/x/y", 6_000),
+            ("a/late", 5),
+        ] {
+            assert_eq!(mtime(&m.join(path)), want, "{path}");
+        }
+        let mode = fs::symlink_metadata(m.join("a"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o750);
+    }
+
+    /// More entries than allowed: refused, naming the setting, dry run or not.
+    #[test]
+    fn more_entries_than_the_limit_are_refused() {
+        let names: Vec<String> = (0..6).map(|i| format!("m/f{i}")).collect();
+        let entries: Vec<_> = names
+            .iter()
+            .map(|n| (n.as_str(), EntryType::Regular, 1))
+            .collect();
+        let tar = archive(&entries);
+        for dry_run in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let targets = [target(dir.path())];
+            let limited = |max| Options {
+                dry_run,
+                max_entries: Some(max),
+                ..Options::default()
+            };
+            let err = extract(&tar[..], &targets, &limited(5), &|_| {}).unwrap_err();
+            assert!(err.to_string().contains("`max_archive_entries`"), "{err}");
+            let dir = tempfile::tempdir().unwrap();
+            let targets = [target(dir.path())];
+            assert_eq!(
+                extract(&tar[..], &targets, &limited(6), &|_| {})
+                    .unwrap()
+                    .entries,
+                6
+            );
+        }
     }
 }

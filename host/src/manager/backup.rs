@@ -225,6 +225,13 @@ impl BackupManager {
         }
         crash_point("backup.renamed");
         warnings.extend(summary.warnings);
+        if summary.entries > self.config.max_archive_entries {
+            warnings.push(format!(
+                "{} entries: another server importing this snapshot needs \
+                 `max_archive_entries` of at least that",
+                summary.entries
+            ));
+        }
         let snapshot = Snapshot {
             snapshot_id,
             app_id: app.id.clone(),

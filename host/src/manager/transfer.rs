@@ -52,13 +52,20 @@ impl Drop for RemoveOnDrop {
 impl BackupManager {
     /// What extraction may recreate: device nodes and privileged extended attributes
     /// come back from snapshots this server made, and from others (imports) only when the
-    /// operator allows them (`restore_devices`, `restore_privileged_xattrs`).
-    pub(super) fn extract_options(&self, made_here: bool) -> extract::Options {
+    /// operator allows them (`restore_devices`, `restore_privileged_xattrs`). An archive
+    /// holds at most `max_archive_entries`, or as many as this server's backup recorded.
+    pub(super) fn extract_options(&self, snapshot: Option<&Snapshot>) -> extract::Options {
+        let made_here = snapshot.is_some_and(|s| s.origin != Origin::Imported);
+        let recorded = snapshot
+            .filter(|_| made_here)
+            .and_then(|s| s.entries)
+            .unwrap_or(0);
         extract::Options {
             allow_devices: made_here || self.config.restore_devices,
             privileged_xattrs: made_here || self.config.restore_privileged_xattrs,
             dry_run: false,
             cancel: Some(self.new_cancel()),
+            max_entries: Some(self.config.max_archive_entries.max(recorded)),
         }
     }
 
@@ -93,7 +100,7 @@ impl BackupManager {
         let targets = check_targets(&snapshot.mounts);
         let (threads, opts, job) = (
             self.config.threads(),
-            self.extract_options(snapshot.origin != Origin::Imported),
+            self.extract_options(Some(snapshot)),
             job.clone(),
         );
         // A verify whose caller is gone (its future dropped) stops at the next read.
@@ -191,7 +198,7 @@ impl BackupManager {
         let (path, threads, opts) = (
             tmp.to_path_buf(),
             self.config.threads(),
-            self.extract_options(false),
+            self.extract_options(None),
         );
         let _slot = self.heavy_slot(None).await;
         let meta = tokio::task::spawn_blocking(move || {
