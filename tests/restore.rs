@@ -550,3 +550,43 @@ async fn startup_finishes_or_rolls_back_an_interrupted_restore() {
         drop(h);
     }
 }
+
+/// A restore refused up front (here: it cannot fit) leaves no trace either: the volume it
+/// had created for a snapshot mount that no longer existed is removed again.
+#[tokio::test]
+async fn a_refused_restore_removes_the_volume_it_created() {
+    let mut app = TestApp::new("");
+    let _small = SmallFs::mount(&app.bind(), "6m");
+    sh(&format!(
+        "head -c 4000000 /dev/urandom > {}/video.mp4",
+        app.bind().display()
+    ));
+    let extra = format!("{}_cache", app.id);
+    sh(&format!(
+        "docker volume create --label com.docker.compose.project={} {extra}",
+        app.id
+    ));
+    let worker = app.add_container("worker", &format!("-v {extra}:/cache"));
+    let h = Harness::new().await;
+    let snap = h.backup(&app.id).await;
+    sh(&format!(
+        "docker rm -f {worker} && docker volume rm {extra}"
+    ));
+    app.containers.retain(|c| c != &worker);
+    fs::remove_file(app.bind().join("video.mp4")).unwrap();
+    sh(&format!(
+        "head -c 3000000 /dev/urandom > {}/other.mp4",
+        app.bind().display()
+    ));
+
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    let left = std::process::Command::new("docker")
+        .args(["volume", "inspect", &extra])
+        .output()
+        .unwrap();
+    assert!(
+        !left.status.success(),
+        "the volume created for the refused restore is still there"
+    );
+}

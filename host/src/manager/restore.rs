@@ -89,7 +89,10 @@ impl BackupManager {
 
         job.step("preparing");
         let mut plan = self.plan_targets(app, snapshot).await?;
-        check_space(&plan, &verified.stored)?;
+        if let Err(e) = check_space(&plan, &verified.stored) {
+            remove_volumes(&self.docker, &plan.created).await;
+            return Err(e);
+        }
         let stopped: Vec<String> = app.running().iter().map(|c| c.id.clone()).collect();
         let mut journal = RestoreJournal::new(&app.id, &snapshot.snapshot_id, stopped);
         journal.created_volumes = std::mem::take(&mut plan.created);
@@ -218,8 +221,24 @@ impl BackupManager {
     /// label. Anything else — a path the app no longer mounts, a volume of another app,
     /// a path inside the backup root, appsnap's state or Docker's own directory — is not
     /// restored: its entries are checked and discarded, and it is listed as skipped.
+    /// A volume created for a plan that then fails is removed again.
     async fn plan_targets(&self, app: &App, snapshot: &Snapshot) -> Result<Plan, ManagerError> {
         let mut plan = Plan::default();
+        match self.fill_plan(app, snapshot, &mut plan).await {
+            Ok(()) => Ok(plan),
+            Err(e) => {
+                remove_volumes(&self.docker, &plan.created).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn fill_plan(
+        &self,
+        app: &App,
+        snapshot: &Snapshot,
+        plan: &mut Plan,
+    ) -> Result<(), ManagerError> {
         let docker_root = PathBuf::from(self.docker.root_dir().await?);
         for m in &snapshot.mounts {
             let target = match self.target_of(app, m, &docker_root).await? {
@@ -236,6 +255,9 @@ impl BackupManager {
                     continue;
                 }
             };
+            if let Target::CreatedAt(name, _) = &target {
+                plan.created.push(name.clone());
+            }
             let path = target.path();
             if plan
                 .targets
@@ -247,9 +269,6 @@ impl BackupManager {
                     path.display()
                 )));
             }
-            if let Target::CreatedAt(name, _) = &target {
-                plan.created.push(name.clone());
-            }
             plan.targets.push(extract::Target {
                 archive_dir: m.archive_dir.clone(),
                 path,
@@ -257,7 +276,7 @@ impl BackupManager {
                 discard: false,
             });
         }
-        Ok(plan)
+        Ok(())
     }
 
     /// The target of one snapshot mount, or why it has none.
@@ -446,6 +465,17 @@ impl Target {
     }
 }
 
+/// Removes the volumes a restore created (empty, or holding only what it extracted).
+async fn remove_volumes(docker: &Docker, names: &[String]) {
+    for name in names {
+        if let Err(e) = docker.remove_volume(name).await
+            && !e.is_not_found()
+        {
+            tracing::warn!(volume = %name, "could not remove the volume created for the restore: {e}");
+        }
+    }
+}
+
 /// Stops the containers, puts the files back, removes the volumes the restore created and
 /// starts the containers that were running. Idempotent, so recovery can run it again.
 /// When the files cannot be put back, the containers stay stopped (never started on
@@ -472,13 +502,7 @@ async fn rollback(docker: &Docker, mut swap: Swap, stop_timeout: u32) -> Result<
             swap.path().display()
         ));
     }
-    for name in &swap.journal.created_volumes {
-        if let Err(e) = docker.remove_volume(name).await
-            && !e.is_not_found()
-        {
-            tracing::warn!(volume = %name, "could not remove the volume created for the restore: {e}");
-        }
-    }
+    remove_volumes(docker, &swap.journal.created_volumes).await;
     let mut errors = Vec::new();
     for id in &swap.journal.stopped {
         if let Err(e) = docker.start(id).await {
