@@ -464,6 +464,52 @@ async fn millions_of_tiny_entries_are_refused_in_bounded_memory() {
     );
 }
 
+/// Event streams are bounded: with 64 open on a running job, the next is refused with
+/// 429, a JSON body and `Retry-After`; once one is closed, a stream opens again.
+#[tokio::test]
+async fn event_streams_beyond_the_limit_are_told_when_to_retry() {
+    // A backup that stays running: its hook waits.
+    let app = TestApp::new("--label 'appsnap.pre-backup=sleep 600'");
+    let root = tempfile::tempdir().unwrap();
+    let svc = Service::start(root.path(), &[]);
+    let job = svc
+        .post(&format!("/api/v1/backup/{}?wait=false", app.id))
+        .await;
+    let events = svc.url(&format!(
+        "/api/v1/jobs/{}/events",
+        job["job_id"].as_str().unwrap()
+    ));
+    let client = reqwest::Client::new();
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        let resp = client.get(&events).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        open.push(resp);
+    }
+    let refused = client.get(&events).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["message"], "Too many event streams", "{body}");
+
+    // The server notices the closed connection on its next write (a keep-alive at the
+    // latest); until then the slot is still taken.
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let resp = client.get(&events).send().await.unwrap();
+        if resp.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// File capabilities, `trusted.*` and ACLs come back from this server's own snapshots; from
 /// an imported one only `user.*` attributes do (unless `restore_privileged_xattrs`).
 #[tokio::test]

@@ -162,6 +162,15 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(status = %self.status, "{}: {}", self.body.message, self.body.details);
         }
-        (self.status, Json(self.body)).into_response()
+        let too_many = self.status == StatusCode::TOO_MANY_REQUESTS;
+        let mut response = (self.status, Json(self.body)).into_response();
+        if too_many {
+            // Every 429 says when to try again (RFC 6585): slots free up as work ends.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        response
     }
 }
