@@ -9,7 +9,7 @@ use std::io::Write;
 use axum::http::StatusCode;
 use tar::EntryType;
 
-use crate::common::{Harness, Service, TestApp, manifest};
+use crate::common::{Harness, Service, TestApp, manifest, sh};
 use crate::malicious::archive_with;
 
 /// Every file under `dir` with its attributes: compared before and after.
@@ -235,6 +235,56 @@ async fn an_upload_cut_off_mid_way_leaves_no_file() {
         // A poll with a deadline: the server notices the disconnect on its own time.
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// A verify whose client goes away stops, and its job says so instead of staying
+/// "running" (before, no line after the dropped `.await` ever recorded its end): 1 GiB of
+/// zeros takes seconds to read back, the client leaves as soon as the reading shows
+/// progress, and the job ends failed as abandoned, its reading stopped where it was.
+#[tokio::test]
+async fn a_verify_whose_client_left_stops_and_says_so() {
+    let app = TestApp::new("");
+    sh(&format!(
+        "head -c 1G /dev/zero > {}/zeros",
+        app.volume_path().display()
+    ));
+    let root = tempfile::tempdir().unwrap();
+    let svc = Service::start(root.path(), &[]);
+    let snap = svc.post(&format!("/api/v1/backup/{}", app.id)).await;
+    let id = snap["snapshot_id"].as_str().expect("a snapshot").to_string();
+    fs::remove_file(app.volume_path().join("zeros")).unwrap();
+
+    let url = svc.url(&format!("/api/v1/backup/snapshots/{id}/verify"));
+    let request = tokio::spawn(async move { reqwest::Client::new().post(url).send().await });
+    let job_id = loop {
+        let jobs = svc.get("/api/v1/jobs").await;
+        if let Some(job) = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["kind"] == "verify")
+        {
+            break job["job_id"].as_str().unwrap().to_string();
+        }
+    };
+    crate::common::follow_until(&svc, &job_id, |j| j["bytes_done"].as_u64() > Some(0)).await;
+    request.abort();
+    let _ = request.await;
+    let ended = crate::common::follow_until(&svc, &job_id, |j| j["state"] != "running");
+    let job = tokio::time::timeout(std::time::Duration::from_secs(60), ended)
+        .await
+        .expect("the job still runs a minute after its client left");
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["error"]["message"], "Request abandoned", "{job}");
+    // Its reading stopped too: a second verify of the same archive, started after it, runs
+    // to the end, and by then the first has not read further than where it was left.
+    let second = svc
+        .post(&format!("/api/v1/backup/snapshots/{id}/verify"))
+        .await;
+    let total = second["tar_bytes"].as_u64().expect("verified");
+    let first = svc.get(&format!("/api/v1/jobs/{job_id}")).await;
+    let read = first["bytes_done"].as_u64().unwrap();
+    assert!(read < total / 2, "the abandoned verify read {read} of {total} bytes");
 }
 
 /// `VmHWM` (peak resident set) of a process, in bytes.

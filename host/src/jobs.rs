@@ -103,6 +103,32 @@ impl Job {
             j.failure = Some(error);
         });
     }
+
+    /// A guard that fails the job with `error` if it is dropped while the job still runs:
+    /// for a job run inside a request's future, which axum drops when the client leaves,
+    /// so that no line after an `.await` would ever record the end.
+    pub fn fail_if_dropped(&self, error: Arc<dyn std::error::Error + Send + Sync>) -> FailIfDropped {
+        FailIfDropped {
+            job: self.clone(),
+            error: Some(error),
+        }
+    }
+}
+
+/// See [`Job::fail_if_dropped`].
+pub struct FailIfDropped {
+    job: Job,
+    error: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Drop for FailIfDropped {
+    fn drop(&mut self) {
+        if self.job.info().state == JobState::Running
+            && let Some(error) = self.error.take()
+        {
+            self.job.fail(error);
+        }
+    }
 }
 
 /// All jobs of this process (they do not survive a restart; snapshots do).

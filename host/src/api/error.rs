@@ -107,6 +107,8 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
         ),
         RootInUse(_) => (StatusCode::SERVICE_UNAVAILABLE, "Backup root in use"),
         ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "Service shutting down"),
+        // Only ever seen in the job: its client is gone.
+        Abandoned(_) => (StatusCode::SERVICE_UNAVAILABLE, "Request abandoned"),
         Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "Storage error"),
     }
 }

@@ -87,6 +87,9 @@ pub enum ManagerError {
     Archive(ArchiveError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The request that ran the operation was closed before it finished (its client left).
+    #[error("the request running this {0} was closed before it finished; the {0} was stopped")]
+    Abandoned(&'static str),
     /// appsnap is shutting down: the work stopped at a consistent point.
     #[error("appsnap is shutting down; the operation was stopped and nothing half-done was kept")]
     ShuttingDown,

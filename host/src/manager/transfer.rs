@@ -76,6 +76,7 @@ impl BackupManager {
     ) -> Result<(Snapshot, Verified), std::sync::Arc<ManagerError>> {
         let snapshot = self.get(snapshot_id)?;
         let job = self.jobs.create("verify", &snapshot.app_id);
+        let _abandoned = job.fail_if_dropped(std::sync::Arc::new(ManagerError::Abandoned("verify")));
         let _slot = self.heavy_slot(Some(&job)).await;
         let result = self
             .verify_file(&snapshot, &job)
@@ -200,6 +201,8 @@ impl BackupManager {
             self.config.threads(),
             self.extract_options(None),
         );
+        // A client that leaves mid-verify stops it (the file is removed by the caller).
+        let _abandoned = SetOnDrop(opts.cancel.clone());
         let _slot = self.heavy_slot(None).await;
         let meta = tokio::task::spawn_blocking(move || {
             let bytes = archive::read_metadata(&path)?;
