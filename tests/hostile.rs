@@ -251,7 +251,10 @@ async fn a_verify_whose_client_left_stops_and_says_so() {
     let root = tempfile::tempdir().unwrap();
     let svc = Service::start(root.path(), &[]);
     let snap = svc.post(&format!("/api/v1/backup/{}", app.id)).await;
-    let id = snap["snapshot_id"].as_str().expect("a snapshot").to_string();
+    let id = snap["snapshot_id"]
+        .as_str()
+        .expect("a snapshot")
+        .to_string();
     fs::remove_file(app.volume_path().join("zeros")).unwrap();
 
     let url = svc.url(&format!("/api/v1/backup/snapshots/{id}/verify"));
@@ -284,11 +287,14 @@ async fn a_verify_whose_client_left_stops_and_says_so() {
     let total = second["tar_bytes"].as_u64().expect("verified");
     let first = svc.get(&format!("/api/v1/jobs/{job_id}")).await;
     let read = first["bytes_done"].as_u64().unwrap();
-    assert!(read < total / 2, "the abandoned verify read {read} of {total} bytes");
+    assert!(
+        read < total / 2,
+        "the abandoned verify read {read} of {total} bytes"
+    );
 }
 
 /// `VmHWM` (peak resident set) of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
+pub fn peak_rss(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()

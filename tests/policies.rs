@@ -524,3 +524,101 @@ async fn scheduler_runs_due_backups_once_with_an_injected_clock() {
         "{schedules}"
     );
 }
+
+fn leb(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn section(id: u8, content: &[u8], out: &mut Vec<u8>) {
+    out.push(id);
+    leb(content.len(), out);
+    out.extend_from_slice(content);
+}
+
+/// A component of 88 KB, well inside every size limit, whose one function is built to be
+/// costly for cranelift: 8,000 two-way branches, then 8,000 locals read after them (each
+/// read threads a value through every branch). Compiled in-process it took 20 s and 2 GB.
+fn costly_to_compile() -> Vec<u8> {
+    let (branches, locals) = (8_000, 8_000);
+    let mut body = vec![0x01];
+    leb(locals, &mut body);
+    body.push(0x7f); // i32
+    for _ in 0..branches {
+        // block; i32.const 0; br_if 0; end
+        body.extend_from_slice(&[0x02, 0x40, 0x41, 0x00, 0x0d, 0x00, 0x0b]);
+    }
+    for i in 0..locals {
+        body.push(0x20); // local.get i
+        leb(i, &mut body);
+        body.push(0x1a); // drop
+    }
+    body.push(0x0b);
+    let mut code = vec![0x01];
+    leb(body.len(), &mut code);
+    code.extend_from_slice(&body);
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[0x01, 0x60, 0x00, 0x00], &mut module);
+    section(3, &[0x01, 0x00], &mut module);
+    section(10, &code, &mut module);
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, &module, &mut component);
+    component
+}
+
+/// cranelift cannot be interrupted, so an upload compiles in a child process with a
+/// memory and a time limit: a component built to be costly is refused with 422 naming
+/// the limits, within them, and the service's own memory does not move. A real policy
+/// still compiles (and the service keeps serving meanwhile).
+#[tokio::test]
+async fn a_component_costly_to_compile_is_refused_within_limits() {
+    let root = tempfile::tempdir().unwrap();
+    let svc = crate::common::Service::start(root.path(), &[]);
+    let client = reqwest::Client::new();
+    let put = |name: &str, bytes: Vec<u8>| {
+        client
+            .put(svc.url(&format!("/api/v1/policies/{name}")))
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+    };
+    let (status, _) = {
+        let r = put("warm-up", guest("delete_all")).await.unwrap();
+        (r.status(), r.text().await)
+    };
+    assert_eq!(status, StatusCode::CREATED);
+    let idle = crate::hostile::peak_rss(svc.child.id());
+    let started = Instant::now();
+    let resp = put("costly", costly_to_compile()).await.unwrap();
+    let elapsed = started.elapsed();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    eprintln!("refused after {elapsed:?}: {body}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let details = body["details"].as_str().unwrap_or_default().to_string()
+        + body["message"].as_str().unwrap_or_default();
+    assert!(details.contains("too costly to compile"), "{body}");
+    assert!(
+        elapsed < appsnap::policy::engine::COMPILE_TIME + Duration::from_secs(5),
+        "took {elapsed:?}"
+    );
+    let peak = crate::hostile::peak_rss(svc.child.id());
+    assert!(
+        peak < idle + (64 << 20),
+        "service peak RSS {} MB, idle {} MB",
+        peak >> 20,
+        idle >> 20
+    );
+    let listed = svc.get("/api/v1/policies").await;
+    assert!(
+        !listed.to_string().contains("\"costly\""),
+        "a refused upload is not listed: {listed}"
+    );
+}

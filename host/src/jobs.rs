@@ -107,7 +107,10 @@ impl Job {
     /// A guard that fails the job with `error` if it is dropped while the job still runs:
     /// for a job run inside a request's future, which axum drops when the client leaves,
     /// so that no line after an `.await` would ever record the end.
-    pub fn fail_if_dropped(&self, error: Arc<dyn std::error::Error + Send + Sync>) -> FailIfDropped {
+    pub fn fail_if_dropped(
+        &self,
+        error: Arc<dyn std::error::Error + Send + Sync>,
+    ) -> FailIfDropped {
         FailIfDropped {
             job: self.clone(),
             error: Some(error),

@@ -83,10 +83,16 @@ enum Command {
     /// Extract a `pack` archive's first folder into a new directory (benchmark).
     #[command(hide = true)]
     Unpack { archive: PathBuf, into: PathBuf },
+    /// Compile an uploaded policy component under limits (run by the service itself).
+    #[command(hide = true)]
+    CompilePolicy,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CompilePolicy = cli.command {
+        return appsnap::policy::engine::compile_child();
+    }
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -218,7 +224,9 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
                 v.entries, v.tar_bytes
             );
         }
-        Command::Pack { .. } | Command::Unpack { .. } => unreachable!("handled above"),
+        Command::Pack { .. } | Command::Unpack { .. } | Command::CompilePolicy => {
+            unreachable!("handled above")
+        }
     }
     Ok(())
 }

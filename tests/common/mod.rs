@@ -264,6 +264,8 @@ impl Harness {
     /// Opens appsnap on a backup root the test prepared (crash leftovers, say).
     pub async fn in_root(root: tempfile::TempDir, tune: impl FnOnce(&mut Config)) -> Harness {
         require_docker();
+        // Uploaded policies compile in `appsnap compile-policy`; this process is the tests'.
+        appsnap::policy::engine::set_compiler(env!("CARGO_BIN_EXE_appsnap").into());
         let mut config = test_config(root.path());
         tune(&mut config);
         let manager = BackupManager::open(config).await.expect("open manager");

@@ -178,7 +178,7 @@ impl BackupManager {
                 t
             })
             .collect();
-        let opts = self.extract_options(Some(&snapshot));
+        let opts = self.extract_options(Some(snapshot));
         let (path, threads, progress_job) = (
             PathBuf::from(&snapshot.file_path),
             self.config.threads(),

@@ -76,7 +76,8 @@ impl BackupManager {
     ) -> Result<(Snapshot, Verified), std::sync::Arc<ManagerError>> {
         let snapshot = self.get(snapshot_id)?;
         let job = self.jobs.create("verify", &snapshot.app_id);
-        let _abandoned = job.fail_if_dropped(std::sync::Arc::new(ManagerError::Abandoned("verify")));
+        let _abandoned =
+            job.fail_if_dropped(std::sync::Arc::new(ManagerError::Abandoned("verify")));
         let _slot = self.heavy_slot(Some(&job)).await;
         let result = self
             .verify_file(&snapshot, &job)

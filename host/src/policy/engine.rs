@@ -1,12 +1,17 @@
 //! The sandbox: wasmtime running policy components against the worlds of `wit/`.
 //!
-//! One process-wide engine compiles each component once (cached by sha256); every call
-//! gets a fresh `Store` with: fuel and an epoch deadline (a ticker thread advances the
+//! One process-wide engine loads each component once (cached by sha256). An uploaded
+//! component is compiled in a child process (`appsnap compile-policy`) under a memory and a
+//! time limit: cranelift cannot be interrupted, and code a few dozen KB long can ask it for
+//! gigabytes and minutes (see [`compile_untrusted`]). Every call gets a fresh `Store` with: fuel and an epoch deadline (a ticker thread advances the
 //! epoch every 100 ms; 10 ticks ≈ 1 s wall clock), a 64 MiB memory cap, and a WASI
 //! context with nothing in it — no preopened dirs, no env, no args, no sockets, no
 //! inherited stdio. The only import beyond WASI's is `log`, rate-limited.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -81,6 +86,160 @@ const MAX_FUNCTION_BYTES: usize = 256 << 10;
 const MAX_CODE_BYTES: usize = 8 << 20;
 const MAX_LOCALS: u64 = 10_000;
 
+/// What compiling one uploaded component may take: memory of the compiler process (its
+/// data segment, `RLIMIT_DATA`) and wall time. The built-in `gfs` (150 KB) compiles in
+/// 0.3 s and 32 MB; an 88 KB function built to be costly (8,000 branches, then 8,000
+/// locals read after them) took 20 s and 2 GB in-process.
+pub const COMPILE_MEMORY: u64 = 512 << 20;
+pub const COMPILE_TIME: Duration = Duration::from_secs(20);
+
+/// Settings shared by the service's engine and the compiler process: a compiled artifact
+/// only loads into an engine configured the same way.
+fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.consume_fuel(true).epoch_interruption(true);
+    config
+}
+
+static COMPILER: OnceLock<PathBuf> = OnceLock::new();
+
+/// The executable that runs `compile-policy` (default: this process's own,
+/// `/proc/self/exe`). Tests that run the service in-process point it at `appsnap`.
+pub fn set_compiler(path: PathBuf) {
+    let _ = COMPILER.set(path);
+}
+
+/// `appsnap compile-policy`: a component on stdin, wasmtime's compiled artifact on stdout,
+/// or exit code 2 and why on stderr. Limits its own memory first, so a component built to
+/// exhaust the compiler ends this process, not the service.
+pub fn compile_child() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let limit = libc::rlimit {
+        rlim_cur: COMPILE_MEMORY,
+        rlim_max: COMPILE_MEMORY,
+    };
+    // SAFETY: plain system call on a struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) } != 0 {
+        eprintln!(
+            "cannot limit the compiler's memory: {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::from(1);
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::stdin()
+        .take(crate::api::policies::MAX_COMPONENT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+    {
+        eprintln!("cannot read the component: {e}");
+        return ExitCode::from(1);
+    }
+    let compiled = Engine::new(&engine_config()).and_then(|e| e.precompile_component(&bytes));
+    match compiled {
+        Ok(artifact) => match std::io::stdout().write_all(&artifact) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        },
+        Err(e) => {
+            // wasmparser appends a multi-line dump of the bytes it expected; the first
+            // line says it.
+            let why = format!("{e:#}");
+            let why = why
+                .split(" - expected")
+                .next()
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .unwrap_or_default();
+            eprint!("{why}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Compiles an uploaded component in a child process under [`COMPILE_MEMORY`] and
+/// [`COMPILE_TIME`], then loads the artifact it wrote.
+fn compile_untrusted(engine: &Engine, bytes: &[u8]) -> Result<Component, PolicyError> {
+    // The running executable itself, even if an upgrade replaced its file since: the
+    // artifact must come from the same wasmtime to load.
+    let exe = COMPILER
+        .get()
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let mut child = Command::new(&exe)
+        .arg("compile-policy")
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot start the policy compiler {}: {e}", exe.display()),
+            )
+        })?;
+    // The child reads all of its input before it writes anything.
+    let fed = child.stdin.take().expect("piped").write_all(bytes);
+    let (mut out, mut err) = (
+        child.stdout.take().expect("piped"),
+        child.stderr.take().expect("piped"),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut artifact, mut why) = (Vec::new(), String::new());
+        let read = out
+            .read_to_end(&mut artifact)
+            .and_then(|_| err.read_to_string(&mut why));
+        let _ = tx.send(read.map(|_| (artifact, why)));
+    });
+    let outcome = rx.recv_timeout(COMPILE_TIME);
+    if outcome.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    let too_costly = |what: &str| {
+        PolicyError::Invalid(format!(
+            "compiling the component {what}: its code is too costly to compile (an upload \
+             may take {} MiB and {} s)",
+            COMPILE_MEMORY >> 20,
+            COMPILE_TIME.as_secs()
+        ))
+    };
+    let (artifact, why) = match outcome {
+        Err(_) => {
+            return Err(too_costly(&format!(
+                "took more than {} s",
+                COMPILE_TIME.as_secs()
+            )));
+        }
+        Ok(read) => read?,
+    };
+    match status.code() {
+        Some(0) => {
+            fed?;
+            // SAFETY: the artifact was just made by `precompile_component` of this same
+            // executable with the same engine settings, and went through a pipe only.
+            unsafe { Component::deserialize(engine, &artifact) }.map_err(|e| {
+                PolicyError::Io(std::io::Error::other(format!(
+                    "the compiled policy does not load: {e:#}"
+                )))
+            })
+        }
+        Some(2) => Err(PolicyError::Invalid(format!(
+            "not a WebAssembly component: {why}"
+        ))),
+        // Out of memory: the allocator's failure aborts the process.
+        _ if why.contains("memory allocation") || status.code().is_none() => Err(too_costly(
+            &format!("needed more than {} MiB", COMPILE_MEMORY >> 20),
+        )),
+        _ => Err(PolicyError::Io(std::io::Error::other(format!(
+            "the policy compiler failed ({status}): {}",
+            why.trim()
+        )))),
+    }
+}
+
 /// What a component asks to compile: functions, code bytes, the largest function and the
 /// most locals of one function. `None` for bytes that do not parse.
 fn code_stats(bytes: &[u8]) -> Option<(usize, usize, usize, u64)> {
@@ -148,9 +307,7 @@ pub fn shared() -> &'static PolicyEngine {
 
 impl PolicyEngine {
     fn new() -> wasmtime::Result<PolicyEngine> {
-        let mut config = Config::new();
-        config.consume_fuel(true).epoch_interruption(true);
-        let engine = Engine::new(&config)?;
+        let engine = Engine::new(&engine_config())?;
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("appsnap-epoch".into())
@@ -209,9 +366,20 @@ impl PolicyEngine {
         store
     }
 
-    /// Compiles and type-checks a component (cached by sha256): which world it exports
-    /// decides its kind, and it must answer `describe` consistently.
+    /// Compiles (in a child process under limits, see [`compile_untrusted`]) and
+    /// type-checks a component, cached by sha256: which world it exports decides its kind,
+    /// and it must answer `describe` consistently.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Compiled>, PolicyError> {
+        self.load_with(bytes, false)
+    }
+
+    /// [`load`](Self::load) for the built-in policies, embedded in this executable:
+    /// compiled in-process.
+    pub fn load_builtin(&self, bytes: &[u8]) -> Result<Arc<Compiled>, PolicyError> {
+        self.load_with(bytes, true)
+    }
+
+    fn load_with(&self, bytes: &[u8], trusted: bool) -> Result<Arc<Compiled>, PolicyError> {
         let sha256 = crate::archive::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes));
         if let Some(c) = self.cache.lock().expect("cache lock").get(&sha256) {
             return Ok(Arc::clone(c));
@@ -224,18 +392,13 @@ impl PolicyEngine {
                     .into(),
             ));
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
-            // wasmparser appends a multi-line dump of the bytes it expected; the first line says it.
-            let why = format!("{e:#}");
-            let why = why
-                .split(" - expected")
-                .next()
-                .unwrap_or_default()
-                .lines()
-                .next()
-                .unwrap_or_default();
-            PolicyError::Invalid(format!("not a WebAssembly component: {why}"))
-        })?;
+        let component = if trusted {
+            Component::new(&self.engine, bytes).map_err(|e| {
+                PolicyError::Invalid(format!("built-in policy does not compile: {e:#}"))
+            })?
+        } else {
+            compile_untrusted(&self.engine, bytes)?
+        };
         let pre: InstancePre<Host> = self.linker.instantiate_pre(&component).map_err(|e| {
             PolicyError::Invalid(format!(
                 "the component needs imports appsnap does not provide (a different WIT \

@@ -231,7 +231,7 @@ impl Registry {
     /// The version in use of `name`, compiled (blocking: may compile).
     pub fn resolve(&self, name: &str) -> Result<Arc<Compiled>, PolicyError> {
         if let Some(bytes) = Self::builtin(name) {
-            return shared().load(bytes);
+            return shared().load_builtin(bytes);
         }
         let sha = {
             let state = self.state.lock().expect("policy state");
@@ -306,7 +306,7 @@ impl Registry {
             health.last_error.lock().expect("health").clone(),
         );
         if let Some(bytes) = Self::builtin(name) {
-            let c = shared().load(bytes)?;
+            let c = shared().load_builtin(bytes)?;
             return Ok(PolicyInfo {
                 name: name.into(),
                 kind: c.kind,
