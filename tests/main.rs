@@ -7,6 +7,7 @@ mod common;
 
 mod archive_fidelity;
 mod backup_api;
+mod contract;
 mod crash_walk;
 mod faults;
 mod hostile;

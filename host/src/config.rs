@@ -53,6 +53,8 @@ pub struct Config {
     pub listen_unix: Option<PathBuf>,
     /// tracing filter, e.g. `info` or `appsnap=debug`.
     pub log: String,
+    /// `text` (colours only on a terminal) or `json` (one object per line, for log shippers).
+    pub log_format: LogFormat,
     /// libdeflate level 0–12 (0 = store). Default 3: on the benchmark's app-like mix it
     /// is ~4× the speed of `pigz -6` for ~2 % more output; 6 gives gzip's ratio at ~3×
     /// (figures in the README).
@@ -105,6 +107,14 @@ pub struct AppConfig {
     pub hook_timeout_secs: Option<u64>,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 /// How an app's data is made consistent for the archive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -126,6 +136,7 @@ impl Default for Config {
             api_key_file: None,
             listen_unix: None,
             log: "info".into(),
+            log_format: LogFormat::Text,
             compression_level: 3,
             threads: 0,
             max_parallel: 2,

@@ -60,6 +60,42 @@ pub fn new_snapshot_id(now: DateTime<Utc>) -> String {
     )
 }
 
+/// What [`validate`] accepts, as a regular expression (for the OpenAPI document).
+pub const PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$";
+
+/// Gives every `app_id` / `snapshot_id` path parameter of the document the id schema
+/// (pattern and length), so clients see the rule before they are refused by it.
+pub fn document(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{ObjectBuilder, RefOr, Type};
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            for p in op.parameters.iter_mut().flatten() {
+                if let RefOr::T(p) = p
+                    && p.parameter_in == ParameterIn::Path
+                    && matches!(p.name.as_str(), "app_id" | "snapshot_id")
+                {
+                    p.schema = Some(RefOr::T(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .pattern(Some(PATTERN))
+                            .min_length(Some(1))
+                            .max_length(Some(MAX_LEN))
+                            .into(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ pub enum JobState {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobInfo {
     pub job_id: String,
-    /// `backup` (later: `restore`).
+    /// `backup`, `restore` or `verify`.
     pub kind: String,
     pub app_id: String,
     pub state: JobState,
@@ -38,11 +38,13 @@ pub struct JobInfo {
     pub bytes_total: u64,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// The snapshot, for a successful backup.
-    #[schema(value_type = Object)]
+    /// What a successful job made: the snapshot (backup), the restore's outcome, the
+    /// verify report. `null` until the job succeeds.
+    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
-    /// `{"message","details"}` of a failed job (filled in by the API from `failure`).
-    #[schema(value_type = Object)]
+    /// `{"message","details"}` of a failed job (filled in by the API from `failure`);
+    /// `null` unless it failed.
+    #[schema(value_type = Option<crate::api::error::ErrorBody>)]
     pub error: Option<serde_json::Value>,
     /// Why the job failed, as the operation's own error: the API maps it to `error` the
     /// same way it maps the error of a request (`api::error`), so jobs need not know HTTP.

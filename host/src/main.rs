@@ -27,6 +27,9 @@ struct Cli {
     /// Log filter (tracing syntax) [default: info].
     #[arg(long, global = true, env = "APPSNAP_LOG")]
     log: Option<String>,
+    /// Log format [default: text; colours only on a terminal].
+    #[arg(long, global = true, env = "APPSNAP_LOG_FORMAT")]
+    log_format: Option<appsnap::config::LogFormat>,
     /// Deflate level 0–12 [default: 3].
     #[arg(long, global = true, env = "APPSNAP_COMPRESSION_LEVEL")]
     compression_level: Option<u32>,
@@ -100,13 +103,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&config.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        appsnap::config::LogFormat::Json => logs.json().init(),
+        // journald and files get no colour codes.
+        appsnap::config::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,6 +132,9 @@ fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
     }
     if let Some(v) = &cli.log {
         config.log = v.clone();
+    }
+    if let Some(v) = cli.log_format {
+        config.log_format = v;
     }
     if let Some(v) = cli.compression_level {
         config.compression_level = v;

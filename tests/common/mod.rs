@@ -362,8 +362,12 @@ impl Service {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 // `http://127.0.0.1:PORT`, or `unix:/path` for a Unix socket.
+                // (In a JSON log the message is a quoted string.)
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let at = rest.split_whitespace().next().unwrap_or("");
+                    let at: String = rest
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
                     let _ = tx.send(at.trim_start_matches("http://").to_string());
                 }
                 log2.lock().unwrap().push(line);

@@ -176,3 +176,105 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Every error answer is the JSON body, whoever made it: axum's own rejections (bad JSON,
+/// a wrong content type, a body too large, a bad path or query — plain text), an empty
+/// 405, the docs' 404. Their text becomes `details`; the status stays.
+pub async fn json_errors(response: Response) -> Response {
+    use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let mut details = String::from_utf8_lossy(&text).trim().to_string();
+    if details.is_empty() {
+        details = match parts.headers.get(ALLOW).and_then(|v| v.to_str().ok()) {
+            Some(allow) if status == StatusCode::METHOD_NOT_ALLOWED => {
+                format!("this route takes {allow}")
+            }
+            _ => "see /docs".into(),
+        };
+    }
+    parts.headers.remove(CONTENT_TYPE);
+    parts.headers.remove(CONTENT_LENGTH);
+    let body = ErrorBody {
+        message: status.canonical_reason().unwrap_or("Error").into(),
+        details,
+    };
+    (parts, Json(body)).into_response()
+}
+
+/// Adds to every operation of the document the error answers it can give besides its
+/// own: the key check (401), the cross-site guard (403, 415), axum's rejections of a body
+/// (400, 413, 415, 422) and of an id in the path (400), and 500. A panel generated from
+/// the document then knows every status it may see, each with the JSON error body.
+pub fn document(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let answer = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let api = path.starts_with("/api/");
+        let methods = [
+            (false, &mut item.get),
+            (true, &mut item.put),
+            (true, &mut item.post),
+            (true, &mut item.delete),
+            (true, &mut item.patch),
+        ];
+        for (changes, op) in methods {
+            let Some(op) = op else { continue };
+            let mut add = Vec::new();
+            if api {
+                add.push((
+                    "401",
+                    "The x-api-key header is missing or wrong (when a key is set)",
+                ));
+            }
+            if api && changes {
+                add.push(("403", "Refused: a browser says the request is cross-site"));
+                add.push((
+                    "415",
+                    "Refused content type (form types, or none where a body is expected)",
+                ));
+            }
+            let ids = op
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Path));
+            if ids {
+                add.push(("400", "Invalid identifier in the path"));
+            }
+            if op.request_body.is_some() {
+                add.push(("400", "Malformed request body or query"));
+                add.push(("413", "Request body too large"));
+                add.push(("422", "The body does not have the expected shape"));
+            }
+            add.push(("500", "Internal error (storage, Docker)"));
+            for (status, description) in add {
+                op.responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| answer(description));
+            }
+        }
+    }
+}

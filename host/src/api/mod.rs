@@ -22,11 +22,12 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::manager::BackupManager;
@@ -40,17 +41,6 @@ pub const API_KEY_HEADER: &str = "x-api-key";
         title = "appsnap",
         description = "Backup and restore for the data of Docker compose apps. \
         Every error is `{\"message\", \"details\"}`; send the key in `x-api-key` when one is configured."
-    ),
-    paths(
-        backup::create,
-        backup::list,
-        backup::show,
-        backup::delete,
-        backup::stats,
-        jobs::list,
-        jobs::show,
-        jobs::events,
-        healthz
     ),
     components(schemas(
         error::ErrorBody,
@@ -66,71 +56,60 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 )]
 pub struct ApiDoc;
 
-/// The whole HTTP app.
+/// The whole HTTP app, and the OpenAPI document of exactly its routes: each route is
+/// registered with `routes!`, which takes its path and method from the handler's
+/// `#[utoipa::path]`, so a route cannot exist without its documentation.
 pub fn router(manager: Arc<BackupManager>) -> Router {
-    let api = Router::new()
-        .route("/api/v1/backup/snapshots", get(backup::list))
-        .route(
-            "/api/v1/backup/snapshots/{snapshot_id}",
-            get(backup::show)
-                .delete(backup::delete)
-                .patch(policies::patch_snapshot),
-        )
-        .route(
-            "/api/v1/policies/{name}",
-            get(policies::show)
-                .delete(policies::delete)
-                .put(policies::upload)
+    router_and_doc(manager).0
+}
+
+pub fn router_and_doc(manager: Arc<BackupManager>) -> (Router, utoipa::openapi::OpenApi) {
+    let (api, api_doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(backup::list))
+        .routes(routes!(
+            backup::show,
+            backup::delete,
+            policies::patch_snapshot
+        ))
+        .routes(
+            routes!(policies::show, policies::delete, policies::upload)
                 .layer(DefaultBodyLimit::max(policies::MAX_COMPONENT_BYTES)),
         )
-        .route("/api/v1/policies", get(policies::list))
-        .route("/api/v1/policies/{name}/dry-run", post(policies::dry_run))
-        .route(
-            "/api/v1/backup/apps/{app_id}/policies",
-            get(policies::bindings).put(policies::bind),
-        )
-        .route(
-            "/api/v1/backup/apps/{app_id}/retention",
-            post(policies::run_retention),
-        )
-        .route(
-            "/api/v1/backup/policies/default",
-            axum::routing::put(policies::bind_default),
-        )
-        .route("/api/v1/backup/schedules", get(policies::schedules))
-        .route("/api/v1/backup/stats", get(backup::stats))
-        .route(
-            "/api/v1/backup/restore/{app_id}/{snapshot_id}",
-            post(restore::restore),
-        )
-        .route(
-            "/api/v1/backup/snapshots/{snapshot_id}/verify",
-            post(transfer::verify),
-        )
-        .route(
-            "/api/v1/backup/snapshots/{snapshot_id}/download",
-            get(transfer::download),
-        )
+        .routes(routes!(policies::list))
+        .routes(routes!(policies::dry_run))
+        .routes(routes!(policies::bindings, policies::bind))
+        .routes(routes!(policies::run_retention))
+        .routes(routes!(policies::bind_default))
+        .routes(routes!(policies::schedules))
+        .routes(routes!(backup::stats))
+        .routes(routes!(restore::restore))
+        .routes(routes!(transfer::verify))
+        .routes(routes!(transfer::download))
         // Uploads stream to disk with their own limit (max_import_bytes).
-        .route(
-            "/api/v1/backup/snapshots/import",
-            post(transfer::import).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/api/v1/backup/{app_id}", post(backup::create))
-        .route("/api/v1/jobs", get(jobs::list))
-        .route("/api/v1/jobs/{job_id}", get(jobs::show))
-        .route("/api/v1/jobs/{job_id}/events", get(jobs::events))
+        .routes(routes!(transfer::import).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(backup::create))
+        .routes(routes!(jobs::list))
+        .routes(routes!(jobs::show))
+        .routes(routes!(jobs::events))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&manager),
             require_key,
         ))
         .route_layer(middleware::from_fn(refuse_cross_site))
-        .with_state(Arc::clone(&manager));
+        .with_state(Arc::clone(&manager))
+        .split_for_parts();
     // Health and docs stay open: they reveal nothing about the data.
-    Router::new()
-        .route("/healthz", get(healthz))
+    let (open, open_doc) = OpenApiRouter::new()
+        .routes(routes!(healthz))
         .with_state(manager)
-        .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", ApiDoc::openapi()))
+        .split_for_parts();
+    let mut doc = api_doc;
+    doc.merge(open_doc);
+    crate::ids::document(&mut doc);
+    error::document(&mut doc);
+    let router = Router::new()
+        .merge(open)
+        .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", doc.clone()))
         .merge(api)
         .fallback(|| async {
             ApiError::new(
@@ -139,6 +118,8 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
                 "no such route; see /docs",
             )
         })
+        .layer(middleware::map_response(error::json_errors));
+    (router, doc)
 }
 
 /// Without a key, "loopback only" must hold against browsers too: a page on any site can

@@ -156,11 +156,20 @@ pub async fn bind_default(
 
 /// Run the app's retention policy now.
 #[utoipa::path(post, path = "/api/v1/backup/apps/{app_id}/retention", tag = "policies", params(("app_id" = String, Path)),
-    responses((status = 200, body = RetentionReport)))]
+    responses((status = 200, body = RetentionReport), (status = 400, body = ErrorBody),
+        (status = 404, description = "No such app and no snapshots of it", body = ErrorBody)))]
 pub async fn run_retention(
     State(manager): State<Arc<BackupManager>>,
     Path(app_id): Path<String>,
 ) -> Result<Json<RetentionReport>, ApiError> {
+    // An app that is gone may still have snapshots to clean up; one nobody knows is a typo.
+    if manager.list(Some(&app_id))?.is_empty() {
+        manager
+            .docker()
+            .find_app(&app_id)
+            .await
+            .map_err(crate::manager::ManagerError::from)?;
+    }
     Ok(Json(manager.retention(&app_id, None, false).await?))
 }
 
