@@ -17,10 +17,19 @@ ensure_packages() {
     command -v pigz >/dev/null || missing+=(pigz)
     command -v zstd >/dev/null || missing+=(zstd)
     command -v getfattr >/dev/null || missing+=(attr)
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "installing: ${missing[*]}"
+    # Prometheus and promtool, for the metrics test (without the exporters it recommends).
+    local bare=()
+    command -v prometheus >/dev/null || bare+=(prometheus)
+    if [ ${#missing[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]} ${bare[*]}"
         apt-get update -qq
+    fi
+    if [ ${#missing[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if [ ${#bare[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${bare[@]}" >/dev/null
     fi
 }
 

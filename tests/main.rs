@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod integrity;
 mod malicious;
+mod operability;
 mod policies;
 mod restore;
 mod service;

@@ -5,6 +5,7 @@
 //! - [`manager`]: `BackupManager`, the only place that creates, lists and deletes
 //!   snapshots: per-app locks, stop/start around the archive, crash journal.
 //! - [`jobs`]: long operations with progress (polled or streamed as SSE).
+//! - [`metrics`]: the Prometheus counters and gauges behind `GET /metrics`.
 //! - [`policy`]: WebAssembly policies (wasmtime sandbox, registry of built-in and uploaded
 //!   components, bindings); the decisions are applied in `manager`.
 //! - [`docker`]: apps are compose projects; finds their mounts, stops/starts containers,
@@ -27,5 +28,6 @@ pub mod failpoint;
 pub mod ids;
 pub mod jobs;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod policy;

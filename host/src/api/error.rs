@@ -231,7 +231,7 @@ pub fn document(doc: &mut utoipa::openapi::OpenApi) {
         )
     };
     for (path, item) in doc.paths.paths.iter_mut() {
-        let api = path.starts_with("/api/");
+        let api = path != "/healthz";
         let methods = [
             (false, &mut item.get),
             (true, &mut item.put),

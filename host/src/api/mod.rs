@@ -91,6 +91,7 @@ pub fn router_and_doc(manager: Arc<BackupManager>) -> (Router, utoipa::openapi::
         .routes(routes!(jobs::list))
         .routes(routes!(jobs::show))
         .routes(routes!(jobs::events))
+        .routes(routes!(metrics))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&manager),
             require_key,
@@ -185,17 +186,24 @@ async fn require_key(
     next: Next,
 ) -> Response {
     if let Some(expected) = &manager.config().api_key {
-        let given = request
-            .headers()
+        // `x-api-key` (Websoft9's header), or `Authorization: Bearer` (what Prometheus and
+        // most HTTP clients can send).
+        let headers = request.headers();
+        let given = headers
             .get(API_KEY_HEADER)
             .map(|v| v.as_bytes())
+            .or_else(|| {
+                headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            })
             .unwrap_or_default();
         let ok: bool = Sha256::digest(given)
             .ct_eq(&Sha256::digest(expected.as_bytes()))
             .into();
         if !ok {
             let details = if given.is_empty() {
-                "the x-api-key header is missing"
+                "the x-api-key header (or Authorization: Bearer) is missing"
             } else {
                 "the x-api-key header is wrong"
             };
@@ -219,6 +227,25 @@ pub async fn healthz(State(manager): State<Arc<BackupManager>>) -> Response {
         )
         .into_response(),
     }
+}
+
+/// Prometheus metrics (text format). Behind the API key when one is set: Prometheus sends
+/// it as `Authorization: Bearer …` (`authorization: {credentials_file: …}` in its scrape
+/// config).
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(manager): State<Arc<BackupManager>>) -> Response {
+    let text = tokio::task::spawn_blocking(move || manager.metrics_text())
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// Serves the API on `manager.config().listen` (or its Unix socket) until `shutdown`

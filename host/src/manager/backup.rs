@@ -56,10 +56,14 @@ impl BackupManager {
         let (this, job2) = (Arc::clone(self), job.clone());
         let done = tokio::spawn(async move {
             let _lock = lock;
+            let started = std::time::Instant::now();
+            this.metrics.backup_started(&app.id);
             let result = this
                 .backup(&app, origin, note, &job2)
                 .await
                 .map_err(Arc::new);
+            this.metrics
+                .backup_ended(&app.id, result.is_ok(), started.elapsed());
             match &result {
                 Ok(s) => {
                     tracing::info!(app = %app.id, snapshot = %s.snapshot_id, bytes = s.size_bytes, "backup finished");

@@ -220,6 +220,9 @@ pub struct BackupManager {
     shutting_down: std::sync::atomic::AtomicBool,
     cancels: Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicBool>>>,
     pub policies: Arc<crate::policy::Registry>,
+    pub metrics: crate::metrics::Metrics,
+    /// Apps a scrape has shown, so that one whose snapshots are gone shows 0.
+    known_apps: Mutex<std::collections::BTreeSet<String>>,
     /// Held for the manager's life: one process per backup root.
     _root_lock: File,
 }
@@ -286,6 +289,8 @@ impl BackupManager {
             shutting_down: Default::default(),
             cancels: Mutex::default(),
             policies: Arc::new(crate::policy::Registry::open(&config_state)?),
+            metrics: crate::metrics::Metrics::new(),
+            known_apps: Mutex::default(),
             _root_lock: lock,
         }))
     }
@@ -514,6 +519,36 @@ impl BackupManager {
             disk_free_bytes: vfs.blocks_available() as u64 * frag,
             disk_total_bytes: vfs.blocks() as u64 * frag,
         })
+    }
+}
+
+impl BackupManager {
+    /// The Prometheus text of a scrape: counters as they stand, gauges from the catalog
+    /// and the backup root's filesystem now.
+    pub fn metrics_text(&self) -> String {
+        let mut apps: std::collections::BTreeMap<String, crate::metrics::AppGauges> =
+            Default::default();
+        for s in self.catalog.lock().expect("catalog lock").list(None) {
+            let a = apps.entry(s.app_id.clone()).or_default();
+            a.snapshots += 1;
+            a.bytes += s.size_bytes;
+            if s.origin != crate::catalog::Origin::Imported {
+                a.last_success = a.last_success.max(Some(s.created_at.timestamp()));
+            }
+        }
+        // An app whose snapshots were all deleted shows 0, not its last count.
+        for app in self.known_apps.lock().expect("known apps").iter() {
+            apps.entry(app.clone()).or_default();
+        }
+        self.known_apps
+            .lock()
+            .expect("known apps")
+            .extend(apps.keys().cloned());
+        let free = nix::sys::statvfs::statvfs(&self.config.backup_root)
+            .ok()
+            .map(|v| v.blocks_available() * v.fragment_size());
+        self.metrics
+            .render(apps.iter().map(|(k, v)| (k.as_str(), v.clone())), free)
     }
 }
 

@@ -92,6 +92,14 @@ fn check_ids<'a>(
 }
 
 impl BackupManager {
+    /// A policy call that failed: counted in the policy's health, logged and in metrics.
+    fn policy_failed(&self, policy: &str, kind: Kind, app: &str, error: &PolicyError) {
+        self.policies.record_failure(policy, app, error);
+        self.metrics.policy_failed(policy, kind.as_str());
+    }
+}
+
+impl BackupManager {
     /// Runs the app's retention policy (or `with`, for a dry run of another binding).
     pub async fn retention(
         &self,
@@ -115,7 +123,7 @@ impl BackupManager {
         let verdicts = match verdicts {
             Ok(v) => v,
             Err(e @ (PolicyError::Failed(_) | PolicyError::Malformed(_))) => {
-                self.policies.record_failure(&binding.policy, app_id, &e);
+                self.policy_failed(&binding.policy, Kind::Retention, app_id, &e);
                 report.error = Some(e.to_string());
                 return Ok(report);
             }
@@ -216,12 +224,12 @@ impl BackupManager {
                 reason,
             }),
             Err(e @ (PolicyError::Failed(_) | PolicyError::Malformed(_))) => {
-                self.policies.record_failure(&binding.policy, app_id, &e);
+                self.policy_failed(&binding.policy, Kind::Quota, app_id, &e);
                 Ok(Vec::new())
             }
             Err(e) => {
                 // A binding whose policy vanished must not block backups either.
-                self.policies.record_failure(&binding.policy, app_id, &e);
+                self.policy_failed(&binding.policy, Kind::Quota, app_id, &e);
                 Ok(Vec::new())
             }
         }
@@ -303,7 +311,7 @@ impl BackupManager {
             let next = match next {
                 Ok(n) => n,
                 Err(e) => {
-                    self.policies.record_failure(&binding.policy, &app, &e);
+                    self.policy_failed(&binding.policy, Kind::Schedule, &app, &e);
                     state.last_error = Some(e.to_string());
                     let _ = self.policies.set_schedule_state(&app, state);
                     continue;

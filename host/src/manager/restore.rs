@@ -51,6 +51,7 @@ impl BackupManager {
         let done = tokio::spawn(async move {
             let _lock = lock;
             tracing::info!(app = %app.id, snapshot = %snapshot.snapshot_id, "restore started");
+            this.metrics.restore_started(&app.id);
             let result = this
                 .restore(&app, &snapshot, &job2)
                 .await
@@ -59,6 +60,16 @@ impl BackupManager {
                     skipped,
                 })
                 .map_err(Arc::new);
+            this.metrics.restore_ended(
+                &app.id,
+                match result.as_ref().map_err(|e| e.as_ref()) {
+                    Ok(_) => crate::metrics::RestoreEnd::Succeeded,
+                    Err(
+                        ManagerError::RestoreFailed { .. } | ManagerError::RollbackFailed { .. },
+                    ) => crate::metrics::RestoreEnd::RolledBack,
+                    Err(_) => crate::metrics::RestoreEnd::Refused,
+                },
+            );
             match &result {
                 Ok(restored) => {
                     tracing::info!(app = %app.id, snapshot = %snapshot.snapshot_id, "restore finished");
