@@ -17,9 +17,11 @@ ensure_packages() {
     command -v pigz >/dev/null || missing+=(pigz)
     command -v zstd >/dev/null || missing+=(zstd)
     command -v getfattr >/dev/null || missing+=(attr)
-    # Prometheus and promtool, for the metrics test (without the exporters it recommends).
+    # Prometheus and promtool for the metrics test, a real SMTP server for the mail test
+    # (without what they recommend).
     local bare=()
     command -v prometheus >/dev/null || bare+=(prometheus)
+    command -v aiosmtpd >/dev/null || bare+=(python3-aiosmtpd)
     if [ ${#missing[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then
         echo "installing: ${missing[*]} ${bare[*]}"
         apt-get update -qq

@@ -167,6 +167,22 @@ async fn prometheus_scrapes_the_backup_counters_with_the_api_key() {
     }
 }
 
+/// The alert config the README shows is what appsnap reads.
+#[test]
+fn the_readme_alert_config_parses() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let block = readme
+        .split("```toml\nstale_after_hours")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's alert config block");
+    let config: appsnap::config::Config =
+        toml::from_str(&format!("stale_after_hours{block}")).unwrap();
+    assert_eq!(config.notify.len(), 3);
+    assert_eq!(config.stale_after_hours, 26);
+}
+
 /// The alert rules the README gives are valid Prometheus rules.
 #[test]
 fn the_readme_alert_rules_are_valid() {
@@ -192,4 +208,194 @@ fn the_readme_alert_rules_are_valid() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// An HTTP receiver started by the test: every POST's signature header and body.
+async fn receiver() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(Option<String>, Vec<u8>)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let tx = tx.clone();
+                async move {
+                    let signature = headers
+                        .get("x-appsnap-signature")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    let _ = tx.send((signature, body.to_vec()));
+                    "ok"
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+async fn next_notice(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Option<String>, Vec<u8>)>,
+    secret: &str,
+) -> serde_json::Value {
+    let (signature, body) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("no notification within 30 s")
+        .unwrap();
+    // The signature, checked with the `hmac` crate directly: HMAC-SHA256 of the body.
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(&body);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(signature, Some(format!("sha256={expected}")));
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn target(json: serde_json::Value) -> appsnap::notify::Target {
+    serde_json::from_value(json).unwrap()
+}
+
+/// Issue 11, item 1: a failed backup reaches a webhook, signed; the first success after it
+/// is announced once as a recovery. A target that is down neither slows nor fails the
+/// backup: it is retried, then counted in the metrics.
+#[tokio::test]
+async fn a_failed_backup_reaches_the_webhook_and_a_dead_target_costs_nothing() {
+    // The hook fails while the bind mount's `fail` holds 1.
+    let app = TestApp::new("--label 'appsnap.pre-backup=read x < /bind/fail; [ \"$x\" != 1 ]'");
+    let flag = |v: &str| std::fs::write(app.bind().join("fail"), v).unwrap();
+    let (url, mut rx) = receiver().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = "hook-secret";
+    std::fs::write(secrets.path().join("secret"), secret).unwrap();
+    let secret_file = secrets.path().join("secret");
+    let h = crate::common::Harness::with(|c| {
+        c.notify = vec![
+            target(
+                serde_json::json!({"name": "ops", "type": "webhook", "url": url,
+                "secret_file": secret_file, "events": ["backup_failed"]}),
+            ),
+            target(serde_json::json!({"name": "dead", "type": "webhook",
+                "url": "http://127.0.0.1:1/hook"})),
+        ];
+    })
+    .await;
+    let uri = format!("/api/v1/backup/{}", app.id);
+    flag("1");
+    let started = Instant::now();
+    assert_eq!(h.call("POST", &uri).await.0, 500);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the failed backup took {:?}",
+        started.elapsed()
+    );
+    let notice = next_notice(&mut rx, secret).await;
+    assert_eq!(notice["event"], "backup_failed", "{notice}");
+    assert_eq!(notice["app"], app.id.as_str());
+    assert_eq!(notice["level"], "error");
+    assert!(
+        notice["details"].as_str().unwrap().contains("hook"),
+        "{notice}"
+    );
+
+    flag("0");
+    assert_eq!(h.call("POST", &uri).await.0, 200);
+    let notice = next_notice(&mut rx, secret).await;
+    assert_eq!(notice["event"], "backup_recovered", "{notice}");
+    assert!(notice["snapshot"].is_string());
+    // Once: another success says nothing, so the next notice is the next failure's.
+    assert_eq!(h.call("POST", &uri).await.0, 200);
+    flag("1");
+    assert_eq!(h.call("POST", &uri).await.0, 500);
+    assert_eq!(next_notice(&mut rx, secret).await["event"], "backup_failed");
+
+    // The dead target: retried with backoff (1 + 2 + 4 s), then given up and counted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = h.manager.metrics_text();
+        if text.contains("appsnap_notification_failures_total{target=\"dead\"}") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no delivery failure counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Mail goes through a real SMTP server (aiosmtpd, Debian's `python3-aiosmtpd`); the test
+/// endpoint answers what each target said, a down one included, and 404 for a name that
+/// is not configured.
+#[tokio::test]
+async fn the_test_endpoint_sends_mail_through_a_real_smtp_server() {
+    require("aiosmtpd");
+    let port = free_port();
+    let maildir = tempfile::tempdir().unwrap();
+    let _smtp = Killed(
+        Command::new("aiosmtpd")
+            .args([
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(maildir.path().join("box"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "aiosmtpd did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let h = crate::common::Harness::with(|c| {
+        c.notify = vec![
+            target(
+                serde_json::json!({"name": "mail", "type": "email", "smtp_host": "127.0.0.1",
+                "smtp_port": port, "tls": "none", "from": "appsnap@example.org",
+                "to": ["ops@example.org"]}),
+            ),
+            target(serde_json::json!({"name": "dead", "type": "ntfy",
+                "url": "http://127.0.0.1:1/alerts"})),
+        ];
+    })
+    .await;
+    let (status, body) = h.call("POST", "/api/v1/notify/test").await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{body}");
+    assert_eq!(results[0]["target"], "mail");
+    assert_eq!(results[0]["ok"], true, "{body}");
+    assert_eq!(results[1]["ok"], false, "{body}");
+    assert!(
+        results[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("request failed"),
+        "{body}"
+    );
+    let mails: Vec<String> = std::fs::read_dir(maildir.path().join("box/new"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0].contains("Subject: appsnap: appsnap test notification")
+            && mails[0].contains("To: ops@example.org"),
+        "{}",
+        mails[0]
+    );
+    let (status, body) = h.call("POST", "/api/v1/notify/test?target=nobody").await;
+    assert_eq!(status, 404, "{body}");
 }

@@ -95,6 +95,11 @@ pub struct Config {
     /// Where the Docker host's filesystem is visible (`/` on the host; e.g. `/host` when
     /// appsnap runs in a container with the host's root mounted there).
     pub host_root: PathBuf,
+    /// Hours without a successful backup after which an app is reported stale (the
+    /// `stale` notification); 0 = never. Per app: `[apps.<id>] stale_after_hours`.
+    pub stale_after_hours: u64,
+    /// Where alerts go (`[[notify]]`, see `notify`).
+    pub notify: Vec<crate::notify::Target>,
     /// Per-app settings, by app id.
     pub apps: HashMap<String, AppConfig>,
 }
@@ -105,6 +110,8 @@ pub struct AppConfig {
     pub mode: BackupMode,
     /// Overrides `hook_timeout_secs` for this app.
     pub hook_timeout_secs: Option<u64>,
+    /// Overrides `stale_after_hours` for this app.
+    pub stale_after_hours: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -151,6 +158,8 @@ impl Default for Config {
             max_archive_entries: 1_500_000,
             scheduler_tick_secs: 30,
             host_root: PathBuf::from("/"),
+            stale_after_hours: 0,
+            notify: Vec::new(),
             apps: HashMap::new(),
         }
     }
@@ -191,6 +200,16 @@ impl Config {
         }
         for id in self.apps.keys() {
             crate::ids::validate("app id", id).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for target in &self.notify {
+            target.check().map_err(ConfigError::Invalid)?;
+            if !names.insert(&target.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "two [[notify]] targets are named `{}`",
+                    target.name
+                )));
+            }
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //!   snapshots: per-app locks, stop/start around the archive, crash journal.
 //! - [`jobs`]: long operations with progress (polled or streamed as SSE).
 //! - [`metrics`]: the Prometheus counters and gauges behind `GET /metrics`.
+//! - [`notify`]: alerts (webhook, ntfy, Gotify, Slack, Discord, Telegram, mail).
 //! - [`policy`]: WebAssembly policies (wasmtime sandbox, registry of built-in and uploaded
 //!   components, bindings); the decisions are applied in `manager`.
 //! - [`docker`]: apps are compose projects; finds their mounts, stops/starts containers,
@@ -30,4 +31,5 @@ pub mod jobs;
 pub mod manager;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod policy;

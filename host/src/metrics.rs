@@ -100,6 +100,10 @@ impl Metrics {
                 "appsnap_policy_failures_total",
                 "Policy calls that trapped, timed out or answered nonsense."
             );
+            describe_counter!(
+                "appsnap_notification_failures_total",
+                "Notifications given up after their retries, or dropped from a full queue."
+            );
             describe_gauge!(
                 "appsnap_backup_root_free_bytes",
                 Unit::Bytes,
@@ -148,6 +152,13 @@ impl Metrics {
             RestoreEnd::Refused => return,
         };
         self.with(|| counter!(name, "app" => app.to_string()).increment(1));
+    }
+
+    pub fn notification_failed(&self, target: &str) {
+        self.with(|| {
+            counter!("appsnap_notification_failures_total", "target" => target.to_string())
+                .increment(1)
+        });
     }
 
     pub fn policy_failed(&self, policy: &str, kind: &str) {

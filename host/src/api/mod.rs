@@ -6,12 +6,14 @@
 //! - [`transfer`] — verify, download and import of snapshots
 //! - [`policies`] — `/api/v1/policies/…`, bindings per app, retention runs, pins
 //! - [`jobs`] — `/api/v1/jobs/…` (progress of long operations, SSE)
+//! - [`notify`] — `POST /api/v1/notify/test`
 //! - [`error`] — the single error → HTTP mapping
 //! - here: auth, `/healthz`, OpenAPI + docs page
 
 pub mod backup;
 pub mod error;
 pub mod jobs;
+pub mod notify;
 pub mod policies;
 pub mod restore;
 pub mod transfer;
@@ -92,6 +94,7 @@ pub fn router_and_doc(manager: Arc<BackupManager>) -> (Router, utoipa::openapi::
         .routes(routes!(jobs::show))
         .routes(routes!(jobs::events))
         .routes(routes!(metrics))
+        .routes(routes!(notify::test))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&manager),
             require_key,

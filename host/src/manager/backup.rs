@@ -64,6 +64,13 @@ impl BackupManager {
                 .map_err(Arc::new);
             this.metrics
                 .backup_ended(&app.id, result.is_ok(), started.elapsed());
+            this.notifier.backup_ended(
+                &app.id,
+                match &result {
+                    Ok(s) => Ok(s.snapshot_id.as_str()),
+                    Err(e) => Err(e.to_string()),
+                },
+            );
             match &result {
                 Ok(s) => {
                     tracing::info!(app = %app.id, snapshot = %s.snapshot_id, bytes = s.size_bytes, "backup finished");

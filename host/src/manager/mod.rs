@@ -220,7 +220,8 @@ pub struct BackupManager {
     shutting_down: std::sync::atomic::AtomicBool,
     cancels: Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicBool>>>,
     pub policies: Arc<crate::policy::Registry>,
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub notifier: crate::notify::Notifier,
     /// Apps a scrape has shown, so that one whose snapshots are gone shows 0.
     known_apps: Mutex<std::collections::BTreeSet<String>>,
     /// Held for the manager's life: one process per backup root.
@@ -278,6 +279,8 @@ impl BackupManager {
             .expect("catalog open task")?;
         let config_state = config.backup_root.join(STATE_DIR);
         let heavy_slots = config.max_parallel.max(1);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let notifier = crate::notify::Notifier::start(&config.notify, Arc::clone(&metrics));
         Ok(Arc::new(BackupManager {
             config: Arc::new(config),
             docker,
@@ -289,7 +292,8 @@ impl BackupManager {
             shutting_down: Default::default(),
             cancels: Mutex::default(),
             policies: Arc::new(crate::policy::Registry::open(&config_state)?),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
+            notifier,
             known_apps: Mutex::default(),
             _root_lock: lock,
         }))

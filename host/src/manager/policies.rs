@@ -96,6 +96,12 @@ impl BackupManager {
     fn policy_failed(&self, policy: &str, kind: Kind, app: &str, error: &PolicyError) {
         self.policies.record_failure(policy, app, error);
         self.metrics.policy_failed(policy, kind.as_str());
+        self.notifier.send(crate::notify::Notice::new(
+            crate::notify::Event::PolicyFailed,
+            Some(app),
+            format!("The {kind} policy `{policy}` failed for {app}; it decided nothing"),
+            error.to_string(),
+        ));
     }
 }
 
@@ -284,11 +290,38 @@ impl BackupManager {
         }
     }
 
+    /// The staleness watch: each app's newest snapshot made by a backup of this server,
+    /// against its `stale_after_hours`. Runs with the scheduler, and alerts also when the
+    /// schedules themselves stopped starting backups.
+    pub fn watch_staleness(&self, now: DateTime<Utc>) {
+        let mut last: HashMap<String, DateTime<Utc>> = HashMap::new();
+        for s in self.list(None).unwrap_or_default() {
+            if s.origin != Origin::Imported {
+                let newest = last.entry(s.app_id).or_insert(s.created_at);
+                *newest = (*newest).max(s.created_at);
+            }
+        }
+        let apps: Vec<(String, DateTime<Utc>, u64)> = last
+            .into_iter()
+            .map(|(app, at)| {
+                let hours = self
+                    .config
+                    .apps
+                    .get(&app)
+                    .and_then(|a| a.stale_after_hours)
+                    .unwrap_or(self.config.stale_after_hours);
+                (app, at, hours)
+            })
+            .collect();
+        self.notifier.staleness(now, &apps);
+    }
+
     /// One pass of the scheduler at time `now`: starts the backups that are due (at most
     /// one per app: a busy app is tried again at the next tick). A schedule seen for the
     /// first time starts counting from `now`; after downtime, a missed run is caught up
     /// once, not once per missed slot.
     pub async fn scheduler_tick(self: &Arc<Self>, now: DateTime<Utc>) -> Vec<(String, Started)> {
+        self.watch_staleness(now);
         let known: Vec<String> = {
             let mut apps: Vec<String> = self
                 .list(None)

@@ -70,6 +70,33 @@ impl BackupManager {
                     Err(_) => crate::metrics::RestoreEnd::Refused,
                 },
             );
+            if let Err(e) = &result {
+                let event = match e.as_ref() {
+                    ManagerError::RestoreFailed { .. } => {
+                        Some(crate::notify::Event::RestoreRolledBack)
+                    }
+                    ManagerError::RollbackFailed { .. } => {
+                        Some(crate::notify::Event::RollbackIncomplete)
+                    }
+                    _ => None,
+                };
+                if let Some(event) = event {
+                    let mut notice = crate::notify::Notice::new(
+                        event,
+                        Some(&app.id),
+                        format!("Restore of {} failed and was rolled back", app.id),
+                        e.to_string(),
+                    );
+                    if event == crate::notify::Event::RollbackIncomplete {
+                        notice.message = format!(
+                            "Restore of {} failed and its rollback is incomplete: the app is stopped",
+                            app.id
+                        );
+                    }
+                    notice.snapshot = Some(snapshot.snapshot_id.clone());
+                    this.notifier.send(notice);
+                }
+            }
             match &result {
                 Ok(restored) => {
                     tracing::info!(app = %app.id, snapshot = %snapshot.snapshot_id, "restore finished");

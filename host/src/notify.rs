@@ -1,0 +1,627 @@
+//! Alerts: what went wrong — and, once, that it is right again — sent where the operator
+//! looks: a webhook (optionally signed), ntfy, Gotify, Slack, Discord, Telegram or mail.
+//!
+//! Sending never blocks or fails the operation that reports: a notice goes into each
+//! wanting target's bounded queue (a full queue drops it, counted), and one task per
+//! target delivers, retrying with backoff. What could not be delivered is logged and
+//! counted in `appsnap_notification_failures_total{target}`. Secrets live in files named by
+//! the config and never appear in logs or API answers.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// Delivery attempts per notice, and the wait before the first retry (doubled each time).
+const ATTEMPTS: u32 = 4;
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Notices waiting per target; beyond it new ones are dropped (and counted).
+const QUEUE: usize = 64;
+/// One delivery attempt's limit.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One `[[notify]]` target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// Webhook, ntfy topic, Gotify server, Slack/Discord incoming webhook; for Telegram the
+    /// Bot API base (default `https://api.telegram.org`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Default: every event. A recovery goes wherever its failure goes.
+    #[serde(default)]
+    pub events: Option<Vec<Event>>,
+    #[serde(default)]
+    pub min_level: Level,
+    /// Webhook: HMAC-SHA256 key; the body's signature is sent as `X-Appsnap-Signature`.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// ntfy access token, Gotify application token, Telegram bot token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Telegram chat.
+    #[serde(default)]
+    pub chat_id: Option<String>,
+    /// Email: the SMTP server.
+    #[serde(default)]
+    pub smtp_host: Option<String>,
+    #[serde(default)]
+    pub smtp_port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Webhook,
+    Ntfy,
+    Gotify,
+    Slack,
+    Discord,
+    Telegram,
+    Email,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// STARTTLS on the submission port (587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (465).
+    Tls,
+    /// Plain text: only for a relay on the same host.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    #[default]
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    BackupFailed,
+    BackupRecovered,
+    RestoreRolledBack,
+    RollbackIncomplete,
+    PolicyFailed,
+    /// No successful backup of an app for `stale_after_hours`.
+    Stale,
+    StaleRecovered,
+    Test,
+}
+
+impl Event {
+    pub fn level(self) -> Level {
+        match self {
+            Event::BackupFailed
+            | Event::RestoreRolledBack
+            | Event::RollbackIncomplete
+            | Event::PolicyFailed => Level::Error,
+            Event::Stale => Level::Warning,
+            Event::BackupRecovered | Event::StaleRecovered | Event::Test => Level::Info,
+        }
+    }
+
+    /// The failure a recovery ends.
+    fn recovers(self) -> Option<Event> {
+        match self {
+            Event::BackupRecovered => Some(Event::BackupFailed),
+            Event::StaleRecovered => Some(Event::Stale),
+            _ => None,
+        }
+    }
+}
+
+impl Target {
+    /// What the config must say for this kind of target to work.
+    pub fn check(&self) -> Result<(), String> {
+        let name = &self.name;
+        crate::ids::validate("notify target name", name).map_err(|e| e.to_string())?;
+        let need = |what: &str, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "[[notify]] `{name}` ({:?}) needs `{what}`",
+                    self.kind
+                ))
+            }
+        };
+        match self.kind {
+            Kind::Webhook | Kind::Ntfy | Kind::Gotify | Kind::Slack | Kind::Discord => {
+                need("url", self.url.as_deref().is_some_and(is_http))?;
+            }
+            Kind::Telegram => {
+                need("token_file", self.token_file.is_some())?;
+                need("chat_id", self.chat_id.is_some())?;
+            }
+            Kind::Email => {
+                need("smtp_host", self.smtp_host.is_some())?;
+                need("from", self.from.is_some())?;
+                need("to", !self.to.is_empty())?;
+            }
+        }
+        for file in [&self.secret_file, &self.token_file, &self.password_file]
+            .into_iter()
+            .flatten()
+        {
+            read_secret(file).map_err(|e| format!("[[notify]] `{name}`: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn wants(&self, notice: &Notice) -> bool {
+        if notice.event == Event::Test {
+            return true;
+        }
+        notice.event.level() >= self.min_level
+            && self.events.as_ref().is_none_or(|events| {
+                events.contains(&notice.event)
+                    || notice.event.recovers().is_some_and(|f| events.contains(&f))
+            })
+    }
+}
+
+fn is_http(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
+/// A secret file's first line.
+fn read_secret(path: &PathBuf) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let first = text.lines().next().unwrap_or_default().trim().to_string();
+    if first.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(first)
+}
+
+/// What happened, as every target gets it (each in its own shape).
+#[derive(Debug, Clone, Serialize)]
+pub struct Notice {
+    pub event: Event,
+    pub level: Level,
+    pub app: Option<String>,
+    pub snapshot: Option<String>,
+    pub message: String,
+    pub details: String,
+    pub time: DateTime<Utc>,
+}
+
+impl Notice {
+    pub fn new(event: Event, app: Option<&str>, message: String, details: String) -> Notice {
+        Notice {
+            event,
+            level: event.level(),
+            app: app.map(str::to_string),
+            snapshot: None,
+            message,
+            details,
+            time: Utc::now(),
+        }
+    }
+
+    fn text(&self) -> String {
+        if self.details.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}\n{}", self.message, self.details)
+        }
+    }
+}
+
+/// The answer of `POST /api/v1/notify/test` for one target.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Delivery {
+    pub target: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub ok: bool,
+    /// Why it failed (what the target or the network said); never a secret.
+    pub error: Option<String>,
+}
+
+pub struct Notifier {
+    targets: Vec<(Target, mpsc::Sender<Notice>)>,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    /// Apps whose last backup failed (a success then is announced as a recovery, once).
+    failing: Mutex<HashSet<String>>,
+    /// Apps reported stale.
+    stale: Mutex<HashSet<String>>,
+}
+
+impl Notifier {
+    /// Starts one delivery task per target (on the current tokio runtime).
+    pub fn start(targets: &[Target], metrics: Arc<Metrics>) -> Notifier {
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .user_agent(concat!("appsnap/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("HTTP client");
+        let targets = targets
+            .iter()
+            .map(|t| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(deliver_all(
+                    t.clone(),
+                    rx,
+                    http.clone(),
+                    Arc::clone(&metrics),
+                ));
+                (t.clone(), tx)
+            })
+            .collect();
+        Notifier {
+            targets,
+            http,
+            metrics,
+            failing: Mutex::default(),
+            stale: Mutex::default(),
+        }
+    }
+
+    /// Queues `notice` for every target that wants it; never waits.
+    pub fn send(&self, notice: Notice) {
+        for (target, tx) in &self.targets {
+            if !target.wants(&notice) {
+                continue;
+            }
+            if tx.try_send(notice.clone()).is_err() {
+                tracing::warn!(target = %target.name, event = ?notice.event, "notification dropped: the target's queue is full");
+                self.metrics.notification_failed(&target.name);
+            }
+        }
+    }
+
+    /// A backup ended: a failure is announced, and the first success after failures.
+    pub fn backup_ended(&self, app: &str, outcome: Result<&str, String>) {
+        let mut failing = self.failing.lock().expect("failing");
+        match outcome {
+            Err(details) => {
+                failing.insert(app.to_string());
+                drop(failing);
+                self.send(Notice::new(
+                    Event::BackupFailed,
+                    Some(app),
+                    format!("Backup of {app} failed"),
+                    details,
+                ));
+            }
+            Ok(snapshot) => {
+                if failing.remove(app) {
+                    drop(failing);
+                    let mut notice = Notice::new(
+                        Event::BackupRecovered,
+                        Some(app),
+                        format!("Backup of {app} works again"),
+                        String::new(),
+                    );
+                    notice.snapshot = Some(snapshot.to_string());
+                    self.send(notice);
+                }
+            }
+        }
+    }
+
+    /// Staleness at `now`: each app (with its last successful backup and threshold in
+    /// hours) that became stale is announced once, and once more when it is fresh again.
+    pub fn staleness(&self, now: DateTime<Utc>, apps: &[(String, DateTime<Utc>, u64)]) {
+        let (became, recovered) = {
+            let mut stale = self.stale.lock().expect("stale");
+            stale_transitions(&mut stale, now, apps)
+        };
+        for (app, last) in became {
+            self.send(Notice::new(
+                Event::Stale,
+                Some(&app),
+                format!("No successful backup of {app} since {}", last.to_rfc3339()),
+                format!("{} hours ago", (now - last).num_hours()),
+            ));
+        }
+        for app in recovered {
+            self.send(Notice::new(
+                Event::StaleRecovered,
+                Some(&app),
+                format!("{app} has a recent backup again"),
+                String::new(),
+            ));
+        }
+    }
+
+    /// Sends a test message to one target (or all) now, once each, and says how it went.
+    /// `None` if there is no target of that name.
+    pub async fn test(&self, name: Option<&str>) -> Option<Vec<Delivery>> {
+        let chosen: Vec<&Target> = self
+            .targets
+            .iter()
+            .map(|(t, _)| t)
+            .filter(|t| name.is_none_or(|n| t.name == n))
+            .collect();
+        if name.is_some() && chosen.is_empty() {
+            return None;
+        }
+        let notice = Notice::new(
+            Event::Test,
+            None,
+            "appsnap test notification".into(),
+            "If you read this, appsnap's alerts reach you here.".into(),
+        );
+        let mut answers = Vec::new();
+        for target in chosen {
+            let result = deliver(&self.http, target, &notice).await;
+            answers.push(Delivery {
+                target: target.name.clone(),
+                kind: target.kind,
+                ok: result.is_ok(),
+                error: result.err(),
+            });
+        }
+        Some(answers)
+    }
+}
+
+/// Which apps became stale and which are fresh again at `now`; `stale` is updated. An app
+/// is stale once its last success is older than its threshold (0: never stale).
+pub fn stale_transitions(
+    stale: &mut HashSet<String>,
+    now: DateTime<Utc>,
+    apps: &[(String, DateTime<Utc>, u64)],
+) -> (Vec<(String, DateTime<Utc>)>, Vec<String>) {
+    let (mut became, mut recovered) = (Vec::new(), Vec::new());
+    for (app, last, hours) in apps {
+        let is_stale = *hours > 0 && now - *last > chrono::Duration::hours(*hours as i64);
+        if is_stale && stale.insert(app.clone()) {
+            became.push((app.clone(), *last));
+        } else if !is_stale && stale.remove(app) {
+            recovered.push(app.clone());
+        }
+    }
+    (became, recovered)
+}
+
+/// One target's delivery task: each notice in turn, retried with backoff.
+async fn deliver_all(
+    target: Target,
+    mut rx: mpsc::Receiver<Notice>,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(notice) = rx.recv().await {
+        let mut wait = FIRST_RETRY;
+        for attempt in 1..=ATTEMPTS {
+            match deliver(&http, &target, &notice).await {
+                Ok(()) => break,
+                Err(e) if attempt < ATTEMPTS => {
+                    tracing::warn!(target = %target.name, attempt, "notification not delivered, retrying in {wait:?}: {e}");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => {
+                    tracing::error!(target = %target.name, event = ?notice.event, "notification given up after {ATTEMPTS} attempts: {e}");
+                    metrics.notification_failed(&target.name);
+                }
+            }
+        }
+    }
+}
+
+/// One attempt to deliver `notice` to `target`, in that target's shape.
+async fn deliver(http: &reqwest::Client, target: &Target, notice: &Notice) -> Result<(), String> {
+    let secret = |file: &Option<PathBuf>| file.as_ref().map(read_secret).transpose();
+    let url = target.url.clone().unwrap_or_default();
+    let title = format!("appsnap: {}", notice.message);
+    let request = match target.kind {
+        Kind::Email => return send_mail(target, notice).await,
+        Kind::Webhook => {
+            let body = serde_json::to_vec(notice).expect("notice serializes");
+            let mut req = http.post(&url).header("content-type", "application/json");
+            if let Some(key) = secret(&target.secret_file)? {
+                req = req.header(
+                    "x-appsnap-signature",
+                    format!("sha256={}", sign(&key, &body)),
+                );
+            }
+            req.body(body)
+        }
+        Kind::Ntfy => {
+            let priority = match notice.level {
+                Level::Error => "high",
+                Level::Warning => "default",
+                Level::Info => "low",
+            };
+            let mut req = http
+                .post(&url)
+                .header("title", title)
+                .header("priority", priority)
+                .header("tags", format!("{:?}", notice.event).to_lowercase())
+                .body(notice.text());
+            if let Some(token) = secret(&target.token_file)? {
+                req = req.bearer_auth(token);
+            }
+            req
+        }
+        Kind::Gotify => {
+            let token = secret(&target.token_file)?.unwrap_or_default();
+            let priority = match notice.level {
+                Level::Error => 8,
+                Level::Warning => 5,
+                Level::Info => 2,
+            };
+            http.post(format!("{}/message", url.trim_end_matches('/')))
+                .header("x-gotify-key", token)
+                .json(&serde_json::json!({"title": title, "message": notice.details, "priority": priority}))
+        }
+        Kind::Slack => http
+            .post(&url)
+            .json(&serde_json::json!({"text": format!("*{title}*\n{}", notice.details)})),
+        Kind::Discord => {
+            let text: String = format!("**{title}**\n{}", notice.details)
+                .chars()
+                .take(2000)
+                .collect();
+            http.post(&url).json(&serde_json::json!({"content": text}))
+        }
+        Kind::Telegram => {
+            let token = secret(&target.token_file)?.unwrap_or_default();
+            let base = target.url.as_deref().unwrap_or("https://api.telegram.org");
+            http.post(format!("{}/bot{token}/sendMessage", base.trim_end_matches('/')))
+                .json(&serde_json::json!({"chat_id": target.chat_id, "text": format!("{title}\n{}", notice.details)}))
+        }
+    };
+    let response = request
+        .send()
+        .await
+        // reqwest's message names the URL, which for Telegram holds the token.
+        .map_err(|e| format!("request failed: {}", e.without_url()))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        let body: String = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        Err(format!("the target answered {status}: {body}"))
+    }
+}
+
+/// Hex HMAC-SHA256 of `body` under `key`.
+pub fn sign(key: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(body);
+    crate::model::hex(&mac.finalize().into_bytes())
+}
+
+async fn send_mail(target: &Target, notice: &Notice) -> Result<(), String> {
+    use lettre::message::header::ContentType;
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let host = target.smtp_host.as_deref().unwrap_or_default();
+    let mut builder = match target.tls {
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+            .map_err(|e| format!("SMTP: {e}"))?,
+        SmtpTls::Tls => {
+            AsyncSmtpTransport::<Tokio1Executor>::relay(host).map_err(|e| format!("SMTP: {e}"))?
+        }
+    };
+    if let Some(port) = target.smtp_port {
+        builder = builder.port(port);
+    }
+    if let Some(user) = &target.username {
+        let password = match &target.password_file {
+            Some(file) => read_secret(file)?,
+            None => String::new(),
+        };
+        builder = builder.credentials(Credentials::new(user.clone(), password));
+    }
+    let mailer = builder.timeout(Some(TIMEOUT)).build();
+    let mut message = Message::builder()
+        .from(
+            target
+                .from
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| format!("from: {e}"))?,
+        )
+        .subject(format!("appsnap: {}", notice.message))
+        .header(ContentType::TEXT_PLAIN);
+    for to in &target.to {
+        message = message.to(to.parse().map_err(|e| format!("to {to}: {e}"))?);
+    }
+    let body = format!(
+        "{}\n\nevent: {:?}\napp: {}\ntime: {}\n",
+        notice.text(),
+        notice.event,
+        notice.app.as_deref().unwrap_or("-"),
+        notice.time.to_rfc3339()
+    );
+    let email = message.body(body).map_err(|e| format!("mail: {e}"))?;
+    mailer
+        .send(email)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("SMTP: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The staleness watch with an injected clock: stale once when the last success gets
+    /// older than the threshold, fresh again once after a new success, silent otherwise.
+    #[test]
+    fn staleness_is_announced_once_and_so_is_recovery() {
+        let t0 = DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let h = chrono::Duration::hours;
+        let mut stale = HashSet::new();
+        let app = |last| vec![("app".to_string(), last, 24u64), ("off".to_string(), t0, 0)];
+        let at = |stale: &mut HashSet<String>, now, last| stale_transitions(stale, now, &app(last));
+        assert_eq!(at(&mut stale, t0 + h(23), t0), (vec![], vec![]));
+        assert_eq!(
+            at(&mut stale, t0 + h(25), t0),
+            (vec![("app".to_string(), t0)], vec![])
+        );
+        assert_eq!(at(&mut stale, t0 + h(26), t0), (vec![], vec![]));
+        assert_eq!(at(&mut stale, t0 + h(200), t0), (vec![], vec![]), "once");
+        let fresh = t0 + h(201);
+        assert_eq!(
+            at(&mut stale, t0 + h(202), fresh),
+            (vec![], vec!["app".to_string()])
+        );
+        assert_eq!(at(&mut stale, t0 + h(203), fresh), (vec![], vec![]));
+    }
+
+    #[test]
+    fn recoveries_follow_their_failures_and_levels_filter() {
+        let mut target: Target = toml::from_str(
+            "name = \"ops\"\ntype = \"webhook\"\nurl = \"http://x\"\nevents = [\"backup_failed\"]",
+        )
+        .unwrap();
+        let notice = |event| Notice::new(event, Some("a"), String::new(), String::new());
+        assert!(target.wants(&notice(Event::BackupFailed)));
+        assert!(target.wants(&notice(Event::BackupRecovered)));
+        assert!(!target.wants(&notice(Event::Stale)));
+        target.events = None;
+        target.min_level = Level::Error;
+        assert!(target.wants(&notice(Event::PolicyFailed)));
+        assert!(!target.wants(&notice(Event::Stale)));
+        assert!(!target.wants(&notice(Event::BackupRecovered)));
+        assert!(target.wants(&notice(Event::Test)), "a test goes through");
+    }
+}
