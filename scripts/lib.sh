@@ -22,6 +22,7 @@ ensure_packages() {
     local bare=()
     command -v prometheus >/dev/null || bare+=(prometheus)
     command -v aiosmtpd >/dev/null || bare+=(python3-aiosmtpd)
+    dpkg -s python3-venv >/dev/null 2>&1 || bare+=(python3-venv)
     if [ ${#missing[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then
         echo "installing: ${missing[*]} ${bare[*]}"
         apt-get update -qq
@@ -67,4 +68,14 @@ ensure_rust() {
     if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip2; then
         rustup target add wasm32-wasip2
     fi
+}
+
+# Schemathesis (PyPI), for the API contract test: in its own venv, pinned.
+SCHEMATHESIS=/opt/appsnap-schemathesis
+ensure_schemathesis() {
+    if [ -x "$SCHEMATHESIS/bin/st" ]; then return 0; fi
+    echo "installing schemathesis into $SCHEMATHESIS"
+    /usr/bin/python3 -m venv "$SCHEMATHESIS"
+    "$SCHEMATHESIS/bin/pip" install -q "schemathesis==4.32.5" \
+        || die "cannot install schemathesis from PyPI"
 }

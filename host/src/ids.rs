@@ -63,11 +63,35 @@ pub fn new_snapshot_id(now: DateTime<Utc>) -> String {
 /// What [`validate`] accepts, as a regular expression (for the OpenAPI document).
 pub const PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$";
 
-/// Gives every `app_id` / `snapshot_id` path parameter of the document the id schema
-/// (pattern and length), so clients see the rule before they are refused by it.
+/// Gives every `app_id` / `snapshot_id` of the document — path and query parameters, and
+/// the fields of request and response schemas — the id schema (pattern and length), so
+/// clients see the rule before they are refused by it.
 pub fn document(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::path::ParameterIn;
-    use utoipa::openapi::{ObjectBuilder, RefOr, Type};
+    use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
+    let id_schema = || -> Schema {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(MAX_LEN))
+            .into()
+    };
+    // `name` is a policy's (the only path parameter so called), checked by `validate` too.
+    let is_id = |name: &str| matches!(name, "app_id" | "snapshot_id");
+    let is_id_param = |name: &str| is_id(name) || name == "name";
+    if let Some(components) = doc.components.as_mut() {
+        for schema in components.schemas.values_mut() {
+            if let RefOr::T(Schema::Object(object)) = schema {
+                for (name, property) in object.properties.iter_mut() {
+                    if is_id(name)
+                        && matches!(property, RefOr::T(Schema::Object(p)) if p.schema_type == Type::String.into())
+                    {
+                        *property = RefOr::T(id_schema());
+                    }
+                }
+            }
+        }
+    }
     for item in doc.paths.paths.values_mut() {
         let operations = [
             &mut item.get,
@@ -79,17 +103,9 @@ pub fn document(doc: &mut utoipa::openapi::OpenApi) {
         for op in operations.into_iter().flatten() {
             for p in op.parameters.iter_mut().flatten() {
                 if let RefOr::T(p) = p
-                    && p.parameter_in == ParameterIn::Path
-                    && matches!(p.name.as_str(), "app_id" | "snapshot_id")
+                    && is_id_param(&p.name)
                 {
-                    p.schema = Some(RefOr::T(
-                        ObjectBuilder::new()
-                            .schema_type(Type::String)
-                            .pattern(Some(PATTERN))
-                            .min_length(Some(1))
-                            .max_length(Some(MAX_LEN))
-                            .into(),
-                    ));
+                    p.schema = Some(RefOr::T(id_schema()));
                 }
             }
         }

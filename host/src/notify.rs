@@ -70,6 +70,7 @@ pub struct Target {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = NotifyKind)]
 pub enum Kind {
     Webhook,
     Ntfy,
@@ -103,6 +104,7 @@ pub enum Level {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = NotifyEvent)]
 pub enum Event {
     BackupFailed,
     BackupRecovered,

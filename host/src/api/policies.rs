@@ -99,19 +99,26 @@ pub async fn delete(
 pub struct DryRun {
     pub app_id: String,
     /// Configuration to try (default: the app's bound one, else `{}`).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub config: Option<serde_json::Value>,
 }
 
 /// What a policy would decide for an app, changing nothing.
 #[utoipa::path(post, path = "/api/v1/policies/{name}/dry-run", tag = "policies", params(("name" = String, Path)),
     request_body = DryRun, responses((status = 200, description = "The decision", body = Object),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 422, description = "The config is refused", body = ErrorBody)))]
 pub async fn dry_run(
     State(manager): State<Arc<BackupManager>>,
     Path(name): Path<String>,
     Json(req): Json<DryRun>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if req.config.as_ref().is_some_and(|c| !c.is_object()) {
+        let refused = crate::policy::PolicyError::Config {
+            policy: name,
+            reason: "a policy's config is a JSON object".into(),
+        };
+        return Err(crate::manager::ManagerError::from(refused).into());
+    }
     Ok(Json(manager.dry_run(&name, &req.app_id, req.config).await?))
 }
 
@@ -144,7 +151,8 @@ pub async fn bindings(
 
 /// The default bindings, for apps without their own.
 #[utoipa::path(put, path = "/api/v1/backup/policies/default", tag = "policies",
-    request_body = Bindings, responses((status = 200, body = Bindings), (status = 422, body = ErrorBody)))]
+    request_body = Bindings, responses((status = 200, body = Bindings),
+        (status = 404, description = "No such policy", body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn bind_default(
     State(manager): State<Arc<BackupManager>>,
     Json(bindings): Json<Bindings>,

@@ -380,6 +380,12 @@ impl Registry {
     pub fn bind(&self, app: Option<&str>, bindings: Bindings) -> Result<(), PolicyError> {
         for (kind, binding) in bindings.slots() {
             let Some(b) = binding else { continue };
+            if !b.config.is_object() {
+                return Err(PolicyError::Config {
+                    policy: b.policy.clone(),
+                    reason: "a policy's config is a JSON object".into(),
+                });
+            }
             let c = self.resolve(&b.policy)?;
             if c.kind != kind {
                 return Err(PolicyError::WrongKind(c.kind, kind));
