@@ -218,6 +218,92 @@ async fn hostile_policies_are_contained() {
     assert_eq!(report["protected"].as_array().unwrap().len(), 2, "{report}");
 }
 
+fn builtin(name: &str) -> &'static [u8] {
+    appsnap::policy::BUILTINS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap()
+        .1
+}
+
+/// The schedule policy's answers, in time zones and through DST changes (Berlin, 2026:
+/// clocks go forward on 29 March at 02:00, back on 25 October at 03:00).
+#[test]
+fn schedule_known_answers_in_time_zones() {
+    let engine = appsnap::policy::shared();
+    let cron = engine.load_builtin(builtin("daily-weekly-cron")).unwrap();
+    let berlin = r#"{"daily": "02:30", "tz": "Europe/Berlin"}"#;
+    let cases = [
+        (
+            "winter: 02:30 CET",
+            berlin,
+            "2026-01-10T12:00:00Z",
+            "2026-01-11T01:30:00Z",
+        ),
+        (
+            "summer: 02:30 CEST",
+            berlin,
+            "2026-07-10T12:00:00Z",
+            "2026-07-11T00:30:00Z",
+        ),
+        (
+            "02:30 does not exist: the first minute after the gap",
+            berlin,
+            "2026-03-28T01:30:00Z",
+            "2026-03-29T01:00:00Z",
+        ),
+        (
+            "02:30 happens twice: the first",
+            berlin,
+            "2026-10-24T00:30:00Z",
+            "2026-10-25T00:30:00Z",
+        ),
+        (
+            "…and only once",
+            berlin,
+            "2026-10-25T00:30:00Z",
+            "2026-10-26T01:30:00Z",
+        ),
+        (
+            "weekly, in New York",
+            r#"{"weekly": {"day": "sun", "at": "03:00"}, "tz": "America/New_York"}"#,
+            "2026-11-25T00:00:00Z",
+            "2026-11-29T08:00:00Z",
+        ),
+        (
+            "names",
+            r#"{"cron": "0 3 * * MON-FRI"}"#,
+            "2026-11-28T00:00:00Z",
+            "2026-11-30T03:00:00Z",
+        ),
+        (
+            "@daily, UTC by default",
+            r#"{"cron": "@daily"}"#,
+            "2026-11-28T10:00:00Z",
+            "2026-11-29T00:00:00Z",
+        ),
+    ];
+    for (what, config, last, next) in cases {
+        assert_eq!(
+            engine.validate_config(&cron, config).unwrap(),
+            Ok(()),
+            "{what}"
+        );
+        let got = engine
+            .next_run(&cron, at(last), config, Some(at(last)))
+            .unwrap();
+        assert_eq!(got, Some(at(next)), "{what}: from {last}");
+    }
+    for (config, why) in [
+        (r#"{"daily": "02:30", "tz": "Mars/Olympus"}"#, "IANA"),
+        (r#"{"cron": "61 * * * *"}"#, "cron"),
+        (r#"{"daily": "02:30", "cron": "@daily"}"#, "exactly one"),
+    ] {
+        let refused = engine.validate_config(&cron, config).unwrap().unwrap_err();
+        assert!(refused.contains(why), "{config}: {refused}");
+    }
+}
+
 fn at(s: &str) -> i64 {
     DateTime::parse_from_rfc3339(s).unwrap().timestamp()
 }
@@ -239,15 +325,7 @@ fn snap(id: &str, t: &str) -> SnapshotInfo {
 #[test]
 fn gfs_known_answers() {
     let engine = appsnap::policy::shared();
-    let gfs = engine
-        .load(
-            appsnap::policy::BUILTINS
-                .iter()
-                .find(|(n, _)| *n == "gfs")
-                .unwrap()
-                .1,
-        )
-        .unwrap();
+    let gfs = engine.load_builtin(builtin("gfs")).unwrap();
     let cases: Vec<(&str, &str, Vec<SnapshotInfo>, Vec<&str>)> = vec![
         (
             "leap day",
@@ -620,5 +698,34 @@ async fn a_component_costly_to_compile_is_refused_within_limits() {
     assert!(
         !listed.to_string().contains("\"costly\""),
         "a refused upload is not listed: {listed}"
+    );
+}
+
+/// A default schedule covers an app from its first day, before it has any snapshot: the
+/// scheduler finds it among Docker's compose projects and plans its first run. (Only the
+/// first tick runs here: it plans, it starts nothing — the engine holds other tests' apps.)
+#[tokio::test]
+async fn a_default_schedule_covers_a_new_app_before_its_first_snapshot() {
+    let app = TestApp::new("");
+    let h = Harness::new().await;
+    assert!(ids(&h, &app.id).is_empty());
+    let (status, body) = send_json(
+        &h,
+        "PUT",
+        "/api/v1/backup/policies/default",
+        serde_json::json!({"schedule": {"policy": "daily-weekly-cron",
+            "config": {"daily": "02:30", "tz": "Europe/Berlin"}}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let now = Utc.with_ymd_and_hms(2026, 7, 1, 12, 0, 0).unwrap();
+    assert!(
+        h.manager.scheduler_tick(now).await.is_empty(),
+        "first sight plans only"
+    );
+    let (_, schedules) = h.call("GET", "/api/v1/backup/schedules").await;
+    assert_eq!(
+        schedules[&app.id]["next_run"], "2026-07-02T00:30:00Z",
+        "02:30 in Berlin in summer: {schedules}"
     );
 }

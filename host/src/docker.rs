@@ -145,6 +145,26 @@ impl Docker {
 
     /// Finds an app and its data. [`DockerError::AppNotFound`] when no container has the
     /// project label (a project with only volumes left is not an app any more).
+    /// Every app (compose project) with a container on this engine, running or not.
+    pub async fn list_apps(&self) -> Result<Vec<String>, DockerError> {
+        let filters = HashMap::from([("label".to_string(), vec![PROJECT_LABEL.to_string()])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let mut apps: Vec<String> = self
+            .client
+            .list_containers(Some(options))
+            .await?
+            .into_iter()
+            .filter_map(|c| c.labels?.remove(PROJECT_LABEL))
+            .filter(|app| crate::ids::validate("app id", app).is_ok())
+            .collect();
+        apps.sort();
+        apps.dedup();
+        Ok(apps)
+    }
+
     pub async fn find_app(&self, app_id: &str) -> Result<App, DockerError> {
         let label = format!("{PROJECT_LABEL}={app_id}");
         let filters = HashMap::from([("label".to_string(), vec![label.clone()])]);

@@ -322,6 +322,8 @@ impl BackupManager {
     /// once, not once per missed slot.
     pub async fn scheduler_tick(self: &Arc<Self>, now: DateTime<Utc>) -> Vec<(String, Started)> {
         self.watch_staleness(now);
+        // A default schedule covers every app: those with snapshots, and those Docker
+        // runs that have none yet (a new app is protected from its first day).
         let known: Vec<String> = {
             let mut apps: Vec<String> = self
                 .list(None)
@@ -329,7 +331,10 @@ impl BackupManager {
                 .into_iter()
                 .map(|s| s.app_id)
                 .collect();
-            apps.dedup();
+            match self.docker.list_apps().await {
+                Ok(running) => apps.extend(running),
+                Err(e) => tracing::warn!("cannot list Docker's apps for the schedules: {e}"),
+            }
             apps
         };
         let mut started = Vec::new();

@@ -1,76 +1,38 @@
-//! `daily-weekly-cron`: when to back up next, in UTC. Config, one of:
+//! `daily-weekly-cron`: when to back up next, in a time zone. Config, one of:
 //! - `{"daily": "02:30"}`
 //! - `{"weekly": {"day": "sun", "at": "03:00"}}`
-//! - `{"cron": "0 3 * * 1-5"}` (minute hour day-of-month month day-of-week; `*`, lists,
-//!   ranges and `/steps`; day-of-week 0 or 7 is Sunday; when both day fields are
-//!   restricted either may match, as in cron)
+//! - `{"cron": "0 3 * * MON-FRI"}`: standard cron, parsed by `croner` — minute hour
+//!   day-of-month month day-of-week (an optional seconds field first), `*`, lists, ranges,
+//!   `/steps`, month and day names, `@hourly` `@daily` `@weekly` `@monthly` `@yearly`; when
+//!   both day fields are restricted either may match, as in Vixie cron;
+//!
+//! plus `"tz": "Europe/Berlin"` (an IANA name; default `UTC`). Times are wall-clock times
+//! there, through DST changes: a time that does not exist that day (the spring-forward gap)
+//! runs at the first minute after the gap, one that happens twice (fall back) runs once.
+//! The zone data is compiled in (`chrono-tz`): the guest reads no files.
 
 wit_bindgen::generate!({ world: "schedule", path: "../../wit" });
 
-use chrono::{DateTime, Datelike, Timelike};
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
 
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-enum Config {
-    Daily(String),
-    Weekly { day: String, at: String },
-    Cron(String),
+#[serde(deny_unknown_fields)]
+struct Config {
+    daily: Option<String>,
+    weekly: Option<Weekly>,
+    cron: Option<String>,
+    tz: Option<String>,
 }
 
-/// Minute-resolution sets for each cron field.
-struct Cron {
-    minute: Vec<bool>,
-    hour: Vec<bool>,
-    dom: Vec<bool>,
-    month: Vec<bool>,
-    dow: Vec<bool>,
-    dom_any: bool,
-    dow_any: bool,
-}
-
-fn field(spec: &str, lo: u32, hi: u32, name: &str) -> Result<(Vec<bool>, bool), String> {
-    let mut set = vec![false; hi as usize + 1];
-    let bad = || format!("cron {name} `{spec}` is invalid ({lo}-{hi})");
-    for part in spec.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (r, s.parse::<u32>().map_err(|_| bad())?),
-            None => (part, 1),
-        };
-        if step == 0 {
-            return Err(bad());
-        }
-        let (a, b) = if range == "*" {
-            (lo, hi)
-        } else if let Some((a, b)) = range.split_once('-') {
-            (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?)
-        } else {
-            let v: u32 = range.parse().map_err(|_| bad())?;
-            (v, if part.contains('/') { hi } else { v })
-        };
-        if a < lo || b > hi || a > b {
-            return Err(bad());
-        }
-        for v in (a..=b).step_by(step as usize) {
-            set[v as usize] = true;
-        }
-    }
-    Ok((set, spec == "*"))
-}
-
-fn parse_cron(expr: &str) -> Result<Cron, String> {
-    let f: Vec<&str> = expr.split_whitespace().collect();
-    if f.len() != 5 {
-        return Err(format!("cron `{expr}` needs 5 fields: minute hour day-of-month month day-of-week"));
-    }
-    let (minute, _) = field(f[0], 0, 59, "minute")?;
-    let (hour, _) = field(f[1], 0, 23, "hour")?;
-    let (dom, dom_any) = field(f[2], 1, 31, "day-of-month")?;
-    let (month, _) = field(f[3], 1, 12, "month")?;
-    let (mut dow, dow_any) = field(f[4], 0, 7, "day-of-week")?;
-    if dow[7] {
-        dow[0] = true;
-    }
-    Ok(Cron { minute, hour, dom, month, dow, dom_any, dow_any })
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Weekly {
+    day: String,
+    at: String,
 }
 
 fn hh_mm(s: &str) -> Result<(u32, u32), String> {
@@ -83,64 +45,46 @@ fn hh_mm(s: &str) -> Result<(u32, u32), String> {
     Ok((h, m))
 }
 
-fn weekday(s: &str) -> Result<u32, String> {
+fn weekday(s: &str) -> Result<&'static str, String> {
     let days = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
     let l = s.to_ascii_lowercase();
     days.iter()
-        .position(|d| l.starts_with(d))
-        .map(|p| p as u32)
+        .find(|d| l.starts_with(*d))
+        .copied()
         .ok_or_else(|| format!("day `{s}` is not a weekday (mon … sun)"))
 }
 
-fn to_cron(config: &str) -> Result<Cron, String> {
+/// The schedule as one cron pattern, and the zone its times are in.
+fn parse(config: &str) -> Result<(Cron, Tz), String> {
     let c: Config = serde_json::from_str(config).map_err(|e| format!("schedule config: {e}"))?;
-    match c {
-        Config::Daily(at) => {
+    let pattern = match (c.daily, c.weekly, c.cron) {
+        (Some(at), None, None) => {
             let (h, m) = hh_mm(&at)?;
-            parse_cron(&format!("{m} {h} * * *"))
+            format!("{m} {h} * * *")
         }
-        Config::Weekly { day, at } => {
-            let (h, m) = hh_mm(&at)?;
-            parse_cron(&format!("{m} {h} * * {}", weekday(&day)?))
+        (None, Some(w), None) => {
+            let (h, m) = hh_mm(&w.at)?;
+            format!("{m} {h} * * {}", weekday(&w.day)?)
         }
-        Config::Cron(expr) => parse_cron(&expr),
-    }
+        (None, None, Some(expr)) => expr,
+        _ => return Err("give exactly one of `daily`, `weekly` and `cron`".into()),
+    };
+    let cron = Cron::from_str(&pattern).map_err(|e| format!("cron `{pattern}`: {e}"))?;
+    let tz = match c.tz.as_deref() {
+        None => Tz::UTC,
+        Some(name) => name
+            .parse()
+            .map_err(|_| format!("time zone `{name}` is not an IANA name (e.g. Europe/Berlin)"))?,
+    };
+    Ok((cron, tz))
 }
 
-impl Cron {
-    fn day_matches(&self, d: &DateTime<chrono::Utc>) -> bool {
-        let dom = self.dom[d.day() as usize];
-        let dow = self.dow[d.weekday().num_days_from_sunday() as usize];
-        let day = match (self.dom_any, self.dow_any) {
-            (true, true) => true,
-            (true, false) => dow,
-            (false, true) => dom,
-            (false, false) => dom || dow,
-        };
-        day && self.month[d.month() as usize]
-    }
-
-    /// The first matching minute strictly after `t`, within about four years.
-    fn next_after(&self, t: i64) -> Option<i64> {
-        let mut t = (t.div_euclid(60) + 1) * 60;
-        let limit = t + 4 * 366 * 86_400;
-        while t < limit {
-            let d = DateTime::from_timestamp(t, 0)?;
-            if !self.day_matches(&d) {
-                t = (t.div_euclid(86_400) + 1) * 86_400; // next midnight
-                continue;
-            }
-            if !self.hour[d.hour() as usize] {
-                t = (t.div_euclid(3_600) + 1) * 3_600;
-                continue;
-            }
-            if self.minute[d.minute() as usize] {
-                return Some(t);
-            }
-            t += 60;
-        }
-        None
-    }
+/// The first run strictly after `t` (Unix seconds).
+fn next_after(cron: &Cron, tz: Tz, t: i64) -> Option<i64> {
+    let start = DateTime::<Utc>::from_timestamp(t, 0)?.with_timezone(&tz);
+    cron.find_next_occurrence(&start, false)
+        .ok()
+        .map(|next| next.timestamp())
 }
 
 struct Schedule;
@@ -151,16 +95,17 @@ impl Guest for Schedule {
             name: "daily-weekly-cron".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             kind: "schedule".into(),
-            config_help: r#"{"daily": "02:30"} | {"weekly": {"day": "sun", "at": "03:00"}} | {"cron": "0 3 * * 1-5"}, UTC"#.into(),
+            config_help: r#"{"daily": "02:30"} | {"weekly": {"day": "sun", "at": "03:00"}} | {"cron": "0 3 * * MON-FRI"}, each with an optional "tz": "Europe/Berlin" (default UTC)"#.into(),
         }
     }
 
     fn validate_config(config: String) -> Result<(), String> {
-        to_cron(&config).map(|_| ())
+        parse(&config).map(|_| ())
     }
 
     fn next_run(now: i64, config: String, last_run: Option<i64>) -> Option<i64> {
-        to_cron(&config).ok()?.next_after(last_run.unwrap_or(now))
+        let (cron, tz) = parse(&config).ok()?;
+        next_after(&cron, tz, last_run.unwrap_or(now))
     }
 }
 
