@@ -399,3 +399,39 @@ async fn the_test_endpoint_sends_mail_through_a_real_smtp_server() {
     let (status, body) = h.call("POST", "/api/v1/notify/test?target=nobody").await;
     assert_eq!(status, 404, "{body}");
 }
+
+/// A scheduled backup that cannot even start (here: the app's containers are gone) is
+/// announced as `backup_missed`.
+#[tokio::test]
+async fn a_scheduled_backup_that_cannot_start_is_announced() {
+    let app = TestApp::new("");
+    let app_id = app.id.clone();
+    let (url, mut rx) = receiver().await;
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("secret"), "s").unwrap();
+    let secret_file = secrets.path().join("secret");
+    let h = crate::common::Harness::with(|c| {
+        c.notify = vec![target(serde_json::json!({"name": "ops", "type": "webhook",
+            "url": url, "secret_file": secret_file}))];
+    })
+    .await;
+    let req = axum::http::Request::put(format!("/api/v1/backup/apps/{app_id}/policies"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            serde_json::json!({"schedule": {"policy": "daily-weekly-cron",
+                "config": {"daily": "02:30"}}})
+            .to_string(),
+        ))
+        .unwrap();
+    assert_eq!(h.call_with(req).await.0, 200);
+    let t = |h: u32, m: u32| {
+        use chrono::TimeZone;
+        chrono::Utc.with_ymd_and_hms(2026, 3, 1, h, m, 0).unwrap()
+    };
+    assert!(h.manager.scheduler_tick(t(1, 0)).await.is_empty());
+    drop(app); // its containers and volume are removed
+    assert!(h.manager.scheduler_tick(t(2, 31)).await.is_empty());
+    let notice = next_notice(&mut rx, "s").await;
+    assert_eq!(notice["event"], "backup_missed", "{notice}");
+    assert_eq!(notice["app"], app_id.as_str());
+}

@@ -107,6 +107,8 @@ pub enum Level {
 #[schema(as = NotifyEvent)]
 pub enum Event {
     BackupFailed,
+    /// A scheduled backup could not even start (the app is gone, Docker refused…).
+    BackupMissed,
     BackupRecovered,
     RestoreRolledBack,
     RollbackIncomplete,
@@ -121,6 +123,7 @@ impl Event {
     pub fn level(self) -> Level {
         match self {
             Event::BackupFailed
+            | Event::BackupMissed
             | Event::RestoreRolledBack
             | Event::RollbackIncomplete
             | Event::PolicyFailed => Level::Error,

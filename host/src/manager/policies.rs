@@ -374,7 +374,13 @@ impl BackupManager {
                     }
                     Err(ManagerError::Busy { .. }) => {} // next tick
                     Err(e) => {
-                        tracing::error!(app = %app, "scheduled backup failed: {e}");
+                        tracing::error!(app = %app, "scheduled backup could not start: {e}");
+                        self.notifier.send(crate::notify::Notice::new(
+                            crate::notify::Event::BackupMissed,
+                            Some(&app),
+                            format!("The scheduled backup of {app} could not start"),
+                            e.to_string(),
+                        ));
                         state.last_error = Some(e.to_string());
                         state.last_run = Some(now);
                     }
