@@ -305,6 +305,24 @@ pub fn peak_rss(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// A service in `root`, and its peak memory once it has refused one (small) import, so
+/// that the idle peak includes a working import.
+async fn importing_service(root: &std::path::Path) -> (Service, u64) {
+    let svc = Service::start(root, &[]);
+    import(&svc, b"not gzip".to_vec()).await.unwrap();
+    let idle = peak_rss(svc.child.id());
+    (svc, idle)
+}
+
+async fn import(svc: &Service, bytes: Vec<u8>) -> reqwest::Result<reqwest::Response> {
+    reqwest::Client::new()
+        .post(svc.url("/api/v1/backup/snapshots/import"))
+        .header("content-type", "application/gzip")
+        .body(bytes)
+        .send()
+        .await
+}
+
 /// gzip (one member, fast) of a tar stream made of `parts` written one after another.
 fn gz_of(parts: &mut dyn FnMut(&mut dyn Write)) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -397,18 +415,7 @@ async fn archives_that_claim_gigabytes_are_refused_in_bounded_memory() {
         out
     };
     let root = tempfile::tempdir().unwrap();
-    let svc = Service::start(root.path(), &[]);
-    let client = reqwest::Client::new();
-    let import = |bytes: Vec<u8>| {
-        client
-            .post(svc.url("/api/v1/backup/snapshots/import"))
-            .header("content-type", "application/gzip")
-            .body(bytes)
-            .send()
-    };
-    // Warm up: one real (small) refusal, so the idle peak includes a working import.
-    import(b"not gzip".to_vec()).await.unwrap();
-    let idle = peak_rss(svc.child.id());
+    let (svc, idle) = importing_service(root.path()).await;
     for (what, bytes, limit) in [
         (
             "1 GiB long name",
@@ -426,7 +433,7 @@ async fn archives_that_claim_gigabytes_are_refused_in_bounded_memory() {
     ] {
         assert!(bytes.len() < 16 << 20, "{what}: {} bytes", bytes.len());
         let started = std::time::Instant::now();
-        let resp = import(bytes).await.unwrap();
+        let resp = import(&svc, bytes).await.unwrap();
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(status.as_u16(), 422, "{what}: {body}");
@@ -484,18 +491,8 @@ async fn millions_of_tiny_entries_are_refused_in_bounded_memory() {
     });
     assert!(bytes.len() < 64 << 20, "{} bytes", bytes.len());
     let root = tempfile::tempdir().unwrap();
-    let svc = Service::start(root.path(), &[]);
-    let client = reqwest::Client::new();
-    let import = |bytes: Vec<u8>| {
-        client
-            .post(svc.url("/api/v1/backup/snapshots/import"))
-            .header("content-type", "application/gzip")
-            .body(bytes)
-            .send()
-    };
-    import(b"not gzip".to_vec()).await.unwrap();
-    let idle = peak_rss(svc.child.id());
-    let resp = import(bytes).await.unwrap();
+    let (svc, idle) = importing_service(root.path()).await;
+    let resp = import(&svc, bytes).await.unwrap();
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(status.as_u16(), 422, "{body}");

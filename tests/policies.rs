@@ -621,6 +621,49 @@ fn section(id: u8, content: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(content);
 }
 
+/// A component whose one core module has one function of `nops` instructions.
+fn component_with_function(nops: usize) -> Vec<u8> {
+    let mut body = vec![0x00]; // no locals
+    body.resize(1 + nops, 0x01); // nop
+    body.push(0x0b); // end
+    component_of(&body)
+}
+
+/// A component whose one core module has one function `() -> ()` with `body`.
+fn component_of(body: &[u8]) -> Vec<u8> {
+    let mut code = vec![0x01];
+    leb(body.len(), &mut code);
+    code.extend_from_slice(body);
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[0x01, 0x60, 0x00, 0x00], &mut module);
+    section(3, &[0x01, 0x00], &mut module);
+    section(10, &code, &mut module);
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, &module, &mut component);
+    component
+}
+
+/// Code too large to compile in bounded time is refused by its measurements, before
+/// anything is compiled; the same shape, small, gets past them (and is refused later as
+/// no policy at all).
+#[tokio::test]
+async fn a_component_too_big_to_compile_is_refused_before_compiling() {
+    let h = Harness::new().await;
+    let (status, body) = put_policy(&h, "huge", component_with_function(256 * 1024 + 1)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let details = body["details"].as_str().unwrap();
+    assert!(
+        details.contains("a function of") && details.contains("the limit is"),
+        "{body}"
+    );
+    let (status, body) = put_policy(&h, "tiny", component_with_function(100)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["details"].as_str().unwrap().contains("exports none"),
+        "{body}"
+    );
+}
+
 /// A component of 88 KB, well inside every size limit, whose one function is built to be
 /// costly for cranelift: 8,000 two-way branches, then 8,000 locals read after them (each
 /// read threads a value through every branch). Compiled in-process it took 20 s and 2 GB.
@@ -639,16 +682,7 @@ fn costly_to_compile() -> Vec<u8> {
         body.push(0x1a); // drop
     }
     body.push(0x0b);
-    let mut code = vec![0x01];
-    leb(body.len(), &mut code);
-    code.extend_from_slice(&body);
-    let mut module = b"\0asm\x01\0\0\0".to_vec();
-    section(1, &[0x01, 0x60, 0x00, 0x00], &mut module);
-    section(3, &[0x01, 0x00], &mut module);
-    section(10, &code, &mut module);
-    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
-    section(1, &module, &mut component);
-    component
+    component_of(&body)
 }
 
 /// cranelift cannot be interrupted, so an upload compiles in a child process with a
