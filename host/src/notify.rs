@@ -260,6 +260,9 @@ pub struct Notifier {
     failing: Mutex<HashSet<String>>,
     /// Apps reported stale.
     stale: Mutex<HashSet<String>>,
+    /// When each (policy, app) failure was last announced: a broken schedule policy fails
+    /// at every scheduler tick, and one alert an hour says it well enough.
+    policy_failures: Mutex<std::collections::HashMap<(String, String), DateTime<Utc>>>,
 }
 
 impl Notifier {
@@ -289,6 +292,7 @@ impl Notifier {
             metrics,
             failing: Mutex::default(),
             stale: Mutex::default(),
+            policy_failures: Mutex::default(),
         }
     }
 
@@ -332,6 +336,21 @@ impl Notifier {
                     self.send(notice);
                 }
             }
+        }
+    }
+
+    /// A policy call failed: announced at most once an hour per policy and app.
+    pub fn policy_failed(&self, policy: &str, app: &str, message: String, details: String) {
+        let key = (policy.to_string(), app.to_string());
+        let mut last = self.policy_failures.lock().expect("policy failures");
+        if hourly(&mut last, key, Utc::now()) {
+            drop(last);
+            self.send(Notice::new(
+                Event::PolicyFailed,
+                Some(app),
+                message,
+                details,
+            ));
         }
     }
 
@@ -390,6 +409,22 @@ impl Notifier {
         }
         Some(answers)
     }
+}
+
+/// True (and noted) when `key` was not announced in the hour before `now`.
+fn hourly<K: std::hash::Hash + Eq>(
+    last: &mut std::collections::HashMap<K, DateTime<Utc>>,
+    key: K,
+    now: DateTime<Utc>,
+) -> bool {
+    if last
+        .get(&key)
+        .is_some_and(|t| now - *t < chrono::Duration::hours(1))
+    {
+        return false;
+    }
+    last.insert(key, now);
+    true
 }
 
 /// Which apps became stale and which are fresh again at `now`; `stale` is updated. An app
@@ -610,6 +645,20 @@ mod tests {
             (vec![], vec!["app".to_string()])
         );
         assert_eq!(at(&mut stale, t0 + h(203), fresh), (vec![], vec![]));
+    }
+
+    /// A policy failing at every scheduler tick alerts once an hour, not every 30 s.
+    #[test]
+    fn policy_failures_are_announced_at_most_hourly() {
+        let t0 = Utc::now();
+        let m = chrono::Duration::minutes;
+        let mut last = std::collections::HashMap::new();
+        let calls: Vec<bool> = [0, 1, 30, 59, 60, 61, 119, 121]
+            .into_iter()
+            .map(|minute| hourly(&mut last, "p/a", t0 + m(minute)))
+            .collect();
+        assert_eq!(calls, [true, false, false, false, true, false, false, true]);
+        assert!(hourly(&mut last, "p/other-app", t0 + m(1)), "per app");
     }
 
     #[test]

@@ -96,12 +96,12 @@ impl BackupManager {
     fn policy_failed(&self, policy: &str, kind: Kind, app: &str, error: &PolicyError) {
         self.policies.record_failure(policy, app, error);
         self.metrics.policy_failed(policy, kind.as_str());
-        self.notifier.send(crate::notify::Notice::new(
-            crate::notify::Event::PolicyFailed,
-            Some(app),
+        self.notifier.policy_failed(
+            policy,
+            app,
             format!("The {kind} policy `{policy}` failed for {app}; it decided nothing"),
             error.to_string(),
-        ));
+        );
     }
 }
 
