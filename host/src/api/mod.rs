@@ -8,7 +8,7 @@
 //! - [`jobs`] — `/api/v1/jobs/…` (progress of long operations, SSE)
 //! - [`notify`] — `POST /api/v1/notify/test`
 //! - [`error`] — the single error → HTTP mapping
-//! - here: auth, `/healthz`, OpenAPI + docs page
+//! - here: auth, `/healthz`, `/metrics`, OpenAPI + docs page
 
 pub mod backup;
 pub mod error;
@@ -62,10 +62,6 @@ pub struct ApiDoc;
 /// registered with `routes!`, which takes its path and method from the handler's
 /// `#[utoipa::path]`, so a route cannot exist without its documentation.
 pub fn router(manager: Arc<BackupManager>) -> Router {
-    router_and_doc(manager).0
-}
-
-pub fn router_and_doc(manager: Arc<BackupManager>) -> (Router, utoipa::openapi::OpenApi) {
     let (api, api_doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(backup::list))
         .routes(routes!(
@@ -111,9 +107,9 @@ pub fn router_and_doc(manager: Arc<BackupManager>) -> (Router, utoipa::openapi::
     doc.merge(open_doc);
     crate::ids::document(&mut doc);
     error::document(&mut doc);
-    let router = Router::new()
+    Router::new()
         .merge(open)
-        .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", doc.clone()))
+        .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", doc))
         .merge(api)
         .fallback(|| async {
             ApiError::new(
@@ -122,8 +118,7 @@ pub fn router_and_doc(manager: Arc<BackupManager>) -> (Router, utoipa::openapi::
                 "no such route; see /docs",
             )
         })
-        .layer(middleware::map_response(error::json_errors));
-    (router, doc)
+        .layer(middleware::map_response(error::json_errors))
 }
 
 /// Without a key, "loopback only" must hold against browsers too: a page on any site can

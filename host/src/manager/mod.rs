@@ -497,6 +497,49 @@ impl BackupManager {
         Ok(catalog.rebuild()?)
     }
 
+    /// Each app's newest snapshot made by a backup of this server (imports are not
+    /// backups): what the staleness watch and the metrics call its last success.
+    pub fn last_backups(&self) -> HashMap<String, chrono::DateTime<chrono::Utc>> {
+        let mut last = HashMap::new();
+        for s in self.catalog.lock().expect("catalog lock").list(None) {
+            if s.origin != crate::catalog::Origin::Imported {
+                let newest = last.entry(s.app_id.clone()).or_insert(s.created_at);
+                *newest = (*newest).max(s.created_at);
+            }
+        }
+        last
+    }
+
+    /// The Prometheus text of a scrape: counters as they stand, gauges from the catalog
+    /// and the backup root's filesystem now.
+    pub fn metrics_text(&self) -> String {
+        let stats = self.stats().ok();
+        let last = self.last_backups();
+        let mut apps: std::collections::BTreeMap<String, crate::metrics::AppGauges> = stats
+            .iter()
+            .flat_map(|s| &s.apps)
+            .map(|(app, a)| {
+                let gauges = crate::metrics::AppGauges {
+                    snapshots: a.snapshots,
+                    bytes: a.bytes,
+                    last_success: last.get(app).map(|t| t.timestamp()),
+                };
+                (app.clone(), gauges)
+            })
+            .collect();
+        // An app whose snapshots were all deleted shows 0, not its last count.
+        let mut known = self.known_apps.lock().expect("known apps");
+        for app in known.iter() {
+            apps.entry(app.clone()).or_default();
+        }
+        known.extend(apps.keys().cloned());
+        drop(known);
+        self.metrics.render(
+            apps.iter().map(|(k, v)| (k.as_str(), v.clone())),
+            stats.map(|s| s.disk_free_bytes),
+        )
+    }
+
     pub fn stats(&self) -> Result<Stats, ManagerError> {
         let mut apps: HashMap<String, AppStats> = HashMap::new();
         let (mut total_snapshots, mut total_bytes) = (0, 0);
@@ -523,36 +566,6 @@ impl BackupManager {
             disk_free_bytes: vfs.blocks_available() as u64 * frag,
             disk_total_bytes: vfs.blocks() as u64 * frag,
         })
-    }
-}
-
-impl BackupManager {
-    /// The Prometheus text of a scrape: counters as they stand, gauges from the catalog
-    /// and the backup root's filesystem now.
-    pub fn metrics_text(&self) -> String {
-        let mut apps: std::collections::BTreeMap<String, crate::metrics::AppGauges> =
-            Default::default();
-        for s in self.catalog.lock().expect("catalog lock").list(None) {
-            let a = apps.entry(s.app_id.clone()).or_default();
-            a.snapshots += 1;
-            a.bytes += s.size_bytes;
-            if s.origin != crate::catalog::Origin::Imported {
-                a.last_success = a.last_success.max(Some(s.created_at.timestamp()));
-            }
-        }
-        // An app whose snapshots were all deleted shows 0, not its last count.
-        for app in self.known_apps.lock().expect("known apps").iter() {
-            apps.entry(app.clone()).or_default();
-        }
-        self.known_apps
-            .lock()
-            .expect("known apps")
-            .extend(apps.keys().cloned());
-        let free = nix::sys::statvfs::statvfs(&self.config.backup_root)
-            .ok()
-            .map(|v| v.blocks_available() * v.fragment_size());
-        self.metrics
-            .render(apps.iter().map(|(k, v)| (k.as_str(), v.clone())), free)
     }
 }
 

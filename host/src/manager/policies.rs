@@ -294,14 +294,8 @@ impl BackupManager {
     /// against its `stale_after_hours`. Runs with the scheduler, and alerts also when the
     /// schedules themselves stopped starting backups.
     pub fn watch_staleness(&self, now: DateTime<Utc>) {
-        let mut last: HashMap<String, DateTime<Utc>> = HashMap::new();
-        for s in self.list(None).unwrap_or_default() {
-            if s.origin != Origin::Imported {
-                let newest = last.entry(s.app_id).or_insert(s.created_at);
-                *newest = (*newest).max(s.created_at);
-            }
-        }
-        let apps: Vec<(String, DateTime<Utc>, u64)> = last
+        let apps: Vec<(String, DateTime<Utc>, u64)> = self
+            .last_backups()
             .into_iter()
             .map(|(app, at)| {
                 let hours = self
