@@ -3,10 +3,11 @@
 //! One process-wide engine loads each component once (cached by sha256). An uploaded
 //! component is compiled in a child process (`appsnap compile-policy`) under a memory and a
 //! time limit: cranelift cannot be interrupted, and code a few dozen KB long can ask it for
-//! gigabytes and minutes (see [`compile_untrusted`]). Every call gets a fresh `Store` with: fuel and an epoch deadline (a ticker thread advances the
-//! epoch every 100 ms; 10 ticks ≈ 1 s wall clock), a 64 MiB memory cap, and a WASI
-//! context with nothing in it — no preopened dirs, no env, no args, no sockets, no
-//! inherited stdio. The only import beyond WASI's is `log`, rate-limited.
+//! gigabytes and minutes (see `compile_untrusted`). Every call gets a fresh `Store` with:
+//! fuel and an epoch deadline (a ticker thread advances the epoch every 100 ms; 10 ticks
+//! ≈ 1 s wall clock), a 64 MiB memory cap, and a WASI context with nothing in it — no
+//! preopened dirs, no env, no args, no sockets, no inherited stdio. The only import beyond
+//! WASI's is `log`, rate-limited.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
