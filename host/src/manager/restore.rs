@@ -60,42 +60,34 @@ impl BackupManager {
                     skipped,
                 })
                 .map_err(Arc::new);
-            this.metrics.restore_ended(
-                &app.id,
-                match result.as_ref().map_err(|e| e.as_ref()) {
-                    Ok(_) => crate::metrics::RestoreEnd::Succeeded,
-                    Err(
-                        ManagerError::RestoreFailed { .. } | ManagerError::RollbackFailed { .. },
-                    ) => crate::metrics::RestoreEnd::RolledBack,
-                    Err(_) => crate::metrics::RestoreEnd::Refused,
-                },
-            );
-            if let Err(e) = &result {
-                let event = match e.as_ref() {
-                    ManagerError::RestoreFailed { .. } => {
-                        Some(crate::notify::Event::RestoreRolledBack)
-                    }
-                    ManagerError::RollbackFailed { .. } => {
-                        Some(crate::notify::Event::RollbackIncomplete)
-                    }
-                    _ => None,
-                };
-                if let Some(event) = event {
-                    let mut notice = crate::notify::Notice::new(
-                        event,
-                        Some(&app.id),
-                        format!("Restore of {} failed and was rolled back", app.id),
-                        e.to_string(),
-                    );
-                    if event == crate::notify::Event::RollbackIncomplete {
-                        notice.message = format!(
-                            "Restore of {} failed and its rollback is incomplete: the app is stopped",
-                            app.id
-                        );
-                    }
-                    notice.snapshot = Some(snapshot.snapshot_id.clone());
-                    this.notifier.send(notice);
-                }
+            // One reading of how it ended, for the counters and the alert.
+            use crate::metrics::RestoreEnd;
+            use crate::notify::Event;
+            let (end, alert) = match result.as_ref().map_err(|e| e.as_ref()) {
+                Ok(_) => (RestoreEnd::Succeeded, None),
+                Err(ManagerError::RestoreFailed { .. }) => (
+                    RestoreEnd::RolledBack,
+                    Some((Event::RestoreRolledBack, "failed and was rolled back")),
+                ),
+                Err(ManagerError::RollbackFailed { .. }) => (
+                    RestoreEnd::RolledBack,
+                    Some((
+                        Event::RollbackIncomplete,
+                        "failed and its rollback is incomplete: the app is stopped",
+                    )),
+                ),
+                Err(_) => (RestoreEnd::Refused, None),
+            };
+            this.metrics.restore_ended(&app.id, end);
+            if let (Some((event, what)), Err(e)) = (alert, &result) {
+                let mut notice = crate::notify::Notice::new(
+                    event,
+                    Some(&app.id),
+                    format!("Restore of {} {what}", app.id),
+                    e.to_string(),
+                );
+                notice.snapshot = Some(snapshot.snapshot_id.clone());
+                this.notifier.send(notice);
             }
             match &result {
                 Ok(restored) => {
