@@ -167,16 +167,22 @@ async fn prometheus_scrapes_the_backup_counters_with_the_api_key() {
     }
 }
 
+/// The README's code block that starts with `opening` (after the fence), without it.
+fn readme_block(opening: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    readme
+        .split(opening)
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap_or_else(|| panic!("no README block opening with {opening:?}"))
+        .to_string()
+}
+
 /// The alert config the README shows is what appsnap reads.
 #[test]
 fn the_readme_alert_config_parses() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let block = readme
-        .split("```toml\nstale_after_hours")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("the README's alert config block");
+    let block = readme_block("```toml\nstale_after_hours");
     let config: appsnap::config::Config =
         toml::from_str(&format!("stale_after_hours{block}")).unwrap();
     assert_eq!(config.notify.len(), 3);
@@ -187,13 +193,7 @@ fn the_readme_alert_config_parses() {
 #[test]
 fn the_readme_alert_rules_are_valid() {
     require("promtool");
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let rules = readme
-        .split("```yaml\n# rules.yml\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("the README's rules.yml block");
+    let rules = readme_block("```yaml\n# rules.yml\n");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rules.yml");
     std::fs::write(&path, rules).unwrap();
