@@ -48,7 +48,11 @@ pub struct Slot {
 #[derive(Debug, Clone)]
 pub struct Written {
     pub compressed_bytes: u64,
+    /// Of the gzip file.
     pub sha256: [u8; 32],
+    /// Of the tar stream before compression: what an offsite copy holds, so a copy
+    /// fetched back can be checked against the backup that made it.
+    pub raw_sha256: [u8; 32],
 }
 
 /// The producer side of the pipeline: take a slot, fill `raw`, submit it.
@@ -185,6 +189,8 @@ fn write_in_order<W: Write>(
     let mut pending = BTreeMap::new();
     let mut next = 0u64;
     let mut hash = Sha256::new();
+    // Hashed here rather than by the producer: this thread mostly waits on the disk.
+    let mut raw_hash = Sha256::new();
     let mut total = 0u64;
     while let Ok(slot) = done.recv() {
         pending.insert(slot.seq, slot);
@@ -193,6 +199,7 @@ fn write_in_order<W: Write>(
             // the producer stop at their next send or take.
             out.write_all(&slot.packed)?;
             hash.update(&slot.packed);
+            raw_hash.update(&slot.raw);
             total += slot.packed.len() as u64;
             next += 1;
             slot.raw.clear();
@@ -204,6 +211,7 @@ fn write_in_order<W: Write>(
         Written {
             compressed_bytes: total,
             sha256: hash.finalize().into(),
+            raw_sha256: raw_hash.finalize().into(),
         },
         out,
     ))

@@ -137,6 +137,8 @@ impl Default for Options {
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub sha256: String,
+    /// sha256 of the uncompressed tar stream.
+    pub tar_sha256: String,
     pub compressed_bytes: u64,
     pub tar_bytes: u64,
     pub entries: u64,
@@ -196,6 +198,7 @@ pub fn write(
     Ok((
         Summary {
             sha256: hex(&written.sha256),
+            tar_sha256: hex(&written.raw_sha256),
             compressed_bytes: written.compressed_bytes,
             tar_bytes,
             entries,
