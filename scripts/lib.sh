@@ -17,6 +17,9 @@ ensure_packages() {
     command -v pigz >/dev/null || missing+=(pigz)
     command -v zstd >/dev/null || missing+=(zstd)
     command -v getfattr >/dev/null || missing+=(attr)
+    # restic reads appsnap's offsite repositories in the interop test (and is the
+    # users' way out without appsnap).
+    command -v restic >/dev/null || missing+=(restic)
     # Prometheus and promtool for the metrics test, a real SMTP server for the mail test
     # (without what they recommend).
     local bare=()
@@ -78,4 +81,13 @@ ensure_schemathesis() {
     /usr/bin/python3 -m venv "$SCHEMATHESIS"
     "$SCHEMATHESIS/bin/pip" install -q "schemathesis==4.32.5" \
         || die "cannot install schemathesis from PyPI"
+}
+
+# s3s-fs (crates.io), a real S3 server for the offsite tests: built once (~4 min) into
+# ~/.cargo/bin. 0.14.1 is the newest that builds with the pinned rustc.
+ensure_s3s_fs() {
+    if [ -x "$HOME/.cargo/bin/s3s-fs" ]; then return 0; fi
+    echo "installing s3s-fs 0.14.1 (a local S3 server for the tests; a few minutes, once)"
+    cargo install s3s-fs@0.14.1 --features binary --locked -q \
+        || die "cannot install s3s-fs from crates.io"
 }

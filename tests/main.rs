@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod integrity;
 mod malicious;
+mod offsite;
 mod operability;
 mod policies;
 mod restore;

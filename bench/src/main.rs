@@ -527,6 +527,9 @@ fn list_10k(root: &Path) {
                 warnings: Vec::new(),
                 tar_bytes: None,
                 entries: None,
+                tar_sha256: None,
+                locations: Vec::new(),
+                copies: Default::default(),
             }
         })
         .collect();

@@ -83,6 +83,62 @@ pub struct Snapshot {
     pub tar_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<u64>,
+    /// sha256 of the uncompressed tar stream (hex), recorded by the writer: an offsite
+    /// copy holds that stream, and a copy fetched back must match it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar_sha256: Option<String>,
+    /// Where the snapshot can be restored from: `local` (this server's archive) and the
+    /// repositories holding a complete copy. Derived from `copies`.
+    #[serde(default)]
+    pub locations: Vec<String>,
+    /// The offsite copy in each configured repository, by repository name.
+    #[serde(default)]
+    pub copies: BTreeMap<String, Copy>,
+}
+
+impl Snapshot {
+    /// Recomputes `locations` from `copies` (call after changing either).
+    pub fn refresh_locations(&mut self) {
+        self.locations = std::iter::once("local".to_string())
+            .chain(
+                self.copies
+                    .iter()
+                    .filter(|(_, c)| c.state == CopyState::Done)
+                    .map(|(name, _)| name.clone()),
+            )
+            .collect();
+    }
+}
+
+/// Where an offsite copy of a snapshot stands in one repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyState {
+    /// Waiting for its turn, or for its next attempt after a failure.
+    Pending,
+    Copying,
+    Done,
+    /// Gave up after its attempts; `POST …/copy` tries again.
+    Failed,
+}
+
+/// One snapshot's copy in one repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Copy {
+    pub state: CopyState,
+    /// Attempts made so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The repository's (restic) snapshot id of the copy, once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_snapshot: Option<String>,
+    /// Bytes the copy added to the repository after deduplication and compression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_uploaded: Option<u64>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// What every archive says about itself in its first entry, `appsnap.json`.
@@ -113,6 +169,10 @@ pub struct Sidecar {
     pub tar_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub copies: BTreeMap<String, Copy>,
     /// The date the snapshot is listed under, which may differ from the archive's own
     /// (an import dated in the future is listed as of its import).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,6 +194,8 @@ pub fn write_sidecar(s: &Snapshot) -> io::Result<()> {
         warnings: s.warnings.clone(),
         tar_bytes: s.tar_bytes,
         entries: s.entries,
+        tar_sha256: s.tar_sha256.clone(),
+        copies: s.copies.clone(),
         created_at: Some(s.created_at),
     };
     let bytes = serde_json::to_vec_pretty(&sidecar).expect("sidecar serializes");
@@ -279,7 +341,8 @@ impl Catalog {
         self.snapshots.contains_key(id)
     }
 
-    pub fn insert(&mut self, s: Snapshot) {
+    pub fn insert(&mut self, mut s: Snapshot) {
+        s.refresh_locations();
         self.snapshots.insert(s.snapshot_id.clone(), s);
     }
 
@@ -358,6 +421,13 @@ pub fn snapshot_from_archive(path: &Path) -> Result<Snapshot, archive::ArchiveEr
         warnings: sidecar.warnings,
         tar_bytes: sidecar.tar_bytes,
         entries: sidecar.entries,
+        tar_sha256: sidecar.tar_sha256,
+        locations: Vec::new(),
+        copies: sidecar.copies,
+    })
+    .map(|mut s| {
+        s.refresh_locations();
+        s
     })
 }
 

@@ -100,6 +100,13 @@ pub struct Config {
     pub stale_after_hours: u64,
     /// Where alerts go (`[[notify]]`, see `notify`).
     pub notify: Vec<crate::notify::Target>,
+    /// Offsite repositories snapshots are copied to (`[[repositories]]`, see `offsite`).
+    pub repositories: Vec<crate::offsite::RepositoryConfig>,
+    /// Seconds before the first retry of a failed offsite copy; each next wait is 4×
+    /// longer (60 s, 4 min, 16 min by default).
+    pub offsite_retry_secs: u64,
+    /// Attempts of an offsite copy before it is `failed` (and `offsite_failed` is sent).
+    pub offsite_attempts: u32,
     /// Per-app settings, by app id.
     pub apps: HashMap<String, AppConfig>,
 }
@@ -160,6 +167,9 @@ impl Default for Config {
             host_root: PathBuf::from("/"),
             stale_after_hours: 0,
             notify: Vec::new(),
+            repositories: Vec::new(),
+            offsite_retry_secs: 60,
+            offsite_attempts: 4,
             apps: HashMap::new(),
         }
     }
@@ -208,6 +218,23 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "two [[notify]] targets are named `{}`",
                     target.name
+                )));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for repo in &self.repositories {
+            repo.check()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if ["local", "all"].contains(&repo.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "a repository cannot be named `{}`: it means a location in the API",
+                    repo.name
+                )));
+            }
+            if !names.insert(&repo.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "two [[repositories]] are named `{}`",
+                    repo.name
                 )));
             }
         }

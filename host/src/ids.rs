@@ -76,9 +76,10 @@ pub fn document(doc: &mut utoipa::openapi::OpenApi) {
             .max_length(Some(MAX_LEN))
             .into()
     };
-    // `name` is a policy's (the only path parameter so called), checked by `validate` too.
+    // `name` is a policy's or a repository's, checked by `validate` too.
     let is_id = |name: &str| matches!(name, "app_id" | "snapshot_id");
-    let is_id_param = |name: &str| is_id(name) || name == "name";
+    // `repository` / `from` name a repository, whose names are ids too.
+    let is_id_param = |name: &str| is_id(name) || matches!(name, "name" | "repository" | "from");
     if let Some(components) = doc.components.as_mut() {
         for schema in components.schemas.values_mut() {
             if let RefOr::T(Schema::Object(object)) = schema {

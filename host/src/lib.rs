@@ -12,6 +12,7 @@
 //! - [`docker`]: apps are compose projects; finds their mounts, stops/starts containers,
 //!   runs hooks (bollard).
 //! - [`archive`]: the `.tar.gz` itself — filesystem walk, tar headers, parallel gzip.
+//! - [`offsite`]: copies in restic-format repositories (S3, paths, OpenDAL) via rustic_core.
 //! - [`catalog`]: `snapshots.json`, written atomically, rebuildable from the archives.
 //! - [`model`]: what those three share — `Mount`, `Source`, a file's sha256.
 //! - [`config`]: TOML file < `APPSNAP_*` environment < flags, with safe defaults.
@@ -32,4 +33,5 @@ pub mod manager;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod offsite;
 pub mod policy;

@@ -71,9 +71,19 @@ enum Command {
     /// Delete a snapshot.
     Delete { snapshot_id: String },
     /// Restore an app from one of its snapshots (rolled back on any failure).
-    Restore { app_id: String, snapshot_id: String },
+    Restore {
+        app_id: String,
+        snapshot_id: String,
+        /// Fetch the snapshot from this repository (else a snapshot without a local
+        /// archive is looked for in every configured repository).
+        #[arg(long)]
+        from: Option<String>,
+    },
     /// Check a snapshot's checksum and structure.
     Verify { snapshot_id: String },
+    /// Offsite repositories (`[[repositories]]` in the config).
+    #[command(subcommand)]
+    Repo(RepoCommand),
     /// Rebuild the catalog from the archives on disk.
     Reindex,
     /// Archive directories into a .tar.gz (no Docker; used by the benchmark).
@@ -89,6 +99,18 @@ enum Command {
     /// Compile an uploaded policy component under limits (run by the service itself).
     #[command(hide = true)]
     CompilePolicy,
+}
+
+#[derive(Subcommand)]
+enum RepoCommand {
+    /// Create the repository (an existing one is only opened, never overwritten).
+    Init { name: String },
+    /// List the appsnap snapshots a repository holds.
+    Snapshots {
+        name: String,
+        #[arg(long)]
+        app: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -171,6 +193,18 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         Command::Unpack { archive, into } => return unpack(&config, &archive, into),
         other => other,
     };
+    if let Command::Repo(RepoCommand::Init { name }) = &command {
+        // Needs no backup root (and no Docker): only the repository's storage.
+        let repo = config
+            .repositories
+            .iter()
+            .find(|r| &r.name == name)
+            .cloned()
+            .ok_or_else(|| appsnap::offsite::OffsiteError::UnknownRepository(name.clone()))?;
+        let id = tokio::task::spawn_blocking(move || appsnap::offsite::init(&repo)).await??;
+        println!("repository {name} is ready (id {id})");
+        return Ok(());
+    }
     let manager = BackupManager::open(config).await?;
     if matches!(command, Command::Backup { .. } | Command::Restore { .. }) {
         // Ctrl-C or SIGTERM in the middle would leave the app stopped or half restored:
@@ -197,6 +231,10 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         Command::Backup { app_id, note } => {
             let started = manager.start_backup(&app_id, Origin::Manual, note).await?;
             let snapshot = started.done.await??;
+            // The copies it owes run before the command exits (the service would resume
+            // them otherwise, but there may be no service).
+            manager.copies_finished().await;
+            let snapshot = manager.get(&snapshot.snapshot_id).unwrap_or(snapshot);
             println!("{}", serde_json::to_string_pretty(&snapshot)?);
         }
         Command::List { app, json } => {
@@ -220,8 +258,11 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         Command::Restore {
             app_id,
             snapshot_id,
+            from,
         } => {
-            let started = manager.start_restore(&app_id, &snapshot_id).await?;
+            let started = manager
+                .start_restore_from(&app_id, &snapshot_id, from.as_deref())
+                .await?;
             let restored = started.done.await??;
             println!("Snapshot {snapshot_id} restored into {app_id}");
             for skipped in restored.skipped {
@@ -235,7 +276,22 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
                 v.entries, v.tar_bytes
             );
         }
-        Command::Pack { .. } | Command::Unpack { .. } | Command::CompilePolicy => {
+        Command::Repo(RepoCommand::Snapshots { name, app }) => {
+            for s in manager.remote_snapshots(&name, app.as_deref()).await? {
+                println!(
+                    "{}  {:<24} {:>12}  {}  restic {}",
+                    s.snapshot_id,
+                    s.app_id,
+                    s.tar_bytes,
+                    s.created_at.to_rfc3339(),
+                    &s.repository_snapshot[..8.min(s.repository_snapshot.len())]
+                );
+            }
+        }
+        Command::Pack { .. }
+        | Command::Unpack { .. }
+        | Command::CompilePolicy
+        | Command::Repo(RepoCommand::Init { .. }) => {
             unreachable!("handled above")
         }
     }

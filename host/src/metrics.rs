@@ -104,6 +104,10 @@ impl Metrics {
                 "appsnap_notification_failures_total",
                 "Notifications given up after their retries, or dropped from a full queue."
             );
+            describe_counter!(
+                "appsnap_offsite_copies_total",
+                "Offsite copy attempts, by repository and outcome (done or failed)."
+            );
             describe_gauge!(
                 "appsnap_backup_root_free_bytes",
                 Unit::Bytes,
@@ -152,6 +156,18 @@ impl Metrics {
             RestoreEnd::Refused => return,
         };
         self.with(|| counter!(name, "app" => app.to_string()).increment(1));
+    }
+
+    pub fn copy_ended(&self, repository: &str, ok: bool) {
+        let outcome = if ok { "done" } else { "failed" };
+        self.with(|| {
+            counter!(
+                "appsnap_offsite_copies_total",
+                "repository" => repository.to_string(),
+                "outcome" => outcome
+            )
+            .increment(1)
+        });
     }
 
     pub fn notification_failed(&self, target: &str) {

@@ -113,6 +113,8 @@ pub enum Event {
     RestoreRolledBack,
     RollbackIncomplete,
     PolicyFailed,
+    /// An offsite copy gave up after its retries (the local snapshot is fine).
+    OffsiteFailed,
     /// No successful backup of an app for `stale_after_hours`.
     Stale,
     StaleRecovered,
@@ -126,7 +128,8 @@ impl Event {
             | Event::BackupMissed
             | Event::RestoreRolledBack
             | Event::RollbackIncomplete
-            | Event::PolicyFailed => Level::Error,
+            | Event::PolicyFailed
+            | Event::OffsiteFailed => Level::Error,
             Event::Stale => Level::Warning,
             Event::BackupRecovered | Event::StaleRecovered | Event::Test => Level::Info,
         }

@@ -146,6 +146,24 @@ impl TestApp {
         self.tmp.path().join("bind")
     }
 
+    /// The same app (project name) created afresh, as on a new server: its containers
+    /// and volume removed and made again, its bind mount and project folder emptied.
+    pub fn recreate(&mut self) {
+        for c in std::mem::take(&mut self.containers) {
+            sh(&format!("docker rm -f {c}"));
+        }
+        sh(&format!("docker volume rm -f {}", self.volume));
+        for dir in [self.bind(), self.project()] {
+            fs::remove_dir_all(&dir).unwrap();
+            fs::create_dir_all(&dir).unwrap();
+        }
+        sh(&format!(
+            "docker volume create --label com.docker.compose.project={} {}",
+            self.id, self.volume
+        ));
+        self.add_container("web", "");
+    }
+
     pub fn project(&self) -> PathBuf {
         self.tmp.path().join("project")
     }
@@ -675,5 +693,166 @@ pub async fn follow_until(
                 "the job ended before the awaited moment: {job}"
             );
         }
+    }
+}
+
+/// A real S3 server (s3s-fs, installed by `scripts/test`) on a free loopback port, serving
+/// each folder of its data dir as a bucket; killed on drop.
+pub struct S3Server {
+    pub port: u16,
+    pub data: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+pub const S3_KEY: &str = "appsnaptestkey";
+pub const S3_SECRET: &str = "appsnaptestsecret0123456789";
+
+impl S3Server {
+    /// Starts it with bucket `bucket` created.
+    pub fn start(bucket: &str) -> S3Server {
+        let data = tempfile::tempdir().unwrap();
+        fs::create_dir(data.path().join(bucket)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = S3Server {
+            port,
+            data,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    fn binary() -> PathBuf {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let installed = PathBuf::from(home).join(".cargo/bin/s3s-fs");
+        assert!(
+            installed.exists(),
+            "s3s-fs is not installed: run scripts/test, or \
+             `cargo install s3s-fs@0.14.1 --features binary --locked`"
+        );
+        installed
+    }
+
+    /// Kills the server (mid-transfer, if one runs).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port and data; returns once it accepts connections.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(Self::binary())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .arg(self.data.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        self.child = Some(child);
+        // Readiness, not a sleep: the first accepted connection means it serves.
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("s3s-fs did not listen on port {} within 10 s", self.port);
+    }
+
+    /// A `[[repositories]]` entry for this server.
+    pub fn repository(
+        &self,
+        name: &str,
+        bucket: &str,
+        secret: &str,
+    ) -> appsnap::offsite::RepositoryConfig {
+        let options = [
+            ("bucket", bucket.to_string()),
+            ("root", "/appsnap".to_string()),
+            ("endpoint", format!("http://127.0.0.1:{}", self.port)),
+            ("region", "us-east-1".to_string()),
+            ("access_key_id", S3_KEY.to_string()),
+            ("secret_access_key", secret.to_string()),
+            // The opendal default retries 5 times with backoff; appsnap retries the copy.
+            ("retry", "1".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        toml::from_str::<appsnap::offsite::RepositoryConfig>(&format!(
+            "name = '{name}'\nrepository = 'opendal:s3'\npassword = 'correct horse battery'\n"
+        ))
+        .map(|mut r| {
+            r.options = options;
+            r
+        })
+        .unwrap()
+    }
+
+    /// Total bytes stored in the bucket's files.
+    pub fn stored_bytes(&self, bucket: &str) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| {
+                            let m = e.metadata().unwrap();
+                            if m.is_dir() { walk(&e.path()) } else { m.len() }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.data.path().join(bucket))
+    }
+
+    /// `restic` (Debian's) on this server's repository: (status ok, stdout).
+    pub fn restic(&self, bucket: &str, args: &[&str]) -> (bool, Vec<u8>) {
+        let out = Command::new("restic")
+            .arg("-r")
+            .arg(format!(
+                "s3:http://127.0.0.1:{}/{bucket}/appsnap",
+                self.port
+            ))
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env("RESTIC_PASSWORD", "correct horse battery")
+            .env(
+                "RESTIC_CACHE_DIR",
+                std::env::temp_dir().join("appsnap-restic-cache"),
+            )
+            .output()
+            .expect("restic is not installed: run scripts/test, or apt-get install restic");
+        if !out.status.success() {
+            eprintln!("restic {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        (out.status.success(), out.stdout)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls a job (in-process) until it is no longer running; returns its JSON.
+pub async fn job_done(h: &Harness, job_id: &str) -> serde_json::Value {
+    let mut rx = h.manager.jobs.get(job_id).expect("job exists").subscribe();
+    loop {
+        let info = rx.borrow_and_update().clone();
+        if info.state != appsnap::jobs::JobState::Running {
+            return serde_json::to_value(info).unwrap();
+        }
+        rx.changed().await.expect("job channel open");
     }
 }

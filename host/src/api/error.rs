@@ -110,6 +110,29 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
         // Only ever seen in the job: its client is gone.
         Abandoned(_) => (StatusCode::SERVICE_UNAVAILABLE, "Request abandoned"),
         Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "Storage error"),
+        Offsite(o) => {
+            use crate::offsite::OffsiteError as O;
+            match o {
+                O::UnknownRepository(_) => (StatusCode::NOT_FOUND, "Repository not found"),
+                O::SnapshotNotFound { .. } => (
+                    StatusCode::NOT_FOUND,
+                    "Snapshot not found in the repository",
+                ),
+                O::Config { .. } => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Repository is misconfigured",
+                ),
+                O::Backend { .. } | O::WrongPassword(_) => {
+                    (StatusCode::BAD_GATEWAY, "Repository error")
+                }
+                O::Mismatch { .. } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Repository copy does not match the snapshot",
+                ),
+                O::Local(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Archive error"),
+                O::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "Service shutting down"),
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`policies`] — `/api/v1/policies/…`, bindings per app, retention runs, pins
 //! - [`jobs`] — `/api/v1/jobs/…` (progress of long operations, SSE)
 //! - [`notify`] — `POST /api/v1/notify/test`
+//! - [`repositories`] — offsite repositories: list, their snapshots, copy on demand
 //! - [`error`] — the single error → HTTP mapping
 //! - here: auth, `/healthz`, `/metrics`, OpenAPI + docs page
 
@@ -15,6 +16,7 @@ pub mod error;
 pub mod jobs;
 pub mod notify;
 pub mod policies;
+pub mod repositories;
 pub mod restore;
 pub mod transfer;
 
@@ -91,6 +93,9 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .routes(routes!(jobs::events))
         .routes(routes!(metrics))
         .routes(routes!(notify::test))
+        .routes(routes!(repositories::list))
+        .routes(routes!(repositories::snapshots))
+        .routes(routes!(repositories::copy))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&manager),
             require_key,
@@ -258,6 +263,8 @@ pub async fn serve(
     } else {
         "off: loopback only"
     };
+    // Offsite copies a stop interrupted (or never started) go on.
+    manager.resume_copies();
     // The scheduler: every tick, retry pending repairs, then start the backups the
     // schedule policies say are due.
     let ticking = Arc::clone(&manager);

@@ -20,6 +20,10 @@ use crate::manager::BackupManager;
 pub struct RestoreParams {
     /// `true` (default): answer when the restore is done. `false`: 202 with the job.
     pub wait: Option<bool>,
+    /// Restore from this repository's copy (fetched and checked first), even when a
+    /// local archive exists. Without it, a snapshot with no local archive is looked for
+    /// in the configured repositories.
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -43,6 +47,7 @@ pub struct Restored {
         (status = 404, description = "Application or snapshot not found", body = ErrorBody),
         (status = 409, description = "A backup or restore of this app is running", body = ErrorBody),
         (status = 422, description = "The snapshot failed verification; nothing was touched", body = ErrorBody),
+        (status = 502, description = "The repository to fetch from could not be read", body = ErrorBody),
         (status = 500, description = "Restore failed, rolled back", body = ErrorBody),
     ))]
 pub async fn restore(
@@ -51,7 +56,9 @@ pub async fn restore(
     params: Result<Query<RestoreParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = query(params)?;
-    let started = manager.start_restore(&app_id, &snapshot_id).await?;
+    let started = manager
+        .start_restore_from(&app_id, &snapshot_id, params.from.as_deref())
+        .await?;
     if params.wait == Some(false) {
         return Ok((StatusCode::ACCEPTED, Json(started.job.info())).into_response());
     }

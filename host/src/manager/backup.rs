@@ -75,6 +75,9 @@ impl BackupManager {
                 Ok(s) => {
                     tracing::info!(app = %app.id, snapshot = %s.snapshot_id, bytes = s.size_bytes, "backup finished");
                     job2.succeed(serde_json::to_value(s).expect("snapshot serializes"));
+                    // After the answer, and with the app running again: copies never
+                    // lengthen a backup or its downtime.
+                    this.spawn_copies(s);
                 }
                 Err(e) => {
                     tracing::error!(app = %app.id, "backup failed: {e}");
@@ -257,6 +260,10 @@ impl BackupManager {
             warnings,
             tar_bytes: Some(summary.tar_bytes),
             entries: Some(summary.entries),
+            tar_sha256: Some(summary.tar_sha256),
+            locations: Vec::new(),
+            // Owed from now on: a crash before they run leaves them `pending`, resumed.
+            copies: self.copies_owed(),
         };
         if let Err(e) = crate::catalog::write_sidecar(&snapshot) {
             // The snapshot is good; only its warnings would be lost to a catalog rebuild.

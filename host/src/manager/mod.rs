@@ -5,6 +5,7 @@
 //! - [`restore`]: putting one back with rollback, and its crash repair;
 //! - [`aside`]: the journaled file half of a restore (set aside, commit, roll back);
 //! - [`transfer`]: verify, download and import (moving snapshots between servers);
+//! - [`offsite`]: copies to repositories after a backup (retried), fetching them back;
 //! - [`policies`]: quota before a backup, retention after it, schedules, dry runs, and
 //!   the host rules no policy can break;
 //! - here: opening the backup root (lock, repairs, catalog), per-app locks, list, delete,
@@ -12,6 +13,7 @@
 
 mod aside;
 mod backup;
+mod offsite;
 mod policies;
 mod restore;
 mod transfer;
@@ -137,6 +139,9 @@ pub enum ManagerError {
     /// Another appsnap process (the service, or a CLI run) uses this backup root.
     #[error("another appsnap process is using {0}; stop it or use its API")]
     RootInUse(PathBuf),
+    /// An offsite repository failed or refused (unknown, unreachable, wrong password…).
+    #[error(transparent)]
+    Offsite(#[from] crate::offsite::OffsiteError),
     /// A filesystem operation on the backup root failed.
     #[error("{context}: {source}")]
     Io {
@@ -222,6 +227,9 @@ pub struct BackupManager {
     pub policies: Arc<crate::policy::Registry>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub notifier: crate::notify::Notifier,
+    /// Offsite copies run one at a time; their tasks, for the CLI to wait on.
+    copy_slot: tokio::sync::Semaphore,
+    copy_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Apps a scrape has shown, so that one whose snapshots are gone shows 0.
     known_apps: Mutex<std::collections::BTreeSet<String>>,
     /// Held for the manager's life: one process per backup root.
@@ -294,6 +302,8 @@ impl BackupManager {
             policies: Arc::new(crate::policy::Registry::open(&config_state)?),
             metrics,
             notifier,
+            copy_slot: tokio::sync::Semaphore::new(1),
+            copy_tasks: Mutex::default(),
             known_apps: Mutex::default(),
             _root_lock: lock,
         }))

@@ -27,6 +27,12 @@ use crate::failpoint;
 use crate::ids;
 use crate::jobs::Job;
 
+/// Where a restore takes its snapshot from.
+enum Source {
+    Local(Snapshot),
+    Remote(crate::offsite::RemoteSnapshot),
+}
+
 impl BackupManager {
     /// Validates, checks ownership and takes the app's lock (so 400/404/409 come back at
     /// once), then restores as a job in its own task.
@@ -35,31 +41,60 @@ impl BackupManager {
         app_id: &str,
         snapshot_id: &str,
     ) -> Result<Started<Restored>, ManagerError> {
+        self.start_restore_from(app_id, snapshot_id, None).await
+    }
+
+    /// Like [`Self::start_restore`], from a repository's copy when `from` names one, or
+    /// when the snapshot has no local archive (the configured repositories are searched
+    /// in order). The copy is fetched and checked as a local snapshot first; the app is
+    /// only touched once that is done.
+    pub async fn start_restore_from(
+        self: &Arc<Self>,
+        app_id: &str,
+        snapshot_id: &str,
+        from: Option<&str>,
+    ) -> Result<Started<Restored>, ManagerError> {
         ids::validate("app id", app_id)?;
-        let snapshot = self.get(snapshot_id)?;
+        ids::validate("snapshot id", snapshot_id)?;
+        let source = match (from, self.get(snapshot_id)) {
+            (None, Ok(local)) => Source::Local(local),
+            (None, Err(ManagerError::SnapshotNotFound(_)))
+                if !self.config.repositories.is_empty() =>
+            {
+                Source::Remote(self.find_remote(None, snapshot_id).await?)
+            }
+            (None, Err(e)) => return Err(e),
+            (Some(name), _) => Source::Remote(self.find_remote(Some(name), snapshot_id).await?),
+        };
+        let snapshot_app = match &source {
+            Source::Local(s) => s.app_id.clone(),
+            Source::Remote(r) => r.app_id.clone(),
+        };
         let app = self.docker.find_app(app_id).await?;
-        if snapshot.app_id != app_id {
+        if snapshot_app != app_id {
             return Err(ManagerError::ForeignSnapshot {
-                snapshot_id: snapshot.snapshot_id,
-                snapshot_app: snapshot.app_id,
+                snapshot_id: snapshot_id.into(),
+                snapshot_app,
                 app_id: app_id.into(),
             });
         }
         let lock = self.lock_app(app_id, "restore")?;
         let job = self.jobs.create("restore", app_id);
-        let (this, job2) = (Arc::clone(self), job.clone());
+        let (this, job2, snapshot_id) = (Arc::clone(self), job.clone(), snapshot_id.to_string());
         let done = tokio::spawn(async move {
             let _lock = lock;
-            tracing::info!(app = %app.id, snapshot = %snapshot.snapshot_id, "restore started");
+            tracing::info!(app = %app.id, snapshot = %snapshot_id, "restore started");
             this.metrics.restore_started(&app.id);
-            let result = this
-                .restore(&app, &snapshot, &job2)
-                .await
-                .map(|skipped| Restored {
-                    snapshot: snapshot.clone(),
-                    skipped,
-                })
-                .map_err(Arc::new);
+            let result = async {
+                let snapshot = match source {
+                    Source::Local(s) => s,
+                    Source::Remote(remote) => this.fetch(&remote, &job2).await?,
+                };
+                let skipped = this.restore(&app, &snapshot, &job2).await?;
+                Ok::<_, ManagerError>(Restored { snapshot, skipped })
+            }
+            .await
+            .map_err(Arc::new);
             // One reading of how it ended, for the counters and the alert.
             use crate::metrics::RestoreEnd;
             use crate::notify::Event;
@@ -86,16 +121,16 @@ impl BackupManager {
                     format!("Restore of {} {what}", app.id),
                     e.to_string(),
                 );
-                notice.snapshot = Some(snapshot.snapshot_id.clone());
+                notice.snapshot = Some(snapshot_id.clone());
                 this.notifier.send(notice);
             }
             match &result {
                 Ok(restored) => {
-                    tracing::info!(app = %app.id, snapshot = %snapshot.snapshot_id, "restore finished");
+                    tracing::info!(app = %app.id, snapshot = %snapshot_id, "restore finished");
                     job2.succeed(serde_json::to_value(restored).expect("outcome serializes"));
                 }
                 Err(e) => {
-                    tracing::error!(app = %app.id, snapshot = %snapshot.snapshot_id, "restore failed: {e}");
+                    tracing::error!(app = %app.id, snapshot = %snapshot_id, "restore failed: {e}");
                     job2.fail(e.clone());
                 }
             }

@@ -41,12 +41,25 @@ impl Drop for SetOnDrop {
 }
 
 /// Removes a temporary file however its owner ends (finished, failed, or dropped).
-struct RemoveOnDrop(PathBuf);
+pub(super) struct RemoveOnDrop(pub PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.0);
     }
+}
+
+/// How [`BackupManager::adopt`] lists an archive.
+#[derive(Default)]
+pub(super) struct Adopt {
+    /// List it under this app instead of the one its metadata names (import).
+    pub app_override: Option<String>,
+    /// The app and snapshot ids its metadata must name (a fetched copy).
+    pub expect: Option<(String, String)>,
+    /// Replace a local archive of the same id (a fetched copy of a local snapshot).
+    pub replace: bool,
+    pub tar_sha256: Option<String>,
+    pub copies: std::collections::BTreeMap<String, crate::catalog::Copy>,
 }
 
 impl BackupManager {
@@ -196,7 +209,22 @@ impl BackupManager {
             .map_err(io_err("cannot write the import file"))?;
         drop(file);
         let sha256 = archive::hex(&hash.finalize());
+        let how = Adopt {
+            app_override: app_override.map(str::to_string),
+            ..Adopt::default()
+        };
+        self.adopt(tmp, sha256, size, how).await
+    }
 
+    /// Checks an archive written to `tmp` (by an upload or a fetch) like any import —
+    /// its metadata entry, then a full read under the restore's rules — and lists it.
+    pub(super) async fn adopt(
+        &self,
+        tmp: &std::path::Path,
+        sha256: String,
+        size: u64,
+        how: Adopt,
+    ) -> Result<Snapshot, ManagerError> {
         let (path, threads, opts) = (
             tmp.to_path_buf(),
             self.config.threads(),
@@ -205,7 +233,8 @@ impl BackupManager {
         // A client that leaves mid-verify stops it (the file is removed by the caller).
         let _abandoned = SetOnDrop(opts.cancel.clone());
         let _slot = self.heavy_slot(None).await;
-        let meta = tokio::task::spawn_blocking(move || {
+        let expect = how.expect.clone();
+        let (meta, verified) = tokio::task::spawn_blocking(move || {
             let bytes = archive::read_metadata(&path)?;
             let not_ours = |reason: String| archive::ArchiveError::NotASnapshot {
                 path: path.clone(),
@@ -218,7 +247,15 @@ impl BackupManager {
                 ids::validate(what, id).map_err(|e| not_ours(e.to_string()))?;
             }
             crate::model::check_mounts(&meta.mounts).map_err(not_ours)?;
-            archive::verify(
+            if let Some((app, id)) = &expect
+                && (&meta.app_id != app || &meta.snapshot_id != id)
+            {
+                return Err(not_ours(format!(
+                    "it holds snapshot `{}` of app `{}`, not `{id}` of `{app}`",
+                    meta.snapshot_id, meta.app_id
+                )));
+            }
+            let verified = archive::verify(
                 &path,
                 None,
                 &check_targets(&meta.mounts),
@@ -226,12 +263,12 @@ impl BackupManager {
                 &opts,
                 &|_| {},
             )?;
-            Ok::<_, archive::ArchiveError>(meta)
+            Ok::<_, archive::ArchiveError>((meta, verified))
         })
         .await
         .map_err(|e| ManagerError::Corrupt(format!("verification task: {e}")))??;
 
-        let app_id = app_override.unwrap_or(&meta.app_id).to_string();
+        let app_id = how.app_override.unwrap_or(meta.app_id);
         ids::validate("app id", &app_id)?;
         ids::validate("snapshot id", &meta.snapshot_id)?;
         let dir = self.config.backup_root.join(&app_id);
@@ -262,12 +299,33 @@ impl BackupManager {
             note: meta.note,
             pinned: false,
             warnings,
-            tar_bytes: None,
-            entries: None,
+            // What the full read saw: a later verify insists on the same.
+            tar_bytes: Some(verified.tar_bytes),
+            entries: Some(verified.entries),
+            tar_sha256: how.tar_sha256,
+            locations: Vec::new(),
+            copies: how.copies,
         };
         let mut catalog = self.catalog.lock().expect("catalog lock");
-        if catalog.contains(&snapshot.snapshot_id) || final_path.exists() {
+        let exists = catalog.contains(&snapshot.snapshot_id) || final_path.exists();
+        if exists && !how.replace {
             return Err(ManagerError::SnapshotExists(snapshot.snapshot_id));
+        }
+        if let Some(old) = catalog.get(&snapshot.snapshot_id)
+            && old.file_path != snapshot.file_path
+        {
+            // The same id listed under another app: never two archives for one id.
+            return Err(ManagerError::SnapshotExists(snapshot.snapshot_id));
+        }
+        // A fetched copy replacing the local archive keeps the local record's pin, note
+        // edits and other copies.
+        let mut snapshot = snapshot;
+        if let Some(old) = catalog.get(&snapshot.snapshot_id) {
+            snapshot.pinned = old.pinned;
+            snapshot.note = old.note.clone();
+            let mut copies = old.copies.clone();
+            copies.extend(snapshot.copies);
+            snapshot.copies = copies;
         }
         fs::rename(tmp, &final_path).map_err(io_err("cannot move the import into place"))?;
         fs::File::open(&dir)

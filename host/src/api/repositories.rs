@@ -1,0 +1,99 @@
+//! Offsite repositories: what is configured, what each holds, and copying a snapshot to
+//! one on demand (copies after each backup start by themselves, see `manager::offsite`).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::backup::query;
+use super::error::{ApiError, ErrorBody};
+use crate::jobs::JobInfo;
+use crate::manager::BackupManager;
+use crate::offsite::RemoteSnapshot;
+
+/// A configured repository, without its password or backend options.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RepositoryInfo {
+    pub name: String,
+    /// `opendal:s3`, a path, …
+    pub repository: String,
+    /// `after_backup` or `manual`.
+    pub copy: String,
+}
+
+/// The configured offsite repositories.
+#[utoipa::path(get, path = "/api/v1/repositories", tag = "repositories",
+    responses((status = 200, body = Vec<RepositoryInfo>)))]
+pub async fn list(State(manager): State<Arc<BackupManager>>) -> Json<Vec<RepositoryInfo>> {
+    Json(
+        manager
+            .config()
+            .repositories
+            .iter()
+            .map(|r| RepositoryInfo {
+                name: r.name.clone(),
+                repository: r.repository.clone(),
+                copy: serde_json::to_value(r.copy)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            })
+            .collect(),
+    )
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SnapshotsParams {
+    /// Only this app's snapshots.
+    pub app_id: Option<String>,
+}
+
+/// What a repository holds, oldest first — also snapshots copied there by other servers
+/// (a new server with the same repository config sees every app's history).
+#[utoipa::path(get, path = "/api/v1/repositories/{name}/snapshots", tag = "repositories",
+    params(("name" = String, Path, description = "Repository name"), SnapshotsParams),
+    responses((status = 200, body = Vec<RemoteSnapshot>), (status = 400, body = ErrorBody),
+        (status = 404, description = "No such repository", body = ErrorBody),
+        (status = 502, description = "The repository could not be read (unreachable, credentials, password)", body = ErrorBody)))]
+pub async fn snapshots(
+    State(manager): State<Arc<BackupManager>>,
+    Path(name): Path<String>,
+    params: Result<Query<SnapshotsParams>, QueryRejection>,
+) -> Result<Json<Vec<RemoteSnapshot>>, ApiError> {
+    let params = query(params)?;
+    Ok(Json(
+        manager
+            .remote_snapshots(&name, params.app_id.as_deref())
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CopyParams {
+    /// The repository to copy to.
+    pub repository: String,
+}
+
+/// Copy a snapshot to a repository now (again, if an earlier copy failed). Answers 202
+/// with the job; the snapshot's `copies` show its state.
+#[utoipa::path(post, path = "/api/v1/backup/snapshots/{snapshot_id}/copy", tag = "repositories",
+    params(("snapshot_id" = String, Path), CopyParams),
+    responses((status = 202, description = "Copy started", body = JobInfo), (status = 400, body = ErrorBody),
+        (status = 404, description = "No such snapshot or repository", body = ErrorBody),
+        (status = 409, description = "A copy of it to that repository is running", body = ErrorBody)))]
+pub async fn copy(
+    State(manager): State<Arc<BackupManager>>,
+    Path(snapshot_id): Path<String>,
+    params: Result<Query<CopyParams>, QueryRejection>,
+) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
+    let params = query(params)?;
+    let job = manager.start_copy(&snapshot_id, &params.repository)?;
+    Ok((StatusCode::ACCEPTED, Json(job.info())))
+}

@@ -1,0 +1,544 @@
+//! Offsite copies, from the manager's side: which copies a new snapshot owes, running them
+//! as jobs (retried, backing off), recording where each snapshot is, and fetching a copy
+//! back as a local snapshot for a restore.
+//!
+//! A copy never touches the local snapshot: it reads the `.tar.gz`, inflates it in
+//! parallel and hands the tar stream to [`crate::offsite::copy`]. Its state lives in the
+//! catalog (and the sidecar) per snapshot and repository: `pending` → `copying` → `done`,
+//! or `failed` after its attempts. `pending` and `copying` left by a stop are picked up
+//! again at the next start ([`BackupManager::resume_copies`]).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::{BackupManager, ManagerError, STATE_DIR};
+use crate::archive::{self, gzip::ParallelGzip, walk::ChunkSink};
+use crate::catalog::{Copy, CopyState, Snapshot};
+use crate::ids;
+use crate::jobs::Job;
+use crate::offsite::{self, CopyWhen, Description, OffsiteError, RemoteSnapshot, RepositoryConfig};
+
+impl BackupManager {
+    /// The configured repository of that name (404 otherwise).
+    pub fn repository(&self, name: &str) -> Result<RepositoryConfig, ManagerError> {
+        self.config
+            .repositories
+            .iter()
+            .find(|r| r.name == name)
+            .cloned()
+            .ok_or_else(|| OffsiteError::UnknownRepository(name.to_string()).into())
+    }
+
+    /// `pending` for every repository that takes copies after each backup.
+    pub(super) fn copies_owed(&self) -> std::collections::BTreeMap<String, Copy> {
+        self.config
+            .repositories
+            .iter()
+            .filter(|r| r.copy == CopyWhen::AfterBackup)
+            .map(|r| (r.name.clone(), new_copy(CopyState::Pending)))
+            .collect()
+    }
+
+    /// Starts the copies `snapshot` owes (those `pending`), each as its own job.
+    pub(super) fn spawn_copies(self: &Arc<Self>, snapshot: &Snapshot) {
+        for (name, copy) in &snapshot.copies {
+            if copy.state != CopyState::Pending {
+                continue;
+            }
+            if let Ok(repo) = self.repository(name) {
+                let job = self.jobs.create("copy", &snapshot.app_id);
+                self.spawn_copy(snapshot.snapshot_id.clone(), repo, job);
+            }
+        }
+    }
+
+    /// Copies left `pending` or `copying` by a stop of the service start again.
+    pub fn resume_copies(self: &Arc<Self>) {
+        let unfinished: Vec<Snapshot> = {
+            let mut catalog = self.catalog.lock().expect("catalog lock");
+            let ids: Vec<String> = catalog
+                .all()
+                .filter(|s| {
+                    s.copies
+                        .values()
+                        .any(|c| matches!(c.state, CopyState::Pending | CopyState::Copying))
+                })
+                .map(|s| s.snapshot_id.clone())
+                .collect();
+            ids.iter()
+                .filter_map(|id| {
+                    let s = catalog.get_mut(id)?;
+                    for c in s.copies.values_mut() {
+                        if c.state == CopyState::Copying {
+                            c.state = CopyState::Pending;
+                        }
+                    }
+                    Some(s.clone())
+                })
+                .collect()
+        };
+        for s in &unfinished {
+            tracing::info!(snapshot = %s.snapshot_id, "resuming its offsite copies");
+            self.spawn_copies(s);
+        }
+    }
+
+    /// `POST /api/v1/backup/snapshots/{id}/copy?repository=NAME`: copies now (again, if
+    /// it failed or was done before).
+    pub fn start_copy(
+        self: &Arc<Self>,
+        snapshot_id: &str,
+        repository: &str,
+    ) -> Result<Job, ManagerError> {
+        let snapshot = self.get(snapshot_id)?;
+        let repo = self.repository(repository)?;
+        if snapshot
+            .copies
+            .get(repository)
+            .is_some_and(|c| c.state == CopyState::Copying)
+        {
+            return Err(ManagerError::Busy {
+                app_id: snapshot.app_id,
+                operation: format!("copy to `{repository}`"),
+            });
+        }
+        self.set_copy(snapshot_id, repository, |c| {
+            *c = new_copy(CopyState::Pending)
+        });
+        let job = self.jobs.create("copy", &snapshot.app_id);
+        self.spawn_copy(snapshot.snapshot_id, repo, job.clone());
+        Ok(job)
+    }
+
+    fn spawn_copy(self: &Arc<Self>, snapshot_id: String, repo: RepositoryConfig, job: Job) {
+        let this = Arc::clone(self);
+        let handle = tokio::spawn(async move {
+            this.copy_with_retries(&snapshot_id, &repo, &job).await;
+        });
+        let mut running = self.copy_tasks.lock().expect("copy tasks");
+        running.retain(|h| !h.is_finished());
+        running.push(handle);
+    }
+
+    /// Waits for every copy started so far (the CLI's `backup` waits before it exits).
+    pub async fn copies_finished(&self) {
+        let handles: Vec<_> = std::mem::take(&mut *self.copy_tasks.lock().expect("copy tasks"));
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    async fn copy_with_retries(&self, snapshot_id: &str, repo: &RepositoryConfig, job: &Job) {
+        // Waits between attempts grow 4× from `offsite_retry_secs`.
+        let base = self.config.offsite_retry_secs.max(1);
+        let attempts = self.config.offsite_attempts.max(1);
+        for attempt in 1..=attempts {
+            // One copy at a time: each inflates on every core and fills the uplink.
+            let _slot = self.copy_slot.acquire().await.expect("copy slot");
+            let Ok(snapshot) = self.get(snapshot_id) else {
+                job.fail(Arc::new(ManagerError::SnapshotNotFound(snapshot_id.into())));
+                return;
+            };
+            self.set_copy(snapshot_id, &repo.name, |c| {
+                c.state = CopyState::Copying;
+                c.attempts = attempt;
+            });
+            job.step(&format!("copying to `{}` (attempt {attempt})", repo.name));
+            let result = self.copy_once(&snapshot, repo, job).await;
+            self.metrics.copy_ended(&repo.name, result.is_ok());
+            let error = match result {
+                Ok(copied) => {
+                    self.set_copy(snapshot_id, &repo.name, |c| {
+                        c.state = CopyState::Done;
+                        c.error = None;
+                        c.repository_snapshot = Some(copied.repository_snapshot.clone());
+                        c.bytes_uploaded = Some(copied.bytes_uploaded);
+                    });
+                    tracing::info!(snapshot = %snapshot_id, repository = %repo.name,
+                        read = copied.bytes_read, uploaded = copied.bytes_uploaded, "offsite copy done");
+                    job.succeed(serde_json::json!({
+                        "snapshot_id": snapshot_id,
+                        "repository": repo.name,
+                        "repository_snapshot": copied.repository_snapshot,
+                        "bytes_read": copied.bytes_read,
+                        "bytes_uploaded": copied.bytes_uploaded,
+                    }));
+                    return;
+                }
+                Err(ManagerError::ShuttingDown) => {
+                    // Not a failure: the next start resumes it.
+                    self.set_copy(snapshot_id, &repo.name, |c| c.state = CopyState::Pending);
+                    job.fail(Arc::new(ManagerError::ShuttingDown));
+                    return;
+                }
+                Err(e) => e,
+            };
+            tracing::warn!(snapshot = %snapshot_id, repository = %repo.name, attempt, "offsite copy failed: {error}");
+            let last = attempt == attempts;
+            self.set_copy(snapshot_id, &repo.name, |c| {
+                c.state = if last {
+                    CopyState::Failed
+                } else {
+                    CopyState::Pending
+                };
+                c.error = Some(error.to_string());
+            });
+            if last {
+                let mut notice = crate::notify::Notice::new(
+                    crate::notify::Event::OffsiteFailed,
+                    Some(&snapshot.app_id),
+                    format!(
+                        "Offsite copy of {} to {} failed",
+                        snapshot.app_id, repo.name
+                    ),
+                    error.to_string(),
+                );
+                notice.snapshot = Some(snapshot_id.to_string());
+                self.notifier.send(notice);
+                job.fail(Arc::new(error));
+                return;
+            }
+            drop(_slot);
+            let wait = base * 4u64.pow(attempt - 1);
+            job.step(&format!(
+                "attempt {attempt} failed, retrying in {wait} s: {error}"
+            ));
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
+    }
+
+    async fn copy_once(
+        &self,
+        snapshot: &Snapshot,
+        repo: &RepositoryConfig,
+        job: &Job,
+    ) -> Result<offsite::Copied, ManagerError> {
+        let tar_sha256 = match &snapshot.tar_sha256 {
+            Some(sha) => sha.clone(),
+            None => self.record_tar_sha256(snapshot, job).await?,
+        };
+        let tar_bytes = match snapshot.tar_bytes {
+            Some(b) => b,
+            None => self.get(&snapshot.snapshot_id)?.tar_bytes.unwrap_or(0),
+        };
+        let description = Description {
+            appsnap: 1,
+            app_id: snapshot.app_id.clone(),
+            snapshot_id: snapshot.snapshot_id.clone(),
+            created_at: snapshot.created_at,
+            tar_sha256,
+            tar_bytes,
+            entries: snapshot.entries,
+            mounts: snapshot.mounts.clone(),
+            origin: snapshot.origin,
+            note: snapshot.note.clone(),
+        };
+        job.total(tar_bytes);
+        let progress = Arc::new(offsite::Progress::default());
+        let (path, threads, cancel, repo) = (
+            PathBuf::from(&snapshot.file_path),
+            self.config.threads(),
+            self.new_cancel(),
+            repo.clone(),
+        );
+        let ticker = spawn_progress(job.clone(), Arc::clone(&progress));
+        let copied = tokio::task::spawn_blocking(move || {
+            let tar =
+                archive::read::open_tar_stream(&path, threads).map_err(OffsiteError::Local)?;
+            offsite::copy(&repo, &description, tar, &progress, Some(cancel))
+        })
+        .await;
+        ticker.abort();
+        match copied {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(OffsiteError::Cancelled)) => Err(ManagerError::ShuttingDown),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(ManagerError::Io {
+                context: "copy task".into(),
+                source: io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    /// For a snapshot without the tar stream's sha256 (an import, an older backup):
+    /// verify it (the archive's own checksum and a full read), then hash its stream once,
+    /// and record both the sha256 and the length.
+    async fn record_tar_sha256(
+        &self,
+        snapshot: &Snapshot,
+        job: &Job,
+    ) -> Result<String, ManagerError> {
+        job.step("verifying the local archive before its first copy");
+        self.verify_file(snapshot, job).await?;
+        let (path, threads) = (PathBuf::from(&snapshot.file_path), self.config.threads());
+        let (sha, len) = tokio::task::spawn_blocking(move || {
+            let mut tar = archive::read::open_tar_stream(&path, threads)?;
+            let mut hash = HashWriter::default();
+            let len = io::copy(&mut tar, &mut hash)?;
+            Ok::<_, io::Error>((hash.hex(), len))
+        })
+        .await
+        .map_err(|e| ManagerError::Io {
+            context: "hashing task".into(),
+            source: io::Error::other(e.to_string()),
+        })?
+        .map_err(|e| ManagerError::Corrupt(e.to_string()))?;
+        let mut catalog = self.catalog.lock().expect("catalog lock");
+        if let Some(s) = catalog.get_mut(&snapshot.snapshot_id) {
+            s.tar_sha256 = Some(sha.clone());
+            s.tar_bytes = Some(len);
+            let _ = crate::catalog::write_sidecar(s);
+        }
+        catalog.save()?;
+        Ok(sha)
+    }
+
+    /// Changes one copy's record (created if missing) in the catalog and the sidecar.
+    fn set_copy(&self, snapshot_id: &str, repository: &str, change: impl FnOnce(&mut Copy)) {
+        let mut catalog = self.catalog.lock().expect("catalog lock");
+        let Some(s) = catalog.get_mut(snapshot_id) else {
+            return; // deleted meanwhile: nothing to record
+        };
+        let copy = s
+            .copies
+            .entry(repository.to_string())
+            .or_insert_with(|| new_copy(CopyState::Pending));
+        change(copy);
+        copy.updated_at = Utc::now();
+        s.refresh_locations();
+        if let Err(e) = crate::catalog::write_sidecar(s) {
+            tracing::warn!(snapshot = %snapshot_id, "cannot write its sidecar: {e}");
+        }
+        if let Err(e) = catalog.save() {
+            tracing::error!(snapshot = %snapshot_id, "cannot save the copy state: {e}");
+        }
+    }
+
+    /// What a repository holds (appsnap snapshots only), optionally of one app.
+    pub async fn remote_snapshots(
+        &self,
+        repository: &str,
+        app_id: Option<&str>,
+    ) -> Result<Vec<RemoteSnapshot>, ManagerError> {
+        if let Some(app) = app_id {
+            ids::validate("app id", app)?;
+        }
+        let repo = self.repository(repository)?;
+        let app = app_id.map(str::to_string);
+        Ok(
+            tokio::task::spawn_blocking(move || offsite::list(&repo, app.as_deref()))
+                .await
+                .map_err(|e| ManagerError::Io {
+                    context: "listing task".into(),
+                    source: io::Error::other(e.to_string()),
+                })??,
+        )
+    }
+
+    /// The newest copy of `snapshot_id` in `from`, or in the configured repositories in
+    /// order. Without repositories, the snapshot is simply not found.
+    pub(super) async fn find_remote(
+        &self,
+        from: Option<&str>,
+        snapshot_id: &str,
+    ) -> Result<RemoteSnapshot, ManagerError> {
+        ids::validate("snapshot id", snapshot_id)?;
+        let names: Vec<String> = match from {
+            Some(name) => vec![self.repository(name)?.name],
+            None => self
+                .config
+                .repositories
+                .iter()
+                .map(|r| r.name.clone())
+                .collect(),
+        };
+        let mut last = ManagerError::SnapshotNotFound(snapshot_id.into());
+        for name in names {
+            match self.remote_snapshots(&name, None).await {
+                Ok(list) => {
+                    if let Some(s) = list.into_iter().rfind(|s| s.snapshot_id == snapshot_id) {
+                        return Ok(s);
+                    }
+                    if from.is_some() {
+                        last = OffsiteError::SnapshotNotFound {
+                            name,
+                            snapshot_id: snapshot_id.into(),
+                        }
+                        .into();
+                    }
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Fetches a repository's copy into the backup root as a local snapshot: the tar
+    /// stream is compressed as it arrives into a temporary file, its length and sha256
+    /// must be what the backup recorded, and the archive is then checked like an import
+    /// before it is listed (replacing the local archive of the same id, if any). The app
+    /// is not touched here.
+    pub(super) async fn fetch(
+        &self,
+        remote: &RemoteSnapshot,
+        job: &Job,
+    ) -> Result<Snapshot, ManagerError> {
+        let repo = self.repository(&remote.repository)?;
+        job.step(&format!("fetching from repository `{}`", repo.name));
+        job.total(remote.tar_bytes);
+        let tmp = offsite::fetch_path(
+            &self.config.backup_root.join(STATE_DIR),
+            &remote.snapshot_id,
+        );
+        let _cleanup = super::transfer::RemoveOnDrop(tmp.clone());
+        let (level, threads, cancel) = (
+            self.config.compression_level,
+            self.config.threads(),
+            self.new_cancel(),
+        );
+        let (remote2, tmp2, job2) = (remote.clone(), tmp.clone(), job.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp2)
+                .map_err(OffsiteError::Local)?;
+            let gz = ParallelGzip::new(file, level, threads, 1 << 20);
+            let progress = |b| job2.progress(b);
+            let mut sink = ChunkSink::new(gz, &progress);
+            sink.cancel = Some(cancel.clone());
+            let dumped = offsite::dump(&repo, &remote2, &mut SinkWriter(&mut sink));
+            let bytes = sink.bytes;
+            let finished = sink.finish();
+            if archive::cancelled(&Some(cancel)) {
+                return Err(OffsiteError::Cancelled);
+            }
+            dumped?;
+            let (written, file) = finished.map_err(OffsiteError::Local)?;
+            file.sync_all().map_err(OffsiteError::Local)?;
+            let mismatch = |reason: String| OffsiteError::Mismatch {
+                name: repo.name.clone(),
+                snapshot_id: remote2.snapshot_id.clone(),
+                reason,
+            };
+            if bytes != remote2.tar_bytes {
+                return Err(mismatch(format!(
+                    "{bytes} bytes came back, the backup wrote {}",
+                    remote2.tar_bytes
+                )));
+            }
+            let sha = archive::hex(&written.raw_sha256);
+            if sha != remote2.tar_sha256 {
+                return Err(mismatch(format!(
+                    "its sha256 is {sha}, the backup recorded {}",
+                    remote2.tar_sha256
+                )));
+            }
+            Ok(written)
+        })
+        .await
+        .map_err(|e| ManagerError::Io {
+            context: "fetch task".into(),
+            source: io::Error::other(e.to_string()),
+        })?
+        .map_err(|e| match e {
+            OffsiteError::Cancelled => ManagerError::ShuttingDown,
+            OffsiteError::Local(e) => super::io_err("cannot write the fetched copy")(e),
+            other => other.into(),
+        })?;
+        job.step("checking the fetched copy");
+        let adopted = self
+            .adopt(
+                &tmp,
+                archive::hex(&written.sha256),
+                written.compressed_bytes,
+                super::transfer::Adopt {
+                    app_override: None,
+                    expect: Some((remote.app_id.clone(), remote.snapshot_id.clone())),
+                    replace: true,
+                    tar_sha256: Some(remote.tar_sha256.clone()),
+                    copies: [(
+                        remote.repository.clone(),
+                        Copy {
+                            state: CopyState::Done,
+                            attempts: 0,
+                            error: None,
+                            repository_snapshot: Some(remote.repository_snapshot.clone()),
+                            bytes_uploaded: None,
+                            updated_at: Utc::now(),
+                        },
+                    )]
+                    .into(),
+                },
+            )
+            .await?;
+        Ok(adopted)
+    }
+}
+
+fn new_copy(state: CopyState) -> Copy {
+    Copy {
+        state,
+        attempts: 0,
+        error: None,
+        repository_snapshot: None,
+        bytes_uploaded: None,
+        updated_at: Utc::now(),
+    }
+}
+
+/// Mirrors a copy's counters into its job every half second.
+fn spawn_progress(job: Job, progress: Arc<offsite::Progress>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            job.progress(progress.bytes_read.load(Ordering::Relaxed));
+        }
+    })
+}
+
+/// `io::Write` over the gzip pipeline's producer end.
+struct SinkWriter<'a, 'p, W>(&'a mut ChunkSink<'p, W>);
+
+impl<W: io::Write + Send + 'static> io::Write for SinkWriter<'_, '_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .write(buf)
+            .map_err(|_| io::Error::other("the archive pipeline stopped (see the next error)"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct HashWriter(sha2::Sha256);
+
+impl HashWriter {
+    fn hex(self) -> String {
+        use sha2::Digest;
+        archive::hex(&self.0.finalize())
+    }
+}
+
+impl io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use sha2::Digest;
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

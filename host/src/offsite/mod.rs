@@ -1,0 +1,477 @@
+//! Offsite copies: each snapshot's tar stream, stored in restic-format repositories
+//! (S3 and S3-compatible stores, a local or mounted path, anything OpenDAL reaches).
+//!
+//! Local snapshots stay one `.tar.gz` each; a repository holds, per copied snapshot, one
+//! restic snapshot with one file `/<app_id>/<snapshot_id>.tar` — the *uncompressed* tar
+//! stream, so that rustic's content-defined chunks find what two snapshots of an app share
+//! (gzip bytes would differ everywhere after the first change). rustic_core does the rest:
+//! deduplication, zstd, AES-256 + Poly1305 with a key derived from the password. The
+//! restic snapshot is tagged `appsnap`, `app:<app_id>` and `appsnap-id:<snapshot_id>`,
+//! and its description carries the snapshot's metadata and the tar stream's sha256
+//! ([`Description`]), so a server that has lost everything can list and fetch it, and
+//! Debian's `restic` can `dump` it without appsnap at all.
+//!
+//! - [`source`]: the one-entry `ReadSource` that feeds a tar stream to rustic, checking
+//!   its sha256 as it goes.
+//!
+//! rustic_core is synchronous (it runs its own threads): every function here blocks and
+//! is called from `spawn_blocking`.
+
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use chrono::{DateTime, Utc};
+use rustic_backend::BackendOptions;
+use rustic_core::{
+    BackupOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, ParentOptions, Repository,
+    RepositoryOptions, RusticError, SnapshotOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Origin;
+use crate::model::Mount;
+
+/// Label of every restic snapshot appsnap writes (restic shows it as the snapshot label).
+pub const LABEL: &str = "appsnap";
+
+/// Errors of offsite repositories.
+#[derive(Debug, thiserror::Error)]
+pub enum OffsiteError {
+    /// The request names a repository the configuration does not have.
+    #[error("no repository `{0}` is configured (see `[[repositories]]` in the config)")]
+    UnknownRepository(String),
+    /// The configuration of a repository is incomplete or contradictory.
+    #[error("repository `{name}`: {reason}")]
+    Config { name: String, reason: String },
+    /// The storage could not be reached, refused the credentials, or failed mid-way.
+    #[error("repository `{name}`: {message}")]
+    Backend { name: String, message: String },
+    /// The repository exists but the password does not open it.
+    #[error("repository `{0}`: the password does not open it (wrong password or key)")]
+    WrongPassword(String),
+    /// The repository holds no copy of that snapshot.
+    #[error("repository `{name}` holds no copy of snapshot `{snapshot_id}`")]
+    SnapshotNotFound { name: String, snapshot_id: String },
+    /// What came back from the repository is not what the backup wrote.
+    #[error("repository `{name}`: the copy of `{snapshot_id}` is not the snapshot: {reason}")]
+    Mismatch {
+        name: String,
+        snapshot_id: String,
+        reason: String,
+    },
+    /// Reading the local archive failed while copying it.
+    #[error("cannot read the local archive: {0}")]
+    Local(#[source] io::Error),
+    /// The work was stopped (shutdown, or its client left).
+    #[error("stopped: appsnap is shutting down or the request was abandoned")]
+    Cancelled,
+}
+
+/// When snapshots are copied to a repository.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyWhen {
+    /// Every new snapshot, once it is complete and the app runs again.
+    #[default]
+    AfterBackup,
+    /// Only on `POST /api/v1/backup/snapshots/{id}/copy`.
+    Manual,
+}
+
+/// One `[[repositories]]` entry. The names follow rustic's `[repository]` section, so a
+/// rustic config carries over.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// How the API and the catalog call it (an id: letters, digits, `_`, `-`).
+    pub name: String,
+    /// `opendal:s3`, `opendal:<service>`, or a local path (`/mnt/nas/appsnap`).
+    pub repository: String,
+    /// The repository password. Prefer `password_file` or the environment variable
+    /// `APPSNAP_REPO_<NAME>_PASSWORD`: a config file is often world-readable.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub copy: CopyWhen,
+    /// Handed to the backend as rustic does (`bucket`, `root`, `endpoint`, `region`,
+    /// `access_key_id`, `secret_access_key`, `retry`, …). Never serialized: it may hold
+    /// secrets.
+    #[serde(default, skip_serializing)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for RepositoryConfig {
+    // Hand-written so that no secret reaches a log line through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepositoryConfig")
+            .field("name", &self.name)
+            .field("repository", &self.repository)
+            .field("copy", &self.copy)
+            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RepositoryConfig {
+    /// The environment variable that may hold this repository's password.
+    pub fn password_env(&self) -> String {
+        // Names may hold `-` and `.`, which environment variable names cannot.
+        let name: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("APPSNAP_REPO_{name}_PASSWORD")
+    }
+
+    /// The password: `password`, else `password_file` (first line), else the environment.
+    fn password(&self) -> Result<String, OffsiteError> {
+        let config = |reason: String| OffsiteError::Config {
+            name: self.name.clone(),
+            reason,
+        };
+        if let Some(p) = &self.password {
+            return Ok(p.clone());
+        }
+        if let Some(file) = &self.password_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| config(format!("cannot read {}: {e}", file.display())))?;
+            let line = text.lines().next().unwrap_or("").to_string();
+            if line.is_empty() {
+                return Err(config(format!("{} is empty", file.display())));
+            }
+            return Ok(line);
+        }
+        std::env::var(self.password_env()).map_err(|_| {
+            config(format!(
+                "no password: set `password_file`, `password` or {}",
+                self.password_env()
+            ))
+        })
+    }
+
+    /// Checks what can be checked without reaching the storage.
+    pub fn check(&self) -> Result<(), OffsiteError> {
+        crate::ids::validate("repository name", &self.name).map_err(|e| OffsiteError::Config {
+            name: self.name.clone(),
+            reason: e.to_string(),
+        })?;
+        if self.repository.is_empty() {
+            return Err(OffsiteError::Config {
+                name: self.name.clone(),
+                reason: "`repository` is empty".into(),
+            });
+        }
+        self.password().map(|_| ())
+    }
+}
+
+/// What appsnap writes into the description of each restic snapshot (JSON): enough to
+/// list, fetch, check and restore the snapshot with nothing else of the server left.
+/// Read back, it is untrusted input like an archive's metadata entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    /// Format of this description.
+    pub appsnap: u32,
+    pub app_id: String,
+    pub snapshot_id: String,
+    pub created_at: DateTime<Utc>,
+    /// sha256 of the tar stream, as the backup wrote it.
+    pub tar_sha256: String,
+    pub tar_bytes: u64,
+    #[serde(default)]
+    pub entries: Option<u64>,
+    pub mounts: Vec<Mount>,
+    pub origin: Origin,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A snapshot as a repository holds it (`GET /api/v1/repositories/{name}/snapshots`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RemoteSnapshot {
+    pub repository: String,
+    /// The restic snapshot id (what `restic dump` takes).
+    pub repository_snapshot: String,
+    pub snapshot_id: String,
+    pub app_id: String,
+    pub created_at: DateTime<Utc>,
+    /// When the copy was made, and by which host.
+    pub copied_at: DateTime<Utc>,
+    pub hostname: String,
+    pub tar_bytes: u64,
+    pub tar_sha256: String,
+    pub mounts: Vec<Mount>,
+    pub origin: Origin,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The file inside the restic snapshot: `restic dump <id> <path>` gives the tar stream.
+    pub path: String,
+}
+
+/// What one copy did.
+#[derive(Debug, Clone)]
+pub struct Copied {
+    pub repository_snapshot: String,
+    pub bytes_read: u64,
+    /// Bytes the copy added to the repository (packs, index, snapshot), after dedup and
+    /// compression.
+    pub bytes_uploaded: u64,
+}
+
+/// Counters a long repository operation updates as it goes (for the job's progress).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes_read: AtomicU64,
+}
+
+/// `/<app_id>/<snapshot_id>.tar`: where a snapshot's tar stream sits in its restic snapshot.
+pub fn file_path(app_id: &str, snapshot_id: &str) -> String {
+    format!("/{app_id}/{snapshot_id}.tar")
+}
+
+/// rustic's errors are long reports; the log form is one line with the cause.
+fn describe(e: &RusticError) -> String {
+    let text = e.display_log();
+    text.strip_prefix("Error: ").unwrap_or(&text).to_string()
+}
+
+fn backend_err(name: &str) -> impl Fn(Box<RusticError>) -> OffsiteError + '_ {
+    move |e| {
+        if e.is_incorrect_password() {
+            OffsiteError::WrongPassword(name.to_string())
+        } else {
+            OffsiteError::Backend {
+                name: name.to_string(),
+                message: describe(&e),
+            }
+        }
+    }
+}
+
+/// Opens a repository; creates it first when `create` and its storage has no repository
+/// yet. "No repository" is only believed when the storage says the config file is not
+/// found: a refused credential or an unreachable server is an error, never a reason to
+/// write a second repository over the first.
+pub fn open(cfg: &RepositoryConfig, create: bool) -> Result<Repository<OpenStatus>, OffsiteError> {
+    let err = backend_err(&cfg.name);
+    let password = cfg.password()?;
+    let backends = BackendOptions::default()
+        .repository(cfg.repository.clone())
+        .options(cfg.options.clone())
+        .to_backends()
+        .map_err(&err)?;
+    // No cache: the repository may be written by other servers, and the cache would be
+    // one more place holding (encrypted) data on the server whose loss we prepare for.
+    let opts = RepositoryOptions::default().no_cache(true);
+    let repo = Repository::new(&opts, &backends).map_err(&err)?;
+    let credentials = Credentials::password(&password);
+    match repo.config_id().map_err(&err)? {
+        Some(_) => repo.open(&credentials).map_err(&err),
+        None if create => {
+            tracing::info!(repository = %cfg.name, "initialising a new repository");
+            repo.init(
+                &credentials,
+                &KeyOptions::default(),
+                &ConfigOptions::default(),
+            )
+            .map_err(&err)
+        }
+        None => Err(OffsiteError::Backend {
+            name: cfg.name.clone(),
+            message: "no repository there yet (`appsnap repo init` creates it)".into(),
+        }),
+    }
+}
+
+/// Copies one snapshot's tar stream from `tar` into the repository (created on first use)
+/// and checks that what was stored is all of it: `description.tar_bytes` bytes whose
+/// sha256 is `description.tar_sha256`. A copy that falls short is removed again.
+pub fn copy(
+    cfg: &RepositoryConfig,
+    description: &Description,
+    tar: impl io::Read + Send + 'static,
+    progress: &Arc<Progress>,
+    cancel: Option<crate::archive::Cancel>,
+) -> Result<Copied, OffsiteError> {
+    let err = backend_err(&cfg.name);
+    let repo = open(cfg, true)?.to_indexed_ids().map_err(&err)?;
+    let path = file_path(&description.app_id, &description.snapshot_id);
+    let (source, check) = source::TarSource::new(
+        PathBuf::from(&path),
+        tar,
+        description.tar_bytes,
+        description.created_at,
+        Arc::clone(progress),
+        cancel,
+    );
+    let snap = SnapshotOptions::default()
+        .label(LABEL.to_string())
+        .description(serde_json::to_string(description).expect("description serializes"))
+        .add_tags(&format!(
+            "{LABEL},app:{},appsnap-id:{}",
+            description.app_id, description.snapshot_id
+        ))
+        .and_then(|o| o.to_snapshot())
+        .map_err(&err)?;
+    // No parent: the tar stream is always read whole; dedup is by content, not by mtime.
+    let opts = BackupOptions::default().parent_opts(ParentOptions::default().force(true));
+    let before = stored_bytes(&repo).map_err(&err)?;
+    let saved = repo
+        .archive(&opts, &source, snap, &[PathBuf::from(&path)])
+        .map_err(&err)?;
+    // The index in `repo` predates the copy: a fresh open sees its trees.
+    let repo = open(cfg, false)?.to_indexed_ids().map_err(&err)?;
+    // rustic logs and skips a file it could not read completely, and saves the snapshot
+    // anyway: what was read is checked here, and a short copy is taken back.
+    let stored = repo
+        .node_from_snapshot_path(&format!("{}:{path}", saved.id), |_| true)
+        .map(|n| n.meta.size);
+    let problem = check
+        .problem(&description.tar_sha256)
+        .or_else(|| match stored {
+            Ok(size) if size == description.tar_bytes => None,
+            Ok(size) => Some(format!(
+                "the stored file has {size} bytes, the tar stream {}",
+                description.tar_bytes
+            )),
+            Err(e) => Some(format!("the stored file is missing: {}", describe(&e))),
+        });
+    if let Some(reason) = problem {
+        if let Err(e) = repo.delete_snapshots(&[saved.id]) {
+            tracing::warn!(repository = %cfg.name, "cannot remove the short copy {}: {}", saved.id, describe(&e));
+        }
+        if check.cancelled() {
+            return Err(OffsiteError::Cancelled);
+        }
+        if let Some(e) = check.read_error() {
+            return Err(OffsiteError::Local(e));
+        }
+        return Err(OffsiteError::Mismatch {
+            name: cfg.name.clone(),
+            snapshot_id: description.snapshot_id.clone(),
+            reason,
+        });
+    }
+    // Measured on the storage (everything the copy wrote), not taken from rustic's
+    // summary: a concurrent writer could only make it larger, never hide an upload.
+    let bytes_uploaded = stored_bytes(&repo).map_err(&err)?.saturating_sub(before);
+    Ok(Copied {
+        repository_snapshot: saved.id.to_string(),
+        bytes_read: description.tar_bytes,
+        bytes_uploaded,
+    })
+}
+
+/// Bytes of every file in the repository, from one listing.
+fn stored_bytes<S: rustic_core::Open>(repo: &Repository<S>) -> rustic_core::RusticResult<u64> {
+    Ok(repo.infos_files()?.repo.iter().map(|i| i.size).sum())
+}
+
+/// Every appsnap snapshot the repository holds (also those other servers copied),
+/// oldest first, optionally of one app. Snapshots of other tools, and descriptions that
+/// do not hold up (ids, mounts), are left out.
+pub fn list(
+    cfg: &RepositoryConfig,
+    app_id: Option<&str>,
+) -> Result<Vec<RemoteSnapshot>, OffsiteError> {
+    let repo = open(cfg, false)?;
+    let mut out: Vec<RemoteSnapshot> = repo
+        .get_all_snapshots()
+        .map_err(backend_err(&cfg.name))?
+        .into_iter()
+        .filter(|s| s.label == LABEL)
+        .filter_map(|s| {
+            let d = parse_description(s.description.as_deref()?)?;
+            Some(RemoteSnapshot {
+                repository: cfg.name.clone(),
+                repository_snapshot: s.id.to_string(),
+                path: file_path(&d.app_id, &d.snapshot_id),
+                snapshot_id: d.snapshot_id,
+                app_id: d.app_id,
+                created_at: d.created_at,
+                copied_at: DateTime::from_timestamp(
+                    s.time.timestamp().as_second(),
+                    s.time.timestamp().subsec_nanosecond() as u32,
+                )
+                .unwrap_or_default(),
+                hostname: s.hostname,
+                tar_bytes: d.tar_bytes,
+                tar_sha256: d.tar_sha256,
+                mounts: d.mounts,
+                origin: d.origin,
+                note: d.note,
+            })
+        })
+        .filter(|s| app_id.is_none_or(|a| a == s.app_id))
+        .collect();
+    out.sort_by(|a, b| (a.created_at, &a.snapshot_id).cmp(&(b.created_at, &b.snapshot_id)));
+    Ok(out)
+}
+
+/// A description read back from a repository, believed only once it holds up.
+fn parse_description(text: &str) -> Option<Description> {
+    let d: Description = serde_json::from_str(text).ok()?;
+    let ok = crate::ids::validate("app id", &d.app_id).is_ok()
+        && crate::ids::validate("snapshot id", &d.snapshot_id).is_ok()
+        && d.tar_sha256.len() == 64
+        && d.tar_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        && crate::model::check_mounts(&d.mounts).is_ok();
+    ok.then_some(d)
+}
+
+/// The newest copy of `snapshot_id` in the repository.
+pub fn find(cfg: &RepositoryConfig, snapshot_id: &str) -> Result<RemoteSnapshot, OffsiteError> {
+    list(cfg, None)?
+        .into_iter()
+        .rfind(|s| s.snapshot_id == snapshot_id)
+        .ok_or_else(|| OffsiteError::SnapshotNotFound {
+            name: cfg.name.clone(),
+            snapshot_id: snapshot_id.to_string(),
+        })
+}
+
+/// Writes the tar stream of `remote` into `out`. The caller checks its sha256 (it sees
+/// the bytes; nothing here believes the repository).
+pub fn dump(
+    cfg: &RepositoryConfig,
+    remote: &RemoteSnapshot,
+    out: &mut impl Write,
+) -> Result<(), OffsiteError> {
+    let err = backend_err(&cfg.name);
+    let repo = open(cfg, false)?.to_indexed().map_err(&err)?;
+    let node = repo
+        .node_from_snapshot_path(
+            &format!("{}:{}", remote.repository_snapshot, remote.path),
+            |_| true,
+        )
+        .map_err(&err)?;
+    repo.dump(&node, out).map_err(&err)
+}
+
+/// Creates the repository (`appsnap repo init`); an existing one is only opened.
+pub fn init(cfg: &RepositoryConfig) -> Result<String, OffsiteError> {
+    let repo = open(cfg, true)?;
+    Ok(repo.config().id.to_string())
+}
+
+/// Where a fresh local copy of a fetched snapshot goes while it is written.
+pub fn fetch_path(state_dir: &Path, snapshot_id: &str) -> PathBuf {
+    state_dir.join(format!(
+        "fetch-{snapshot_id}{}",
+        crate::catalog::PARTIAL_SUFFIX
+    ))
+}

@@ -1,0 +1,168 @@
+//! The tar stream as rustic's only source entry, read through a checker: rustic skips
+//! (and only logs) a file that fails to read, so the caller asks the checker afterwards
+//! whether the whole stream went through with the recorded sha256.
+
+use std::ffi::OsStr;
+use std::io::{self, Read};
+use std::iter::{Once, once};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use rustic_core::repofile::{Metadata, Node, NodeType};
+use rustic_core::{ReadSource, ReadSourceEntry, RusticResult};
+use sha2::{Digest, Sha256};
+
+use super::Progress;
+use crate::archive::{Cancel, cancelled};
+
+/// What the reader saw, shared with the caller.
+#[derive(Default)]
+struct Seen {
+    bytes: u64,
+    sha256: Option<String>,
+    error: Option<io::Error>,
+    cancelled: bool,
+}
+
+/// The caller's view of what was read.
+#[derive(Clone)]
+pub struct Check(Arc<Mutex<Seen>>);
+
+impl Check {
+    /// Why the stream read does not match `sha256`, if it does not.
+    pub fn problem(&self, sha256: &str) -> Option<String> {
+        let seen = self.0.lock().expect("check lock");
+        if seen.cancelled {
+            return Some("stopped".into());
+        }
+        if let Some(e) = &seen.error {
+            return Some(format!("reading the tar stream failed: {e}"));
+        }
+        match &seen.sha256 {
+            None => Some(format!(
+                "the tar stream was not read to its end ({} bytes)",
+                seen.bytes
+            )),
+            Some(actual) if actual != sha256 => Some(format!(
+                "the tar stream's sha256 is {actual}, the backup recorded {sha256}"
+            )),
+            Some(_) => None,
+        }
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.0.lock().expect("check lock").cancelled
+    }
+
+    /// The local read error, if reading failed (rather than the stream being different).
+    pub fn read_error(&self) -> Option<io::Error> {
+        let seen = self.0.lock().expect("check lock");
+        seen.error
+            .as_ref()
+            .map(|e| io::Error::new(e.kind(), e.to_string()))
+    }
+}
+
+/// Hashes and counts what passes; remembers how it ended.
+pub struct Checked<R> {
+    inner: R,
+    hash: Sha256,
+    seen: Arc<Mutex<Seen>>,
+    progress: Arc<Progress>,
+    cancel: Option<Cancel>,
+}
+
+impl<R: Read> Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if cancelled(&self.cancel) {
+            self.seen.lock().expect("check lock").cancelled = true;
+            return Err(io::Error::other("stopped"));
+        }
+        match self.inner.read(buf) {
+            Ok(0) if !buf.is_empty() => {
+                let mut seen = self.seen.lock().expect("check lock");
+                if seen.sha256.is_none() {
+                    seen.sha256 = Some(crate::model::hex(&self.hash.clone().finalize()));
+                }
+                Ok(0)
+            }
+            Ok(n) => {
+                self.hash.update(&buf[..n]);
+                self.seen.lock().expect("check lock").bytes += n as u64;
+                self.progress
+                    .bytes_read
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                Ok(n)
+            }
+            Err(e) => {
+                let mut seen = self.seen.lock().expect("check lock");
+                seen.error = Some(io::Error::new(e.kind(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A `ReadSource` of exactly one file: the tar stream at `path`.
+pub struct TarSource<R> {
+    path: PathBuf,
+    size: u64,
+    mtime: DateTime<Utc>,
+    reader: Mutex<Option<Checked<R>>>,
+}
+
+impl<R: Read + Send + 'static> TarSource<R> {
+    pub fn new(
+        path: PathBuf,
+        reader: R,
+        size: u64,
+        mtime: DateTime<Utc>,
+        progress: Arc<Progress>,
+        cancel: Option<Cancel>,
+    ) -> (TarSource<R>, Check) {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let checked = Checked {
+            inner: reader,
+            hash: Sha256::new(),
+            seen: Arc::clone(&seen),
+            progress,
+            cancel,
+        };
+        (
+            TarSource {
+                path,
+                size,
+                mtime,
+                reader: Mutex::new(Some(checked)),
+            },
+            Check(seen),
+        )
+    }
+}
+
+impl<R: Read + Send + 'static> ReadSource for TarSource<R> {
+    type Open = Checked<R>;
+    type Iter = Once<RusticResult<ReadSourceEntry<Checked<R>>>>;
+
+    fn size(&self) -> RusticResult<Option<u64>> {
+        Ok(Some(self.size))
+    }
+
+    fn entries(&self) -> Self::Iter {
+        let name = self.path.file_name().unwrap_or(OsStr::new("snapshot.tar"));
+        let mtime = rustic_core::jiff::Timestamp::from_second(self.mtime.timestamp()).ok();
+        let meta = Metadata {
+            size: self.size,
+            mode: Some(0o600),
+            mtime,
+            ..Metadata::default()
+        };
+        once(Ok(ReadSourceEntry {
+            path: self.path.clone(),
+            node: Node::new_node(name, NodeType::File, meta),
+            open: self.reader.lock().expect("source lock").take(),
+        }))
+    }
+}

@@ -1,0 +1,294 @@
+//! Offsite copies to a real S3 server (s3s-fs): copy after backup, incremental uploads,
+//! Debian's `restic` reading the repository, disaster recovery on a new server, and
+//! failures that leave the local snapshot alone.
+
+use std::fs;
+
+use axum::http::StatusCode;
+
+use crate::common::{Harness, S3Server, TestApp, job_done, manifest, sh};
+
+/// The newest job of `kind` for `app` (copies are started by the backup itself).
+async fn newest_job(h: &Harness, kind: &str, app: &str) -> String {
+    let (_, jobs) = h.call("GET", "/api/v1/jobs").await;
+    jobs.as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["kind"] == kind && j["app_id"] == app)
+        .max_by_key(|j| j["started_at"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no {kind} job for {app} in {jobs}"))["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Backs up `app` and waits for its copy; returns (snapshot, finished copy job).
+async fn backup_and_copy(h: &Harness, app: &str) -> (serde_json::Value, serde_json::Value) {
+    let snap = h.backup(app).await;
+    assert_eq!(snap["copies"]["offsite"]["state"], "pending", "{snap}");
+    let job = job_done(h, &newest_job(h, "copy", app).await).await;
+    let id = snap["snapshot_id"].as_str().unwrap();
+    let (_, now) = h
+        .call("GET", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", now["copies"]);
+    (snap, job)
+}
+
+/// `pigz -dc` of the local archive: the tar stream the backup wrote.
+fn inflated_sha256(snapshot: &serde_json::Value) -> String {
+    let out = sh(&format!(
+        "pigz -dc {} | sha256sum",
+        snapshot["file_path"].as_str().unwrap()
+    ));
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+fn random_file(path: &std::path::Path, len: usize) {
+    sh(&format!("head -c {len} /dev/urandom > {}", path.display()));
+}
+
+#[tokio::test]
+async fn copies_are_incremental_and_restic_reads_them() {
+    let s3 = S3Server::start("backups");
+    let app = TestApp::new("");
+    // 200 MB of incompressible data in 20 files, so that changing one is 5 %.
+    for i in 0..20 {
+        random_file(&app.volume_path().join(format!("blob{i:02}")), 10 << 20);
+    }
+    let repo = s3.repository("offsite", "backups", common_secret());
+    let h = Harness::with(|c| c.repositories = vec![repo]).await;
+
+    let (first, job1) = backup_and_copy(&h, &app.id).await;
+    let up1 = job1["result"]["bytes_uploaded"].as_u64().unwrap();
+    let stored1 = s3.stored_bytes("backups");
+    random_file(&app.volume_path().join("blob07"), 10 << 20);
+    let (second, job2) = backup_and_copy(&h, &app.id).await;
+    let up2 = job2["result"]["bytes_uploaded"].as_u64().unwrap();
+    // What the bucket really grew by, beside what rustic says it added.
+    let grown = s3.stored_bytes("backups") - stored1;
+    eprintln!(
+        "first copy: {up1} bytes added, bucket {stored1}; second (5 % changed): {up2} added, \
+         bucket +{grown}"
+    );
+    assert!(
+        up1 > 200 << 20 && stored1 > 200 << 20,
+        "the first copy holds the data: {up1}"
+    );
+    for second in [up2, grown] {
+        assert!(
+            (second as f64) < 0.25 * stored1 as f64,
+            "the second copy uploads only what changed: {second} of {stored1}"
+        );
+    }
+
+    // Where each snapshot is, as list and get say.
+    let (_, listed) = h
+        .call(
+            "GET",
+            &format!("/api/v1/backup/snapshots?app_id={}", app.id),
+        )
+        .await;
+    for s in listed.as_array().unwrap() {
+        assert_eq!(
+            s["locations"],
+            serde_json::json!(["local", "offsite"]),
+            "{s}"
+        );
+        assert_eq!(s["copies"]["offsite"]["state"], "done", "{s}");
+    }
+    let (status, remote) = h
+        .call(
+            "GET",
+            &format!("/api/v1/repositories/offsite/snapshots?app_id={}", app.id),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{remote}");
+    let remote = remote.as_array().unwrap().clone();
+    assert_eq!(remote.len(), 2, "{remote:?}");
+
+    // Debian's restic, with nothing of appsnap: it lists both and dumps the tar stream.
+    let (ok, out) = s3.restic(
+        "backups",
+        &["snapshots", "--json", "--tag", &format!("app:{}", app.id)],
+    );
+    assert!(ok);
+    let restic: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(restic.as_array().unwrap().len(), 2, "{restic}");
+    for snap in [&first, &second] {
+        let recorded = snap["tar_sha256"].as_str().unwrap();
+        assert_eq!(
+            inflated_sha256(snap),
+            recorded,
+            "the catalog records the tar stream's sha256"
+        );
+        let r = remote
+            .iter()
+            .find(|r| r["snapshot_id"] == snap["snapshot_id"])
+            .unwrap();
+        let (ok, dumped) = s3.restic(
+            "backups",
+            &[
+                "dump",
+                r["repository_snapshot"].as_str().unwrap(),
+                r["path"].as_str().unwrap(),
+            ],
+        );
+        assert!(ok);
+        use sha2::Digest;
+        let dumped_sha = appsnap::model::hex(&sha2::Sha256::digest(&dumped));
+        assert_eq!(
+            dumped_sha, recorded,
+            "restic dump gives back the very tar stream"
+        );
+    }
+    // Nothing in the bucket is readable without the password: not the app's name (in
+    // tags, description and paths), not the archive's metadata entry.
+    for needle in [app.id.as_str(), "appsnap.json"] {
+        let found = sh(&format!(
+            "grep -rlaF -e '{needle}' {} || true",
+            s3.data.path().display()
+        ));
+        assert!(
+            found.is_empty(),
+            "`{needle}` readable in the bucket: {found}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_new_server_restores_from_the_repository_after_the_first_is_gone() {
+    let s3 = S3Server::start("recovery");
+    let mut app = TestApp::new("");
+    crate::common::fill_every_kind(&app.volume_path());
+    fs::write(app.bind().join("config.ini"), "answer=42\n").unwrap();
+    let before = (
+        manifest(&app.volume_path(), true),
+        manifest(&app.bind(), true),
+    );
+    let repo = s3.repository("offsite", "recovery", common_secret());
+
+    // Server A backs up and copies, then loses its disk.
+    let snapshot_id = {
+        let a = Harness::with(|c| {
+            c.repositories = vec![repo.clone()];
+            c.offsite_attempts = 1;
+        })
+        .await;
+        let (snap, _) = backup_and_copy(&a, &app.id).await;
+        snap["snapshot_id"].as_str().unwrap().to_string()
+    };
+    // The app is created afresh on server B: empty volume, empty bind mount.
+    app.recreate();
+    assert!(manifest(&app.volume_path(), true).len() <= 1);
+
+    let b = Harness::with(|c| c.repositories = vec![repo]).await;
+    let (_, local) = b.call("GET", "/api/v1/backup/snapshots").await;
+    assert_eq!(
+        local,
+        serde_json::json!([]),
+        "server B starts with nothing local"
+    );
+    let (status, remote) = b
+        .call("GET", "/api/v1/repositories/offsite/snapshots")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{remote}");
+    assert!(
+        remote
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["snapshot_id"] == snapshot_id.as_str()),
+        "A's snapshot is visible from B: {remote}"
+    );
+    let (status, body) = b
+        .call(
+            "POST",
+            &format!("/api/v1/backup/restore/{}/{snapshot_id}", app.id),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        manifest(&app.volume_path(), true),
+        before.0,
+        "the volume is back, every entry"
+    );
+    assert_eq!(manifest(&app.bind(), true), before.1, "and the bind mount");
+    // The fetched copy is now a local snapshot: the next restore needs no network.
+    let (_, got) = b
+        .call("GET", &format!("/api/v1/backup/snapshots/{snapshot_id}"))
+        .await;
+    assert_eq!(
+        got["locations"],
+        serde_json::json!(["local", "offsite"]),
+        "{got}"
+    );
+    let (status, verified) = b
+        .call(
+            "POST",
+            &format!("/api/v1/backup/snapshots/{snapshot_id}/verify"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{verified}");
+}
+
+#[tokio::test]
+async fn refused_credentials_fail_the_copy_not_the_snapshot() {
+    // A bucket that does not exist is not tested here: s3s-fs 0.14.1 accepts writes to
+    // one (real S3 answers NoSuchBucket, which the copy reports like any refusal).
+    let s3 = S3Server::start("real");
+    let app = TestApp::new("");
+    fs::write(app.volume_path().join("data"), "precious\n").unwrap();
+    let wrong = s3.repository("wrongkey", "real", "not-the-secret");
+    let h = Harness::with(|c| {
+        c.repositories = vec![wrong];
+        c.offsite_retry_secs = 1;
+        c.offsite_attempts = 2;
+    })
+    .await;
+    let snap = h.backup(&app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap();
+    let (_, jobs) = h.call("GET", "/api/v1/jobs").await;
+    let copies: Vec<String> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["kind"] == "copy")
+        .map(|j| j["job_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(copies.len(), 1, "{jobs}");
+    for job in copies {
+        let done = job_done(&h, &job).await;
+        assert_eq!(done["state"], "failed", "{done}");
+    }
+    let (_, got) = h
+        .call("GET", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    assert_eq!(got["locations"], serde_json::json!(["local"]), "{got}");
+    let copy = &got["copies"]["wrongkey"];
+    assert_eq!(copy["state"], "failed", "{got}");
+    assert_eq!(copy["attempts"], 2, "{got}");
+    let error = copy["error"].as_str().unwrap();
+    assert!(
+        error.contains("repository `wrongkey`") && error.contains("403"),
+        "a clear error naming the repository and the refusal: {error}"
+    );
+    assert!(
+        !s3.data.path().join("real/appsnap/config").exists(),
+        "a refused credential never creates a repository"
+    );
+    // The local snapshot is untouched and restores.
+    let (status, v) = h
+        .call("POST", &format!("/api/v1/backup/snapshots/{id}/verify"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    // The password never shows.
+    let (_, repos) = h.call("GET", "/api/v1/repositories").await;
+    assert!(!repos.to_string().contains("correct horse"), "{repos}");
+    assert!(!repos.to_string().contains("not-the-secret"), "{repos}");
+    assert_eq!(repos.as_array().unwrap().len(), 1);
+}
+
+fn common_secret() -> &'static str {
+    crate::common::S3_SECRET
+}
