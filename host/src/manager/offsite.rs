@@ -206,7 +206,10 @@ impl BackupManager {
                 return;
             }
             drop(_slot);
-            let wait = base * 4u64.pow(attempt - 1);
+            // At most a day between attempts, however many the config allows.
+            let wait = base
+                .saturating_mul(4u64.saturating_pow(attempt - 1))
+                .min(86_400);
             job.step(&format!(
                 "attempt {attempt} failed, retrying in {wait} s: {error}"
             ));
