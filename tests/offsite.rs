@@ -292,3 +292,76 @@ async fn refused_credentials_fail_the_copy_not_the_snapshot() {
 fn common_secret() -> &'static str {
     crate::common::S3_SECRET
 }
+
+#[tokio::test]
+async fn an_imported_snapshot_is_checked_and_hashed_before_its_first_copy() {
+    let s3 = S3Server::start("imports");
+    let app = TestApp::new("");
+    fs::write(
+        app.volume_path().join("data"),
+        "moved from another server\n",
+    )
+    .unwrap();
+    let mut repo = s3.repository("offsite", "imports", common_secret());
+    repo.copy = appsnap::offsite::CopyWhen::Manual;
+    let h = Harness::with(|c| c.repositories = vec![repo]).await;
+    let snap = h.backup(&app.id).await;
+    assert_eq!(
+        snap["copies"],
+        serde_json::json!({}),
+        "manual: nothing owed"
+    );
+    let id = snap["snapshot_id"].as_str().unwrap();
+    let recorded = snap["tar_sha256"].as_str().unwrap().to_string();
+
+    // The same archive, imported: an import knows no tar stream sha256 of its own.
+    let bytes = fs::read(snap["file_path"].as_str().unwrap()).unwrap();
+    let (status, _) = h
+        .call("DELETE", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let req = axum::http::Request::post("/api/v1/backup/snapshots/import")
+        .body(axum::body::Body::from(bytes))
+        .unwrap();
+    let (status, imported) = h.call_with(req).await;
+    assert_eq!(status, StatusCode::CREATED, "{imported}");
+    assert!(
+        imported["snapshot"].get("tar_sha256").is_none(),
+        "{imported}"
+    );
+
+    let (status, job) = h
+        .call(
+            "POST",
+            &format!("/api/v1/backup/snapshots/{id}/copy?repository=offsite"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let done = job_done(&h, job["job_id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, got) = h
+        .call("GET", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    assert_eq!(
+        got["tar_sha256"],
+        recorded.as_str(),
+        "hashed once, before the copy"
+    );
+    assert_eq!(
+        got["locations"],
+        serde_json::json!(["local", "offsite"]),
+        "{got}"
+    );
+
+    // Unknown repository or snapshot: 404, nothing started.
+    for uri in [
+        format!("/api/v1/backup/snapshots/{id}/copy?repository=nowhere"),
+        "/api/v1/backup/snapshots/snapshot_20200101T000000Z_0000/copy?repository=offsite".into(),
+        "/api/v1/repositories/nowhere/snapshots".into(),
+    ] {
+        let (status, body) = h
+            .call(if uri.contains("/copy") { "POST" } else { "GET" }, &uri)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
+    }
+}
