@@ -264,7 +264,10 @@ async fn schemathesis_finds_no_contract_violation() {
         .current_dir(work.path())
         .args(["run", &svc.url("/api/v1/openapi.json")])
         .args(["--header", &format!("x-api-key: {key}")])
-        .args(["--checks", "all", "--max-examples", "25", "--workers", "2"])
+        // One worker: with two, CPython 3.11 once died inside schemathesis with "AST
+        // constructor recursion depth mismatch" (its compiler's depth counter is not
+        // thread-safe), an error of the tool, not of the API.
+        .args(["--checks", "all", "--max-examples", "25", "--workers", "1"])
         .args(["--exclude-name", "POST /api/v1/backup/snapshots/import"])
         .args(["--exclude-name", "PUT /api/v1/policies/{name}"])
         .args(["--seed", "1"])

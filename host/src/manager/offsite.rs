@@ -151,7 +151,7 @@ impl BackupManager {
                 c.attempts = attempt;
             });
             job.step(&format!("copying to `{}` (attempt {attempt})", repo.name));
-            let result = self.copy_once(&snapshot, repo, job).await;
+            let result = self.copy_once(&snapshot, repo, job, attempt > 1).await;
             self.metrics.copy_ended(&repo.name, result.is_ok());
             let error = match result {
                 Ok(copied) => {
@@ -222,6 +222,7 @@ impl BackupManager {
         snapshot: &Snapshot,
         repo: &RepositoryConfig,
         job: &Job,
+        repair: bool,
     ) -> Result<offsite::Copied, ManagerError> {
         let tar_sha256 = match &snapshot.tar_sha256 {
             Some(sha) => sha.clone(),
@@ -255,7 +256,7 @@ impl BackupManager {
         let copied = tokio::task::spawn_blocking(move || {
             let tar =
                 archive::read::open_tar_stream(&path, threads).map_err(OffsiteError::Local)?;
-            offsite::copy(&repo, &description, tar, &progress, Some(cancel))
+            offsite::copy(&repo, &description, tar, &progress, Some(cancel), repair)
         })
         .await;
         ticker.abort();

@@ -21,15 +21,17 @@ pub mod source;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::ops::Not;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use chrono::{DateTime, Utc};
 use rustic_backend::BackendOptions;
+use rustic_core::repofile::PackId;
 use rustic_core::{
-    BackupOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, ParentOptions, Repository,
-    RepositoryOptions, RusticError, SnapshotOptions,
+    BackupOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, ParentOptions,
+    RepairIndexOptions, Repository, RepositoryOptions, RusticError, SnapshotOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -299,16 +301,26 @@ pub fn open(cfg: &RepositoryConfig, create: bool) -> Result<Repository<OpenStatu
 
 /// Copies one snapshot's tar stream from `tar` into the repository (created on first use)
 /// and checks that what was stored is all of it: `description.tar_bytes` bytes whose
-/// sha256 is `description.tar_sha256`. A copy that falls short is removed again.
+/// sha256 is `description.tar_sha256`, every chunk in a pack the storage has. A copy
+/// that falls short is removed again. `repair`: rebuild the index first (a retry).
 pub fn copy(
     cfg: &RepositoryConfig,
     description: &Description,
     tar: impl io::Read + Send + 'static,
     progress: &Arc<Progress>,
     cancel: Option<crate::archive::Cancel>,
+    repair: bool,
 ) -> Result<Copied, OffsiteError> {
     let err = backend_err(&cfg.name);
-    let repo = open(cfg, true)?.to_indexed_ids().map_err(&err)?;
+    let repo = open(cfg, true)?;
+    if repair {
+        // An upload cut short (a server that died, a kill) can leave index entries for
+        // packs that never arrived; deduplicating against them would make a "complete"
+        // copy that cannot be read back. Rebuild the index from the packs that exist.
+        repo.repair_index(&RepairIndexOptions::default(), false)
+            .map_err(&err)?;
+    }
+    let repo = repo.to_indexed_ids().map_err(&err)?;
     let path = file_path(&description.app_id, &description.snapshot_id);
     let (source, check) = source::TarSource::new(
         PathBuf::from(&path),
@@ -334,19 +346,19 @@ pub fn copy(
         .archive(&opts, &source, snap, &[PathBuf::from(&path)])
         .map_err(&err)?;
     // The index in `repo` predates the copy: a fresh open sees its trees.
-    let repo = open(cfg, false)?.to_indexed_ids().map_err(&err)?;
+    let repo = open(cfg, false)?.to_indexed().map_err(&err)?;
     // rustic logs and skips a file it could not read completely, and saves the snapshot
     // anyway: what was read is checked here, and a short copy is taken back.
-    let stored = repo
-        .node_from_snapshot_path(&format!("{}:{path}", saved.id), |_| true)
-        .map(|n| n.meta.size);
+    let stored = repo.node_from_snapshot_path(&format!("{}:{path}", saved.id), |_| true);
     let problem = check
         .problem(&description.tar_sha256)
         .or_else(|| match stored {
-            Ok(size) if size == description.tar_bytes => None,
-            Ok(size) => Some(format!(
-                "the stored file has {size} bytes, the tar stream {}",
-                description.tar_bytes
+            Ok(node) if node.meta.size == description.tar_bytes => {
+                unreadable_chunks(&repo, &node).err().map(|e| describe(&e))
+            }
+            Ok(node) => Some(format!(
+                "the stored file has {} bytes, the tar stream {}",
+                node.meta.size, description.tar_bytes
             )),
             Err(e) => Some(format!("the stored file is missing: {}", describe(&e))),
         });
@@ -374,6 +386,34 @@ pub fn copy(
         bytes_read: description.tar_bytes,
         bytes_uploaded,
     })
+}
+
+/// Fails unless every chunk of `node` is indexed in a pack the storage really has: the
+/// proof that a copy can be read back, whatever an interrupted upload left behind.
+fn unreadable_chunks<S: rustic_core::IndexedFull>(
+    repo: &Repository<S>,
+    node: &rustic_core::repofile::Node,
+) -> rustic_core::RusticResult<()> {
+    let present: std::collections::HashSet<PackId> = repo.list::<PackId>()?.collect();
+    let chunks = node.content.as_deref().unwrap_or_default();
+    let missing = chunks
+        .iter()
+        .filter(|id| {
+            repo.get_index_entry(*id)
+                .is_ok_and(|e| present.contains(&e.pack))
+                .not()
+        })
+        .count();
+    if missing > 0 {
+        return Err(RusticError::new(
+            rustic_core::ErrorKind::Verification,
+            "{missing} of {total} chunks of the copy are in packs the storage does not have \
+             (an earlier upload was cut short); the index is repaired before the next attempt",
+        )
+        .attach_context("missing", missing.to_string())
+        .attach_context("total", chunks.len().to_string()));
+    }
+    Ok(())
 }
 
 /// Bytes of every file in the repository, from one listing.
