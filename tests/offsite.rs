@@ -126,19 +126,9 @@ async fn copies_are_incremental_and_restic_reads_them() {
             .iter()
             .find(|r| r["snapshot_id"] == snap["snapshot_id"])
             .unwrap();
-        let (ok, dumped) = s3.restic(
-            "backups",
-            &[
-                "dump",
-                r["repository_snapshot"].as_str().unwrap(),
-                r["path"].as_str().unwrap(),
-            ],
-        );
-        assert!(ok);
-        use sha2::Digest;
-        let dumped_sha = appsnap::model::hex(&sha2::Sha256::digest(&dumped));
         assert_eq!(
-            dumped_sha, recorded,
+            s3.restic_dump_sha256("backups", r),
+            recorded,
             "restic dump gives back the very tar stream"
         );
     }
@@ -454,18 +444,8 @@ async fn a_copy_cut_by_the_server_dying_completes_once_it_is_back() {
         .iter()
         .find(|r| r["snapshot_id"] == id)
         .unwrap();
-    let (ok, dumped) = s3.restic(
-        "flaky",
-        &[
-            "dump",
-            r["repository_snapshot"].as_str().unwrap(),
-            r["path"].as_str().unwrap(),
-        ],
-    );
-    assert!(ok, "restic dump of the completed copy");
-    use sha2::Digest;
     assert_eq!(
-        appsnap::model::hex(&sha2::Sha256::digest(&dumped)),
+        s3.restic_dump_sha256("flaky", r),
         snap["tar_sha256"].as_str().unwrap()
     );
     // Known gap (see the README): the cut upload leaves index entries for packs that

@@ -839,6 +839,24 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// sha256 of what `restic dump` gives for a snapshot as the repository listing
+    /// (`GET /api/v1/repositories/{name}/snapshots`) shows it.
+    pub fn restic_dump_sha256(&self, bucket: &str, remote: &serde_json::Value) -> String {
+        use sha2::Digest;
+        let (ok, dumped) = self.restic(
+            bucket,
+            &[
+                "dump",
+                remote["repository_snapshot"].as_str().unwrap(),
+                remote["path"].as_str().unwrap(),
+            ],
+        );
+        assert!(ok, "restic dump of {remote}");
+        appsnap::model::hex(&sha2::Sha256::digest(&dumped))
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.kill();

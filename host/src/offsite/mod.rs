@@ -473,17 +473,6 @@ fn parse_description(text: &str) -> Option<Description> {
     ok.then_some(d)
 }
 
-/// The newest copy of `snapshot_id` in the repository.
-pub fn find(cfg: &RepositoryConfig, snapshot_id: &str) -> Result<RemoteSnapshot, OffsiteError> {
-    list(cfg, None)?
-        .into_iter()
-        .rfind(|s| s.snapshot_id == snapshot_id)
-        .ok_or_else(|| OffsiteError::SnapshotNotFound {
-            name: cfg.name.clone(),
-            snapshot_id: snapshot_id.to_string(),
-        })
-}
-
 /// Writes the tar stream of `remote` into `out`. The caller checks its sha256 (it sees
 /// the bytes; nothing here believes the repository).
 pub fn dump(
