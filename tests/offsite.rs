@@ -284,7 +284,8 @@ fn common_secret() -> &'static str {
 }
 
 #[tokio::test]
-async fn an_imported_snapshot_is_checked_and_hashed_before_its_first_copy() {
+async fn an_imported_snapshot_is_checked_and_hashed_before_its_first_copy_and_deleted_per_location()
+{
     let s3 = S3Server::start("imports");
     let app = TestApp::new("");
     fs::write(
@@ -354,6 +355,29 @@ async fn an_imported_snapshot_is_checked_and_hashed_before_its_first_copy() {
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
     }
+    // Deleting per location: an unknown one deletes nothing; the repository's copy goes
+    // alone; `all` takes what is left.
+    let uri = |location: &str| format!("/api/v1/backup/snapshots/{id}?location={location}");
+    let (status, body) = h.call("DELETE", &uri("nowhere")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = h.call("DELETE", &uri("offsite")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (_, got) = h
+        .call("GET", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    assert_eq!(got["locations"], serde_json::json!(["local"]), "{got}");
+    let (_, remote) = h
+        .call("GET", "/api/v1/repositories/offsite/snapshots")
+        .await;
+    assert_eq!(remote, serde_json::json!([]), "forgotten in the repository");
+    let (status, _) = h.call("DELETE", &uri("offsite")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no copy there any more");
+    let (status, body) = h.call("DELETE", &uri("all")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, _) = h
+        .call("GET", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 /// Waits until the job's state satisfies `until`; returns it.

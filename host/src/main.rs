@@ -68,8 +68,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a snapshot.
-    Delete { snapshot_id: String },
+    /// Delete a snapshot (only the local archive unless --location says otherwise).
+    Delete {
+        snapshot_id: String,
+        /// `local`, a repository's name (its copies there are forgotten), or `all`.
+        #[arg(long, default_value = "local")]
+        location: String,
+    },
     /// Restore an app from one of its snapshots (rolled back on any failure).
     Restore {
         app_id: String,
@@ -253,7 +258,10 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
                 }
             }
         }
-        Command::Delete { snapshot_id } => manager.delete(&snapshot_id)?,
+        Command::Delete {
+            snapshot_id,
+            location,
+        } => manager.delete_at(&snapshot_id, &location).await?,
         Command::Reindex => println!("{} snapshots indexed", manager.reindex()?),
         Command::Restore {
             app_id,

@@ -106,16 +106,32 @@ pub async fn show(
     Ok(Json(manager.get(&snapshot_id)?))
 }
 
-/// Delete a snapshot and free its space.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteParams {
+    /// `local` (default: this server's archive only), a repository's name (its copies
+    /// there are forgotten; a prune frees their space), or `all`.
+    pub location: Option<String>,
+}
+
+/// Delete a snapshot and free its space: by default only the local archive; offsite
+/// copies stay unless `location` names their repository or is `all`.
 #[utoipa::path(delete, path = "/api/v1/backup/snapshots/{snapshot_id}", tag = "backup",
-    params(("snapshot_id" = String, Path)),
+    params(("snapshot_id" = String, Path), DeleteParams),
     responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 500, description = "The file could not be removed; still listed", body = ErrorBody)))]
+        (status = 404, description = "Not at that location (nothing was deleted)", body = ErrorBody),
+        (status = 500, description = "The file could not be removed; still listed", body = ErrorBody),
+        (status = 502, description = "The repository could not be reached", body = ErrorBody)))]
 pub async fn delete(
     State(manager): State<Arc<BackupManager>>,
     Path(snapshot_id): Path<String>,
+    params: Result<Query<DeleteParams>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    manager.delete(&snapshot_id)?;
+    let params = query(params)?;
+    match params.location.as_deref() {
+        None | Some("local") => manager.delete(&snapshot_id)?,
+        Some(location) => manager.delete_at(&snapshot_id, location).await?,
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

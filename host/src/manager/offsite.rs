@@ -325,6 +325,66 @@ impl BackupManager {
         }
     }
 
+    /// Deletes a snapshot where `location` says: `local` (the archive, as `delete`), a
+    /// repository's name (its copies there are forgotten; the space comes back with a
+    /// prune), or `all`. A location that does not hold it is 404, and nothing is deleted.
+    pub async fn delete_at(&self, snapshot_id: &str, location: &str) -> Result<(), ManagerError> {
+        ids::validate("snapshot id", snapshot_id)?;
+        let repos: Vec<RepositoryConfig> = match location {
+            "local" => Vec::new(),
+            "all" => self.config.repositories.clone(),
+            name => vec![self.repository(name)?],
+        };
+        let local = self.get(snapshot_id).ok();
+        if location == "local" && local.is_none() {
+            return Err(ManagerError::SnapshotNotFound(snapshot_id.into()));
+        }
+        let mut forgotten = 0;
+        for repo in repos {
+            let (cfg, id) = (repo.clone(), snapshot_id.to_string());
+            let n = tokio::task::spawn_blocking(move || offsite::forget(&cfg, &id))
+                .await
+                .map_err(|e| ManagerError::Io {
+                    context: "forget task".into(),
+                    source: io::Error::other(e.to_string()),
+                })??;
+            if n == 0 && location != "all" {
+                return Err(OffsiteError::SnapshotNotFound {
+                    name: repo.name,
+                    snapshot_id: snapshot_id.into(),
+                }
+                .into());
+            }
+            if n > 0 {
+                tracing::info!(snapshot = %snapshot_id, repository = %repo.name, copies = n, "offsite copies forgotten");
+                self.forget_copy(snapshot_id, &repo.name);
+            }
+            forgotten += n;
+        }
+        match location {
+            "local" => self.delete(snapshot_id),
+            "all" if local.is_some() => self.delete(snapshot_id),
+            "all" if forgotten == 0 => Err(ManagerError::SnapshotNotFound(snapshot_id.into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Drops a repository's copy record from a local snapshot (its copy was forgotten).
+    fn forget_copy(&self, snapshot_id: &str, repository: &str) {
+        let mut catalog = self.catalog.lock().expect("catalog lock");
+        let Some(s) = catalog.get_mut(snapshot_id) else {
+            return;
+        };
+        s.copies.remove(repository);
+        s.refresh_locations();
+        if let Err(e) = crate::catalog::write_sidecar(s) {
+            tracing::warn!(snapshot = %snapshot_id, "cannot write its sidecar: {e}");
+        }
+        if let Err(e) = catalog.save() {
+            tracing::error!(snapshot = %snapshot_id, "cannot save the catalog: {e}");
+        }
+    }
+
     /// What a repository holds (appsnap snapshots only), optionally of one app.
     pub async fn remote_snapshots(
         &self,

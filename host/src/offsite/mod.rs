@@ -473,6 +473,30 @@ fn parse_description(text: &str) -> Option<Description> {
     ok.then_some(d)
 }
 
+/// Removes every copy of `snapshot_id` from the repository's snapshot list; returns how
+/// many there were. The data stays until a prune frees what no snapshot uses any more.
+pub fn forget(cfg: &RepositoryConfig, snapshot_id: &str) -> Result<usize, OffsiteError> {
+    let err = backend_err(&cfg.name);
+    let repo = open(cfg, false)?;
+    let ids: Vec<_> = repo
+        .get_all_snapshots()
+        .map_err(&err)?
+        .into_iter()
+        .filter(|s| s.label == LABEL)
+        .filter(|s| {
+            s.description
+                .as_deref()
+                .and_then(parse_description)
+                .is_some_and(|d| d.snapshot_id == snapshot_id)
+        })
+        .map(|s| s.id)
+        .collect();
+    if !ids.is_empty() {
+        repo.delete_snapshots(&ids).map_err(&err)?;
+    }
+    Ok(ids.len())
+}
+
 /// Writes the tar stream of `remote` into `out`. The caller checks its sha256 (it sees
 /// the bytes; nothing here believes the repository).
 pub fn dump(
