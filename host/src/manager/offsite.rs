@@ -294,33 +294,43 @@ impl BackupManager {
             source: io::Error::other(e.to_string()),
         })?
         .map_err(|e| ManagerError::Corrupt(e.to_string()))?;
-        let mut catalog = self.catalog.lock().expect("catalog lock");
-        if let Some(s) = catalog.get_mut(&snapshot.snapshot_id) {
+        self.update_record(&snapshot.snapshot_id, |s| {
             s.tar_sha256 = Some(sha.clone());
             s.tar_bytes = Some(len);
-            let _ = crate::catalog::write_sidecar(s);
-        }
-        catalog.save()?;
+        })?;
         Ok(sha)
     }
 
-    /// Changes one copy's record (created if missing) in the catalog and the sidecar.
-    fn set_copy(&self, snapshot_id: &str, repository: &str, change: impl FnOnce(&mut Copy)) {
+    /// Changes a local snapshot's record in the catalog and its sidecar; a snapshot
+    /// deleted meanwhile has nothing to record.
+    fn update_record(
+        &self,
+        snapshot_id: &str,
+        change: impl FnOnce(&mut Snapshot),
+    ) -> Result<(), crate::catalog::CatalogError> {
         let mut catalog = self.catalog.lock().expect("catalog lock");
         let Some(s) = catalog.get_mut(snapshot_id) else {
-            return; // deleted meanwhile: nothing to record
+            return Ok(());
         };
-        let copy = s
-            .copies
-            .entry(repository.to_string())
-            .or_insert_with(|| new_copy(CopyState::Pending));
-        change(copy);
-        copy.updated_at = Utc::now();
+        change(s);
         s.refresh_locations();
         if let Err(e) = crate::catalog::write_sidecar(s) {
             tracing::warn!(snapshot = %snapshot_id, "cannot write its sidecar: {e}");
         }
-        if let Err(e) = catalog.save() {
+        catalog.save()
+    }
+
+    /// Changes one copy's record (created if missing).
+    fn set_copy(&self, snapshot_id: &str, repository: &str, change: impl FnOnce(&mut Copy)) {
+        let saved = self.update_record(snapshot_id, |s| {
+            let copy = s
+                .copies
+                .entry(repository.to_string())
+                .or_insert_with(|| new_copy(CopyState::Pending));
+            change(copy);
+            copy.updated_at = Utc::now();
+        });
+        if let Err(e) = saved {
             tracing::error!(snapshot = %snapshot_id, "cannot save the copy state: {e}");
         }
     }
@@ -371,16 +381,9 @@ impl BackupManager {
 
     /// Drops a repository's copy record from a local snapshot (its copy was forgotten).
     fn forget_copy(&self, snapshot_id: &str, repository: &str) {
-        let mut catalog = self.catalog.lock().expect("catalog lock");
-        let Some(s) = catalog.get_mut(snapshot_id) else {
-            return;
-        };
-        s.copies.remove(repository);
-        s.refresh_locations();
-        if let Err(e) = crate::catalog::write_sidecar(s) {
-            tracing::warn!(snapshot = %snapshot_id, "cannot write its sidecar: {e}");
-        }
-        if let Err(e) = catalog.save() {
+        if let Err(e) = self.update_record(snapshot_id, |s| {
+            s.copies.remove(repository);
+        }) {
             tracing::error!(snapshot = %snapshot_id, "cannot save the catalog: {e}");
         }
     }
