@@ -116,6 +116,16 @@ enum RepoCommand {
         #[arg(long)]
         app: Option<String>,
     },
+    /// Check the repository's structure; exits non-zero when it finds errors.
+    Check {
+        name: String,
+        /// Also download every pack and check each blob's hash (reads the whole repository).
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Free the space of forgotten snapshots: unused packs are marked, and those marked
+    /// by an earlier prune at least `keep_delete_secs` ago are deleted.
+    Prune { name: String },
 }
 
 fn main() -> ExitCode {
@@ -198,17 +208,19 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         Command::Unpack { archive, into } => return unpack(&config, &archive, into),
         other => other,
     };
-    if let Command::Repo(RepoCommand::Init { name }) = &command {
-        // Needs no backup root (and no Docker): only the repository's storage.
+    if let Command::Repo(
+        RepoCommand::Init { name } | RepoCommand::Check { name, .. } | RepoCommand::Prune { name },
+    ) = &command
+    {
+        // These need no backup root (and no Docker): only the repository's storage, so
+        // they also work from another machine after a disaster.
         let repo = config
             .repositories
             .iter()
             .find(|r| &r.name == name)
             .cloned()
             .ok_or_else(|| appsnap::offsite::OffsiteError::UnknownRepository(name.clone()))?;
-        let id = tokio::task::spawn_blocking(move || appsnap::offsite::init(&repo)).await??;
-        println!("repository {name} is ready (id {id})");
-        return Ok(());
+        return repo_command(command, repo).await;
     }
     let manager = BackupManager::open(config).await?;
     if matches!(command, Command::Backup { .. } | Command::Restore { .. }) {
@@ -238,7 +250,7 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
             let snapshot = started.done.await??;
             // The copies it owes run before the command exits (the service would resume
             // them otherwise, but there may be no service).
-            manager.copies_finished().await;
+            manager.offsite_finished().await;
             let snapshot = manager.get(&snapshot.snapshot_id).unwrap_or(snapshot);
             println!("{}", serde_json::to_string_pretty(&snapshot)?);
         }
@@ -299,9 +311,53 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         Command::Pack { .. }
         | Command::Unpack { .. }
         | Command::CompilePolicy
-        | Command::Repo(RepoCommand::Init { .. }) => {
+        | Command::Repo(
+            RepoCommand::Init { .. } | RepoCommand::Check { .. } | RepoCommand::Prune { .. },
+        ) => {
             unreachable!("handled above")
         }
+    }
+    Ok(())
+}
+
+/// `appsnap repo init|check|prune`: straight on the repository, without the manager.
+async fn repo_command(
+    command: Command,
+    repo: appsnap::offsite::RepositoryConfig,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use appsnap::offsite;
+    let name = repo.name.clone();
+    match command {
+        Command::Repo(RepoCommand::Init { .. }) => {
+            let id = tokio::task::spawn_blocking(move || offsite::init(&repo)).await??;
+            println!("repository {name} is ready (id {id})");
+        }
+        Command::Repo(RepoCommand::Prune { .. }) => {
+            let p = tokio::task::spawn_blocking(move || offsite::prune(&repo)).await??;
+            println!(
+                "repository {name} pruned: {} packs marked unused, {} deleted, {} repacked; \
+                 {} bytes before, {} after",
+                p.packs_marked, p.packs_deleted, p.packs_repacked, p.bytes_before, p.bytes_after
+            );
+        }
+        Command::Repo(RepoCommand::Check { read_data, .. }) => {
+            let c = tokio::task::spawn_blocking(move || offsite::check(&repo, read_data)).await??;
+            for w in &c.warnings {
+                println!("warning: {w}");
+            }
+            for e in &c.errors {
+                println!("error: {e}");
+            }
+            if !c.errors.is_empty() {
+                return Err(format!(
+                    "repository {name}: the check found {} errors",
+                    c.errors.len()
+                )
+                .into());
+            }
+            println!("repository {name}: no errors found");
+        }
+        _ => unreachable!("only repository commands"),
     }
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! - [`policies`] — `/api/v1/policies/…`, bindings per app, retention runs, pins
 //! - [`jobs`] — `/api/v1/jobs/…` (progress of long operations, SSE)
 //! - [`notify`] — `POST /api/v1/notify/test`
-//! - [`repositories`] — offsite repositories: list, their snapshots, copy on demand
+//! - [`repositories`] — offsite repositories: list, their snapshots, copy on demand,
+//!   prune, check
 //! - [`error`] — the single error → HTTP mapping
 //! - here: auth, `/healthz`, `/metrics`, OpenAPI + docs page
 
@@ -96,6 +97,8 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .routes(routes!(repositories::list))
         .routes(routes!(repositories::snapshots))
         .routes(routes!(repositories::copy))
+        .routes(routes!(repositories::prune))
+        .routes(routes!(repositories::check))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&manager),
             require_key,

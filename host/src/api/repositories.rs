@@ -97,3 +97,42 @@ pub async fn copy(
     let job = manager.start_copy(&snapshot_id, &params.repository)?;
     Ok((StatusCode::ACCEPTED, Json(job.info())))
 }
+
+/// Prune the repository now: packs no snapshot uses any more are marked, and those marked
+/// by an earlier prune at least `keep_delete_secs` ago are deleted (rustic's two-phase
+/// delete keeps copies running elsewhere safe). Deleting a snapshot there starts one too.
+/// Answers 202 with the job; its result says what was freed.
+#[utoipa::path(post, path = "/api/v1/repositories/{name}/prune", tag = "repositories",
+    params(("name" = String, Path, description = "Repository name")),
+    responses((status = 202, description = "Prune started", body = JobInfo), (status = 400, body = ErrorBody),
+        (status = 404, description = "No such repository", body = ErrorBody)))]
+pub async fn prune(
+    State(manager): State<Arc<BackupManager>>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
+    let job = manager.start_prune(&name)?;
+    Ok((StatusCode::ACCEPTED, Json(job.info())))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CheckParams {
+    /// Also download every pack and check each blob's hash (reads the whole repository).
+    pub read_data: Option<bool>,
+}
+
+/// Check the repository (rustic's check). Answers 202 with the job; its result lists the
+/// errors and warnings found (none: the repository is sound).
+#[utoipa::path(post, path = "/api/v1/repositories/{name}/check", tag = "repositories",
+    params(("name" = String, Path, description = "Repository name"), CheckParams),
+    responses((status = 202, description = "Check started", body = JobInfo), (status = 400, body = ErrorBody),
+        (status = 404, description = "No such repository", body = ErrorBody)))]
+pub async fn check(
+    State(manager): State<Arc<BackupManager>>,
+    Path(name): Path<String>,
+    params: Result<Query<CheckParams>, QueryRejection>,
+) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
+    let params = query(params)?;
+    let job = manager.start_check(&name, params.read_data.unwrap_or(false))?;
+    Ok((StatusCode::ACCEPTED, Json(job.info())))
+}

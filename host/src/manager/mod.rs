@@ -227,9 +227,9 @@ pub struct BackupManager {
     pub policies: Arc<crate::policy::Registry>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub notifier: crate::notify::Notifier,
-    /// Offsite copies run one at a time; their tasks, for the CLI to wait on.
-    copy_slot: tokio::sync::Semaphore,
-    copy_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Offsite work (copies, prunes) runs one at a time; its tasks, for the CLI to wait on.
+    offsite_slot: tokio::sync::Semaphore,
+    offsite_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Apps a scrape has shown, so that one whose snapshots are gone shows 0.
     known_apps: Mutex<std::collections::BTreeSet<String>>,
     /// Held for the manager's life: one process per backup root.
@@ -302,8 +302,8 @@ impl BackupManager {
             policies: Arc::new(crate::policy::Registry::open(&config_state)?),
             metrics,
             notifier,
-            copy_slot: tokio::sync::Semaphore::new(1),
-            copy_tasks: Mutex::default(),
+            offsite_slot: tokio::sync::Semaphore::new(1),
+            offsite_tasks: Mutex::default(),
             known_apps: Mutex::default(),
             _root_lock: lock,
         }))

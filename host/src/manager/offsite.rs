@@ -119,20 +119,77 @@ impl BackupManager {
 
     fn spawn_copy(self: &Arc<Self>, snapshot_id: String, repo: RepositoryConfig, job: Job) {
         let this = Arc::clone(self);
-        let handle = tokio::spawn(async move {
+        self.track(tokio::spawn(async move {
             this.copy_with_retries(&snapshot_id, &repo, &job).await;
-        });
-        let mut running = self.copy_tasks.lock().expect("copy tasks");
+        }));
+    }
+
+    fn track(&self, handle: tokio::task::JoinHandle<()>) {
+        let mut running = self.offsite_tasks.lock().expect("offsite tasks");
         running.retain(|h| !h.is_finished());
         running.push(handle);
     }
 
-    /// Waits for every copy started so far (the CLI's `backup` waits before it exits).
-    pub async fn copies_finished(&self) {
-        let handles: Vec<_> = std::mem::take(&mut *self.copy_tasks.lock().expect("copy tasks"));
-        for h in handles {
-            let _ = h.await;
+    /// Waits for every copy and prune started so far (the CLI waits before it exits).
+    pub async fn offsite_finished(&self) {
+        loop {
+            let handles: Vec<_> =
+                std::mem::take(&mut *self.offsite_tasks.lock().expect("offsite tasks"));
+            if handles.is_empty() {
+                return;
+            }
+            // A copy may start a prune (its retention forgot something): wait for it too.
+            for h in handles {
+                let _ = h.await;
+            }
         }
+    }
+
+    /// Starts a prune of `repository` as a job (kind `prune`): what forgotten snapshots
+    /// left unused is marked, and what an earlier prune marked long enough ago deleted.
+    pub fn start_prune(self: &Arc<Self>, repository: &str) -> Result<Job, ManagerError> {
+        let repo = self.repository(repository)?;
+        let job = self.jobs.create("prune", "");
+        let (this, job2) = (Arc::clone(self), job.clone());
+        self.track(tokio::spawn(async move {
+            // Never beside a copy of this process: the prune's plan would not see the
+            // packs the copy is writing. (Other servers are covered by keep-delete.)
+            let _slot = this.offsite_slot.acquire().await.expect("offsite slot");
+            job2.step(&format!("pruning `{}`", repo.name));
+            let name = repo.name.clone();
+            match blocking("prune task", move || offsite::prune(&repo)).await {
+                Ok(p) => {
+                    tracing::info!(repository = %name, marked = p.packs_marked, deleted = p.packs_deleted,
+                        before = p.bytes_before, after = p.bytes_after, "repository pruned");
+                    job2.succeed(serde_json::to_value(&p).expect("prune report serializes"));
+                }
+                Err(e) => {
+                    tracing::warn!(repository = %name, "prune failed: {e}");
+                    job2.fail(Arc::new(e));
+                }
+            }
+        }));
+        Ok(job)
+    }
+
+    /// Starts a check of `repository` as a job (kind `check`); its result lists what is
+    /// wrong, if anything. `read_data` downloads and checks every pack.
+    pub fn start_check(
+        self: &Arc<Self>,
+        repository: &str,
+        read_data: bool,
+    ) -> Result<Job, ManagerError> {
+        let repo = self.repository(repository)?;
+        let job = self.jobs.create("check", "");
+        let job2 = job.clone();
+        self.track(tokio::spawn(async move {
+            job2.step(&format!("checking `{}`", repo.name));
+            match blocking("check task", move || offsite::check(&repo, read_data)).await {
+                Ok(c) => job2.succeed(serde_json::to_value(&c).expect("check report serializes")),
+                Err(e) => job2.fail(Arc::new(e)),
+            }
+        }));
+        Ok(job)
     }
 
     async fn copy_with_retries(&self, snapshot_id: &str, repo: &RepositoryConfig, job: &Job) {
@@ -141,7 +198,7 @@ impl BackupManager {
         let attempts = self.config.offsite_attempts.max(1);
         for attempt in 1..=attempts {
             // One copy at a time: each inflates on every core and fills the uplink.
-            let _slot = self.copy_slot.acquire().await.expect("copy slot");
+            let _slot = self.offsite_slot.acquire().await.expect("offsite slot");
             let Ok(snapshot) = self.get(snapshot_id) else {
                 job.fail(Arc::new(ManagerError::SnapshotNotFound(snapshot_id.into())));
                 return;
@@ -336,9 +393,13 @@ impl BackupManager {
     }
 
     /// Deletes a snapshot where `location` says: `local` (the archive, as `delete`), a
-    /// repository's name (its copies there are forgotten; the space comes back with a
-    /// prune), or `all`. A location that does not hold it is 404, and nothing is deleted.
-    pub async fn delete_at(&self, snapshot_id: &str, location: &str) -> Result<(), ManagerError> {
+    /// repository's name (its copies there are forgotten, and a prune job starts), or
+    /// `all`. A location that does not hold it is 404, and nothing is deleted.
+    pub async fn delete_at(
+        self: &Arc<Self>,
+        snapshot_id: &str,
+        location: &str,
+    ) -> Result<(), ManagerError> {
         ids::validate("snapshot id", snapshot_id)?;
         let repos: Vec<RepositoryConfig> = match location {
             "local" => Vec::new(),
@@ -352,12 +413,7 @@ impl BackupManager {
         let mut forgotten = 0;
         for repo in repos {
             let (cfg, id) = (repo.clone(), snapshot_id.to_string());
-            let n = tokio::task::spawn_blocking(move || offsite::forget(&cfg, &id))
-                .await
-                .map_err(|e| ManagerError::Io {
-                    context: "forget task".into(),
-                    source: io::Error::other(e.to_string()),
-                })??;
+            let n = blocking("forget task", move || offsite::forget(&cfg, &id)).await?;
             if n == 0 && location != "all" {
                 return Err(OffsiteError::SnapshotNotFound {
                     name: repo.name,
@@ -368,6 +424,7 @@ impl BackupManager {
             if n > 0 {
                 tracing::info!(snapshot = %snapshot_id, repository = %repo.name, copies = n, "offsite copies forgotten");
                 self.forget_copy(snapshot_id, &repo.name);
+                self.start_prune(&repo.name)?;
             }
             forgotten += n;
         }
@@ -399,14 +456,7 @@ impl BackupManager {
         }
         let repo = self.repository(repository)?;
         let app = app_id.map(str::to_string);
-        Ok(
-            tokio::task::spawn_blocking(move || offsite::list(&repo, app.as_deref()))
-                .await
-                .map_err(|e| ManagerError::Io {
-                    context: "listing task".into(),
-                    source: io::Error::other(e.to_string()),
-                })??,
-        )
+        blocking("listing task", move || offsite::list(&repo, app.as_deref())).await
     }
 
     /// The newest copy of `snapshot_id` in `from`, or in the configured repositories in
@@ -550,6 +600,20 @@ impl BackupManager {
             .await?;
         Ok(adopted)
     }
+}
+
+/// Runs a blocking repository call (rustic_core is synchronous) off the runtime.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, OffsiteError> + Send + 'static,
+) -> Result<T, ManagerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ManagerError::Io {
+            context: what.into(),
+            source: io::Error::other(e.to_string()),
+        })?
+        .map_err(ManagerError::from)
 }
 
 fn new_copy(state: CopyState) -> Copy {

@@ -107,6 +107,15 @@ pub struct RepositoryConfig {
     /// secrets.
     #[serde(default, skip_serializing)]
     pub options: BTreeMap<String, String>,
+    /// How long packs that a prune found unused stay in the storage before a later prune
+    /// deletes them (rustic's `keep-delete`; default 23 h). The delay keeps a copy that
+    /// another server is writing at the same time safe; 0 frees space at the next prune.
+    #[serde(default = "default_keep_delete")]
+    pub keep_delete_secs: u64,
+}
+
+fn default_keep_delete() -> u64 {
+    23 * 3600
 }
 
 impl std::fmt::Debug for RepositoryConfig {
@@ -116,6 +125,7 @@ impl std::fmt::Debug for RepositoryConfig {
             .field("name", &self.name)
             .field("repository", &self.repository)
             .field("copy", &self.copy)
+            .field("keep_delete_secs", &self.keep_delete_secs)
             .field("options", &self.options.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -527,4 +537,88 @@ pub fn fetch_path(state_dir: &Path, snapshot_id: &str) -> PathBuf {
         "fetch-{snapshot_id}{}",
         crate::catalog::PARTIAL_SUFFIX
     ))
+}
+
+/// What a prune did (`POST /api/v1/repositories/{name}/prune`, and after every forget).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Pruned {
+    pub repository: String,
+    /// Packs no snapshot uses any more, marked by this prune. They are deleted by the first
+    /// prune at least `keep_delete_secs` later: a copy that another server is writing at
+    /// this moment may still come to use them (rustic's two-phase delete).
+    pub packs_marked: u64,
+    /// Packs marked by an earlier prune, deleted now.
+    pub packs_deleted: u64,
+    /// Packs partly used, rewritten without what is unused.
+    pub packs_repacked: u64,
+    /// What the storage held before and after, in bytes.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// Frees what no snapshot uses any more (rustic's prune). Packs become unused when
+/// snapshots are forgotten; they are first marked, then deleted by a later prune once
+/// `keep_delete_secs` have passed, so that a copy running elsewhere meanwhile is safe.
+pub fn prune(cfg: &RepositoryConfig) -> Result<Pruned, OffsiteError> {
+    let err = backend_err(&cfg.name);
+    let repo = open(cfg, false)?;
+    let keep_delete = i64::try_from(cfg.keep_delete_secs).unwrap_or(i64::MAX);
+    let opts = rustic_core::PruneOptions::default()
+        .keep_delete(rustic_core::jiff::Span::new().seconds(keep_delete));
+    let before = stored_bytes(&repo).map_err(&err)?;
+    let plan = repo.prune_plan(&opts).map_err(&err)?;
+    let stats = &plan.stats;
+    let (packs_marked, packs_deleted, packs_repacked) = (
+        stats.packs.unused,
+        stats.packs_to_delete.remove,
+        stats.packs.repack,
+    );
+    repo.prune(&opts, plan).map_err(&err)?;
+    let after = stored_bytes(&repo).map_err(&err)?;
+    Ok(Pruned {
+        repository: cfg.name.clone(),
+        packs_marked,
+        packs_deleted,
+        packs_repacked,
+        bytes_before: before,
+        bytes_after: after,
+    })
+}
+
+/// What `appsnap repo check` found.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Checked {
+    pub repository: String,
+    /// Whether the pack files were read and their contents checked (`read_data`).
+    pub read_data: bool,
+    /// Problems that make data unreadable. Empty: the repository is sound.
+    pub errors: Vec<String>,
+    /// Oddities that do not affect the data (unused packs, a missing cache).
+    pub warnings: Vec<String>,
+}
+
+/// Checks the repository's structure: every snapshot's trees, every indexed blob in a
+/// pack the storage has, the index against the packs; with `read_data`, also reads every
+/// pack and checks each blob's hash (downloads the whole repository).
+pub fn check(cfg: &RepositoryConfig, read_data: bool) -> Result<Checked, OffsiteError> {
+    let err = backend_err(&cfg.name);
+    let repo = open(cfg, false)?;
+    let results = repo
+        .check(rustic_core::CheckOptions::default().read_data(read_data))
+        .map_err(&err)?;
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    for (level, problem) in &results.0 {
+        // The level's type is not exported by rustic_core; its `Debug` is its name.
+        if format!("{level:?}") == "Error" {
+            errors.push(problem.to_string());
+        } else {
+            warnings.push(problem.to_string());
+        }
+    }
+    Ok(Checked {
+        repository: cfg.name.clone(),
+        read_data,
+        errors,
+        warnings,
+    })
 }
