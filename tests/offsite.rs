@@ -608,3 +608,166 @@ async fn forgotten_copies_are_pruned_in_two_phases_and_check_finds_a_lost_pack()
     let (status, body) = h.call("POST", "/api/v1/repositories/nowhere/prune").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+/// The appsnap ids a repository holds of `app`, oldest first.
+async fn held(h: &Harness, repository: &str, app: &str) -> Vec<String> {
+    let (status, remote) = h
+        .call(
+            "GET",
+            &format!("/api/v1/repositories/{repository}/snapshots?app_id={app}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{remote}");
+    remote
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["snapshot_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn retention_and_quota_bind_per_repository() {
+    let s3 = S3Server::start("kept");
+    let app = TestApp::new("");
+    let mut repo = s3.repository("offsite", "kept", common_secret());
+    repo.keep_delete_secs = 0;
+    let h = Harness::with(|c| c.repositories = vec![repo]).await;
+    // Keep 3 local snapshots but only the newest 2 offsite.
+    let (status, body) = h
+        .call_json(
+            "PUT",
+            &format!("/api/v1/backup/apps/{}/policies", app.id),
+            serde_json::json!({
+                "retention": {"policy": "keep-last", "config": {"n": 3}},
+                "repositories": {"offsite": {"retention": {"policy": "keep-last", "config": {"n": 2}}}},
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["repositories"]["offsite"]["retention"]["config"]["n"],
+        2
+    );
+    // A binding naming a repository that is not configured stores nothing.
+    let (status, body) = h
+        .call_json(
+            "PUT",
+            &format!("/api/v1/backup/apps/{}/policies", app.id),
+            serde_json::json!({"repositories": {"nowhere": {"retention": {"policy": "keep-last", "config": {"n": 1}}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // Same-size data each time, so that every tar stream has the same length.
+    let mut ids = Vec::new();
+    let mut tar_bytes = 0;
+    for i in 0..4 {
+        random_file(&app.volume_path().join("data"), 200_000);
+        let (snap, job) = backup_and_copy(&h, &app.id).await;
+        ids.push(snap["snapshot_id"].as_str().unwrap().to_string());
+        tar_bytes = snap["tar_bytes"].as_u64().unwrap();
+        if i == 1 {
+            // Pinned: kept in both places whatever the policies say.
+            let (status, _) = h
+                .call_json(
+                    "PATCH",
+                    &format!("/api/v1/backup/snapshots/{}", ids[1]),
+                    serde_json::json!({"pinned": true}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        if i == 2 {
+            assert_eq!(
+                job["result"]["retention"]["deleted"][0]["snapshot_id"], ids[0],
+                "the copy's own retention pass forgot the oldest: {job}"
+            );
+        }
+    }
+    all_done(&h, "prune").await;
+    let local: Vec<String> = h
+        .manager
+        .list(Some(&app.id))
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|s| s.snapshot_id)
+        .collect();
+    assert_eq!(local, ids[1..4], "3 kept locally");
+    assert_eq!(
+        held(&h, "offsite", &app.id).await,
+        ids[1..4],
+        "offsite: the newest 2, plus the pinned one"
+    );
+    let oldest = h.manager.get(&ids[1]).unwrap();
+    assert_eq!(oldest.locations, ["local", "offsite"]);
+
+    // On demand, per location: nothing more to forget.
+    let (status, report) = h
+        .call(
+            "POST",
+            &format!("/api/v1/backup/apps/{}/retention?location=offsite", app.id),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["repository"], "offsite");
+    assert_eq!(report["deleted"], serde_json::json!([]), "{report}");
+    assert_eq!(report["protected"][0]["snapshot_id"], ids[1], "{report}");
+
+    // A quota bound to the repository: room for 2.5 copies. Unpinned, the two oldest
+    // copies are evicted once the next copy is complete.
+    h.call_json(
+        "PATCH",
+        &format!("/api/v1/backup/snapshots/{}", ids[1]),
+        serde_json::json!({"pinned": false}),
+    )
+    .await;
+    let quota = |max: u64| serde_json::json!({"repositories": {"offsite": {"quota": {"policy": "quota-oldest-first", "config": {"max_bytes": max}}}}});
+    let (status, body) = h
+        .call_json(
+            "PUT",
+            &format!("/api/v1/backup/apps/{}/policies", app.id),
+            quota(tar_bytes * 5 / 2),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    random_file(&app.volume_path().join("data"), 200_000);
+    let (fifth, job) = backup_and_copy(&h, &app.id).await;
+    assert_eq!(
+        job["result"]["evicted"],
+        serde_json::json!([ids[1], ids[2]]),
+        "{job}"
+    );
+    all_done(&h, "prune").await;
+    let fifth = fifth["snapshot_id"].as_str().unwrap().to_string();
+    assert_eq!(held(&h, "offsite", &app.id).await, [ids[3].clone(), fifth]);
+
+    // A copy the quota refuses fails at once (no retry changes a refusal); the local
+    // snapshot is untouched.
+    let (status, _) = h
+        .call_json(
+            "PUT",
+            &format!("/api/v1/backup/apps/{}/policies", app.id),
+            quota(1000),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let sixth = h.backup(&app.id).await;
+    let job = job_done(&h, &newest_job(&h, "copy", &app.id).await).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let id6 = sixth["snapshot_id"].as_str().unwrap();
+    let got = h.manager.get(id6).unwrap();
+    let copy = &got.copies["offsite"];
+    assert_eq!(copy.attempts, 1, "{copy:?}");
+    assert!(
+        copy.error.as_deref().unwrap().contains("max_bytes"),
+        "the policy's reason: {copy:?}"
+    );
+    assert_eq!(got.locations, ["local"]);
+    assert_eq!(
+        held(&h, "offsite", &app.id).await.len(),
+        2,
+        "nothing evicted"
+    );
+}

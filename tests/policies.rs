@@ -33,15 +33,7 @@ async fn send_json(
     uri: &str,
     body: serde_json::Value,
 ) -> (StatusCode, serde_json::Value) {
-    h.call_with(
-        Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap(),
-    )
-    .await
+    h.call_json(method, uri, body).await
 }
 
 async fn bind(

@@ -306,6 +306,24 @@ impl Harness {
         .await
     }
 
+    /// A request with a JSON body.
+    pub async fn call_json(
+        &self,
+        method: &str,
+        uri: &str,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
+        self.call_with(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
     pub async fn call_with(&self, req: Request<Body>) -> (StatusCode, serde_json::Value) {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use crate::catalog::Snapshot;
@@ -133,6 +133,7 @@ pub async fn bind(
     Json(bindings): Json<Bindings>,
 ) -> Result<Json<Bindings>, ApiError> {
     crate::ids::validate("app id", &app_id).map_err(ManagerError::from)?;
+    known_repositories(&manager, &bindings)?;
     let registry = Arc::clone(&manager.policies);
     let (app, b) = (app_id.clone(), bindings.clone());
     blocking(move || registry.bind(Some(&app), b)).await?;
@@ -157,19 +158,46 @@ pub async fn bind_default(
     State(manager): State<Arc<BackupManager>>,
     Json(bindings): Json<Bindings>,
 ) -> Result<Json<Bindings>, ApiError> {
+    known_repositories(&manager, &bindings)?;
     let registry = Arc::clone(&manager.policies);
     blocking(move || registry.bind(None, bindings)).await?;
     Ok(Json(manager.policies.bindings(None)))
 }
 
-/// Run the app's retention policy now.
-#[utoipa::path(post, path = "/api/v1/backup/apps/{app_id}/retention", tag = "policies", params(("app_id" = String, Path)),
+/// A binding may only name configured repositories (404 otherwise, nothing stored).
+fn known_repositories(manager: &BackupManager, bindings: &Bindings) -> Result<(), ManagerError> {
+    for name in bindings.repositories.keys() {
+        manager.repository(name)?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RetentionParams {
+    /// `local` (default): the local snapshots; a repository's name: the app's copies
+    /// there, by the retention bound for that repository.
+    pub location: Option<String>,
+}
+
+/// Run the app's retention policy now, on its local snapshots or (`?location=NAME`) on
+/// its copies in a repository.
+#[utoipa::path(post, path = "/api/v1/backup/apps/{app_id}/retention", tag = "policies",
+    params(("app_id" = String, Path), RetentionParams),
     responses((status = 200, body = RetentionReport), (status = 400, body = ErrorBody),
-        (status = 404, description = "No such app and no snapshots of it", body = ErrorBody)))]
+        (status = 404, description = "No such app and no snapshots of it, or no such repository", body = ErrorBody),
+        (status = 502, description = "The repository could not be read", body = ErrorBody)))]
 pub async fn run_retention(
     State(manager): State<Arc<BackupManager>>,
     Path(app_id): Path<String>,
+    params: Result<Query<RetentionParams>, QueryRejection>,
 ) -> Result<Json<RetentionReport>, ApiError> {
+    let params = super::backup::query(params)?;
+    if let Some(repository) = params.location.as_deref().filter(|l| *l != "local") {
+        return Ok(Json(
+            manager.retention_at(&app_id, repository, false).await?,
+        ));
+    }
     // An app that is gone may still have snapshots to clean up; one nobody knows is a typo.
     if manager.list(Some(&app_id))?.is_empty() {
         manager

@@ -192,10 +192,16 @@ impl BackupManager {
         Ok(job)
     }
 
-    async fn copy_with_retries(&self, snapshot_id: &str, repo: &RepositoryConfig, job: &Job) {
+    async fn copy_with_retries(
+        self: &Arc<Self>,
+        snapshot_id: &str,
+        repo: &RepositoryConfig,
+        job: &Job,
+    ) {
         // Waits between attempts grow 4× from `offsite_retry_secs`.
         let base = self.config.offsite_retry_secs.max(1);
         let attempts = self.config.offsite_attempts.max(1);
+        let mut evict = Vec::new();
         for attempt in 1..=attempts {
             // One copy at a time: each inflates on every core and fills the uplink.
             let _slot = self.offsite_slot.acquire().await.expect("offsite slot");
@@ -207,8 +213,36 @@ impl BackupManager {
                 c.state = CopyState::Copying;
                 c.attempts = attempt;
             });
+            let admitted = match self
+                .quota_admit_at(
+                    &snapshot.app_id,
+                    &repo.name,
+                    snapshot.tar_bytes.unwrap_or(snapshot.size_bytes),
+                )
+                .await
+            {
+                Ok(ids) => Ok(ids),
+                // The quota bound to the repository refuses it: no retry changes that.
+                Err(e @ ManagerError::QuotaDenied { .. }) => {
+                    tracing::warn!(snapshot = %snapshot_id, repository = %repo.name, "offsite copy refused: {e}");
+                    self.set_copy(snapshot_id, &repo.name, |c| {
+                        c.state = CopyState::Failed;
+                        c.error = Some(e.to_string());
+                    });
+                    self.metrics.copy_ended(&repo.name, false);
+                    job.fail(Arc::new(e));
+                    return;
+                }
+                Err(e) => Err(e),
+            };
             job.step(&format!("copying to `{}` (attempt {attempt})", repo.name));
-            let result = self.copy_once(&snapshot, repo, job, attempt > 1).await;
+            let result = match admitted {
+                Ok(ids) => {
+                    evict = ids;
+                    self.copy_once(&snapshot, repo, job, attempt > 1).await
+                }
+                Err(e) => Err(e),
+            };
             self.metrics.copy_ended(&repo.name, result.is_ok());
             let error = match result {
                 Ok(copied) => {
@@ -220,12 +254,19 @@ impl BackupManager {
                     });
                     tracing::info!(snapshot = %snapshot_id, repository = %repo.name,
                         read = copied.bytes_read, uploaded = copied.bytes_uploaded, "offsite copy done");
+                    drop(_slot);
+                    // The copy is complete: now the repository's quota evictions and
+                    // retention (never the other way round).
+                    let (forgotten, retention) =
+                        self.after_copy(&snapshot.app_id, repo, evict).await;
                     job.succeed(serde_json::json!({
                         "snapshot_id": snapshot_id,
                         "repository": repo.name,
                         "repository_snapshot": copied.repository_snapshot,
                         "bytes_read": copied.bytes_read,
                         "bytes_uploaded": copied.bytes_uploaded,
+                        "evicted": forgotten,
+                        "retention": retention,
                     }));
                     return;
                 }
@@ -271,6 +312,33 @@ impl BackupManager {
                 "attempt {attempt} failed, retrying in {wait} s: {error}"
             ));
             tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
+    }
+
+    /// After a copy: the evictions its quota asked for, then the repository's retention.
+    /// Failures are logged, never the copy's. Returns what was evicted and the retention
+    /// report, for the job's result.
+    async fn after_copy(
+        self: &Arc<Self>,
+        app_id: &str,
+        repo: &RepositoryConfig,
+        evict: Vec<String>,
+    ) -> (Vec<String>, Option<crate::manager::RetentionReport>) {
+        let pinned = self.pinned_ids();
+        let evict: Vec<String> = evict
+            .into_iter()
+            .filter(|id| !pinned.contains(id))
+            .collect();
+        if let Err(e) = self.forget_at(repo, evict.clone()).await {
+            tracing::error!(app = app_id, repository = %repo.name, "quota eviction failed: {e}");
+        }
+        match self.retention_at(app_id, &repo.name, false).await {
+            Ok(r) if r.policy.is_some() => (evict, Some(r)),
+            Ok(_) => (evict, None),
+            Err(e) => {
+                tracing::error!(app = app_id, repository = %repo.name, "retention after copy failed: {e}");
+                (evict, None)
+            }
         }
     }
 
@@ -412,8 +480,8 @@ impl BackupManager {
         }
         let mut forgotten = 0;
         for repo in repos {
-            let (cfg, id) = (repo.clone(), snapshot_id.to_string());
-            let n = blocking("forget task", move || offsite::forget(&cfg, &id)).await?;
+            let (cfg, ids) = (repo.clone(), vec![snapshot_id.to_string()]);
+            let n = blocking("forget task", move || offsite::forget(&cfg, &ids)).await?;
             if n == 0 && location != "all" {
                 return Err(OffsiteError::SnapshotNotFound {
                     name: repo.name,
@@ -434,6 +502,34 @@ impl BackupManager {
             "all" if forgotten == 0 => Err(ManagerError::SnapshotNotFound(snapshot_id.into())),
             _ => Ok(()),
         }
+    }
+
+    /// Forgets the copies of `snapshot_ids` in `repo` (a policy decided so), drops their
+    /// copy records, and starts a prune.
+    pub(super) async fn forget_at(
+        self: &Arc<Self>,
+        repo: &RepositoryConfig,
+        snapshot_ids: Vec<String>,
+    ) -> Result<(), ManagerError> {
+        if snapshot_ids.is_empty() {
+            return Ok(());
+        }
+        let (cfg, ids) = (repo.clone(), snapshot_ids.clone());
+        let n = blocking("forget task", move || offsite::forget(&cfg, &ids)).await?;
+        for id in &snapshot_ids {
+            tracing::info!(snapshot = %id, repository = %repo.name, "offsite copy forgotten by policy");
+            self.forget_copy(id, &repo.name);
+        }
+        if n > 0 {
+            self.start_prune(&repo.name)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the repository's storage holds.
+    pub(super) async fn repository_bytes(&self, repository: &str) -> Result<u64, ManagerError> {
+        let repo = self.repository(repository)?;
+        blocking("usage task", move || offsite::stored(&repo)).await
     }
 
     /// Drops a repository's copy record from a local snapshot (its copy was forgotten).

@@ -25,6 +25,9 @@ use crate::policy::{Binding, Kind, PolicyError, ScheduleState, shared};
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RetentionReport {
     pub app_id: String,
+    /// The repository whose copies were judged; absent: the local snapshots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
     pub policy: Option<String>,
     pub dry_run: bool,
     /// Deleted (or, in a dry run, would be), with the policy's reason.
@@ -42,30 +45,34 @@ pub struct Decision {
     pub reason: String,
 }
 
+fn origin_name(origin: Origin) -> String {
+    serde_json::to_value(origin)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 fn info(s: &Snapshot) -> SnapshotInfo {
     SnapshotInfo {
         id: s.snapshot_id.clone(),
         app_id: s.app_id.clone(),
         created_at: s.created_at.timestamp(),
         size: s.size_bytes,
-        origin: serde_json::to_value(s.origin)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
+        origin: origin_name(s.origin),
         pinned: s.pinned,
         // Every listed archive was checksummed when written or imported.
         verified: true,
     }
 }
 
-/// Snapshots no policy may delete, with why.
-fn protected(snapshots: &[Snapshot]) -> HashMap<String, &'static str> {
+/// Snapshots no policy may delete, with why. `snapshots` is newest first.
+fn protected(snapshots: &[SnapshotInfo]) -> HashMap<String, &'static str> {
     let mut out = HashMap::new();
     for s in snapshots.iter().filter(|s| s.pinned) {
-        out.insert(s.snapshot_id.clone(), "pinned");
+        out.insert(s.id.clone(), "pinned");
     }
     if let Some(newest) = snapshots.first() {
-        out.entry(newest.snapshot_id.clone())
+        out.entry(newest.id.clone())
             .or_insert("the newest verified snapshot");
     }
     out
@@ -73,10 +80,10 @@ fn protected(snapshots: &[Snapshot]) -> HashMap<String, &'static str> {
 
 /// The ids of an answer must be ones the policy was shown, each at most once.
 fn check_ids<'a>(
-    shown: &[Snapshot],
+    shown: &[SnapshotInfo],
     ids: impl IntoIterator<Item = &'a String>,
 ) -> Result<(), PolicyError> {
-    let known: HashSet<&str> = shown.iter().map(|s| s.snapshot_id.as_str()).collect();
+    let known: HashSet<&str> = shown.iter().map(|s| s.id.as_str()).collect();
     let mut seen = HashSet::new();
     for id in ids {
         if !known.contains(id.as_str()) {
@@ -106,7 +113,8 @@ impl BackupManager {
 }
 
 impl BackupManager {
-    /// Runs the app's retention policy (or `with`, for a dry run of another binding).
+    /// Runs the app's retention policy on its local snapshots (or `with`, for a dry run
+    /// of another binding).
     pub async fn retention(
         &self,
         app_id: &str,
@@ -115,6 +123,107 @@ impl BackupManager {
     ) -> Result<RetentionReport, ManagerError> {
         crate::ids::validate("app id", app_id)?;
         let binding = with.or_else(|| self.policies.effective(app_id, Kind::Retention));
+        let shown: Vec<SnapshotInfo> = self.list(Some(app_id))?.iter().map(info).collect();
+        let report = self.judge(app_id, binding, &shown, dry_run).await?;
+        if !dry_run {
+            for d in &report.deleted {
+                match self.delete_unless_pinned(&d.snapshot_id) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        tracing::info!(app = app_id, snapshot = %d.snapshot_id, reason = %d.reason, "deleted by retention policy")
+                    }
+                    Err(e) => {
+                        tracing::error!(app = app_id, snapshot = %d.snapshot_id, "retention delete failed: {e}")
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs the retention policy bound to the app's copies in `repository` (after each
+    /// copy there, and on demand). The policy is shown what the repository holds of the
+    /// app, also copies other servers made; pins of local snapshots count there too. What
+    /// it deletes is forgotten in the repository, and a prune follows.
+    pub async fn retention_at(
+        self: &Arc<Self>,
+        app_id: &str,
+        repository: &str,
+        dry_run: bool,
+    ) -> Result<RetentionReport, ManagerError> {
+        crate::ids::validate("app id", app_id)?;
+        let repo = self.repository(repository)?;
+        let binding = self
+            .policies
+            .effective_at(app_id, Kind::Retention, repository);
+        let shown = match &binding {
+            // No policy: the repository is not even read.
+            None => Vec::new(),
+            Some(_) => self.remote_infos(app_id, repository).await?,
+        };
+        let mut report = self.judge(app_id, binding, &shown, dry_run).await?;
+        report.repository = Some(repo.name.clone());
+        if dry_run || report.deleted.is_empty() {
+            return Ok(report);
+        }
+        // A pin set since the policy decided still protects.
+        let pinned = self.pinned_ids();
+        let ids: Vec<String> = report
+            .deleted
+            .iter()
+            .map(|d| d.snapshot_id.clone())
+            .filter(|id| !pinned.contains(id))
+            .collect();
+        self.forget_at(&repo, ids).await?;
+        Ok(report)
+    }
+
+    /// The app's copies in `repository` as a policy sees them, newest first, one per
+    /// appsnap snapshot (a snapshot copied twice is one).
+    pub(super) async fn remote_infos(
+        &self,
+        app_id: &str,
+        repository: &str,
+    ) -> Result<Vec<SnapshotInfo>, ManagerError> {
+        let remote = self.remote_snapshots(repository, Some(app_id)).await?;
+        let pinned = self.pinned_ids();
+        let mut seen = HashSet::new();
+        Ok(remote
+            .iter()
+            .rev()
+            .filter(|r| seen.insert(r.snapshot_id.clone()))
+            .map(|r| SnapshotInfo {
+                id: r.snapshot_id.clone(),
+                app_id: r.app_id.clone(),
+                created_at: r.created_at.timestamp(),
+                size: r.tar_bytes,
+                origin: origin_name(r.origin),
+                pinned: pinned.contains(&r.snapshot_id),
+                // Every listed copy was checked against the tar stream's sha256 when made.
+                verified: true,
+            })
+            .collect())
+    }
+
+    /// Ids of the pinned local snapshots.
+    pub(super) fn pinned_ids(&self) -> HashSet<String> {
+        let catalog = self.catalog.lock().expect("catalog lock");
+        catalog
+            .all()
+            .filter(|s| s.pinned)
+            .map(|s| s.snapshot_id.clone())
+            .collect()
+    }
+
+    /// Asks `binding`'s retention policy about `shown` (newest first) and sorts its
+    /// verdicts into the report, after the host's rules. Deletes nothing.
+    async fn judge(
+        &self,
+        app_id: &str,
+        binding: Option<Binding>,
+        shown: &[SnapshotInfo],
+        dry_run: bool,
+    ) -> Result<RetentionReport, ManagerError> {
         let mut report = RetentionReport {
             app_id: app_id.into(),
             dry_run,
@@ -124,9 +233,7 @@ impl BackupManager {
             return Ok(report);
         };
         report.policy = Some(binding.policy.clone());
-        let snapshots = self.list(Some(app_id))?;
-        let verdicts = self.decide_retention(&binding, &snapshots).await;
-        let verdicts = match verdicts {
+        let verdicts = match self.decide_retention(&binding, shown).await {
             Ok(v) => v,
             Err(e @ (PolicyError::Failed(_) | PolicyError::Malformed(_))) => {
                 self.policy_failed(&binding.policy, Kind::Retention, app_id, &e);
@@ -135,10 +242,10 @@ impl BackupManager {
             }
             Err(e) => return Err(ManagerError::Policy(e)),
         };
-        let guard = protected(&snapshots);
+        let guard = protected(shown);
         let by_id: HashMap<&str, &Verdict> = verdicts.iter().map(|v| (v.id.as_str(), v)).collect();
-        for s in &snapshots {
-            let id = s.snapshot_id.clone();
+        for s in shown {
+            let id = s.id.clone();
             match by_id.get(id.as_str()) {
                 Some(v) if !v.keep => match guard.get(&id) {
                     Some(why) => report.protected.push(Decision {
@@ -160,29 +267,16 @@ impl BackupManager {
                 }),
             }
         }
-        if !dry_run {
-            for d in &report.deleted {
-                match self.delete_unless_pinned(&d.snapshot_id) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        tracing::info!(app = app_id, snapshot = %d.snapshot_id, reason = %d.reason, "deleted by retention policy")
-                    }
-                    Err(e) => {
-                        tracing::error!(app = app_id, snapshot = %d.snapshot_id, "retention delete failed: {e}")
-                    }
-                }
-            }
-        }
         Ok(report)
     }
 
     async fn decide_retention(
         &self,
         binding: &Binding,
-        snapshots: &[Snapshot],
+        shown: &[SnapshotInfo],
     ) -> Result<Vec<Verdict>, PolicyError> {
         let compiled = self.resolve_blocking(&binding.policy).await?;
-        let infos: Vec<SnapshotInfo> = snapshots.iter().map(info).collect();
+        let infos = shown.to_vec();
         let config = binding.config.to_string();
         let now = Utc::now().timestamp();
         let verdicts = tokio::task::spawn_blocking(move || {
@@ -190,7 +284,7 @@ impl BackupManager {
         })
         .await
         .map_err(|e| PolicyError::Failed(e.to_string()))??;
-        check_ids(snapshots, verdicts.iter().map(|v| &v.id))?;
+        check_ids(shown, verdicts.iter().map(|v| &v.id))?;
         Ok(verdicts)
     }
 
@@ -214,19 +308,57 @@ impl BackupManager {
         let Some(binding) = self.policies.effective(app_id, Kind::Quota) else {
             return Ok(Vec::new());
         };
-        let snapshots = self.list(Some(app_id))?;
-        let decided = self.ask_quota(&binding, app_id, incoming, &snapshots).await;
+        let shown: Vec<SnapshotInfo> = self.list(Some(app_id))?.iter().map(info).collect();
+        let usage = self.local_usage(app_id)?;
+        let decided = self.ask_quota(&binding, usage, incoming, &shown).await;
+        self.admission(&binding, app_id, decided, &shown)
+    }
+
+    /// What the copy of `incoming` tar bytes to `repository` may do, by the quota bound
+    /// to the app's copies there: the copies to forget once it is done, or `QuotaDenied`.
+    /// The policy sees the copies' tar stream sizes (`app_bytes` is their sum) and the
+    /// repository's stored bytes as `total_bytes`; `disk_free` and `disk_size` are 0
+    /// (unknown for a bucket).
+    pub(super) async fn quota_admit_at(
+        &self,
+        app_id: &str,
+        repository: &str,
+        incoming: u64,
+    ) -> Result<Vec<String>, ManagerError> {
+        let Some(binding) = self.policies.effective_at(app_id, Kind::Quota, repository) else {
+            return Ok(Vec::new());
+        };
+        let shown = self.remote_infos(app_id, repository).await?;
+        let usage = Usage {
+            app_bytes: shown.iter().map(|s| s.size).sum(),
+            total_bytes: self.repository_bytes(repository).await?,
+            disk_free: 0,
+            disk_size: 0,
+        };
+        let decided = self.ask_quota(&binding, usage, incoming, &shown).await;
+        self.admission(&binding, app_id, decided, &shown)
+    }
+
+    /// A quota's answer, after the host's rules: protected snapshots are never evicted,
+    /// and a policy that fails admits (it must not block backups).
+    fn admission(
+        &self,
+        binding: &Binding,
+        app_id: &str,
+        decided: Result<Admission, PolicyError>,
+        shown: &[SnapshotInfo],
+    ) -> Result<Vec<String>, ManagerError> {
         match decided {
             Ok(Admission::Admit) => Ok(Vec::new()),
             Ok(Admission::AdmitAfterEvicting(ids)) => {
-                let guard = protected(&snapshots);
+                let guard = protected(shown);
                 Ok(ids
                     .into_iter()
                     .filter(|id| !guard.contains_key(id))
                     .collect())
             }
             Ok(Admission::Deny(reason)) => Err(ManagerError::QuotaDenied {
-                policy: binding.policy,
+                policy: binding.policy.clone(),
                 reason,
             }),
             Err(e @ (PolicyError::Failed(_) | PolicyError::Malformed(_))) => {
@@ -241,25 +373,27 @@ impl BackupManager {
         }
     }
 
-    /// Calls the quota policy of `binding` for `app_id`, checking the ids it answers.
-    async fn ask_quota(
-        &self,
-        binding: &Binding,
-        app_id: &str,
-        incoming: u64,
-        snapshots: &[Snapshot],
-    ) -> Result<Admission, PolicyError> {
-        let stats = self
-            .stats()
-            .map_err(|e| PolicyError::Failed(e.to_string()))?;
-        let usage = Usage {
+    /// The usage a quota policy sees for the local snapshots.
+    fn local_usage(&self, app_id: &str) -> Result<Usage, ManagerError> {
+        let stats = self.stats()?;
+        Ok(Usage {
             app_bytes: stats.apps.get(app_id).map_or(0, |a| a.bytes),
             total_bytes: stats.total_bytes,
             disk_free: stats.disk_free_bytes,
             disk_size: stats.disk_total_bytes,
-        };
+        })
+    }
+
+    /// Calls the quota policy of `binding`, checking the ids it answers.
+    async fn ask_quota(
+        &self,
+        binding: &Binding,
+        usage: Usage,
+        incoming: u64,
+        shown: &[SnapshotInfo],
+    ) -> Result<Admission, PolicyError> {
         let compiled = self.resolve_blocking(&binding.policy).await?;
-        let infos: Vec<SnapshotInfo> = snapshots.iter().map(info).collect();
+        let infos = shown.to_vec();
         let config = binding.config.to_string();
         let now = Utc::now().timestamp();
         let admission = tokio::task::spawn_blocking(move || {
@@ -268,7 +402,7 @@ impl BackupManager {
         .await
         .map_err(|e| PolicyError::Failed(e.to_string()))??;
         if let Admission::AdmitAfterEvicting(ids) = &admission {
-            check_ids(snapshots, ids)?;
+            check_ids(shown, ids)?;
         }
         Ok(admission)
     }
@@ -438,10 +572,10 @@ impl BackupManager {
                 Ok(serde_json::to_value(report).expect("report"))
             }
             Kind::Quota => {
-                let snapshots = self.list(Some(app_id))?;
-                let incoming = snapshots.first().map_or(0, |s| s.size_bytes);
+                let shown: Vec<SnapshotInfo> = self.list(Some(app_id))?.iter().map(info).collect();
+                let incoming = shown.first().map_or(0, |s| s.size);
                 let a = self
-                    .ask_quota(&binding, app_id, incoming, &snapshots)
+                    .ask_quota(&binding, self.local_usage(app_id)?, incoming, &shown)
                     .await
                     .map_err(ManagerError::Policy)?;
                 let decision = match a {

@@ -483,9 +483,15 @@ fn parse_description(text: &str) -> Option<Description> {
     ok.then_some(d)
 }
 
-/// Removes every copy of `snapshot_id` from the repository's snapshot list; returns how
-/// many there were. The data stays until a prune frees what no snapshot uses any more.
-pub fn forget(cfg: &RepositoryConfig, snapshot_id: &str) -> Result<usize, OffsiteError> {
+/// Bytes the repository's storage holds (every file: packs, index, snapshots, keys).
+pub fn stored(cfg: &RepositoryConfig) -> Result<u64, OffsiteError> {
+    stored_bytes(&open(cfg, false)?).map_err(backend_err(&cfg.name))
+}
+
+/// Removes every copy of the appsnap snapshots `snapshot_ids` from the repository's
+/// snapshot list; returns how many restic snapshots that was. The data stays until a
+/// prune frees what no snapshot uses any more.
+pub fn forget(cfg: &RepositoryConfig, snapshot_ids: &[String]) -> Result<usize, OffsiteError> {
     let err = backend_err(&cfg.name);
     let repo = open(cfg, false)?;
     let ids: Vec<_> = repo
@@ -497,7 +503,7 @@ pub fn forget(cfg: &RepositoryConfig, snapshot_id: &str) -> Result<usize, Offsit
             s.description
                 .as_deref()
                 .and_then(parse_description)
-                .is_some_and(|d| d.snapshot_id == snapshot_id)
+                .is_some_and(|d| snapshot_ids.contains(&d.snapshot_id))
         })
         .map(|s| s.id)
         .collect();

@@ -127,15 +127,33 @@ pub struct Bindings {
     pub retention: Option<Binding>,
     pub quota: Option<Binding>,
     pub schedule: Option<Binding>,
+    /// Per offsite repository (by name): the retention and quota of the app's copies
+    /// there, e.g. 7 local snapshots but 12 monthly offsite. The top-level slots bind the
+    /// local snapshots only; a repository without its own binding here keeps every copy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub repositories: BTreeMap<String, RepositoryBindings>,
+}
+
+/// The policies bound to an app's copies in one repository.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryBindings {
+    pub retention: Option<Binding>,
+    pub quota: Option<Binding>,
 }
 
 impl Bindings {
-    fn slots(&self) -> [(Kind, Option<&Binding>); 3] {
-        [
+    fn slots(&self) -> Vec<(Kind, Option<&Binding>)> {
+        let mut slots = vec![
             (Kind::Retention, self.retention.as_ref()),
             (Kind::Quota, self.quota.as_ref()),
             (Kind::Schedule, self.schedule.as_ref()),
-        ]
+        ];
+        for r in self.repositories.values() {
+            slots.push((Kind::Retention, r.retention.as_ref()));
+            slots.push((Kind::Quota, r.quota.as_ref()));
+        }
+        slots
     }
 
     fn uses(&self, name: &str) -> bool {
@@ -426,6 +444,25 @@ impl Registry {
             Kind::Retention => b.retention.clone(),
             Kind::Quota => b.quota.clone(),
             Kind::Schedule => b.schedule.clone(),
+        };
+        state
+            .apps
+            .get(app)
+            .and_then(pick)
+            .or_else(|| pick(&state.default))
+    }
+
+    /// What applies to `app`'s copies in `repository` (`kind` is retention or quota): its
+    /// own binding for that repository, else the default's. Never the local slot.
+    pub fn effective_at(&self, app: &str, kind: Kind, repository: &str) -> Option<Binding> {
+        let state = self.state.lock().expect("policy state");
+        let pick = |b: &Bindings| {
+            let r = b.repositories.get(repository)?;
+            match kind {
+                Kind::Retention => r.retention.clone(),
+                Kind::Quota => r.quota.clone(),
+                Kind::Schedule => None,
+            }
         };
         state
             .apps
