@@ -771,3 +771,81 @@ async fn retention_and_quota_bind_per_repository() {
         "nothing evicted"
     );
 }
+
+#[tokio::test]
+async fn a_fetch_cut_by_the_server_dying_leaves_nothing_and_a_download_fetches_it_later() {
+    let mut s3 = S3Server::start("fetch");
+    let app = TestApp::new("");
+    for i in 0..10 {
+        random_file(&app.volume_path().join(format!("blob{i}")), 10 << 20);
+    }
+    let repo = s3.repository("offsite", "fetch", common_secret());
+    let h = Harness::with(|c| c.repositories = vec![repo]).await;
+    let (snap, _) = backup_and_copy(&h, &app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap();
+    let recorded = snap["tar_sha256"].as_str().unwrap();
+    let (status, _) = h
+        .call("DELETE", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "only the repository holds it now"
+    );
+    let state_dir = h.root.path().join(".appsnap");
+
+    // The server dies while the copy comes back: the fetch fails with the repository's
+    // error, and leaves no snapshot and no partial file behind.
+    let (status, job) = h
+        .call("POST", &format!("/api/v1/backup/snapshots/{id}/fetch"))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().unwrap().to_string();
+    let seen = job_until(&h, &job_id, |j| {
+        j.bytes_done > 0 || j.state != appsnap::jobs::JobState::Running
+    })
+    .await;
+    assert_eq!(seen.state, appsnap::jobs::JobState::Running, "{seen:?}");
+    s3.kill();
+    job_done(&h, &job_id).await;
+    let (_, failed) = h.call("GET", &format!("/api/v1/jobs/{job_id}")).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    eprintln!("the cut fetch: {}", failed["error"]);
+    assert!(
+        failed["error"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("offsite"),
+        "names the repository: {failed}"
+    );
+    assert!(h.manager.get(id).is_err(), "nothing half-listed");
+    let leftovers: Vec<_> = fs::read_dir(&state_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("fetch-"))
+        .collect();
+    assert_eq!(leftovers, Vec::<String>::new(), "no partial file left");
+
+    // Back up: a download of the snapshot fetches it, checks it, keeps it, serves it.
+    s3.restart();
+    let resp = h
+        .get_bytes(&format!("/api/v1/backup/snapshots/{id}/download"))
+        .await;
+    assert_eq!(
+        resp.0,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&resp.1)
+    );
+    let downloaded = tempfile::NamedTempFile::new().unwrap();
+    fs::write(downloaded.path(), &resp.1).unwrap();
+    let out = sh(&format!(
+        "pigz -dc {} | sha256sum",
+        downloaded.path().display()
+    ));
+    assert_eq!(out.split_whitespace().next().unwrap(), recorded);
+    let local = h.manager.get(id).expect("kept as a local snapshot");
+    assert_eq!(local.locations, ["local", "offsite"]);
+    assert_eq!(local.tar_sha256.as_deref(), Some(recorded));
+}

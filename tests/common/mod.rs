@@ -306,6 +306,15 @@ impl Harness {
         .await
     }
 
+    /// A GET whose answer is bytes (a download): (status, body).
+    pub async fn get_bytes(&self, uri: &str) -> (StatusCode, Vec<u8>) {
+        let req = Request::get(uri).body(Body::empty()).unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, bytes.to_vec())
+    }
+
     /// A request with a JSON body.
     pub async fn call_json(
         &self,

@@ -97,6 +97,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .routes(routes!(repositories::list))
         .routes(routes!(repositories::snapshots))
         .routes(routes!(repositories::copy))
+        .routes(routes!(transfer::fetch))
         .routes(routes!(repositories::prune))
         .routes(routes!(repositories::check))
         .route_layer(middleware::from_fn_with_state(

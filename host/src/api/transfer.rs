@@ -14,7 +14,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::backup::query;
 use super::error::{ApiError, ErrorBody};
 use crate::catalog::Snapshot;
-use crate::manager::BackupManager;
+use crate::jobs::JobInfo;
+use crate::manager::{BackupManager, ManagerError};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct VerifyReport {
@@ -45,16 +46,39 @@ pub async fn verify(
     }))
 }
 
-/// The archive itself, streamed (a standard .tar.gz).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FetchParams {
+    /// The repository to fetch from (default: the first that holds a copy).
+    pub from: Option<String>,
+}
+
+/// The archive itself, streamed (a standard .tar.gz). A snapshot whose local archive is
+/// gone is first fetched from a repository (`?from=NAME`, or the first holding a copy),
+/// checked, and kept as a local snapshot; then it is served.
 #[utoipa::path(get, path = "/api/v1/backup/snapshots/{snapshot_id}/download", tag = "backup",
-    params(("snapshot_id" = String, Path)),
+    params(("snapshot_id" = String, Path), FetchParams),
     responses((status = 200, description = "application/gzip stream", content_type = "application/gzip"),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Another operation on the app runs", body = ErrorBody),
+        (status = 422, description = "The repository's copy is not the snapshot", body = ErrorBody),
+        (status = 502, description = "The repository could not be read", body = ErrorBody)))]
 pub async fn download(
     State(manager): State<Arc<BackupManager>>,
     Path(snapshot_id): Path<String>,
+    params: Result<Query<FetchParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let snapshot = manager.get(&snapshot_id)?;
+    let params = query(params)?;
+    let snapshot = match manager.get(&snapshot_id) {
+        Ok(s) if params.from.is_none() => s,
+        Err(ManagerError::SnapshotNotFound(_))
+            if params.from.is_some() || !manager.config().repositories.is_empty() =>
+        {
+            fetched(&manager, &snapshot_id, params.from.as_deref()).await?
+        }
+        Ok(_) => fetched(&manager, &snapshot_id, params.from.as_deref()).await?,
+        Err(e) => return Err(e.into()),
+    };
     let file = tokio::fs::File::open(&snapshot.file_path)
         .await
         .map_err(|e| {
@@ -112,4 +136,42 @@ pub async fn import(
         StatusCode::CREATED,
         Json(serde_json::json!({"message": "Snapshot imported", "snapshot": snapshot})),
     ))
+}
+
+/// Fetches a repository's copy and waits for it.
+async fn fetched(
+    manager: &Arc<BackupManager>,
+    snapshot_id: &str,
+    from: Option<&str>,
+) -> Result<Snapshot, ApiError> {
+    let started = manager.start_fetch(snapshot_id, from).await?;
+    let outcome = started.done.await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Fetch failed",
+            e.to_string(),
+        )
+    })?;
+    outcome.map_err(|e| ApiError::from(e.as_ref()))
+}
+
+/// Fetch a snapshot's copy from a repository into this server's backup root (checked,
+/// then listed as a local snapshot), e.g. to download or restore it later without the
+/// network. Answers 202 with the job.
+#[utoipa::path(post, path = "/api/v1/backup/snapshots/{snapshot_id}/fetch", tag = "repositories",
+    params(("snapshot_id" = String, Path), FetchParams),
+    responses((status = 202, description = "Fetch started", body = JobInfo), (status = 400, body = ErrorBody),
+        (status = 404, description = "No repository holds it", body = ErrorBody),
+        (status = 409, description = "Another operation on the app runs", body = ErrorBody),
+        (status = 502, description = "The repository could not be read", body = ErrorBody)))]
+pub async fn fetch(
+    State(manager): State<Arc<BackupManager>>,
+    Path(snapshot_id): Path<String>,
+    params: Result<Query<FetchParams>, QueryRejection>,
+) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
+    let params = query(params)?;
+    let started = manager
+        .start_fetch(&snapshot_id, params.from.as_deref())
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(started.job.info())))
 }

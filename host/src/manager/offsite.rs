@@ -593,6 +593,39 @@ impl BackupManager {
         Err(last)
     }
 
+    /// `POST /api/v1/backup/snapshots/{id}/fetch[?from=NAME]`, and a download of a
+    /// snapshot that is not held locally: fetches the newest copy (of `from`, or of the
+    /// first repository holding one) into the backup root as a local snapshot, as a job
+    /// of kind `fetch`. A local archive of the same id is replaced only once the fetched
+    /// one is complete and checked (a way to mend a damaged local archive).
+    pub async fn start_fetch(
+        self: &Arc<Self>,
+        snapshot_id: &str,
+        from: Option<&str>,
+    ) -> Result<super::Started<Snapshot>, ManagerError> {
+        let remote = self.find_remote(from, snapshot_id).await?;
+        // One operation per app: a restore fetching the same copy would share its file.
+        let lock = self.take_lock(&remote.app_id, "fetch")?;
+        let job = self.jobs.create("fetch", &remote.app_id);
+        let (this, job2) = (Arc::clone(self), job.clone());
+        let done = tokio::spawn(async move {
+            let _lock = lock;
+            let result = this.fetch(&remote, &job2).await.map_err(Arc::new);
+            match &result {
+                Ok(s) => {
+                    tracing::info!(snapshot = %s.snapshot_id, repository = %remote.repository, "fetched from the repository");
+                    job2.succeed(serde_json::to_value(s).expect("snapshot serializes"));
+                }
+                Err(e) => {
+                    tracing::warn!(snapshot = %remote.snapshot_id, repository = %remote.repository, "fetch failed: {e}");
+                    job2.fail(e.clone());
+                }
+            }
+            result
+        });
+        Ok(super::Started { job, done })
+    }
+
     /// Fetches a repository's copy into the backup root as a local snapshot: the tar
     /// stream is compressed as it arrives into a temporary file, its length and sha256
     /// must be what the backup recorded, and the archive is then checked like an import
