@@ -439,6 +439,14 @@ async fn a_copy_cut_by_the_server_dying_completes_once_it_is_back() {
         "{during}"
     );
     assert!(during["copies"]["offsite"]["error"].is_string(), "{during}");
+    // Asking for the copy again while it waits to retry does not start a second one.
+    let (status, body) = h
+        .call(
+            "POST",
+            &format!("/api/v1/backup/snapshots/{id}/copy?repository=offsite"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     s3.restart();
 
     let done = job_done(&h, &job).await;
@@ -848,4 +856,37 @@ async fn a_fetch_cut_by_the_server_dying_leaves_nothing_and_a_download_fetches_i
     let local = h.manager.get(id).expect("kept as a local snapshot");
     assert_eq!(local.locations, ["local", "offsite"]);
     assert_eq!(local.tar_sha256.as_deref(), Some(recorded));
+}
+
+#[tokio::test]
+async fn the_cli_leaves_a_failed_copy_pending_for_the_service_instead_of_waiting() {
+    let s3 = S3Server::start("refusing");
+    let app = TestApp::new("");
+    fs::write(app.volume_path().join("f"), b"data").unwrap();
+    let repo = s3.repository("offsite", "refusing", "not-the-secret");
+    let h = Harness::with(|c| {
+        c.repositories = vec![repo];
+        c.offsite_attempts = 4;
+        c.offsite_retry_secs = 3600; // a waiting CLI would hang for an hour
+    })
+    .await;
+    let snap = h.backup(&app.id).await;
+    // What `appsnap backup` does before it exits. The timeout only bounds a failure.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        h.manager.offsite_finished(),
+    )
+    .await
+    .expect("the CLI does not wait through the retry backoff");
+    let got = h
+        .manager
+        .get(snap["snapshot_id"].as_str().unwrap())
+        .unwrap();
+    let copy = &got.copies["offsite"];
+    assert_eq!(copy.state, appsnap::catalog::CopyState::Pending, "{copy:?}");
+    assert_eq!(copy.attempts, 1, "{copy:?}");
+    assert!(
+        copy.error.as_deref().is_some_and(|e| e.contains("offsite")),
+        "the attempt's error, naming the repository: {copy:?}"
+    );
 }

@@ -230,6 +230,12 @@ pub struct BackupManager {
     /// Offsite work (copies, prunes) runs one at a time; its tasks, for the CLI to wait on.
     offsite_slot: tokio::sync::Semaphore,
     offsite_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// (snapshot, repository) of each copy task alive, waiting to retry included: one
+    /// task per pair, whoever asks.
+    copies_running: offsite::Claims,
+    /// Set by the CLI before it waits for copies: a failed attempt is left `pending` for
+    /// the service to retry, rather than keeping the command waiting through the backoff.
+    retry_in_service: std::sync::atomic::AtomicBool,
     /// Apps a scrape has shown, so that one whose snapshots are gone shows 0.
     known_apps: Mutex<std::collections::BTreeSet<String>>,
     /// Held for the manager's life: one process per backup root.
@@ -304,6 +310,8 @@ impl BackupManager {
             notifier,
             offsite_slot: tokio::sync::Semaphore::new(1),
             offsite_tasks: Mutex::default(),
+            copies_running: offsite::Claims::default(),
+            retry_in_service: std::sync::atomic::AtomicBool::new(false),
             known_apps: Mutex::default(),
             _root_lock: lock,
         }))

@@ -46,16 +46,21 @@ impl BackupManager {
             .collect()
     }
 
-    /// Starts the copies `snapshot` owes (those `pending`), each as its own job.
+    /// Starts the copies `snapshot` owes (those `pending`), each as its own job, unless
+    /// a task for it is alive already.
     pub(super) fn spawn_copies(self: &Arc<Self>, snapshot: &Snapshot) {
         for (name, copy) in &snapshot.copies {
             if copy.state != CopyState::Pending {
                 continue;
             }
-            if let Ok(repo) = self.repository(name) {
-                let job = self.jobs.create("copy", &snapshot.app_id);
-                self.spawn_copy(snapshot.snapshot_id.clone(), repo, job);
-            }
+            let Ok(repo) = self.repository(name) else {
+                continue;
+            };
+            let Some(claim) = self.copies_running.claim(&snapshot.snapshot_id, name) else {
+                continue;
+            };
+            let job = self.jobs.create("copy", &snapshot.app_id);
+            self.spawn_copy(snapshot.snapshot_id.clone(), repo, job, claim);
         }
     }
 
@@ -99,27 +104,32 @@ impl BackupManager {
     ) -> Result<Job, ManagerError> {
         let snapshot = self.get(snapshot_id)?;
         let repo = self.repository(repository)?;
-        if snapshot
-            .copies
-            .get(repository)
-            .is_some_and(|c| c.state == CopyState::Copying)
-        {
-            return Err(ManagerError::Busy {
-                app_id: snapshot.app_id,
-                operation: format!("copy to `{repository}`"),
-            });
-        }
+        // Copying, or waiting to retry: a second task would make a second copy.
+        let claim = self
+            .copies_running
+            .claim(snapshot_id, repository)
+            .ok_or_else(|| ManagerError::Busy {
+                app_id: snapshot.app_id.clone(),
+                operation: format!("copy to `{repository}` (copying or waiting to retry)"),
+            })?;
         self.set_copy(snapshot_id, repository, |c| {
             *c = new_copy(CopyState::Pending)
         });
         let job = self.jobs.create("copy", &snapshot.app_id);
-        self.spawn_copy(snapshot.snapshot_id, repo, job.clone());
+        self.spawn_copy(snapshot.snapshot_id, repo, job.clone(), claim);
         Ok(job)
     }
 
-    fn spawn_copy(self: &Arc<Self>, snapshot_id: String, repo: RepositoryConfig, job: Job) {
+    fn spawn_copy(
+        self: &Arc<Self>,
+        snapshot_id: String,
+        repo: RepositoryConfig,
+        job: Job,
+        claim: Claim,
+    ) {
         let this = Arc::clone(self);
         self.track(tokio::spawn(async move {
+            let _claim = claim;
             this.copy_with_retries(&snapshot_id, &repo, &job).await;
         }));
     }
@@ -131,7 +141,10 @@ impl BackupManager {
     }
 
     /// Waits for every copy and prune started so far (the CLI waits before it exits).
+    /// A copy whose attempt fails is not retried here: it stays `pending`, and the
+    /// service retries it at its next start.
     pub async fn offsite_finished(&self) {
+        self.retry_in_service.store(true, Ordering::SeqCst);
         loop {
             let handles: Vec<_> =
                 std::mem::take(&mut *self.offsite_tasks.lock().expect("offsite tasks"));
@@ -304,6 +317,12 @@ impl BackupManager {
                 return;
             }
             drop(_slot);
+            if self.retry_in_service.load(Ordering::SeqCst) {
+                tracing::warn!(snapshot = %snapshot_id, repository = %repo.name,
+                    "offsite copy left pending: the service retries it at its next start");
+                job.fail(Arc::new(error));
+                return;
+            }
             // At most a day between attempts, however many the config allows.
             let wait = base
                 .saturating_mul(4u64.saturating_pow(attempt - 1))
@@ -743,6 +762,33 @@ async fn blocking<T: Send + 'static>(
             source: io::Error::other(e.to_string()),
         })?
         .map_err(ManagerError::from)
+}
+
+/// The (snapshot, repository) pairs with a live copy task.
+#[derive(Default)]
+pub(super) struct Claims(Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>);
+
+impl Claims {
+    /// The pair, if no task holds it; released when the returned claim drops.
+    fn claim(&self, snapshot_id: &str, repository: &str) -> Option<Claim> {
+        let key = (snapshot_id.to_string(), repository.to_string());
+        let fresh = self.0.lock().expect("copy claims").insert(key.clone());
+        fresh.then(|| Claim {
+            set: Arc::clone(&self.0),
+            key,
+        })
+    }
+}
+
+pub(super) struct Claim {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.set.lock().expect("copy claims").remove(&self.key);
+    }
 }
 
 fn new_copy(state: CopyState) -> Copy {
