@@ -5,6 +5,9 @@
 //!
 //! `cargo run --release -p appsnap-bench -- --size 2G [--dir /var/tmp/appsnap-bench]`
 //!
+//! `… -- --offsite [--runs 3] --size 2G`: instead, the offsite copy against
+//! `restic backup --stdin` into a local S3 server (see `offsite.rs`).
+//!
 //! The tree: ~25 % source text (PHP/JS-like), ~40 % already-compressed media (random
 //! bytes), ~30 % database-like files of 16 KiB pages (rows + zeroed free space), ~5 % small
 //! config files, and a 1 GiB sparse file holding a few blocks.
@@ -15,6 +18,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod offsite;
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -79,9 +84,14 @@ fn main() {
     let mut size: u64 = 2 << 30;
     let mut dir = PathBuf::from("/var/tmp/appsnap-bench");
     let mut levels = vec![3u32];
+    let mut offsite_runs = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--offsite" => offsite_runs = Some(3),
+            "--runs" => {
+                offsite_runs = Some(args.next().expect("--runs N").parse().expect("a number"))
+            }
             "--size" => size = parse_size(&args.next().expect("--size N[K|M|G]")),
             "--dir" => dir = PathBuf::from(args.next().expect("--dir PATH")),
             "--levels" => {
@@ -92,8 +102,14 @@ fn main() {
                     .map(|l| l.parse().expect("levels 0-12"))
                     .collect()
             }
-            _ => panic!("usage: appsnap-bench [--size 2G] [--dir PATH] [--levels 6[,4…]]"),
+            _ => panic!(
+                "usage: appsnap-bench [--size 2G] [--dir PATH] [--levels 6[,4…]] \
+                 | --offsite [--runs 3] [--size 2G] [--dir PATH]"
+            ),
         }
+    }
+    if let Some(runs) = offsite_runs {
+        return offsite::run(&dir, size, runs);
     }
     let appsnap = std::env::current_exe().unwrap().with_file_name("appsnap");
     assert!(

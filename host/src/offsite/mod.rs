@@ -355,8 +355,10 @@ pub fn copy(
     let saved = repo
         .archive(&opts, &source, snap, &[PathBuf::from(&path)])
         .map_err(&err)?;
-    // The index in `repo` predates the copy: a fresh open sees its trees.
-    let repo = open(cfg, false)?.to_indexed().map_err(&err)?;
+    // The index in `repo` predates the copy: read it again from the storage, which now
+    // holds the copy's index files (the key is kept: no second password derivation,
+    // which costs ~0.5 s of scrypt by design).
+    let repo = repo.drop_index().to_indexed().map_err(&err)?;
     // rustic logs and skips a file it could not read completely, and saves the snapshot
     // anyway: what was read is checked here, and a short copy is taken back.
     let stored = repo.node_from_snapshot_path(&format!("{}:{path}", saved.id), |_| true);

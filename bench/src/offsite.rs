@@ -1,0 +1,327 @@
+//! `--offsite`: the offsite copy against `restic backup --stdin`, both into a real S3
+//! server (s3s-fs, as the tests use) on loopback, in the same run.
+//!
+//! appsnap's side is what a copy job does: inflate the local `.tar.gz` in parallel
+//! (`archive::read::open_tar_stream`) and hand the tar stream to `offsite::copy`. restic's
+//! side gets the same tar stream the way a user would script it:
+//! `pigz -dc archive | restic backup --stdin`. Each run copies the original archive, then
+//! one of the same tree with 5 % of its bytes rewritten, into a fresh bucket per tool;
+//! the tools alternate which goes first, and each figure is the median of the runs.
+//! Bytes uploaded are measured on the server's disk (the bucket's growth), not taken from
+//! either tool's report.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
+
+use crate::{generate, human, sh};
+
+const KEY: &str = "benchkey";
+const SECRET: &str = "benchsecret0123456789";
+const PASSWORD: &str = "bench password";
+
+struct Server {
+    port: u16,
+    data: PathBuf,
+    child: Child,
+}
+
+impl Server {
+    fn start(data: PathBuf) -> Server {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let bin = PathBuf::from(home).join(".cargo/bin/s3s-fs");
+        assert!(
+            bin.exists(),
+            "s3s-fs is missing: cargo install s3s-fs@0.14.1 --features binary --locked"
+        );
+        fs::create_dir_all(&data).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", KEY, "--secret-key", SECRET])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Owned at once, so that a panic below still kills and reaps it.
+        let server = Server { port, data, child };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("s3s-fs did not listen");
+    }
+
+    fn bucket(&self, name: &str) -> PathBuf {
+        let b = self.data.join(name);
+        let _ = fs::remove_dir_all(&b);
+        fs::create_dir_all(&b).unwrap();
+        b
+    }
+
+    fn repository(&self, bucket: &str) -> appsnap::offsite::RepositoryConfig {
+        serde_json::from_value(serde_json::json!({
+            "name": "bench",
+            "repository": "opendal:s3",
+            "password": PASSWORD,
+        }))
+        .map(|mut r: appsnap::offsite::RepositoryConfig| {
+            r.options = [
+                ("bucket", bucket.to_string()),
+                ("root", "/appsnap".into()),
+                ("endpoint", format!("http://127.0.0.1:{}", self.port)),
+                ("region", "us-east-1".into()),
+                ("access_key_id", KEY.into()),
+                ("secret_access_key", SECRET.into()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            r
+        })
+        .unwrap()
+    }
+
+    fn restic(&self, bucket: &str, args: &str) -> String {
+        format!(
+            "AWS_ACCESS_KEY_ID={KEY} AWS_SECRET_ACCESS_KEY={SECRET} RESTIC_PASSWORD='{PASSWORD}' \
+             restic --no-cache -q -r s3:http://127.0.0.1:{}/{bucket}/appsnap {args}",
+            self.port
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        dir_bytes(&e.path())
+                    } else {
+                        m.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// An appsnap archive of `data` (what a backup writes), with its tar stream's summary.
+fn pack(data: &Path, out: &Path) -> appsnap::archive::Summary {
+    let sources = [appsnap::archive::Source {
+        archive_dir: "volumes/data".into(),
+        path: data.to_path_buf(),
+    }];
+    let opts = appsnap::archive::Options {
+        level: 3,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ..Default::default()
+    };
+    let file = fs::File::create(out).unwrap();
+    let (summary, file) = appsnap::archive::write(file, b"{}", &sources, &opts, &|_| {}).unwrap();
+    file.sync_all().unwrap();
+    summary
+}
+
+/// Rewrites whole files, picked at random, until `fraction` of the tree's bytes changed.
+fn mutate(data: &Path, fraction: f64) -> u64 {
+    let mut files = Vec::new();
+    let mut stack = vec![data.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() && m.len() > 0 && m.len() < 64 << 20 {
+                files.push((e.path(), m.len()));
+            }
+        }
+    }
+    files.sort();
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    let goal = (total as f64 * fraction) as u64;
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut changed = 0;
+    while changed < goal && !files.is_empty() {
+        let (path, len) = files.swap_remove(rng.random_range(0..files.len()));
+        let mut bytes = vec![0u8; len as usize];
+        rng.fill_bytes(&mut bytes);
+        fs::write(&path, bytes).unwrap();
+        changed += len;
+    }
+    changed
+}
+
+struct Copy {
+    secs: f64,
+    uploaded: u64,
+}
+
+fn appsnap_copy(
+    server: &Server,
+    bucket: &str,
+    archive: &Path,
+    summary: &appsnap::archive::Summary,
+    id: &str,
+) -> Copy {
+    let cfg = server.repository(bucket);
+    let before = dir_bytes(&server.data.join(bucket));
+    let description = appsnap::offsite::Description {
+        appsnap: 1,
+        app_id: "bench".into(),
+        snapshot_id: id.into(),
+        created_at: chrono::Utc::now(),
+        tar_sha256: summary.tar_sha256.clone(),
+        tar_bytes: summary.tar_bytes,
+        entries: Some(summary.entries),
+        mounts: Vec::new(),
+        origin: appsnap::catalog::Origin::Manual,
+        note: None,
+    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let start = Instant::now();
+    let tar = appsnap::archive::read::open_tar_stream(archive, threads).unwrap();
+    let progress = Arc::new(appsnap::offsite::Progress::default());
+    appsnap::offsite::copy(&cfg, &description, tar, &progress, None, false).unwrap();
+    Copy {
+        secs: start.elapsed().as_secs_f64(),
+        uploaded: dir_bytes(&server.data.join(bucket)) - before,
+    }
+}
+
+fn restic_copy(server: &Server, bucket: &str, archive: &Path, id: &str) -> Copy {
+    let before = dir_bytes(&server.data.join(bucket));
+    let start = Instant::now();
+    sh(&format!(
+        "pigz -dc {} | {}",
+        archive.display(),
+        server.restic(
+            bucket,
+            &format!("backup --stdin --stdin-filename bench/{id}.tar --tag appsnap")
+        )
+    ));
+    Copy {
+        secs: start.elapsed().as_secs_f64(),
+        uploaded: dir_bytes(&server.data.join(bucket)) - before,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+pub fn run(dir: &Path, size: u64, runs: usize) {
+    for tool in ["restic", "pigz"] {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "{tool} is missing: apt-get install restic pigz");
+    }
+    let _ = fs::remove_dir_all(dir);
+    let data = dir.join("data");
+    let input = generate(&data, size);
+    let first = dir.join("first.tar.gz");
+    let second = dir.join("second.tar.gz");
+    let s1 = pack(&data, &first);
+    let changed = mutate(&data, 0.05);
+    let s2 = pack(&data, &second);
+    let _ = fs::remove_dir_all(&data);
+    println!(
+        "offsite copy of {} of data (tar stream {}; second: {} rewritten), {runs} runs, \
+         s3s-fs on loopback:",
+        human(input),
+        human(s1.tar_bytes),
+        human(changed)
+    );
+    let server = Server::start(dir.join("s3"));
+    // Per tool: (first secs, first bytes, second secs, second bytes) of each run.
+    let mut results: [Vec<[f64; 4]>; 2] = [Vec::new(), Vec::new()];
+    for run in 0..runs {
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for tool in order {
+            let bucket = format!("b{run}-{tool}");
+            server.bucket(&bucket);
+            sh(&format!(
+                "cat {} {} > /dev/null",
+                first.display(),
+                second.display()
+            ));
+            sh("sync");
+            let (a, b) = if tool == 0 {
+                (
+                    appsnap_copy(&server, &bucket, &first, &s1, "snapshot_1"),
+                    appsnap_copy(&server, &bucket, &second, &s2, "snapshot_2"),
+                )
+            } else {
+                // Not timed, while appsnap's first copy creates its repository (a few KB
+                // and a key derivation) inside its time.
+                sh(&server.restic(&bucket, "init"));
+                (
+                    restic_copy(&server, &bucket, &first, "snapshot_1"),
+                    restic_copy(&server, &bucket, &second, "snapshot_2"),
+                )
+            };
+            eprintln!(
+                "  run {run} {}: first {:.2}s {}, second {:.2}s {}",
+                ["appsnap", "restic"][tool],
+                a.secs,
+                human(a.uploaded),
+                b.secs,
+                human(b.uploaded)
+            );
+            results[tool].push([a.secs, a.uploaded as f64, b.secs, b.uploaded as f64]);
+            let _ = fs::remove_dir_all(server.data.join(&bucket));
+        }
+    }
+    let m = |tool: usize, i: usize| median(results[tool].iter().map(|r| r[i]).collect());
+    println!(
+        "{:<34} {:>9} {:>9} {:>12} {:>14} {:>12}",
+        "copy", "seconds", "MB/s", "uploaded", "x restic MB/s", "bytes/restic"
+    );
+    for (label, i, tar) in [
+        ("first copy", 0, s1.tar_bytes),
+        ("second copy (5 % changed)", 2, s2.tar_bytes),
+    ] {
+        for tool in 0..2 {
+            let (secs, bytes) = (m(tool, i), m(tool, i + 1));
+            println!(
+                "{:<34} {:>9.2} {:>9.1} {:>12} {:>14.2} {:>12.3}",
+                format!("{} {label}", ["appsnap", "restic --stdin"][tool]),
+                secs,
+                tar as f64 / secs / 1e6,
+                human(bytes as u64),
+                m(1, i) / secs,
+                bytes / m(1, i + 1),
+            );
+        }
+    }
+    drop(server);
+    if std::env::var_os("APPSNAP_BENCH_KEEP").is_none() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
