@@ -890,3 +890,46 @@ async fn the_cli_leaves_a_failed_copy_pending_for_the_service_instead_of_waiting
         "the attempt's error, naming the repository: {copy:?}"
     );
 }
+
+#[tokio::test]
+async fn a_wrong_password_never_opens_nor_replaces_the_repository() {
+    let s3 = S3Server::start("shared");
+    let app = TestApp::new("");
+    fs::write(app.volume_path().join("f"), b"data").unwrap();
+    let right = s3.repository("offsite", "shared", common_secret());
+    let h = Harness::with(|c| c.repositories = vec![right.clone()]).await;
+    backup_and_copy(&h, &app.id).await;
+    let config = s3.data.path().join("shared/appsnap/config");
+    let before = fs::read(&config).unwrap();
+
+    // A second server whose password is wrong: the copy fails, nothing is initialised
+    // over the repository, and listing it is a clear 502.
+    let mut wrong = right;
+    wrong.password = Some("not the password".into());
+    let other = Harness::with(|c| {
+        c.repositories = vec![wrong];
+        c.offsite_attempts = 1;
+    })
+    .await;
+    let snap = other.backup(&app.id).await;
+    let job = job_done(&other, &newest_job(&other, "copy", &app.id).await).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let got = other
+        .manager
+        .get(snap["snapshot_id"].as_str().unwrap())
+        .unwrap();
+    let error = got.copies["offsite"].error.clone().unwrap();
+    assert!(error.contains("password does not open it"), "{error}");
+    assert_eq!(
+        fs::read(&config).unwrap(),
+        before,
+        "the repository is untouched"
+    );
+    let (status, body) = other
+        .call("GET", "/api/v1/repositories/offsite/snapshots")
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(!body.to_string().contains("not the password"), "{body}");
+    // The right password still sees the one copy.
+    assert_eq!(held(&h, "offsite", &app.id).await.len(), 1);
+}
