@@ -424,6 +424,16 @@ async fn a_copy_cut_by_the_server_dying_completes_once_it_is_back() {
         appsnap::jobs::JobState::Running,
         "copied before the kill: {seen:?}"
     );
+    // The job shows what reached the storage as it goes, beside what it read.
+    let uploading = job_until(&h, &job, |j| {
+        j.step.contains("bytes uploaded") || j.state != appsnap::jobs::JobState::Running
+    })
+    .await;
+    assert_eq!(
+        uploading.state,
+        appsnap::jobs::JobState::Running,
+        "{uploading:?}"
+    );
     s3.kill();
     let waiting = job_until(&h, &job, |j| {
         j.step.contains("retrying") || j.state != appsnap::jobs::JobState::Running

@@ -396,7 +396,7 @@ impl BackupManager {
             self.new_cancel(),
             repo.clone(),
         );
-        let ticker = spawn_progress(job.clone(), Arc::clone(&progress));
+        let ticker = spawn_progress(job.clone(), job.info().step, Arc::clone(&progress));
         let copied = tokio::task::spawn_blocking(move || {
             let tar =
                 archive::read::open_tar_stream(&path, threads).map_err(OffsiteError::Local)?;
@@ -802,13 +802,24 @@ fn new_copy(state: CopyState) -> Copy {
     }
 }
 
-/// Mirrors a copy's counters into its job every half second.
-fn spawn_progress(job: Job, progress: Arc<offsite::Progress>) -> tokio::task::JoinHandle<()> {
+/// Mirrors a copy's counters into its job every half second: the tar stream read as
+/// `bytes_done`, what went to the storage in the step's text.
+fn spawn_progress(
+    job: Job,
+    step: String,
+    progress: Arc<offsite::Progress>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut shown = 0;
         loop {
             tick.tick().await;
             job.progress(progress.bytes_read.load(Ordering::Relaxed));
+            let uploaded = progress.bytes_uploaded.load(Ordering::Relaxed);
+            if uploaded != shown {
+                shown = uploaded;
+                job.step(&format!("{step}: {uploaded} bytes uploaded"));
+            }
         }
     })
 }

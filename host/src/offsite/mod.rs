@@ -17,6 +17,7 @@
 //! rustic_core is synchronous (it runs its own threads): every function here blocks and
 //! is called from `spawn_blocking`.
 
+mod counting;
 pub mod source;
 
 use std::collections::BTreeMap;
@@ -248,6 +249,8 @@ pub struct Copied {
 #[derive(Debug, Default)]
 pub struct Progress {
     pub bytes_read: AtomicU64,
+    /// Bytes written to the storage so far (packs, index, snapshot).
+    pub bytes_uploaded: Arc<AtomicU64>,
 }
 
 /// `/<app_id>/<snapshot_id>.tar`: where a snapshot's tar stream sits in its restic snapshot.
@@ -279,13 +282,29 @@ fn backend_err(name: &str) -> impl Fn(Box<RusticError>) -> OffsiteError + '_ {
 /// found: a refused credential or an unreachable server is an error, never a reason to
 /// write a second repository over the first.
 pub fn open(cfg: &RepositoryConfig, create: bool) -> Result<Repository<OpenStatus>, OffsiteError> {
+    open_counting(cfg, create, None)
+}
+
+/// [`open`], counting what is written to the storage into `written`.
+fn open_counting(
+    cfg: &RepositoryConfig,
+    create: bool,
+    written: Option<Arc<AtomicU64>>,
+) -> Result<Repository<OpenStatus>, OffsiteError> {
     let err = backend_err(&cfg.name);
     let password = cfg.password()?;
-    let backends = BackendOptions::default()
+    let mut backends = BackendOptions::default()
         .repository(cfg.repository.clone())
         .options(cfg.options.clone())
         .to_backends()
         .map_err(&err)?;
+    if let Some(written) = written {
+        let counting = counting::Counting {
+            inner: backends.repository(),
+            written,
+        };
+        backends = rustic_core::RepositoryBackends::new(Arc::new(counting), backends.repo_hot());
+    }
     // No cache: the repository may be written by other servers, and the cache would be
     // one more place holding (encrypted) data on the server whose loss we prepare for.
     let opts = RepositoryOptions::default().no_cache(true);
@@ -322,7 +341,7 @@ pub fn copy(
     repair: bool,
 ) -> Result<Copied, OffsiteError> {
     let err = backend_err(&cfg.name);
-    let repo = open(cfg, true)?;
+    let repo = open_counting(cfg, true, Some(Arc::clone(&progress.bytes_uploaded)))?;
     if repair {
         // An upload cut short (a server that died, a kill) can leave index entries for
         // packs that never arrived; deduplicating against them would make a "complete"
