@@ -7,6 +7,8 @@
 //!
 //! `… -- --offsite [--runs 3] --size 2G`: instead, the offsite copy against
 //! `restic backup --stdin` into a local S3 server (see `offsite.rs`).
+//! `… -- --api [--runs 3] --size 1G`: instead, backup and restore through the manager on
+//! a real container and volume, against tar | pigz and pigz -dc | tar (see `api.rs`).
 //!
 //! The tree: ~25 % source text (PHP/JS-like), ~40 % already-compressed media (random
 //! bytes), ~30 % database-like files of 16 KiB pages (rows + zeroed free space), ~5 % small
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod api;
 mod offsite;
 
 use rand::rngs::StdRng;
@@ -85,10 +88,12 @@ fn main() {
     let mut dir = PathBuf::from("/var/tmp/appsnap-bench");
     let mut levels = vec![3u32];
     let mut offsite_runs = None;
+    let mut api = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--offsite" => offsite_runs = Some(3),
+            "--api" => api = true,
             "--runs" => {
                 offsite_runs = Some(args.next().expect("--runs N").parse().expect("a number"))
             }
@@ -104,9 +109,13 @@ fn main() {
             }
             _ => panic!(
                 "usage: appsnap-bench [--size 2G] [--dir PATH] [--levels 6[,4…]] \
-                 | --offsite [--runs 3] [--size 2G] [--dir PATH]"
+                 | --offsite [--runs 3] [--size 2G] [--dir PATH] \
+                 | --api [--runs 3] [--size 1G] [--dir PATH]"
             ),
         }
+    }
+    if api {
+        return api::run(&dir, size, offsite_runs.unwrap_or(3));
     }
     if let Some(runs) = offsite_runs {
         return offsite::run(&dir, size, runs);

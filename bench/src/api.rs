@@ -1,0 +1,324 @@
+//! `--api`: backup and restore the way a user runs them — through the manager, on an app
+//! made of a real container and a named volume, with the container stopped and started —
+//! against `tar | pigz -6 -p <cores>` and `pigz -dc | tar -x && sync` on the same data.
+//!
+//! Every run starts from the same cache state: `sync` and dropped page caches (root only),
+//! so nobody inherits the previous run's writeback. The tools alternate which goes first;
+//! each figure is the median of the runs. A restore is broken down by the job's steps
+//! (timestamped as they change); the settle window (`restore_settle_secs`) is reported
+//! apart and left out of the ratio, and the app's downtime (containers stopped → started
+//! again) is reported too. Peak RSS is the process's high-water mark over each operation
+//! (reset through `/proc/self/clear_refs` before it).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use appsnap::catalog::Origin;
+use appsnap::manager::BackupManager;
+
+use crate::{generate, human, sh, timed};
+
+const IMAGE: &str = "appsnap-test/busybox:1";
+
+fn out(cmd: &str) -> String {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        o.status.success(),
+        "`{cmd}`: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// The same starting line for every run: data on disk, page cache empty.
+fn cold() {
+    sh("sync && echo 3 > /proc/sys/vm/drop_caches");
+}
+
+/// Resets the peak RSS counter of this process; `peak_rss` reads it.
+fn reset_peak() {
+    let _ = fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// A compose-like app: one container (stops at once on SIGTERM) with a named volume.
+struct App {
+    project: String,
+    mountpoint: PathBuf,
+}
+
+impl App {
+    fn create() -> App {
+        let ok = Command::new("docker")
+            .args(["image", "inspect", IMAGE])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "docker with the image {IMAGE} is needed: run scripts/test --no-run first"
+        );
+        let project = format!("appsnapbench{:06x}", rand::random::<u32>() & 0xff_ffff);
+        sh(&format!(
+            "docker volume create --label com.docker.compose.project={project} \
+             {project}_data > /dev/null"
+        ));
+        sh(&format!(
+            "docker run -d --name {project}_web --label com.docker.compose.project={project} \
+             --label com.docker.compose.service=web -v {project}_data:/data {IMAGE} \
+             sh -c 'trap \"exit 0\" TERM; sleep 1000000 & wait' > /dev/null"
+        ));
+        let mountpoint = PathBuf::from(out(&format!(
+            "docker volume inspect -f '{{{{.Mountpoint}}}}' {project}_data"
+        )));
+        App {
+            project,
+            mountpoint,
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker rm -f {p}_web; docker volume rm -f {p}_data",
+                p = self.project
+            ))
+            .output();
+    }
+}
+
+/// Each step of a job with how long it lasted, in order.
+type Steps = Vec<(String, Duration)>;
+
+/// Follows a job to its end, timing each step as the job moves on.
+async fn steps_of(job: appsnap::jobs::Job) -> Steps {
+    let mut rx = job.subscribe();
+    let mut steps: Steps = Vec::new();
+    let mut current = (rx.borrow().step.clone(), Instant::now());
+    loop {
+        let info = rx.borrow_and_update().clone();
+        if info.step != current.0 {
+            steps.push((current.0.clone(), current.1.elapsed()));
+            current = (info.step.clone(), Instant::now());
+        }
+        if info.state != appsnap::jobs::JobState::Running {
+            steps.push((current.0, current.1.elapsed()));
+            return steps;
+        }
+        if rx.changed().await.is_err() {
+            return steps;
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+struct Backup {
+    secs: f64,
+    bytes: u64,
+    rss: u64,
+}
+
+struct Restore {
+    secs: f64,
+    steps: Steps,
+    rss: u64,
+}
+
+pub fn run(dir: &Path, size: u64, runs: usize) {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir.join("peer")).unwrap();
+    let app = App::create();
+    let input = generate(&app.mountpoint, size);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let config = appsnap::config::Config {
+        backup_root: dir.join("root"),
+        state_dir: dir.join("state"),
+        ..appsnap::config::Config::default()
+    };
+    let settle = config.restore_settle_secs as f64;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let manager = rt
+        .block_on(BackupManager::open(config))
+        .expect("open the manager");
+    println!(
+        "through the manager: app {} with {} in one volume, {cores} cores, cold cache, {runs} runs",
+        app.project,
+        human(input)
+    );
+
+    // Backups: the manager's (stop, archive, fsync, start, catalog) against tar | pigz.
+    let (mut ours, mut peers) = (Vec::new(), Vec::new());
+    let peer_file = dir.join("peer/peer.tar.gz");
+    let mut keep = None;
+    for run in 0..runs {
+        for tool in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
+            cold();
+            if tool == 0 {
+                reset_peak();
+                let t = Instant::now();
+                let snap = rt.block_on(async {
+                    let started = manager
+                        .start_backup(&app.project, Origin::Manual, None)
+                        .await
+                        .expect("backup starts");
+                    started.done.await.unwrap().expect("backup")
+                });
+                let b = Backup {
+                    secs: t.elapsed().as_secs_f64(),
+                    bytes: snap.size_bytes,
+                    rss: peak_rss(),
+                };
+                eprintln!("  run {run} appsnap backup: {:.2}s", b.secs);
+                ours.push(b);
+                if let Some(old) = keep.replace(snap.snapshot_id) {
+                    manager.delete(&old).unwrap();
+                }
+            } else {
+                let (elapsed, rss) = timed(&format!(
+                    "tar -S -cf - -C {} . | pigz -6 -p {cores} > {f} && sync -f {f}",
+                    app.mountpoint.display(),
+                    f = peer_file.display()
+                ));
+                let b = Backup {
+                    secs: elapsed.as_secs_f64(),
+                    bytes: fs::metadata(&peer_file).unwrap().len(),
+                    rss,
+                };
+                eprintln!("  run {run} tar | pigz: {:.2}s", b.secs);
+                peers.push(b);
+            }
+        }
+    }
+    let (a, p) = (
+        median(ours.iter().map(|b| b.secs).collect()),
+        median(peers.iter().map(|b| b.secs).collect()),
+    );
+    println!(
+        "backup: appsnap {a:.2}s ({:.1} MB/s), tar | pigz -6 -p {cores} {p:.2}s: {:.2}x, \
+         size {:.3}x, appsnap peak RSS {}",
+        input as f64 / a / 1e6,
+        p / a,
+        ours[0].bytes as f64 / peers[0].bytes as f64,
+        human(ours.iter().map(|b| b.rss).max().unwrap_or(0))
+    );
+
+    // Restores of the kept snapshot, against pigz -dc | tar -x && sync into an empty
+    // folder (the peer's tree is removed and synced before the next run starts).
+    let id = keep.expect("a snapshot");
+    let archive = manager.get(&id).unwrap().file_path;
+    let (mut ours, mut peers) = (Vec::new(), Vec::new());
+    let target = dir.join("peer/tree");
+    for run in 0..runs {
+        for tool in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
+            cold();
+            if tool == 0 {
+                reset_peak();
+                let t = Instant::now();
+                let steps = rt.block_on(async {
+                    let started = manager
+                        .start_restore_from(&app.project, &id, None)
+                        .await
+                        .expect("restore starts");
+                    let steps = tokio::spawn(steps_of(started.job.clone()));
+                    started.done.await.unwrap().expect("restore");
+                    steps.await.unwrap()
+                });
+                let r = Restore {
+                    secs: t.elapsed().as_secs_f64(),
+                    steps,
+                    rss: peak_rss(),
+                };
+                eprintln!("  run {run} appsnap restore: {:.2}s", r.secs);
+                ours.push(r);
+            } else {
+                let (elapsed, _) = timed(&format!(
+                    "mkdir {t} && pigz -dc {archive} | tar -x -C {t} && sync -f {t}",
+                    t = target.display()
+                ));
+                eprintln!(
+                    "  run {run} pigz -dc | tar -x: {:.2}s",
+                    elapsed.as_secs_f64()
+                );
+                peers.push(elapsed.as_secs_f64());
+                sh(&format!("rm -rf {} && sync", target.display()));
+            }
+        }
+    }
+    let total = median(ours.iter().map(|r| r.secs).collect());
+    let step = |name: &str| {
+        median(
+            ours.iter()
+                .map(|r| {
+                    r.steps
+                        .iter()
+                        .filter(|(s, _)| s == name)
+                        .map(|(_, d)| d.as_secs_f64())
+                        .fold(0.0, |a, b| a + b)
+                })
+                .collect(),
+        )
+    };
+    let peer = median(peers);
+    let downtime = median(
+        ours.iter()
+            .map(|r| {
+                let mut on = false;
+                let mut secs = 0.0;
+                for (s, d) in &r.steps {
+                    on |= s == "stopping containers";
+                    if s == "waiting for containers to run" {
+                        break;
+                    }
+                    if on {
+                        secs += d.as_secs_f64();
+                    }
+                }
+                secs
+            })
+            .collect(),
+    );
+    println!("restore steps (median seconds):");
+    let mut names: Vec<String> = Vec::new();
+    for r in &ours {
+        for (s, _) in &r.steps {
+            if !names.contains(s) {
+                names.push(s.clone());
+            }
+        }
+    }
+    for n in &names {
+        println!("  {n:<34} {:>7.2}", step(n));
+    }
+    println!(
+        "restore: appsnap {total:.2}s, without the {settle:.0} s settle window {:.2}s; \
+         pigz -dc | tar -x && sync {peer:.2}s: {:.2}x; downtime {downtime:.2}s; \
+         peak RSS {}",
+        total - settle,
+        peer / (total - settle),
+        human(ours.iter().map(|r| r.rss).max().unwrap_or(0))
+    );
+    drop(manager);
+    drop(rt);
+    drop(app);
+    if std::env::var_os("APPSNAP_BENCH_KEEP").is_none() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
