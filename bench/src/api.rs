@@ -168,45 +168,43 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
     let (mut ours, mut peers) = (Vec::new(), Vec::new());
     let peer_file = dir.join("peer/peer.tar.gz");
     let mut keep = None;
-    for run in 0..runs {
-        for tool in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
-            cold();
-            if tool == 0 {
-                reset_peak();
-                let t = Instant::now();
-                let snap = rt.block_on(async {
-                    let started = manager
-                        .start_backup(&app.project, Origin::Manual, None)
-                        .await
-                        .expect("backup starts");
-                    started.done.await.unwrap().expect("backup")
-                });
-                let b = Backup {
-                    secs: t.elapsed().as_secs_f64(),
-                    bytes: snap.size_bytes,
-                    rss: peak_rss(),
-                };
-                eprintln!("  run {run} appsnap backup: {:.2}s", b.secs);
-                ours.push(b);
-                if let Some(old) = keep.replace(snap.snapshot_id) {
-                    manager.delete(&old).unwrap();
-                }
-            } else {
-                let (elapsed, rss) = timed(&format!(
-                    "tar -S -cf - -C {} . | pigz -6 -p {cores} > {f} && sync -f {f}",
-                    app.mountpoint.display(),
-                    f = peer_file.display()
-                ));
-                let b = Backup {
-                    secs: elapsed.as_secs_f64(),
-                    bytes: fs::metadata(&peer_file).unwrap().len(),
-                    rss,
-                };
-                eprintln!("  run {run} tar | pigz: {:.2}s", b.secs);
-                peers.push(b);
+    crate::alternating(runs, |run, tool| {
+        cold();
+        if tool == 0 {
+            reset_peak();
+            let t = Instant::now();
+            let snap = rt.block_on(async {
+                let started = manager
+                    .start_backup(&app.project, Origin::Manual, None)
+                    .await
+                    .expect("backup starts");
+                started.done.await.unwrap().expect("backup")
+            });
+            let b = Backup {
+                secs: t.elapsed().as_secs_f64(),
+                bytes: snap.size_bytes,
+                rss: peak_rss(),
+            };
+            eprintln!("  run {run} appsnap backup: {:.2}s", b.secs);
+            ours.push(b);
+            if let Some(old) = keep.replace(snap.snapshot_id) {
+                manager.delete(&old).unwrap();
             }
+        } else {
+            let (elapsed, rss) = timed(&format!(
+                "tar -S -cf - -C {} . | pigz -6 -p {cores} > {f} && sync -f {f}",
+                app.mountpoint.display(),
+                f = peer_file.display()
+            ));
+            let b = Backup {
+                secs: elapsed.as_secs_f64(),
+                bytes: fs::metadata(&peer_file).unwrap().len(),
+                rss,
+            };
+            eprintln!("  run {run} tar | pigz: {:.2}s", b.secs);
+            peers.push(b);
         }
-    }
+    });
     let (a, p) = (
         median(ours.iter().map(|b| b.secs).collect()),
         median(peers.iter().map(|b| b.secs).collect()),
@@ -226,42 +224,40 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
     let archive = manager.get(&id).unwrap().file_path;
     let (mut ours, mut peers) = (Vec::new(), Vec::new());
     let target = dir.join("peer/tree");
-    for run in 0..runs {
-        for tool in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
-            cold();
-            if tool == 0 {
-                reset_peak();
-                let t = Instant::now();
-                let steps = rt.block_on(async {
-                    let started = manager
-                        .start_restore_from(&app.project, &id, None)
-                        .await
-                        .expect("restore starts");
-                    let steps = tokio::spawn(steps_of(started.job.clone()));
-                    started.done.await.unwrap().expect("restore");
-                    steps.await.unwrap()
-                });
-                let r = Restore {
-                    secs: t.elapsed().as_secs_f64(),
-                    steps,
-                    rss: peak_rss(),
-                };
-                eprintln!("  run {run} appsnap restore: {:.2}s", r.secs);
-                ours.push(r);
-            } else {
-                let (elapsed, _) = timed(&format!(
-                    "mkdir {t} && pigz -dc {archive} | tar -x -C {t} && sync -f {t}",
-                    t = target.display()
-                ));
-                eprintln!(
-                    "  run {run} pigz -dc | tar -x: {:.2}s",
-                    elapsed.as_secs_f64()
-                );
-                peers.push(elapsed.as_secs_f64());
-                sh(&format!("rm -rf {} && sync", target.display()));
-            }
+    crate::alternating(runs, |run, tool| {
+        cold();
+        if tool == 0 {
+            reset_peak();
+            let t = Instant::now();
+            let steps = rt.block_on(async {
+                let started = manager
+                    .start_restore_from(&app.project, &id, None)
+                    .await
+                    .expect("restore starts");
+                let steps = tokio::spawn(steps_of(started.job.clone()));
+                started.done.await.unwrap().expect("restore");
+                steps.await.unwrap()
+            });
+            let r = Restore {
+                secs: t.elapsed().as_secs_f64(),
+                steps,
+                rss: peak_rss(),
+            };
+            eprintln!("  run {run} appsnap restore: {:.2}s", r.secs);
+            ours.push(r);
+        } else {
+            let (elapsed, _) = timed(&format!(
+                "mkdir {t} && pigz -dc {archive} | tar -x -C {t} && sync -f {t}",
+                t = target.display()
+            ));
+            eprintln!(
+                "  run {run} pigz -dc | tar -x: {:.2}s",
+                elapsed.as_secs_f64()
+            );
+            peers.push(elapsed.as_secs_f64());
+            sh(&format!("rm -rf {} && sync", target.display()));
         }
-    }
+    });
     let total = median(ours.iter().map(|r| r.secs).collect());
     let step = |name: &str| {
         median(

@@ -125,16 +125,10 @@ fn main() {
         appsnap.exists(),
         "build the binary first: cargo build --release --bin appsnap"
     );
-    for tool in ["pigz", "zstd", "gzip", "tar"] {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .unwrap()
-            .status
-            .success();
-        assert!(ok, "{tool} is missing: apt-get install pigz zstd");
-    }
+    require(
+        &["pigz", "zstd", "gzip", "tar"],
+        "apt-get install pigz zstd",
+    );
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let data = dir.join("data");
     let out = dir.join("out");
@@ -309,6 +303,30 @@ fn restore(appsnap: &Path, out: &Path, level: u32, input: u64) {
             pigz.as_secs_f64() / elapsed.as_secs_f64(),
             human(*rss)
         );
+    }
+}
+
+/// Calls `f(run, tool)` for two tools over `runs` runs, alternating which goes first, so
+/// that neither always inherits the other's leftovers (cache, writeback).
+fn alternating(runs: usize, mut f: impl FnMut(usize, usize)) {
+    for run in 0..runs {
+        for tool in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
+            f(run, tool);
+        }
+    }
+}
+
+/// Fails loudly, with how to install them, when `tools` are not on the PATH.
+fn require(tools: &[&str], install: &str) {
+    for tool in tools {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "{tool} is missing: {install}");
     }
 }
 

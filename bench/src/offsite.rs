@@ -232,16 +232,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(dir: &Path, size: u64, runs: usize) {
-    for tool in ["restic", "pigz"] {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .unwrap()
-            .status
-            .success();
-        assert!(ok, "{tool} is missing: apt-get install restic pigz");
-    }
+    crate::require(&["restic", "pigz"], "apt-get install restic pigz");
     let _ = fs::remove_dir_all(dir);
     let data = dir.join("data");
     let input = generate(&data, size);
@@ -261,43 +252,40 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
     let server = Server::start(dir.join("s3"));
     // Per tool: (first secs, first bytes, second secs, second bytes) of each run.
     let mut results: [Vec<[f64; 4]>; 2] = [Vec::new(), Vec::new()];
-    for run in 0..runs {
-        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
-        for tool in order {
-            let bucket = format!("b{run}-{tool}");
-            server.bucket(&bucket);
-            sh(&format!(
-                "cat {} {} > /dev/null",
-                first.display(),
-                second.display()
-            ));
-            sh("sync");
-            let (a, b) = if tool == 0 {
-                (
-                    appsnap_copy(&server, &bucket, &first, &s1, "snapshot_1"),
-                    appsnap_copy(&server, &bucket, &second, &s2, "snapshot_2"),
-                )
-            } else {
-                // Not timed, while appsnap's first copy creates its repository (a few KB
-                // and a key derivation) inside its time.
-                sh(&server.restic(&bucket, "init"));
-                (
-                    restic_copy(&server, &bucket, &first, "snapshot_1"),
-                    restic_copy(&server, &bucket, &second, "snapshot_2"),
-                )
-            };
-            eprintln!(
-                "  run {run} {}: first {:.2}s {}, second {:.2}s {}",
-                ["appsnap", "restic"][tool],
-                a.secs,
-                human(a.uploaded),
-                b.secs,
-                human(b.uploaded)
-            );
-            results[tool].push([a.secs, a.uploaded as f64, b.secs, b.uploaded as f64]);
-            let _ = fs::remove_dir_all(server.data.join(&bucket));
-        }
-    }
+    crate::alternating(runs, |run, tool| {
+        let bucket = format!("b{run}-{tool}");
+        server.bucket(&bucket);
+        sh(&format!(
+            "cat {} {} > /dev/null",
+            first.display(),
+            second.display()
+        ));
+        sh("sync");
+        let (a, b) = if tool == 0 {
+            (
+                appsnap_copy(&server, &bucket, &first, &s1, "snapshot_1"),
+                appsnap_copy(&server, &bucket, &second, &s2, "snapshot_2"),
+            )
+        } else {
+            // Not timed, while appsnap's first copy creates its repository (a few KB
+            // and a key derivation) inside its time.
+            sh(&server.restic(&bucket, "init"));
+            (
+                restic_copy(&server, &bucket, &first, "snapshot_1"),
+                restic_copy(&server, &bucket, &second, "snapshot_2"),
+            )
+        };
+        eprintln!(
+            "  run {run} {}: first {:.2}s {}, second {:.2}s {}",
+            ["appsnap", "restic"][tool],
+            a.secs,
+            human(a.uploaded),
+            b.secs,
+            human(b.uploaded)
+        );
+        results[tool].push([a.secs, a.uploaded as f64, b.secs, b.uploaded as f64]);
+        let _ = fs::remove_dir_all(server.data.join(&bucket));
+    });
     let m = |tool: usize, i: usize| median(results[tool].iter().map(|r| r[i]).collect());
     println!(
         "{:<34} {:>9} {:>9} {:>12} {:>14} {:>12}",

@@ -25,7 +25,7 @@ use std::io::{self, Write};
 use std::ops::Not;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use rustic_backend::BackendOptions;
@@ -370,7 +370,6 @@ pub fn copy(
         .map_err(&err)?;
     // No parent: the tar stream is always read whole; dedup is by content, not by mtime.
     let opts = BackupOptions::default().parent_opts(ParentOptions::default().force(true));
-    let before = stored_bytes(&repo).map_err(&err)?;
     let saved = repo
         .archive(&opts, &source, snap, &[PathBuf::from(&path)])
         .map_err(&err)?;
@@ -409,9 +408,9 @@ pub fn copy(
             reason,
         });
     }
-    // Measured on the storage (everything the copy wrote), not taken from rustic's
-    // summary: a concurrent writer could only make it larger, never hide an upload.
-    let bytes_uploaded = stored_bytes(&repo).map_err(&err)?.saturating_sub(before);
+    // Counted at the storage's door (every file this copy wrote), not taken from
+    // rustic's summary, which says 0 for a source like ours.
+    let bytes_uploaded = progress.bytes_uploaded.load(Ordering::Relaxed);
     Ok(Copied {
         repository_snapshot: saved.id.to_string(),
         bytes_read: description.tar_bytes,
