@@ -61,14 +61,7 @@ pub async fn create(
     if params.wait == Some(false) {
         return Ok((StatusCode::ACCEPTED, Json(started.job.info())).into_response());
     }
-    let outcome = started.done.await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Backup failed",
-            e.to_string(),
-        )
-    })?;
-    let snapshot = outcome.map_err(|e| ApiError::from(e.as_ref()))?;
+    let snapshot = super::error::finished(started, "Backup").await?;
     Ok(Json(BackupCreated {
         message: "Backup created successfully".into(),
         snapshot_id: snapshot.snapshot_id.clone(),

@@ -25,6 +25,19 @@ pub struct ApiError {
     pub body: ErrorBody,
 }
 
+/// Waits for a job the request started and answers with its outcome, mapped like any
+/// error of the request. `what` names the operation if its task itself died.
+pub async fn finished<T>(started: crate::manager::Started<T>, what: &str) -> Result<T, ApiError> {
+    let outcome = started.done.await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("{what} failed"),
+            e.to_string(),
+        )
+    })?;
+    outcome.map_err(|e| ApiError::from(e.as_ref()))
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, message: &str, details: impl Into<String>) -> ApiError {
         ApiError {

@@ -62,14 +62,7 @@ pub async fn restore(
     if params.wait == Some(false) {
         return Ok((StatusCode::ACCEPTED, Json(started.job.info())).into_response());
     }
-    let outcome = started.done.await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Restore failed",
-            e.to_string(),
-        )
-    })?;
-    let restored = outcome.map_err(|e| ApiError::from(e.as_ref()))?;
+    let restored = super::error::finished(started, "Restore").await?;
     Ok(Json(Restored {
         message: "Snapshot restored successfully".into(),
         app_id: restored.snapshot.app_id,

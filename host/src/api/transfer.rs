@@ -145,14 +145,7 @@ async fn fetched(
     from: Option<&str>,
 ) -> Result<Snapshot, ApiError> {
     let started = manager.start_fetch(snapshot_id, from).await?;
-    let outcome = started.done.await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Fetch failed",
-            e.to_string(),
-        )
-    })?;
-    outcome.map_err(|e| ApiError::from(e.as_ref()))
+    super::error::finished(started, "Fetch").await
 }
 
 /// Fetch a snapshot's copy from a repository into this server's backup root (checked,
