@@ -11,7 +11,8 @@ use std::path::Path;
 use axum::http::StatusCode;
 
 use crate::common::{
-    Harness, IMAGE, TestApp, interrupted_restore, manifest, restore_uri, sh, test_config, unique,
+    Harness, IMAGE, Immutable, TestApp, fill_every_kind, interrupted_restore, manifest,
+    restore_uri, sh, test_config, unique,
 };
 
 /// A container of compose project `id` with the given working dir and `docker run` args.
@@ -403,25 +404,6 @@ async fn an_unrepaired_restore_blocks_the_app_and_is_retried() {
     h.backup(&app.id).await; // unblocked
 }
 
-/// `chattr +i` for the length of a test: nothing in the folder can be renamed or removed.
-struct Immutable(std::path::PathBuf);
-
-impl Immutable {
-    fn set(dir: &Path) -> Immutable {
-        sh(&format!("chattr +i {}", dir.display()));
-        Immutable(dir.to_path_buf())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr")
-            .args(["-i"])
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// A hung pre-backup hook must not hold the app's lock forever.
 #[tokio::test]
 async fn a_hung_hook_times_out_and_touches_nothing() {
@@ -469,6 +451,64 @@ async fn a_container_restarted_by_its_policy_is_reported_as_such() {
     assert_eq!(body["message"], "Restore failed, rolled back");
     assert!(
         body["details"].as_str().unwrap().contains("restart policy"),
+        "{body}"
+    );
+    assert_eq!(manifest(&app.volume_path(), true), before);
+}
+
+/// A restore reads an archive's structure once per snapshot: the backup records what it
+/// wrote as checked, bound to the file's sha256, and a restore then only hashes the file.
+/// The record must say what a full verify would find, for every kind of file (sparse,
+/// hard-linked, empty…): otherwise the space check before a restore would be wrong.
+#[tokio::test]
+async fn the_structure_is_checked_once_and_the_backup_counts_what_verify_counts() {
+    let app = TestApp::new("");
+    fill_every_kind(&app.volume_path());
+    fill_every_kind(&app.bind());
+    let h = Harness::new().await;
+    let snap = h.backup(&app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap().to_string();
+    let written = h.manager.get(&id).unwrap();
+    let checked = written
+        .checked
+        .clone()
+        .expect("a backup is checked as written");
+    assert_eq!(checked.sha256, written.sha256);
+    assert!(checked.stored.iter().any(|&b| b > 300_000), "{checked:?}");
+
+    // As an older appsnap left it: no record of a check.
+    let sidecar = written.file_path.replace(".tar.gz", ".meta.json");
+    let mut side: serde_json::Value = serde_json::from_slice(&fs::read(&sidecar).unwrap()).unwrap();
+    side.as_object_mut().unwrap().remove("checked").unwrap();
+    fs::write(&sidecar, serde_json::to_vec(&side).unwrap()).unwrap();
+    fs::remove_file(h.root.path().join("snapshots.json")).unwrap();
+    h.manager.reindex().unwrap();
+    assert_eq!(h.manager.get(&id).unwrap().checked, None);
+
+    let (status, body) = h
+        .call("POST", &format!("/api/v1/backup/snapshots/{id}/verify"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        h.manager.get(&id).unwrap().checked,
+        Some(checked),
+        "the full read found what the writer recorded"
+    );
+
+    // A checked snapshot whose file changed is refused on its checksum alone.
+    let path = written.file_path.clone();
+    let mut bytes = fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let before = manifest(&app.volume_path(), true);
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["details"]
+            .as_str()
+            .unwrap()
+            .contains("checksum mismatch"),
         "{body}"
     );
     assert_eq!(manifest(&app.volume_path(), true), before);

@@ -8,7 +8,8 @@ use std::path::Path;
 use axum::http::StatusCode;
 
 use crate::common::{
-    Harness, SmallFs, TestApp, fill_every_kind, interrupted_restore, manifest, restore_uri, sh,
+    Harness, Immutable, Service, SmallFs, TestApp, fill_every_kind, follow_until,
+    interrupted_restore, manifest, restore_uri, sh,
 };
 
 /// Changes of every kind a running app makes after a snapshot.
@@ -69,7 +70,9 @@ async fn restore_gives_exactly_the_snapshot_back() {
         "still sparse"
     );
     assert!(app.running(&app.containers[0]));
-    // Nothing left aside next to the volume.
+    // Nothing left aside next to the volume once the cleanup after the answer is done.
+    assert!(body["cleanup_job"].is_string(), "{body}");
+    h.manager.cleanups_finished().await;
     let vol_dir = app.volume_path().parent().unwrap().to_path_buf();
     let names: Vec<_> = fs::read_dir(&vol_dir)
         .unwrap()
@@ -589,4 +592,144 @@ async fn a_refused_restore_removes_the_volume_it_created() {
         !left.status.success(),
         "the volume created for the refused restore is still there"
     );
+}
+
+/// The folders a restore set aside next to (or inside) the app's three mounts.
+fn asides(app: &TestApp) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for dir in [app.volume_path(), app.bind(), app.project()] {
+        for parent in [dir.parent().unwrap(), dir.as_path()] {
+            found.extend(
+                fs::read_dir(parent)
+                    .unwrap()
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().contains("appsnap-aside"))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    found
+}
+
+/// The restore answers once the snapshot runs; the data it replaced is removed after,
+/// by a job of its own, and a backup asked for meanwhile waits for that job instead of
+/// failing with 409 or archiving a half-removed folder. The cleanup is held at its first
+/// drop by a fail point (`APPSNAP_PAUSE_AT`), the only way to look at it while it runs.
+#[tokio::test]
+async fn the_replaced_data_goes_after_the_answer_and_the_next_backup_waits_for_it() {
+    if !cfg!(feature = "failpoints") {
+        panic!("this test needs the fail points: run `scripts/test`");
+    }
+    let app = TestApp::new("");
+    fill_every_kind(&app.volume_path());
+    fill_every_kind(&app.bind());
+    let root = tempfile::tempdir().unwrap();
+    let (config, resume) = (
+        root.path().with_extension("toml"),
+        root.path().with_extension("resume"),
+    );
+    fs::write(
+        &config,
+        format!(
+            "restore_settle_secs = 0\nstate_dir = \"{}\"\n",
+            std::env::temp_dir().join("appsnap-test-state").display()
+        ),
+    )
+    .unwrap();
+    let pause = format!("restore.drop-0={}", resume.display());
+    let svc = Service::start(
+        root.path(),
+        &[
+            ("APPSNAP_CONFIG", config.to_str().unwrap()),
+            ("APPSNAP_PAUSE_AT", &pause),
+        ],
+    );
+    let snap = svc.post(&format!("/api/v1/backup/{}", app.id)).await;
+    let want = manifest(&app.volume_path(), true);
+    change_everything(&app.volume_path());
+
+    let restored = svc.post(&restore_uri(&app.id, &snap)).await;
+    assert_eq!(
+        restored["message"], "Snapshot restored successfully",
+        "{restored}"
+    );
+    assert_eq!(manifest(&app.volume_path(), true), want);
+    assert!(app.running(&app.containers[0]));
+    // Held after the first of three drops: the other two folders are still there.
+    assert!(asides(&app).len() >= 2, "{:?}", asides(&app));
+    let cleanup_id = restored["cleanup_job"].as_str().unwrap().to_string();
+    let cleanup = svc.get(&format!("/api/v1/jobs/{cleanup_id}")).await;
+    assert_eq!(
+        (&cleanup["kind"], &cleanup["state"], &cleanup["step"]),
+        (
+            &"cleanup".into(),
+            &"running".into(),
+            &"removing the data the restore replaced".into()
+        ),
+        "{cleanup}"
+    );
+
+    let backup = svc
+        .post(&format!("/api/v1/backup/{}?wait=false", app.id))
+        .await;
+    let backup_id = backup["job_id"]
+        .as_str()
+        .expect("202 with the job")
+        .to_string();
+    follow_until(&svc, &backup_id, |j| {
+        j["step"] == "waiting for the removal of the data the last restore replaced"
+    })
+    .await;
+
+    fs::write(&resume, "").unwrap();
+    let cleanup = follow_until(&svc, &cleanup_id, |j| j["state"] != "running").await;
+    assert_eq!(cleanup["state"], "succeeded", "{cleanup}");
+    let backup = follow_until(&svc, &backup_id, |j| j["state"] != "running").await;
+    assert_eq!(backup["state"], "succeeded", "{backup}");
+    assert!(asides(&app).is_empty(), "{:?}", asides(&app));
+    assert!(
+        fs::read_dir(root.path().join(".appsnap"))
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().ends_with(".journal"))
+    );
+    let _ = fs::remove_file(&resume);
+}
+
+/// Old data that cannot be removed (here a folder made immutable, a real refusal by the
+/// kernel) does not undo a restore that succeeded: the cleanup job fails naming the
+/// folder left behind, and the app can be backed up and restored again at once.
+#[tokio::test]
+async fn a_cleanup_that_cannot_remove_the_old_data_names_it_and_blocks_nothing() {
+    let app = TestApp::new("");
+    fill_every_kind(&app.volume_path());
+    let h = Harness::new().await;
+    let snap = h.backup(&app.id).await;
+    let stuck = app.volume_path().join("stuck");
+    fs::create_dir(&stuck).unwrap();
+    fs::write(stuck.join("file"), "old").unwrap();
+    let mut immutable = Immutable::set(&stuck);
+
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!stuck.exists(), "the snapshot is in place");
+    h.manager.cleanups_finished().await;
+    let job_uri = format!("/api/v1/jobs/{}", body["cleanup_job"].as_str().unwrap());
+    let (_, job) = h.call("GET", &job_uri).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(
+        job["error"]["message"],
+        "Restored, but the replaced data was not all removed"
+    );
+    let left = asides(&app);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let details = job["error"]["details"].as_str().unwrap();
+    assert!(details.contains(&*left[0].to_string_lossy()), "{details}");
+    immutable.0 = left[0].join("stuck");
+
+    h.backup(&app.id).await;
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    drop(immutable);
+    fs::remove_dir_all(&left[0]).unwrap();
 }

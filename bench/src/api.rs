@@ -134,12 +134,45 @@ struct Backup {
     secs: f64,
     bytes: u64,
     rss: u64,
+    steps: Steps,
 }
 
 struct Restore {
     secs: f64,
     steps: Steps,
     rss: u64,
+    /// The removal of the replaced data, after the answer (not in `secs`).
+    cleanup: f64,
+}
+
+/// Prints the median time of each step, in the order the runs met them.
+fn print_steps(what: &str, runs: &[&Steps]) {
+    println!("{what} steps (median seconds):");
+    let mut names: Vec<&String> = Vec::new();
+    for r in runs {
+        for (s, _) in r.iter() {
+            if !names.contains(&s) {
+                names.push(s);
+            }
+        }
+    }
+    for n in names {
+        println!("  {n:<34} {:>7.2}", step_median(runs, n));
+    }
+}
+
+/// The median over runs of the time spent in step `name` (summed within a run).
+fn step_median(runs: &[&Steps], name: &str) -> f64 {
+    median(
+        runs.iter()
+            .map(|r| {
+                r.iter()
+                    .filter(|(s, _)| s == name)
+                    .map(|(_, d)| d.as_secs_f64())
+                    .sum()
+            })
+            .collect(),
+    )
 }
 
 pub fn run(dir: &Path, size: u64, runs: usize) {
@@ -173,17 +206,20 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
         if tool == 0 {
             reset_peak();
             let t = Instant::now();
-            let snap = rt.block_on(async {
+            let (snap, steps) = rt.block_on(async {
                 let started = manager
                     .start_backup(&app.project, Origin::Manual, None)
                     .await
                     .expect("backup starts");
-                started.done.await.unwrap().expect("backup")
+                let steps = tokio::spawn(steps_of(started.job.clone()));
+                let snap = started.done.await.unwrap().expect("backup");
+                (snap, steps.await.unwrap())
             });
             let b = Backup {
                 secs: t.elapsed().as_secs_f64(),
                 bytes: snap.size_bytes,
                 rss: peak_rss(),
+                steps,
             };
             eprintln!("  run {run} appsnap backup: {:.2}s", b.secs);
             ours.push(b);
@@ -200,6 +236,7 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
                 secs: elapsed.as_secs_f64(),
                 bytes: fs::metadata(&peer_file).unwrap().len(),
                 rss,
+                steps: Vec::new(),
             };
             eprintln!("  run {run} tar | pigz: {:.2}s", b.secs);
             peers.push(b);
@@ -217,6 +254,7 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
         ours[0].bytes as f64 / peers[0].bytes as f64,
         human(ours.iter().map(|b| b.rss).max().unwrap_or(0))
     );
+    print_steps("backup", &ours.iter().map(|b| &b.steps).collect::<Vec<_>>());
 
     // Restores of the kept snapshot, against pigz -dc | tar -x && sync into an empty
     // folder (the peer's tree is removed and synced before the next run starts).
@@ -229,19 +267,25 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
         if tool == 0 {
             reset_peak();
             let t = Instant::now();
-            let steps = rt.block_on(async {
+            let (steps, secs, cleanup) = rt.block_on(async {
                 let started = manager
                     .start_restore_from(&app.project, &id, None)
                     .await
                     .expect("restore starts");
                 let steps = tokio::spawn(steps_of(started.job.clone()));
                 started.done.await.unwrap().expect("restore");
-                steps.await.unwrap()
+                let secs = t.elapsed().as_secs_f64();
+                // Outside the restore's time, as the peer's `rm -rf` of its tree is;
+                // but before the next run, whose cold start it would disturb.
+                let c = Instant::now();
+                manager.cleanups_finished().await;
+                (steps.await.unwrap(), secs, c.elapsed().as_secs_f64())
             });
             let r = Restore {
-                secs: t.elapsed().as_secs_f64(),
+                secs,
                 steps,
                 rss: peak_rss(),
+                cleanup,
             };
             eprintln!("  run {run} appsnap restore: {:.2}s", r.secs);
             ours.push(r);
@@ -259,19 +303,6 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
         }
     });
     let total = median(ours.iter().map(|r| r.secs).collect());
-    let step = |name: &str| {
-        median(
-            ours.iter()
-                .map(|r| {
-                    r.steps
-                        .iter()
-                        .filter(|(s, _)| s == name)
-                        .map(|(_, d)| d.as_secs_f64())
-                        .fold(0.0, |a, b| a + b)
-                })
-                .collect(),
-        )
-    };
     let peer = median(peers);
     let downtime = median(
         ours.iter()
@@ -291,18 +322,14 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
             })
             .collect(),
     );
-    println!("restore steps (median seconds):");
-    let mut names: Vec<String> = Vec::new();
-    for r in &ours {
-        for (s, _) in &r.steps {
-            if !names.contains(s) {
-                names.push(s.clone());
-            }
-        }
-    }
-    for n in &names {
-        println!("  {n:<34} {:>7.2}", step(n));
-    }
+    print_steps(
+        "restore",
+        &ours.iter().map(|r| &r.steps).collect::<Vec<_>>(),
+    );
+    println!(
+        "  (after the answer) cleanup       {:>7.2}",
+        median(ours.iter().map(|r| r.cleanup).collect())
+    );
     println!(
         "restore: appsnap {total:.2}s, without the {settle:.0} s settle window {:.2}s; \
          pigz -dc | tar -x && sync {peer:.2}s: {:.2}x; downtime {downtime:.2}s; \

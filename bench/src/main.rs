@@ -573,6 +573,7 @@ fn list_10k(root: &Path) {
                 tar_sha256: None,
                 locations: Vec::new(),
                 copies: Default::default(),
+                checked: None,
             }
         })
         .collect();

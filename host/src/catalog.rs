@@ -94,9 +94,33 @@ pub struct Snapshot {
     /// The offsite copy in each configured repository, by repository name.
     #[serde(default)]
     pub copies: BTreeMap<String, Copy>,
+    /// The archive passed the structural check, while its file had this sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<Checked>,
+}
+
+/// An archive whose every entry was read under the restore's rules: by this server's
+/// backup as it wrote it, or by one full verify (import, fetch, restore, `verify`). Bound
+/// to the file's sha256 then: a restore that finds the same sha256 skips a second full
+/// read before it stops the app. (The extraction applies the same rules again; the check
+/// only spares the app the downtime of an archive that would fail.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Checked {
+    pub sha256: String,
+    pub tar_bytes: u64,
+    pub entries: u64,
+    /// File data per mount (holes excluded), in `mounts` order: the restore's space check.
+    pub stored: Vec<u64>,
 }
 
 impl Snapshot {
+    /// What the structural check recorded, if it holds for the recorded sha256.
+    pub fn checked(&self) -> Option<&Checked> {
+        self.checked
+            .as_ref()
+            .filter(|c| c.sha256 == self.sha256 && c.stored.len() == self.mounts.len())
+    }
+
     /// Recomputes `locations` from `copies` (call after changing either).
     pub fn refresh_locations(&mut self) {
         self.locations = std::iter::once("local".to_string())
@@ -177,6 +201,8 @@ pub struct Sidecar {
     /// (an import dated in the future is listed as of its import).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<Checked>,
 }
 
 /// Where the sidecar of the archive at `archive` lives.
@@ -197,6 +223,7 @@ pub fn write_sidecar(s: &Snapshot) -> io::Result<()> {
         tar_sha256: s.tar_sha256.clone(),
         copies: s.copies.clone(),
         created_at: Some(s.created_at),
+        checked: s.checked.clone(),
     };
     let bytes = serde_json::to_vec_pretty(&sidecar).expect("sidecar serializes");
     write_atomic(&sidecar_path(Path::new(&s.file_path)), &bytes)
@@ -424,6 +451,8 @@ pub fn snapshot_from_archive(path: &Path) -> Result<Snapshot, archive::ArchiveEr
         tar_sha256: sidecar.tar_sha256,
         locations: Vec::new(),
         copies: sidecar.copies,
+        // Bound to a sha256: it holds only if the file is still the one checked.
+        checked: sidecar.checked,
     })
     .map(|mut s| {
         s.refresh_locations();

@@ -9,7 +9,9 @@
 //! - `APPSNAP_CRASH_AT=<name>`: abort the process there, as `kill -9` would (no destructor,
 //!   no flush: what is on disk is what a crash leaves);
 //! - `APPSNAP_FAIL_AT=<name>`: make that step fail with an injected error, to drive the
-//!   rollback path (a stand-in for a real fault, named as such in the error).
+//!   rollback path (a stand-in for a real fault, named as such in the error);
+//! - `APPSNAP_PAUSE_AT=<name>=<file>`: wait there until `<file>` exists, so that a test can
+//!   look at work that would otherwise be over before it could (a restore's cleanup).
 //!
 //! The `fail` crate was considered; it has no "abort the process" action and cannot list
 //! the points a run passes, which is what the crash walk needs.
@@ -25,6 +27,16 @@ pub fn point(name: &str) -> Result<(), String> {
     if var("APPSNAP_CRASH_AT").as_deref() == Some(name) {
         let _ = writeln!(std::io::stderr(), "appsnap failpoint: crashing at {name}");
         std::process::abort();
+    }
+    if let Some((at, file)) = var("APPSNAP_PAUSE_AT")
+        .as_deref()
+        .and_then(|v| v.split_once('='))
+        && at == name
+    {
+        let _ = writeln!(std::io::stderr(), "appsnap failpoint: paused at {name}");
+        while !std::path::Path::new(file).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
     if var("APPSNAP_FAIL_AT").as_deref() == Some(name) {
         return Err(format!("fault injected at fail point {name}"));

@@ -288,6 +288,14 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
             for skipped in restored.skipped {
                 println!("not restored: {skipped}");
             }
+            // The app runs the snapshot already; the data it replaced goes before exit
+            // (else the next start of appsnap would remove it).
+            println!("removing the data the restore replaced…");
+            manager.cleanups_finished().await;
+            let cleanup = restored.cleanup_job.and_then(|id| manager.jobs.get(&id));
+            if let Some(failure) = cleanup.and_then(|job| job.info().failure) {
+                eprintln!("appsnap: {failure}");
+            }
         }
         Command::Verify { snapshot_id } => {
             let (_, v) = manager.verify(&snapshot_id).await?;

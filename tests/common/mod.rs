@@ -921,3 +921,22 @@ pub async fn job_done(h: &Harness, job_id: &str) -> serde_json::Value {
         rx.changed().await.expect("job channel open");
     }
 }
+
+/// `chattr +i` for the length of a test: nothing in the folder can be renamed or removed.
+pub struct Immutable(pub PathBuf);
+
+impl Immutable {
+    pub fn set(dir: &Path) -> Immutable {
+        sh(&format!("chattr +i {}", dir.display()));
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .args(["-i"])
+            .arg(&self.0)
+            .status();
+    }
+}

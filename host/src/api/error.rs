@@ -66,6 +66,10 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
             "An interrupted operation of this application is being repaired",
         ),
         RootLost { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Backup root missing"),
+        CleanupFailed { .. } => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Restored, but the replaced data was not all removed",
+        ),
         NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "Insufficient storage"),
         ForeignSnapshot { .. } => (
             StatusCode::BAD_REQUEST,

@@ -34,6 +34,9 @@ pub struct Restored {
     /// Mounts of the snapshot that were not restored, with why: the app no longer mounts
     /// them, or they name a volume of another app or a path appsnap never writes to.
     pub skipped: Vec<String>,
+    /// The job (kind `cleanup`) removing the data the restore replaced: it runs after
+    /// this answer, and the next backup or restore of the app waits for it.
+    pub cleanup_job: Option<String>,
 }
 
 /// Restore an app's data from one of its snapshots. Verified first; on any failure the
@@ -68,6 +71,7 @@ pub async fn restore(
         app_id: restored.snapshot.app_id,
         snapshot_id: restored.snapshot.snapshot_id,
         skipped: restored.skipped,
+        cleanup_job: restored.cleanup_job,
     })
     .into_response())
 }

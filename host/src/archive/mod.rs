@@ -142,6 +142,8 @@ pub struct Summary {
     pub compressed_bytes: u64,
     pub tar_bytes: u64,
     pub entries: u64,
+    /// File data per source (holes excluded), in `sources` order, as a verify counts it.
+    pub stored: Vec<u64>,
     pub warnings: Vec<String>,
 }
 
@@ -167,11 +169,14 @@ pub fn write(
     let mut walker = walk::Walker::new(&mut sink, skip);
     let now = chrono::Utc::now().timestamp();
     let mut result = walker.add_bytes(METADATA_ENTRY, metadata_json, now);
+    let mut stored = Vec::with_capacity(sources.len());
     for source in sources {
         if result.is_err() {
             break;
         }
+        let before = walker.stored;
         result = walker.add_source(&source.archive_dir, &source.path);
+        stored.push(walker.stored - before);
     }
     let (entries, mut warnings, dropped) = (
         walker.entries,
@@ -202,6 +207,7 @@ pub fn write(
             compressed_bytes: written.compressed_bytes,
             tar_bytes,
             entries,
+            stored,
             warnings,
         },
         file,

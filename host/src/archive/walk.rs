@@ -166,6 +166,8 @@ pub struct Walker<'s, 'p, W> {
     /// that bind-mounts a parent of it does not back up its own backups.
     skip_dirs: Vec<(u64, u64)>,
     pub entries: u64,
+    /// File data written so far (holes excluded), counted as a restore's check counts it.
+    pub stored: u64,
     pub warnings: Vec<String>,
     pub dropped_warnings: u64,
 }
@@ -177,6 +179,7 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
             links: HashMap::new(),
             skip_dirs,
             entries: 0,
+            stored: 0,
             warnings: Vec::new(),
             dropped_warnings: 0,
         }
@@ -374,6 +377,7 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
         entry.kind = Kind::File;
         self.sink.write(&header_blocks(name, &entry))?;
         self.entries += 1;
+        self.stored += entry.size;
         let ranges = match &entry.sparse {
             Some((_, segs)) => segs.clone(),
             None => vec![(0, size)],

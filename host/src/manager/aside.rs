@@ -196,18 +196,40 @@ impl Swap {
 
     /// The restore succeeded: drops the data set aside and the journal. A drop that
     /// fails is logged (the restore stands; the folder is left for a person to remove).
-    pub fn commit(self) -> Result<(), String> {
-        let mut this = self;
-        if this.journal.phase != Phase::Committed {
-            this.journal.phase = Phase::Committed;
-            this.save()?;
+    pub fn commit(mut self) -> Result<(), String> {
+        self.committed()?;
+        self.drop_asides().map(|_| ())
+    }
+
+    /// Says the restore succeeded, before its answer: from here recovery only finishes
+    /// it, so dropping the data set aside can come after the answer.
+    pub fn committed(&mut self) -> Result<(), String> {
+        if self.journal.phase != Phase::Committed {
+            self.journal.phase = Phase::Committed;
+            self.save()?;
         }
         crash_only("restore.committed");
-        for (i, m) in this.journal.mounts.iter().enumerate() {
-            drop_aside(m);
+        Ok(())
+    }
+
+    /// Drops the data set aside, then the journal. Returns the folders that could not be
+    /// removed, with why: the restore stands, and they are left for a person to remove
+    /// (the journal goes anyway, or every later operation on the app would wait on them).
+    pub fn drop_asides(self) -> Result<Vec<String>, String> {
+        debug_assert_eq!(self.journal.phase, Phase::Committed);
+        let mut left = Vec::new();
+        for (i, m) in self.journal.mounts.iter().enumerate() {
+            if let Err(e) = drop_aside(m) {
+                tracing::error!(
+                    "could not remove the previous data at {}: {e}",
+                    m.aside.display()
+                );
+                left.push(format!("{}: {e}", m.aside.display()));
+            }
             crash_only(&format!("restore.drop-{i}"));
         }
-        this.finish()
+        self.finish()?;
+        Ok(left)
     }
 
     /// Puts every mount back as it was, newest move first, journaling each undo. Stops
@@ -400,16 +422,10 @@ fn sync_fs(path: &Path) -> io::Result<()> {
 }
 
 /// After a successful restore the moved-aside data goes.
-fn drop_aside(m: &Moved) {
-    let result = match m.how {
+fn drop_aside(m: &Moved) -> io::Result<()> {
+    match m.how {
         How::Created => Ok(()),
         How::Renamed | How::Inside => remove_any(&m.aside),
-    };
-    if let Err(e) = result {
-        tracing::error!(
-            "could not remove the previous data at {}: {e}",
-            m.aside.display()
-        );
     }
 }
 

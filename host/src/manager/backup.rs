@@ -55,13 +55,15 @@ impl BackupManager {
         let job = self.jobs.create("backup", app_id);
         let (this, job2) = (Arc::clone(self), job.clone());
         let done = tokio::spawn(async move {
-            let _lock = lock;
             let started = std::time::Instant::now();
             this.metrics.backup_started(&app.id);
-            let result = this
-                .backup(&app, origin, note, &job2)
-                .await
-                .map_err(Arc::new);
+            let result = async {
+                this.after_cleanup(&lock, &job2).await?;
+                this.backup(&app, origin, note, &job2).await
+            }
+            .await
+            .map_err(Arc::new);
+            drop(lock);
             this.metrics
                 .backup_ended(&app.id, result.is_ok(), started.elapsed());
             this.notifier.backup_ended(
@@ -252,7 +254,7 @@ impl BackupManager {
             created_at,
             size_bytes: summary.compressed_bytes,
             file_path: final_path.to_string_lossy().into_owned(),
-            sha256: summary.sha256,
+            sha256: summary.sha256.clone(),
             mounts: app.mounts.clone(),
             origin,
             note,
@@ -264,6 +266,14 @@ impl BackupManager {
             locations: Vec::new(),
             // Owed from now on: a crash before they run leaves them `pending`, resumed.
             copies: self.copies_owed(),
+            // Every entry written here is one the restore's rules accept, as a full
+            // verify would find: the first restore need not read the archive twice.
+            checked: Some(crate::catalog::Checked {
+                sha256: summary.sha256.clone(),
+                tar_bytes: summary.tar_bytes,
+                entries: summary.entries,
+                stored: summary.stored,
+            }),
         };
         if let Err(e) = crate::catalog::write_sidecar(&snapshot) {
             // The snapshot is good; only its warnings would be lost to a catalog rebuild.

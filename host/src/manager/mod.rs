@@ -102,6 +102,10 @@ pub enum ManagerError {
         #[source]
         source: io::Error,
     },
+    /// The data a successful restore replaced could not all be removed (the restore
+    /// stands; what is left is named, for a person to remove).
+    #[error("the data a restore of app `{app_id}` replaced was not all removed: {details}")]
+    CleanupFailed { app_id: String, details: String },
     /// The snapshot was taken of another app.
     #[error("snapshot `{snapshot_id}` belongs to app `{snapshot_app}`, not `{app_id}`")]
     ForeignSnapshot {
@@ -236,6 +240,9 @@ pub struct BackupManager {
     /// Set by the CLI before it waits for copies: a failed attempt is left `pending` for
     /// the service to retry, rather than keeping the command waiting through the backoff.
     retry_in_service: std::sync::atomic::AtomicBool,
+    /// app id → the end (sender dropped) of the cleanup after its last restore, while
+    /// that runs (see `restore::start_cleanup`).
+    cleanups: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
     /// Apps a scrape has shown, so that one whose snapshots are gone shows 0.
     known_apps: Mutex<std::collections::BTreeSet<String>>,
     /// Held for the manager's life: one process per backup root.
@@ -243,10 +250,13 @@ pub struct BackupManager {
 }
 
 /// Releases an app's lock when the operation ends, however it ends.
-struct AppLock {
-    app_id: String,
+pub(super) struct AppLock {
+    pub(super) app_id: String,
     busy: Arc<Mutex<HashMap<String, String>>>,
     count: watch::Sender<usize>,
+    /// The cleanup of the app's last restore, still running when the lock was taken:
+    /// work on the app's data waits for it (`BackupManager::after_cleanup`).
+    pub(super) after: Option<watch::Receiver<()>>,
 }
 
 impl Drop for AppLock {
@@ -312,6 +322,7 @@ impl BackupManager {
             offsite_tasks: Mutex::default(),
             copies_running: offsite::Claims::default(),
             retry_in_service: std::sync::atomic::AtomicBool::new(false),
+            cleanups: Arc::default(),
             known_apps: Mutex::default(),
             _root_lock: lock,
         }))
@@ -323,9 +334,12 @@ impl BackupManager {
     pub async fn repair_pending(&self) -> Vec<(String, Result<(), String>)> {
         let mut tried = Vec::new();
         for (app_id, operation, path) in self.pending_journals() {
-            let Ok(_lock) = self.take_lock(&app_id, "repair") else {
+            let Ok(lock) = self.take_lock(&app_id, "repair") else {
                 continue;
             };
+            if lock.after.is_some() {
+                continue; // a restore's cleanup owns that journal
+            }
             let result = repair(&self.docker, &path, self.config.stop_timeout_secs).await;
             match &result {
                 Ok(()) => tracing::info!(app = %app_id, "interrupted {operation} repaired"),
@@ -372,7 +386,9 @@ impl BackupManager {
         let lock = self.take_lock(app_id, operation)?;
         for kind in ["restore", "backup"] {
             let journal = self.journal_path(app_id, kind);
-            if journal.exists() {
+            // The journal of a cleanup still running is not a repair: the caller waits.
+            let cleaning = kind == "restore" && lock.after.is_some();
+            if journal.exists() && !cleaning {
                 return Err(ManagerError::RepairPending {
                     app_id: app_id.into(),
                     operation: kind.into(),
@@ -397,6 +413,12 @@ impl BackupManager {
             app_id: app_id.into(),
             busy: Arc::clone(&self.busy),
             count: self.busy_count.clone(),
+            after: self
+                .cleanups
+                .lock()
+                .expect("cleanups lock")
+                .get(app_id)
+                .cloned(),
         })
     }
 
@@ -459,10 +481,51 @@ impl BackupManager {
             .join(format!("{app_id}.{kind}.journal"))
     }
 
-    /// Resolves once no app lock is held (for a graceful shutdown).
+    /// Resolves once no app lock is held (for a graceful shutdown). Cleanups after
+    /// restores are not waited for: the next start finishes them from their journals.
     pub async fn idle(&self) {
         let mut rx = self.busy_count.subscribe();
         let _ = rx.wait_for(|&n| n == 0).await;
+        let cleaning = self.cleanups.lock().expect("cleanups lock").len();
+        if cleaning > 0 {
+            tracing::info!(
+                "{cleaning} removal(s) of data replaced by a restore left for the next start"
+            );
+        }
+    }
+
+    /// Waits for every cleanup after a restore started so far (the CLI waits before it
+    /// exits, and the benchmark before its next run).
+    pub async fn cleanups_finished(&self) {
+        let running: Vec<_> = self
+            .cleanups
+            .lock()
+            .expect("cleanups lock")
+            .values()
+            .cloned()
+            .collect();
+        for mut done in running {
+            let _ = done.changed().await;
+        }
+    }
+
+    /// Changes a local snapshot's record in the catalog and its sidecar; a snapshot
+    /// deleted meanwhile has nothing to record.
+    pub(super) fn update_record(
+        &self,
+        snapshot_id: &str,
+        change: impl FnOnce(&mut Snapshot),
+    ) -> Result<(), crate::catalog::CatalogError> {
+        let mut catalog = self.catalog.lock().expect("catalog lock");
+        let Some(s) = catalog.get_mut(snapshot_id) else {
+            return Ok(());
+        };
+        change(s);
+        s.refresh_locations();
+        if let Err(e) = crate::catalog::write_sidecar(s) {
+            tracing::warn!(snapshot = %snapshot_id, "cannot write its sidecar: {e}");
+        }
+        catalog.save()
     }
 
     /// Newest first.

@@ -445,25 +445,6 @@ impl BackupManager {
         Ok(sha)
     }
 
-    /// Changes a local snapshot's record in the catalog and its sidecar; a snapshot
-    /// deleted meanwhile has nothing to record.
-    fn update_record(
-        &self,
-        snapshot_id: &str,
-        change: impl FnOnce(&mut Snapshot),
-    ) -> Result<(), crate::catalog::CatalogError> {
-        let mut catalog = self.catalog.lock().expect("catalog lock");
-        let Some(s) = catalog.get_mut(snapshot_id) else {
-            return Ok(());
-        };
-        change(s);
-        s.refresh_locations();
-        if let Err(e) = crate::catalog::write_sidecar(s) {
-            tracing::warn!(snapshot = %snapshot_id, "cannot write its sidecar: {e}");
-        }
-        catalog.save()
-    }
-
     /// Changes one copy's record (created if missing).
     fn set_copy(&self, snapshot_id: &str, repository: &str, change: impl FnOnce(&mut Copy)) {
         let saved = self.update_record(snapshot_id, |s| {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::aside::{RestoreJournal, Swap};
-use super::{BackupManager, ManagerError, Started, short};
+use super::{AppLock, BackupManager, ManagerError, Started, short};
 use crate::archive::{self, extract};
 use crate::catalog::Snapshot;
 use crate::docker::{App, Docker};
@@ -82,7 +82,6 @@ impl BackupManager {
         let job = self.jobs.create("restore", app_id);
         let (this, job2, snapshot_id) = (Arc::clone(self), job.clone(), snapshot_id.to_string());
         let done = tokio::spawn(async move {
-            let _lock = lock;
             tracing::info!(app = %app.id, snapshot = %snapshot_id, "restore started");
             this.metrics.restore_started(&app.id);
             let result = async {
@@ -90,8 +89,14 @@ impl BackupManager {
                     Source::Local(s) => s,
                     Source::Remote(remote) => this.fetch(&remote, &job2).await?,
                 };
-                let skipped = this.restore(&app, &snapshot, &job2).await?;
-                Ok::<_, ManagerError>(Restored { snapshot, skipped })
+                let (skipped, swap) = this.restore(&app, &snapshot, &job2, &lock).await?;
+                // Started before the lock goes, so that the next operation waits for it.
+                let cleanup = this.start_cleanup(&app.id, swap);
+                Ok::<_, ManagerError>(Restored {
+                    snapshot,
+                    skipped,
+                    cleanup_job: Some(cleanup.id()),
+                })
             }
             .await
             .map_err(Arc::new);
@@ -134,24 +139,105 @@ impl BackupManager {
                     job2.fail(e.clone());
                 }
             }
+            drop(lock);
             result
         });
         Ok(Started { job, done })
     }
 
-    /// Returns the snapshot mounts that were not restored, with why.
+    /// Drops the data a restore replaced, after its answer, as a job of kind `cleanup`
+    /// (the restore's result names it). Safe to do late: the snapshot is complete, synced
+    /// and running, and the journal says Committed, so a crash or a shutdown meanwhile is
+    /// finished at the next start. The next backup or restore of the app waits for it
+    /// ([`Self::after_cleanup`]); the periodic repair leaves its journal alone.
+    fn start_cleanup(&self, app_id: &str, swap: Swap) -> Job {
+        let job = self.jobs.create("cleanup", app_id);
+        job.step("removing the data the restore replaced");
+        let (done_tx, done_rx) = tokio::sync::watch::channel(());
+        self.cleanups
+            .lock()
+            .expect("cleanups lock")
+            .insert(app_id.into(), done_rx);
+        let (cleanups, app, job2) = (Arc::clone(&self.cleanups), app_id.to_string(), job.clone());
+        // A plain thread, not the runtime's blocking pool: a shutdown does not wait for it
+        // (the runtime would), and the next start finishes what it leaves.
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let outcome = swap.drop_asides();
+            let seconds = started.elapsed().as_secs_f64();
+            match outcome {
+                Ok(left) if left.is_empty() => {
+                    tracing::info!(app = %app, seconds, "removed the data the restore replaced");
+                    job2.succeed(serde_json::json!({ "seconds": seconds }));
+                }
+                Ok(left) => job2.fail(Arc::new(ManagerError::CleanupFailed {
+                    app_id: app.clone(),
+                    details: left.join("; "),
+                })),
+                Err(e) => {
+                    tracing::error!(app = %app, "restore cleanup: {e}");
+                    job2.fail(Arc::new(ManagerError::CleanupFailed {
+                        app_id: app.clone(),
+                        details: e,
+                    }));
+                }
+            }
+            cleanups.lock().expect("cleanups lock").remove(&app);
+            drop(done_tx);
+        });
+        job
+    }
+
+    /// Waits (saying so in the job) until the cleanup of the app's last restore is done,
+    /// if one runs; then the app is the caller's, unless that cleanup left its journal.
+    pub(super) async fn after_cleanup(
+        &self,
+        lock: &AppLock,
+        job: &Job,
+    ) -> Result<(), ManagerError> {
+        let Some(mut done) = lock.after.clone() else {
+            return Ok(());
+        };
+        let step = job.info().step;
+        job.step("waiting for the removal of the data the last restore replaced");
+        // The sender is dropped when the cleanup ends, however it ends.
+        let _ = done.changed().await;
+        job.step(&step);
+        let journal = self.journal_path(&lock.app_id, "restore");
+        if journal.exists() {
+            return Err(ManagerError::RepairPending {
+                app_id: lock.app_id.clone(),
+                operation: "restore".into(),
+                journal,
+            });
+        }
+        Ok(())
+    }
+
+    /// Returns the snapshot mounts that were not restored, with why, and the committed
+    /// swap whose data set aside is still to be dropped.
     async fn restore(
         &self,
         app: &App,
         snapshot: &Snapshot,
         job: &Job,
-    ) -> Result<Vec<String>, ManagerError> {
+        lock: &AppLock,
+    ) -> Result<(Vec<String>, Swap), ManagerError> {
         let _slot = self.heavy_slot(Some(job)).await;
-        job.step("verifying");
-        let verified = self.verify_file(snapshot, job).await?;
+        let verified = match snapshot.checked() {
+            Some(checked) => {
+                job.step("verifying the checksum");
+                self.verify_checksum(snapshot, checked).await?
+            }
+            None => {
+                job.step("verifying");
+                self.verify_file(snapshot, job).await?
+            }
+        };
         job.total(verified.tar_bytes);
         job.progress(0);
 
+        self.after_cleanup(lock, job).await?;
         job.step("preparing");
         let mut plan = self.plan_targets(app, snapshot).await?;
         if let Err(e) = check_space(&plan, &verified.stored) {
@@ -171,12 +257,11 @@ impl BackupManager {
 
         let (step, cause) = match self.restore_steps(snapshot, job, &plan, &mut swap).await {
             Ok(()) => {
-                job.step("removing the previous data");
-                if let Err(e) = swap.commit() {
-                    // The snapshot is in place and running; only the cleanup is left.
-                    tracing::error!(app = %app.id, "restore committed, cleanup failed: {e}");
+                if let Err(e) = swap.committed() {
+                    // The journal still says Extracted, which recovery finishes too.
+                    tracing::error!(app = %app.id, "restore done, its journal not updated: {e}");
                 }
-                return Ok(plan.skipped);
+                return Ok((plan.skipped, swap));
             }
             Err(failure) => failure,
         };
@@ -502,6 +587,8 @@ fn check_space(plan: &Plan, stored: &[u64]) -> Result<(), ManagerError> {
 pub struct Restored {
     pub snapshot: Snapshot,
     pub skipped: Vec<String>,
+    /// The job removing the data the restore replaced, which runs after the answer.
+    pub cleanup_job: Option<String>,
 }
 
 /// Where a restore writes, and what it leaves out.

@@ -146,7 +146,59 @@ impl BackupManager {
                 )));
             }
         }
+        let checked = crate::catalog::Checked {
+            sha256: snapshot.sha256.clone(),
+            tar_bytes: verified.tar_bytes,
+            entries: verified.entries,
+            stored: verified.stored.clone(),
+        };
+        if snapshot.checked() != Some(&checked)
+            && let Err(e) = self.update_record(&snapshot.snapshot_id, |s| {
+                if s.sha256 == checked.sha256 {
+                    s.checked = Some(checked);
+                }
+            })
+        {
+            tracing::warn!(snapshot = %snapshot.snapshot_id, "cannot record its check: {e}");
+        }
         Ok(verified)
+    }
+
+    /// A restore's check of an archive that passed the structural check before (see
+    /// [`crate::catalog::Checked`]): its sha256 must still be the one checked, which
+    /// proves it is the same file; what that check saw is taken from the record.
+    pub(super) async fn verify_checksum(
+        &self,
+        snapshot: &Snapshot,
+        checked: &crate::catalog::Checked,
+    ) -> Result<Verified, ManagerError> {
+        let path = PathBuf::from(&snapshot.file_path);
+        let hashed = tokio::task::spawn_blocking(move || crate::model::sha256_file(&path))
+            .await
+            .map_err(|e| ManagerError::Corrupt(format!("checksum task: {e}")))?;
+        let actual = hashed.map_err(|source| {
+            ManagerError::Corrupt(
+                archive::ArchiveError::Read {
+                    path: PathBuf::from(&snapshot.file_path),
+                    source,
+                }
+                .to_string(),
+            )
+        })?;
+        if actual.0 != checked.sha256 {
+            return Err(ManagerError::Corrupt(
+                archive::ArchiveError::Checksum {
+                    recorded: checked.sha256.clone(),
+                    actual: actual.0,
+                }
+                .to_string(),
+            ));
+        }
+        Ok(Verified {
+            entries: checked.entries,
+            tar_bytes: checked.tar_bytes,
+            stored: checked.stored.clone(),
+        })
     }
 
     /// Streams an upload into the backup root, verifies it and lists it under the app it
@@ -287,6 +339,7 @@ impl BackupManager {
         } else {
             meta.created_at
         };
+        let snapshot_sha = sha256.clone();
         let snapshot = Snapshot {
             snapshot_id: meta.snapshot_id.clone(),
             app_id,
@@ -305,6 +358,12 @@ impl BackupManager {
             tar_sha256: how.tar_sha256,
             locations: Vec::new(),
             copies: how.copies,
+            checked: Some(crate::catalog::Checked {
+                sha256: snapshot_sha.clone(),
+                tar_bytes: verified.tar_bytes,
+                entries: verified.entries,
+                stored: verified.stored,
+            }),
         };
         let mut catalog = self.catalog.lock().expect("catalog lock");
         let exists = catalog.contains(&snapshot.snapshot_id) || final_path.exists();
