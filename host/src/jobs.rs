@@ -76,8 +76,11 @@ impl Job {
         self.tx.send_modify(|j| j.step = step.to_string());
     }
 
+    /// The estimate of the work's size; it may come after the work has begun (and then
+    /// never below what is done already).
     pub fn total(&self, bytes: u64) {
-        self.tx.send_modify(|j| j.bytes_total = bytes);
+        self.tx
+            .send_modify(|j| j.bytes_total = bytes.max(j.bytes_done));
     }
 
     /// Callable from any thread (the archive writer's).

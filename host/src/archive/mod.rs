@@ -13,6 +13,7 @@
 
 pub mod extract;
 pub mod gzip;
+pub mod prefetch;
 pub mod read;
 pub mod tar_format;
 pub mod tar_read;
@@ -157,15 +158,23 @@ pub fn write(
     opts: &Options,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Summary, File), ArchiveError> {
-    let gz = gzip::ParallelGzip::new(out, opts.level, opts.threads, opts.chunk_size);
-    let mut sink = walk::ChunkSink::new(gz, progress);
-    sink.cancel = opts.cancel.clone();
-    let skip = opts
+    let skip: Vec<(u64, u64)> = opts
         .skip_dirs
         .iter()
         .filter_map(|p| fs::metadata(p).ok())
         .map(|m| (m.dev(), m.ino()))
         .collect();
+    let prefetch = prefetch::Prefetch::start(
+        sources.iter().map(|s| s.path.clone()).collect(),
+        skip.clone(),
+    );
+    let progress = &|bytes| {
+        prefetch.consumed(bytes);
+        progress(bytes)
+    };
+    let gz = gzip::ParallelGzip::new(out, opts.level, opts.threads, opts.chunk_size);
+    let mut sink = walk::ChunkSink::new(gz, progress);
+    sink.cancel = opts.cancel.clone();
     let mut walker = walk::Walker::new(&mut sink, skip);
     let now = chrono::Utc::now().timestamp();
     let mut result = walker.add_bytes(METADATA_ENTRY, metadata_json, now);

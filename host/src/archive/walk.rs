@@ -307,15 +307,13 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
             ));
             return Ok(());
         }
-        // Listed through the descriptor: the very directory that was opened.
-        let mut children: Vec<_> = match fs::read_dir(dir.proc_path()) {
-            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
+        let children = match dir.sorted_children() {
+            Ok(children) => children,
             Err(e) => {
                 self.warn(format!("{}: cannot list: {e}", dir.path.display()));
                 return Ok(());
             }
         };
-        children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         for child in children {
             self.add_child(dir, name, &child)?;
         }
@@ -444,14 +442,16 @@ fn xattrs_of(file: &File) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// One object of the walk: an `O_PATH` descriptor (opened beneath its parent's, never
 /// following a link), its `fstat`, and its path — for messages only, never reopened.
-struct Node {
+/// A file or directory opened `O_PATH | O_NOFOLLOW`, with its `fstat`: everything done
+/// to it goes through this descriptor (also used by the read-ahead, `super::prefetch`).
+pub(super) struct Node {
     fd: File,
-    meta: Metadata,
-    path: PathBuf,
+    pub(super) meta: Metadata,
+    pub(super) path: PathBuf,
 }
 
 impl Node {
-    fn new(fd: File, path: PathBuf) -> io::Result<Node> {
+    pub(super) fn new(fd: File, path: PathBuf) -> io::Result<Node> {
         let meta = fd.metadata()?;
         Ok(Node { fd, meta, path })
     }
@@ -470,15 +470,25 @@ impl Node {
 
     /// A regular file opened for reading. O_NOATIME keeps a backup from touching every
     /// file's atime; it needs ownership or CAP_FOWNER, so fall back without it.
-    fn open_for_reading(&self) -> io::Result<File> {
+    pub(super) fn open_for_reading(&self) -> io::Result<File> {
         match self.reopen(libc::O_NONBLOCK | libc::O_NOATIME) {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => self.reopen(libc::O_NONBLOCK),
             other => other,
         }
     }
 
+    /// This directory's entries, sorted by name: the archive's order. Listed through the
+    /// descriptor, so it is the very directory that was opened.
+    pub(super) fn sorted_children(&self) -> io::Result<Vec<std::ffi::OsString>> {
+        let mut children: Vec<_> = fs::read_dir(self.proc_path())?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        Ok(children)
+    }
+
     /// A child of this directory, as an `O_PATH | O_NOFOLLOW` descriptor.
-    fn child(&self, name: &OsStr) -> io::Result<File> {
+    pub(super) fn child(&self, name: &OsStr) -> io::Result<File> {
         let c_name = std::ffi::CString::new(name.as_bytes())?;
         // SAFETY: a valid directory descriptor and a NUL-terminated name; the returned
         // descriptor is owned by the File.

@@ -129,15 +129,27 @@ impl BackupManager {
         };
         let meta_json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
 
-        job.step("estimating size");
         let sources = app.sources();
         let estimate_sources = sources.clone();
-        let total = tokio::task::spawn_blocking(move || archive::estimate(&estimate_sources))
-            .await
-            .unwrap_or(0);
-        job.total(total);
-        job.step("asking the quota policy");
-        let evict = self.quota_admit(&app.id, total).await?;
+        let estimating = tokio::task::spawn_blocking(move || archive::estimate(&estimate_sources));
+        let evict = if self
+            .policies
+            .effective(&app.id, crate::policy::Kind::Quota)
+            .is_some()
+        {
+            // The quota decides on the size before anything is stopped.
+            job.step("estimating size");
+            let total = estimating.await.unwrap_or(0);
+            job.total(total);
+            job.step("asking the quota policy");
+            self.quota_admit(&app.id, total).await?
+        } else {
+            // Only progress needs it: the metadata walk runs beside the backup (and warms
+            // the inodes the archive's walk reads next) instead of before it.
+            let job = job.clone();
+            tokio::spawn(async move { job.total(estimating.await.unwrap_or(0)) });
+            Vec::new()
+        };
 
         let running = app.running();
         job.step("running pre-backup hooks");

@@ -1,0 +1,164 @@
+//! Read-ahead for a backup: a thread that walks the sources in the archive's own order,
+//! a bounded distance ahead of the writer, and asks the kernel to start reading each
+//! regular file (`posix_fadvise(WILLNEED)`), without waiting for it.
+//!
+//! Why: the writer reads one file after another, and on a cold cache each small file
+//! costs a full round trip to the disk (the read-ahead of one file never reaches the
+//! next). With the requests already queued, the disk serves many at once. Measured on
+//! this project's machine, 1 GiB of app data in 58,000 files: `tar | cat` from a cold
+//! cache took 11.6–15.2 s alone and 4.1 s beside such a walk.
+//!
+//! It only gives hints. It opens files the way the writer does (`O_PATH | O_NOFOLLOW`
+//! relative to the parent's descriptor, `fstat`, then a reopen of that very inode), so a
+//! path swapped for a symlink or a device node is never followed or opened; it never
+//! enters the directories the writer skips; whatever it fails to do is ignored. It stops
+//! when dropped.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::walk::Node;
+
+/// How far ahead of the writer, in bytes of file data: enough to keep the disk's queue
+/// full, little enough that what is read ahead is still cached when the writer comes.
+const WINDOW: u64 = 128 << 20;
+
+/// The running read-ahead; dropping it stops the thread.
+pub struct Prefetch {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    /// Bytes of tar stream the writer has produced (it reports them per chunk).
+    consumed: AtomicU64,
+    stop: AtomicBool,
+    wake: Condvar,
+    lock: Mutex<()>,
+}
+
+impl Prefetch {
+    /// Starts walking `sources` (directories or single files), skipping the directories
+    /// `skip` names by `(dev, ino)`.
+    pub fn start(sources: Vec<PathBuf>, skip: Vec<(u64, u64)>) -> Prefetch {
+        let shared = Arc::new(Shared {
+            consumed: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            wake: Condvar::new(),
+            lock: Mutex::new(()),
+        });
+        let walker = Ahead {
+            shared: Arc::clone(&shared),
+            skip,
+            advised: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("appsnap-prefetch".into())
+            .spawn(move || walker.run(&sources))
+            .ok();
+        Prefetch { shared, thread }
+    }
+
+    /// The writer has produced `bytes` of tar stream so far.
+    pub fn consumed(&self, bytes: u64) {
+        self.shared.consumed.store(bytes, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Ahead {
+    shared: Arc<Shared>,
+    skip: Vec<(u64, u64)>,
+    /// Bytes of file data advised so far (the writer's count includes headers, so this
+    /// runs a little behind it, on the safe side).
+    advised: u64,
+}
+
+impl Ahead {
+    fn run(mut self, sources: &[PathBuf]) {
+        for source in sources {
+            let opened = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+                .open(source);
+            if let Ok(node) = opened.and_then(|fd| Node::new(fd, source.clone()))
+                && !self.visit(node)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Advises one node, or walks it if it is a directory; `false` once stopped.
+    fn visit(&mut self, node: Node) -> bool {
+        let meta = &node.meta;
+        if meta.is_file() {
+            if !self.wait_for_room() {
+                return false;
+            }
+            if let Ok(file) = node.open_for_reading() {
+                // SAFETY: a plain syscall on a descriptor we own; a failure only loses a hint.
+                unsafe {
+                    libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
+                }
+            }
+            self.advised += meta.len();
+            return true;
+        }
+        if !meta.is_dir() || self.skip.contains(&(meta.dev(), meta.ino())) {
+            return true;
+        }
+        // The writer's order: children sorted by name, each walked where it comes.
+        let Ok(children) = node.sorted_children() else {
+            return true;
+        };
+        for child in children {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let path = node.path.join(&child);
+            if let Ok(child) = node.child(&child).and_then(|fd| Node::new(fd, path))
+                && !self.visit(child)
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits while the read-ahead is a window ahead of the writer; `false` once stopped.
+    fn wait_for_room(&self) -> bool {
+        let mut guard = self.shared.lock.lock().expect("prefetch lock");
+        loop {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            if self.advised < self.shared.consumed.load(Ordering::Relaxed) + WINDOW {
+                return true;
+            }
+            // The timeout only covers a wake-up lost between the check and the wait.
+            guard = self
+                .shared
+                .wake
+                .wait_timeout(guard, Duration::from_millis(50))
+                .expect("prefetch lock")
+                .0;
+        }
+    }
+}
