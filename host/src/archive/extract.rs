@@ -37,6 +37,9 @@ use tar::EntryType;
 use super::tar_read::TarReader;
 use super::{ArchiveError, METADATA_ENTRY};
 
+/// The buffer file data is copied through.
+const COPY_BUF: usize = 256 * 1024;
+
 /// Where one mount folder of the archive goes.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -208,6 +211,9 @@ fn extract_entries<R: Read>(
         ..Summary::default()
     };
     let mut first = true;
+    // One copy buffer for the whole archive: allocated per file, it cost a quarter of a
+    // restore's time in page faults (tens of thousands of small files).
+    let mut buf = vec![0u8; COPY_BUF];
     while let Some(entry) = reader.next_entry().map_err(ArchiveError::corrupt)? {
         let name = entry.name.clone();
         let shown = String::from_utf8_lossy(&name).into_owned();
@@ -278,12 +284,18 @@ fn extract_entries<R: Read>(
                  never a link or a special file",
             ));
         }
-        tree.add(&rel, &mut EntryData(&mut reader), meta, &tree_opts[index])
-            .map_err(|e| match e {
-                Failure::Unsafe(reason) => unsafe_entry(&reason),
-                Failure::Io(path, source) => ArchiveError::Write { path, source },
-                Failure::Read(e) => ArchiveError::corrupt(e),
-            })?;
+        tree.add(
+            &rel,
+            &mut EntryData(&mut reader),
+            meta,
+            &tree_opts[index],
+            &mut buf,
+        )
+        .map_err(|e| match e {
+            Failure::Unsafe(reason) => unsafe_entry(&reason),
+            Failure::Io(path, source) => ArchiveError::Write { path, source },
+            Failure::Read(e) => ArchiveError::corrupt(e),
+        })?;
         summary.entries += 1;
     }
     for (tree, opts) in trees.iter_mut().zip(&tree_opts) {
@@ -413,6 +425,7 @@ impl Tree<'_> {
         data: &mut impl Read,
         meta: Meta,
         opts: &Options,
+        buf: &mut [u8],
     ) -> Result<(), Failure> {
         let kind = meta.kind;
         let keys = self.made.prefix_keys(rel);
@@ -461,7 +474,7 @@ impl Tree<'_> {
                 if opts.dry_run {
                     io::copy(data, &mut io::sink()).map_err(Failure::Read)?;
                 } else {
-                    write_file(&path, data, &meta)?;
+                    write_file(&path, data, &meta, buf)?;
                 }
                 Node::File
             }
@@ -577,7 +590,12 @@ fn link_target(meta: &Meta) -> Result<&[u8], Failure> {
 /// Writes a regular file through its descriptor. A sparse entry's segments are written at
 /// their offsets (its holes cost a seek, never a write or a read), and in any file runs of
 /// zero blocks become holes, so sparse files stay sparse.
-fn write_file(path: &Path, data: &mut impl Read, meta: &Meta) -> Result<(), Failure> {
+fn write_file(
+    path: &Path,
+    data: &mut impl Read,
+    meta: &Meta,
+    buf: &mut [u8],
+) -> Result<(), Failure> {
     let io_err = |e| Failure::Io(path.to_path_buf(), e);
     let file = OpenOptions::new()
         .write(true)
@@ -592,12 +610,15 @@ fn write_file(path: &Path, data: &mut impl Read, meta: &Meta) -> Result<(), Fail
                 io_err(e)
             }
         })?;
-    let mut buf = vec![0u8; 256 * 1024];
+    // The end of the last data written: short of the size, the file ends in a hole that
+    // only `set_len` makes (a syscall most files do without).
+    let mut data_end = 0;
     let size = match &meta.sparse {
         Some((logical, segments)) => {
             for &(offset, len) in segments {
-                let written =
-                    write_run(path, &file, &mut data.by_ref().take(len), offset, &mut buf)?;
+                let (written, end) =
+                    write_run(path, &file, &mut data.by_ref().take(len), offset, buf)?;
+                data_end = data_end.max(end);
                 if written != len {
                     return Err(Failure::Read(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -607,23 +628,48 @@ fn write_file(path: &Path, data: &mut impl Read, meta: &Meta) -> Result<(), Fail
             }
             *logical
         }
-        None => write_run(path, &file, data, 0, &mut buf)?,
+        None => {
+            let (written, end) = write_run(path, &file, data, 0, buf)?;
+            data_end = end;
+            written
+        }
     };
-    file.set_len(size).map_err(io_err)?;
+    if data_end != size {
+        file.set_len(size).map_err(io_err)?;
+    }
+    if data_end >= START_WRITEBACK {
+        start_writeback(&file);
+    }
     finish_fd(&file, meta).map_err(io_err)
 }
 
+/// Files of at least this much data have their writeback started as soon as they are
+/// written (see [`start_writeback`]).
+const START_WRITEBACK: u64 = 256 * 1024;
+
+/// Starts writing the file's dirty pages to disk without waiting for it: the restore's
+/// final sync then finds most of the data there already, its I/O having overlapped the
+/// extraction (on a large machine the kernel would otherwise hold it all until the sync).
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor we own; its failure only loses the hint.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
 /// Copies `data` to `file` from `base` on, leaving zero blocks as holes; returns the bytes
-/// read.
+/// read and the end of the last data written (`base` if none was).
 fn write_run(
     path: &Path,
     file: &File,
     data: &mut impl Read,
     base: u64,
     buf: &mut [u8],
-) -> Result<u64, Failure> {
+) -> Result<(u64, u64), Failure> {
     const BLOCK: usize = 4096;
     let mut offset = base;
+    let mut data_end = base;
     loop {
         let n = match data.read(buf) {
             Ok(0) => break,
@@ -650,11 +696,12 @@ fn write_run(
             }
             file.write_all_at(&chunk[start..run_end], offset + start as u64)
                 .map_err(|e| Failure::Io(path.to_path_buf(), e))?;
+            data_end = offset + run_end as u64;
             start = run_end;
         }
         offset += n as u64;
     }
-    Ok(offset - base)
+    Ok((offset - base, data_end))
 }
 
 fn finish_fd(file: &File, meta: &Meta) -> io::Result<()> {

@@ -55,17 +55,26 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// A member (raw, then inflated) with its place in the archive.
-type Numbered = (u64, io::Result<Vec<u8>>);
+/// One member in flight, with its place in the archive. Slots circulate (reader →
+/// worker → consumer → reader) and keep their buffers: allocating two fresh megabytes per
+/// member made the kernel fault in and zero every page of them, a large share of a
+/// restore's time.
+struct Slot {
+    seq: u64,
+    packed: Vec<u8>,
+    raw: Vec<u8>,
+    /// Why this member cannot be read; the stream ends with it.
+    error: Option<io::Error>,
+}
 
 pub struct ParallelInflate {
-    done: Receiver<Numbered>,
-    pending: BTreeMap<u64, io::Result<Vec<u8>>>,
+    done: Receiver<Slot>,
+    pending: BTreeMap<u64, Slot>,
     next: u64,
-    current: Vec<u8>,
+    current: Option<Slot>,
     pos: usize,
-    /// Returns a permit per consumed member, bounding members in flight.
-    permits: SyncSender<()>,
+    /// Consumed slots go back to the reader, which bounds the members in flight.
+    recycle: SyncSender<Slot>,
     finished: bool,
 }
 
@@ -73,12 +82,18 @@ impl ParallelInflate {
     fn new(file: File, threads: usize) -> ParallelInflate {
         let threads = threads.max(1);
         let in_flight = threads * 2 + 2;
-        let (permit_tx, permit_rx) = sync_channel::<()>(in_flight);
+        let (recycle, free) = sync_channel::<Slot>(in_flight);
         for _ in 0..in_flight {
-            permit_tx.send(()).expect("room for every permit");
+            let slot = Slot {
+                seq: 0,
+                packed: Vec::new(),
+                raw: Vec::new(),
+                error: None,
+            };
+            recycle.send(slot).expect("room for every slot");
         }
-        let (work_tx, work_rx) = sync_channel::<Numbered>(in_flight);
-        let (done_tx, done) = sync_channel::<Numbered>(in_flight);
+        let (work_tx, work_rx) = sync_channel::<Slot>(in_flight);
+        let (done_tx, done) = sync_channel::<Slot>(in_flight);
         let work_rx = Arc::new(Mutex::new(work_rx));
         for i in 0..threads {
             let (work_rx, done_tx) = (Arc::clone(&work_rx), done_tx.clone());
@@ -89,30 +104,32 @@ impl ParallelInflate {
         }
         thread::Builder::new()
             .name("appsnap-inflate-reader".into())
-            .spawn(move || split_members(file, &work_tx, &permit_rx))
+            .spawn(move || split_members(file, &work_tx, &free))
             .expect("spawn member reader");
         ParallelInflate {
             done,
             pending: BTreeMap::new(),
             next: 0,
-            current: Vec::new(),
+            current: None,
             pos: 0,
-            permits: permit_tx,
+            recycle,
             finished: false,
         }
     }
 
-    /// The next member's bytes in order; `None` at the end of the archive.
-    fn next_member(&mut self) -> io::Result<Option<Vec<u8>>> {
+    /// The next member in order; `None` at the end of the archive.
+    fn next_member(&mut self) -> io::Result<Option<Slot>> {
         loop {
-            if let Some(result) = self.pending.remove(&self.next) {
+            if let Some(mut slot) = self.pending.remove(&self.next) {
                 self.next += 1;
-                let _ = self.permits.send(());
-                return result.map(Some);
+                if let Some(e) = slot.error.take() {
+                    return Err(e);
+                }
+                return Ok(Some(slot));
             }
             match self.done.recv() {
-                Ok((seq, result)) => {
-                    self.pending.insert(seq, result);
+                Ok(slot) => {
+                    self.pending.insert(slot.seq, slot);
                 }
                 // All senders gone and nothing pending for `next`: the end.
                 Err(_) => return Ok(None),
@@ -123,13 +140,20 @@ impl ParallelInflate {
 
 impl Read for ParallelInflate {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
+        while self
+            .current
+            .as_ref()
+            .is_none_or(|c| self.pos == c.raw.len())
+        {
+            if let Some(used) = self.current.take() {
+                let _ = self.recycle.send(used);
+            }
             if self.finished {
                 return Ok(0);
             }
             match self.next_member()? {
-                Some(bytes) => {
-                    self.current = bytes;
+                Some(slot) => {
+                    self.current = Some(slot);
                     self.pos = 0;
                 }
                 None => {
@@ -138,25 +162,24 @@ impl Read for ParallelInflate {
                 }
             }
         }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        let raw = &self.current.as_ref().expect("a member is current").raw;
+        let n = buf.len().min(raw.len() - self.pos);
+        buf[..n].copy_from_slice(&raw[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
     }
 }
 
-/// Reads whole members off the file, one permit each. A malformed member ends the
+/// Reads whole members off the file, each into a free slot. A malformed member ends the
 /// stream with an error in its place.
-fn split_members(mut file: File, work: &SyncSender<Numbered>, permits: &Receiver<()>) {
+fn split_members(mut file: File, work: &SyncSender<Slot>, free: &Receiver<Slot>) {
     let corrupt = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
     let mut seq = 0;
     let mut offset = 0u64;
     loop {
-        if permits.recv().is_err() {
-            return;
-        }
+        let Ok(mut slot) = free.recv() else { return };
         let mut head = [0u8; HEADER_LEN];
-        let member = match read_full(&mut file, &mut head) {
+        let read = match read_full(&mut file, &mut head) {
             Ok(0) => return,
             Ok(n) if n < HEADER_LEN => {
                 Err(corrupt(format!("truncated gzip header at byte {offset}")))
@@ -165,10 +188,11 @@ fn split_members(mut file: File, work: &SyncSender<Numbered>, permits: &Receiver
                 Some(len)
                     if len >= HEADER_LEN + TRAILER_LEN && len - HEADER_LEN <= MAX_MEMBER_PACKED =>
                 {
-                    let mut member = vec![0; len];
-                    member[..HEADER_LEN].copy_from_slice(&head);
-                    match read_full(&mut file, &mut member[HEADER_LEN..]) {
-                        Ok(n) if n == len - HEADER_LEN => Ok(member),
+                    slot.packed.clear();
+                    slot.packed.resize(len, 0);
+                    slot.packed[..HEADER_LEN].copy_from_slice(&head);
+                    match read_full(&mut file, &mut slot.packed[HEADER_LEN..]) {
+                        Ok(n) if n == len - HEADER_LEN => Ok(()),
                         Ok(_) => Err(corrupt(format!(
                             "archive truncated inside the member at byte {offset}"
                         ))),
@@ -183,48 +207,48 @@ fn split_members(mut file: File, work: &SyncSender<Numbered>, permits: &Receiver
             },
             Err(e) => Err(e),
         };
-        let failed = member.is_err();
-        if let Ok(m) = &member {
-            offset += m.len() as u64;
-        }
-        if work.send((seq, member)).is_err() || failed {
+        slot.seq = seq;
+        slot.error = read.err();
+        let failed = slot.error.is_some();
+        offset += slot.packed.len() as u64;
+        if work.send(slot).is_err() || failed {
             return;
         }
         seq += 1;
     }
 }
 
-fn inflate_worker(work: &Mutex<Receiver<Numbered>>, done: &SyncSender<Numbered>) {
+fn inflate_worker(work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
     let mut decompressor = Decompressor::new();
     loop {
         let next = work.lock().map(|rx| rx.recv());
-        let Ok(Ok((seq, member))) = next else { return };
-        let result = member.and_then(|m| {
-            let isize = u32::from_le_bytes(m[m.len() - 4..].try_into().expect("4 bytes")) as usize;
-            if isize > MAX_MEMBER_RAW {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "a gzip member inflating to {isize} bytes (appsnap writes at most \
-                         {MAX_MEMBER_RAW})"
-                    ),
-                ));
-            }
-            let mut out = vec![0; isize];
-            match decompressor.gzip_decompress(&m, &mut out) {
-                Ok(n) if n == isize => Ok(out),
-                Ok(_) => Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "gzip member length mismatch",
-                )),
-                Err(e) => Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("corrupt gzip member ({e:?})"),
-                )),
-            }
-        });
-        if done.send((seq, result)).is_err() {
+        let Ok(Ok(mut slot)) = next else { return };
+        if slot.error.is_none()
+            && let Err(e) = inflate(&mut decompressor, &slot.packed, &mut slot.raw)
+        {
+            slot.error = Some(e);
+        }
+        if done.send(slot).is_err() {
             return;
         }
+    }
+}
+
+/// Inflates one whole member into `out` (resized to what its trailer announces).
+fn inflate(decompressor: &mut Decompressor, member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
+    let isize =
+        u32::from_le_bytes(member[member.len() - 4..].try_into().expect("4 bytes")) as usize;
+    if isize > MAX_MEMBER_RAW {
+        return Err(invalid(format!(
+            "a gzip member inflating to {isize} bytes (appsnap writes at most {MAX_MEMBER_RAW})"
+        )));
+    }
+    out.clear();
+    out.resize(isize, 0);
+    match decompressor.gzip_decompress(member, out) {
+        Ok(n) if n == isize => Ok(()),
+        Ok(_) => Err(invalid("gzip member length mismatch".into())),
+        Err(e) => Err(invalid(format!("corrupt gzip member ({e:?})"))),
     }
 }
