@@ -143,6 +143,8 @@ struct Restore {
     rss: u64,
     /// The removal of the replaced data, after the answer (not in `secs`).
     cleanup: f64,
+    /// From the call to the job's creation (finding the app, taking its lock).
+    accepting: f64,
 }
 
 /// Prints the median time of each step, in the order the runs met them.
@@ -267,11 +269,12 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
         if tool == 0 {
             reset_peak();
             let t = Instant::now();
-            let (steps, secs, cleanup) = rt.block_on(async {
+            let (steps, secs, cleanup, accepting) = rt.block_on(async {
                 let started = manager
                     .start_restore_from(&app.project, &id, None)
                     .await
                     .expect("restore starts");
+                let accepting = t.elapsed().as_secs_f64();
                 let steps = tokio::spawn(steps_of(started.job.clone()));
                 started.done.await.unwrap().expect("restore");
                 let secs = t.elapsed().as_secs_f64();
@@ -279,13 +282,19 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
                 // but before the next run, whose cold start it would disturb.
                 let c = Instant::now();
                 manager.cleanups_finished().await;
-                (steps.await.unwrap(), secs, c.elapsed().as_secs_f64())
+                (
+                    steps.await.unwrap(),
+                    secs,
+                    c.elapsed().as_secs_f64(),
+                    accepting,
+                )
             });
             let r = Restore {
                 secs,
                 steps,
                 rss: peak_rss(),
                 cleanup,
+                accepting,
             };
             eprintln!("  run {run} appsnap restore: {:.2}s", r.secs);
             ours.push(r);
@@ -321,6 +330,10 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
                 secs
             })
             .collect(),
+    );
+    println!(
+        "  (before the job) accepting        {:>7.2}",
+        median(ours.iter().map(|r| r.accepting).collect())
     );
     print_steps(
         "restore",
