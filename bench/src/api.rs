@@ -171,7 +171,8 @@ fn step_median(runs: &[&Steps], name: &str) -> f64 {
                 r.iter()
                     .filter(|(s, _)| s == name)
                     .map(|(_, d)| d.as_secs_f64())
-                    .sum()
+                    // Not `sum()`: an empty float sum is -0.0.
+                    .fold(0.0, |a, b| a + b)
             })
             .collect(),
     )

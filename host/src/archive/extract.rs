@@ -638,25 +638,15 @@ fn write_file(
         file.set_len(size).map_err(io_err)?;
     }
     if data_end >= START_WRITEBACK {
-        start_writeback(&file);
+        // The restore's final sync then finds most of the data on disk already.
+        super::start_writeback(&file, 0, 0);
     }
     finish_fd(&file, meta).map_err(io_err)
 }
 
 /// Files of at least this much data have their writeback started as soon as they are
-/// written (see [`start_writeback`]).
+/// written (see [`super::start_writeback`]).
 const START_WRITEBACK: u64 = 256 * 1024;
-
-/// Starts writing the file's dirty pages to disk without waiting for it: the restore's
-/// final sync then finds most of the data there already, its I/O having overlapped the
-/// extraction (on a large machine the kernel would otherwise hold it all until the sync).
-fn start_writeback(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on a descriptor we own; its failure only loses the hint.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
 
 /// Copies `data` to `file` from `base` on, leaving zero blocks as holes; returns the bytes
 /// read and the end of the last data written (`base` if none was).
