@@ -11,7 +11,8 @@
 //!   components, bindings); the decisions are applied in `manager`.
 //! - [`docker`]: apps are compose projects; finds their mounts, stops/starts containers,
 //!   runs hooks (bollard).
-//! - [`archive`]: the `.tar.gz` itself — filesystem walk, tar headers, parallel gzip.
+//! - [`archive`]: the `.tar.gz` itself — filesystem walk (and its read-ahead), tar
+//!   headers, parallel gzip, parallel inflate, safe extraction.
 //! - [`offsite`]: copies in restic-format repositories (S3, paths, OpenDAL) via rustic_core.
 //! - [`catalog`]: `snapshots.json`, written atomically, rebuildable from the archives.
 //! - [`model`]: what those three share — `Mount`, `Source`, a file's sha256.
