@@ -113,6 +113,27 @@ pub struct Checked {
     pub stored: Vec<u64>,
 }
 
+impl Checked {
+    /// What a full verify of the file whose sha256 is `sha256` saw.
+    pub fn of(sha256: String, v: &archive::Verified) -> Checked {
+        Checked {
+            sha256,
+            tar_bytes: v.tar_bytes,
+            entries: v.entries,
+            stored: v.stored.clone(),
+        }
+    }
+
+    /// What a full verify would see again (the file still having that sha256).
+    pub fn verified(&self) -> archive::Verified {
+        archive::Verified {
+            entries: self.entries,
+            tar_bytes: self.tar_bytes,
+            stored: self.stored.clone(),
+        }
+    }
+}
+
 impl Snapshot {
     /// What the structural check recorded, if it holds for the recorded sha256.
     pub fn checked(&self) -> Option<&Checked> {

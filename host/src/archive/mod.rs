@@ -336,6 +336,21 @@ pub struct Verified {
     pub stored: Vec<u64>,
 }
 
+/// The archive file's sha256 must be `recorded`.
+pub fn check_sha256(path: &Path, recorded: &str) -> Result<(), ArchiveError> {
+    let (actual, _) = crate::model::sha256_file(path).map_err(|source| ArchiveError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if actual != recorded {
+        return Err(ArchiveError::Checksum {
+            recorded: recorded.to_string(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
 /// Checks an archive without writing anything: its sha256 against `sha256` (when given),
 /// then a full read of every member and entry under the same rules as a restore.
 pub fn verify(
@@ -347,16 +362,7 @@ pub fn verify(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Verified, ArchiveError> {
     if let Some(recorded) = sha256 {
-        let (actual, _) = crate::model::sha256_file(path).map_err(|source| ArchiveError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if actual != recorded {
-            return Err(ArchiveError::Checksum {
-                recorded: recorded.to_string(),
-                actual,
-            });
-        }
+        check_sha256(path, recorded)?;
     }
     let stream = read::open_tar_stream(path, threads).map_err(|source| ArchiveError::Read {
         path: path.to_path_buf(),

@@ -146,12 +146,7 @@ impl BackupManager {
                 )));
             }
         }
-        let checked = crate::catalog::Checked {
-            sha256: snapshot.sha256.clone(),
-            tar_bytes: verified.tar_bytes,
-            entries: verified.entries,
-            stored: verified.stored.clone(),
-        };
+        let checked = crate::catalog::Checked::of(snapshot.sha256.clone(), &verified);
         if snapshot.checked() != Some(&checked)
             && let Err(e) = self.update_record(&snapshot.snapshot_id, |s| {
                 if s.sha256 == checked.sha256 {
@@ -172,33 +167,13 @@ impl BackupManager {
         snapshot: &Snapshot,
         checked: &crate::catalog::Checked,
     ) -> Result<Verified, ManagerError> {
-        let path = PathBuf::from(&snapshot.file_path);
-        let hashed = tokio::task::spawn_blocking(move || crate::model::sha256_file(&path))
+        let (path, sha) = (PathBuf::from(&snapshot.file_path), checked.sha256.clone());
+        tokio::task::spawn_blocking(move || archive::check_sha256(&path, &sha))
             .await
-            .map_err(|e| ManagerError::Corrupt(format!("checksum task: {e}")))?;
-        let actual = hashed.map_err(|source| {
-            ManagerError::Corrupt(
-                archive::ArchiveError::Read {
-                    path: PathBuf::from(&snapshot.file_path),
-                    source,
-                }
-                .to_string(),
-            )
-        })?;
-        if actual.0 != checked.sha256 {
-            return Err(ManagerError::Corrupt(
-                archive::ArchiveError::Checksum {
-                    recorded: checked.sha256.clone(),
-                    actual: actual.0,
-                }
-                .to_string(),
-            ));
-        }
-        Ok(Verified {
-            entries: checked.entries,
-            tar_bytes: checked.tar_bytes,
-            stored: checked.stored.clone(),
-        })
+            .map_err(|e| ManagerError::Corrupt(format!("checksum task: {e}")))?
+            // Unreadable or changed, the file is unusable (as `verify_file` says it).
+            .map_err(|e| ManagerError::Corrupt(e.to_string()))?;
+        Ok(checked.verified())
     }
 
     /// Streams an upload into the backup root, verifies it and lists it under the app it
@@ -358,12 +333,7 @@ impl BackupManager {
             tar_sha256: how.tar_sha256,
             locations: Vec::new(),
             copies: how.copies,
-            checked: Some(crate::catalog::Checked {
-                sha256: snapshot_sha.clone(),
-                tar_bytes: verified.tar_bytes,
-                entries: verified.entries,
-                stored: verified.stored,
-            }),
+            checked: Some(crate::catalog::Checked::of(snapshot_sha, &verified)),
         };
         let mut catalog = self.catalog.lock().expect("catalog lock");
         let exists = catalog.contains(&snapshot.snapshot_id) || final_path.exists();
