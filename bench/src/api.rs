@@ -178,7 +178,8 @@ fn step_median(runs: &[&Steps], name: &str) -> f64 {
     )
 }
 
-pub fn run(dir: &Path, size: u64, runs: usize) {
+/// `backup_only`: stops after the backups (for quick work on the backup path).
+pub fn run(dir: &Path, size: u64, runs: usize, backup_only: bool) {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir.join("peer")).unwrap();
     let app = App::create();
@@ -258,6 +259,10 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
         human(ours.iter().map(|b| b.rss).max().unwrap_or(0))
     );
     print_steps("backup", &ours.iter().map(|b| &b.steps).collect::<Vec<_>>());
+
+    if backup_only {
+        return end(manager, rt, app, dir);
+    }
 
     // Restores of the kept snapshot, against pigz -dc | tar -x && sync into an empty
     // folder (the peer's tree is removed and synced before the next run starts).
@@ -352,6 +357,11 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
         peer / (total - settle),
         human(ours.iter().map(|r| r.rss).max().unwrap_or(0))
     );
+    end(manager, rt, app, dir);
+}
+
+/// Removes the app, then the bench's folder (kept with `APPSNAP_BENCH_KEEP`).
+fn end(manager: std::sync::Arc<BackupManager>, rt: tokio::runtime::Runtime, app: App, dir: &Path) {
     drop(manager);
     drop(rt);
     drop(app);

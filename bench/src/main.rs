@@ -89,11 +89,18 @@ fn main() {
     let mut levels = vec![3u32];
     let mut offsite_runs = None;
     let mut api = false;
+    let mut backup_only = false;
+    let mut generate_only = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--offsite" => offsite_runs = Some(3),
             "--api" => api = true,
+            "--backup-only" => backup_only = true,
+            // Only writes the tree (for timing `appsnap pack` by hand, cold or warm).
+            "--generate" => {
+                generate_only = Some(PathBuf::from(args.next().expect("--generate PATH")))
+            }
             "--runs" => {
                 offsite_runs = Some(args.next().expect("--runs N").parse().expect("a number"))
             }
@@ -110,12 +117,17 @@ fn main() {
             _ => panic!(
                 "usage: appsnap-bench [--size 2G] [--dir PATH] [--levels 6[,4…]] \
                  | --offsite [--runs 3] [--size 2G] [--dir PATH] \
-                 | --api [--runs 3] [--size 1G] [--dir PATH]"
+                 | --api [--runs 3] [--size 1G] [--dir PATH] [--backup-only] \
+                 | --generate PATH [--size 1G]"
             ),
         }
     }
+    if let Some(root) = generate_only {
+        let data = generate(&root, size);
+        return println!("generated {} at {}", human(data), root.display());
+    }
     if api {
-        return api::run(&dir, size, offsite_runs.unwrap_or(3));
+        return api::run(&dir, size, offsite_runs.unwrap_or(3), backup_only);
     }
     if let Some(runs) = offsite_runs {
         return offsite::run(&dir, size, runs);
