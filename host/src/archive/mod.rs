@@ -148,6 +148,26 @@ pub struct Summary {
     pub warnings: Vec<String>,
 }
 
+/// The directories `skip_dirs` names, as `(dev, ino)`: what the walks compare.
+fn skipped(skip_dirs: &[PathBuf]) -> Vec<(u64, u64)> {
+    skip_dirs
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect()
+}
+
+/// Starts reading `sources` ahead of their archive ([`prefetch`]), for
+/// [`write_reading_ahead`]. A backup starts it before it stops the app, so that the disk
+/// already works while the containers shut down and the hooks run: reading early is
+/// safe, the page cache always holds a file's latest data.
+pub fn read_ahead(sources: &[Source], opts: &Options) -> prefetch::Prefetch {
+    prefetch::Prefetch::start(
+        sources.iter().map(|s| s.path.clone()).collect(),
+        skipped(&opts.skip_dirs),
+    )
+}
+
 /// Writes the archive for `sources` into `out` (blocking; run it off the async runtime).
 /// `progress` is called with the bytes of tar stream produced so far. The caller owns
 /// fsync and rename: this only writes and flushes.
@@ -158,16 +178,20 @@ pub fn write(
     opts: &Options,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Summary, File), ArchiveError> {
-    let skip: Vec<(u64, u64)> = opts
-        .skip_dirs
-        .iter()
-        .filter_map(|p| fs::metadata(p).ok())
-        .map(|m| (m.dev(), m.ino()))
-        .collect();
-    let prefetch = prefetch::Prefetch::start(
-        sources.iter().map(|s| s.path.clone()).collect(),
-        skip.clone(),
-    );
+    let ahead = read_ahead(sources, opts);
+    write_reading_ahead(out, metadata_json, sources, opts, progress, &ahead)
+}
+
+/// [`write`], with a read-ahead of the same `sources` already started ([`read_ahead`]).
+pub fn write_reading_ahead(
+    out: File,
+    metadata_json: &[u8],
+    sources: &[Source],
+    opts: &Options,
+    progress: &(dyn Fn(u64) + Sync),
+    prefetch: &prefetch::Prefetch,
+) -> Result<(Summary, File), ArchiveError> {
+    let skip = skipped(&opts.skip_dirs);
     let progress = &|bytes| {
         prefetch.consumed(bytes);
         progress(bytes)

@@ -3,11 +3,14 @@
 //! 2. run `appsnap.pre-backup` hooks in running containers (failure: nothing was touched);
 //! 3. in `stop` mode (the default): write a journal naming the running containers, then
 //!    stop them, so a crash of appsnap cannot leave an app down (see [`recover_backup`]);
-//! 4. archive into `.{id}.tar.gz.partial` on a blocking thread, with progress;
+//! 4. archive into `.{id}.tar.gz.partial` on a blocking thread, with progress (its
+//!    read-ahead starts before step 2, so the disk works while hooks run and containers
+//!    stop);
 //! 5. start the stopped containers again, whatever step 4 did, and drop the journal;
+//!    the archive's fsync runs meanwhile (all the data is read by then);
 //! 6. run `appsnap.post-backup` hooks;
-//! 7. fsync, rename to `{id}.tar.gz`, add to the catalog: only a complete, checksummed
-//!    archive is ever listed.
+//! 7. wait for that fsync, rename to `{id}.tar.gz`, add to the catalog: only a complete,
+//!    checksummed archive is ever listed.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -130,6 +133,16 @@ impl BackupManager {
         let meta_json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
 
         let sources = app.sources();
+        let opts = archive::Options {
+            level: self.config.compression_level,
+            threads: self.config.threads(),
+            skip_dirs: vec![self.config.backup_root.clone()],
+            cancel: Some(self.new_cancel()),
+            ..archive::Options::default()
+        };
+        // From here on the disk reads what the archive needs, while the hooks run and the
+        // containers stop: the app is down for less time.
+        let ahead = archive::read_ahead(&sources, &opts);
         let estimate_sources = sources.clone();
         let estimating = tokio::task::spawn_blocking(move || archive::estimate(&estimate_sources));
         let evict = if self
@@ -191,13 +204,6 @@ impl BackupManager {
         }
 
         job.step("archiving");
-        let opts = archive::Options {
-            level: self.config.compression_level,
-            threads: self.config.threads(),
-            skip_dirs: vec![self.config.backup_root.clone()],
-            cancel: Some(self.new_cancel()),
-            ..archive::Options::default()
-        };
         let (progress_job, partial2) = (job.clone(), partial.clone());
         let archived = tokio::task::spawn_blocking(move || {
             let file = OpenOptions::new()
@@ -206,17 +212,28 @@ impl BackupManager {
                 .mode(0o600)
                 .open(&partial2)
                 .map_err(ArchiveError::Output)?;
-            let (summary, file) = archive::write(file, &meta_json, &sources, &opts, &|b| {
-                progress_job.progress(b)
-            })?;
-            file.sync_all().map_err(ArchiveError::Output)?;
-            Ok::<_, ArchiveError>(summary)
+            let written = archive::write_reading_ahead(
+                file,
+                &meta_json,
+                &sources,
+                &opts,
+                &|b| progress_job.progress(b),
+                &ahead,
+            );
+            drop(ahead);
+            written
         })
         .await
         .unwrap_or_else(|e| {
             Err(ArchiveError::Output(io::Error::other(format!(
                 "archive task: {e}"
             ))))
+        });
+        // Everything is read: the app may run again while the archive reaches the disk.
+        let synced = tokio::task::spawn_blocking(move || {
+            let (summary, file) = archived?;
+            file.sync_all().map_err(ArchiveError::Output)?;
+            Ok::<_, ArchiveError>(summary)
         });
 
         crash_point("backup.archived");
@@ -235,14 +252,19 @@ impl BackupManager {
             }
         }
 
-        let summary = match archived {
+        job.step("saving");
+        let synced = synced.await.unwrap_or_else(|e| {
+            Err(ArchiveError::Output(io::Error::other(format!(
+                "archive sync task: {e}"
+            ))))
+        });
+        let summary = match synced {
             Ok(s) => s,
             Err(e) => {
                 let _ = fs::remove_file(&partial);
                 return Err(e.into());
             }
         };
-        job.step("saving");
         let commit = || -> io::Result<()> {
             fs::rename(&partial, &final_path)?;
             File::open(&dir)?.sync_all()
