@@ -18,6 +18,7 @@ use std::thread;
 use libdeflater::Decompressor;
 
 use super::gzip::{HEADER_LEN, TRAILER_LEN, member_len};
+use crate::model::read_full;
 
 /// An appsnap member never holds more than a chunk (1 MiB); anything claiming more than
 /// this is refused before its buffer is allocated, so the members in flight bound memory.
@@ -40,19 +41,6 @@ pub fn open_tar_stream(path: &Path, threads: usize) -> io::Result<Box<dyn Read +
             file,
         ))))
     }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// One member in flight, with its place in the archive. Slots circulate (reader →
