@@ -440,10 +440,10 @@ fn xattrs_of(file: &File) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
-/// One object of the walk: an `O_PATH` descriptor (opened beneath its parent's, never
-/// following a link), its `fstat`, and its path — for messages only, never reopened.
-/// A file or directory opened `O_PATH | O_NOFOLLOW`, with its `fstat`: everything done
-/// to it goes through this descriptor (also used by the read-ahead, `super::prefetch`).
+/// One object of the walk: an `O_PATH | O_NOFOLLOW` descriptor (opened beneath its
+/// parent's, never following a link), its `fstat`, and its path — for messages only,
+/// never reopened. Everything done to it goes through the descriptor (the read-ahead,
+/// `super::prefetch`, walks the same way).
 pub(super) struct Node {
     fd: File,
     pub(super) meta: Metadata,
