@@ -8,6 +8,12 @@
 //! this project's machine, 1 GiB of app data in 58,000 files: `tar | cat` from a cold
 //! cache took 11.6–15.2 s alone and 4.1 s beside such a walk.
 //!
+//! The hints go out in batches (a few dozen files, back to back): the disk's queue then
+//! fills in one go and the block layer hands it over with one notification, where a hint
+//! per file between two opens cost one notification (a VM exit on a virtual disk) and
+//! one interrupt per file. Measured on this project's machine, reading 60,491 small files
+//! cold beside such a walk: 2.4–2.8 s of CPU one by one, 1.7–1.9 s in batches of 64.
+//!
 //! It only gives hints. It opens files the way the writer does (`O_PATH | O_NOFOLLOW`
 //! relative to the parent's descriptor, `fstat`, then a reopen of that very inode), so a
 //! path swapped for a symlink or a device node is never followed or opened; it never
@@ -28,6 +34,10 @@ use super::walk::Node;
 /// How far ahead of the writer, in bytes of file data: enough to keep the disk's queue
 /// full, little enough that what is read ahead is still cached when the writer comes.
 const WINDOW: u64 = 128 << 20;
+/// Files opened before their hints go out together, and the bytes that also send them
+/// (a large file needs no company to keep the disk busy).
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: u64 = 4 << 20;
 
 /// The running read-ahead; dropping it stops the thread.
 pub struct Prefetch {
@@ -57,6 +67,8 @@ impl Prefetch {
             shared: Arc::clone(&shared),
             skip,
             advised: 0,
+            batch: Vec::with_capacity(BATCH_FILES),
+            batch_bytes: 0,
         };
         let thread = std::thread::Builder::new()
             .name("appsnap-prefetch".into())
@@ -88,6 +100,9 @@ struct Ahead {
     /// Bytes of file data advised so far (the writer's count includes headers, so this
     /// runs a little behind it, on the safe side).
     advised: u64,
+    /// Opened files whose hints have not gone out yet.
+    batch: Vec<fs::File>,
+    batch_bytes: u64,
 }
 
 impl Ahead {
@@ -103,6 +118,18 @@ impl Ahead {
                 return;
             }
         }
+        self.send_hints();
+    }
+
+    /// Asks the kernel to read every batched file, back to back, and closes them.
+    fn send_hints(&mut self) {
+        for file in self.batch.drain(..) {
+            // SAFETY: a plain syscall on a descriptor we own; a failure only loses a hint.
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
+            }
+        }
+        self.batch_bytes = 0;
     }
 
     /// Advises one node, or walks it if it is a directory; `false` once stopped.
@@ -113,9 +140,10 @@ impl Ahead {
                 return false;
             }
             if let Ok(file) = node.open_for_reading() {
-                // SAFETY: a plain syscall on a descriptor we own; a failure only loses a hint.
-                unsafe {
-                    libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
+                self.batch.push(file);
+                self.batch_bytes += meta.len();
+                if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+                    self.send_hints();
                 }
             }
             self.advised += meta.len();
@@ -143,7 +171,11 @@ impl Ahead {
     }
 
     /// Waits while the read-ahead is a window ahead of the writer; `false` once stopped.
-    fn wait_for_room(&self) -> bool {
+    fn wait_for_room(&mut self) -> bool {
+        if self.advised >= self.shared.consumed.load(Ordering::Relaxed) + WINDOW {
+            // The writer may be waiting for these very files.
+            self.send_hints();
+        }
         let mut guard = self.shared.lock.lock().expect("prefetch lock");
         loop {
             if self.shared.stop.load(Ordering::Relaxed) {
