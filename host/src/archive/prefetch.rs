@@ -139,14 +139,18 @@ impl Ahead {
             if !self.wait_for_room() {
                 return false;
             }
+            // What the archive will hold of it: a sparse file's holes are not read. Its
+            // apparent size (a 1 GiB disk image holding 32 KiB) would count as a window
+            // ahead of the writer for a long while and stop the read-ahead meanwhile.
+            let data = meta.len().min(meta.blocks() * 512);
             if let Ok(file) = node.open_for_reading() {
                 self.batch.push(file);
-                self.batch_bytes += meta.len();
+                self.batch_bytes += data;
                 if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
                     self.send_hints();
                 }
             }
-            self.advised += meta.len();
+            self.advised += data;
             return true;
         }
         if !meta.is_dir() || self.skip.contains(&(meta.dev(), meta.ino())) {
