@@ -55,12 +55,16 @@ pub struct Written {
     pub raw_sha256: [u8; 32],
 }
 
+/// What the writer thread returns: the members' length, their sha256, the output.
+type WriterResult<W> = io::Result<(u64, [u8; 32], W)>;
+
 /// The producer side of the pipeline: take a slot, fill `raw`, submit it.
 pub struct ParallelGzip<W> {
     pool: Receiver<Slot>,
     work: Option<SyncSender<Slot>>,
     workers: Vec<JoinHandle<()>>,
-    writer: Option<JoinHandle<io::Result<(Written, W)>>>,
+    writer: Option<JoinHandle<WriterResult<W>>>,
+    raw_hasher: Option<JoinHandle<[u8; 32]>>,
     next_seq: u64,
     pub chunk_size: usize,
 }
@@ -95,15 +99,22 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
             })
             .collect();
         drop(done_tx);
+        // The writer passes each written slot on to be hashed, and that thread frees it.
+        let (written_tx, written_rx) = sync_channel::<Slot>(slots);
+        let raw_hasher = thread::Builder::new()
+            .name("appsnap-gzip-hash".into())
+            .spawn(move || hash_raw(&written_rx, &pool_tx))
+            .expect("spawn gzip hasher");
         let writer = thread::Builder::new()
             .name("appsnap-gzip-writer".into())
-            .spawn(move || write_in_order(out, &done_rx, &pool_tx))
+            .spawn(move || write_in_order(out, &done_rx, &written_tx))
             .expect("spawn gzip writer");
         ParallelGzip {
             pool,
             work: Some(work_tx),
             workers,
             writer: Some(writer),
+            raw_hasher: Some(raw_hasher),
             next_seq: 0,
             chunk_size,
         }
@@ -132,10 +143,24 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        match self.writer.take().map(JoinHandle::join) {
+        let written = match self.writer.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             _ => Err(io::Error::other("gzip writer thread panicked")),
-        }
+        };
+        // It ends once the writer has (the writer holds its channel).
+        let raw_sha256 = match self.raw_hasher.take().map(JoinHandle::join) {
+            Some(Ok(sha)) => sha,
+            _ => return Err(io::Error::other("gzip hasher thread panicked")),
+        };
+        let (compressed_bytes, sha256, out) = written?;
+        Ok((
+            Written {
+                compressed_bytes,
+                sha256,
+                raw_sha256,
+            },
+            out,
+        ))
     }
 }
 
@@ -181,40 +206,44 @@ impl Deflater {
     }
 }
 
+/// Writes the members in order and hashes them. Each written slot goes on to
+/// [`hash_raw`].
 fn write_in_order<W: Write>(
     mut out: W,
     done: &Receiver<Slot>,
-    pool: &SyncSender<Slot>,
-) -> io::Result<(Written, W)> {
+    written: &SyncSender<Slot>,
+) -> WriterResult<W> {
     let mut pending = BTreeMap::new();
     let mut next = 0u64;
     let mut hash = Sha256::new();
-    // Hashed here rather than by the producer: this thread mostly waits on the disk.
-    let mut raw_hash = Sha256::new();
     let mut total = 0u64;
     while let Ok(slot) = done.recv() {
         pending.insert(slot.seq, slot);
-        while let Some(mut slot) = pending.remove(&next) {
-            // An error returns at once: dropping `done` and `pool` makes the workers and
-            // the producer stop at their next send or take.
+        while let Some(slot) = pending.remove(&next) {
+            // An error returns at once: dropping `done` and `written` makes the workers,
+            // the hasher and then the producer stop at their next send or take.
             out.write_all(&slot.packed)?;
             hash.update(&slot.packed);
-            raw_hash.update(&slot.raw);
             total += slot.packed.len() as u64;
             next += 1;
-            slot.raw.clear();
-            let _ = pool.send(slot);
+            let _ = written.send(slot);
         }
     }
     out.flush()?;
-    Ok((
-        Written {
-            compressed_bytes: total,
-            sha256: hash.finalize().into(),
-            raw_sha256: raw_hash.finalize().into(),
-        },
-        out,
-    ))
+    Ok((total, hash.finalize().into(), out))
+}
+
+/// Hashes the tar stream, slot after slot in the order written, and frees each slot.
+/// A thread of its own: where the data does not compress (media), the writer would
+/// otherwise hash every byte twice and hold the whole pipeline back.
+fn hash_raw(written: &Receiver<Slot>, pool: &SyncSender<Slot>) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for mut slot in written {
+        hash.update(&slot.raw);
+        slot.raw.clear();
+        let _ = pool.send(slot);
+    }
+    hash.finalize().into()
 }
 
 /// Compresses one chunk into complete gzip members appended to `out`: one member per run
