@@ -445,6 +445,11 @@ mod tests {
         let on_disk = std::fs::read(file.path()).unwrap();
         assert_eq!(written.compressed_bytes, on_disk.len() as u64);
         assert_eq!(written.sha256, <[u8; 32]>::from(Sha256::digest(&on_disk)));
+        // The tar stream's hash, taken on its own thread, covers every chunk in order.
+        assert_eq!(
+            written.raw_sha256,
+            <[u8; 32]>::from(Sha256::digest(&expect))
+        );
         assert_eq!(gunzip(&on_disk), expect);
     }
 
