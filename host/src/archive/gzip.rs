@@ -147,12 +147,13 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
             Some(Ok(result)) => result,
             _ => Err(io::Error::other("gzip writer thread panicked")),
         };
-        // It ends once the writer has (the writer holds its channel).
-        let raw_sha256 = match self.raw_hasher.take().map(JoinHandle::join) {
-            Some(Ok(sha)) => sha,
-            _ => return Err(io::Error::other("gzip hasher thread panicked")),
-        };
+        // It ends once the writer has (the writer holds its channel). The writer's error,
+        // if any, is the one to report (ENOSPC says more than a lost hash).
+        let raw_sha256 = self.raw_hasher.take().map(JoinHandle::join);
         let (compressed_bytes, sha256, out) = written?;
+        let Some(Ok(raw_sha256)) = raw_sha256 else {
+            return Err(io::Error::other("gzip hasher thread panicked"));
+        };
         Ok((
             Written {
                 compressed_bytes,

@@ -571,7 +571,7 @@ fn child_name(parent: &[u8], child: &OsStr) -> Vec<u8> {
 /// The data segments of a file with holes, from `SEEK_DATA`/`SEEK_HOLE`, so that a 100 MiB
 /// file holding 5 bytes is read as 4 KiB. `None` when the file has no hole after all or
 /// the filesystem cannot say.
-fn data_segments(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
+pub(super) fn data_segments(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
     use std::os::fd::AsFd;
     let fd = file.as_fd();
     let mut segments = Vec::new();
