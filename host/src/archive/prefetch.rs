@@ -42,7 +42,7 @@ const BATCH_BYTES: u64 = 4 << 20;
 /// The running read-ahead; dropping it stops the thread.
 pub struct Prefetch {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Option<u64>>>,
 }
 
 struct Shared {
@@ -77,6 +77,12 @@ impl Prefetch {
         Prefetch { shared, thread }
     }
 
+    /// Waits for the walk to end by itself (no writer needed); what [`Ahead::run`] returns.
+    #[cfg(test)]
+    fn into_walked(mut self) -> Option<u64> {
+        self.thread.take()?.join().ok()?
+    }
+
     /// The writer has produced `bytes` of tar stream so far.
     pub fn consumed(&self, bytes: u64) {
         self.shared.consumed.store(bytes, Ordering::Relaxed);
@@ -106,7 +112,8 @@ struct Ahead {
 }
 
 impl Ahead {
-    fn run(mut self, sources: &[PathBuf]) {
+    /// Walks every source; the bytes of data it advised, or `None` once stopped.
+    fn run(mut self, sources: &[PathBuf]) -> Option<u64> {
         for source in sources {
             let opened = fs::OpenOptions::new()
                 .read(true)
@@ -115,10 +122,11 @@ impl Ahead {
             if let Ok(node) = opened.and_then(|fd| Node::new(fd, source.clone()))
                 && !self.visit(node)
             {
-                return;
+                return None;
             }
         }
         self.send_hints();
+        Some(self.advised)
     }
 
     /// Asks the kernel to read every batched file, back to back, and closes them.
@@ -206,5 +214,29 @@ impl Ahead {
                 .expect("prefetch lock")
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn a_sparse_file_counts_by_its_data_and_does_not_stop_the_read_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = fs::File::create(dir.path().join("a.img")).unwrap();
+        image.set_len(4 << 30).unwrap();
+        image.write_at(&[1; 4096], 1 << 30).unwrap();
+        fs::write(dir.path().join("b.txt"), vec![7u8; 10_000]).unwrap();
+        let prefetch = Prefetch::start(vec![dir.path().to_path_buf()], Vec::new());
+        // No writer reports progress here: counted by its apparent size, the image would
+        // put the read-ahead 4 GiB past its window, and it would wait there for good.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(prefetch.into_walked()));
+        let walked = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the read-ahead went on past the sparse file");
+        assert_eq!(walked, Some(4096 + 10_000));
     }
 }
