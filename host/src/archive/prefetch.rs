@@ -152,12 +152,8 @@ impl Ahead {
                 // file's holes are not read. Its apparent size (a 1 GiB disk image holding
                 // 32 KiB) would count as a window ahead of the writer for a long while and
                 // stop the read-ahead meanwhile.
-                let len = meta.len();
-                let data = if meta.blocks() * 512 < len {
-                    data_segments(&file, len).map_or(len, |segs| segs.iter().map(|s| s.1).sum())
-                } else {
-                    len
-                };
+                let data = data_segments(&file, meta)
+                    .map_or(meta.len(), |segs| segs.iter().map(|s| s.1).sum());
                 self.batch.push(file);
                 self.batch_bytes += data;
                 self.advised += data;

@@ -360,11 +360,7 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
             }
         };
         let size = meta.len();
-        let segments = if meta.blocks() * 512 < size {
-            data_segments(&file, size)
-        } else {
-            None
-        };
+        let segments = data_segments(&file, &meta);
         entry.size = match &segments {
             Some(segs) => segs.iter().map(|s| s.1).sum(),
             None => size,
@@ -569,10 +565,16 @@ fn child_name(parent: &[u8], child: &OsStr) -> Vec<u8> {
 }
 
 /// The data segments of a file with holes, from `SEEK_DATA`/`SEEK_HOLE`, so that a 100 MiB
-/// file holding 5 bytes is read as 4 KiB. `None` when the file has no hole after all or
-/// the filesystem cannot say.
-pub(super) fn data_segments(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
+/// file holding 5 bytes is read as 4 KiB. `None` when its blocks cover its length (no
+/// hole: asked without a syscall), when it has no hole after all, or when the filesystem
+/// cannot say. `meta` is the file's `fstat`. The writer and the read-ahead both use it,
+/// so the read-ahead counts what the writer will read.
+pub(super) fn data_segments(file: &File, meta: &Metadata) -> Option<Vec<(u64, u64)>> {
     use std::os::fd::AsFd;
+    let size = meta.len();
+    if meta.blocks() * 512 >= size {
+        return None;
+    }
     let fd = file.as_fd();
     let mut segments = Vec::new();
     let mut pos: i64 = 0;
@@ -814,7 +816,7 @@ mod tests {
         let f = File::create(dir.path().join("sparse")).unwrap();
         f.set_len(100 << 20).unwrap();
         f.write_at(b"hello", 50 << 20).unwrap();
-        let segs = data_segments(&f, 100 << 20).unwrap();
+        let segs = data_segments(&f, &f.metadata().unwrap()).unwrap();
         assert_eq!(segs.len(), 1);
         let (off, len) = segs[0];
         assert!(
