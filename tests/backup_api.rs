@@ -30,8 +30,8 @@ async fn create_list_show_delete() {
     assert_eq!(body["message"], "Backup created successfully");
     let first = body["snapshot_id"].as_str().unwrap().to_string();
     assert_eq!(body["snapshot"]["snapshot_id"], first.as_str());
-    let re_ok =
-        first.len() == "snapshot_20260105T101500Z_3f9a".len() && first.starts_with("snapshot_20");
+    let re_ok = first.len() == "snapshot_20260105T101500Z_3f9a0c12".len()
+        && first.starts_with("snapshot_20");
     assert!(re_ok, "{first}");
     let snap = &body["snapshot"];
     assert_eq!(snap["app_id"], app.id.as_str());

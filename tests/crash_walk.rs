@@ -342,3 +342,86 @@ async fn a_kill_while_containers_stop_leaves_the_app_running() {
     );
     drop(svc);
 }
+
+/// A kill while a failed restore's rollback waits for a slow container to stop. The
+/// rollback is journaled before that stop, so the repair at the next start rolls back
+/// (the original data, the app running) and never "finishes" the failed restore, which
+/// had deleted the original data. The fault that starts the rollback is injected
+/// (`APPSNAP_FAIL_AT=restore.started`, as a container that died after its start would);
+/// the slow stop and the kill are real.
+#[tokio::test]
+async fn a_kill_during_the_rollbacks_stop_still_rolls_back() {
+    let mut app = TestApp::new("");
+    let slow = app.add_container_running(
+        "slow",
+        "",
+        "trap \"sleep 3; exit 0\" TERM; sleep 1000000 & wait; exit;",
+    );
+    for i in 0..20 {
+        fs::write(app.volume_path().join(format!("f{i}")), "snapshot").unwrap();
+    }
+    let root = tempfile::tempdir().unwrap();
+    let svc = Service::start(root.path(), &[]);
+    let id = svc.post(&format!("/api/v1/backup/{}", app.id)).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(svc);
+    for i in 0..20 {
+        fs::write(app.volume_path().join(format!("f{i}")), "original").unwrap();
+    }
+    let original = manifest(&app.volume_path(), true);
+
+    let svc = Service::start(root.path(), &[("APPSNAP_FAIL_AT", "restore.started")]);
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let job = svc
+        .post(&format!(
+            "/api/v1/backup/restore/{}/{id}?wait=false",
+            app.id
+        ))
+        .await;
+    assert!(job["job_id"].is_string(), "{job}");
+    // The slow container gets two SIGTERMs (`kill` events): the restore's stop, then the
+    // rollback's. The second stop lasts 3 s (its trap): the kill lands inside it.
+    let mut events = std::process::Command::new("docker")
+        .args([
+            "events",
+            "--filter",
+            "event=kill",
+            "--format",
+            "{{.Actor.ID}}",
+        ])
+        .args(["--filter", &format!("container={slow}")])
+        .args([
+            "--since",
+            &format!("{}.{:09}", since.as_secs(), since.subsec_nanos()),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(events.stdout.take().unwrap()));
+    for _ in 0..2 {
+        assert_eq!(lines.next().unwrap().unwrap().trim(), slow);
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    let log = svc.kill_and_log();
+    assert!(
+        log.iter().any(|l| l.contains("rolling back")),
+        "the restore failed and rolled back: {log:?}"
+    );
+
+    let svc = Service::start(root.path(), &[]); // repairs before it listens
+    assert_eq!(
+        manifest(&app.volume_path(), true),
+        original,
+        "the original data is back"
+    );
+    for c in &app.containers {
+        assert!(app.running(c), "{c} runs");
+    }
+    assert_clean(&app, root.path(), "the rollback's stop");
+    drop(svc);
+}

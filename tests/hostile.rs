@@ -194,6 +194,75 @@ async fn cross_site_requests_from_a_browser_are_refused() {
     }
 }
 
+/// DNS rebinding: a page on `evil.example`, whose name then resolves to 127.0.0.1, talks
+/// to the keyless service as its own origin (`Origin` equals `Host`, the browser says
+/// same-origin), GETs and DELETEs alike. Without a key only loopback names are answered;
+/// with one the name does not matter (the page cannot send the key).
+#[tokio::test]
+async fn without_a_key_only_loopback_host_names_are_answered() {
+    let app = TestApp::new("");
+    fs::write(app.volume_path().join("secret"), "s3cret").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let svc = Service::start(root.path(), &[]);
+    let snapshot = svc.post(&format!("/api/v1/backup/{}", app.id)).await;
+    let id = snapshot["snapshot_id"].as_str().unwrap().to_string();
+    let port = svc.addr.rsplit_once(':').unwrap().1.to_string();
+    let client = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, host: &str| {
+        client
+            .request(method, svc.url(path))
+            .header("host", host)
+            .header("origin", format!("http://{host}"))
+            .header("sec-fetch-site", "same-origin")
+            .send()
+    };
+    let evil = format!("evil.example:{port}");
+    let snapshot_path = format!("/api/v1/backup/snapshots/{id}");
+    for (method, path) in [
+        (reqwest::Method::GET, format!("{snapshot_path}/download")),
+        (reqwest::Method::GET, "/api/v1/backup/snapshots".to_string()),
+        (reqwest::Method::DELETE, snapshot_path.clone()),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/backup/restore/{}/{id}", app.id),
+        ),
+    ] {
+        let resp = send(method.clone(), &path, &evil).await.unwrap();
+        assert_eq!(resp.status(), 403, "{method} {path}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(
+            body["details"].as_str().unwrap().contains("DNS rebinding"),
+            "{body}"
+        );
+    }
+    assert!(
+        std::path::Path::new(snapshot["snapshot"]["file_path"].as_str().unwrap()).exists(),
+        "the snapshot was not deleted"
+    );
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let resp = send(reqwest::Method::GET, &snapshot_path, &host)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{host}");
+    }
+    drop(svc);
+
+    let keyed = Service::start(root.path(), &[("APPSNAP_API_KEY", "k3y")]);
+    let port = keyed.addr.rsplit_once(':').unwrap().1;
+    let resp = client
+        .get(keyed.url(&snapshot_path))
+        .header("host", format!("backup.lan:{port}"))
+        .header("x-api-key", "k3y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "with a key, any name");
+}
+
 /// A client that goes away mid-upload leaves no temporary file.
 #[tokio::test]
 async fn an_upload_cut_off_mid_way_leaves_no_file() {
@@ -599,6 +668,36 @@ async fn privileged_xattrs_come_back_only_from_this_servers_snapshots() {
     let (status, body) = b.call("POST", &restore).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(names(), ["user.appsnap"], "imported snapshot");
+
+    // Its archive says `"origin": "manual"` (server A made it). A rebuilt catalog — a
+    // `reindex`, or a lost snapshots.json and a restart — must not believe that.
+    assert_eq!(b.manager.reindex().unwrap(), 1);
+    let (status, body) = b.call("POST", &restore).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        names(),
+        ["user.appsnap"],
+        "imported snapshot, after a reindex"
+    );
+    let Harness {
+        root,
+        manager,
+        router,
+    } = b;
+    drop((manager, router));
+    fs::remove_file(root.path().join("snapshots.json")).unwrap();
+    let b = Harness::in_root(root, |_| {}).await;
+    assert_eq!(
+        b.manager.get(&id).unwrap().origin,
+        appsnap::catalog::Origin::Imported
+    );
+    let (status, body) = b.call("POST", &restore).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        names(),
+        ["user.appsnap"],
+        "imported snapshot, after a lost catalog"
+    );
 }
 
 /// A live app swaps a directory of its volume with a symlink to a host folder, over and

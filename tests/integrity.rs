@@ -184,6 +184,49 @@ async fn each_container_gets_its_own_stop_timeout_and_a_kill_is_a_warning() {
     assert!(app.running(&slow) && app.running(&stubborn));
 }
 
+/// A stop that outlasts one Docker request's timeout (bollard's is 120 s; 2 s here, so the
+/// test takes seconds) is waited for as long as the container's own stop timeout: the
+/// backup succeeds and the app runs after it. Before, the backup failed with "Timeout
+/// error", "started" the container while Docker was still stopping it (304, already
+/// running), removed its journal, and the stop then left the app down for good.
+#[tokio::test]
+async fn a_stop_longer_than_a_docker_request_is_waited_for_and_the_app_runs_after() {
+    let mut app = bare_app();
+    let wd = app.tmp.path().to_path_buf();
+    let slow = run_container(
+        &mut app,
+        &wd,
+        "--stop-timeout 20",
+        "trap \"sleep 5; exit 0\" TERM; sleep 1000000 & wait",
+    );
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().with_extension("toml");
+    fs::write(&config, "docker_timeout_secs = 2\n").unwrap();
+    let svc =
+        crate::common::Service::start(root.path(), &[("APPSNAP_CONFIG", config.to_str().unwrap())]);
+    let resp = reqwest::Client::new()
+        .post(svc.url(&format!("/api/v1/backup/{}", app.id)))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(app.running(&slow), "the app runs after the backup");
+    let time = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(&sh(&format!(
+            "docker inspect -f '{{{{.State.{field}}}}}' {slow}"
+        )))
+        .unwrap()
+    };
+    assert!(
+        time("StartedAt") > time("FinishedAt"),
+        "started again after its stop had finished"
+    );
+    drop(svc);
+    let _ = fs::remove_file(config);
+}
+
 /// The `tar` crate reads a clean end of the stream as the end of the archive, so an archive
 /// cut exactly between two gzip members, where the cut also falls between two tar entries,
 /// used to pass verify and import as a shorter archive.
@@ -244,8 +287,10 @@ async fn an_archive_cut_at_a_gzip_member_boundary_is_refused() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
-/// Pins and notes live beside the archive too, so a rebuilt catalog keeps them; and a pin
-/// taken after a policy decided (but before it deleted) still protects the snapshot.
+/// Pins, notes and origins live beside the archive too, so a rebuilt catalog keeps them,
+/// also for snapshots made by a version that wrote no sidecar (or one without the origin):
+/// the first start of this version writes them from the catalog. And a pin taken after a
+/// policy decided (but before it deleted) still protects the snapshot.
 #[tokio::test]
 async fn pins_survive_reindex_and_hold_against_a_decision_taken_before_them() {
     let app = TestApp::new("");
@@ -264,12 +309,33 @@ async fn pins_survive_reindex_and_hold_against_a_decision_taken_before_them() {
         .unwrap();
     let (status, body) = h.call_with(req).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // The upgrade case: the pinned snapshot was made before sidecars existed (none beside
+    // its archive), the other before they held the origin.
+    let sidecar = |s: &serde_json::Value| {
+        appsnap::catalog::sidecar_path(std::path::Path::new(s["file_path"].as_str().unwrap()))
+    };
+    fs::remove_file(sidecar(&new)).unwrap();
+    fs::write(sidecar(&old), r#"{"pinned": false, "warnings": []}"#).unwrap();
+    let Harness {
+        root,
+        manager,
+        router,
+    } = h;
+    drop((manager, router));
+    let h = Harness::in_root(root, |_| {}).await; // the upgraded service starts
     fs::remove_file(h.root.path().join("snapshots.json")).unwrap();
     assert_eq!(h.manager.reindex().unwrap(), 2);
     let s = h.manager.get(new_id).unwrap();
     assert!(s.pinned, "the pin survived the rebuild");
     assert_eq!(s.note.as_deref(), Some("before upgrade"));
     assert!(s.tar_bytes.is_some(), "so did what verify checks");
+    for id in [old_id, new_id] {
+        assert_eq!(
+            h.manager.get(id).unwrap().origin,
+            appsnap::catalog::Origin::Manual,
+            "{id}: an own snapshot stays one"
+        );
+    }
 
     // keep-last 1 decides to delete the older one; the user pins it meanwhile.
     let binding = appsnap::policy::Binding {

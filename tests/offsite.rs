@@ -943,3 +943,170 @@ async fn a_wrong_password_never_opens_nor_replaces_the_repository() {
     // The right password still sees the one copy.
     assert_eq!(held(&h, "offsite", &app.id).await.len(), 1);
 }
+
+/// A fetch (or `download?from=`) never replaces a local archive that checks out; it mends
+/// a damaged one only with the tar stream the local record names, and the record keeps
+/// its server facts (origin above all: an own snapshot never turns into an import).
+#[tokio::test]
+async fn a_fetch_keeps_a_good_local_archive_and_mends_a_damaged_one_only_with_its_own_stream() {
+    use std::os::unix::fs::MetadataExt;
+    let s3 = S3Server::start("mend");
+    let app = TestApp::new("");
+    random_file(&app.volume_path().join("blob"), 2 << 20);
+    let repo = s3.repository("offsite", "mend", common_secret());
+    let h = Harness::with(|c| c.repositories = vec![repo.clone()]).await;
+    let (snap, _) = backup_and_copy(&h, &app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap().to_string();
+    let path = std::path::PathBuf::from(snap["file_path"].as_str().unwrap());
+    let before = h.manager.get(&id).unwrap();
+    let inode = fs::metadata(&path).unwrap().ino();
+
+    // A good local archive: served as it is, not replaced, the record untouched.
+    let (status, bytes) = h
+        .get_bytes(&format!(
+            "/api/v1/backup/snapshots/{id}/download?from=offsite"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bytes, fs::read(&path).unwrap());
+    assert_eq!(fs::metadata(&path).unwrap().ino(), inode, "not replaced");
+    assert_eq!(h.manager.get(&id).unwrap(), before);
+
+    // Damaged: mended from the copy, the record's facts kept.
+    let damage = || {
+        let mut bytes = fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+    };
+    damage();
+    let (status, job) = h
+        .call("POST", &format!("/api/v1/backup/snapshots/{id}/fetch"))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let done = job_done(&h, job["job_id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let mended = h.manager.get(&id).unwrap();
+    assert_eq!(mended.origin, appsnap::catalog::Origin::Manual);
+    assert_eq!(
+        (&mended.created_at, &mended.warnings, &mended.tar_sha256),
+        (&before.created_at, &before.warnings, &before.tar_sha256)
+    );
+    assert_eq!(inflated_sha256(&snap), before.tar_sha256.clone().unwrap());
+    let (status, body) = h
+        .call("POST", &format!("/api/v1/backup/snapshots/{id}/verify"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A record naming another tar stream than the copy's: nothing is replaced.
+    let Harness {
+        root,
+        manager,
+        router,
+    } = h;
+    drop((manager, router));
+    let catalog = root.path().join("snapshots.json");
+    let mut list: serde_json::Value = serde_json::from_slice(&fs::read(&catalog).unwrap()).unwrap();
+    list[0]["tar_sha256"] = "0".repeat(64).into();
+    fs::write(&catalog, list.to_string()).unwrap();
+    let h = Harness::in_root(root, |c| c.repositories = vec![repo]).await;
+    damage();
+    let damaged = fs::read(&path).unwrap();
+    let (status, job) = h
+        .call("POST", &format!("/api/v1/backup/snapshots/{id}/fetch"))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().unwrap();
+    job_done(&h, job_id).await;
+    // The API's view of the job carries its error (as a request's would be answered).
+    let (_, done) = h.call("GET", &format!("/api/v1/jobs/{job_id}")).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        done["error"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("not the snapshot this server recorded"),
+        "{done}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), damaged, "nothing replaced");
+    assert_eq!(
+        h.manager.get(&id).unwrap().origin,
+        appsnap::catalog::Origin::Manual
+    );
+}
+
+/// Two servers share a repository and hold copies of one snapshot id (B imported A's
+/// snapshot, under another app, and copied it). A forgets only its own copy, and says so
+/// when only B's is left; B's copy stays listed, done, and can be fetched back even
+/// though its archive names the app it was taken of, not the one B filed it under.
+#[tokio::test]
+async fn servers_sharing_a_repository_forget_only_their_own_copies() {
+    let s3 = S3Server::start("shared");
+    let app = TestApp::new("");
+    random_file(&app.volume_path().join("blob"), 1 << 20);
+    let repo = s3.repository("offsite", "shared", common_secret());
+    let a = Harness::with(|c| c.repositories = vec![repo.clone()]).await;
+    let b = Harness::with(|c| c.repositories = vec![repo.clone()]).await;
+    let (snap, _) = backup_and_copy(&a, &app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap().to_string();
+    let moved = format!("{}_moved", app.id);
+    let bytes = fs::read(snap["file_path"].as_str().unwrap()).unwrap();
+    let req = axum::http::Request::post(format!("/api/v1/backup/snapshots/import?app_id={moved}"))
+        .body(axum::body::Body::from(bytes))
+        .unwrap();
+    let (status, body) = b.call_with(req).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, job) = b
+        .call(
+            "POST",
+            &format!("/api/v1/backup/snapshots/{id}/copy?repository=offsite"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let done = job_done(&b, job["job_id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let copies_of_id = |h: &Harness| {
+        let (m, id) = (std::sync::Arc::clone(&h.manager), id.clone());
+        async move {
+            m.remote_snapshots("offsite", None)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.snapshot_id == id)
+                .count()
+        }
+    };
+    assert_eq!(copies_of_id(&a).await, 2);
+
+    // A forgets its copy: B's stays.
+    let delete = format!("/api/v1/backup/snapshots/{id}?location=offsite");
+    let (status, body) = a.call("DELETE", &delete).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(copies_of_id(&a).await, 1, "B's copy is still there");
+    let (status, body) = a.call("DELETE", &delete).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["details"].as_str().unwrap().contains("another server"),
+        "{body}"
+    );
+    assert_eq!(copies_of_id(&a).await, 1);
+    assert_eq!(b.manager.get(&id).unwrap().locations, ["local", "offsite"]);
+
+    // B loses its local archive and fetches its copy back, filed under `moved`.
+    let (status, body) = b
+        .call("DELETE", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, job) = b
+        .call("POST", &format!("/api/v1/backup/snapshots/{id}/fetch"))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let done = job_done(&b, job["job_id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let fetched = b.manager.get(&id).unwrap();
+    assert_eq!(fetched.app_id, moved);
+    assert_eq!(
+        fetched.tar_sha256,
+        snap["tar_sha256"].as_str().map(String::from)
+    );
+}

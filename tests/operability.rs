@@ -245,9 +245,18 @@ async fn next_notice(
         .await
         .expect("no notification within 30 s")
         .unwrap();
-    // The signature, checked with the `hmac` crate directly: HMAC-SHA256 of the body.
+    // The signature, checked with the `hmac` crate directly: `t=<unix time>,v1=<HMAC-SHA256
+    // of "<t>.<body>">`, with a recent `t` (an old alert replayed would carry an old one).
+    let signature = signature.expect("signed");
+    let (t, v1) = signature
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+        .unwrap_or_else(|| panic!("signature format: {signature}"));
+    let age = chrono::Utc::now().timestamp() - t.parse::<i64>().unwrap();
+    assert!((0..60).contains(&age), "signed {age} s ago");
     use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
     mac.update(&body);
     let expected: String = mac
         .finalize()
@@ -255,7 +264,7 @@ async fn next_notice(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    assert_eq!(signature, Some(format!("sha256={expected}")));
+    assert_eq!(v1, expected);
     serde_json::from_slice(&body).unwrap()
 }
 

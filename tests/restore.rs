@@ -192,23 +192,24 @@ async fn a_snapshot_that_cannot_fit_is_refused_before_anything_is_touched() {
     assert_eq!(after, before, "untouched, not even restarted");
 }
 
-/// What the up-front check cannot see: a snapshot of 1000 one-byte files stores 1 KB, but
-/// each takes a page of the small filesystem, so extraction hits ENOSPC half way and
-/// everything must come back.
+/// What the up-front check cannot see: it counts the blocks the files take (a page each
+/// for 999 one-byte files, which fit), not the inodes. The small filesystem has 1001: the
+/// snapshot's files fit beside the root, but not beside the data set aside too, so
+/// extraction hits ENOSPC near its end and everything must come back.
 #[tokio::test]
 async fn disk_full_during_extraction_rolls_back() {
     let app = TestApp::new("");
-    let _small = SmallFs::mount(&app.bind(), "6m");
-    for i in 0..1000 {
+    let _small = SmallFs::mount(&app.bind(), "6m,nr_inodes=1001");
+    for i in 0..999 {
         fs::write(app.bind().join(format!("f{i}")), "x").unwrap();
     }
     let h = Harness::new().await;
     let snap = h.backup(&app.id).await;
-    for i in 0..1000 {
+    for i in 0..999 {
         fs::remove_file(app.bind().join(format!("f{i}"))).unwrap();
     }
     sh(&format!(
-        "head -c 3000000 /dev/urandom > {}/other.mp4",
+        "head -c 1000000 /dev/urandom > {}/other.mp4",
         app.bind().display()
     ));
     nix::unistd::chown(&app.bind(), Some(7.into()), Some(8.into())).unwrap();
@@ -732,4 +733,358 @@ async fn a_cleanup_that_cannot_remove_the_old_data_names_it_and_blocks_nothing()
     assert_eq!(status, StatusCode::OK, "{body}");
     drop(immutable);
     fs::remove_dir_all(&left[0]).unwrap();
+}
+
+/// POSTs a restore to a real service and returns (status, body).
+async fn restore_on(
+    svc: &Service,
+    app: &str,
+    snapshot: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(svc.url(&restore_uri(app, snapshot)))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// The reinstalled app of the README: its volume now has another name but serves the
+/// same container path, so the snapshot's volume goes there (it used to be skipped as
+/// "inside Docker's own directory").
+#[tokio::test]
+async fn a_renamed_volume_is_restored_by_the_container_path_it_serves() {
+    let mut app = TestApp::new("");
+    fs::write(app.volume_path().join("posts.db"), "snapshot-time").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let svc = Service::start(root.path(), &[]);
+    let snap = svc.post(&format!("/api/v1/backup/{}", app.id)).await;
+    assert!(snap["snapshot_id"].is_string(), "{snap}");
+
+    // Reinstalled: the old container and volume are gone, a new volume serves /data.
+    for c in std::mem::take(&mut app.containers) {
+        sh(&format!("docker rm -f {c}"));
+    }
+    sh(&format!("docker volume rm -f {}", app.volume));
+    app.volume = format!("{}_renamed", app.id);
+    sh(&format!(
+        "docker volume create --label com.docker.compose.project={} {}",
+        app.id, app.volume
+    ));
+    app.add_container("web", "");
+    fs::write(app.volume_path().join("posts.db"), "after the reinstall").unwrap();
+
+    let (status, body) = restore_on(&svc, &app.id, &snap["snapshot"]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["skipped"], serde_json::json!([]), "{body}");
+    assert_eq!(
+        fs::read_to_string(app.volume_path().join("posts.db")).unwrap(),
+        "snapshot-time"
+    );
+    assert!(app.running(&app.containers[0]));
+    let old = format!("{}_data", app.id);
+    let gone = std::process::Command::new("docker")
+        .args(["volume", "inspect", &old])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "the old name was not recreated");
+}
+
+/// A mount the snapshot holds no entry for is left as it is, never emptied: a host
+/// socket bound into the app (the backup skips it with a warning), and an imported
+/// archive that lists the app's volume and bind but carries nothing for them.
+#[tokio::test]
+async fn a_mount_the_snapshot_holds_nothing_for_is_left_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("db.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let app = TestApp::new(&format!("-v {}:/run/db.sock", socket.display()));
+    fs::write(app.volume_path().join("data"), "snapshot-time").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let svc = Service::start(root.path(), &[]);
+    let snap = svc.post(&format!("/api/v1/backup/{}", app.id)).await;
+    assert!(snap["snapshot_id"].is_string(), "{snap}");
+    let inode = fs::symlink_metadata(&socket).unwrap().ino();
+
+    // The app runs: the socket's mount stays as it is, so Docker can start it again.
+    let (status, body) = restore_on(&svc, &app.id, &snap["snapshot"]).await;
+    assert_eq!(status, 200, "{body}");
+    let skipped = body["skipped"].to_string();
+    assert!(
+        skipped.contains("db.sock") && skipped.contains("holds nothing"),
+        "{body}"
+    );
+    assert_eq!(
+        fs::symlink_metadata(&socket).unwrap().ino(),
+        inode,
+        "the socket is kept"
+    );
+    assert!(app.running(&app.containers[0]));
+    // Stopped, the same (it was deleted with the data set aside).
+    sh(&format!("docker stop -t 1 {}", app.containers[0]));
+    let (status, body) = restore_on(&svc, &app.id, &snap["snapshot"]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(fs::symlink_metadata(&socket).unwrap().ino(), inode);
+    sh(&format!("docker start {}", app.containers[0]));
+
+    // An import naming the volume and the bind, with entries for the project only.
+    fs::write(app.bind().join("keep"), "live bind data").unwrap();
+    let before = [
+        manifest(&app.volume_path(), true),
+        manifest(&app.bind(), true),
+    ];
+    let bind_name = app.bind().to_str().unwrap().to_string();
+    let bind_dir = format!("binds/{}", appsnap::model::escape_path(&bind_name));
+    let project = app.project().to_str().unwrap().to_string();
+    let meta = serde_json::json!({
+        "format": 1, "appsnap_version": "0.1.0",
+        "snapshot_id": "snapshot_20260101T000000Z_e0e0", "app_id": app.id,
+        "created_at": "2026-01-01T00:00:00Z", "origin": "manual",
+        "mounts": [
+            {"type": "volume", "name": app.volume, "source": "/x", "destination": "/data",
+             "archive_dir": format!("volumes/{}", app.volume)},
+            {"type": "bind", "name": bind_name, "source": bind_name, "destination": "/bind",
+             "archive_dir": bind_dir},
+            {"type": "project", "name": project, "source": project, "destination": "",
+             "archive_dir": "project"},
+        ],
+    })
+    .to_string();
+    let bytes = crate::malicious::archive_with(
+        &meta,
+        &[
+            (b"project/", tar::EntryType::Directory, b"", b""),
+            (
+                b"project/docker-compose.yml",
+                tar::EntryType::Regular,
+                b"",
+                b"services: {x: {}}\n",
+            ),
+        ],
+    );
+    let resp = reqwest::Client::new()
+        .post(svc.url("/api/v1/backup/snapshots/import"))
+        .header("content-type", "application/gzip")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    let imported = serde_json::json!({"snapshot_id": "snapshot_20260101T000000Z_e0e0"});
+    let (status, body) = restore_on(&svc, &app.id, &imported).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["skipped"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(
+        [
+            manifest(&app.volume_path(), true),
+            manifest(&app.bind(), true)
+        ],
+        before,
+        "the volume and the bind are untouched"
+    );
+    assert_eq!(
+        fs::read_to_string(app.project().join("docker-compose.yml")).unwrap(),
+        "services: {x: {}}\n",
+        "the project folder is restored"
+    );
+}
+
+/// The containers a restore stops are read right before the stop, not when the request
+/// came: one started while the restore waited for a slot is stopped before its data
+/// moves, and runs again after.
+#[tokio::test]
+async fn a_container_started_while_the_restore_waits_is_stopped_before_its_data_moves() {
+    // B never becomes healthy: its restore holds the only slot until it rolls back.
+    let b = TestApp::new("--health-cmd true --health-interval 1h --health-start-period 1h");
+    let a = TestApp::new("");
+    fs::write(a.volume_path().join("data"), "snapshot-time").unwrap();
+    let h = Harness::with(|c| {
+        c.max_parallel = 1;
+        c.restore_timeout_secs = 3;
+    })
+    .await;
+    let snap_a = h.backup(&a.id).await;
+    let snap_b = h.backup(&b.id).await;
+    fs::write(a.volume_path().join("data"), "later").unwrap();
+    sh(&format!("docker stop -t 1 {}", a.containers[0]));
+
+    let holder = h
+        .manager
+        .start_restore(&b.id, snap_b["snapshot_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    holder
+        .job
+        .subscribe()
+        .wait_for(|j| j.step == "waiting for containers to run")
+        .await
+        .unwrap();
+    let restore = h
+        .manager
+        .start_restore(&a.id, snap_a["snapshot_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    let waiting = restore
+        .job
+        .subscribe()
+        .wait_for(|j| {
+            j.step.starts_with("waiting for a free slot")
+                || j.state != appsnap::jobs::JobState::Running
+        })
+        .await
+        .unwrap()
+        .clone();
+    assert!(
+        waiting.step.starts_with("waiting for a free slot"),
+        "{waiting:?}"
+    );
+    sh(&format!("docker start {}", a.containers[0]));
+    let started = a.started_at(&a.containers[0]);
+    let restored = restore.done.await.unwrap().expect("A restored");
+    assert!(restored.skipped.is_empty(), "{:?}", restored.skipped);
+    assert_eq!(
+        fs::read_to_string(a.volume_path().join("data")).unwrap(),
+        "snapshot-time"
+    );
+    assert!(a.running(&a.containers[0]), "it runs again");
+    assert_ne!(
+        a.started_at(&a.containers[0]),
+        started,
+        "it was stopped for the restore and started again"
+    );
+    let _ = holder.done.await;
+}
+
+/// A volume that another app's running containers also use is not this app's to move:
+/// it is skipped (and says why), and its data stays as it is.
+#[tokio::test]
+async fn a_volume_another_running_app_uses_is_not_moved() {
+    let a = TestApp::new("");
+    fs::write(a.volume_path().join("shared.db"), "snapshot-time").unwrap();
+    let h = Harness::new().await;
+    let snap = h.backup(&a.id).await;
+    let other = TestApp::new(&format!("-v {}:/shared", a.volume));
+    fs::write(a.volume_path().join("shared.db"), "in use by both").unwrap();
+    let (status, body) = h.call("POST", &restore_uri(&a.id, &snap)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let skipped = body["skipped"].to_string();
+    assert!(
+        skipped.contains(&a.volume) && skipped.contains(&other.id),
+        "{body}"
+    );
+    assert_eq!(
+        fs::read_to_string(a.volume_path().join("shared.db")).unwrap(),
+        "in use by both"
+    );
+    assert!(other.running(&other.containers[0]));
+}
+
+/// A sparse file is restored with its holes, but each data segment takes at least a
+/// block: an archive of 8192 one-byte segments stores 8 KB and allocates 32 MB. The space
+/// check counts the 32 MB (it used to count the 8 KB, and the extraction filled the disk).
+#[tokio::test]
+async fn a_sparse_archive_is_counted_by_what_it_allocates() {
+    use std::io::Write;
+    let app = TestApp::new("");
+    let _small = SmallFs::mount(&app.bind(), "16m");
+    fs::write(app.bind().join("keep"), "live").unwrap();
+    let before = manifest(&app.bind(), true);
+    let bind_name = app.bind().to_str().unwrap().to_string();
+    let dir = format!("binds/{}", appsnap::model::escape_path(&bind_name));
+    let meta = serde_json::json!({
+        "format": 1, "appsnap_version": "0.1.0",
+        "snapshot_id": "snapshot_20260101T000000Z_5a5a", "app_id": app.id,
+        "created_at": "2026-01-01T00:00:00Z", "origin": "manual",
+        "mounts": [{"type": "bind", "name": bind_name, "source": bind_name,
+            "destination": "/bind", "archive_dir": dir}],
+    })
+    .to_string();
+    let segments = 8192u64;
+    let header = |name: &str, kind: tar::EntryType, size: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(size);
+        h
+    };
+    let mut tar = Vec::new();
+    let pad = |tar: &mut Vec<u8>| tar.resize(tar.len().div_ceil(512) * 512, 0);
+    let mut h = header("appsnap.json", tar::EntryType::Regular, meta.len() as u64);
+    h.set_cksum();
+    tar.extend_from_slice(h.as_bytes());
+    tar.extend_from_slice(meta.as_bytes());
+    pad(&mut tar);
+    let mut h = header(&format!("{dir}/"), tar::EntryType::Directory, 0);
+    h.set_cksum();
+    tar.extend_from_slice(h.as_bytes());
+    // One byte every 8 KiB: the segments, four in the header, 21 per extension block.
+    let mut h = header(
+        &format!("{dir}/disk.img"),
+        tar::EntryType::GNUSparse,
+        segments,
+    );
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.set_real_size(segments * 8192);
+    let mut slots = (0..segments).map(|i| (i * 8192, 1u64));
+    for slot in gnu.sparse.iter_mut() {
+        let (offset, len) = slots.next().unwrap();
+        slot.set_offset(offset);
+        slot.set_length(len);
+    }
+    gnu.set_is_extended(true);
+    h.set_cksum();
+    tar.extend_from_slice(h.as_bytes());
+    let rest: Vec<(u64, u64)> = slots.collect();
+    let blocks: Vec<&[(u64, u64)]> = rest.chunks(21).collect();
+    for (i, block) in blocks.iter().enumerate() {
+        let mut ext = tar::GnuExtSparseHeader::new();
+        for (slot, &(offset, len)) in ext.sparse_mut().iter_mut().zip(block.iter()) {
+            slot.set_offset(offset);
+            slot.set_length(len);
+        }
+        ext.set_is_extended(i + 1 < blocks.len());
+        tar.extend_from_slice(ext.as_bytes());
+    }
+    tar.extend(std::iter::repeat_n(7u8, segments as usize));
+    pad(&mut tar);
+    tar.extend_from_slice(&[0; 1024]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let bytes = gz.finish().unwrap();
+    assert!(
+        bytes.len() < 1 << 20,
+        "a small upload ({} bytes)",
+        bytes.len()
+    );
+
+    let h = Harness::new().await;
+    let req = axum::http::Request::post("/api/v1/backup/snapshots/import")
+        .body(axum::body::Body::from(bytes))
+        .unwrap();
+    let (status, body) = h.call_with(req).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = h
+        .call(
+            "POST",
+            &format!(
+                "/api/v1/backup/restore/{}/snapshot_20260101T000000Z_5a5a",
+                app.id
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    let details = body["details"].as_str().unwrap();
+    assert!(details.contains("nothing was touched"), "{details}");
+    assert!(
+        details.contains(&(segments * 4096).to_string()),
+        "counts 4 KiB a segment: {details}"
+    );
+    assert_eq!(manifest(&app.bind(), true), before);
+    assert!(app.running(&app.containers[0]));
 }

@@ -197,6 +197,7 @@ fn appsnap_copy(
         mounts: Vec::new(),
         origin: appsnap::catalog::Origin::Manual,
         note: None,
+        root_id: None,
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let start = Instant::now();

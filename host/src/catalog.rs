@@ -22,8 +22,8 @@ pub const ARCHIVE_SUFFIX: &str = ".tar.gz";
 /// In-progress archives: `.{snapshot_id}.tar.gz.partial`, removed at start-up.
 pub const PARTIAL_SUFFIX: &str = ".partial";
 /// Beside each archive, `{snapshot_id}.meta.json`: what the catalog knows that the archive
-/// cannot say about itself (pin, edited note, warnings, sizes), so that a rebuild of the
-/// catalog (`reindex`, a corrupt `snapshots.json`) keeps it.
+/// cannot say about itself (origin, pin, edited note, warnings, sizes), so that a rebuild
+/// of the catalog (`reindex`, a corrupt `snapshots.json`) keeps it.
 pub const SIDECAR_SUFFIX: &str = ".meta.json";
 
 /// Errors of the snapshot catalog.
@@ -109,8 +109,13 @@ pub struct Checked {
     pub sha256: String,
     pub tar_bytes: u64,
     pub entries: u64,
-    /// File data per mount (holes excluded), in `mounts` order: the restore's space check.
+    /// What a restore of each mount's files allocates ([`archive::allocation`]), in
+    /// `mounts` order: the restore's space check.
     pub stored: Vec<u64>,
+    /// Entries per mount, in `mounts` order: a mount with none is left alone by a
+    /// restore. Absent in records older than it, which are then checked again.
+    #[serde(default)]
+    pub mount_entries: Vec<u64>,
 }
 
 impl Checked {
@@ -121,6 +126,7 @@ impl Checked {
             tar_bytes: v.tar_bytes,
             entries: v.entries,
             stored: v.stored.clone(),
+            mount_entries: v.mount_entries.clone(),
         }
     }
 
@@ -130,6 +136,7 @@ impl Checked {
             entries: self.entries,
             tar_bytes: self.tar_bytes,
             stored: self.stored.clone(),
+            mount_entries: self.mount_entries.clone(),
         }
     }
 }
@@ -137,9 +144,11 @@ impl Checked {
 impl Snapshot {
     /// What the structural check recorded, if it holds for the recorded sha256.
     pub fn checked(&self) -> Option<&Checked> {
-        self.checked
-            .as_ref()
-            .filter(|c| c.sha256 == self.sha256 && c.stored.len() == self.mounts.len())
+        self.checked.as_ref().filter(|c| {
+            c.sha256 == self.sha256
+                && c.stored.len() == self.mounts.len()
+                && c.mount_entries.len() == self.mounts.len()
+        })
     }
 
     /// Recomputes `locations` from `copies` (call after changing either).
@@ -201,9 +210,17 @@ pub struct ArchiveMeta {
     pub note: Option<String>,
 }
 
-/// The sidecar's content: the catalog-only fields of a [`Snapshot`].
+/// The sidecar's content: the catalog-only fields of a [`Snapshot`], and the server's own
+/// facts about it that an archive may claim too but is never believed on: a rebuild
+/// takes these from here only.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sidecar {
+    /// Why this server holds the snapshot. Absent in sidecars written before it was
+    /// recorded here (a start-up migration adds it from the catalog); a snapshot whose
+    /// sidecar lacks it is rebuilt as `imported`, whatever its archive says, so a
+    /// rebuild can lose a privilege but never grant one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
     #[serde(default)]
     pub pinned: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,6 +253,7 @@ pub fn sidecar_path(archive: &Path) -> PathBuf {
 /// Writes `s`'s catalog-only fields beside its archive (atomically).
 pub fn write_sidecar(s: &Snapshot) -> io::Result<()> {
     let sidecar = Sidecar {
+        origin: Some(s.origin),
         pinned: s.pinned,
         note: s.note.clone(),
         warnings: s.warnings.clone(),
@@ -285,10 +303,40 @@ impl Catalog {
             root: root.to_path_buf(),
             snapshots,
         };
+        catalog.migrate_sidecars();
         if catalog.reconcile()? {
             catalog.save()?;
         }
         Ok(catalog)
+    }
+
+    /// Writes the sidecar of every listed snapshot that has none, or one from before the
+    /// sidecar held the server's own facts (`origin`): snapshots made before sidecars
+    /// existed would otherwise lose their pin and note, and every older one its origin,
+    /// at the first rebuild. Runs at every open, before anything can rebuild; a failure
+    /// is logged and tried again at the next open.
+    fn migrate_sidecars(&self) {
+        for s in self.snapshots.values() {
+            let path = sidecar_path(Path::new(&s.file_path));
+            let current = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Sidecar>(&b).ok())
+                .is_some_and(|c| c.origin.is_some());
+            if current || !Path::new(&s.file_path).is_file() {
+                continue;
+            }
+            match write_sidecar(s) {
+                Ok(()) => tracing::info!(
+                    "snapshot {}: its pin, note and origin are now kept beside its archive",
+                    s.snapshot_id
+                ),
+                Err(e) => tracing::warn!(
+                    "snapshot {}: cannot write its sidecar {}: {e}",
+                    s.snapshot_id,
+                    path.display()
+                ),
+            }
+        }
     }
 
     /// Drops entries whose archive is gone and adds archives the catalog lacks. Returns
@@ -462,7 +510,9 @@ pub fn snapshot_from_archive(path: &Path) -> Result<Snapshot, archive::ArchiveEr
         file_path: path.to_string_lossy().into_owned(),
         sha256,
         mounts: meta.mounts,
-        origin: meta.origin,
+        // The archive's `origin` is a claim (an import can say `manual`): only what this
+        // server wrote counts.
+        origin: sidecar.origin.unwrap_or(Origin::Imported),
         // An edited (or cleared) note lives in the sidecar; the archive has the first one.
         note: sidecar_note.unwrap_or(meta.note),
         pinned: sidecar.pinned,
@@ -499,4 +549,77 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An archive under `root/app/` whose `appsnap.json` claims `origin`.
+    fn archive_claiming(root: &Path, id: &str, origin: &str) -> PathBuf {
+        let dir = root.join("app");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{id}{ARCHIVE_SUFFIX}"));
+        let meta = format!(
+            r#"{{"format":1,"appsnap_version":"0","snapshot_id":"{id}","app_id":"app",
+            "created_at":"2026-01-01T00:00:00Z","mounts":[],"origin":"{origin}"}}"#
+        );
+        let file = File::create(&path).unwrap();
+        archive::write(
+            file,
+            meta.as_bytes(),
+            &[],
+            &archive::Options::default(),
+            &|_| {},
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn a_rebuild_takes_the_origin_from_the_server_never_from_the_archive() {
+        let root = tempfile::tempdir().unwrap();
+        // An import that claims to be an own snapshot, with the sidecar the import wrote.
+        let imported = archive_claiming(root.path(), "snapshot_a", "manual");
+        let mut s = snapshot_from_archive(&imported).unwrap();
+        s.origin = Origin::Imported;
+        write_sidecar(&s).unwrap();
+        // An own snapshot whose sidecar is lost: it loses its privileges, gains none.
+        archive_claiming(root.path(), "snapshot_b", "manual");
+        // An own snapshot with its sidecar.
+        let own = archive_claiming(root.path(), "snapshot_c", "scheduled");
+        let mut s = snapshot_from_archive(&own).unwrap();
+        s.origin = Origin::Scheduled;
+        s.pinned = true;
+        write_sidecar(&s).unwrap();
+
+        let mut catalog = Catalog::open(root.path()).unwrap();
+        assert_eq!(catalog.rebuild().unwrap(), 3);
+        let origin = |id: &str| catalog.get(id).unwrap().origin;
+        assert_eq!(origin("snapshot_a"), Origin::Imported);
+        assert_eq!(origin("snapshot_b"), Origin::Imported);
+        assert_eq!(origin("snapshot_c"), Origin::Scheduled);
+        assert!(catalog.get("snapshot_c").unwrap().pinned);
+    }
+
+    #[test]
+    fn opening_writes_the_sidecars_an_older_version_did_not() {
+        let root = tempfile::tempdir().unwrap();
+        let path = archive_claiming(root.path(), "snapshot_a", "manual");
+        let mut s = snapshot_from_archive(&path).unwrap();
+        s.origin = Origin::Manual;
+        s.pinned = true;
+        s.note = Some("keep".into());
+        // The catalog of a version before sidecars: an entry, no sidecar.
+        let bytes = serde_json::to_vec(&vec![&s]).unwrap();
+        fs::write(root.path().join(CATALOG_FILE), bytes).unwrap();
+        Catalog::open(root.path()).unwrap();
+        fs::remove_file(root.path().join(CATALOG_FILE)).unwrap();
+
+        let catalog = Catalog::open(root.path()).unwrap();
+        let rebuilt = catalog.get("snapshot_a").unwrap();
+        assert_eq!(rebuilt.origin, Origin::Manual);
+        assert!(rebuilt.pinned);
+        assert_eq!(rebuilt.note.as_deref(), Some("keep"));
+    }
 }

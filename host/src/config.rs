@@ -70,6 +70,10 @@ pub struct Config {
     /// Seconds Docker waits for a container to stop before killing it, for containers
     /// without a stop timeout of their own (compose's `stop_grace_period`).
     pub stop_timeout_secs: u32,
+    /// Seconds appsnap waits for one answer of the Docker engine. A container's stop is
+    /// waited for this long *beyond* its own stop timeout: giving up earlier would leave
+    /// Docker stopping it after appsnap has "started it again".
+    pub docker_timeout_secs: u64,
     /// Seconds a pre/post-backup hook may run before the backup gives up on it.
     pub hook_timeout_secs: u64,
     /// After a restore, how long containers may take to run (and be healthy, when they
@@ -156,6 +160,7 @@ impl Default for Config {
             max_parallel: 2,
             max_snapshots_per_app: 0,
             stop_timeout_secs: 30,
+            docker_timeout_secs: 120,
             hook_timeout_secs: 600,
             restore_timeout_secs: 120,
             restore_settle_secs: 3,

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::ContainerSummaryStateEnum;
@@ -73,6 +74,33 @@ pub enum DockerError {
 }
 
 impl DockerError {
+    /// The error as an alert tells it to third parties (a chat, a mail provider): a
+    /// hook's command line and output may hold secrets (`mysqldump -p…`, a dump's
+    /// error), so an alert names the hook and its exit code only; the log keeps the rest.
+    pub fn alert_text(&self) -> String {
+        match self {
+            DockerError::Hook {
+                label,
+                container,
+                exit_code,
+                ..
+            } => format!(
+                "{label} hook in container {container} exited with {exit_code} (its command \
+                 and output are in appsnap's log)"
+            ),
+            DockerError::HookTimeout {
+                label,
+                container,
+                secs,
+                ..
+            } => format!(
+                "{label} hook in container {container} did not finish within {secs} s (its \
+                 command is in appsnap's log)"
+            ),
+            other => other.to_string(),
+        }
+    }
+
     /// The engine answered 404: the container (or volume) does not exist (any more).
     pub fn is_not_found(&self) -> bool {
         matches!(
@@ -130,10 +158,11 @@ pub struct Docker {
 }
 
 impl Docker {
-    /// Connects through `DOCKER_HOST` or the local socket.
-    pub fn connect(host_root: &Path) -> Result<Docker, DockerError> {
+    /// Connects through `DOCKER_HOST` or the local socket; each request waits at most
+    /// `timeout` for its answer (a stop longer: see [`Self::stop`]).
+    pub fn connect(host_root: &Path, timeout: Duration) -> Result<Docker, DockerError> {
         Ok(Docker {
-            client: bollard::Docker::connect_with_local_defaults()?,
+            client: bollard::Docker::connect_with_local_defaults()?.with_timeout(timeout),
             host_root: host_root.to_path_buf(),
         })
     }
@@ -313,6 +342,9 @@ impl Docker {
     /// Stops a container, giving it its own stop timeout (compose's `stop_grace_period`)
     /// when it has one, else `default_secs`. Returns when it has stopped; `Killed` when it
     /// did not stop in time and Docker had to kill it (its files may be inconsistent).
+    /// The answer is awaited for that timeout plus the usual request timeout: a client
+    /// that gave up sooner would leave Docker stopping the container after appsnap had
+    /// moved on (and started it "again", to no effect).
     pub async fn stop(&self, id: &str, default_secs: u32) -> Result<Stopped, DockerError> {
         let info = self.client.inspect_container(id, None).await?;
         let timeout = info
@@ -324,7 +356,11 @@ impl Docker {
         let opts = StopContainerOptionsBuilder::default()
             .t(timeout.min(i32::MAX.into()) as i32)
             .build();
-        match self.client.stop_container(id, Some(opts)).await {
+        let patient = self
+            .client
+            .clone()
+            .with_timeout(self.client.timeout() + Duration::from_secs(timeout.max(0) as u64));
+        match patient.stop_container(id, Some(opts)).await {
             // 304: it was not running.
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 304, ..
@@ -339,17 +375,22 @@ impl Docker {
         })
     }
 
-    pub async fn start(&self, id: &str) -> Result<(), DockerError> {
+    /// Starts a container. "Already running" (304) is not a start: a stop still in
+    /// flight answers it too, and ends with the container stopped; callers that stopped
+    /// the container themselves check again ([`Started::AlreadyRunning`]).
+    pub async fn start(&self, id: &str) -> Result<Started, DockerError> {
         match self
             .client
             .start_container(id, None::<StartContainerOptions>)
             .await
         {
-            // 304: already running, which is what we want.
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 304, ..
-            }) => Ok(()),
-            other => Ok(other?),
+            }) => Ok(Started::AlreadyRunning),
+            other => {
+                other?;
+                Ok(Started::Now)
+            }
         }
     }
 
@@ -439,6 +480,37 @@ impl Docker {
         }
     }
 
+    /// The running containers that mount the named volume and are not of `app_id`, by
+    /// name and compose project (`None`: not in a project).
+    pub async fn other_users_of_volume(
+        &self,
+        name: &str,
+        app_id: &str,
+    ) -> Result<Vec<(String, Option<String>)>, DockerError> {
+        let filters = HashMap::from([
+            ("volume".to_string(), vec![name.to_string()]),
+            ("status".to_string(), vec!["running".to_string()]),
+        ]);
+        let options = ListContainersOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let users = self.client.list_containers(Some(options)).await?;
+        Ok(users
+            .into_iter()
+            .map(|c| {
+                let project = c.labels.and_then(|mut l| l.remove(PROJECT_LABEL));
+                let name = c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .or(c.id)
+                    .unwrap_or_default();
+                (name, project)
+            })
+            .filter(|(_, project)| project.as_deref() != Some(app_id))
+            .collect())
+    }
+
     /// Docker's own data directory (`/var/lib/docker`), as seen from here.
     pub async fn root_dir(&self) -> Result<String, DockerError> {
         let info = self.client.info().await?;
@@ -484,6 +556,15 @@ impl Docker {
             started_at: state.started_at.unwrap_or_default(),
         })
     }
+}
+
+/// How [`Docker::start`] found a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// It was started now.
+    Now,
+    /// Docker said it runs already: started by someone else, or a stop still in flight.
+    AlreadyRunning,
 }
 
 /// How a container stopped.
@@ -706,6 +787,24 @@ mod tests {
         assert_eq!(resolve("/srv/../../srv/app"), r.join("srv/app"));
         // A loop ends after MAX_LINKS hops instead of spinning.
         assert_eq!(resolve("/srv/loop"), r.join("srv/loop"));
+    }
+
+    #[test]
+    fn an_alert_names_the_hook_and_its_exit_code_not_its_command_or_output() {
+        let e = DockerError::Hook {
+            label: "appsnap.pre-backup",
+            container: "db".into(),
+            command: "mysqldump -pS3cret all".into(),
+            exit_code: 2,
+            output: "access denied for S3cret".into(),
+        };
+        let alert = e.alert_text();
+        assert!(
+            alert.contains("appsnap.pre-backup") && alert.contains("exited with 2"),
+            "{alert}"
+        );
+        assert!(!alert.contains("S3cret"), "{alert}");
+        assert!(e.to_string().contains("S3cret"), "the log keeps it");
     }
 
     #[test]

@@ -50,13 +50,14 @@ pub fn validate(kind: &'static str, value: &str) -> Result<(), IdError> {
     Ok(())
 }
 
-/// A new snapshot id: `snapshot_<UTC time>_<4 hex>`. Ids sort by time to the second; the
-/// suffix separates snapshots made in the same second (uniqueness is checked by the caller).
+/// A new snapshot id: `snapshot_<UTC time>_<8 hex>`. Ids sort by time to the second; the
+/// suffix separates snapshots made in the same second (uniqueness is checked by the caller)
+/// and, with 32 random bits, those of two servers sharing a repository.
 pub fn new_snapshot_id(now: DateTime<Utc>) -> String {
     format!(
-        "snapshot_{}_{:04x}",
+        "snapshot_{}_{:08x}",
         now.format("%Y%m%dT%H%M%SZ"),
-        rand::random::<u16>()
+        rand::random::<u32>()
     )
 }
 

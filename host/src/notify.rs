@@ -42,7 +42,9 @@ pub struct Target {
     pub events: Option<Vec<Event>>,
     #[serde(default)]
     pub min_level: Level,
-    /// Webhook: HMAC-SHA256 key; the body's signature is sent as `X-Appsnap-Signature`.
+    /// Webhook: HMAC-SHA256 key. Each POST carries `X-Appsnap-Signature: t=<unix
+    /// seconds>,v1=<hex HMAC of "<t>.<body>">`: a receiver checks the MAC and that `t` is
+    /// recent, so a captured alert cannot be replayed later.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
     /// ntfy access token, Gotify application token, Telegram bot token.
@@ -172,6 +174,17 @@ impl Target {
                 need("smtp_host", self.smtp_host.is_some())?;
                 need("from", self.from.is_some())?;
                 need("to", !self.to.is_empty())?;
+                let host = self.smtp_host.as_deref().unwrap_or_default();
+                if self.tls == SmtpTls::None
+                    && (self.username.is_some() || self.password_file.is_some())
+                    && !is_loopback_name(host)
+                {
+                    return Err(format!(
+                        "[[notify]] `{name}`: tls = \"none\" would send the SMTP password \
+                         to {host} in clear text; use tls = \"starttls\" or \"tls\" (or a \
+                         relay on this machine)"
+                    ));
+                }
             }
         }
         for file in [&self.secret_file, &self.token_file, &self.password_file]
@@ -193,6 +206,15 @@ impl Target {
                     || notice.event.recovers().is_some_and(|f| events.contains(&f))
             })
     }
+}
+
+/// `localhost` or a loopback address: mail to it never leaves the machine.
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn is_http(url: &str) -> bool {
@@ -486,10 +508,8 @@ async fn deliver(http: &reqwest::Client, target: &Target, notice: &Notice) -> Re
             let body = serde_json::to_vec(notice).expect("notice serializes");
             let mut req = http.post(&url).header("content-type", "application/json");
             if let Some(key) = secret(&target.secret_file)? {
-                req = req.header(
-                    "x-appsnap-signature",
-                    format!("sha256={}", sign(&key, &body)),
-                );
+                let t = chrono::Utc::now().timestamp();
+                req = req.header("x-appsnap-signature", signature(&key, t, &body));
             }
             req.body(body)
         }
@@ -558,13 +578,19 @@ async fn deliver(http: &reqwest::Client, target: &Target, notice: &Notice) -> Re
     }
 }
 
-/// Hex HMAC-SHA256 of `body` under `key`.
-pub fn sign(key: &str, body: &[u8]) -> String {
+/// The webhook's `X-Appsnap-Signature` for `body` sent at unix time `t`: `t=<t>,v1=<hex
+/// HMAC-SHA256 under key of "<t>.<body>">` (the time is inside the MAC, so it cannot be
+/// changed to replay an old alert as new).
+pub fn signature(key: &str, t: i64, body: &[u8]) -> String {
     use hmac::Mac;
     let mut mac =
         hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(format!("{t}.").as_bytes());
     mac.update(body);
-    crate::model::hex(&mac.finalize().into_bytes())
+    format!(
+        "t={t},v1={}",
+        crate::model::hex(&mac.finalize().into_bytes())
+    )
 }
 
 async fn send_mail(target: &Target, notice: &Notice) -> Result<(), String> {
@@ -680,5 +706,40 @@ mod tests {
         assert!(!target.wants(&notice(Event::Stale)));
         assert!(!target.wants(&notice(Event::BackupRecovered)));
         assert!(target.wants(&notice(Event::Test)), "a test goes through");
+    }
+
+    #[test]
+    fn a_password_goes_in_clear_text_only_to_this_machine() {
+        let mail = |host: &str, tls: &str| -> Target {
+            toml::from_str(&format!(
+                "name = \"m\"\ntype = \"email\"\nsmtp_host = \"{host}\"\ntls = \"{tls}\"\n\
+                 username = \"u\"\nfrom = \"a@example.org\"\nto = [\"b@example.org\"]"
+            ))
+            .unwrap()
+        };
+        let refused = mail("smtp.example.org", "none").check().unwrap_err();
+        assert!(refused.contains("clear text"), "{refused}");
+        for ok in [
+            mail("smtp.example.org", "starttls"),
+            mail("127.0.0.1", "none"),
+            mail("localhost", "none"),
+            mail("[::1]", "none"),
+        ] {
+            assert_eq!(ok.check(), Ok(()), "{:?}", ok.smtp_host);
+        }
+    }
+
+    #[test]
+    fn the_webhook_signature_binds_the_time() {
+        let body = br#"{"event":"test"}"#;
+        let now = signature("k", 1_700_000_000, body);
+        assert!(now.starts_with("t=1700000000,v1="), "{now}");
+        assert_ne!(now, signature("k", 1_700_000_000, b"{}"));
+        let later = signature("k", 1_700_000_001, body);
+        assert_ne!(
+            now[now.len() - 64..],
+            later[later.len() - 64..],
+            "the time is in the MAC"
+        );
     }
 }

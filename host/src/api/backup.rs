@@ -108,11 +108,13 @@ pub struct DeleteParams {
 }
 
 /// Delete a snapshot and free its space: by default only the local archive; offsite
-/// copies stay unless `location` names their repository or is `all`.
+/// copies stay unless `location` names their repository or is `all`, and then only this
+/// server's copies go (another server sharing the repository keeps its own).
 #[utoipa::path(delete, path = "/api/v1/backup/snapshots/{snapshot_id}", tag = "backup",
     params(("snapshot_id" = String, Path), DeleteParams),
     responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody),
         (status = 404, description = "Not at that location (nothing was deleted)", body = ErrorBody),
+        (status = 409, description = "The repository's copies of it are another server's (nothing was deleted)", body = ErrorBody),
         (status = 500, description = "The file could not be removed; still listed", body = ErrorBody),
         (status = 502, description = "The repository could not be reached", body = ErrorBody)))]
 pub async fn delete(

@@ -70,7 +70,9 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
             StatusCode::INTERNAL_SERVER_ERROR,
             "Restored, but the replaced data was not all removed",
         ),
-        NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "Insufficient storage"),
+        NoSpace(_) | NoSpaceToRestore(_) => {
+            (StatusCode::INSUFFICIENT_STORAGE, "Insufficient storage")
+        }
         ForeignSnapshot { .. } => (
             StatusCode::BAD_REQUEST,
             "Snapshot does not belong to this app",
@@ -134,6 +136,10 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
                 O::SnapshotNotFound { .. } => (
                     StatusCode::NOT_FOUND,
                     "Snapshot not found in the repository",
+                ),
+                O::NotOurs { .. } => (
+                    StatusCode::CONFLICT,
+                    "The repository's copies belong to another server",
                 ),
                 O::Config { .. } => (
                     StatusCode::INTERNAL_SERVER_ERROR,

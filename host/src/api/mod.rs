@@ -104,7 +104,10 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
             Arc::clone(&manager),
             require_key,
         ))
-        .route_layer(middleware::from_fn(refuse_cross_site))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&manager),
+            refuse_cross_site,
+        ))
         .with_state(Arc::clone(&manager))
         .split_for_parts();
     // Health and docs stay open: they reveal nothing about the data.
@@ -130,14 +133,52 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .layer(middleware::map_response(error::json_errors))
 }
 
-/// Without a key, "loopback only" must hold against browsers too: a page on any site can
-/// make the user's browser send a *simple* request (a form POST, a `fetch` without custom
-/// headers) to 127.0.0.1. State-changing requests are refused when the browser says they
-/// come from elsewhere (`Sec-Fetch-Site`, `Origin`), and when they carry one of the
-/// content types a form can send — our bodies are JSON or binary, which a cross-site page
-/// cannot send without a preflight that appsnap never answers.
-async fn refuse_cross_site(request: Request, next: Next) -> Response {
+/// Without a key, "loopback only" must hold against browsers too.
+///
+/// - **DNS rebinding**: a page on `evil.example` whose name then resolves to 127.0.0.1
+///   talks to appsnap as its own origin (`Origin` equals `Host`, `Sec-Fetch-Site` says
+///   same-origin), for every method. So without a key, every request over TCP must name
+///   a loopback host (`localhost`, `127.x.y.z`, `[::1]`, with any port); a Unix socket is
+///   out of a browser's reach. With a key the page cannot authenticate anyway.
+/// - **Cross-site requests**: a page on any site can make the user's browser send a
+///   *simple* request (a form POST, a `fetch` without custom headers) to 127.0.0.1.
+///   State-changing requests are refused when the browser says they come from elsewhere
+///   (`Sec-Fetch-Site`, `Origin`), and when they carry one of the content types a form
+///   can send — our bodies are JSON or binary, which a cross-site page cannot send
+///   without a preflight that appsnap never answers.
+async fn refuse_cross_site(
+    State(manager): State<Arc<BackupManager>>,
+    request: Request,
+    next: Next,
+) -> Response {
     use axum::http::{Method, header};
+    let config = manager.config();
+    if config.api_key.is_none() && config.listen_unix.is_none() {
+        // HTTP/2 carries the host as the URI's authority, HTTP/1.1 as `Host`.
+        let host = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                let h = request.headers().get(header::HOST)?;
+                Some(String::from_utf8_lossy(h.as_bytes()).into_owned())
+            });
+        if let Some(host) = host
+            && !is_loopback_host(&host)
+        {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Host refused",
+                format!(
+                    "without an API key appsnap answers only requests addressed to a loopback \
+                     name (localhost, 127.0.0.1, [::1]), not to `{host}`: a web page could \
+                     point that name at this machine (DNS rebinding). Set APPSNAP_API_KEY to \
+                     reach it under another name"
+                ),
+            )
+            .into_response();
+        }
+    }
     if matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
@@ -183,6 +224,23 @@ async fn refuse_cross_site(request: Request, next: Next) -> Response {
         .into_response();
     }
     next.run(request).await
+}
+
+/// Whether a `Host` value (`name[:port]`) names this machine's loopback interface.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // `[::1]:8080`
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || port.starts_with(':') => ip,
+            _ => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `x-api-key` must match when a key is configured. Both sides are hashed first, so the
@@ -297,7 +355,14 @@ pub async fn serve(
         if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
             std::fs::remove_file(path)?;
         }
-        let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
+        // Made with mode 0660 at once (no window in which any local user may connect):
+        // the umask is the only way to give bind() a mode, and nothing else creates files
+        // while the service starts.
+        use nix::sys::stat::{Mode, umask};
+        let previous = umask(Mode::from_bits_truncate(0o117));
+        let bound = tokio::net::UnixListener::bind(path);
+        umask(previous);
+        let listener = bound.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot listen on {}: {e}", path.display()),
@@ -328,4 +393,36 @@ pub async fn serve(
     tracing::info!("shutting down: waiting for running backups to finish");
     manager.idle().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        for yes in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:1",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(is_loopback_host(yes), "{yes}");
+        }
+        for no in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:8080",
+            "10.0.0.1:8080",
+            "[::2]:8080",
+            "[::1]x",
+            "",
+        ] {
+            assert!(!is_loopback_host(no), "{no}");
+        }
+    }
 }

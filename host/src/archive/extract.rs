@@ -74,9 +74,11 @@ pub struct Options {
 pub struct Summary {
     pub entries: u64,
     pub tar_bytes: u64,
-    /// Bytes of file data stored for each target (holes excluded): what a restore of it
+    /// What a restore of each target's files allocates ([`super::allocation`]): what it
     /// needs on its filesystem, in `targets` order.
     pub stored: Vec<u64>,
+    /// Entries per target, in `targets` order.
+    pub mount_entries: Vec<u64>,
     /// Extended attributes left out because they were not allowed (`privileged_xattrs`).
     pub dropped_xattrs: u64,
 }
@@ -208,6 +210,7 @@ fn extract_entries<R: Read>(
         .collect();
     let mut summary = Summary {
         stored: vec![0; targets.len()],
+        mount_entries: vec![0; targets.len()],
         ..Summary::default()
     };
     let mut first = true;
@@ -261,8 +264,12 @@ fn extract_entries<R: Read>(
             entry.kind,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
         ) {
-            summary.stored[index] += entry.size;
+            summary.stored[index] += super::allocation(
+                entry.size,
+                entry.sparse.as_ref().map(|(_, segs)| segs.as_slice()),
+            );
         }
+        summary.mount_entries[index] += 1;
         let meta = Meta {
             kind: entry.kind,
             uid: entry.uid,

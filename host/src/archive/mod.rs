@@ -143,9 +143,27 @@ pub struct Summary {
     pub compressed_bytes: u64,
     pub tar_bytes: u64,
     pub entries: u64,
-    /// File data per source (holes excluded), in `sources` order, as a verify counts it.
+    /// What a restore of each source's files allocates ([`allocation`]), in `sources`
+    /// order, as a verify counts it.
     pub stored: Vec<u64>,
+    /// Entries written per source, in `sources` order (0: nothing could be read).
+    pub mount_entries: Vec<u64>,
     pub warnings: Vec<String>,
+}
+
+/// The filesystem block a restore's space check assumes (ext4's, and most others').
+const BLOCK: u64 = 4096;
+
+/// What restoring a regular file's data allocates, at least: every data segment (the
+/// whole file when it has no holes) takes whole blocks. So a sparse map of a million
+/// one-byte segments, 1 MB stored, counts as the 4 GB it would take on disk; it is never
+/// believed to cost its stored bytes.
+pub fn allocation(size: u64, sparse: Option<&[(u64, u64)]>) -> u64 {
+    let blocks = |n: u64| n.div_ceil(BLOCK) * BLOCK;
+    match sparse {
+        Some(segments) => segments.iter().map(|&(_, len)| blocks(len)).sum(),
+        None => blocks(size),
+    }
 }
 
 /// The directories `skip_dirs` names, as `(dev, ino)`: what the walks compare.
@@ -208,13 +226,15 @@ pub fn write_reading_ahead(
     let now = chrono::Utc::now().timestamp();
     let mut result = walker.add_bytes(METADATA_ENTRY, metadata_json, now);
     let mut stored = Vec::with_capacity(sources.len());
+    let mut mount_entries = Vec::with_capacity(sources.len());
     for source in sources {
         if result.is_err() {
             break;
         }
-        let before = walker.stored;
+        let (before, entries_before) = (walker.stored, walker.entries);
         result = walker.add_source(&source.archive_dir, &source.path);
         stored.push(walker.stored - before);
+        mount_entries.push(walker.entries - entries_before);
     }
     let (entries, mut warnings, dropped) = (
         walker.entries,
@@ -246,6 +266,7 @@ pub fn write_reading_ahead(
             tar_bytes,
             entries,
             stored,
+            mount_entries,
             warnings,
         },
         file,
@@ -356,8 +377,12 @@ pub fn read_metadata(path: &Path) -> Result<Vec<u8>, ArchiveError> {
 pub struct Verified {
     pub entries: u64,
     pub tar_bytes: u64,
-    /// File data stored per target (holes excluded), in `targets` order.
+    /// What a restore of each target's files allocates ([`allocation`]), in `targets`
+    /// order.
     pub stored: Vec<u64>,
+    /// Entries per target, in `targets` order: a target with none is not restored (its
+    /// current data is left alone, never emptied).
+    pub mount_entries: Vec<u64>,
 }
 
 /// The archive file's sha256 must be `recorded`.
@@ -401,5 +426,6 @@ pub fn verify(
         entries: summary.entries,
         tar_bytes: summary.tar_bytes,
         stored: summary.stored,
+        mount_entries: summary.mount_entries,
     })
 }

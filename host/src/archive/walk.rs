@@ -166,7 +166,8 @@ pub struct Walker<'s, 'p, W> {
     /// that bind-mounts a parent of it does not back up its own backups.
     skip_dirs: Vec<(u64, u64)>,
     pub entries: u64,
-    /// File data written so far (holes excluded), counted as a restore's check counts it.
+    /// What a restore of the files written so far allocates ([`super::allocation`]),
+    /// counted as a restore's check counts it.
     pub stored: u64,
     pub warnings: Vec<String>,
     pub dropped_warnings: u64,
@@ -371,7 +372,10 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
         entry.kind = Kind::File;
         self.sink.write(&header_blocks(name, &entry))?;
         self.entries += 1;
-        self.stored += entry.size;
+        self.stored += super::allocation(
+            entry.size,
+            entry.sparse.as_ref().map(|(_, segs)| segs.as_slice()),
+        );
         let ranges = match &entry.sparse {
             Some((_, segs)) => segs.clone(),
             None => vec![(0, size)],

@@ -12,8 +12,9 @@
 //! The journal is written *before* the step it announces and again after each mount's
 //! move, undo or drop, so a crash at any instant leaves a journal that says exactly what
 //! to finish. The rule recovery follows: **Extracted or Committed → commit, anything else
-//! → roll back**, and a rollback, once begun, is never turned into a commit (the journal
-//! says `RollingBack` before the first undo). Every step is idempotent, so recovery can be
+//! → roll back**, and a rollback, once decided, is never turned into a commit (the journal
+//! says `RollingBack` before any side effect of the rollback: before its containers'
+//! stop, long before the first undo). Every step is idempotent, so recovery can be
 //! interrupted and run again. The result is the old data or the snapshot in every mount,
 //! never a mix.
 //!
@@ -232,18 +233,27 @@ impl Swap {
         Ok(left)
     }
 
-    /// Puts every mount back as it was, newest move first, journaling each undo. Stops
-    /// at the first mount that cannot be put back: the caller must then leave the app
-    /// stopped, and the journal stays for a later retry.
-    pub fn rollback_files(&mut self) -> Result<(), String> {
-        let extracted = self.journal.extraction_began();
+    /// Journals the decision to roll back, before any side effect of it (the rollback
+    /// stops the containers first, and that stop may fail or be cut by a crash): from
+    /// here recovery only ever rolls back, even if the extraction had completed.
+    /// Idempotent, so a resumed rollback calls it again.
+    pub fn begin_rollback(&mut self) -> Result<(), String> {
         if self.journal.phase != Phase::RollingBack {
             // Said explicitly before the phase stops saying it (older journals).
-            self.journal.extraction_began = extracted;
+            self.journal.extraction_began = self.journal.extraction_began();
             self.journal.phase = Phase::RollingBack;
             self.save()?;
         }
-        failpoint::point("rollback.begun")?;
+        failpoint::point("rollback.begun")
+    }
+
+    /// Puts every mount back as it was, newest move first, journaling each undo. Stops
+    /// at the first mount that cannot be put back: the caller must then leave the app
+    /// stopped, and the journal stays for a later retry. [`Self::begin_rollback`] must
+    /// have journaled the decision (it is called here again if not).
+    pub fn rollback_files(&mut self) -> Result<(), String> {
+        self.begin_rollback()?;
+        let extracted = self.journal.extraction_began();
         for i in (0..self.journal.mounts.len()).rev() {
             if self.journal.mounts[i].undone {
                 continue;
@@ -599,6 +609,30 @@ mod tests {
             assert_eq!(content(m).unwrap(), format!("old {i}"), "mount {i}");
         }
         assert!(!dir.path().join("j").exists());
+    }
+
+    /// The decision to roll back is on disk before any of its side effects (the caller
+    /// stops the containers next): a crash then, after a complete extraction, is repaired
+    /// as a rollback, not finished as a restore.
+    #[test]
+    fn a_rollback_decided_after_the_extraction_is_never_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ms = mounts(dir.path());
+        let mut swap = swap_and_extract(dir.path(), &ms);
+        assert!(
+            swap.journal.commits(),
+            "extracted: recovery would finish it"
+        );
+        swap.begin_rollback().unwrap();
+        drop(swap); // killed while the containers stop
+
+        let mut again = Swap::load(&dir.path().join("j")).unwrap();
+        assert!(!again.journal.commits());
+        again.rollback_files().unwrap();
+        again.finish().unwrap();
+        for (i, m) in ms.iter().enumerate() {
+            assert_eq!(content(m).unwrap(), format!("old {i}"), "mount {i}");
+        }
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl BackupManager {
                 &app.id,
                 match &result {
                     Ok(s) => Ok(s.snapshot_id.as_str()),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e.alert_text()),
                 },
             );
             match &result {
@@ -265,15 +265,6 @@ impl BackupManager {
                 return Err(e.into());
             }
         };
-        let commit = || -> io::Result<()> {
-            fs::rename(&partial, &final_path)?;
-            File::open(&dir)?.sync_all()
-        };
-        if let Err(e) = commit() {
-            let _ = fs::remove_file(&partial);
-            return Err(io_err("cannot move the finished archive into place")(e));
-        }
-        crash_point("backup.renamed");
         warnings.extend(summary.warnings);
         if summary.entries > self.config.max_archive_entries {
             warnings.push(format!(
@@ -307,12 +298,28 @@ impl BackupManager {
                 tar_bytes: summary.tar_bytes,
                 entries: summary.entries,
                 stored: summary.stored,
+                mount_entries: summary.mount_entries,
             }),
         };
+        // The sidecar before the archive is in place: a crash between the two must not
+        // leave an own snapshot that a rebuild lists as an import (origin is the
+        // server's fact, never read from the archive). One left without its archive is
+        // removed at the next start.
         if let Err(e) = crate::catalog::write_sidecar(&snapshot) {
-            // The snapshot is good; only its warnings would be lost to a catalog rebuild.
+            // The snapshot is good; a rebuild would list it as imported, without warnings.
             tracing::warn!(snapshot = %snapshot.snapshot_id, "cannot write its sidecar: {e}");
         }
+        crash_point("backup.sidecar-written");
+        let commit = || -> io::Result<()> {
+            fs::rename(&partial, &final_path)?;
+            File::open(&dir)?.sync_all()
+        };
+        if let Err(e) = commit() {
+            let _ = fs::remove_file(&partial);
+            let _ = fs::remove_file(crate::catalog::sidecar_path(&final_path));
+            return Err(io_err("cannot move the finished archive into place")(e));
+        }
+        crash_point("backup.renamed");
         {
             let mut catalog = self.catalog.lock().expect("catalog lock");
             catalog.insert(snapshot.clone());
@@ -371,8 +378,21 @@ impl BackupManager {
     pub(super) async fn start_all(&self, ids: &[String]) -> StartReport {
         let mut report = StartReport::default();
         for id in ids {
-            match self.docker.start(id).await {
-                Ok(()) => {}
+            let started = match self.docker.start(id).await {
+                // We stopped it, so "already running" is a stop still in flight (or a
+                // start by someone else): wait for any stop, then start it for real.
+                Ok(crate::docker::Started::AlreadyRunning) => {
+                    tracing::warn!(container = %short(id),
+                        "Docker says it runs already: waiting for any stop in flight, then starting it");
+                    match self.docker.stop(id, self.config.stop_timeout_secs).await {
+                        Ok(_) => self.docker.start(id).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            };
+            match started {
+                Ok(_) => {}
                 Err(e) if e.is_not_found() => report.warnings.push(format!(
                     "container {} disappeared during the backup",
                     short(id)

@@ -81,6 +81,9 @@ pub enum ManagerError {
     /// The backup filesystem is full.
     #[error("no space left on the backup filesystem: {0}")]
     NoSpace(String),
+    /// A restore's data cannot fit where it goes; nothing was touched.
+    #[error("not enough space to restore: {0}")]
+    NoSpaceToRestore(String),
     /// Docker failed (engine unreachable, container gone, hook failed).
     #[error(transparent)]
     Docker(DockerError),
@@ -153,6 +156,16 @@ pub enum ManagerError {
         #[source]
         source: io::Error,
     },
+}
+
+impl ManagerError {
+    /// The error as an alert tells it (see [`DockerError::alert_text`]).
+    pub fn alert_text(&self) -> String {
+        match self {
+            ManagerError::Docker(e) => e.alert_text(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl From<DockerError> for ManagerError {
@@ -245,6 +258,8 @@ pub struct BackupManager {
     cleanups: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
     /// Apps a scrape has shown, so that one whose snapshots are gone shows 0.
     known_apps: Mutex<std::collections::BTreeSet<String>>,
+    /// The backup root's id (`.appsnap/id`): names this server's offsite copies.
+    root_id: String,
     /// Held for the manager's life: one process per backup root.
     _root_lock: File,
 }
@@ -273,9 +288,12 @@ impl BackupManager {
     pub async fn open(config: Config) -> Result<Arc<BackupManager>, ManagerError> {
         let root = config.backup_root.clone();
         let state = root.join(STATE_DIR);
-        mark_root(&root, &config.state_dir)?;
+        let root_id = mark_root(&root, &config.state_dir)?;
         let lock = lock_root(&state.join("lock"))?;
-        let docker = Docker::connect(&config.host_root)?;
+        let docker = Docker::connect(
+            &config.host_root,
+            std::time::Duration::from_secs(config.docker_timeout_secs.max(1)),
+        )?;
 
         // Repairs before serving: a crash may have left an app stopped or half restored.
         let mut journals: Vec<PathBuf> = fs::read_dir(&state)
@@ -324,6 +342,7 @@ impl BackupManager {
             retry_in_service: std::sync::atomic::AtomicBool::new(false),
             cleanups: Arc::default(),
             known_apps: Mutex::default(),
+            root_id,
             _root_lock: lock,
         }))
     }
@@ -700,8 +719,8 @@ async fn repair(docker: &Docker, path: &Path, stop_timeout: u32) -> Result<(), S
 /// An unmounted backup disk must not silently become an empty store on the root
 /// filesystem. The root carries a mark (`.appsnap/id`), and `state_dir` remembers, per
 /// root path, the id it had: a root that had one and lost it is refused. A root is created
-/// (and marked) only on first use, and that is logged.
-fn mark_root(root: &Path, state_dir: &Path) -> Result<(), ManagerError> {
+/// (and marked) only on first use, and that is logged. Returns the root's id.
+fn mark_root(root: &Path, state_dir: &Path) -> Result<String, ManagerError> {
     use sha2::Digest;
     let mark = root.join(STATE_DIR).join("id");
     let key = archive::hex(&sha2::Sha256::digest(root.as_os_str().as_encoded_bytes()));
@@ -753,7 +772,7 @@ fn mark_root(root: &Path, state_dir: &Path) -> Result<(), ManagerError> {
             record.display()
         );
     }
-    Ok(())
+    Ok(id)
 }
 
 /// One appsnap process per backup root: two would rewrite one catalog and repair each
@@ -777,7 +796,8 @@ fn lock_root(path: &Path) -> Result<File, ManagerError> {
     Ok(file)
 }
 
-/// Leftover `.*.partial` archives of interrupted backups are never valid snapshots.
+/// Leftover `.*.partial` archives of interrupted backups are never valid snapshots, and a
+/// sidecar whose archive is not there describes nothing.
 fn remove_partials(root: &Path) {
     let Ok(apps) = fs::read_dir(root) else { return };
     for app in apps.flatten() {
@@ -789,6 +809,15 @@ fn remove_partials(root: &Path) {
             let name = name.to_string_lossy();
             if name.starts_with('.') && name.ends_with(PARTIAL_SUFFIX) {
                 tracing::warn!("removing partial archive {}", f.path().display());
+                let _ = fs::remove_file(f.path());
+            } else if let Some(id) = name.strip_suffix(crate::catalog::SIDECAR_SUFFIX)
+                && !f
+                    .path()
+                    .with_file_name(format!("{id}{}", crate::catalog::ARCHIVE_SUFFIX))
+                    .exists()
+            {
+                // Written before its archive was moved into place (or left by a delete).
+                tracing::warn!("removing sidecar without an archive {}", f.path().display());
                 let _ = fs::remove_file(f.path());
             }
         }

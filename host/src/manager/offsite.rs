@@ -194,9 +194,15 @@ impl BackupManager {
     ) -> Result<Job, ManagerError> {
         let repo = self.repository(repository)?;
         let job = self.jobs.create("check", "");
-        let job2 = job.clone();
+        let (this, job2) = (Arc::clone(self), job.clone());
         self.track(tokio::spawn(async move {
             job2.step(&format!("checking `{}`", repo.name));
+            // Reading every pack back is heavy work (network, inflate, hashing): it waits
+            // its turn like a backup or a verify, so repeated requests cannot pile up.
+            let _slot = match read_data {
+                true => Some(this.heavy_slot(Some(&job2)).await),
+                false => None,
+            };
             match blocking("check task", move || offsite::check(&repo, read_data)).await {
                 Ok(c) => job2.succeed(serde_json::to_value(&c).expect("check report serializes")),
                 Err(e) => job2.fail(Arc::new(e)),
@@ -387,6 +393,7 @@ impl BackupManager {
             mounts: snapshot.mounts.clone(),
             origin: snapshot.origin,
             note: snapshot.note.clone(),
+            root_id: Some(self.root_id.clone()),
         };
         job.total(tar_bytes);
         let progress = Arc::new(offsite::Progress::default());
@@ -480,15 +487,36 @@ impl BackupManager {
         }
         let mut forgotten = 0;
         for repo in repos {
-            let (cfg, ids) = (repo.clone(), vec![snapshot_id.to_string()]);
-            let n = blocking("forget task", move || offsite::forget(&cfg, &ids)).await?;
-            if n == 0 && location != "all" {
-                return Err(OffsiteError::SnapshotNotFound {
-                    name: repo.name,
-                    snapshot_id: snapshot_id.into(),
+            let (own, others) = self.copies_of(&repo.name, None).await?;
+            let ids: Vec<String> = own
+                .iter()
+                .filter(|r| r.snapshot_id == snapshot_id)
+                .map(|r| r.repository_snapshot.clone())
+                .collect();
+            if ids.is_empty() && location != "all" {
+                let others: Vec<&str> = others
+                    .iter()
+                    .filter(|r| r.snapshot_id == snapshot_id)
+                    .map(|r| r.repository_snapshot.as_str())
+                    .collect();
+                return Err(match others.is_empty() {
+                    true => OffsiteError::SnapshotNotFound {
+                        name: repo.name,
+                        snapshot_id: snapshot_id.into(),
+                    },
+                    false => OffsiteError::NotOurs {
+                        name: repo.name,
+                        snapshot_id: snapshot_id.into(),
+                        others: others.join(", "),
+                    },
                 }
                 .into());
             }
+            let cfg = repo.clone();
+            let n = match ids.is_empty() {
+                true => 0,
+                false => blocking("forget task", move || offsite::forget(&cfg, &ids)).await?,
+            };
             if n > 0 {
                 tracing::info!(snapshot = %snapshot_id, repository = %repo.name, copies = n, "offsite copies forgotten");
                 self.forget_copy(snapshot_id, &repo.name);
@@ -504,8 +532,9 @@ impl BackupManager {
         }
     }
 
-    /// Forgets the copies of `snapshot_ids` in `repo` (a policy decided so), drops their
-    /// copy records, and starts a prune.
+    /// Forgets this server's copies of `snapshot_ids` in `repo` (a policy decided so;
+    /// another server's copies of the same ids stay), drops their copy records, and
+    /// starts a prune.
     pub(super) async fn forget_at(
         self: &Arc<Self>,
         repo: &RepositoryConfig,
@@ -514,9 +543,18 @@ impl BackupManager {
         if snapshot_ids.is_empty() {
             return Ok(());
         }
-        let (cfg, ids) = (repo.clone(), snapshot_ids.clone());
-        let n = blocking("forget task", move || offsite::forget(&cfg, &ids)).await?;
-        for id in &snapshot_ids {
+        let (own, _) = self.copies_of(&repo.name, None).await?;
+        let (forgotten, ids): (std::collections::BTreeSet<String>, Vec<String>) = own
+            .into_iter()
+            .filter(|r| snapshot_ids.contains(&r.snapshot_id))
+            .map(|r| (r.snapshot_id, r.repository_snapshot))
+            .unzip();
+        let cfg = repo.clone();
+        let n = match ids.is_empty() {
+            true => 0,
+            false => blocking("forget task", move || offsite::forget(&cfg, &ids)).await?,
+        };
+        for id in &forgotten {
             tracing::info!(snapshot = %id, repository = %repo.name, "offsite copy forgotten by policy");
             self.forget_copy(id, &repo.name);
         }
@@ -555,8 +593,37 @@ impl BackupManager {
         blocking("listing task", move || offsite::list(&repo, app.as_deref())).await
     }
 
+    /// The copies a repository holds (of one app when given), split into this server's
+    /// and other servers' (which share the repository, and may hold copies of the same
+    /// snapshot ids: ids survive download and import). A copy is this server's when it
+    /// names this backup root; a copy from before copies named their root counts as this
+    /// server's when a local snapshot records it, or when this host made it.
+    pub(super) async fn copies_of(
+        &self,
+        repository: &str,
+        app_id: Option<&str>,
+    ) -> Result<(Vec<RemoteSnapshot>, Vec<RemoteSnapshot>), ManagerError> {
+        let list = self.remote_snapshots(repository, app_id).await?;
+        let recorded: std::collections::HashSet<String> = {
+            let catalog = self.catalog.lock().expect("catalog lock");
+            catalog
+                .all()
+                .filter_map(|s| s.copies.get(repository)?.repository_snapshot.clone())
+                .collect()
+        };
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(list.into_iter().partition(|r| match &r.root_id {
+            Some(root) => *root == self.root_id,
+            None => recorded.contains(&r.repository_snapshot) || r.hostname == host,
+        }))
+    }
+
     /// The newest copy of `snapshot_id` in `from`, or in the configured repositories in
-    /// order. Without repositories, the snapshot is simply not found.
+    /// order. Without repositories, the snapshot is simply not found. Where several
+    /// servers copied the same id, the copy of the tar stream the local record names wins,
+    /// then this server's own.
     pub(super) async fn find_remote(
         &self,
         from: Option<&str>,
@@ -572,12 +639,25 @@ impl BackupManager {
                 .map(|r| r.name.clone())
                 .collect(),
         };
+        let recorded_stream = self.get(snapshot_id).ok().and_then(|s| s.tar_sha256);
         let mut last = ManagerError::SnapshotNotFound(snapshot_id.into());
         for name in names {
-            match self.remote_snapshots(&name, None).await {
-                Ok(list) => {
-                    if let Some(s) = list.into_iter().rfind(|s| s.snapshot_id == snapshot_id) {
-                        return Ok(s);
+            match self.copies_of(&name, None).await {
+                Ok((own, others)) => {
+                    let best = own
+                        .iter()
+                        .map(|r| (r, true))
+                        .chain(others.iter().map(|r| (r, false)))
+                        .filter(|(r, _)| r.snapshot_id == snapshot_id)
+                        .max_by_key(|(r, ours)| {
+                            (
+                                recorded_stream.as_deref() == Some(r.tar_sha256.as_str()),
+                                *ours,
+                                r.copied_at,
+                            )
+                        });
+                    if let Some((r, _)) = best {
+                        return Ok(r.clone());
                     }
                     if from.is_some() {
                         last = OffsiteError::SnapshotNotFound {
@@ -596,8 +676,10 @@ impl BackupManager {
     /// `POST /api/v1/backup/snapshots/{id}/fetch[?from=NAME]`, and a download of a
     /// snapshot that is not held locally: fetches the newest copy (of `from`, or of the
     /// first repository holding one) into the backup root as a local snapshot, as a job
-    /// of kind `fetch`. A local archive of the same id is replaced only once the fetched
-    /// one is complete and checked (a way to mend a damaged local archive).
+    /// of kind `fetch`. A local archive of the same id is kept when it checks out; a
+    /// damaged one is replaced only by the tar stream its record names, once the fetched
+    /// archive is complete and checked (a way to mend it), and its record keeps every
+    /// server fact (origin, warnings, pin, note, date).
     pub async fn start_fetch(
         self: &Arc<Self>,
         snapshot_id: &str,
@@ -637,6 +719,40 @@ impl BackupManager {
         job: &Job,
     ) -> Result<Snapshot, ManagerError> {
         let repo = self.repository(&remote.repository)?;
+        // A local snapshot of that id is this server's record: a copy never replaces an
+        // archive that still checks out, and replaces a damaged one only when it is the
+        // same tar stream the record names (never merely what the repository says).
+        let local = match self.get(&remote.snapshot_id) {
+            Ok(local) => Some(local),
+            Err(ManagerError::SnapshotNotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(local) = &local {
+            job.step("checking the local archive");
+            let (path, sha) = (PathBuf::from(&local.file_path), local.sha256.clone());
+            let intact = tokio::task::spawn_blocking(move || archive::check_sha256(&path, &sha))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if intact {
+                tracing::info!(snapshot = %local.snapshot_id,
+                    "the local archive checks out: kept, nothing fetched");
+                return Ok(local.clone());
+            }
+            if local.tar_sha256.as_deref() != Some(remote.tar_sha256.as_str()) {
+                return Err(OffsiteError::Mismatch {
+                    name: repo.name.clone(),
+                    snapshot_id: remote.snapshot_id.clone(),
+                    reason: format!(
+                        "the local archive is damaged, and the repository's copy is not the \
+                         snapshot this server recorded (tar sha256 {} here, {} there); \
+                         nothing was replaced",
+                        local.tar_sha256.as_deref().unwrap_or("not recorded"),
+                        remote.tar_sha256
+                    ),
+                }
+                .into());
+            }
+        }
         job.step(&format!("fetching from repository `{}`", repo.name));
         job.total(remote.tar_bytes);
         let tmp = offsite::fetch_path(
@@ -708,9 +824,13 @@ impl BackupManager {
                 archive::hex(&written.sha256),
                 written.compressed_bytes,
                 super::transfer::Adopt {
-                    app_override: None,
-                    expect: Some((remote.app_id.clone(), remote.snapshot_id.clone())),
-                    replace: true,
+                    // Filed under the app the copy's description names: an import
+                    // filed elsewhere (`?app_id=`) was copied under its new app, while
+                    // its archive names the old one. The tar stream's sha256, checked
+                    // above against the description, binds the two.
+                    app_override: Some(remote.app_id.clone()),
+                    expect_id: Some(remote.snapshot_id.clone()),
+                    replace: local,
                     tar_sha256: Some(remote.tar_sha256.clone()),
                     copies: [(
                         remote.repository.clone(),

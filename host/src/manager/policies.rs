@@ -179,13 +179,14 @@ impl BackupManager {
     }
 
     /// The app's copies in `repository` as a policy sees them, newest first, one per
-    /// appsnap snapshot (a snapshot copied twice is one).
+    /// appsnap snapshot (a snapshot copied twice is one). Only this server's copies: the
+    /// copies of another server sharing the repository are its own policies' business.
     pub(super) async fn remote_infos(
         &self,
         app_id: &str,
         repository: &str,
     ) -> Result<Vec<SnapshotInfo>, ManagerError> {
-        let remote = self.remote_snapshots(repository, Some(app_id)).await?;
+        let (remote, _) = self.copies_of(repository, Some(app_id)).await?;
         let pinned = self.pinned_ids();
         let mut seen = HashSet::new();
         Ok(remote

@@ -239,7 +239,12 @@ impl BackupManager {
 
         self.after_cleanup(lock, job).await?;
         job.step("preparing");
-        let mut plan = self.plan_targets(app, snapshot).await?;
+        // The app as it is now, after the waits above: a container started meanwhile
+        // must be stopped before its data moves.
+        let app = &self.docker.find_app(&app.id).await?;
+        let mut plan = self
+            .plan_targets(app, snapshot, &verified.mount_entries)
+            .await?;
         if let Err(e) = check_space(&plan, &verified.stored) {
             remove_volumes(&self.docker, &plan.created).await;
             return Err(e);
@@ -371,10 +376,21 @@ impl BackupManager {
     /// label. Anything else — a path the app no longer mounts, a volume of another app,
     /// a path inside the backup root, appsnap's state or Docker's own directory — is not
     /// restored: its entries are checked and discarded, and it is listed as skipped.
-    /// A volume created for a plan that then fails is removed again.
-    async fn plan_targets(&self, app: &App, snapshot: &Snapshot) -> Result<Plan, ManagerError> {
+    /// A mount the archive holds no entry for (nothing could be read at backup time, a
+    /// bind of a socket, an archive that leaves it out) is not touched either: restoring
+    /// it would only empty it. A volume created for a plan that then fails is removed
+    /// again.
+    async fn plan_targets(
+        &self,
+        app: &App,
+        snapshot: &Snapshot,
+        mount_entries: &[u64],
+    ) -> Result<Plan, ManagerError> {
         let mut plan = Plan::default();
-        match self.fill_plan(app, snapshot, &mut plan).await {
+        match self
+            .fill_plan(app, snapshot, mount_entries, &mut plan)
+            .await
+        {
             Ok(()) => Ok(plan),
             Err(e) => {
                 remove_volumes(&self.docker, &plan.created).await;
@@ -387,11 +403,21 @@ impl BackupManager {
         &self,
         app: &App,
         snapshot: &Snapshot,
+        mount_entries: &[u64],
         plan: &mut Plan,
     ) -> Result<(), ManagerError> {
         let docker_root = PathBuf::from(self.docker.root_dir().await?);
-        for m in &snapshot.mounts {
-            let target = match self.target_of(app, m, &docker_root).await? {
+        for (i, m) in snapshot.mounts.iter().enumerate() {
+            let target = if mount_entries.get(i) == Some(&0) {
+                Err(
+                    "the snapshot holds nothing for it (it could not be read at backup \
+                     time, or the archive leaves it out); left as it is"
+                        .to_string(),
+                )
+            } else {
+                self.target_of(app, m, &docker_root).await?
+            };
+            let target = match target {
                 Ok(t) => t,
                 Err(why) => {
                     tracing::warn!(app = %app.id, mount = %m.name, "not restored: {why}");
@@ -441,6 +467,12 @@ impl BackupManager {
         let current = same_kind()
             .find(|c| c.name == m.name || m.kind == "project")
             .or_else(|| same_kind().find(|c| c.destination.split(',').any(|d| dests.contains(&d))));
+        // The volume the target is, if it is one: today's (possibly renamed) volume
+        // serving the same container path, or the snapshot's, recreated.
+        let volume = match current {
+            Some(c) => (c.kind == "volume").then(|| c.name.clone()),
+            None => (m.kind == "volume").then(|| m.name.clone()),
+        };
         let target = match current {
             Some(c) => Target::Current(PathBuf::from(&c.source)),
             None if m.kind == "volume" => match self.docker.volume_owner(&m.name).await? {
@@ -471,12 +503,33 @@ impl BackupManager {
                 path.display()
             )));
         }
-        let own_volume = docker_root.join("volumes").join(&m.name).join("_data");
-        if inside(docker_root) && !(m.kind == "volume" && path == own_volume) {
+        let own_volume = volume
+            .as_ref()
+            .map(|v| docker_root.join("volumes").join(v).join("_data"));
+        if inside(docker_root) && own_volume.as_ref() != Some(&path) {
             return Ok(Err(format!(
                 "{} is inside Docker's own directory",
                 path.display()
             )));
+        }
+        // A volume that another app's running containers also use is not this app's to
+        // move: its data would be renamed under them, and dropped after the restore.
+        if let (Some(v), Target::Current(_)) = (&volume, &target) {
+            let others = self.docker.other_users_of_volume(v, &app.id).await?;
+            if !others.is_empty() {
+                let names: Vec<String> = others
+                    .iter()
+                    .map(|(name, project)| match project {
+                        Some(p) => format!("{name} (app `{p}`)"),
+                        None => name.clone(),
+                    })
+                    .collect();
+                return Ok(Err(format!(
+                    "the volume is also used by running container(s) of other apps: {}; \
+                     stop them to restore it",
+                    names.join(", ")
+                )));
+            }
         }
         Ok(Ok(target))
     }
@@ -546,8 +599,9 @@ impl BackupManager {
 }
 
 /// Refuses, before anything is touched, a restore whose data cannot fit: the old data stays
-/// on each filesystem (set aside) until the new data is complete, so the snapshot's stored
-/// bytes must fit in what is free now, summed per filesystem.
+/// on each filesystem (set aside) until the new data is complete, so what the snapshot's
+/// files will allocate (see [`archive::allocation`]) must fit in what is free now, summed
+/// per filesystem.
 fn check_space(plan: &Plan, stored: &[u64]) -> Result<(), ManagerError> {
     use std::os::unix::fs::MetadataExt;
     let mut need: HashMap<u64, (u64, PathBuf)> = HashMap::new();
@@ -571,10 +625,10 @@ fn check_space(plan: &Plan, stored: &[u64]) -> Result<(), ManagerError> {
         })?;
         let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
         if bytes > free {
-            return Err(ManagerError::NoSpace(format!(
+            return Err(ManagerError::NoSpaceToRestore(format!(
                 "the snapshot needs {bytes} bytes on the filesystem of {}, which has {free} \
-                 free (the current data stays there until the restore is complete); nothing \
-                 was touched",
+                 free (the current data stays there until the restore is complete; every \
+                 data segment of a file takes whole blocks); nothing was touched",
                 path.display()
             )));
         }
@@ -628,11 +682,15 @@ async fn remove_volumes(docker: &Docker, names: &[String]) {
     }
 }
 
-/// Stops the containers, puts the files back, removes the volumes the restore created and
-/// starts the containers that were running. Idempotent, so recovery can run it again.
+/// Journals the decision, stops the containers, puts the files back, removes the volumes
+/// the restore created and starts the containers that were running. Idempotent, so
+/// recovery can run it again.
 /// When the files cannot be put back, the containers stay stopped (never started on
 /// half-restored data) and the journal stays for the next try.
 async fn rollback(docker: &Docker, mut swap: Swap, stop_timeout: u32) -> Result<(), String> {
+    // The decision first: a stop that fails or a crash during it must leave a journal
+    // that says "roll back", never one that says "extracted" (which recovery finishes).
+    swap.begin_rollback()?;
     for id in &swap.journal.stopped {
         // It may have been started already; never touch the files under a running app.
         match docker.stop(id, stop_timeout).await {
@@ -646,6 +704,7 @@ async fn rollback(docker: &Docker, mut swap: Swap, stop_timeout: u32) -> Result<
             }
         }
     }
+    failpoint::point("rollback.stopped")?;
     if let Err(e) = swap.rollback_files() {
         tracing::error!(app = %swap.journal.app_id, "rollback of the files failed: {e}");
         return Err(format!(
@@ -692,7 +751,7 @@ pub(super) async fn recover_restore(
         "a restore was interrupted after its extraction completed: finishing it");
     for id in &swap.journal.stopped {
         match docker.start(id).await {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(format!("container {} could not be started: {e}", short(id))),
         }

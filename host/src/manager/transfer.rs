@@ -54,10 +54,11 @@ impl Drop for RemoveOnDrop {
 pub(super) struct Adopt {
     /// List it under this app instead of the one its metadata names (import).
     pub app_override: Option<String>,
-    /// The app and snapshot ids its metadata must name (a fetched copy).
-    pub expect: Option<(String, String)>,
-    /// Replace a local archive of the same id (a fetched copy of a local snapshot).
-    pub replace: bool,
+    /// The snapshot id its metadata must name (a fetched copy).
+    pub expect_id: Option<String>,
+    /// The local record whose (damaged) archive this one replaces: a fetched copy of
+    /// a local snapshot. The record's server facts stay as they are.
+    pub replace: Option<Snapshot>,
     pub tar_sha256: Option<String>,
     pub copies: std::collections::BTreeMap<String, crate::catalog::Copy>,
 }
@@ -252,15 +253,16 @@ impl BackupManager {
         size: u64,
         how: Adopt,
     ) -> Result<Snapshot, ManagerError> {
+        // A replacement is checked under the rules of the snapshot it replaces.
         let (path, threads, opts) = (
             tmp.to_path_buf(),
             self.config.threads(),
-            self.extract_options(None),
+            self.extract_options(how.replace.as_ref()),
         );
         // A client that leaves mid-verify stops it (the file is removed by the caller).
         let _abandoned = SetOnDrop(opts.cancel.clone());
         let _slot = self.heavy_slot(None).await;
-        let expect = how.expect.clone();
+        let expect = how.expect_id.clone();
         let (meta, verified) = tokio::task::spawn_blocking(move || {
             let bytes = archive::read_metadata(&path)?;
             let not_ours = |reason: String| archive::ArchiveError::NotASnapshot {
@@ -274,12 +276,12 @@ impl BackupManager {
                 ids::validate(what, id).map_err(|e| not_ours(e.to_string()))?;
             }
             crate::model::check_mounts(&meta.mounts).map_err(not_ours)?;
-            if let Some((app, id)) = &expect
-                && (&meta.app_id != app || &meta.snapshot_id != id)
+            if let Some(id) = &expect
+                && &meta.snapshot_id != id
             {
                 return Err(not_ours(format!(
-                    "it holds snapshot `{}` of app `{}`, not `{id}` of `{app}`",
-                    meta.snapshot_id, meta.app_id
+                    "it holds snapshot `{}`, not `{id}`",
+                    meta.snapshot_id
                 )));
             }
             let verified = archive::verify(
@@ -295,7 +297,10 @@ impl BackupManager {
         .await
         .map_err(|e| ManagerError::Corrupt(format!("verification task: {e}")))??;
 
-        let app_id = how.app_override.unwrap_or(meta.app_id);
+        let app_id = match &how.replace {
+            Some(old) => old.app_id.clone(),
+            None => how.app_override.unwrap_or(meta.app_id),
+        };
         ids::validate("app id", &app_id)?;
         ids::validate("snapshot id", &meta.snapshot_id)?;
         let dir = self.config.backup_root.join(&app_id);
@@ -336,26 +341,28 @@ impl BackupManager {
             checked: Some(crate::catalog::Checked::of(snapshot_sha, &verified)),
         };
         let mut catalog = self.catalog.lock().expect("catalog lock");
-        let exists = catalog.contains(&snapshot.snapshot_id) || final_path.exists();
-        if exists && !how.replace {
-            return Err(ManagerError::SnapshotExists(snapshot.snapshot_id));
-        }
-        if let Some(old) = catalog.get(&snapshot.snapshot_id)
-            && old.file_path != snapshot.file_path
-        {
-            // The same id listed under another app: never two archives for one id.
-            return Err(ManagerError::SnapshotExists(snapshot.snapshot_id));
-        }
-        // A fetched copy replacing the local archive keeps the local record's pin, note
-        // edits and other copies.
-        let mut snapshot = snapshot;
-        if let Some(old) = catalog.get(&snapshot.snapshot_id) {
-            snapshot.pinned = old.pinned;
-            snapshot.note = old.note.clone();
-            let mut copies = old.copies.clone();
-            copies.extend(snapshot.copies);
-            snapshot.copies = copies;
-        }
+        let listed = catalog.get(&snapshot.snapshot_id).cloned();
+        let snapshot = match (how.replace, listed) {
+            (None, None) if !final_path.exists() => snapshot,
+            // The record it replaces, still about the file found damaged: every server
+            // fact stays; only the file and what describes the file change.
+            (Some(old), Some(listed))
+                if listed.sha256 == old.sha256 && listed.file_path == snapshot.file_path =>
+            {
+                let mut copies = listed.copies.clone();
+                copies.extend(snapshot.copies);
+                Snapshot {
+                    size_bytes: snapshot.size_bytes,
+                    sha256: snapshot.sha256,
+                    checked: snapshot.checked,
+                    copies,
+                    ..listed
+                }
+            }
+            // Listed meanwhile, changed meanwhile, or another app's: never two archives
+            // (or two records) for one id.
+            _ => return Err(ManagerError::SnapshotExists(snapshot.snapshot_id)),
+        };
         fs::rename(tmp, &final_path).map_err(io_err("cannot move the import into place"))?;
         fs::File::open(&dir)
             .and_then(|d| d.sync_all())

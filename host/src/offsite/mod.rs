@@ -22,7 +22,6 @@ pub mod source;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::ops::Not;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +59,17 @@ pub enum OffsiteError {
     /// The repository holds no copy of that snapshot.
     #[error("repository `{name}` holds no copy of snapshot `{snapshot_id}`")]
     SnapshotNotFound { name: String, snapshot_id: String },
+    /// The repository's copies of that snapshot were made by other servers sharing it
+    /// (a snapshot id survives download and import).
+    #[error(
+        "repository `{name}` holds copies of snapshot `{snapshot_id}` made by another server \
+         only (repository snapshots {others}); appsnap forgets only its own copies"
+    )]
+    NotOurs {
+        name: String,
+        snapshot_id: String,
+        others: String,
+    },
     /// What came back from the repository is not what the backup wrote.
     #[error("repository `{name}`: the copy of `{snapshot_id}` is not the snapshot: {reason}")]
     Mismatch {
@@ -211,6 +221,11 @@ pub struct Description {
     pub origin: Origin,
     #[serde(default)]
     pub note: Option<String>,
+    /// The id of the backup root (the server) that made this copy: with the repository's
+    /// own snapshot id, what tells this server's copies from those of another server
+    /// sharing the repository. Absent in copies made before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<String>,
 }
 
 /// A snapshot as a repository holds it (`GET /api/v1/repositories/{name}/snapshots`).
@@ -233,6 +248,9 @@ pub struct RemoteSnapshot {
     pub note: Option<String>,
     /// The file inside the restic snapshot: `restic dump <id> <path>` gives the tar stream.
     pub path: String,
+    /// The backup root (server) that made the copy, when it said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<String>,
 }
 
 /// What one copy did.
@@ -383,13 +401,9 @@ pub fn copy(
     let problem = check
         .problem(&description.tar_sha256)
         .or_else(|| match stored {
-            Ok(node) if node.meta.size == description.tar_bytes => {
-                unreadable_chunks(&repo, &node).err().map(|e| describe(&e))
-            }
-            Ok(node) => Some(format!(
-                "the stored file has {} bytes, the tar stream {}",
-                node.meta.size, description.tar_bytes
-            )),
+            Ok(node) => unreadable_chunks(&repo, &node, description.tar_bytes)
+                .err()
+                .map(|e| describe(&e)),
             Err(e) => Some(format!("the stored file is missing: {}", describe(&e))),
         });
     if let Some(reason) = problem {
@@ -418,22 +432,34 @@ pub fn copy(
     })
 }
 
-/// Fails unless every chunk of `node` is indexed in a pack the storage really has: the
-/// proof that a copy can be read back, whatever an interrupted upload left behind.
+/// Fails unless every chunk of `node` is indexed in a pack the storage really has, and the
+/// chunks add up to `expected_bytes`: the proof that a copy can be read back whole,
+/// whatever an interrupted upload left behind.
 fn unreadable_chunks<S: rustic_core::IndexedFull>(
     repo: &Repository<S>,
     node: &rustic_core::repofile::Node,
+    expected_bytes: u64,
 ) -> rustic_core::RusticResult<()> {
     let present: std::collections::HashSet<PackId> = repo.list::<PackId>()?.collect();
     let chunks = node.content.as_deref().unwrap_or_default();
-    let missing = chunks
-        .iter()
-        .filter(|id| {
-            repo.get_index_entry(*id)
-                .is_ok_and(|e| present.contains(&e.pack))
-                .not()
-        })
-        .count();
+    let mut missing = 0;
+    // What the chunks hold, as the index says: the node's own size is only what the
+    // copy declared (rustic keeps it even when it read less).
+    let mut held = 0u64;
+    for id in chunks {
+        match repo.get_index_entry(id) {
+            Ok(e) if present.contains(&e.pack) => held += u64::from(e.location.data_length()),
+            _ => missing += 1,
+        }
+    }
+    if missing == 0 && held != expected_bytes {
+        return Err(RusticError::new(
+            rustic_core::ErrorKind::Verification,
+            "the stored chunks hold {held} bytes, the tar stream {expected}",
+        )
+        .attach_context("held", held.to_string())
+        .attach_context("expected", expected_bytes.to_string()));
+    }
     if missing > 0 {
         return Err(RusticError::new(
             rustic_core::ErrorKind::Verification,
@@ -466,30 +492,52 @@ pub fn list(
         .filter(|s| s.label == LABEL)
         .filter_map(|s| {
             let d = parse_description(s.description.as_deref()?)?;
+            let copied_at = DateTime::from_timestamp(
+                s.time.timestamp().as_second(),
+                s.time.timestamp().subsec_nanosecond() as u32,
+            )
+            .unwrap_or_default();
             Some(RemoteSnapshot {
                 repository: cfg.name.clone(),
                 repository_snapshot: s.id.to_string(),
                 path: file_path(&d.app_id, &d.snapshot_id),
                 snapshot_id: d.snapshot_id,
                 app_id: d.app_id,
-                created_at: d.created_at,
-                copied_at: DateTime::from_timestamp(
-                    s.time.timestamp().as_second(),
-                    s.time.timestamp().subsec_nanosecond() as u32,
-                )
-                .unwrap_or_default(),
+                created_at: listed_created_at(d.created_at, copied_at, Utc::now()),
+                copied_at,
                 hostname: s.hostname,
                 tar_bytes: d.tar_bytes,
                 tar_sha256: d.tar_sha256,
                 mounts: d.mounts,
                 origin: d.origin,
                 note: d.note,
+                root_id: d.root_id,
             })
         })
         .filter(|s| app_id.is_none_or(|a| a == s.app_id))
         .collect();
     out.sort_by(|a, b| (a.created_at, &a.snapshot_id).cmp(&(b.created_at, &b.snapshot_id)));
     Ok(out)
+}
+
+/// The date a copy is listed (and ranked by retention) under. A date another server's
+/// clock put in the future would make the copy "the newest" for every policy, forever:
+/// like an import dated in the future (listed as of its import), it is listed as of its
+/// copy, and as of now when the copy's own time is in the future too.
+fn listed_created_at(
+    created_at: DateTime<Utc>,
+    copied_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let slack = chrono::Duration::minutes(5);
+    let mut at = created_at;
+    if at > copied_at + slack {
+        at = copied_at;
+    }
+    if at > now + slack {
+        at = now;
+    }
+    at
 }
 
 /// A description read back from a repository, believed only once it holds up.
@@ -508,23 +556,21 @@ pub fn stored(cfg: &RepositoryConfig) -> Result<u64, OffsiteError> {
     stored_bytes(&open(cfg, false)?).map_err(backend_err(&cfg.name))
 }
 
-/// Removes every copy of the appsnap snapshots `snapshot_ids` from the repository's
-/// snapshot list; returns how many restic snapshots that was. The data stays until a
-/// prune frees what no snapshot uses any more.
-pub fn forget(cfg: &RepositoryConfig, snapshot_ids: &[String]) -> Result<usize, OffsiteError> {
+/// Removes exactly the named repository snapshots (appsnap's copies only) from the
+/// repository's snapshot list; returns how many there were. The caller names copies, not
+/// appsnap ids: another server sharing the repository may hold a copy of the same id.
+/// The data stays until a prune frees what no snapshot uses any more.
+pub fn forget(
+    cfg: &RepositoryConfig,
+    repository_snapshots: &[String],
+) -> Result<usize, OffsiteError> {
     let err = backend_err(&cfg.name);
     let repo = open(cfg, false)?;
     let ids: Vec<_> = repo
         .get_all_snapshots()
         .map_err(&err)?
         .into_iter()
-        .filter(|s| s.label == LABEL)
-        .filter(|s| {
-            s.description
-                .as_deref()
-                .and_then(parse_description)
-                .is_some_and(|d| snapshot_ids.contains(&d.snapshot_id))
-        })
+        .filter(|s| s.label == LABEL && repository_snapshots.contains(&s.id.to_string()))
         .map(|s| s.id)
         .collect();
     if !ids.is_empty() {
@@ -647,4 +693,26 @@ pub fn check(cfg: &RepositoryConfig, read_data: bool) -> Result<Checked, Offsite
         errors,
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_dated_in_the_future_is_listed_as_of_its_copy_or_of_now() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let now = t("2026-12-03T12:00:00Z");
+        // An ordinary copy: made after the snapshot.
+        let (made, copied) = (t("2026-12-03T10:00:00Z"), t("2026-12-03T10:01:00Z"));
+        assert_eq!(listed_created_at(made, copied, now), made);
+        // Another server's clock a year ahead: listed as of the copy.
+        let future = t("2027-12-03T10:00:00Z");
+        assert_eq!(listed_created_at(future, copied, now), copied);
+        // Both dates ahead (the copying server's clock too): as of now.
+        assert_eq!(listed_created_at(future, future, now), now);
+        // A few seconds of skew are no reason to move anything.
+        let skew = t("2026-12-03T10:01:30Z");
+        assert_eq!(listed_created_at(skew, copied, now), skew);
+    }
 }
