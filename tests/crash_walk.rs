@@ -289,6 +289,30 @@ async fn every_fail_point_of_restore_rollback_and_backup_ends_old_or_new_never_a
     );
 }
 
+/// Waits until Docker has sent `container` its `n`-th SIGTERM/SIGKILL (`kill` events)
+/// since `since` (a Unix time, or `0` for ever): the moment a stop is in flight.
+fn kill_events(container: &str, since: &str, n: usize) {
+    let mut events = std::process::Command::new("docker")
+        .args([
+            "events",
+            "--filter",
+            "event=kill",
+            "--format",
+            "{{.Actor.ID}}",
+        ])
+        .args(["--filter", &format!("container={container}")])
+        .args(["--since", since])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(events.stdout.take().unwrap()));
+    for _ in 0..n {
+        assert_eq!(lines.next().unwrap().unwrap().trim(), container);
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+}
+
 /// A kill while a backup waits for a slow container to stop: Docker finishes that stop
 /// after appsnap is gone. Recovery must not "start" the container while the stop is still
 /// in flight (Docker answers "already running", then the stop completes and the app stays
@@ -308,28 +332,7 @@ async fn a_kill_while_containers_stop_leaves_the_app_running() {
     crate::common::follow_until(&svc, &job_id, |j| j["step"] == "stopping containers").await;
     // Docker reports the SIGTERM of the stop as a `kill` event: once it is seen, the stop
     // is in flight (and lasts 2 s, the container's trap), so the kill lands inside it.
-    let mut events = std::process::Command::new("docker")
-        .args([
-            "events",
-            "--filter",
-            "event=kill",
-            "--format",
-            "{{.Actor.ID}}",
-        ])
-        .args(["--filter", &format!("container={}", app.containers[0])])
-        .args(["--since", "0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(events.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let _ = events.kill();
-    let _ = events.wait();
-    assert_eq!(line.trim(), app.containers[0]);
+    kill_events(&app.containers[0], "0", 1);
     svc.kill();
     let killed_at = chrono::Utc::now();
     let svc = Service::start(root.path(), &[]);
@@ -385,28 +388,11 @@ async fn a_kill_during_the_rollbacks_stop_still_rolls_back() {
     assert!(job["job_id"].is_string(), "{job}");
     // The slow container gets two SIGTERMs (`kill` events): the restore's stop, then the
     // rollback's. The second stop lasts 3 s (its trap): the kill lands inside it.
-    let mut events = std::process::Command::new("docker")
-        .args([
-            "events",
-            "--filter",
-            "event=kill",
-            "--format",
-            "{{.Actor.ID}}",
-        ])
-        .args(["--filter", &format!("container={slow}")])
-        .args([
-            "--since",
-            &format!("{}.{:09}", since.as_secs(), since.subsec_nanos()),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(events.stdout.take().unwrap()));
-    for _ in 0..2 {
-        assert_eq!(lines.next().unwrap().unwrap().trim(), slow);
-    }
-    let _ = events.kill();
-    let _ = events.wait();
+    kill_events(
+        &slow,
+        &format!("{}.{:09}", since.as_secs(), since.subsec_nanos()),
+        2,
+    );
     let log = svc.kill_and_log();
     assert!(
         log.iter().any(|l| l.contains("rolling back")),

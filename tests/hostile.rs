@@ -679,14 +679,8 @@ async fn privileged_xattrs_come_back_only_from_this_servers_snapshots() {
         ["user.appsnap"],
         "imported snapshot, after a reindex"
     );
-    let Harness {
-        root,
-        manager,
-        router,
-    } = b;
-    drop((manager, router));
-    fs::remove_file(root.path().join("snapshots.json")).unwrap();
-    let b = Harness::in_root(root, |_| {}).await;
+    let catalog = b.root.path().join("snapshots.json");
+    let b = b.reopen(|_| fs::remove_file(&catalog).unwrap()).await;
     assert_eq!(
         b.manager.get(&id).unwrap().origin,
         appsnap::catalog::Origin::Imported

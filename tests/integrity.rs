@@ -316,13 +316,7 @@ async fn pins_survive_reindex_and_hold_against_a_decision_taken_before_them() {
     };
     fs::remove_file(sidecar(&new)).unwrap();
     fs::write(sidecar(&old), r#"{"pinned": false, "warnings": []}"#).unwrap();
-    let Harness {
-        root,
-        manager,
-        router,
-    } = h;
-    drop((manager, router));
-    let h = Harness::in_root(root, |_| {}).await; // the upgraded service starts
+    let h = h.reopen(|_| {}).await; // the upgraded service starts
     fs::remove_file(h.root.path().join("snapshots.json")).unwrap();
     assert_eq!(h.manager.reindex().unwrap(), 2);
     let s = h.manager.get(new_id).unwrap();

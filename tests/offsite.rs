@@ -999,17 +999,15 @@ async fn a_fetch_keeps_a_good_local_archive_and_mends_a_damaged_one_only_with_it
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // A record naming another tar stream than the copy's: nothing is replaced.
-    let Harness {
-        root,
-        manager,
-        router,
-    } = h;
-    drop((manager, router));
-    let catalog = root.path().join("snapshots.json");
+    let catalog = h.root.path().join("snapshots.json");
     let mut list: serde_json::Value = serde_json::from_slice(&fs::read(&catalog).unwrap()).unwrap();
     list[0]["tar_sha256"] = "0".repeat(64).into();
-    fs::write(&catalog, list.to_string()).unwrap();
-    let h = Harness::in_root(root, |c| c.repositories = vec![repo]).await;
+    let h = h
+        .reopen(|c| {
+            fs::write(&catalog, list.to_string()).unwrap();
+            c.repositories = vec![repo];
+        })
+        .await;
     damage();
     let damaged = fs::read(&path).unwrap();
     let (status, job) = h
@@ -1051,10 +1049,7 @@ async fn servers_sharing_a_repository_forget_only_their_own_copies() {
     let id = snap["snapshot_id"].as_str().unwrap().to_string();
     let moved = format!("{}_moved", app.id);
     let bytes = fs::read(snap["file_path"].as_str().unwrap()).unwrap();
-    let req = axum::http::Request::post(format!("/api/v1/backup/snapshots/import?app_id={moved}"))
-        .body(axum::body::Body::from(bytes))
-        .unwrap();
-    let (status, body) = b.call_with(req).await;
+    let (status, body) = b.import(bytes, &format!("?app_id={moved}")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, job) = b
         .call(

@@ -1064,10 +1064,7 @@ async fn a_sparse_archive_is_counted_by_what_it_allocates() {
     );
 
     let h = Harness::new().await;
-    let req = axum::http::Request::post("/api/v1/backup/snapshots/import")
-        .body(axum::body::Body::from(bytes))
-        .unwrap();
-    let (status, body) = h.call_with(req).await;
+    let (status, body) = h.import(bytes, "").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = h
         .call(

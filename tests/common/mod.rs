@@ -295,6 +295,27 @@ impl Harness {
         }
     }
 
+    /// The service stopped and started again on the same backup root (an upgrade, a
+    /// restart after a lost catalog). `tune` runs while it is down: it may change the new
+    /// configuration, and the backup root as a person (or a crash) would.
+    pub async fn reopen(self, tune: impl FnOnce(&mut Config)) -> Harness {
+        let Harness {
+            root,
+            manager,
+            router,
+        } = self;
+        drop((manager, router)); // releases the root's lock
+        Harness::in_root(root, tune).await
+    }
+
+    /// POSTs an archive to the import route (`query` like `?app_id=x`, or empty).
+    pub async fn import(&self, bytes: Vec<u8>, query: &str) -> (StatusCode, serde_json::Value) {
+        let req = Request::post(format!("/api/v1/backup/snapshots/import{query}"))
+            .body(Body::from(bytes))
+            .unwrap();
+        self.call_with(req).await
+    }
+
     pub async fn call(&self, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
         self.call_with(
             Request::builder()
