@@ -1066,15 +1066,8 @@ async fn a_sparse_archive_is_counted_by_what_it_allocates() {
     let h = Harness::new().await;
     let (status, body) = h.import(bytes, "").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = h
-        .call(
-            "POST",
-            &format!(
-                "/api/v1/backup/restore/{}/snapshot_20260101T000000Z_5a5a",
-                app.id
-            ),
-        )
-        .await;
+    let imported = serde_json::json!({"snapshot_id": "snapshot_20260101T000000Z_5a5a"});
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &imported)).await;
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
     let details = body["details"].as_str().unwrap();
     assert!(details.contains("nothing was touched"), "{details}");
