@@ -175,7 +175,7 @@ async fn every_rejection_answers_the_json_error_body() {
                 "PUT",
                 "/api/v1/policies/too-big",
                 Some("application/wasm"),
-                vec![0; appsnap::api::policies::MAX_COMPONENT_BYTES + 1],
+                vec![0; appsnap::policy::MAX_COMPONENT_BYTES + 1],
             ),
             StatusCode::PAYLOAD_TOO_LARGE,
         ),
@@ -184,6 +184,17 @@ async fn every_rejection_answers_the_json_error_body() {
             json(
                 "POST",
                 "/api/v1/backup/contract_probe?wait=maybe",
+                None,
+                Vec::new(),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            // Every route's query goes through the one extractor (notify's did not).
+            "bad query of the notification test",
+            json(
+                "POST",
+                "/api/v1/notify/test?target=a&target=b",
                 None,
                 Vec::new(),
             ),
@@ -213,6 +224,9 @@ async fn every_rejection_answers_the_json_error_body() {
         );
         if status == StatusCode::METHOD_NOT_ALLOWED {
             assert_eq!(headers["allow"], "GET,HEAD", "{what}");
+        }
+        if what.starts_with("bad query") {
+            assert_eq!(body["message"], "Invalid query", "{what}");
         }
     }
 }

@@ -44,7 +44,7 @@ pub struct JobInfo {
     pub result: Option<serde_json::Value>,
     /// `{"message","details"}` of a failed job (filled in by the API from `failure`);
     /// `null` unless it failed.
-    #[schema(value_type = Option<crate::api::error::ErrorBody>)]
+    #[schema(value_type = Option<crate::model::ErrorBody>)]
     pub error: Option<serde_json::Value>,
     /// Why the job failed, as the operation's own error: the API maps it to `error` the
     /// same way it maps the error of a request (`api::error`), so jobs need not know HTTP.

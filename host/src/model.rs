@@ -9,6 +9,16 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// `{"message": "...", "details": "..."}`: the body of every API error, and the error of a
+/// failed job (jobs carry it without knowing HTTP; `api::error` fills both the same way).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Short and stable: panels match on it.
+    pub message: String,
+    /// What exactly went wrong.
+    pub details: String,
+}
+
 /// One piece of an app's data, as recorded in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Mount {

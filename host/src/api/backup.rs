@@ -3,14 +3,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ApiQuery, ErrorBody};
 use crate::catalog::{Origin, Snapshot};
 use crate::jobs::JobInfo;
 use crate::manager::{BackupManager, Stats};
@@ -33,12 +32,6 @@ pub struct BackupCreated {
     pub snapshot: Snapshot,
 }
 
-/// Turns a malformed query string into our 400 body instead of axum's plain text.
-pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(t)| t)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "Invalid query", e.body_text()))
-}
-
 /// Snapshot an app's data.
 #[utoipa::path(post, path = "/api/v1/backup/{app_id}", tag = "backup",
     params(("app_id" = String, Path, description = "Compose project name"), BackupParams),
@@ -52,9 +45,8 @@ pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiErro
 pub async fn create(
     State(manager): State<Arc<BackupManager>>,
     Path(app_id): Path<String>,
-    params: Result<Query<BackupParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<BackupParams>,
 ) -> Result<Response, ApiError> {
-    let params = query(params)?;
     let started = manager
         .start_backup(&app_id, Origin::Manual, params.note)
         .await?;
@@ -82,9 +74,8 @@ pub struct ListParams {
     responses((status = 200, body = Vec<Snapshot>), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(manager): State<Arc<BackupManager>>,
-    params: Result<Query<ListParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<Snapshot>>, ApiError> {
-    let params = query(params)?;
     Ok(Json(manager.list(params.app_id.as_deref())?))
 }
 
@@ -120,9 +111,8 @@ pub struct DeleteParams {
 pub async fn delete(
     State(manager): State<Arc<BackupManager>>,
     Path(snapshot_id): Path<String>,
-    params: Result<Query<DeleteParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<DeleteParams>,
 ) -> Result<StatusCode, ApiError> {
-    let params = query(params)?;
     match params.location.as_deref() {
         None | Some("local") => manager.delete(&snapshot_id)?,
         Some(location) => manager.delete_at(&snapshot_id, location).await?,

@@ -5,17 +5,33 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
 use crate::docker::DockerError;
 use crate::manager::ManagerError;
 use crate::policy::PolicyError;
 
-/// The JSON body of every error response (and of a failed job).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub message: String,
-    pub details: String,
+pub use crate::model::ErrorBody;
+
+/// A route's query string, deserialized into `T`; a malformed one is our 400 `Invalid
+/// query` with the JSON body, on every route alike (axum's own rejection is plain text).
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(t)| ApiQuery(t))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "Invalid query", e.body_text()))
+    }
 }
 
 /// An error on its way out of a handler.

@@ -74,7 +74,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         ))
         .routes(
             routes!(policies::show, policies::delete, policies::upload)
-                .layer(DefaultBodyLimit::max(policies::MAX_COMPONENT_BYTES)),
+                .layer(DefaultBodyLimit::max(crate::policy::MAX_COMPONENT_BYTES)),
         )
         .routes(routes!(policies::list))
         .routes(routes!(policies::dry_run))

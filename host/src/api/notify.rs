@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ApiQuery, ErrorBody};
 use crate::manager::BackupManager;
 use crate::notify::Delivery;
 
@@ -29,7 +29,7 @@ pub struct TestReport {
         (status = 404, description = "No target of that name", body = ErrorBody)))]
 pub async fn test(
     State(manager): State<Arc<BackupManager>>,
-    Query(params): Query<TestParams>,
+    ApiQuery(params): ApiQuery<TestParams>,
 ) -> Result<Json<TestReport>, ApiError> {
     match manager.notifier.test(params.target.as_deref()).await {
         Some(results) => Ok(Json(TestReport { results })),

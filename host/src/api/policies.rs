@@ -5,19 +5,16 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ApiQuery, ErrorBody};
 use crate::catalog::Snapshot;
 use crate::manager::{BackupManager, ManagerError, RetentionReport};
 use crate::policy::{Bindings, PolicyError, PolicyInfo};
-
-/// Largest component accepted.
-pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, PolicyError> + Send + 'static,
@@ -190,9 +187,8 @@ pub struct RetentionParams {
 pub async fn run_retention(
     State(manager): State<Arc<BackupManager>>,
     Path(app_id): Path<String>,
-    params: Result<Query<RetentionParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<RetentionParams>,
 ) -> Result<Json<RetentionReport>, ApiError> {
-    let params = super::backup::query(params)?;
     if let Some(repository) = params.location.as_deref().filter(|l| *l != "local") {
         return Ok(Json(
             manager.retention_at(&app_id, repository, false).await?,

@@ -4,14 +4,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::backup::query;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ApiQuery, ErrorBody};
 use crate::jobs::JobInfo;
 use crate::manager::BackupManager;
 use crate::offsite::RemoteSnapshot;
@@ -64,9 +62,8 @@ pub struct SnapshotsParams {
 pub async fn snapshots(
     State(manager): State<Arc<BackupManager>>,
     Path(name): Path<String>,
-    params: Result<Query<SnapshotsParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<SnapshotsParams>,
 ) -> Result<Json<Vec<RemoteSnapshot>>, ApiError> {
-    let params = query(params)?;
     Ok(Json(
         manager
             .remote_snapshots(&name, params.app_id.as_deref())
@@ -91,9 +88,8 @@ pub struct CopyParams {
 pub async fn copy(
     State(manager): State<Arc<BackupManager>>,
     Path(snapshot_id): Path<String>,
-    params: Result<Query<CopyParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<CopyParams>,
 ) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
-    let params = query(params)?;
     let job = manager.start_copy(&snapshot_id, &params.repository)?;
     Ok((StatusCode::ACCEPTED, Json(job.info())))
 }
@@ -130,9 +126,8 @@ pub struct CheckParams {
 pub async fn check(
     State(manager): State<Arc<BackupManager>>,
     Path(name): Path<String>,
-    params: Result<Query<CheckParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<CheckParams>,
 ) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
-    let params = query(params)?;
     let job = manager.start_check(&name, params.read_data.unwrap_or(false))?;
     Ok((StatusCode::ACCEPTED, Json(job.info())))
 }

@@ -3,15 +3,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::backup::query;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ApiQuery, ErrorBody};
 use crate::jobs::JobInfo;
 use crate::manager::BackupManager;
 
@@ -56,9 +54,8 @@ pub struct Restored {
 pub async fn restore(
     State(manager): State<Arc<BackupManager>>,
     Path((app_id, snapshot_id)): Path<(String, String)>,
-    params: Result<Query<RestoreParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<RestoreParams>,
 ) -> Result<Response, ApiError> {
-    let params = query(params)?;
     let started = manager
         .start_restore_from(&app_id, &snapshot_id, params.from.as_deref())
         .await?;

@@ -4,15 +4,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::backup::query;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ApiQuery, ErrorBody};
 use crate::catalog::Snapshot;
 use crate::jobs::JobInfo;
 use crate::manager::{BackupManager, ManagerError};
@@ -66,9 +64,8 @@ pub struct FetchParams {
 pub async fn download(
     State(manager): State<Arc<BackupManager>>,
     Path(snapshot_id): Path<String>,
-    params: Result<Query<FetchParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<FetchParams>,
 ) -> Result<Response, ApiError> {
-    let params = query(params)?;
     let snapshot = match manager.get(&snapshot_id) {
         Ok(s) if params.from.is_none() => s,
         Err(ManagerError::SnapshotNotFound(_))
@@ -125,10 +122,9 @@ pub struct ImportParams {
         (status = 422, description = "Not a valid appsnap snapshot", body = ErrorBody)))]
 pub async fn import(
     State(manager): State<Arc<BackupManager>>,
-    params: Result<Query<ImportParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<ImportParams>,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let params = query(params)?;
     let snapshot = manager
         .import(body.into_data_stream(), params.app_id.as_deref())
         .await?;
@@ -160,9 +156,8 @@ async fn fetched(
 pub async fn fetch(
     State(manager): State<Arc<BackupManager>>,
     Path(snapshot_id): Path<String>,
-    params: Result<Query<FetchParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<FetchParams>,
 ) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
-    let params = query(params)?;
     let started = manager
         .start_fetch(&snapshot_id, params.from.as_deref())
         .await?;

@@ -129,7 +129,7 @@ pub fn compile_child() -> std::process::ExitCode {
     }
     let mut bytes = Vec::new();
     if let Err(e) = std::io::stdin()
-        .take(crate::api::policies::MAX_COMPONENT_BYTES as u64 + 1)
+        .take(super::MAX_COMPONENT_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
     {
         eprintln!("cannot read the component: {e}");

@@ -76,6 +76,9 @@ impl std::fmt::Display for Kind {
     }
 }
 
+/// Largest component accepted (an upload, and what `appsnap compile-policy` reads).
+pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
+
 /// Built-in policies, built from `policies/` by `build.rs` and embedded.
 pub const BUILTINS: &[(&str, &[u8])] = &[
     (
