@@ -16,6 +16,8 @@
 //! - [`offsite`]: copies in restic-format repositories (S3, paths, OpenDAL) via rustic_core.
 //! - [`catalog`]: `snapshots.json`, written atomically, rebuildable from the archives.
 //! - [`model`]: what those three share — `Mount`, `Source`, a file's sha256.
+//! - [`scheduler`]: the service's clock — pending repairs retried, scheduled backups
+//!   started.
 //! - [`config`]: TOML file < `APPSNAP_*` environment < flags, with safe defaults.
 //! - [`ids`]: validation of the ids that reach the filesystem.
 //! - [`failpoint`]: named points where the crash-walk test stops the process.
@@ -36,3 +38,4 @@ pub mod model;
 pub mod notify;
 pub mod offsite;
 pub mod policy;
+pub mod scheduler;

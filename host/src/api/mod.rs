@@ -327,18 +327,10 @@ pub async fn serve(
     };
     // Offsite copies a stop interrupted (or never started) go on.
     manager.resume_copies();
-    // The scheduler: every tick, retry pending repairs, then start the backups the
-    // schedule policies say are due.
-    let ticking = Arc::clone(&manager);
-    let tick = std::time::Duration::from_secs(config.scheduler_tick_secs.max(1));
-    let scheduler = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(tick);
-        loop {
-            interval.tick().await;
-            ticking.repair_pending().await;
-            ticking.scheduler_tick(chrono::Utc::now()).await;
-        }
-    });
+    let scheduler = crate::scheduler::spawn(
+        Arc::clone(&manager),
+        std::time::Duration::from_secs(config.scheduler_tick_secs),
+    );
     let app = router(Arc::clone(&manager));
     let root = config.backup_root.display();
     // When the signal comes, long work is told to stop (at a consistent point) at once,
