@@ -751,7 +751,6 @@ async fn a_live_swap_of_a_directory_for_a_symlink_never_leaks_host_files() {
 /// turn (its job says so) and then runs.
 #[tokio::test]
 async fn heavy_operations_beyond_the_limit_wait_their_turn() {
-    use appsnap::jobs::JobState;
     // A never becomes healthy (its first check is an hour away): its restore holds the
     // only slot until restore_timeout_secs, then rolls back.
     let a = TestApp::new("--health-cmd true --health-interval 1h --health-start-period 1h");
@@ -777,16 +776,7 @@ async fn heavy_operations_beyond_the_limit_wait_their_turn() {
         .start_backup(&b.id, appsnap::catalog::Origin::Manual, None)
         .await
         .unwrap();
-    let mut b_job = backup.job.subscribe();
-    let waiting = b_job
-        .wait_for(|j| j.step.starts_with("waiting for a free slot") || j.state != JobState::Running)
-        .await
-        .unwrap()
-        .clone();
-    assert!(
-        waiting.step.starts_with("waiting for a free slot"),
-        "{waiting:?}"
-    );
+    crate::common::until_waiting_for_a_slot(&backup.job).await;
     let restored = restore.done.await.unwrap();
     assert!(restored.is_err(), "A never got healthy: rolled back");
     let snapshot = backup

@@ -926,20 +926,7 @@ async fn a_container_started_while_the_restore_waits_is_stopped_before_its_data_
         .start_restore(&a.id, snap_a["snapshot_id"].as_str().unwrap())
         .await
         .unwrap();
-    let waiting = restore
-        .job
-        .subscribe()
-        .wait_for(|j| {
-            j.step.starts_with("waiting for a free slot")
-                || j.state != appsnap::jobs::JobState::Running
-        })
-        .await
-        .unwrap()
-        .clone();
-    assert!(
-        waiting.step.starts_with("waiting for a free slot"),
-        "{waiting:?}"
-    );
+    crate::common::until_waiting_for_a_slot(&restore.job).await;
     sh(&format!("docker start {}", a.containers[0]));
     let started = a.started_at(&a.containers[0]);
     let restored = restore.done.await.unwrap().expect("A restored");

@@ -931,6 +931,24 @@ impl Drop for S3Server {
     }
 }
 
+/// Waits until `job` says it waits for a heavy slot, and insists that it does (a job
+/// that ended instead fails the test rather than hanging it).
+pub async fn until_waiting_for_a_slot(job: &appsnap::jobs::Job) {
+    let waiting = job
+        .subscribe()
+        .wait_for(|j| {
+            j.step.starts_with("waiting for a free slot")
+                || j.state != appsnap::jobs::JobState::Running
+        })
+        .await
+        .unwrap()
+        .clone();
+    assert!(
+        waiting.step.starts_with("waiting for a free slot"),
+        "{waiting:?}"
+    );
+}
+
 /// Polls a job (in-process) until it is no longer running; returns its JSON.
 pub async fn job_done(h: &Harness, job_id: &str) -> serde_json::Value {
     let mut rx = h.manager.jobs.get(job_id).expect("job exists").subscribe();

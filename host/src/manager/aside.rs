@@ -509,7 +509,9 @@ fn remove_tree(root: &Path, workers: usize) -> io::Result<()> {
     if let Some(e) = shared.error {
         return Err(e);
     }
-    shared.seen.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
+    shared
+        .seen
+        .sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
     for (_, dir) in shared.seen {
         match fs::remove_dir(&dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
