@@ -393,13 +393,14 @@ async fn import(svc: &Service, bytes: Vec<u8>) -> reqwest::Result<reqwest::Respo
 }
 
 /// gzip (one member, fast) of a tar stream made of `parts` written one after another.
-fn gz_of(parts: &mut dyn FnMut(&mut dyn Write)) -> Vec<u8> {
+pub fn gz_of(parts: &mut dyn FnMut(&mut dyn Write)) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     parts(&mut gz);
     gz.finish().unwrap()
 }
 
-fn header(name: &[u8], kind: EntryType, size: u64) -> tar::Header {
+/// A GNU tar header of `name` (mode 0644, root, a fixed mtime), its checksum set.
+pub fn header(name: &[u8], kind: EntryType, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.as_old_mut().name[..name.len()].copy_from_slice(name);
     h.set_entry_type(kind);

@@ -973,7 +973,7 @@ async fn a_volume_another_running_app_uses_is_not_moved() {
 /// check counts the 32 MB (it used to count the 8 KB, and the extraction filled the disk).
 #[tokio::test]
 async fn a_sparse_archive_is_counted_by_what_it_allocates() {
-    use std::io::Write;
+    use crate::hostile::{gz_of, header};
     let app = TestApp::new("");
     let _small = SmallFs::mount(&app.bind(), "16m");
     fs::write(app.bind().join("keep"), "live").unwrap();
@@ -989,61 +989,42 @@ async fn a_sparse_archive_is_counted_by_what_it_allocates() {
     })
     .to_string();
     let segments = 8192u64;
-    let header = |name: &str, kind: tar::EntryType, size: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        h.set_entry_type(kind);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_size(size);
-        h
-    };
-    let mut tar = Vec::new();
-    let pad = |tar: &mut Vec<u8>| tar.resize(tar.len().div_ceil(512) * 512, 0);
-    let mut h = header("appsnap.json", tar::EntryType::Regular, meta.len() as u64);
-    h.set_cksum();
-    tar.extend_from_slice(h.as_bytes());
-    tar.extend_from_slice(meta.as_bytes());
-    pad(&mut tar);
-    let mut h = header(&format!("{dir}/"), tar::EntryType::Directory, 0);
-    h.set_cksum();
-    tar.extend_from_slice(h.as_bytes());
-    // One byte every 8 KiB: the segments, four in the header, 21 per extension block.
-    let mut h = header(
-        &format!("{dir}/disk.img"),
-        tar::EntryType::GNUSparse,
-        segments,
-    );
-    let gnu = h.as_gnu_mut().unwrap();
-    gnu.set_real_size(segments * 8192);
-    let mut slots = (0..segments).map(|i| (i * 8192, 1u64));
-    for slot in gnu.sparse.iter_mut() {
-        let (offset, len) = slots.next().unwrap();
-        slot.set_offset(offset);
-        slot.set_length(len);
-    }
-    gnu.set_is_extended(true);
-    h.set_cksum();
-    tar.extend_from_slice(h.as_bytes());
-    let rest: Vec<(u64, u64)> = slots.collect();
-    let blocks: Vec<&[(u64, u64)]> = rest.chunks(21).collect();
-    for (i, block) in blocks.iter().enumerate() {
-        let mut ext = tar::GnuExtSparseHeader::new();
-        for (slot, &(offset, len)) in ext.sparse_mut().iter_mut().zip(block.iter()) {
+    let bytes = gz_of(&mut |out| {
+        let mut add = |bytes: &[u8]| out.write_all(bytes).unwrap();
+        let pad = |n: usize| vec![0u8; (512 - n % 512) % 512];
+        add(header(b"appsnap.json", tar::EntryType::Regular, meta.len() as u64).as_bytes());
+        add(meta.as_bytes());
+        add(&pad(meta.len()));
+        add(header(format!("{dir}/").as_bytes(), tar::EntryType::Directory, 0).as_bytes());
+        // One byte every 8 KiB: the segments, four in the header, 21 per extension block.
+        let name = format!("{dir}/disk.img");
+        let mut h = header(name.as_bytes(), tar::EntryType::GNUSparse, segments);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(segments * 8192);
+        let mut slots = (0..segments).map(|i| (i * 8192, 1u64));
+        for slot in gnu.sparse.iter_mut() {
+            let (offset, len) = slots.next().unwrap();
             slot.set_offset(offset);
             slot.set_length(len);
         }
-        ext.set_is_extended(i + 1 < blocks.len());
-        tar.extend_from_slice(ext.as_bytes());
-    }
-    tar.extend(std::iter::repeat_n(7u8, segments as usize));
-    pad(&mut tar);
-    tar.extend_from_slice(&[0; 1024]);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    let bytes = gz.finish().unwrap();
+        gnu.set_is_extended(true);
+        h.set_cksum();
+        add(h.as_bytes());
+        let rest: Vec<(u64, u64)> = slots.collect();
+        let blocks: Vec<&[(u64, u64)]> = rest.chunks(21).collect();
+        for (i, block) in blocks.iter().enumerate() {
+            let mut ext = tar::GnuExtSparseHeader::new();
+            for (slot, &(offset, len)) in ext.sparse_mut().iter_mut().zip(block.iter()) {
+                slot.set_offset(offset);
+                slot.set_length(len);
+            }
+            ext.set_is_extended(i + 1 < blocks.len());
+            add(ext.as_bytes());
+        }
+        add(&vec![7u8; segments as usize]);
+        add(&pad(segments as usize));
+        add(&[0; 1024]);
+    });
     assert!(
         bytes.len() < 1 << 20,
         "a small upload ({} bytes)",
