@@ -152,32 +152,33 @@ async fn refuse_cross_site(
     next: Next,
 ) -> Response {
     use axum::http::{Method, header};
+    // The name the request is addressed to: HTTP/2 carries it as the URI's authority,
+    // HTTP/1.1 as `Host`.
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            let h = request.headers().get(header::HOST)?;
+            Some(String::from_utf8_lossy(h.as_bytes()).into_owned())
+        });
     let config = manager.config();
-    if config.api_key.is_none() && config.listen_unix.is_none() {
-        // HTTP/2 carries the host as the URI's authority, HTTP/1.1 as `Host`.
-        let host = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                let h = request.headers().get(header::HOST)?;
-                Some(String::from_utf8_lossy(h.as_bytes()).into_owned())
-            });
-        if let Some(host) = host
-            && !is_loopback_host(&host)
-        {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "Host refused",
-                format!(
-                    "without an API key appsnap answers only requests addressed to a loopback \
+    if config.api_key.is_none()
+        && config.listen_unix.is_none()
+        && let Some(host) = &host
+        && !is_loopback_host(host)
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Host refused",
+            format!(
+                "without an API key appsnap answers only requests addressed to a loopback \
                      name (localhost, 127.0.0.1, [::1]), not to `{host}`: a web page could \
                      point that name at this machine (DNS rebinding). Set APPSNAP_API_KEY to \
                      reach it under another name"
-                ),
-            )
-            .into_response();
-        }
+            ),
+        )
+        .into_response();
     }
     if matches!(
         *request.method(),
@@ -196,7 +197,7 @@ async fn refuse_cross_site(
         return refuse(format!("the browser says this request is {site}"));
     }
     if let Some(origin) = text("origin") {
-        let host = text("host").unwrap_or_default();
+        let host = host.as_deref().unwrap_or_default();
         let authority = origin.split_once("://").map(|(_, a)| a).unwrap_or(origin);
         if authority != host {
             return refuse(format!("origin {origin} is not this service ({host})"));
