@@ -21,11 +21,13 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use super::{BackupManager, ManagerError, Started, io_err, short};
+use super::containers::{Containers, Purpose, StartReport};
+use super::error::io_err;
+use super::{BackupManager, ManagerError, Started};
 use crate::archive::{self, ArchiveError};
 use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Origin, PARTIAL_SUFFIX, Snapshot};
 use crate::config::BackupMode;
-use crate::docker::{App, Docker, DockerError, POST_BACKUP_LABEL, PRE_BACKUP_LABEL, Stopped};
+use crate::docker::{App, DockerError, POST_BACKUP_LABEL, PRE_BACKUP_LABEL};
 use crate::ids;
 use crate::jobs::Job;
 
@@ -101,7 +103,7 @@ impl BackupManager {
         note: Option<String>,
         job: &Job,
     ) -> Result<Snapshot, ManagerError> {
-        let _slot = self.heavy_slot(Some(job)).await;
+        let _slot = self.gate.heavy_slot(Some(job)).await;
         tracing::info!(app = %app.id, mounts = app.mounts.len(), "backup started");
         if let Some((name, what)) = app.unreadable.first() {
             // An empty folder archived as the app's data would be a lie with a 200.
@@ -110,14 +112,14 @@ impl BackupManager {
                 what: what.clone(),
             }));
         }
-        let dir = self.config.backup_root.join(&app.id);
+        let dir = self.store.app_dir(&app.id);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .map_err(io_err(format!("cannot create {}", dir.display())))?;
         let created_at = Utc::now();
-        let snapshot_id = self.unique_snapshot_id(&dir, created_at);
+        let snapshot_id = self.store.unique_snapshot_id(&dir, created_at);
         let final_path = dir.join(format!("{snapshot_id}{ARCHIVE_SUFFIX}"));
         let partial = dir.join(format!(".{snapshot_id}{ARCHIVE_SUFFIX}{PARTIAL_SUFFIX}"));
         let meta = ArchiveMeta {
@@ -136,8 +138,8 @@ impl BackupManager {
         let opts = archive::Options {
             level: self.config.compression_level,
             threads: self.config.threads(),
-            skip_dirs: vec![self.config.backup_root.clone()],
-            cancel: Some(self.new_cancel()),
+            skip_dirs: vec![self.store.root().to_path_buf()],
+            cancel: Some(self.gate.new_cancel()),
             ..archive::Options::default()
         };
         // From here on the disk reads what the archive needs, while the hooks run and the
@@ -167,11 +169,9 @@ impl BackupManager {
         let running = app.running();
         job.step("running pre-backup hooks");
         let hook_timeout = self.config.hook_timeout_for(&app.id);
-        for c in &running {
-            self.docker
-                .run_hook(c, PRE_BACKUP_LABEL, hook_timeout)
-                .await?;
-        }
+        self.containers
+            .run_hooks(&running, PRE_BACKUP_LABEL, hook_timeout)
+            .await?;
 
         let mut warnings: Vec<String> = app
             .skipped
@@ -182,7 +182,7 @@ impl BackupManager {
             BackupMode::Live => Vec::new(),
             BackupMode::Stop => running.iter().map(|c| c.id.clone()).collect(),
         };
-        let journal = self.journal_path(&app.id, "backup");
+        let journal = self.store.journal_path(&app.id, "backup");
         if !stopped.is_empty() {
             job.step("stopping containers");
             let record = BackupJournal {
@@ -194,7 +194,7 @@ impl BackupManager {
             crate::catalog::write_atomic(&journal, &serde_json::to_vec(&record).expect("journal"))
                 .map_err(io_err("cannot write the backup journal"))?;
             crash_point("backup.journaled");
-            let stopping = self.stop_all(&stopped).await;
+            let stopping = self.containers.stop_all(&stopped, Purpose::Backup).await;
             crash_point("backup.stopped");
             if let Err(e) = stopping {
                 self.start_again(&stopped, &journal, &mut warnings).await;
@@ -242,15 +242,11 @@ impl BackupManager {
             self.start_again(&stopped, &journal, &mut warnings).await;
         }
         job.step("running post-backup hooks");
-        for c in &running {
-            if let Err(e) = self
-                .docker
-                .run_hook(c, POST_BACKUP_LABEL, hook_timeout)
-                .await
-            {
-                warnings.push(e.to_string());
-            }
-        }
+        warnings.extend(
+            self.containers
+                .run_hooks_warning(&running, POST_BACKUP_LABEL, hook_timeout)
+                .await,
+        );
 
         job.step("saving");
         let synced = synced.await.unwrap_or_else(|e| {
@@ -320,94 +316,13 @@ impl BackupManager {
             return Err(io_err("cannot move the finished archive into place")(e));
         }
         crash_point("backup.renamed");
-        {
-            let mut catalog = self.catalog.lock().expect("catalog lock");
-            catalog.insert(snapshot.clone());
-            // On failure the archive stays and is listed again at the next start-up.
-            catalog.save()?;
-        }
+        // On failure the archive stays and is listed again at the next start-up.
+        self.store.insert(snapshot.clone())?;
         crash_point("backup.listed");
         self.enforce_count(&app.id);
         job.step("applying policies");
         self.after_backup(&app.id, evict).await;
         Ok(snapshot)
-    }
-
-    fn unique_snapshot_id(&self, dir: &Path, now: chrono::DateTime<Utc>) -> String {
-        let catalog = self.catalog.lock().expect("catalog lock");
-        loop {
-            let id = ids::new_snapshot_id(now);
-            if !catalog.contains(&id) && !dir.join(format!("{id}{ARCHIVE_SUFFIX}")).exists() {
-                return id;
-            }
-        }
-    }
-
-    /// Stops every container in `ids`, each with its own stop timeout when it has one.
-    /// One that no longer exists, or that had to be killed, is a warning (the first cannot
-    /// write to the data any more; the second's files may be inconsistent); any other
-    /// failure aborts the backup.
-    pub(super) async fn stop_all(&self, ids: &[String]) -> Result<Vec<String>, ManagerError> {
-        let timeout = self.config.stop_timeout_secs;
-        let results =
-            futures_util::future::join_all(ids.iter().map(|id| self.docker.stop(id, timeout)))
-                .await;
-        let mut warnings = Vec::new();
-        for (id, result) in ids.iter().zip(results) {
-            match result {
-                Ok(Stopped::Clean) => {}
-                Ok(Stopped::Killed { timeout }) => warnings.push(format!(
-                    "container {} did not stop within {timeout} s and was killed: its files \
-                     may not be consistent (raise its stop_grace_period)",
-                    short(id)
-                )),
-                Err(e) if e.is_not_found() => {
-                    warnings.push(format!(
-                        "container {} disappeared during the backup",
-                        short(id)
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(warnings)
-    }
-
-    /// Starts every container in `ids`. A container removed meanwhile is a warning (the
-    /// snapshot is still good); one that could not be started makes `failed` true.
-    pub(super) async fn start_all(&self, ids: &[String]) -> StartReport {
-        let mut report = StartReport::default();
-        for id in ids {
-            let started = match self.docker.start(id).await {
-                // We stopped it, so "already running" is a stop still in flight (or a
-                // start by someone else): wait for any stop, then start it for real.
-                Ok(crate::docker::Started::AlreadyRunning) => {
-                    tracing::warn!(container = %short(id),
-                        "Docker says it runs already: waiting for any stop in flight, then starting it");
-                    match self.docker.stop(id, self.config.stop_timeout_secs).await {
-                        Ok(_) => self.docker.start(id).await,
-                        Err(e) => Err(e),
-                    }
-                }
-                other => other,
-            };
-            match started {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => report.warnings.push(format!(
-                    "container {} disappeared during the backup",
-                    short(id)
-                )),
-                Err(e) => {
-                    tracing::error!(container = %id, "could not start container again: {e}");
-                    report.failed = true;
-                    report.warnings.push(format!(
-                        "container {} could not be started again: {e}",
-                        short(id)
-                    ));
-                }
-            }
-        }
-        report
     }
 
     /// Starts what the backup stopped. The journal goes only once they all run again;
@@ -416,7 +331,7 @@ impl BackupManager {
     async fn start_again(&self, ids: &[String], journal: &Path, warnings: &mut Vec<String>) {
         // A start refused for real needs a broken engine; the test suite injects one here.
         let report = match crate::failpoint::point("backup.restart") {
-            Ok(()) => self.start_all(ids).await,
+            Ok(()) => self.containers.start_all(ids, Purpose::Backup).await,
             Err(injected) => StartReport {
                 warnings: vec![injected],
                 failed: true,
@@ -441,8 +356,7 @@ impl BackupManager {
         if max == 0 {
             return;
         }
-        let doomed: Vec<String> = {
-            let catalog = self.catalog.lock().expect("catalog lock");
+        let doomed: Vec<String> = self.store.read(|catalog| {
             catalog
                 .list(Some(app_id))
                 .into_iter()
@@ -450,9 +364,9 @@ impl BackupManager {
                 .skip(max)
                 .map(|s| s.snapshot_id.clone())
                 .collect()
-        };
+        });
         for id in doomed {
-            match self.delete_unless_pinned(&id) {
+            match self.store.delete_unless_pinned(&id) {
                 Ok(false) => {}
                 Ok(true) => {
                     tracing::info!(app = app_id, snapshot = %id, "deleted by max_snapshots_per_app")
@@ -465,14 +379,6 @@ impl BackupManager {
     }
 }
 
-/// What starting an app's containers again gave.
-#[derive(Debug, Default)]
-pub(super) struct StartReport {
-    pub warnings: Vec<String>,
-    /// A container exists but could not be started.
-    pub failed: bool,
-}
-
 /// Only a crash is of interest at these points of a backup (see [`crate::failpoint`]).
 fn crash_point(name: &str) {
     let _ = crate::failpoint::point(name);
@@ -483,11 +389,7 @@ fn crash_point(name: &str) {
 /// then answers "already running" just before the stop completes: so each container is
 /// first stopped (which waits for any stop in progress), then started, then checked.
 /// `Err` keeps the journal for another try.
-pub(super) async fn recover_backup(
-    docker: &Docker,
-    path: &Path,
-    stop_timeout: u32,
-) -> Result<(), String> {
+pub(super) async fn recover_backup(containers: &Containers, path: &Path) -> Result<(), String> {
     let journal: BackupJournal = match fs::read(path).map(|b| serde_json::from_slice(&b)) {
         Ok(Ok(j)) => j,
         other => {
@@ -505,25 +407,7 @@ pub(super) async fn recover_backup(
         "a backup was interrupted: starting the {} container(s) it had stopped",
         journal.stopped.len()
     );
-    let mut errors = Vec::new();
-    for id in &journal.stopped {
-        let result = async {
-            docker.stop(id, stop_timeout).await?;
-            docker.start(id).await?;
-            docker.state(id).await
-        }
-        .await;
-        match result {
-            Ok(state) if state.running => tracing::info!(container = %short(id), "started again"),
-            // Started, then ended by itself: the app's own doing, not a failed repair.
-            Ok(state) => tracing::error!(container = %short(id),
-                "started again, but it exited at once (exit code {})", state.exit_code),
-            Err(e) if e.is_not_found() => {
-                tracing::warn!(container = %short(id), "container no longer exists")
-            }
-            Err(e) => errors.push(format!("container {} could not be started: {e}", short(id))),
-        }
-    }
+    let errors = containers.restart_after_crash(&journal.stopped).await;
     let _ = fs::remove_file(&journal.partial);
     if !errors.is_empty() {
         // Keep the journal: the repair is retried until the app runs again.

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::{BackupManager, ManagerError, STATE_DIR};
+use super::{BackupManager, ManagerError};
 use crate::archive::{self, gzip::ParallelGzip, walk::ChunkSink};
 use crate::catalog::{Copy, CopyState, Snapshot};
 use crate::ids;
@@ -66,29 +66,18 @@ impl BackupManager {
 
     /// Copies left `pending` or `copying` by a stop of the service start again.
     pub fn resume_copies(self: &Arc<Self>) {
-        let unfinished: Vec<Snapshot> = {
-            let mut catalog = self.catalog.lock().expect("catalog lock");
-            let ids: Vec<String> = catalog
-                .all()
-                .filter(|s| {
-                    s.copies
-                        .values()
-                        .any(|c| matches!(c.state, CopyState::Pending | CopyState::Copying))
-                })
-                .map(|s| s.snapshot_id.clone())
-                .collect();
-            ids.iter()
-                .filter_map(|id| {
-                    let s = catalog.get_mut(id)?;
-                    for c in s.copies.values_mut() {
-                        if c.state == CopyState::Copying {
-                            c.state = CopyState::Pending;
-                        }
-                    }
-                    Some(s.clone())
-                })
-                .collect()
-        };
+        let unfinished = self.store.update_all(|s| {
+            let owed = s
+                .copies
+                .values()
+                .any(|c| matches!(c.state, CopyState::Pending | CopyState::Copying));
+            for c in s.copies.values_mut() {
+                if c.state == CopyState::Copying {
+                    c.state = CopyState::Pending;
+                }
+            }
+            owed
+        });
         for s in &unfinished {
             tracing::info!(snapshot = %s.snapshot_id, "resuming its offsite copies");
             self.spawn_copies(s);
@@ -200,7 +189,7 @@ impl BackupManager {
             // Reading every pack back is heavy work (network, inflate, hashing): it waits
             // its turn like a backup or a verify, so repeated requests cannot pile up.
             let _slot = match read_data {
-                true => Some(this.heavy_slot(Some(&job2)).await),
+                true => Some(this.gate.heavy_slot(Some(&job2)).await),
                 false => None,
             };
             match blocking("check task", move || offsite::check(&repo, read_data)).await {
@@ -349,7 +338,7 @@ impl BackupManager {
         repo: &RepositoryConfig,
         evict: Vec<String>,
     ) -> (Vec<String>, Option<crate::manager::RetentionReport>) {
-        let pinned = self.pinned_ids();
+        let pinned = self.store.pinned_ids();
         let evict: Vec<String> = evict
             .into_iter()
             .filter(|id| !pinned.contains(id))
@@ -393,14 +382,14 @@ impl BackupManager {
             mounts: snapshot.mounts.clone(),
             origin: snapshot.origin,
             note: snapshot.note.clone(),
-            root_id: Some(self.root_id.clone()),
+            root_id: Some(self.store.root_id().to_string()),
         };
         job.total(tar_bytes);
         let progress = Arc::new(offsite::Progress::default());
         let (path, threads, cancel, repo) = (
             PathBuf::from(&snapshot.file_path),
             self.config.threads(),
-            self.new_cancel(),
+            self.gate.new_cancel(),
             repo.clone(),
         );
         let ticker = spawn_progress(job.clone(), job.info().step, Arc::clone(&progress));
@@ -431,7 +420,11 @@ impl BackupManager {
         job: &Job,
     ) -> Result<String, ManagerError> {
         job.step("verifying the local archive before its first copy");
-        self.verify_file(snapshot, job).await?;
+        let (_, new) = self
+            .verify
+            .file(snapshot, job, self.gate.new_cancel())
+            .await?;
+        self.store.record_check(&snapshot.snapshot_id, new);
         let (path, threads) = (PathBuf::from(&snapshot.file_path), self.config.threads());
         let (sha, len) = tokio::task::spawn_blocking(move || {
             let mut tar = archive::read::open_tar_stream(&path, threads)?;
@@ -445,7 +438,7 @@ impl BackupManager {
             source: io::Error::other(e.to_string()),
         })?
         .map_err(|e| ManagerError::Corrupt(e.to_string()))?;
-        self.update_record(&snapshot.snapshot_id, |s| {
+        self.store.update(&snapshot.snapshot_id, |s| {
             s.tar_sha256 = Some(sha.clone());
             s.tar_bytes = Some(len);
         })?;
@@ -454,7 +447,7 @@ impl BackupManager {
 
     /// Changes one copy's record (created if missing).
     fn set_copy(&self, snapshot_id: &str, repository: &str, change: impl FnOnce(&mut Copy)) {
-        let saved = self.update_record(snapshot_id, |s| {
+        let saved = self.store.update(snapshot_id, |s| {
             let copy = s
                 .copies
                 .entry(repository.to_string())
@@ -572,7 +565,7 @@ impl BackupManager {
 
     /// Drops a repository's copy record from a local snapshot (its copy was forgotten).
     fn forget_copy(&self, snapshot_id: &str, repository: &str) {
-        if let Err(e) = self.update_record(snapshot_id, |s| {
+        if let Err(e) = self.store.update(snapshot_id, |s| {
             s.copies.remove(repository);
         }) {
             tracing::error!(snapshot = %snapshot_id, "cannot save the catalog: {e}");
@@ -604,18 +597,17 @@ impl BackupManager {
         app_id: Option<&str>,
     ) -> Result<(Vec<RemoteSnapshot>, Vec<RemoteSnapshot>), ManagerError> {
         let list = self.remote_snapshots(repository, app_id).await?;
-        let recorded: std::collections::HashSet<String> = {
-            let catalog = self.catalog.lock().expect("catalog lock");
+        let recorded: std::collections::HashSet<String> = self.store.read(|catalog| {
             catalog
                 .all()
                 .filter_map(|s| s.copies.get(repository)?.repository_snapshot.clone())
                 .collect()
-        };
+        });
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
         Ok(list.into_iter().partition(|r| match &r.root_id {
-            Some(root) => *root == self.root_id,
+            Some(root) => *root == self.store.root_id(),
             None => recorded.contains(&r.repository_snapshot) || r.hostname == host,
         }))
     }
@@ -687,7 +679,7 @@ impl BackupManager {
     ) -> Result<super::Started<Snapshot>, ManagerError> {
         let remote = self.find_remote(from, snapshot_id).await?;
         // One operation per app: a restore fetching the same copy would share its file.
-        let lock = self.take_lock(&remote.app_id, "fetch")?;
+        let lock = self.gate.lock(&remote.app_id, "fetch")?;
         let job = self.jobs.create("fetch", &remote.app_id);
         let (this, job2) = (Arc::clone(self), job.clone());
         let done = tokio::spawn(async move {
@@ -755,15 +747,12 @@ impl BackupManager {
         }
         job.step(&format!("fetching from repository `{}`", repo.name));
         job.total(remote.tar_bytes);
-        let tmp = offsite::fetch_path(
-            &self.config.backup_root.join(STATE_DIR),
-            &remote.snapshot_id,
-        );
+        let tmp = offsite::fetch_path(&self.store.state_dir(), &remote.snapshot_id);
         let _cleanup = super::transfer::RemoveOnDrop(tmp.clone());
         let (level, threads, cancel) = (
             self.config.compression_level,
             self.config.threads(),
-            self.new_cancel(),
+            self.gate.new_cancel(),
         );
         let (remote2, tmp2, job2) = (remote.clone(), tmp.clone(), job.clone());
         let written = tokio::task::spawn_blocking(move || {
@@ -814,7 +803,7 @@ impl BackupManager {
         })?
         .map_err(|e| match e {
             OffsiteError::Cancelled => ManagerError::ShuttingDown,
-            OffsiteError::Local(e) => super::io_err("cannot write the fetched copy")(e),
+            OffsiteError::Local(e) => super::error::io_err("cannot write the fetched copy")(e),
             other => other.into(),
         })?;
         job.step("checking the fetched copy");

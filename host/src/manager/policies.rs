@@ -127,7 +127,7 @@ impl BackupManager {
         let report = self.judge(app_id, binding, &shown, dry_run).await?;
         if !dry_run {
             for d in &report.deleted {
-                match self.delete_unless_pinned(&d.snapshot_id) {
+                match self.store.delete_unless_pinned(&d.snapshot_id) {
                     Ok(false) => {}
                     Ok(true) => {
                         tracing::info!(app = app_id, snapshot = %d.snapshot_id, reason = %d.reason, "deleted by retention policy")
@@ -167,7 +167,7 @@ impl BackupManager {
             return Ok(report);
         }
         // A pin set since the policy decided still protects.
-        let pinned = self.pinned_ids();
+        let pinned = self.store.pinned_ids();
         let ids: Vec<String> = report
             .deleted
             .iter()
@@ -187,7 +187,7 @@ impl BackupManager {
         repository: &str,
     ) -> Result<Vec<SnapshotInfo>, ManagerError> {
         let (remote, _) = self.copies_of(repository, Some(app_id)).await?;
-        let pinned = self.pinned_ids();
+        let pinned = self.store.pinned_ids();
         let mut seen = HashSet::new();
         Ok(remote
             .iter()
@@ -204,16 +204,6 @@ impl BackupManager {
                 verified: true,
             })
             .collect())
-    }
-
-    /// Ids of the pinned local snapshots.
-    pub(super) fn pinned_ids(&self) -> HashSet<String> {
-        let catalog = self.catalog.lock().expect("catalog lock");
-        catalog
-            .all()
-            .filter(|s| s.pinned)
-            .map(|s| s.snapshot_id.clone())
-            .collect()
     }
 
     /// Asks `binding`'s retention policy about `shown` (newest first) and sorts its
@@ -412,7 +402,7 @@ impl BackupManager {
     /// never fail the backup; they are logged and counted.
     pub(super) async fn after_backup(&self, app_id: &str, evict: Vec<String>) {
         for id in evict {
-            match self.delete_unless_pinned(&id) {
+            match self.store.delete_unless_pinned(&id) {
                 Ok(false) => {}
                 Ok(true) => tracing::info!(app = app_id, snapshot = %id, "evicted by quota policy"),
                 Err(e) => {
@@ -430,6 +420,7 @@ impl BackupManager {
     /// schedules themselves stopped starting backups.
     pub fn watch_staleness(&self, now: DateTime<Utc>) {
         let apps: Vec<(String, DateTime<Utc>, u64)> = self
+            .store
             .last_backups()
             .into_iter()
             .map(|(app, at)| {
@@ -604,33 +595,6 @@ impl BackupManager {
                 )
             }
         }
-    }
-
-    /// Sets `pinned` and/or `note` of a snapshot.
-    pub fn patch(
-        &self,
-        snapshot_id: &str,
-        pinned: Option<bool>,
-        note: Option<String>,
-    ) -> Result<Snapshot, ManagerError> {
-        crate::ids::validate("snapshot id", snapshot_id)?;
-        let mut catalog = self.catalog.lock().expect("catalog lock");
-        let s = catalog
-            .get_mut(snapshot_id)
-            .ok_or_else(|| ManagerError::SnapshotNotFound(snapshot_id.into()))?;
-        if let Some(p) = pinned {
-            s.pinned = p;
-        }
-        if let Some(n) = note {
-            s.note = (!n.is_empty()).then_some(n);
-        }
-        let out = s.clone();
-        // The sidecar first: it is what survives a rebuild of the catalog.
-        crate::catalog::write_sidecar(&out).map_err(super::io_err(format!(
-            "cannot save the pin and note of {snapshot_id}"
-        )))?;
-        catalog.save()?;
-        Ok(out)
     }
 
     pub fn schedules(&self) -> std::collections::BTreeMap<String, ScheduleState> {

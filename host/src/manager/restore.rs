@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::aside::{RestoreJournal, Swap};
-use super::{AppLock, BackupManager, ManagerError, Started, short};
+use super::containers::{Containers, Purpose, Readiness};
+use super::gate::AppLock;
+use super::{BackupManager, ManagerError, Started};
 use crate::archive::{self, extract};
 use crate::catalog::Snapshot;
 use crate::docker::{App, Docker};
@@ -153,12 +155,8 @@ impl BackupManager {
     fn start_cleanup(&self, app_id: &str, swap: Swap) -> Job {
         let job = self.jobs.create("cleanup", app_id);
         job.step("removing the data the restore replaced");
-        let (done_tx, done_rx) = tokio::sync::watch::channel(());
-        self.cleanups
-            .lock()
-            .expect("cleanups lock")
-            .insert(app_id.into(), done_rx);
-        let (cleanups, app, job2) = (Arc::clone(&self.cleanups), app_id.to_string(), job.clone());
+        let running = self.gate.cleanup_started(app_id);
+        let (app, job2) = (app_id.to_string(), job.clone());
         // A plain thread, not the runtime's blocking pool: a shutdown does not wait for it
         // (the runtime would), and the next start finishes what it leaves.
         std::thread::spawn(move || {
@@ -182,36 +180,9 @@ impl BackupManager {
                     }));
                 }
             }
-            cleanups.lock().expect("cleanups lock").remove(&app);
-            drop(done_tx);
+            drop(running);
         });
         job
-    }
-
-    /// Waits (saying so in the job) until the cleanup of the app's last restore is done,
-    /// if one runs; then the app is the caller's, unless that cleanup left its journal.
-    pub(super) async fn after_cleanup(
-        &self,
-        lock: &AppLock,
-        job: &Job,
-    ) -> Result<(), ManagerError> {
-        let Some(mut done) = lock.after.clone() else {
-            return Ok(());
-        };
-        let step = job.info().step;
-        job.step("waiting for the removal of the data the last restore replaced");
-        // The sender is dropped when the cleanup ends, however it ends.
-        let _ = done.changed().await;
-        job.step(&step);
-        let journal = self.journal_path(&lock.app_id, "restore");
-        if journal.exists() {
-            return Err(ManagerError::RepairPending {
-                app_id: lock.app_id.clone(),
-                operation: "restore".into(),
-                journal,
-            });
-        }
-        Ok(())
     }
 
     /// Returns the snapshot mounts that were not restored, with why, and the committed
@@ -223,15 +194,20 @@ impl BackupManager {
         job: &Job,
         lock: &AppLock,
     ) -> Result<(Vec<String>, Swap), ManagerError> {
-        let _slot = self.heavy_slot(Some(job)).await;
+        let _slot = self.gate.heavy_slot(Some(job)).await;
         let verified = match snapshot.checked() {
             Some(checked) => {
                 job.step("verifying the checksum");
-                self.verify_checksum(snapshot, checked).await?
+                self.verify.checksum(snapshot, checked).await?
             }
             None => {
                 job.step("verifying");
-                self.verify_file(snapshot, job).await?
+                let (verified, new) = self
+                    .verify
+                    .file(snapshot, job, self.gate.new_cancel())
+                    .await?;
+                self.store.record_check(&snapshot.snapshot_id, new);
+                verified
             }
         };
         job.total(verified.tar_bytes);
@@ -253,7 +229,7 @@ impl BackupManager {
         let mut journal = RestoreJournal::new(&app.id, &snapshot.snapshot_id, stopped);
         journal.created_volumes = std::mem::take(&mut plan.created);
         let mut swap =
-            Swap::begin(&self.journal_path(&app.id, "restore"), journal).map_err(|e| {
+            Swap::begin(&self.store.journal_path(&app.id, "restore"), journal).map_err(|e| {
                 ManagerError::Io {
                     context: "cannot start the restore".into(),
                     source: std::io::Error::other(e),
@@ -272,7 +248,7 @@ impl BackupManager {
         };
         job.step("rolling back");
         tracing::warn!(app = %app.id, "restore failed at {step}: {cause}; rolling back");
-        match rollback(&self.docker, swap, self.config.stop_timeout_secs).await {
+        match rollback(&self.containers, swap).await {
             Ok(()) => Err(ManagerError::RestoreFailed { step, cause }),
             Err(rollback) => Err(ManagerError::RollbackFailed {
                 step,
@@ -297,7 +273,8 @@ impl BackupManager {
         let stopped = swap.journal.stopped.clone();
         if !stopped.is_empty() {
             job.step("stopping containers");
-            self.stop_all(&stopped)
+            self.containers
+                .stop_all(&stopped, Purpose::Restore)
                 .await
                 .map_err(|e| e.to_string())
                 .map_err(fail("stopping containers"))?;
@@ -333,7 +310,9 @@ impl BackupManager {
                 t
             })
             .collect();
-        let opts = self.extract_options(Some(snapshot));
+        let opts = self
+            .verify
+            .extract_options(Some(snapshot), self.gate.new_cancel());
         let (path, threads, progress_job) = (
             PathBuf::from(&snapshot.file_path),
             self.config.threads(),
@@ -356,13 +335,18 @@ impl BackupManager {
 
         if !stopped.is_empty() {
             job.step("starting containers");
-            let started = self.start_all(&stopped).await;
+            let started = self.containers.start_all(&stopped, Purpose::Restore).await;
             if !started.warnings.is_empty() {
                 return Err(("starting containers".into(), started.warnings.join("; ")));
             }
             failpoint::point("restore.started").map_err(fail("starting containers"))?;
             job.step("waiting for containers to run");
-            self.wait_running(&stopped)
+            let readiness = Readiness {
+                timeout: Duration::from_secs(self.config.restore_timeout_secs.into()),
+                settle: Duration::from_secs(self.config.restore_settle_secs.into()),
+            };
+            self.containers
+                .wait_running(&stopped, readiness, || self.gate.is_shutting_down())
                 .await
                 .map_err(fail("waiting for containers to run"))?;
         }
@@ -533,69 +517,6 @@ impl BackupManager {
         }
         Ok(Ok(target))
     }
-
-    /// Bounded wait until every container runs — healthy when it has a healthcheck,
-    /// otherwise still running after `restore_settle_secs` without a restart.
-    async fn wait_running(&self, ids: &[String]) -> Result<(), String> {
-        let deadline =
-            Instant::now() + Duration::from_secs(self.config.restore_timeout_secs.into());
-        let settle = Duration::from_secs(self.config.restore_settle_secs.into());
-        let mut first: HashMap<&str, (Instant, i64, String)> = HashMap::new();
-        let mut pending: Vec<&String> = ids.iter().collect();
-        while !pending.is_empty() {
-            if self.is_shutting_down() {
-                return Err("appsnap is shutting down".into());
-            }
-            let mut still = Vec::new();
-            for id in pending {
-                let s = self.docker.state(id).await.map_err(|e| e.to_string())?;
-                let (seen, restarts, started) = first.entry(id).or_insert((
-                    Instant::now(),
-                    s.restart_count,
-                    s.started_at.clone(),
-                ));
-                if s.restart_count != *restarts || s.started_at != *started || s.restarting {
-                    // Its restart policy brought it back: the new run's state says
-                    // nothing about why the first one ended.
-                    return Err(format!(
-                        "container {} exited after the restore and was restarted {} time(s) \
-                         by its restart policy",
-                        short(id),
-                        (s.restart_count - *restarts).max(1)
-                    ));
-                }
-                if !s.running {
-                    return Err(format!(
-                        "container {} stopped after the restore (exit code {})",
-                        short(id),
-                        s.exit_code
-                    ));
-                }
-                match s.health.as_deref() {
-                    Some("healthy") => {}
-                    Some("unhealthy") => {
-                        return Err(format!("container {} is unhealthy", short(id)));
-                    }
-                    Some(_) => still.push(id),
-                    None if seen.elapsed() >= settle => {}
-                    None => still.push(id),
-                }
-            }
-            pending = still;
-            if pending.is_empty() {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "container {} did not become ready within {} s",
-                    short(pending[0]),
-                    self.config.restore_timeout_secs
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Ok(())
-    }
 }
 
 /// Refuses, before anything is touched, a restore whose data cannot fit: the old data stays
@@ -687,23 +608,11 @@ async fn remove_volumes(docker: &Docker, names: &[String]) {
 /// recovery can run it again.
 /// When the files cannot be put back, the containers stay stopped (never started on
 /// half-restored data) and the journal stays for the next try.
-async fn rollback(docker: &Docker, mut swap: Swap, stop_timeout: u32) -> Result<(), String> {
+async fn rollback(containers: &Containers, mut swap: Swap) -> Result<(), String> {
     // The decision first: a stop that fails or a crash during it must leave a journal
     // that says "roll back", never one that says "extracted" (which recovery finishes).
     swap.begin_rollback()?;
-    for id in &swap.journal.stopped {
-        // It may have been started already; never touch the files under a running app.
-        match docker.stop(id, stop_timeout).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                return Err(format!(
-                    "container {} could not be stopped for the rollback: {e}",
-                    short(id)
-                ));
-            }
-        }
-    }
+    containers.stop_for_rollback(&swap.journal.stopped).await?;
     failpoint::point("rollback.stopped")?;
     if let Err(e) = swap.rollback_files() {
         tracing::error!(app = %swap.journal.app_id, "rollback of the files failed: {e}");
@@ -713,27 +622,16 @@ async fn rollback(docker: &Docker, mut swap: Swap, stop_timeout: u32) -> Result<
             swap.path().display()
         ));
     }
-    remove_volumes(docker, &swap.journal.created_volumes).await;
-    let mut errors = Vec::new();
-    for id in &swap.journal.stopped {
-        if let Err(e) = docker.start(id).await {
-            errors.push(format!("container {} could not be started: {e}", short(id)));
-        }
-    }
-    if !errors.is_empty() {
-        return Err(errors.join("; "));
-    }
+    remove_volumes(containers.engine(), &swap.journal.created_volumes).await;
+    // Every container is tried; one that could not start keeps the journal for a retry.
+    containers.start_each(&swap.journal.stopped).await?;
     swap.finish()
 }
 
 /// Repair of a restore that was interrupted (a crash, or a rollback that failed): finished
 /// when the extraction had completed and was synced (the data on disk is the verified
 /// snapshot), rolled back otherwise. `Err` keeps the journal for another try.
-pub(super) async fn recover_restore(
-    docker: &Docker,
-    path: &Path,
-    stop_timeout: u32,
-) -> Result<(), String> {
+pub(super) async fn recover_restore(containers: &Containers, path: &Path) -> Result<(), String> {
     // An unreadable journal is kept: it may describe data set aside that a person must see.
     let swap = Swap::load(path)?;
     let (app, snapshot) = (
@@ -743,18 +641,12 @@ pub(super) async fn recover_restore(
     if !swap.journal.commits() {
         tracing::warn!(%app, %snapshot, phase = ?swap.journal.phase,
             "a restore was interrupted: rolling back to the data from before it");
-        rollback(docker, swap, stop_timeout).await?;
+        rollback(containers, swap).await?;
         tracing::info!(%app, "interrupted restore rolled back");
         return Ok(());
     }
     tracing::warn!(%app, %snapshot,
         "a restore was interrupted after its extraction completed: finishing it");
-    for id in &swap.journal.stopped {
-        match docker.start(id).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(format!("container {} could not be started: {e}", short(id))),
-        }
-    }
+    containers.start_each(&swap.journal.stopped).await?;
     swap.commit()
 }

@@ -10,35 +10,12 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::{BackupManager, ManagerError, STATE_DIR, io_err};
-use crate::archive::{self, Verified, extract};
+use super::error::io_err;
+use super::verify::{SetOnDrop, check_targets};
+use super::{BackupManager, ManagerError};
+use crate::archive::{self, Verified};
 use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Origin, PARTIAL_SUFFIX, Snapshot};
 use crate::ids;
-use crate::jobs::Job;
-
-/// Mount folders of a snapshot, as verification targets (nothing is written).
-fn check_targets(mounts: &[crate::model::Mount]) -> Vec<extract::Target> {
-    mounts
-        .iter()
-        .map(|m| extract::Target {
-            archive_dir: m.archive_dir.clone(),
-            path: PathBuf::new(),
-            reserved: None,
-            discard: false,
-        })
-        .collect()
-}
-
-/// Sets a cancel flag when dropped: work still running for a dropped future stops.
-struct SetOnDrop(Option<archive::Cancel>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = &self.0 {
-            c.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
 
 /// Removes a temporary file however its owner ends (finished, failed, or dropped).
 pub(super) struct RemoveOnDrop(pub PathBuf);
@@ -64,25 +41,6 @@ pub(super) struct Adopt {
 }
 
 impl BackupManager {
-    /// What extraction may recreate: device nodes and privileged extended attributes
-    /// come back from snapshots this server made, and from others (imports) only when the
-    /// operator allows them (`restore_devices`, `restore_privileged_xattrs`). An archive
-    /// holds at most `max_archive_entries`, or as many as this server's backup recorded.
-    pub(super) fn extract_options(&self, snapshot: Option<&Snapshot>) -> extract::Options {
-        let made_here = snapshot.is_some_and(|s| s.origin != Origin::Imported);
-        let recorded = snapshot
-            .filter(|_| made_here)
-            .and_then(|s| s.entries)
-            .unwrap_or(0);
-        extract::Options {
-            allow_devices: made_here || self.config.restore_devices,
-            privileged_xattrs: made_here || self.config.restore_privileged_xattrs,
-            dry_run: false,
-            cancel: Some(self.new_cancel()),
-            max_entries: Some(self.config.max_archive_entries.max(recorded)),
-        }
-    }
-
     /// Checksum, then a full read under the restore's rules. Nothing is written.
     pub async fn verify(
         &self,
@@ -92,10 +50,15 @@ impl BackupManager {
         let job = self.jobs.create("verify", &snapshot.app_id);
         let _abandoned =
             job.fail_if_dropped(std::sync::Arc::new(ManagerError::Abandoned("verify")));
-        let _slot = self.heavy_slot(Some(&job)).await;
+        let _slot = self.gate.heavy_slot(Some(&job)).await;
         let result = self
-            .verify_file(&snapshot, &job)
+            .verify
+            .file(&snapshot, &job, self.gate.new_cancel())
             .await
+            .map(|(verified, new)| {
+                self.store.record_check(&snapshot.snapshot_id, new);
+                verified
+            })
             .map_err(std::sync::Arc::new);
         match &result {
             Ok(v) => {
@@ -106,80 +69,6 @@ impl BackupManager {
         Ok((snapshot, result?))
     }
 
-    pub(super) async fn verify_file(
-        &self,
-        snapshot: &Snapshot,
-        job: &Job,
-    ) -> Result<Verified, ManagerError> {
-        let path = PathBuf::from(&snapshot.file_path);
-        let sha = snapshot.sha256.clone();
-        let targets = check_targets(&snapshot.mounts);
-        let (threads, opts, job) = (
-            self.config.threads(),
-            self.extract_options(Some(snapshot)),
-            job.clone(),
-        );
-        // A verify whose caller is gone (its future dropped) stops at the next read.
-        let _abandoned = SetOnDrop(opts.cancel.clone());
-        let verified = tokio::task::spawn_blocking(move || {
-            archive::verify(&path, Some(&sha), &targets, threads, &opts, &|b| {
-                job.progress(b)
-            })
-        })
-        .await
-        .map_err(|e| ManagerError::Corrupt(format!("verification task: {e}")))?
-        .map_err(|e| match ManagerError::from(e) {
-            // A missing file is not corruption of the archive, but it is unusable all the same.
-            ManagerError::Archive(e) => ManagerError::Corrupt(e.to_string()),
-            other => other,
-        })?;
-        // What the writer recorded is what a complete archive holds.
-        let recorded = [
-            ("tar bytes", snapshot.tar_bytes, verified.tar_bytes),
-            ("entries", snapshot.entries, verified.entries),
-        ];
-        for (what, recorded, found) in recorded {
-            if let Some(recorded) = recorded
-                && recorded != found
-            {
-                return Err(ManagerError::Corrupt(format!(
-                    "the archive holds {found} {what}, the backup wrote {recorded}"
-                )));
-            }
-        }
-        let checked = crate::catalog::Checked::of(snapshot.sha256.clone(), &verified);
-        if snapshot.checked() != Some(&checked)
-            && let Err(e) = self.update_record(&snapshot.snapshot_id, |s| {
-                if s.sha256 == checked.sha256 {
-                    s.checked = Some(checked);
-                }
-            })
-        {
-            tracing::warn!(snapshot = %snapshot.snapshot_id, "cannot record its check: {e}");
-        }
-        Ok(verified)
-    }
-
-    /// A restore's check of an archive that passed the structural check before (see
-    /// [`crate::catalog::Checked`]): its sha256 must still be the one checked, which
-    /// proves it is the same file; what that check saw is taken from the record.
-    pub(super) async fn verify_checksum(
-        &self,
-        snapshot: &Snapshot,
-        checked: &crate::catalog::Checked,
-    ) -> Result<Verified, ManagerError> {
-        let (path, sha) = (PathBuf::from(&snapshot.file_path), checked.sha256.clone());
-        tokio::task::spawn_blocking(move || archive::check_sha256(&path, &sha))
-            .await
-            .map_err(|e| ManagerError::Corrupt(format!("checksum task: {e}")))?
-            // Unreadable or changed, the file is unusable (as `verify_file` says it).
-            .map_err(|e| ManagerError::Corrupt(e.to_string()))?;
-        Ok(checked.verified())
-    }
-
-    /// Streams an upload into the backup root, verifies it and lists it under the app it
-    /// names (or `app_override`). The id is kept, so a snapshot keeps its name across
-    /// servers; an id that exists already is refused.
     pub async fn import<S, E>(
         &self,
         body: S,
@@ -192,7 +81,7 @@ impl BackupManager {
         if let Some(app) = app_override {
             ids::validate("app id", app)?;
         }
-        let tmp = self.config.backup_root.join(STATE_DIR).join(format!(
+        let tmp = self.store.state_dir().join(format!(
             "import-{:08x}{PARTIAL_SUFFIX}",
             rand::random::<u32>()
         ));
@@ -257,11 +146,12 @@ impl BackupManager {
         let (path, threads, opts) = (
             tmp.to_path_buf(),
             self.config.threads(),
-            self.extract_options(how.replace.as_ref()),
+            self.verify
+                .extract_options(how.replace.as_ref(), self.gate.new_cancel()),
         );
         // A client that leaves mid-verify stops it (the file is removed by the caller).
         let _abandoned = SetOnDrop(opts.cancel.clone());
-        let _slot = self.heavy_slot(None).await;
+        let _slot = self.gate.heavy_slot(None).await;
         let expect = how.expect_id.clone();
         let (meta, verified) = tokio::task::spawn_blocking(move || {
             let bytes = archive::read_metadata(&path)?;
@@ -303,7 +193,7 @@ impl BackupManager {
         };
         ids::validate("app id", &app_id)?;
         ids::validate("snapshot id", &meta.snapshot_id)?;
-        let dir = self.config.backup_root.join(&app_id);
+        let dir = self.store.app_dir(&app_id);
         fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
         let final_path = dir.join(format!("{}{ARCHIVE_SUFFIX}", meta.snapshot_id));
         // A snapshot dated in the future would rank as "the newest" for every policy
@@ -340,10 +230,9 @@ impl BackupManager {
             copies: how.copies,
             checked: Some(crate::catalog::Checked::of(snapshot_sha, &verified)),
         };
-        let mut catalog = self.catalog.lock().expect("catalog lock");
-        let listed = catalog.get(&snapshot.snapshot_id).cloned();
-        let snapshot = match (how.replace, listed) {
-            (None, None) if !final_path.exists() => snapshot,
+        let id = snapshot.snapshot_id.clone();
+        let decide = |listed: Option<&Snapshot>| match (how.replace, listed) {
+            (None, None) if !final_path.exists() => Ok(snapshot),
             // The record it replaces, still about the file found damaged: every server
             // fact stays; only the file and what describes the file change.
             (Some(old), Some(listed))
@@ -351,27 +240,25 @@ impl BackupManager {
             {
                 let mut copies = listed.copies.clone();
                 copies.extend(snapshot.copies);
-                Snapshot {
+                Ok(Snapshot {
                     size_bytes: snapshot.size_bytes,
                     sha256: snapshot.sha256,
                     checked: snapshot.checked,
                     copies,
-                    ..listed
-                }
+                    ..listed.clone()
+                })
             }
             // Listed meanwhile, changed meanwhile, or another app's: never two archives
             // (or two records) for one id.
-            _ => return Err(ManagerError::SnapshotExists(snapshot.snapshot_id)),
+            _ => Err(ManagerError::SnapshotExists(snapshot.snapshot_id)),
         };
-        fs::rename(tmp, &final_path).map_err(io_err("cannot move the import into place"))?;
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("cannot sync the app folder"))?;
-        if let Err(e) = crate::catalog::write_sidecar(&snapshot) {
-            tracing::warn!(snapshot = %snapshot.snapshot_id, "cannot write its sidecar: {e}");
-        }
-        catalog.insert(snapshot.clone());
-        catalog.save()?;
+        let place = || {
+            fs::rename(tmp, &final_path).map_err(io_err("cannot move the import into place"))?;
+            fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("cannot sync the app folder"))
+        };
+        let snapshot = self.store.insert_checked(&id, decide, place)?;
         tracing::info!(snapshot = %snapshot.snapshot_id, app = %snapshot.app_id, bytes = size, "snapshot imported");
         Ok(snapshot)
     }
