@@ -129,7 +129,7 @@ async fn catalog_is_rebuilt_from_archives_and_ignores_foreign_files() {
     assert_eq!(rebuilt.sha256, snap.sha256);
     assert_eq!(rebuilt.size_bytes, snap.size_bytes);
     assert_eq!(rebuilt.mounts, snap.mounts);
-    assert_eq!(rebuilt.note.as_deref(), Some("n"));
+    assert_eq!(rebuilt.facts.note.as_deref(), Some("n"));
     assert!(
         root.path().join("snapshots.json.corrupt").exists(),
         "the corrupt file is kept aside"

@@ -683,7 +683,7 @@ async fn privileged_xattrs_come_back_only_from_this_servers_snapshots() {
     let catalog = b.root.path().join("snapshots.json");
     let b = b.reopen(|_| fs::remove_file(&catalog).unwrap()).await;
     assert_eq!(
-        b.manager.get(&id).unwrap().origin,
+        b.manager.get(&id).unwrap().facts.origin,
         appsnap::catalog::Origin::Imported
     );
     let (status, body) = b.call("POST", &restore).await;

@@ -320,12 +320,12 @@ async fn pins_survive_reindex_and_hold_against_a_decision_taken_before_them() {
     fs::remove_file(h.root.path().join("snapshots.json")).unwrap();
     assert_eq!(h.manager.reindex().unwrap(), 2);
     let s = h.manager.get(new_id).unwrap();
-    assert!(s.pinned, "the pin survived the rebuild");
-    assert_eq!(s.note.as_deref(), Some("before upgrade"));
-    assert!(s.tar_bytes.is_some(), "so did what verify checks");
+    assert!(s.facts.pinned, "the pin survived the rebuild");
+    assert_eq!(s.facts.note.as_deref(), Some("before upgrade"));
+    assert!(s.facts.tar_bytes.is_some(), "so did what verify checks");
     for id in [old_id, new_id] {
         assert_eq!(
-            h.manager.get(id).unwrap().origin,
+            h.manager.get(id).unwrap().facts.origin,
             appsnap::catalog::Origin::Manual,
             "{id}: an own snapshot stays one"
         );
@@ -530,6 +530,7 @@ async fn the_structure_is_checked_once_and_the_backup_counts_what_verify_counts(
     let id = snap["snapshot_id"].as_str().unwrap().to_string();
     let written = h.manager.get(&id).unwrap();
     let checked = written
+        .facts
         .checked
         .clone()
         .expect("a backup is checked as written");
@@ -543,14 +544,14 @@ async fn the_structure_is_checked_once_and_the_backup_counts_what_verify_counts(
     fs::write(&sidecar, serde_json::to_vec(&side).unwrap()).unwrap();
     fs::remove_file(h.root.path().join("snapshots.json")).unwrap();
     h.manager.reindex().unwrap();
-    assert_eq!(h.manager.get(&id).unwrap().checked, None);
+    assert_eq!(h.manager.get(&id).unwrap().facts.checked, None);
 
     let (status, body) = h
         .call("POST", &format!("/api/v1/backup/snapshots/{id}/verify"))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
-        h.manager.get(&id).unwrap().checked,
+        h.manager.get(&id).unwrap().facts.checked,
         Some(checked),
         "the full read found what the writer recorded"
     );

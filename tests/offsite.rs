@@ -776,7 +776,7 @@ async fn retention_and_quota_bind_per_repository() {
     assert_eq!(job["state"], "failed", "{job}");
     let id6 = sixth["snapshot_id"].as_str().unwrap();
     let got = h.manager.get(id6).unwrap();
-    let copy = &got.copies["offsite"];
+    let copy = &got.facts.copies["offsite"];
     assert_eq!(copy.attempts, 1, "{copy:?}");
     assert!(
         copy.error.as_deref().unwrap().contains("max_bytes"),
@@ -865,7 +865,7 @@ async fn a_fetch_cut_by_the_server_dying_leaves_nothing_and_a_download_fetches_i
     assert_eq!(out.split_whitespace().next().unwrap(), recorded);
     let local = h.manager.get(id).expect("kept as a local snapshot");
     assert_eq!(local.locations, ["local", "offsite"]);
-    assert_eq!(local.tar_sha256.as_deref(), Some(recorded));
+    assert_eq!(local.facts.tar_sha256.as_deref(), Some(recorded));
 }
 
 #[tokio::test]
@@ -892,7 +892,7 @@ async fn the_cli_leaves_a_failed_copy_pending_for_the_service_instead_of_waiting
         .manager
         .get(snap["snapshot_id"].as_str().unwrap())
         .unwrap();
-    let copy = &got.copies["offsite"];
+    let copy = &got.facts.copies["offsite"];
     assert_eq!(copy.state, appsnap::catalog::CopyState::Pending, "{copy:?}");
     assert_eq!(copy.attempts, 1, "{copy:?}");
     assert!(
@@ -928,7 +928,7 @@ async fn a_wrong_password_never_opens_nor_replaces_the_repository() {
         .manager
         .get(snap["snapshot_id"].as_str().unwrap())
         .unwrap();
-    let error = got.copies["offsite"].error.clone().unwrap();
+    let error = got.facts.copies["offsite"].error.clone().unwrap();
     assert!(error.contains("password does not open it"), "{error}");
     assert_eq!(
         fs::read(&config).unwrap(),
@@ -987,12 +987,23 @@ async fn a_fetch_keeps_a_good_local_archive_and_mends_a_damaged_one_only_with_it
     let done = job_done(&h, job["job_id"].as_str().unwrap()).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let mended = h.manager.get(&id).unwrap();
-    assert_eq!(mended.origin, appsnap::catalog::Origin::Manual);
+    assert_eq!(mended.facts.origin, appsnap::catalog::Origin::Manual);
     assert_eq!(
-        (&mended.created_at, &mended.warnings, &mended.tar_sha256),
-        (&before.created_at, &before.warnings, &before.tar_sha256)
+        (
+            &mended.facts.created_at,
+            &mended.facts.warnings,
+            &mended.facts.tar_sha256
+        ),
+        (
+            &before.facts.created_at,
+            &before.facts.warnings,
+            &before.facts.tar_sha256
+        )
     );
-    assert_eq!(inflated_sha256(&snap), before.tar_sha256.clone().unwrap());
+    assert_eq!(
+        inflated_sha256(&snap),
+        before.facts.tar_sha256.clone().unwrap()
+    );
     let (status, body) = h
         .call("POST", &format!("/api/v1/backup/snapshots/{id}/verify"))
         .await;
@@ -1028,7 +1039,7 @@ async fn a_fetch_keeps_a_good_local_archive_and_mends_a_damaged_one_only_with_it
     );
     assert_eq!(fs::read(&path).unwrap(), damaged, "nothing replaced");
     assert_eq!(
-        h.manager.get(&id).unwrap().origin,
+        h.manager.get(&id).unwrap().facts.origin,
         appsnap::catalog::Origin::Manual
     );
 }
@@ -1101,7 +1112,7 @@ async fn servers_sharing_a_repository_forget_only_their_own_copies() {
     let fetched = b.manager.get(&id).unwrap();
     assert_eq!(fetched.app_id, moved);
     assert_eq!(
-        fetched.tar_sha256,
+        fetched.facts.tar_sha256,
         snap["tar_sha256"].as_str().map(String::from)
     );
 }

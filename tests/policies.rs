@@ -566,7 +566,7 @@ async fn scheduler_runs_due_backups_once_with_an_injected_clock() {
     assert_eq!(started.len(), 1);
     for (_, s) in started {
         let snap = s.done.await.unwrap().unwrap();
-        assert_eq!(snap.origin, appsnap::catalog::Origin::Scheduled);
+        assert_eq!(snap.facts.origin, appsnap::catalog::Origin::Scheduled);
     }
     assert!(
         h.manager

@@ -552,7 +552,7 @@ fn policy_bench() {
 /// Listing 10,000 snapshots: the catalog loaded by the real manager, listed newest first
 /// and serialized as the API does.
 fn list_10k(root: &Path) {
-    use appsnap::catalog::{Origin, Snapshot};
+    use appsnap::catalog::{Facts, Origin, Snapshot};
     let app_dir = root.join("bench_app");
     fs::create_dir_all(&app_dir).unwrap();
     let base = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
@@ -571,21 +571,15 @@ fn list_10k(root: &Path) {
             Snapshot {
                 snapshot_id: id,
                 app_id: format!("app{}", i % 20),
-                created_at,
                 size_bytes: 1 << 30,
                 file_path: file_path.to_string_lossy().into(),
                 sha256: "0".repeat(64),
                 mounts: Vec::new(),
-                origin: Origin::Manual,
-                note: None,
-                pinned: false,
-                warnings: Vec::new(),
-                tar_bytes: None,
-                entries: None,
-                tar_sha256: None,
+                facts: Facts {
+                    origin: Origin::Manual,
+                    ..Facts::imported(created_at, None)
+                },
                 locations: Vec::new(),
-                copies: Default::default(),
-                checked: None,
             }
         })
         .collect();

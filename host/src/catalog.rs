@@ -55,22 +55,42 @@ pub enum Origin {
     Imported,
 }
 
-/// A snapshot as listed by the API.
+/// A snapshot as listed by the API: what the archive file is (its id, app folder, size,
+/// sha256, mounts — read from the file and checked) and, flattened into the same JSON
+/// object, the server's own [`Facts`] about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub snapshot_id: String,
     pub app_id: String,
-    /// RFC 3339, UTC.
-    pub created_at: DateTime<Utc>,
     /// Size of the archive file.
     pub size_bytes: u64,
     pub file_path: String,
     /// sha256 of the whole archive file, hex.
     pub sha256: String,
     pub mounts: Vec<Mount>,
+    #[serde(flatten)]
+    pub facts: Facts,
+    /// Where the snapshot can be restored from: `local` (this server's archive) and the
+    /// repositories holding a complete copy. Derived from `facts.copies`.
+    #[serde(default)]
+    pub locations: Vec<String>,
+}
+
+/// What this server knows about a snapshot and the archive cannot say about itself, or
+/// says but is never believed on. One home: this struct is the sidecar beside each
+/// archive (`{id}.meta.json`) and, flattened, part of the catalog's record, so a rebuild
+/// of the catalog takes every one of these from the sidecar and none from the archive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Facts {
+    /// When the snapshot was taken (RFC 3339, UTC), or, for an import dated in the
+    /// future, when it was imported: the date every policy ranks it by.
+    pub created_at: DateTime<Utc>,
+    /// Why this server holds it. A snapshot found without a sidecar is `imported`,
+    /// whatever its archive claims: a rebuild can lose a privilege, never grant one.
     pub origin: Origin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Never deleted by a policy or a count rule.
     #[serde(default)]
     pub pinned: bool,
     /// Files skipped or changed while archiving (empty for a clean snapshot).
@@ -87,16 +107,31 @@ pub struct Snapshot {
     /// copy holds that stream, and a copy fetched back must match it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tar_sha256: Option<String>,
-    /// Where the snapshot can be restored from: `local` (this server's archive) and the
-    /// repositories holding a complete copy. Derived from `copies`.
-    #[serde(default)]
-    pub locations: Vec<String>,
     /// The offsite copy in each configured repository, by repository name.
     #[serde(default)]
     pub copies: BTreeMap<String, Copy>,
     /// The archive passed the structural check, while its file had this sha256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked: Option<Checked>,
+}
+
+impl Facts {
+    /// What a server knows of an archive it did not make and has no sidecar for: the
+    /// archive's date and first note, and nothing else.
+    pub fn imported(created_at: DateTime<Utc>, note: Option<String>) -> Facts {
+        Facts {
+            created_at,
+            origin: Origin::Imported,
+            note,
+            pinned: false,
+            warnings: Vec::new(),
+            tar_bytes: None,
+            entries: None,
+            tar_sha256: None,
+            copies: BTreeMap::new(),
+            checked: None,
+        }
+    }
 }
 
 /// An archive whose every entry was read under the restore's rules: by this server's
@@ -144,7 +179,7 @@ impl Checked {
 impl Snapshot {
     /// What the structural check recorded, if it holds for the recorded sha256.
     pub fn checked(&self) -> Option<&Checked> {
-        self.checked.as_ref().filter(|c| {
+        self.facts.checked.as_ref().filter(|c| {
             c.sha256 == self.sha256
                 && c.stored.len() == self.mounts.len()
                 && c.mount_entries.len() == self.mounts.len()
@@ -155,7 +190,8 @@ impl Snapshot {
     pub fn refresh_locations(&mut self) {
         self.locations = std::iter::once("local".to_string())
             .chain(
-                self.copies
+                self.facts
+                    .copies
                     .iter()
                     .filter(|(_, c)| c.state == CopyState::Done)
                     .map(|(name, _)| name.clone()),
@@ -210,39 +246,6 @@ pub struct ArchiveMeta {
     pub note: Option<String>,
 }
 
-/// The sidecar's content: the catalog-only fields of a [`Snapshot`], and the server's own
-/// facts about it that an archive may claim too but is never believed on: a rebuild
-/// takes these from here only.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Sidecar {
-    /// Why this server holds the snapshot. Absent in sidecars written before it was
-    /// recorded here (a start-up migration adds it from the catalog); a snapshot whose
-    /// sidecar lacks it is rebuilt as `imported`, whatever its archive says, so a
-    /// rebuild can lose a privilege but never grant one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<Origin>,
-    #[serde(default)]
-    pub pinned: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    #[serde(default)]
-    pub warnings: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tar_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entries: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tar_sha256: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub copies: BTreeMap<String, Copy>,
-    /// The date the snapshot is listed under, which may differ from the archive's own
-    /// (an import dated in the future is listed as of its import).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checked: Option<Checked>,
-}
-
 /// Where the sidecar of the archive at `archive` lives.
 pub fn sidecar_path(archive: &Path) -> PathBuf {
     let name = archive.file_name().unwrap_or_default().to_string_lossy();
@@ -250,22 +253,40 @@ pub fn sidecar_path(archive: &Path) -> PathBuf {
     archive.with_file_name(format!("{stem}{SIDECAR_SUFFIX}"))
 }
 
-/// Writes `s`'s catalog-only fields beside its archive (atomically).
+/// Writes `s`'s [`Facts`] beside its archive (atomically).
 pub fn write_sidecar(s: &Snapshot) -> io::Result<()> {
-    let sidecar = Sidecar {
-        origin: Some(s.origin),
-        pinned: s.pinned,
-        note: s.note.clone(),
-        warnings: s.warnings.clone(),
-        tar_bytes: s.tar_bytes,
-        entries: s.entries,
-        tar_sha256: s.tar_sha256.clone(),
-        copies: s.copies.clone(),
-        created_at: Some(s.created_at),
-        checked: s.checked.clone(),
-    };
-    let bytes = serde_json::to_vec_pretty(&sidecar).expect("sidecar serializes");
+    let bytes = serde_json::to_vec_pretty(&s.facts).expect("facts serialize");
     write_atomic(&sidecar_path(Path::new(&s.file_path)), &bytes)
+}
+
+/// The sidecar of the archive at `path`, if there is one: `Ok(None)` when there is
+/// none, `Err` when it cannot be read as one. A sidecar from before `origin` was kept
+/// there reads as `imported` (the start-up migration writes the catalog's origin first,
+/// see [`Catalog::open`]); one from before `created_at` was kept takes `archive_date`.
+fn read_sidecar(
+    path: &Path,
+    archive_date: DateTime<Utc>,
+) -> Result<Option<Facts>, serde_json::Error> {
+    let Ok(bytes) = fs::read(sidecar_path(path)) else {
+        return Ok(None);
+    };
+    let mut value: serde_json::Value = serde_json::from_slice(&bytes)?;
+    if let Some(fields) = value.as_object_mut() {
+        fields.entry("origin").or_insert("imported".into());
+        fields
+            .entry("created_at")
+            .or_insert(serde_json::to_value(archive_date).expect("a date serializes"));
+    }
+    serde_json::from_value(value).map(Some)
+}
+
+/// Whether the sidecar of the archive at `path` records the snapshot's origin (those of
+/// older versions do not).
+fn sidecar_has_origin(path: &Path) -> bool {
+    fs::read(sidecar_path(path))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v.get("origin").is_some())
 }
 
 pub struct Catalog {
@@ -318,11 +339,8 @@ impl Catalog {
     fn migrate_sidecars(&self) {
         for s in self.snapshots.values() {
             let path = sidecar_path(Path::new(&s.file_path));
-            let current = fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Sidecar>(&b).ok())
-                .is_some_and(|c| c.origin.is_some());
-            if current || !Path::new(&s.file_path).is_file() {
+            let archive = Path::new(&s.file_path);
+            if sidecar_has_origin(archive) || !archive.is_file() {
                 continue;
             }
             match write_sidecar(s) {
@@ -454,8 +472,9 @@ impl Catalog {
             .filter(|s| app_id.is_none_or(|a| s.app_id == a))
             .collect();
         list.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
+            b.facts
+                .created_at
+                .cmp(&a.facts.created_at)
                 .then_with(|| b.snapshot_id.cmp(&a.snapshot_id))
         });
         list
@@ -494,41 +513,25 @@ pub fn snapshot_from_archive(path: &Path) -> Result<Snapshot, archive::ArchiveEr
         path: path.to_path_buf(),
         source,
     })?;
-    let sidecar: Option<Sidecar> = match fs::read(sidecar_path(path)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .inspect_err(|e| tracing::warn!("{}: unreadable sidecar ignored: {e}", path.display()))
-            .ok(),
-        Err(_) => None,
-    };
-    let sidecar_note = sidecar.as_ref().map(|s| s.note.clone());
-    let sidecar = sidecar.unwrap_or_default();
-    Ok(Snapshot {
+    let facts = read_sidecar(path, meta.created_at)
+        .inspect_err(|e| tracing::warn!("{}: unreadable sidecar ignored: {e}", path.display()))
+        .ok()
+        .flatten()
+        // The archive's `origin` is a claim (an import can say `manual`): without what
+        // this server wrote, the snapshot is an import. Its first note is all it keeps.
+        .unwrap_or_else(|| Facts::imported(meta.created_at, meta.note));
+    let mut snapshot = Snapshot {
         snapshot_id: meta.snapshot_id,
         app_id,
-        created_at: sidecar.created_at.unwrap_or(meta.created_at),
         size_bytes,
         file_path: path.to_string_lossy().into_owned(),
         sha256,
         mounts: meta.mounts,
-        // The archive's `origin` is a claim (an import can say `manual`): only what this
-        // server wrote counts.
-        origin: sidecar.origin.unwrap_or(Origin::Imported),
-        // An edited (or cleared) note lives in the sidecar; the archive has the first one.
-        note: sidecar_note.unwrap_or(meta.note),
-        pinned: sidecar.pinned,
-        warnings: sidecar.warnings,
-        tar_bytes: sidecar.tar_bytes,
-        entries: sidecar.entries,
-        tar_sha256: sidecar.tar_sha256,
+        facts,
         locations: Vec::new(),
-        copies: sidecar.copies,
-        // Bound to a sha256: it holds only if the file is still the one checked.
-        checked: sidecar.checked,
-    })
-    .map(|mut s| {
-        s.refresh_locations();
-        s
-    })
+    };
+    snapshot.refresh_locations();
+    Ok(snapshot)
 }
 
 /// temp + fsync + rename + fsync(dir): readers see the old file or the new one.
@@ -582,24 +585,24 @@ mod tests {
         // An import that claims to be an own snapshot, with the sidecar the import wrote.
         let imported = archive_claiming(root.path(), "snapshot_a", "manual");
         let mut s = snapshot_from_archive(&imported).unwrap();
-        s.origin = Origin::Imported;
+        s.facts.origin = Origin::Imported;
         write_sidecar(&s).unwrap();
         // An own snapshot whose sidecar is lost: it loses its privileges, gains none.
         archive_claiming(root.path(), "snapshot_b", "manual");
         // An own snapshot with its sidecar.
         let own = archive_claiming(root.path(), "snapshot_c", "scheduled");
         let mut s = snapshot_from_archive(&own).unwrap();
-        s.origin = Origin::Scheduled;
-        s.pinned = true;
+        s.facts.origin = Origin::Scheduled;
+        s.facts.pinned = true;
         write_sidecar(&s).unwrap();
 
         let mut catalog = Catalog::open(root.path()).unwrap();
         assert_eq!(catalog.rebuild().unwrap(), 3);
-        let origin = |id: &str| catalog.get(id).unwrap().origin;
+        let origin = |id: &str| catalog.get(id).unwrap().facts.origin;
         assert_eq!(origin("snapshot_a"), Origin::Imported);
         assert_eq!(origin("snapshot_b"), Origin::Imported);
         assert_eq!(origin("snapshot_c"), Origin::Scheduled);
-        assert!(catalog.get("snapshot_c").unwrap().pinned);
+        assert!(catalog.get("snapshot_c").unwrap().facts.pinned);
     }
 
     #[test]
@@ -607,9 +610,9 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = archive_claiming(root.path(), "snapshot_a", "manual");
         let mut s = snapshot_from_archive(&path).unwrap();
-        s.origin = Origin::Manual;
-        s.pinned = true;
-        s.note = Some("keep".into());
+        s.facts.origin = Origin::Manual;
+        s.facts.pinned = true;
+        s.facts.note = Some("keep".into());
         // The catalog of a version before sidecars: an entry, no sidecar.
         let bytes = serde_json::to_vec(&vec![&s]).unwrap();
         fs::write(root.path().join(CATALOG_FILE), bytes).unwrap();
@@ -618,8 +621,8 @@ mod tests {
 
         let catalog = Catalog::open(root.path()).unwrap();
         let rebuilt = catalog.get("snapshot_a").unwrap();
-        assert_eq!(rebuilt.origin, Origin::Manual);
-        assert!(rebuilt.pinned);
-        assert_eq!(rebuilt.note.as_deref(), Some("keep"));
+        assert_eq!(rebuilt.facts.origin, Origin::Manual);
+        assert!(rebuilt.facts.pinned);
+        assert_eq!(rebuilt.facts.note.as_deref(), Some("keep"));
     }
 }

@@ -265,7 +265,7 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
                         s.snapshot_id,
                         s.app_id,
                         s.size_bytes,
-                        s.created_at.to_rfc3339()
+                        s.facts.created_at.to_rfc3339()
                     );
                 }
             }

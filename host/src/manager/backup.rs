@@ -25,7 +25,7 @@ use super::containers::{Containers, Purpose, StartReport};
 use super::error::io_err;
 use super::{BackupManager, ManagerError, Started};
 use crate::archive::{self, ArchiveError};
-use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Origin, PARTIAL_SUFFIX, Snapshot};
+use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Facts, Origin, PARTIAL_SUFFIX, Snapshot};
 use crate::config::BackupMode;
 use crate::docker::{App, DockerError, POST_BACKUP_LABEL, PRE_BACKUP_LABEL};
 use crate::ids;
@@ -272,30 +272,32 @@ impl BackupManager {
         let snapshot = Snapshot {
             snapshot_id,
             app_id: app.id.clone(),
-            created_at,
             size_bytes: summary.compressed_bytes,
             file_path: final_path.to_string_lossy().into_owned(),
             sha256: summary.sha256.clone(),
             mounts: app.mounts.clone(),
-            origin,
-            note,
-            pinned: false,
-            warnings,
-            tar_bytes: Some(summary.tar_bytes),
-            entries: Some(summary.entries),
-            tar_sha256: Some(summary.tar_sha256),
+            facts: Facts {
+                created_at,
+                origin,
+                note,
+                pinned: false,
+                warnings,
+                tar_bytes: Some(summary.tar_bytes),
+                entries: Some(summary.entries),
+                tar_sha256: Some(summary.tar_sha256),
+                // Owed from now on: a crash before they run leaves them `pending`, resumed.
+                copies: self.copies_owed(),
+                // Every entry written here is one the restore's rules accept, as a full
+                // verify would find: the first restore need not read the archive twice.
+                checked: Some(crate::catalog::Checked {
+                    sha256: summary.sha256.clone(),
+                    tar_bytes: summary.tar_bytes,
+                    entries: summary.entries,
+                    stored: summary.stored,
+                    mount_entries: summary.mount_entries,
+                }),
+            },
             locations: Vec::new(),
-            // Owed from now on: a crash before they run leaves them `pending`, resumed.
-            copies: self.copies_owed(),
-            // Every entry written here is one the restore's rules accept, as a full
-            // verify would find: the first restore need not read the archive twice.
-            checked: Some(crate::catalog::Checked {
-                sha256: summary.sha256.clone(),
-                tar_bytes: summary.tar_bytes,
-                entries: summary.entries,
-                stored: summary.stored,
-                mount_entries: summary.mount_entries,
-            }),
         };
         // The sidecar before the archive is in place: a crash between the two must not
         // leave an own snapshot that a rebuild lists as an import (origin is the
@@ -360,7 +362,7 @@ impl BackupManager {
             catalog
                 .list(Some(app_id))
                 .into_iter()
-                .filter(|s| !s.pinned)
+                .filter(|s| !s.facts.pinned)
                 .skip(max)
                 .map(|s| s.snapshot_id.clone())
                 .collect()

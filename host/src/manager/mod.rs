@@ -1,15 +1,27 @@
-//! `BackupManager`: the one place where snapshots are created, listed, restored and
-//! deleted. The API and the CLI are thin layers over it.
+//! `BackupManager`: the façade the API and the CLI call to create, list, restore, copy
+//! and delete snapshots.
 //!
+//! Components, each with one job, which never call an operation:
+//! - [`gate`]: per-app locks, the waits for a restore's cleanup, heavy-work slots,
+//!   cancel flags;
+//! - [`store`]: the backup root (mark, process lock), the catalog and sidecars, journals'
+//!   paths, partial files;
+//! - [`containers`]: stop, start, wait until running, hooks (Docker behind a trait);
+//! - [`verify`]: checksum and full check of an archive, and the extraction rules;
+//! - [`error`]: the one error type.
+//!
+//! Operations, one file each, built on those components:
 //! - [`backup`]: making a snapshot (stop, archive, start, commit) and its crash repair;
-//! - [`restore`]: putting one back with rollback, and its crash repair;
-//! - [`aside`]: the journaled file half of a restore (set aside, commit, roll back);
+//! - [`restore`]: putting one back with rollback, and its crash repair; [`aside`] is its
+//!   journaled state machine (set aside, extract, commit or roll back);
 //! - [`transfer`]: verify, download and import (moving snapshots between servers);
-//! - [`offsite`]: copies to repositories after a backup (retried), fetching them back;
+//! - [`offsite`]: copies to repositories after a backup (retried), forget, prune, check,
+//!   fetching them back;
 //! - [`policies`]: quota before a backup, retention after it, schedules, dry runs, and
-//!   the host rules no policy can break;
-//! - here: opening the backup root (lock, repairs, catalog), per-app locks, list, delete,
-//!   stats.
+//!   the host rules no policy can break.
+//!
+//! Here: opening (store, then repairs from the journals), the lock an operation takes
+//! (gate and store together), list, get, delete, pin and note, stats and metrics.
 
 mod aside;
 mod backup;
@@ -258,10 +270,10 @@ impl BackupManager {
         ids::validate("snapshot id", snapshot_id)?;
         self.store.update_durably(snapshot_id, |s| {
             if let Some(p) = pinned {
-                s.pinned = p;
+                s.facts.pinned = p;
             }
             if let Some(n) = note {
-                s.note = (!n.is_empty()).then_some(n);
+                s.facts.note = (!n.is_empty()).then_some(n);
             }
         })
     }

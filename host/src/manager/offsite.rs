@@ -49,7 +49,7 @@ impl BackupManager {
     /// Starts the copies `snapshot` owes (those `pending`), each as its own job, unless
     /// a task for it is alive already.
     pub(super) fn spawn_copies(self: &Arc<Self>, snapshot: &Snapshot) {
-        for (name, copy) in &snapshot.copies {
+        for (name, copy) in &snapshot.facts.copies {
             if copy.state != CopyState::Pending {
                 continue;
             }
@@ -68,10 +68,11 @@ impl BackupManager {
     pub fn resume_copies(self: &Arc<Self>) {
         let unfinished = self.store.update_all(|s| {
             let owed = s
+                .facts
                 .copies
                 .values()
                 .any(|c| matches!(c.state, CopyState::Pending | CopyState::Copying));
-            for c in s.copies.values_mut() {
+            for c in s.facts.copies.values_mut() {
                 if c.state == CopyState::Copying {
                     c.state = CopyState::Pending;
                 }
@@ -225,7 +226,7 @@ impl BackupManager {
                 .quota_admit_at(
                     &snapshot.app_id,
                     &repo.name,
-                    snapshot.tar_bytes.unwrap_or(snapshot.size_bytes),
+                    snapshot.facts.tar_bytes.unwrap_or(snapshot.size_bytes),
                 )
                 .await
             {
@@ -363,25 +364,29 @@ impl BackupManager {
         job: &Job,
         repair: bool,
     ) -> Result<offsite::Copied, ManagerError> {
-        let tar_sha256 = match &snapshot.tar_sha256 {
+        let tar_sha256 = match &snapshot.facts.tar_sha256 {
             Some(sha) => sha.clone(),
             None => self.record_tar_sha256(snapshot, job).await?,
         };
-        let tar_bytes = match snapshot.tar_bytes {
+        let tar_bytes = match snapshot.facts.tar_bytes {
             Some(b) => b,
-            None => self.get(&snapshot.snapshot_id)?.tar_bytes.unwrap_or(0),
+            None => self
+                .get(&snapshot.snapshot_id)?
+                .facts
+                .tar_bytes
+                .unwrap_or(0),
         };
         let description = Description {
             appsnap: 1,
             app_id: snapshot.app_id.clone(),
             snapshot_id: snapshot.snapshot_id.clone(),
-            created_at: snapshot.created_at,
+            created_at: snapshot.facts.created_at,
             tar_sha256,
             tar_bytes,
-            entries: snapshot.entries,
+            entries: snapshot.facts.entries,
             mounts: snapshot.mounts.clone(),
-            origin: snapshot.origin,
-            note: snapshot.note.clone(),
+            origin: snapshot.facts.origin,
+            note: snapshot.facts.note.clone(),
             root_id: Some(self.store.root_id().to_string()),
         };
         job.total(tar_bytes);
@@ -439,8 +444,8 @@ impl BackupManager {
         })?
         .map_err(|e| ManagerError::Corrupt(e.to_string()))?;
         self.store.update(&snapshot.snapshot_id, |s| {
-            s.tar_sha256 = Some(sha.clone());
-            s.tar_bytes = Some(len);
+            s.facts.tar_sha256 = Some(sha.clone());
+            s.facts.tar_bytes = Some(len);
         })?;
         Ok(sha)
     }
@@ -449,6 +454,7 @@ impl BackupManager {
     fn set_copy(&self, snapshot_id: &str, repository: &str, change: impl FnOnce(&mut Copy)) {
         let saved = self.store.update(snapshot_id, |s| {
             let copy = s
+                .facts
                 .copies
                 .entry(repository.to_string())
                 .or_insert_with(|| new_copy(CopyState::Pending));
@@ -566,7 +572,7 @@ impl BackupManager {
     /// Drops a repository's copy record from a local snapshot (its copy was forgotten).
     fn forget_copy(&self, snapshot_id: &str, repository: &str) {
         if let Err(e) = self.store.update(snapshot_id, |s| {
-            s.copies.remove(repository);
+            s.facts.copies.remove(repository);
         }) {
             tracing::error!(snapshot = %snapshot_id, "cannot save the catalog: {e}");
         }
@@ -600,7 +606,7 @@ impl BackupManager {
         let recorded: std::collections::HashSet<String> = self.store.read(|catalog| {
             catalog
                 .all()
-                .filter_map(|s| s.copies.get(repository)?.repository_snapshot.clone())
+                .filter_map(|s| s.facts.copies.get(repository)?.repository_snapshot.clone())
                 .collect()
         });
         let host = nix::unistd::gethostname()
@@ -631,7 +637,7 @@ impl BackupManager {
                 .map(|r| r.name.clone())
                 .collect(),
         };
-        let recorded_stream = self.get(snapshot_id).ok().and_then(|s| s.tar_sha256);
+        let recorded_stream = self.get(snapshot_id).ok().and_then(|s| s.facts.tar_sha256);
         let mut last = ManagerError::SnapshotNotFound(snapshot_id.into());
         for name in names {
             match self.copies_of(&name, None).await {
@@ -730,7 +736,7 @@ impl BackupManager {
                     "the local archive checks out: kept, nothing fetched");
                 return Ok(local.clone());
             }
-            if local.tar_sha256.as_deref() != Some(remote.tar_sha256.as_str()) {
+            if local.facts.tar_sha256.as_deref() != Some(remote.tar_sha256.as_str()) {
                 return Err(OffsiteError::Mismatch {
                     name: repo.name.clone(),
                     snapshot_id: remote.snapshot_id.clone(),
@@ -738,7 +744,7 @@ impl BackupManager {
                         "the local archive is damaged, and the repository's copy is not the \
                          snapshot this server recorded (tar sha256 {} here, {} there); \
                          nothing was replaced",
-                        local.tar_sha256.as_deref().unwrap_or("not recorded"),
+                        local.facts.tar_sha256.as_deref().unwrap_or("not recorded"),
                         remote.tar_sha256
                     ),
                 }

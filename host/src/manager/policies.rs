@@ -56,10 +56,10 @@ fn info(s: &Snapshot) -> SnapshotInfo {
     SnapshotInfo {
         id: s.snapshot_id.clone(),
         app_id: s.app_id.clone(),
-        created_at: s.created_at.timestamp(),
+        created_at: s.facts.created_at.timestamp(),
         size: s.size_bytes,
-        origin: origin_name(s.origin),
-        pinned: s.pinned,
+        origin: origin_name(s.facts.origin),
+        pinned: s.facts.pinned,
         // Every listed archive was checksummed when written or imported.
         verified: true,
     }

@@ -227,7 +227,7 @@ impl Store {
         let Some(checked) = checked else { return };
         let saved = self.update(snapshot_id, |s| {
             if s.sha256 == checked.sha256 {
-                s.checked = Some(checked);
+                s.facts.checked = Some(checked);
             }
         });
         if let Err(e) = saved {
@@ -296,7 +296,7 @@ impl Store {
         let mut catalog = self.catalog.lock().expect("catalog lock");
         match catalog.get(snapshot_id) {
             None => Ok(false),
-            Some(s) if s.pinned => {
+            Some(s) if s.facts.pinned => {
                 tracing::info!(
                     snapshot = snapshot_id,
                     "kept: pinned after the policy decided"
@@ -317,7 +317,7 @@ impl Store {
     pub fn pinned_ids(&self) -> HashSet<String> {
         self.read(|c| {
             c.all()
-                .filter(|s| s.pinned)
+                .filter(|s| s.facts.pinned)
                 .map(|s| s.snapshot_id.clone())
                 .collect()
         })
@@ -328,9 +328,9 @@ impl Store {
     pub fn last_backups(&self) -> BTreeMap<String, DateTime<Utc>> {
         self.read(|c| {
             let mut last = BTreeMap::new();
-            for s in c.all().filter(|s| s.origin != Origin::Imported) {
-                let newest = last.entry(s.app_id.clone()).or_insert(s.created_at);
-                *newest = (*newest).max(s.created_at);
+            for s in c.all().filter(|s| s.facts.origin != Origin::Imported) {
+                let newest = last.entry(s.app_id.clone()).or_insert(s.facts.created_at);
+                *newest = (*newest).max(s.facts.created_at);
             }
             last
         })

@@ -14,7 +14,7 @@ use super::error::io_err;
 use super::verify::{SetOnDrop, check_targets};
 use super::{BackupManager, ManagerError};
 use crate::archive::{self, Verified};
-use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Origin, PARTIAL_SUFFIX, Snapshot};
+use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Facts, PARTIAL_SUFFIX, Snapshot};
 use crate::ids;
 
 /// Removes a temporary file however its owner ends (finished, failed, or dropped).
@@ -213,22 +213,21 @@ impl BackupManager {
         let snapshot = Snapshot {
             snapshot_id: meta.snapshot_id.clone(),
             app_id,
-            created_at,
             size_bytes: size,
             file_path: final_path.to_string_lossy().into_owned(),
             sha256,
             mounts: meta.mounts,
-            origin: Origin::Imported,
-            note: meta.note,
-            pinned: false,
-            warnings,
-            // What the full read saw: a later verify insists on the same.
-            tar_bytes: Some(verified.tar_bytes),
-            entries: Some(verified.entries),
-            tar_sha256: how.tar_sha256,
+            facts: Facts {
+                warnings,
+                // What the full read saw: a later verify insists on the same.
+                tar_bytes: Some(verified.tar_bytes),
+                entries: Some(verified.entries),
+                tar_sha256: how.tar_sha256,
+                copies: how.copies,
+                checked: Some(crate::catalog::Checked::of(snapshot_sha, &verified)),
+                ..Facts::imported(created_at, meta.note)
+            },
             locations: Vec::new(),
-            copies: how.copies,
-            checked: Some(crate::catalog::Checked::of(snapshot_sha, &verified)),
         };
         let id = snapshot.snapshot_id.clone();
         let decide = |listed: Option<&Snapshot>| match (how.replace, listed) {
@@ -238,15 +237,14 @@ impl BackupManager {
             (Some(old), Some(listed))
                 if listed.sha256 == old.sha256 && listed.file_path == snapshot.file_path =>
             {
-                let mut copies = listed.copies.clone();
-                copies.extend(snapshot.copies);
-                Ok(Snapshot {
-                    size_bytes: snapshot.size_bytes,
-                    sha256: snapshot.sha256,
-                    checked: snapshot.checked,
-                    copies,
-                    ..listed.clone()
-                })
+                let mut copies = listed.facts.copies.clone();
+                copies.extend(snapshot.facts.copies);
+                let mut kept = listed.clone();
+                kept.size_bytes = snapshot.size_bytes;
+                kept.sha256 = snapshot.sha256;
+                kept.facts.checked = snapshot.facts.checked;
+                kept.facts.copies = copies;
+                Ok(kept)
             }
             // Listed meanwhile, changed meanwhile, or another app's: never two archives
             // (or two records) for one id.

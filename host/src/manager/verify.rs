@@ -52,10 +52,10 @@ impl Verify {
         snapshot: Option<&Snapshot>,
         cancel: archive::Cancel,
     ) -> extract::Options {
-        let made_here = snapshot.is_some_and(|s| s.origin != Origin::Imported);
+        let made_here = snapshot.is_some_and(|s| s.facts.origin != Origin::Imported);
         let recorded = snapshot
             .filter(|_| made_here)
-            .and_then(|s| s.entries)
+            .and_then(|s| s.facts.entries)
             .unwrap_or(0);
         extract::Options {
             allow_devices: made_here || self.devices,
@@ -99,8 +99,8 @@ impl Verify {
         })?;
         // What the writer recorded is what a complete archive holds.
         let recorded = [
-            ("tar bytes", snapshot.tar_bytes, verified.tar_bytes),
-            ("entries", snapshot.entries, verified.entries),
+            ("tar bytes", snapshot.facts.tar_bytes, verified.tar_bytes),
+            ("entries", snapshot.facts.entries, verified.entries),
         ];
         for (what, recorded, found) in recorded {
             if let Some(recorded) = recorded
