@@ -1,28 +1,37 @@
 //! appsnap: backup and restore for the data of self-hosted Docker compose apps.
 //!
-//! Map of the modules, from the outside in:
-//! - [`api`]: the axum REST API — routes, auth, the one error → HTTP mapping, OpenAPI.
-//! - [`manager`]: `BackupManager`, the only place that creates, lists and deletes
-//!   snapshots: per-app locks, stop/start around the archive, crash journal.
+//! Map of the modules, from the outside in (a module only uses those below it):
+//! - [`api`]: the axum REST API — routes, auth (key, loopback Host, Origin), the one
+//!   error → HTTP mapping, OpenAPI. Nothing below it imports it.
+//! - [`scheduler`]: the service's clock — pending repairs retried, scheduled backups
+//!   started.
+//! - [`manager`]: `BackupManager`, the façade through which snapshots are created,
+//!   listed, restored, copied and deleted. Below it, components with one job each
+//!   (`gate`: locks, cleanup waits, heavy slots, cancel flags; `store`: the backup root,
+//!   catalog, sidecars and journals' paths; `containers`: stop, start, wait, hooks;
+//!   `verify`: checks and extraction rules) and the operations that use them (`backup`,
+//!   `restore` with `aside`, its journaled state machine, `transfer`, `offsite`,
+//!   `policies`).
 //! - [`jobs`]: long operations with progress (polled or streamed as SSE).
 //! - [`metrics`]: the Prometheus counters and gauges behind `GET /metrics`.
 //! - [`notify`]: alerts (webhook, ntfy, Gotify, Slack, Discord, Telegram, mail).
 //! - [`policy`]: WebAssembly policies (wasmtime sandbox, registry of built-in and uploaded
 //!   components, bindings); the decisions are applied in `manager`.
+//! - [`offsite`]: copies in restic-format repositories (S3, paths, OpenDAL) via rustic_core.
 //! - [`docker`]: apps are compose projects; finds their mounts, stops/starts containers,
 //!   runs hooks (bollard).
+//! - [`catalog`]: `snapshots.json` and each archive's sidecar (the server's `Facts`),
+//!   written atomically, rebuildable from the archives.
 //! - [`archive`]: the `.tar.gz` itself — filesystem walk (and its read-ahead), tar
-//!   headers, parallel gzip, parallel inflate, safe extraction.
-//! - [`offsite`]: copies in restic-format repositories (S3, paths, OpenDAL) via rustic_core.
-//! - [`catalog`]: `snapshots.json`, written atomically, rebuildable from the archives.
-//! - [`model`]: what those three share — `Mount`, `Source`, a file's sha256.
-//! - [`scheduler`]: the service's clock — pending repairs retried, scheduled backups
-//!   started.
+//!   headers, parallel gzip, parallel inflate, safe extraction, checksums.
+//! - [`model`]: the types the layers share — `Mount`, `Source`, `ErrorBody`.
 //! - [`config`]: TOML file < `APPSNAP_*` environment < flags, with safe defaults.
 //! - [`ids`]: validation of the ids that reach the filesystem.
 //! - [`failpoint`]: named points where the crash-walk test stops the process.
 //!
-//! `main.rs` is a thin CLI over these (`serve`, `backup`, `list`, `delete`, `reindex`).
+//! `main.rs` is a thin CLI over these: `serve`, `backup`, `list`, `delete`, `restore`,
+//! `verify`, `reindex`, `repo` (`init`, `snapshots`, `check`, `prune`), and the hidden
+//! `pack`, `unpack` (benchmark) and `compile-policy` (the service's sandboxed compiles).
 
 pub mod api;
 pub mod archive;
