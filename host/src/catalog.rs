@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::archive;
-use crate::model::{Mount, sha256_file};
+use crate::archive::sha256_file;
+use crate::model::Mount;
 
 pub const CATALOG_FILE: &str = "snapshots.json";
 pub const ARCHIVE_SUFFIX: &str = ".tar.gz";

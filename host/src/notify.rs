@@ -589,7 +589,7 @@ pub fn signature(key: &str, t: i64, body: &[u8]) -> String {
     mac.update(body);
     format!(
         "t={t},v1={}",
-        crate::model::hex(&mac.finalize().into_bytes())
+        crate::archive::hex(&mac.finalize().into_bytes())
     )
 }
 

@@ -921,7 +921,7 @@ impl S3Server {
             ],
         );
         assert!(ok, "restic dump of {remote}");
-        appsnap::model::hex(&sha2::Sha256::digest(&dumped))
+        appsnap::archive::hex(&sha2::Sha256::digest(&dumped))
     }
 }
 

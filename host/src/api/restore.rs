@@ -6,12 +6,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::error::{ApiError, ApiQuery, ErrorBody};
 use crate::jobs::JobInfo;
-use crate::manager::BackupManager;
+use crate::manager::{BackupManager, Restored};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -22,19 +22,6 @@ pub struct RestoreParams {
     /// local archive exists. Without it, a snapshot with no local archive is looked for
     /// in the configured repositories.
     pub from: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Restored {
-    pub message: String,
-    pub app_id: String,
-    pub snapshot_id: String,
-    /// Mounts of the snapshot that were not restored, with why: the app no longer mounts
-    /// them, or they name a volume of another app or a path appsnap never writes to.
-    pub skipped: Vec<String>,
-    /// The job (kind `cleanup`) removing the data the restore replaced: it runs after
-    /// this answer, and the next backup or restore of the app waits for it.
-    pub cleanup_job: Option<String>,
 }
 
 /// Restore an app's data from one of its snapshots. Verified first; on any failure the
@@ -62,13 +49,6 @@ pub async fn restore(
     if params.wait == Some(false) {
         return Ok((StatusCode::ACCEPTED, Json(started.job.info())).into_response());
     }
-    let restored = super::error::finished(started, "Restore").await?;
-    Ok(Json(Restored {
-        message: "Snapshot restored successfully".into(),
-        app_id: restored.snapshot.app_id,
-        snapshot_id: restored.snapshot.snapshot_id,
-        skipped: restored.skipped,
-        cleanup_job: restored.cleanup_job,
-    })
-    .into_response())
+    let restored: Restored = super::error::finished(started, "Restore").await?;
+    Ok(Json(restored).into_response())
 }

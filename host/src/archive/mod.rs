@@ -11,6 +11,7 @@
 //! - [`read`]: the way back: members inflated in parallel into one tar stream.
 //! - [`extract`]: safe extraction into mounts (restore) and its dry run (verify).
 
+mod digest;
 pub mod extract;
 pub mod gzip;
 pub mod prefetch;
@@ -24,7 +25,8 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-pub use crate::model::{Source, hex};
+pub use crate::model::Source;
+pub use digest::{hex, sha256_file};
 
 /// Name of the metadata entry, always the archive's first.
 pub const METADATA_ENTRY: &str = "appsnap.json";
@@ -387,7 +389,7 @@ pub struct Verified {
 
 /// The archive file's sha256 must be `recorded`.
 pub fn check_sha256(path: &Path, recorded: &str) -> Result<(), ArchiveError> {
-    let (actual, _) = crate::model::sha256_file(path).map_err(|source| ArchiveError::Read {
+    let (actual, _) = sha256_file(path).map_err(|source| ArchiveError::Read {
         path: path.to_path_buf(),
         source,
     })?;

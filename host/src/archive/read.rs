@@ -18,7 +18,6 @@ use std::thread;
 use libdeflater::Decompressor;
 
 use super::gzip::{HEADER_LEN, TRAILER_LEN, member_len};
-use crate::model::read_full;
 
 /// An appsnap member never holds more than a chunk (1 MiB); anything claiming more than
 /// this is refused before its buffer is allocated, so the members in flight bound memory.
@@ -239,4 +238,18 @@ fn inflate(decompressor: &mut Decompressor, member: &[u8], out: &mut Vec<u8>) ->
         Ok(_) => Err(invalid("gzip member length mismatch".into())),
         Err(e) => Err(invalid(format!("corrupt gzip member ({e:?})"))),
     }
+}
+
+/// Reads until `buf` is full or the input ends; the bytes read.
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }

@@ -95,7 +95,9 @@ impl BackupManager {
                 // Started before the lock goes, so that the next operation waits for it.
                 let cleanup = this.start_cleanup(&app.id, swap);
                 Ok::<_, ManagerError>(Restored {
-                    snapshot,
+                    message: "Snapshot restored successfully".into(),
+                    app_id: snapshot.app_id,
+                    snapshot_id: snapshot.snapshot_id,
                     skipped,
                     cleanup_job: Some(cleanup.id()),
                 })
@@ -557,12 +559,17 @@ fn check_space(plan: &Plan, stored: &[u64]) -> Result<(), ManagerError> {
     Ok(())
 }
 
-/// A restore that succeeded, and the snapshot mounts it did not restore (with why).
-#[derive(Debug, Clone, serde::Serialize)]
+/// How a restore ended well: the answer of `wait=true` and the result of its job alike.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Restored {
-    pub snapshot: Snapshot,
+    pub message: String,
+    pub app_id: String,
+    pub snapshot_id: String,
+    /// Mounts of the snapshot that were not restored, with why: the app no longer mounts
+    /// them, or they name a volume of another app or a path appsnap never writes to.
     pub skipped: Vec<String>,
-    /// The job removing the data the restore replaced, which runs after the answer.
+    /// The job (kind `cleanup`) removing the data the restore replaced: it runs after
+    /// this answer, and the next backup or restore of the app waits for it.
     pub cleanup_job: Option<String>,
 }
 

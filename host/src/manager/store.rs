@@ -498,3 +498,160 @@ fn remove_partials(root: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Facts, snapshot_from_archive};
+
+    /// A backup root with one own snapshot of app `app`, listed; and its state dir.
+    async fn root_with_one(id: &str) -> (tempfile::TempDir, PathBuf, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, state) = (dir.path().join("root"), dir.path().join("state"));
+        let store = Store::open(&root, &state).await.unwrap();
+        store.insert(own_snapshot(&store, id)).unwrap();
+        (dir, state, store)
+    }
+
+    /// An archive written under `store`'s root, recorded as a manual backup with a
+    /// sidecar, as the backup writes one.
+    fn own_snapshot(store: &Store, id: &str) -> Snapshot {
+        let dir = store.app_dir("app");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{id}{ARCHIVE_SUFFIX}"));
+        let meta = format!(
+            r#"{{"format":1,"appsnap_version":"0","snapshot_id":"{id}","app_id":"app",
+            "created_at":"2026-01-01T00:00:00Z","mounts":[],"origin":"manual"}}"#
+        );
+        let file = File::create(&path).unwrap();
+        let opts = archive::Options::default();
+        archive::write(file, meta.as_bytes(), &[], &opts, &|_| {}).unwrap();
+        let mut s = snapshot_from_archive(&path).unwrap();
+        s.facts = Facts {
+            origin: Origin::Manual,
+            ..s.facts
+        };
+        catalog::write_sidecar(&s).unwrap();
+        s
+    }
+
+    #[tokio::test]
+    async fn a_pin_and_a_note_survive_a_rebuild_and_an_archive_never_grants_an_origin() {
+        let (_dir, _, store) = root_with_one("snapshot_a").await;
+        store
+            .update_durably("snapshot_a", |s| {
+                s.facts.pinned = true;
+                s.facts.note = Some("before the upgrade".into());
+            })
+            .unwrap();
+        // A second archive that claims `manual`, with no sidecar: found on disk.
+        let claimed = own_snapshot(&store, "snapshot_b");
+        fs::remove_file(catalog::sidecar_path(Path::new(&claimed.file_path))).unwrap();
+
+        assert_eq!(store.reindex().unwrap(), 2);
+        let a = store.get("snapshot_a").unwrap();
+        assert!(a.facts.pinned);
+        assert_eq!(a.facts.note.as_deref(), Some("before the upgrade"));
+        assert_eq!(a.facts.origin, Origin::Manual);
+        assert_eq!(
+            store.get("snapshot_b").unwrap().facts.origin,
+            Origin::Imported
+        );
+        assert_eq!(
+            store.last_backups().keys().collect::<Vec<_>>(),
+            ["app"],
+            "the import is nobody's last backup, the own snapshot is"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_pinned_after_a_policy_decided_is_kept() {
+        let (_dir, _, store) = root_with_one("snapshot_a").await;
+        store
+            .update("snapshot_a", |s| s.facts.pinned = true)
+            .unwrap();
+        assert!(!store.delete_unless_pinned("snapshot_a").unwrap());
+        assert!(Path::new(&store.get("snapshot_a").unwrap().file_path).exists());
+        store
+            .update("snapshot_a", |s| s.facts.pinned = false)
+            .unwrap();
+        assert!(store.delete_unless_pinned("snapshot_a").unwrap());
+        assert!(!store.delete_unless_pinned("snapshot_a").unwrap(), "gone");
+        assert!(matches!(
+            store.get("snapshot_a"),
+            Err(ManagerError::SnapshotNotFound(_))
+        ));
+        assert!(fs::read_dir(store.app_dir("app")).unwrap().next().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_refused_insert_places_nothing_and_lists_nothing() {
+        let (_dir, _, store) = root_with_one("snapshot_a").await;
+        let listed = store.get("snapshot_a").unwrap();
+        let mut placed = false;
+        let refused = store.insert_checked(
+            "snapshot_a",
+            |already| {
+                assert_eq!(already, Some(&listed));
+                Err(ManagerError::SnapshotExists("snapshot_a".into()))
+            },
+            || {
+                placed = true;
+                Ok(())
+            },
+        );
+        assert!(matches!(refused, Err(ManagerError::SnapshotExists(_))));
+        assert!(!placed);
+        assert_eq!(store.list(None), vec![listed]);
+    }
+
+    #[tokio::test]
+    async fn opening_removes_what_a_crash_left_and_refuses_a_second_process() {
+        let (dir, state, store) = root_with_one("snapshot_a").await;
+        let app = store.app_dir("app");
+        fs::write(app.join(".snapshot_b.tar.gz.partial"), b"half").unwrap();
+        fs::write(app.join("snapshot_c.meta.json"), b"{}").unwrap();
+        fs::write(store.state_dir().join("import-1.tar.gz.partial"), b"half").unwrap();
+        fs::write(store.journal_path("app", "backup"), b"{}").unwrap();
+        let root = store.root().to_path_buf();
+
+        assert!(matches!(
+            Store::open(&root, &state).await,
+            Err(ManagerError::RootInUse(_))
+        ));
+        drop(store);
+        let store = Store::open(&root, &state).await.unwrap();
+        let mut names: Vec<String> = fs::read_dir(&app)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["snapshot_a.meta.json", "snapshot_a.tar.gz"]);
+        assert!(!store.state_dir().join("import-1.tar.gz.partial").exists());
+        // Journals are the repairs' to read and remove, never the store's.
+        assert_eq!(store.pending_journals().len(), 1);
+        assert!(matches!(
+            store.no_journal("app", "backup"),
+            Err(ManagerError::RepairPending { .. })
+        ));
+        drop(dir);
+    }
+
+    #[tokio::test]
+    async fn a_root_that_lost_its_mark_is_refused_rather_than_started_afresh() {
+        let (_dir, state, store) = root_with_one("snapshot_a").await;
+        let root = store.root().to_path_buf();
+        drop(store);
+        // As an unmounted backup disk looks: the mount point is there, empty.
+        fs::remove_dir_all(&root).unwrap();
+        fs::create_dir(&root).unwrap();
+        match Store::open(&root, &state).await {
+            Err(ManagerError::RootLost { .. }) => {}
+            other => panic!("expected RootLost, got {:?}", other.map(|_| ())),
+        }
+        assert!(
+            fs::read_dir(&root).unwrap().next().is_none(),
+            "nothing written"
+        );
+    }
+}

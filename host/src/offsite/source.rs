@@ -84,7 +84,7 @@ impl<R: Read> Read for Checked<R> {
             Ok(0) if !buf.is_empty() => {
                 let mut seen = self.seen.lock().expect("check lock");
                 if seen.sha256.is_none() {
-                    seen.sha256 = Some(crate::model::hex(&self.hash.clone().finalize()));
+                    seen.sha256 = Some(crate::archive::hex(&self.hash.clone().finalize()));
                 }
                 Ok(0)
             }
