@@ -1,4 +1,4 @@
-//! Issue 11, item 3: the published contract is the whole truth. Every documented operation
+//! The published contract is the whole truth. Every documented operation
 //! is served and every served method of a documented path is documented (the router is
 //! built with `utoipa_axum::routes!`, so a route cannot be added without its operation);
 //! every rejection, whoever makes it, answers the JSON error body.
@@ -231,7 +231,7 @@ async fn every_rejection_answers_the_json_error_body() {
     }
 }
 
-/// Issue 11, item 5: logs for machines. Written to a pipe, the text log has no colour
+/// Logs for machines. Written to a pipe, the text log has no colour
 /// codes; with `APPSNAP_LOG_FORMAT=json` every line is one JSON object.
 #[tokio::test]
 async fn logs_have_no_colour_codes_off_a_terminal_and_can_be_json() {

@@ -1,16 +1,23 @@
-//! Issue 9: an archive, an upload or a request cannot reach outside the app. An imported
+//! Hostile input cannot reach outside the app, nor exhaust the server. An imported
 //! archive's metadata names host folders, another app's compose dir and volume, and a
-//! folder in the backup root; the restore writes none of them. Browsers cannot drive the
-//! keyless API from another site. An upload cut off mid-way leaves nothing behind.
+//! folder in the backup root; the restore writes none of them. Archives built to attack
+//! the extractor (`..`, absolute paths, symlink-then-file, hard links out of the mount,
+//! devices, entries outside every mount) are refused by import and verify, and the
+//! extractor, driven directly, writes nothing outside. Archives that claim gigabytes or
+//! millions of entries are refused in bounded memory. Browsers cannot drive the keyless
+//! API from another site, nor through a rebound DNS name. An upload cut off mid-way
+//! leaves nothing behind.
 
 use std::fs;
 use std::io::Write;
+use std::path::Path;
 
+use appsnap::archive::extract::{Options, Target, extract};
 use axum::http::StatusCode;
 use tar::EntryType;
 
+use crate::common::craft::{Crafted, archive_with, gz_of, header, peak_rss};
 use crate::common::{Harness, Service, TestApp, manifest, sh};
-use crate::malicious::archive_with;
 
 /// Every file under `dir` with its attributes: compared before and after.
 fn snapshot_of(
@@ -70,7 +77,7 @@ async fn archive_metadata_never_picks_a_host_path() {
             ]
         })
         .collect();
-    let crafted: Vec<crate::malicious::Crafted> = entries
+    let crafted: Vec<Crafted> = entries
         .iter()
         .map(|(name, kind)| {
             let data: &[u8] = if *kind == EntryType::Directory {
@@ -362,18 +369,6 @@ async fn a_verify_whose_client_left_stops_and_says_so() {
     );
 }
 
-/// `VmHWM` (peak resident set) of a process, in bytes.
-pub fn peak_rss(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// A service in `root`, and its peak memory once it has refused one (small) import, so
 /// that the idle peak includes a working import.
 async fn importing_service(root: &std::path::Path) -> (Service, u64) {
@@ -390,27 +385,6 @@ async fn import(svc: &Service, bytes: Vec<u8>) -> reqwest::Result<reqwest::Respo
         .body(bytes)
         .send()
         .await
-}
-
-/// gzip (one member, fast) of a tar stream made of `parts` written one after another.
-pub fn gz_of(parts: &mut dyn FnMut(&mut dyn Write)) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    parts(&mut gz);
-    gz.finish().unwrap()
-}
-
-/// A GNU tar header of `name` (mode 0644, root, a fixed mtime), its checksum set.
-pub fn header(name: &[u8], kind: EntryType, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.as_old_mut().name[..name.len()].copy_from_slice(name);
-    h.set_entry_type(kind);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_700_000_000);
-    h.set_size(size);
-    h.set_cksum();
-    h
 }
 
 /// The metadata entry of the `malicious` archives, as raw tar bytes.
@@ -786,4 +760,140 @@ async fn heavy_operations_beyond_the_limit_wait_their_turn() {
         .unwrap()
         .expect("B's backup ran once the slot was free");
     assert_eq!(snapshot.app_id, b.id);
+}
+
+const META: &str = r#"{"format":1,"appsnap_version":"0.1.0","snapshot_id":"snapshot_20260101T000000Z_bad0",
+"app_id":"victim","created_at":"2026-01-01T00:00:00Z","origin":"manual",
+"mounts":[{"type":"volume","name":"v","source":"/x","destination":"/data","archive_dir":"volumes/v"}]}"#;
+
+/// A gzip'd tar: the metadata entry, then `entries`.
+fn archive(entries: &[Crafted]) -> Vec<u8> {
+    let mut all: Vec<Crafted> = vec![(b"volumes/v/", EntryType::Directory, b"", b"")];
+    all.extend_from_slice(entries);
+    archive_with(META, &all)
+}
+
+fn attacks(outside: &Path) -> Vec<(&'static str, Vec<u8>)> {
+    let o = outside.to_string_lossy().into_owned();
+    let abs_file = format!("{o}/abs");
+    vec![
+        (
+            "dot-dot",
+            archive(&[(b"volumes/v/../../escape", EntryType::Regular, b"", b"x")]),
+        ),
+        (
+            "absolute",
+            archive(&[(abs_file.as_bytes(), EntryType::Regular, b"", b"x")]),
+        ),
+        (
+            "outside every mount",
+            archive(&[(b"volumes/other/x", EntryType::Regular, b"", b"x")]),
+        ),
+        (
+            "symlink then file through it",
+            archive(&[
+                (b"volumes/v/link", EntryType::Symlink, o.as_bytes(), b""),
+                (b"volumes/v/link/pwned", EntryType::Regular, b"", b"x"),
+            ]),
+        ),
+        (
+            "symlink then file over it",
+            archive(&[
+                (
+                    b"volumes/v/f",
+                    EntryType::Symlink,
+                    format!("{o}/target").as_bytes(),
+                    b"",
+                ),
+                (b"volumes/v/f", EntryType::Regular, b"", b"x"),
+            ]),
+        ),
+        (
+            "hard link to /etc/passwd",
+            archive(&[(b"volumes/v/passwd", EntryType::Link, b"/etc/passwd", b"")]),
+        ),
+        (
+            "hard link with ..",
+            archive(&[(
+                b"volumes/v/p",
+                EntryType::Link,
+                b"volumes/v/../../../etc/passwd",
+                b"",
+            )]),
+        ),
+        (
+            "device node",
+            archive(&[(b"volumes/v/sda", EntryType::Block, b"", b"")]),
+        ),
+        (
+            "the mount's root itself a symlink to a host folder",
+            archive(&[(b"volumes/v", EntryType::Symlink, o.as_bytes(), b"")]),
+        ),
+        (
+            "a NUL byte inside a GNU long name",
+            archive(&[
+                (
+                    b"././@LongLink",
+                    EntryType::GNULongName,
+                    b"",
+                    b"volumes/v/inno\0cent\0",
+                ),
+                (b"volumes/v/x", EntryType::Regular, b"", b"x"),
+            ]),
+        ),
+    ]
+}
+
+#[test]
+fn extractor_refuses_and_writes_nothing_outside() {
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("target"), "original").unwrap();
+    for (name, bytes) in attacks(outside.path()) {
+        let work = tempfile::tempdir().unwrap();
+        let target = work.path().join("v");
+        let targets = [Target {
+            archive_dir: "volumes/v".into(),
+            path: target.clone(),
+            reserved: None,
+            discard: false,
+        }];
+        let stream = flate2::read::MultiGzDecoder::new(&bytes[..]);
+        let err = extract(stream, &targets, &Options::default(), &|_| {}).expect_err(name);
+        assert!(err.to_string().contains("unsafe entry"), "{name}: {err}");
+        let mut outside_now: Vec<_> = fs::read_dir(outside.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        outside_now.sort();
+        assert_eq!(outside_now, ["target"], "{name}: nothing new outside");
+        assert_eq!(
+            fs::read_to_string(outside.path().join("target")).unwrap(),
+            "original",
+            "{name}"
+        );
+        assert!(
+            !work.path().join("escape").exists() && !Path::new("/escape").exists(),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn import_refuses_each_attack_with_422() {
+    let outside = tempfile::tempdir().unwrap();
+    let h = Harness::new().await;
+    for (name, bytes) in attacks(outside.path()) {
+        let req = axum::http::Request::post("/api/v1/backup/snapshots/import")
+            .body(axum::body::Body::from(bytes))
+            .unwrap();
+        let (status, body) = h.call_with(req).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {body}");
+        assert!(
+            body["details"].as_str().unwrap().contains("unsafe entry"),
+            "{name}: {body}"
+        );
+    }
+    assert_eq!(h.manager.list(None).unwrap().len(), 0);
+    assert_eq!(h.files(), Vec::<String>::new(), "nothing kept");
 }

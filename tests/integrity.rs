@@ -1,8 +1,8 @@
-//! Issue 8, one regression test per way a backup could miss data or a restore could leave
-//! the user worse off: symlinked mount roots, `driver_opts` volumes, slow-stopping
+//! One regression test per way a backup could miss data or a restore could leave the
+//! user worse off: symlinked mount roots, `driver_opts` volumes, slow-stopping
 //! services, archives cut at a gzip member boundary, pins, future-dated imports, an
 //! unmounted backup disk, outstanding journals, hung hooks, restart policies. The crash
-//! walk over every fail point is in `crash_walk.rs`.
+//! walk over every fail point is in `rollback_and_crash.rs`.
 
 use std::fs;
 use std::os::unix::fs::symlink;

@@ -6,15 +6,14 @@
 mod common;
 
 mod archive_fidelity;
-mod backup_api;
+mod backup;
 mod contract;
-mod crash_walk;
 mod faults;
 mod hostile;
 mod integrity;
-mod malicious;
 mod offsite;
 mod operability;
 mod policies;
 mod restore;
+mod rollback_and_crash;
 mod service;

@@ -1,4 +1,4 @@
-//! Issue 11, item 2: an operator sees appsnap work in the Prometheus they already run.
+//! An operator sees appsnap work in the Prometheus they already run.
 //! Prometheus itself (Debian's package) scrapes the service with the API key, and a PromQL
 //! query over its HTTP API finds the backup counters; `promtool` finds no naming problem.
 
@@ -272,7 +272,7 @@ fn target(json: serde_json::Value) -> appsnap::notify::Target {
     serde_json::from_value(json).unwrap()
 }
 
-/// Issue 11, item 1: a failed backup reaches a webhook, signed; the first success after it
+/// A failed backup reaches a webhook, signed; the first success after it
 /// is announced once as a recovery. A target that is down neither slows nor fails the
 /// backup: it is retried, then counted in the metrics.
 #[tokio::test]

@@ -698,7 +698,7 @@ async fn a_component_costly_to_compile_is_refused_within_limits() {
         (r.status(), r.text().await)
     };
     assert_eq!(status, StatusCode::CREATED);
-    let idle = crate::hostile::peak_rss(svc.child.id());
+    let idle = crate::common::craft::peak_rss(svc.child.id());
     let started = Instant::now();
     let resp = put("costly", costly_to_compile()).await.unwrap();
     let elapsed = started.elapsed();
@@ -713,7 +713,7 @@ async fn a_component_costly_to_compile_is_refused_within_limits() {
         elapsed < appsnap::policy::engine::COMPILE_TIME + Duration::from_secs(5),
         "took {elapsed:?}"
     );
-    let peak = crate::hostile::peak_rss(svc.child.id());
+    let peak = crate::common::craft::peak_rss(svc.child.id());
     assert!(
         peak < idle + (64 << 20),
         "service peak RSS {} MB, idle {} MB",

@@ -852,7 +852,7 @@ async fn a_mount_the_snapshot_holds_nothing_for_is_left_alone() {
         ],
     })
     .to_string();
-    let bytes = crate::malicious::archive_with(
+    let bytes = crate::common::craft::archive_with(
         &meta,
         &[
             (b"project/", tar::EntryType::Directory, b"", b""),
@@ -973,7 +973,7 @@ async fn a_volume_another_running_app_uses_is_not_moved() {
 /// check counts the 32 MB (it used to count the 8 KB, and the extraction filled the disk).
 #[tokio::test]
 async fn a_sparse_archive_is_counted_by_what_it_allocates() {
-    use crate::hostile::{gz_of, header};
+    use crate::common::craft::{gz_of, header};
     let app = TestApp::new("");
     let _small = SmallFs::mount(&app.bind(), "16m");
     fs::write(app.bind().join("keep"), "live").unwrap();
