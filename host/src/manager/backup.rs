@@ -1,16 +1,23 @@
-//! Creating a snapshot, step by step (each step is a [`Job`] step, visible in the API):
-//! 1. find the app (404) and take its per-app lock (409 while another backup or restore runs);
-//! 2. run `appsnap.pre-backup` hooks in running containers (failure: nothing was touched);
-//! 3. in `stop` mode (the default): write a journal naming the running containers, then
-//!    stop them, so a crash of appsnap cannot leave an app down (see [`recover_backup`]);
-//! 4. archive into `.{id}.tar.gz.partial` on a blocking thread, with progress (its
-//!    read-ahead starts before step 2, so the disk works while hooks run and containers
-//!    stop);
-//! 5. start the stopped containers again, whatever step 4 did, and drop the journal;
-//!    the archive's fsync runs meanwhile (all the data is read by then);
-//! 6. run `appsnap.post-backup` hooks;
-//! 7. wait for that fsync, rename to `{id}.tar.gz`, add to the catalog: only a complete,
-//!    checksummed archive is ever listed.
+//! Creating a snapshot, step by step (each step is a [`Job`] step, visible in the API,
+//! and one method below):
+//! 1. `plan`: where the archive goes and its metadata entry (the app was found and its
+//!    lock taken before, by `start_backup`: 404 and 409 come back at once);
+//!    `start_reading` then starts the read-ahead and the size estimate, so the disk
+//!    works while the next steps run;
+//! 2. `admit`: with a quota policy bound, the quota decides on the estimated size (and
+//!    names what to evict) before anything is stopped;
+//! 3. `appsnap.pre-backup` hooks in the running containers (failure: nothing was
+//!    touched);
+//! 4. `stop` (stop mode, the default): write a journal naming the running containers,
+//!    then stop them, so a crash of appsnap cannot leave an app down (see
+//!    [`recover_backup`]);
+//! 5. `archive_then_sync`: archive into `.{id}.tar.gz.partial` on a blocking thread, with
+//!    progress; returns with the archive's fsync still running (all the data is read);
+//! 6. `start_again`: start the stopped containers, whatever step 5 did, and drop the
+//!    journal; then the `appsnap.post-backup` hooks;
+//! 7. `commit`: wait for the fsync, write the sidecar, rename to `{id}.tar.gz`, list it:
+//!    only a complete, checksummed archive is ever listed. Then the count rule and the
+//!    retention policies, and (after the answer) the offsite copies.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -96,6 +103,8 @@ impl BackupManager {
         Ok(Started { job, done })
     }
 
+    /// The backup itself, in the steps of this module's header; each step is one method
+    /// below, and the job names the step it is in.
     async fn backup(
         &self,
         app: &App,
@@ -105,8 +114,59 @@ impl BackupManager {
     ) -> Result<Snapshot, ManagerError> {
         let _slot = self.gate.heavy_slot(Some(job)).await;
         tracing::info!(app = %app.id, mounts = app.mounts.len(), "backup started");
+        let plan = self.plan(app, origin, note.clone())?;
+        let work = self.start_reading(app);
+        let evict = self.admit(app, job, work.estimating).await?;
+
+        let running = app.running();
+        job.step("running pre-backup hooks");
+        let hook_timeout = self.config.hook_timeout_for(&app.id);
+        self.containers
+            .run_hooks(&running, PRE_BACKUP_LABEL, hook_timeout)
+            .await?;
+
+        let mut warnings: Vec<String> = app
+            .skipped
+            .iter()
+            .map(|s| format!("not archived: {s}"))
+            .collect();
+        let stopped: Vec<String> = match self.config.mode_for(&app.id) {
+            BackupMode::Live => Vec::new(),
+            BackupMode::Stop => running.iter().map(|c| c.id.clone()).collect(),
+        };
+        warnings.extend(self.stop(app, &plan, &stopped, job).await?);
+
+        job.step("archiving");
+        let synced = archive_then_sync(&plan, work.archive, job).await;
+
+        crash_point("backup.archived");
+        if !stopped.is_empty() {
+            job.step("starting containers");
+            self.start_again(&stopped, &plan.journal, &mut warnings)
+                .await;
+        }
+        job.step("running post-backup hooks");
+        warnings.extend(
+            self.containers
+                .run_hooks_warning(&running, POST_BACKUP_LABEL, hook_timeout)
+                .await,
+        );
+
+        job.step("saving");
+        let snapshot = self
+            .commit(app, plan, synced, origin, note, warnings)
+            .await?;
+        self.enforce_count(&app.id);
+        job.step("applying policies");
+        self.after_backup(&app.id, evict).await;
+        Ok(snapshot)
+    }
+
+    /// Where the archive goes and what its metadata entry says. Refuses an app
+    /// with a volume appsnap cannot read from the host (an empty folder archived as the
+    /// app's data would be a lie with a 200).
+    fn plan(&self, app: &App, origin: Origin, note: Option<String>) -> Result<Plan, ManagerError> {
         if let Some((name, what)) = app.unreadable.first() {
-            // An empty folder archived as the app's data would be a lie with a 200.
             return Err(ManagerError::Docker(DockerError::UnreadableVolume {
                 name: name.clone(),
                 what: what.clone(),
@@ -130,10 +190,22 @@ impl BackupManager {
             created_at,
             mounts: app.mounts.clone(),
             origin,
-            note: note.clone(),
+            note,
         };
-        let meta_json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
+        Ok(Plan {
+            meta_json: serde_json::to_vec_pretty(&meta).expect("metadata serializes"),
+            journal: self.store.journal_path(&app.id, "backup"),
+            dir,
+            snapshot_id,
+            created_at,
+            final_path,
+            partial,
+        })
+    }
 
+    /// Starts the disk reading what the archive needs, and a metadata walk for its size,
+    /// while the hooks run and the containers stop: the app is down for less time.
+    fn start_reading(&self, app: &App) -> Reading {
         let sources = app.sources();
         let opts = archive::Options {
             level: self.config.compression_level,
@@ -142,113 +214,97 @@ impl BackupManager {
             cancel: Some(self.gate.new_cancel()),
             ..archive::Options::default()
         };
-        // From here on the disk reads what the archive needs, while the hooks run and the
-        // containers stop: the app is down for less time.
         let ahead = archive::read_ahead(&sources, &opts);
         let estimate_sources = sources.clone();
         let estimating = tokio::task::spawn_blocking(move || archive::estimate(&estimate_sources));
-        let evict = if self
+        Reading {
+            estimating,
+            archive: Archiving {
+                sources,
+                opts,
+                ahead,
+            },
+        }
+    }
+
+    /// With a quota policy bound, the quota decides on the estimated size
+    /// before anything is stopped; returns the snapshots it evicts to make room. Without
+    /// one, the estimate only feeds the job's progress, beside the backup.
+    async fn admit(
+        &self,
+        app: &App,
+        job: &Job,
+        estimating: tokio::task::JoinHandle<u64>,
+    ) -> Result<Vec<String>, ManagerError> {
+        if self
             .policies
             .effective(&app.id, crate::policy::Kind::Quota)
-            .is_some()
+            .is_none()
         {
-            // The quota decides on the size before anything is stopped.
-            job.step("estimating size");
-            let total = estimating.await.unwrap_or(0);
-            job.total(total);
-            job.step("asking the quota policy");
-            self.quota_admit(&app.id, total).await?
-        } else {
-            // Only progress needs it: the metadata walk runs beside the backup (and warms
-            // the inodes the archive's walk reads next) instead of before it.
+            // The metadata walk runs beside the backup (and warms the inodes the
+            // archive's walk reads next) instead of before it.
             let job = job.clone();
             tokio::spawn(async move { job.total(estimating.await.unwrap_or(0)) });
-            Vec::new()
-        };
+            return Ok(Vec::new());
+        }
+        job.step("estimating size");
+        let total = estimating.await.unwrap_or(0);
+        job.total(total);
+        job.step("asking the quota policy");
+        self.quota_admit(&app.id, total).await
+    }
 
-        let running = app.running();
-        job.step("running pre-backup hooks");
-        let hook_timeout = self.config.hook_timeout_for(&app.id);
-        self.containers
-            .run_hooks(&running, PRE_BACKUP_LABEL, hook_timeout)
-            .await?;
-
-        let mut warnings: Vec<String> = app
-            .skipped
-            .iter()
-            .map(|s| format!("not archived: {s}"))
-            .collect();
-        let stopped: Vec<String> = match self.config.mode_for(&app.id) {
-            BackupMode::Live => Vec::new(),
-            BackupMode::Stop => running.iter().map(|c| c.id.clone()).collect(),
+    /// In stop mode, journals the containers about to stop, then stops them, so a
+    /// crash of appsnap cannot leave the app down (see [`recover_backup`]). A stop that
+    /// fails starts again what was stopped and fails the backup. Returns the stops'
+    /// warnings.
+    async fn stop(
+        &self,
+        app: &App,
+        plan: &Plan,
+        stopped: &[String],
+        job: &Job,
+    ) -> Result<Vec<String>, ManagerError> {
+        if stopped.is_empty() {
+            return Ok(Vec::new());
+        }
+        job.step("stopping containers");
+        let record = BackupJournal {
+            app_id: app.id.clone(),
+            snapshot_id: plan.snapshot_id.clone(),
+            stopped: stopped.to_vec(),
+            partial: plan.partial.clone(),
         };
-        let journal = self.store.journal_path(&app.id, "backup");
-        if !stopped.is_empty() {
-            job.step("stopping containers");
-            let record = BackupJournal {
-                app_id: app.id.clone(),
-                snapshot_id: snapshot_id.clone(),
-                stopped: stopped.clone(),
-                partial: partial.clone(),
-            };
-            crate::catalog::write_atomic(&journal, &serde_json::to_vec(&record).expect("journal"))
-                .map_err(io_err("cannot write the backup journal"))?;
-            crash_point("backup.journaled");
-            let stopping = self.containers.stop_all(&stopped, Purpose::Backup).await;
-            crash_point("backup.stopped");
-            if let Err(e) = stopping {
-                self.start_again(&stopped, &journal, &mut warnings).await;
-                return Err(e);
+        crate::catalog::write_atomic(
+            &plan.journal,
+            &serde_json::to_vec(&record).expect("journal"),
+        )
+        .map_err(io_err("cannot write the backup journal"))?;
+        crash_point("backup.journaled");
+        let stopping = self.containers.stop_all(stopped, Purpose::Backup).await;
+        crash_point("backup.stopped");
+        match stopping {
+            Ok(warnings) => Ok(warnings),
+            Err(e) => {
+                let mut ignored = Vec::new();
+                self.start_again(stopped, &plan.journal, &mut ignored).await;
+                Err(e)
             }
-            warnings.extend(stopping.unwrap_or_default());
         }
+    }
 
-        job.step("archiving");
-        let (progress_job, partial2) = (job.clone(), partial.clone());
-        let archived = tokio::task::spawn_blocking(move || {
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&partial2)
-                .map_err(ArchiveError::Output)?;
-            let written = archive::write_reading_ahead(
-                file,
-                &meta_json,
-                &sources,
-                &opts,
-                &|b| progress_job.progress(b),
-                &ahead,
-            );
-            drop(ahead);
-            written
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(ArchiveError::Output(io::Error::other(format!(
-                "archive task: {e}"
-            ))))
-        });
-        // Everything is read: the app may run again while the archive reaches the disk.
-        let synced = tokio::task::spawn_blocking(move || {
-            let (summary, file) = archived?;
-            file.sync_all().map_err(ArchiveError::Output)?;
-            Ok::<_, ArchiveError>(summary)
-        });
-
-        crash_point("backup.archived");
-        if !stopped.is_empty() {
-            job.step("starting containers");
-            self.start_again(&stopped, &journal, &mut warnings).await;
-        }
-        job.step("running post-backup hooks");
-        warnings.extend(
-            self.containers
-                .run_hooks_warning(&running, POST_BACKUP_LABEL, hook_timeout)
-                .await,
-        );
-
-        job.step("saving");
+    /// The archive synced, its sidecar written, renamed into place and listed:
+    /// only a complete, checksummed archive is ever listed. A failure removes the
+    /// partial archive.
+    async fn commit(
+        &self,
+        app: &App,
+        plan: Plan,
+        synced: tokio::task::JoinHandle<Result<archive::Summary, ArchiveError>>,
+        origin: Origin,
+        note: Option<String>,
+        mut warnings: Vec<String>,
+    ) -> Result<Snapshot, ManagerError> {
         let synced = synced.await.unwrap_or_else(|e| {
             Err(ArchiveError::Output(io::Error::other(format!(
                 "archive sync task: {e}"
@@ -257,7 +313,7 @@ impl BackupManager {
         let summary = match synced {
             Ok(s) => s,
             Err(e) => {
-                let _ = fs::remove_file(&partial);
+                let _ = fs::remove_file(&plan.partial);
                 return Err(e.into());
             }
         };
@@ -270,14 +326,14 @@ impl BackupManager {
             ));
         }
         let snapshot = Snapshot {
-            snapshot_id,
+            snapshot_id: plan.snapshot_id,
             app_id: app.id.clone(),
             size_bytes: summary.compressed_bytes,
-            file_path: final_path.to_string_lossy().into_owned(),
+            file_path: plan.final_path.to_string_lossy().into_owned(),
             sha256: summary.sha256.clone(),
             mounts: app.mounts.clone(),
             facts: Facts {
-                created_at,
+                created_at: plan.created_at,
                 origin,
                 note,
                 pinned: false,
@@ -309,21 +365,18 @@ impl BackupManager {
         }
         crash_point("backup.sidecar-written");
         let commit = || -> io::Result<()> {
-            fs::rename(&partial, &final_path)?;
-            File::open(&dir)?.sync_all()
+            fs::rename(&plan.partial, &plan.final_path)?;
+            File::open(&plan.dir)?.sync_all()
         };
         if let Err(e) = commit() {
-            let _ = fs::remove_file(&partial);
-            let _ = fs::remove_file(crate::catalog::sidecar_path(&final_path));
+            let _ = fs::remove_file(&plan.partial);
+            let _ = fs::remove_file(crate::catalog::sidecar_path(&plan.final_path));
             return Err(io_err("cannot move the finished archive into place")(e));
         }
         crash_point("backup.renamed");
         // On failure the archive stays and is listed again at the next start-up.
         self.store.insert(snapshot.clone())?;
         crash_point("backup.listed");
-        self.enforce_count(&app.id);
-        job.step("applying policies");
-        self.after_backup(&app.id, evict).await;
         Ok(snapshot)
     }
 
@@ -379,6 +432,77 @@ impl BackupManager {
             }
         }
     }
+}
+
+/// Where a backup's archive goes, decided before anything runs.
+struct Plan {
+    /// The app's folder under the backup root.
+    dir: PathBuf,
+    snapshot_id: String,
+    created_at: chrono::DateTime<Utc>,
+    /// `{id}.tar.gz`: appears only complete, by rename.
+    final_path: PathBuf,
+    /// `.{id}.tar.gz.partial`: written, synced, renamed; removed by any failure or repair.
+    partial: PathBuf,
+    /// The archive's first entry, `appsnap.json`.
+    meta_json: Vec<u8>,
+    /// The backup journal's path (written only in stop mode).
+    journal: PathBuf,
+}
+
+/// The reads a backup starts before its hooks and stops.
+struct Reading {
+    /// The metadata walk's total bytes (progress, and the quota's estimate).
+    estimating: tokio::task::JoinHandle<u64>,
+    archive: Archiving,
+}
+
+/// What the archive's writer needs: the trees, the options, the read-ahead under way.
+struct Archiving {
+    sources: Vec<crate::model::Source>,
+    opts: archive::Options,
+    ahead: archive::prefetch::Prefetch,
+}
+
+/// Archives into the partial file on a blocking thread (with progress in
+/// `job`), then returns at once with the fsync still running: all the data is read by
+/// then, so the app may run again while the archive reaches the disk.
+async fn archive_then_sync(
+    plan: &Plan,
+    work: Archiving,
+    job: &Job,
+) -> tokio::task::JoinHandle<Result<archive::Summary, ArchiveError>> {
+    let (progress_job, partial, meta_json) =
+        (job.clone(), plan.partial.clone(), plan.meta_json.clone());
+    let archived = tokio::task::spawn_blocking(move || {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(ArchiveError::Output)?;
+        let written = archive::write_reading_ahead(
+            file,
+            &meta_json,
+            &work.sources,
+            &work.opts,
+            &|b| progress_job.progress(b),
+            &work.ahead,
+        );
+        drop(work.ahead);
+        written
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ArchiveError::Output(io::Error::other(format!(
+            "archive task: {e}"
+        ))))
+    });
+    tokio::task::spawn_blocking(move || {
+        let (summary, file) = archived?;
+        file.sync_all().map_err(ArchiveError::Output)?;
+        Ok::<_, ArchiveError>(summary)
+    })
 }
 
 /// Only a crash is of interest at these points of a backup (see [`crate::failpoint`]).
