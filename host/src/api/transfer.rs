@@ -112,11 +112,25 @@ pub struct ImportParams {
     pub app_id: Option<String>,
 }
 
+/// Body of a finished import.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Imported {
+    /// Always `Snapshot imported`.
+    pub message: String,
+    /// The snapshot as listed now (origin `imported`, its id kept).
+    pub snapshot: Snapshot,
+}
+
 /// Upload a snapshot (the body is the .tar.gz, streamed). It is verified before it is
 /// listed; its id is kept.
+///
+/// The upload goes
+/// to a temporary file and is refused with 413 as soon as it passes `max_import_bytes`; a
+/// client that leaves mid-upload leaves nothing behind. The check reads every entry under
+/// the restore's rules, so an imported snapshot is one a restore accepts.
 #[utoipa::path(post, path = "/api/v1/backup/snapshots/import", tag = "backup", params(ImportParams),
     request_body(content = Vec<u8>, content_type = "application/gzip"),
-    responses((status = 201, description = "Snapshot imported", body = Snapshot),
+    responses((status = 201, description = "Snapshot imported", body = Imported),
         (status = 400, body = ErrorBody), (status = 409, description = "Snapshot exists already", body = ErrorBody),
         (status = 413, description = "Over max_import_bytes", body = ErrorBody),
         (status = 422, description = "Not a valid appsnap snapshot", body = ErrorBody)))]
@@ -124,13 +138,16 @@ pub async fn import(
     State(manager): State<Arc<BackupManager>>,
     ApiQuery(params): ApiQuery<ImportParams>,
     body: Body,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Imported>), ApiError> {
     let snapshot = manager
         .import(body.into_data_stream(), params.app_id.as_deref())
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({"message": "Snapshot imported", "snapshot": snapshot})),
+        Json(Imported {
+            message: "Snapshot imported".into(),
+            snapshot,
+        }),
     ))
 }
 

@@ -140,9 +140,13 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
     /// result (its first I/O error, e.g. ENOSPC, if any) and the output back.
     pub fn finish(mut self) -> io::Result<(Written, W)> {
         self.work = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        // A worker that panicked took its chunk with it: the writer would end the archive
+        // short of it, so the archive is an error, never a shorter "success".
+        let lost_chunk = self
+            .workers
+            .drain(..)
+            .map(JoinHandle::join)
+            .fold(false, |lost, joined| lost | joined.is_err());
         let written = match self.writer.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             _ => Err(io::Error::other("gzip writer thread panicked")),
@@ -151,6 +155,9 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
         // if any, is the one to report (ENOSPC says more than a lost hash).
         let raw_sha256 = self.raw_hasher.take().map(JoinHandle::join);
         let (compressed_bytes, sha256, out) = written?;
+        if lost_chunk {
+            return Err(io::Error::other("a gzip compression thread panicked"));
+        }
         let Some(Ok(raw_sha256)) = raw_sha256 else {
             return Err(io::Error::other("gzip hasher thread panicked"));
         };

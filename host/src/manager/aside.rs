@@ -577,6 +577,13 @@ fn undo(m: &Moved, extracted: bool) -> io::Result<()> {
                 let child = child?;
                 fs::rename(child.path(), m.target.join(child.file_name()))?;
             }
+            // The root's owner, mode and xattrs come back while the aside folder still
+            // exists: if that fails, a retried undo finds the aside and tries again
+            // (without it, the retry would take the root as done). Removing the aside
+            // moves the root's times, so they are set once more after it.
+            if let Some(root) = &m.root {
+                restore_root_meta(&m.target, root)?;
+            }
             fs::remove_dir(&m.aside)?;
             if let Some(root) = &m.root {
                 restore_root_meta(&m.target, root)?;

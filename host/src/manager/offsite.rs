@@ -779,8 +779,13 @@ impl BackupManager {
             if archive::cancelled(&Some(cancel)) {
                 return Err(OffsiteError::Cancelled);
             }
-            dumped?;
-            let (written, file) = finished.map_err(OffsiteError::Local)?;
+            // When both failed, the writer's error is the cause (a full disk, say): the
+            // dump's only says that the pipeline stopped.
+            let (written, file) = match (dumped, finished) {
+                (_, Err(e)) => return Err(OffsiteError::Local(e)),
+                (Err(e), Ok(_)) => return Err(e),
+                (Ok(_), Ok(finished)) => finished,
+            };
             file.sync_all().map_err(OffsiteError::Local)?;
             let mismatch = |reason: String| OffsiteError::Mismatch {
                 name: repo.name.clone(),

@@ -230,13 +230,18 @@ impl BackupManager {
         let stopped: Vec<String> = app.running().iter().map(|c| c.id.clone()).collect();
         let mut journal = RestoreJournal::new(&app.id, &snapshot.snapshot_id, stopped);
         journal.created_volumes = std::mem::take(&mut plan.created);
-        let mut swap =
-            Swap::begin(&self.store.journal_path(&app.id, "restore"), journal).map_err(|e| {
-                ManagerError::Io {
+        let created = journal.created_volumes.clone();
+        let mut swap = match Swap::begin(&self.store.journal_path(&app.id, "restore"), journal) {
+            Ok(swap) => swap,
+            Err(e) => {
+                // No journal names them: they are removed now or never.
+                remove_volumes(&self.docker, &created).await;
+                return Err(ManagerError::Io {
                     context: "cannot start the restore".into(),
                     source: std::io::Error::other(e),
-                }
-            })?;
+                });
+            }
+        };
 
         let (step, cause) = match self.restore_steps(snapshot, job, &plan, &mut swap).await {
             Ok(()) => {
