@@ -25,11 +25,19 @@ use futures_util::StreamExt;
 
 use crate::model::{Mount, Source, escape_path};
 
+/// Set by compose on every container and named volume of a project; its value is the app
+/// id. Volumes a restore creates get it too, so that the app owns them afterwards.
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";
+/// The directory compose ran in (compose file, `.env`): archived as the `project` mount
+/// when it is a directory on the host.
 pub const WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
+/// Container label holding a shell command run inside the container (`sh -c`) before its
+/// data is read, e.g. a database dump. A failure or timeout fails the backup.
 pub const PRE_BACKUP_LABEL: &str = "appsnap.pre-backup";
+/// Like `PRE_BACKUP_LABEL`, run once the data is read (and, in stop mode, the containers
+/// are started again); a failure only adds a warning to the backup.
 pub const POST_BACKUP_LABEL: &str = "appsnap.post-backup";
-/// Hook output kept for the error message.
+/// Hook output kept for the error message, in bytes (stdout and stderr together).
 const HOOK_OUTPUT_MAX: usize = 4096;
 /// Symlinks followed while resolving one mount root (the kernel's limit).
 const MAX_LINKS: usize = 40;
@@ -116,17 +124,26 @@ impl DockerError {
 /// One container of an app.
 #[derive(Debug, Clone)]
 pub struct Container {
+    /// The engine's container id (empty if the engine left it out).
     pub id: String,
+    /// Its first name, without Docker's leading `/`.
     pub name: String,
+    /// Running or restarting: both count as up, so a stop-mode backup stops them and
+    /// starts them again.
     pub running: bool,
+    /// All its labels, hook commands included.
     pub labels: HashMap<String, String>,
 }
 
 /// An app and where its data lives.
 #[derive(Debug, Clone)]
 pub struct App {
+    /// The compose project name.
     pub id: String,
+    /// Every container of the project, running or not.
     pub containers: Vec<Container>,
+    /// The data to archive, each source once (nested ones dropped), sorted by
+    /// `archive_dir`, with `source` resolved on the host (see `Docker::resolve_on_host`).
     pub mounts: Vec<Mount>,
     /// Mount sources left out, with why (nested in another source, a socket, /proc …).
     pub skipped: Vec<String>,
@@ -136,6 +153,8 @@ pub struct App {
 }
 
 impl App {
+    /// The mounts as archive sources: each resolved host path and its folder in the
+    /// archive, in the order of `mounts`.
     pub fn sources(&self) -> Vec<Source> {
         self.mounts
             .iter()
@@ -146,14 +165,20 @@ impl App {
             .collect()
     }
 
+    /// The containers that are up (running or restarting): those whose hooks run, and
+    /// those a stop-mode backup or a restore stops and starts again.
     pub fn running(&self) -> Vec<&Container> {
         self.containers.iter().filter(|c| c.running).collect()
     }
 }
 
+/// The Docker engine, and where the host's filesystem is seen from this process. Every
+/// call goes through the engine's API; data is never read through it.
 #[derive(Clone)]
 pub struct Docker {
     client: bollard::Docker,
+    /// `/` when appsnap runs on the host; e.g. `/host` in a container with the host's
+    /// root mounted there. Host paths the engine reports are read under it.
     host_root: PathBuf,
 }
 
@@ -167,14 +192,15 @@ impl Docker {
         })
     }
 
+    /// Fails with `Engine` when the engine cannot be reached or answers with an error.
     pub async fn ping(&self) -> Result<(), DockerError> {
         self.client.ping().await?;
         Ok(())
     }
 
-    /// Finds an app and its data. [`DockerError::AppNotFound`] when no container has the
-    /// project label (a project with only volumes left is not an app any more).
-    /// Every app (compose project) with a container on this engine, running or not.
+    /// Every app (compose project) with a container on this engine, running or not:
+    /// sorted, each once. Projects whose name is not a valid app id are left out, since
+    /// an app id becomes part of paths and URLs.
     pub async fn list_apps(&self) -> Result<Vec<String>, DockerError> {
         let filters = HashMap::from([("label".to_string(), vec![PROJECT_LABEL.to_string()])]);
         let options = ListContainersOptionsBuilder::default()
@@ -194,6 +220,16 @@ impl Docker {
         Ok(apps)
     }
 
+    /// Finds an app and its data. [`DockerError::AppNotFound`] when no container has the
+    /// project label (a project with only volumes left is not an app any more).
+    ///
+    /// The data: the volumes and bind mounts of its containers (tmpfs and the like hold
+    /// nothing to keep), the named volumes labelled with the project even if no container
+    /// mounts them, and the compose working dir. Sources that are not app data, hold
+    /// nothing persistent or lie inside another source go to `skipped`; volumes only
+    /// Docker can mount go to `unreadable`. `app_id` is not validated here: callers check
+    /// it first. Any failed engine call (a volume removed between listing and inspecting,
+    /// say) is `Engine`.
     pub async fn find_app(&self, app_id: &str) -> Result<App, DockerError> {
         let label = format!("{PROJECT_LABEL}={app_id}");
         let filters = HashMap::from([("label".to_string(), vec![label.clone()])]);
@@ -322,7 +358,8 @@ impl Docker {
         })
     }
 
-    /// `host_root` + an absolute host path.
+    /// `host_root` + an absolute host path, with no symlink followed: for paths the engine
+    /// itself made (a new volume's mountpoint). Mount roots go through `resolve_on_host`.
     pub fn on_host(&self, path: &str) -> String {
         self.host_root
             .join(path.trim_start_matches('/'))
@@ -418,6 +455,11 @@ impl Docker {
         }
     }
 
+    /// `sh -c <command>` through `docker exec`, with stdout and stderr attached. The output
+    /// stream is drained to its end, but only its first `HOOK_OUTPUT_MAX` bytes are kept
+    /// (cut on a character boundary) for the error. An exit code the engine does not
+    /// report counts as -1, a failure. The command is logged: the log is the operator's;
+    /// alerts leave it out (see `DockerError::alert_text`).
     async fn run_hook_command(
         &self,
         c: &Container,
@@ -511,14 +553,17 @@ impl Docker {
             .collect())
     }
 
-    /// Docker's own data directory (`/var/lib/docker`), as seen from here.
+    /// Docker's own data directory (`/var/lib/docker`), as seen from here; that default
+    /// when the engine does not say. A restore refuses targets inside it other than a
+    /// volume's own `_data`.
     pub async fn root_dir(&self) -> Result<String, DockerError> {
         let info = self.client.info().await?;
         Ok(self.resolve_on_host(info.docker_root_dir.as_deref().unwrap_or("/var/lib/docker")))
     }
 
     /// Creates a named volume for `app_id` (a restore into an app that lost it) and
-    /// returns where its data lives on the host.
+    /// returns where its data lives on the host. It carries the project label, so the app
+    /// owns it from then on (and `find_app` lists it).
     pub async fn create_volume(&self, name: &str, app_id: &str) -> Result<String, DockerError> {
         let request = bollard::models::VolumeCreateRequest {
             name: Some(name.to_string()),
@@ -532,6 +577,8 @@ impl Docker {
         Ok(self.on_host(&volume.mountpoint))
     }
 
+    /// Removes a named volume, without force: the engine refuses one still in use. A
+    /// volume already gone is an error too; `DockerError::is_not_found` tells it.
     pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
         self.client
             .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
@@ -539,7 +586,8 @@ impl Docker {
         Ok(())
     }
 
-    /// What a restore waits on after starting a container.
+    /// What a restore waits on after starting a container. Fields the engine leaves out
+    /// read as: not running, not restarting, exit code 0, no healthcheck, no restart.
     pub async fn state(&self, id: &str) -> Result<ContainerStatus, DockerError> {
         let info = self.client.inspect_container(id, None).await?;
         let state = info.state.unwrap_or_default();
@@ -570,9 +618,12 @@ pub enum Started {
 /// How a container stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
+    /// It exited within its timeout, or was not running.
     Clean,
-    /// It outlived its stop timeout and was killed.
+    /// It outlived its stop timeout and was killed. Told by exit code 137 (SIGKILL) of a
+    /// container that was running when the stop was sent.
     Killed {
+        /// The stop timeout it was given, in seconds.
         timeout: i64,
     },
 }
@@ -590,6 +641,8 @@ enum VolumeSource {
     Unreadable(String),
 }
 
+/// Reads a volume's driver and `driver_opts`. Only the `local` driver's options are
+/// understood; a volume of another driver is read at its mountpoint when it has one.
 fn volume_source(vol: &bollard::models::Volume) -> VolumeSource {
     let opt = |k: &str| vol.options.get(k).map(String::as_str).unwrap_or("");
     let (kind, o, device) = (opt("type"), opt("o"), opt("device"));
@@ -677,14 +730,22 @@ fn truncate_utf8(s: &mut String, max: usize) {
 #[derive(Debug, Clone)]
 pub struct ContainerStatus {
     pub running: bool,
+    /// Its restart policy is bringing it back after an exit.
     pub restarting: bool,
+    /// Of its last exit; 0 while it runs or never ran.
     pub exit_code: i64,
     /// `starting`, `healthy` or `unhealthy`; `None` without a healthcheck.
     pub health: Option<String>,
+    /// Restarts by its restart policy; a change while waiting means it exited meanwhile.
     pub restart_count: i64,
+    /// The engine's timestamp of its current run, as given (RFC 3339); a change means it
+    /// was started again.
     pub started_at: String,
 }
 
+/// Records that `key` (a volume name or a bind's host path) serves container path `dest`:
+/// one entry per key, each destination once; an empty `dest` (a labelled volume no
+/// container mounts) adds the key only.
 fn add_use(list: &mut Vec<(String, Vec<String>)>, key: &str, dest: String) {
     match list.iter_mut().find(|(k, _)| k == key) {
         Some((_, dests)) => {

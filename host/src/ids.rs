@@ -6,18 +6,25 @@
 
 use chrono::{DateTime, Utc};
 
+/// Longest accepted id, in bytes (an id is ASCII, so also in characters).
 pub const MAX_LEN: usize = 128;
 
 /// Errors of identifier validation: the {kind} `{value}` is refused because {reason}.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid {kind} `{value}`: {reason}")]
 pub struct IdError {
+    /// What the value was meant to be: `app id`, `snapshot id`, `policy name`…
     pub kind: &'static str,
+    /// The refused value, cut to `MAX_LEN` characters and escaped: it is echoed back in
+    /// the error answer, and may be hostile.
     pub value: String,
+    /// The first rule it breaks.
     pub reason: &'static str,
 }
 
-/// Checks an app id (a compose project name) or snapshot id.
+/// Checks an app id (a compose project name) or snapshot id. Policy, repository and
+/// notification target names are held to the same rule; `kind` says which was meant, for
+/// the error.
 pub fn validate(kind: &'static str, value: &str) -> Result<(), IdError> {
     let fail = |reason| {
         Err(IdError {

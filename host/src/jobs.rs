@@ -1,4 +1,5 @@
-//! Jobs: long operations (backups, later restores) with observable progress.
+//! Jobs: long operations (backups, restores and their cleanups, verifies, fetches,
+//! offsite copies, prunes, checks) with observable progress.
 //!
 //! Every backup runs as a job, whether the client waits for it (`wait=true`, the default,
 //! answered when the job ends) or not (`wait=false`, answered at once with 202 and the
@@ -12,9 +13,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::watch;
 
-/// Finished jobs remembered for `GET /api/v1/jobs/{id}`.
+/// Finished jobs remembered for `GET /api/v1/jobs/{id}`: beyond this many jobs in all,
+/// the oldest finished ones are forgotten; running jobs always stay.
 const KEEP_FINISHED: usize = 1000;
 
+/// A job starts `running` and ends `succeeded` (with `result`) or `failed` (with
+/// `error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
@@ -26,12 +30,16 @@ pub enum JobState {
 /// A job as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobInfo {
+    /// `job_<UTC time>_<8 hex>`, known to this process only: gone after a restart.
     pub job_id: String,
-    /// `backup`, `restore` or `verify`.
+    /// `backup`, `restore`, `cleanup` (removing the data a restore replaced), `verify`,
+    /// `fetch`, `copy`, `prune` or `check`.
     pub kind: String,
+    /// Empty for the jobs of a whole repository (`prune`, `check`).
     pub app_id: String,
     pub state: JobState,
-    /// What the job is doing now, e.g. `stopping containers`, `archiving`.
+    /// What the job is doing now, e.g. `stopping containers`, `archiving`. `done` once it
+    /// succeeded; a failed job keeps its last step, where it failed.
     pub step: String,
     pub bytes_done: u64,
     /// Estimated from a metadata walk before archiving; 0 until known.
@@ -152,6 +160,8 @@ struct JobsInner {
 }
 
 impl Jobs {
+    /// A new running job, listed at once. Its id carries the second it started and 32
+    /// random bits. Creating one may forget the oldest finished jobs (`KEEP_FINISHED`).
     pub fn create(&self, kind: &str, app_id: &str) -> Job {
         let id = format!(
             "job_{}_{:08x}",
@@ -191,6 +201,7 @@ impl Jobs {
         job
     }
 
+    /// `None` for an id never made by this process, or forgotten since.
     pub fn get(&self, id: &str) -> Option<Job> {
         self.inner.lock().expect("jobs lock").by_id.get(id).cloned()
     }

@@ -1,6 +1,11 @@
 //! The `appsnap` binary: a thin CLI over the library. `serve` runs the REST API; the other
 //! verbs drive the same `BackupManager` for operators without the API (they refuse to run
 //! while a service uses the same backup root).
+//!
+//! Settings: the TOML file, overridden by `APPSNAP_*` variables, overridden by flags (clap
+//! reads each variable as its flag's fallback). Logs go to stderr, so stdout holds only a
+//! command's output (`backup` prints the snapshot as JSON). Exit codes: 0, 1 when the
+//! command failed, 2 for a config that cannot be used (and for clap's usage errors).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,12 +61,15 @@ enum Command {
     },
     /// Snapshot an app now.
     Backup {
+        /// The app's compose project name.
         app_id: String,
+        /// A note stored with the snapshot.
         #[arg(long)]
         note: Option<String>,
     },
     /// List snapshots, newest first.
     List {
+        /// Only this app's snapshots.
         #[arg(long)]
         app: Option<String>,
         /// Print JSON instead of a table.
@@ -70,6 +78,7 @@ enum Command {
     },
     /// Delete a snapshot (only the local archive unless --location says otherwise).
     Delete {
+        /// May be one held only in a repository, with --location naming it (or `all`).
         snapshot_id: String,
         /// `local`, a repository's name (its copies there are forgotten), or `all`.
         #[arg(long, default_value = "local")]
@@ -77,7 +86,9 @@ enum Command {
     },
     /// Restore an app from one of its snapshots (rolled back on any failure).
     Restore {
+        /// The app to restore into; the snapshot must be one of its own.
         app_id: String,
+        /// One not held locally is fetched from a repository first (see --from).
         snapshot_id: String,
         /// Fetch the snapshot from this repository (else a snapshot without a local
         /// archive is looked for in every configured repository).
@@ -94,8 +105,10 @@ enum Command {
     /// Archive directories into a .tar.gz (no Docker; used by the benchmark).
     #[command(hide = true)]
     Pack {
+        /// The archive to write (an existing file is overwritten).
         #[arg(short, long)]
         output: PathBuf,
+        /// Archived as `data0`, `data1`… in this order.
         dirs: Vec<PathBuf>,
     },
     /// Extract a `pack` archive's first folder into a new directory (benchmark).
@@ -112,12 +125,15 @@ enum RepoCommand {
     Init { name: String },
     /// List the appsnap snapshots a repository holds.
     Snapshots {
+        /// Its `name` in the config's `[[repositories]]`.
         name: String,
+        /// Only this app's snapshots.
         #[arg(long)]
         app: Option<String>,
     },
     /// Check the repository's structure; exits non-zero when it finds errors.
     Check {
+        /// Its `name` in the config's `[[repositories]]`.
         name: String,
         /// Also download every pack and check each blob's hash (reads the whole repository).
         #[arg(long)]
@@ -128,6 +144,10 @@ enum RepoCommand {
     Prune { name: String },
 }
 
+/// Parses the command line, loads the config, sets up logging, then runs the command on
+/// a multi-threaded runtime. `compile-policy` comes first and skips all of that: the
+/// service runs it as a child with an empty environment and takes its stdout as the
+/// compiled artifact, so it must load no config and print nothing else.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::CompilePolicy = cli.command {
@@ -162,6 +182,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// The file's settings, then the global flags over them. For `serve`, its own flags
+/// (listen, key, key file, socket) go over those too; then the key file is read (refused
+/// together with a key) and a TCP address beyond loopback is refused without a key.
+/// `check` runs last, on the result.
 fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
     let mut config = Config::from_file(cli.config.as_deref())?;
     if let Some(v) = &cli.backup_root {
@@ -202,6 +226,12 @@ fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
     Ok(config)
 }
 
+/// Runs one command. `pack` and `unpack` need neither the backup root nor Docker, and
+/// `repo init|check|prune` only the repository. Every other command opens the manager:
+/// it takes the backup root's process lock, so it fails while a service uses the root,
+/// and first repairs what a crash left. `backup` and `restore` report SIGINT and SIGTERM
+/// and carry on to a consistent end; `backup` also waits for the offsite copies it owes,
+/// `restore` for the removal of the data it replaced.
 async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let command = match command {
         Command::Pack { output, dirs } => return pack(&config, &output, dirs),
@@ -329,6 +359,8 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
 }
 
 /// `appsnap repo init|check|prune`: straight on the repository, without the manager.
+/// `check` prints every warning and error, and fails only for errors. The repository
+/// calls block, so they run on blocking threads.
 async fn repo_command(
     command: Command,
     repo: appsnap::offsite::RepositoryConfig,
@@ -370,6 +402,9 @@ async fn repo_command(
     Ok(())
 }
 
+/// `appsnap pack`: the archive writer alone, for the benchmark. The metadata entry is
+/// `{}`, so the result is not a snapshot (an import refuses it); compression level and
+/// threads come from the config. The summary goes to stderr.
 fn pack(
     config: &Config,
     output: &std::path::Path,
@@ -398,6 +433,9 @@ fn pack(
     Ok(())
 }
 
+/// `appsnap unpack`: the extractor alone, for the benchmark. Only `data0` is extracted,
+/// under the strictest extraction rules (no devices, `user.*` xattrs only); an entry
+/// outside it fails the extraction, so only single-folder `pack` archives unpack.
 fn unpack(
     config: &Config,
     archive: &std::path::Path,
@@ -420,6 +458,10 @@ fn unpack(
 }
 
 /// SIGINT or SIGTERM.
+///
+/// `serve` only: the first one starts the graceful shutdown (`appsnap::api::serve`).
+/// tokio keeps its handlers for the life of the process, so a second signal does not
+/// kill it halfway either (SIGKILL would; the next start then repairs what it left).
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");

@@ -23,25 +23,31 @@ const DURATION_BUCKETS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
+/// One manager's metrics. Recording only updates memory: it never blocks on I/O or fails.
 pub struct Metrics {
+    /// Installed only for the length of a `with` call, never as the global recorder.
     recorder: PrometheusRecorder,
+    /// Renders what `recorder` holds, in the Prometheus text format.
     handle: PrometheusHandle,
 }
 
 /// How a restore ended, for its counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestoreEnd {
+    /// Counted in `appsnap_restore_successes_total`.
     Succeeded,
     /// It failed after touching the app and was rolled back (completely or not).
     RolledBack,
-    /// Refused or failed before anything was touched.
+    /// Refused or failed before anything was touched: counted as an attempt only.
     Refused,
 }
 
 /// What a scrape reads from the catalog for one app.
 #[derive(Debug, Default, Clone)]
 pub struct AppGauges {
+    /// The app's snapshots in the catalog, whatever made them.
     pub snapshots: u64,
+    /// Bytes of those snapshots' archives.
     pub bytes: u64,
     /// Unix time of the newest snapshot a backup of this server made.
     pub last_success: Option<i64>,
@@ -54,6 +60,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A recorder of its own, with every metric's help text and unit, the buckets of the
+    /// backup duration, and `appsnap_build_info` set to 1 with the version as label.
     pub fn new() -> Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
@@ -119,16 +127,21 @@ impl Metrics {
         metrics
     }
 
+    /// Runs `f` with this recorder as the current thread's: the `counter!` and `gauge!`
+    /// calls inside it land here, not in the process-global recorder.
     fn with<T>(&self, f: impl FnOnce() -> T) -> T {
         metrics::with_local_recorder(&self.recorder, f)
     }
 
+    /// Counts an attempt in `appsnap_backup_attempts_total{app}`.
     pub fn backup_started(&self, app: &str) {
         self.with(|| {
             counter!("appsnap_backup_attempts_total", "app" => app.to_string()).increment(1)
         });
     }
 
+    /// Counts a success or a failure, and records `took` in the duration histogram for
+    /// both: a failed backup's time is observed too.
     pub fn backup_ended(&self, app: &str, ok: bool, took: Duration) {
         let app = app.to_string();
         self.with(|| {
@@ -143,12 +156,14 @@ impl Metrics {
         });
     }
 
+    /// Counts an attempt in `appsnap_restore_attempts_total{app}`.
     pub fn restore_started(&self, app: &str) {
         self.with(|| {
             counter!("appsnap_restore_attempts_total", "app" => app.to_string()).increment(1)
         });
     }
 
+    /// Counts how a restore ended; a rollback counts whether or not it was complete.
     pub fn restore_ended(&self, app: &str, end: RestoreEnd) {
         let name = match end {
             RestoreEnd::Succeeded => "appsnap_restore_successes_total",
@@ -158,6 +173,8 @@ impl Metrics {
         self.with(|| counter!(name, "app" => app.to_string()).increment(1));
     }
 
+    /// Counts one copy attempt by repository and outcome (`done` or `failed`): a copy
+    /// that is retried counts once per attempt.
     pub fn copy_ended(&self, repository: &str, ok: bool) {
         let outcome = if ok { "done" } else { "failed" };
         self.with(|| {
@@ -170,6 +187,8 @@ impl Metrics {
         });
     }
 
+    /// Counts a notice lost for `target`: given up after its retries, or dropped because
+    /// the target's queue was full.
     pub fn notification_failed(&self, target: &str) {
         self.with(|| {
             counter!("appsnap_notification_failures_total", "target" => target.to_string())
@@ -177,6 +196,8 @@ impl Metrics {
         });
     }
 
+    /// Counts a failed policy call; `kind` is the policy's kind (`retention`, `quota`,
+    /// `schedule`).
     pub fn policy_failed(&self, policy: &str, kind: &str) {
         self.with(|| {
             counter!(
@@ -188,7 +209,9 @@ impl Metrics {
         });
     }
 
-    /// The text a scrape gets, after setting the gauges from what is true now.
+    /// The text a scrape gets, after setting the gauges from what is true now. An app left
+    /// out keeps its last values, so the caller passes every app it has seen (zeros once
+    /// it has no snapshot); without `root_free` the free-space gauge keeps its last value.
     pub fn render<'a>(
         &self,
         apps: impl IntoIterator<Item = (&'a str, AppGauges)>,

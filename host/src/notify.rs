@@ -20,17 +20,21 @@ use crate::metrics::Metrics;
 
 /// Delivery attempts per notice, and the wait before the first retry (doubled each time).
 const ATTEMPTS: u32 = 4;
+/// Wait before the first retry of a notice: 1 s, then 2 s, then 4 s.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Notices waiting per target; beyond it new ones are dropped (and counted).
 const QUEUE: usize = 64;
-/// One delivery attempt's limit.
+/// One delivery attempt's limit: the whole HTTP request, or the SMTP transport's timeout.
 const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One `[[notify]]` target.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
+    /// An id, unique among targets: logs, the `target` label of the failure counter, and
+    /// `POST /api/v1/notify/test?target=` name the target by it.
     pub name: String,
+    /// The service, which decides which of the fields below are needed (see `check`).
     #[serde(rename = "type")]
     pub kind: Kind,
     /// Webhook, ntfy topic, Gotify server, Slack/Discord incoming webhook; for Telegram the
@@ -40,6 +44,7 @@ pub struct Target {
     /// Default: every event. A recovery goes wherever its failure goes.
     #[serde(default)]
     pub events: Option<Vec<Event>>,
+    /// Events of a lower level are not sent here; a test always is. Default: `info`.
     #[serde(default)]
     pub min_level: Level,
     /// Webhook: HMAC-SHA256 key. Each POST carries `X-Appsnap-Signature: t=<unix
@@ -56,33 +61,48 @@ pub struct Target {
     /// Email: the SMTP server.
     #[serde(default)]
     pub smtp_host: Option<String>,
+    /// Default: the port of `tls` (587 STARTTLS, 465 TLS, 25 plain).
     #[serde(default)]
     pub smtp_port: Option<u16>,
     #[serde(default)]
     pub tls: SmtpTls,
+    /// SMTP login; without it the mail is sent unauthenticated.
     #[serde(default)]
     pub username: Option<String>,
+    /// SMTP password (the file's first line); with `username` but no file, the password
+    /// is empty.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Sender address (`Name <a@b>` or `a@b`); checked when a mail is built, not at start.
     #[serde(default)]
     pub from: Option<String>,
+    /// Recipients; an address that does not parse fails that delivery.
     #[serde(default)]
     pub to: Vec<String>,
 }
 
+/// The service a target is, and so the shape of what it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[schema(as = NotifyKind)]
 pub enum Kind {
+    /// POST of the `Notice` as JSON, signed when `secret_file` is set.
     Webhook,
+    /// The text as body; title, priority and event tag in headers; optional bearer token.
     Ntfy,
+    /// POST to `<url>/message` with the application token in `X-Gotify-Key`.
     Gotify,
+    /// Incoming webhook, `text` in Slack's markdown.
     Slack,
+    /// Incoming webhook, `content` cut to 2000 characters (Discord refuses longer).
     Discord,
+    /// Bot API `sendMessage` to `chat_id`; the token is part of the URL.
     Telegram,
+    /// Plain-text mail over SMTP.
     Email,
 }
 
+/// How an email target talks to its SMTP server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpTls {
@@ -91,39 +111,55 @@ pub enum SmtpTls {
     Starttls,
     /// TLS from the first byte (465).
     Tls,
-    /// Plain text: only for a relay on the same host.
+    /// Plain text: only for a relay on the same host (port 25). `check` refuses it with
+    /// credentials unless `smtp_host` is a loopback name or address.
     None,
 }
 
+/// How grave an event is; ordered `Info < Warning < Error`, which `min_level` filters
+/// by. ntfy and Gotify map it to their message priority.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
+    /// Recoveries and tests.
     #[default]
     Info,
+    /// An app gone stale.
     Warning,
+    /// Something failed.
     Error,
 }
 
+/// What a notice is about; `events` in a target selects by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[schema(as = NotifyEvent)]
 pub enum Event {
+    /// A backup failed (every failure, no rate limit).
     BackupFailed,
     /// A scheduled backup could not even start (the app is gone, Docker refused…).
     BackupMissed,
+    /// The first successful backup of an app after failures.
     BackupRecovered,
+    /// A restore failed after touching the app and was rolled back.
     RestoreRolledBack,
+    /// A restore failed and so did its rollback: the app is left stopped.
     RollbackIncomplete,
+    /// A policy call trapped, timed out or answered nonsense (at most hourly per policy
+    /// and app).
     PolicyFailed,
     /// An offsite copy gave up after its retries (the local snapshot is fine).
     OffsiteFailed,
     /// No successful backup of an app for `stale_after_hours`.
     Stale,
+    /// A stale app has a recent successful backup again.
     StaleRecovered,
+    /// `POST /api/v1/notify/test`: goes to every chosen target whatever its filters.
     Test,
 }
 
 impl Event {
+    /// Failures are errors, staleness a warning, recoveries and tests information.
     pub fn level(self) -> Level {
         match self {
             Event::BackupFailed
@@ -148,7 +184,9 @@ impl Event {
 }
 
 impl Target {
-    /// What the config must say for this kind of target to work.
+    /// What the config must say for this kind of target to work. Run at start-up: it also
+    /// reads each secret file, so a missing or empty one is a config error then, not a
+    /// lost alert later. Errors name fields and files, never a secret.
     pub fn check(&self) -> Result<(), String> {
         let name = &self.name;
         crate::ids::validate("notify target name", name).map_err(|e| e.to_string())?;
@@ -196,6 +234,8 @@ impl Target {
         Ok(())
     }
 
+    /// A test always; otherwise the level must reach `min_level`, and `events` (when set)
+    /// must list the event or the failure it recovers from.
     fn wants(&self, notice: &Notice) -> bool {
         if notice.event == Event::Test {
             return true;
@@ -217,11 +257,13 @@ fn is_loopback_name(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Only `http://` and `https://` URLs are sent to.
 fn is_http(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
 }
 
-/// A secret file's first line.
+/// A secret file's first line, trimmed; an empty one is an error. Read at each use, so a
+/// rotated secret needs no restart. Errors name the file, never its content.
 fn read_secret(path: &PathBuf) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -236,15 +278,23 @@ fn read_secret(path: &PathBuf) -> Result<String, String> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Notice {
     pub event: Event,
+    /// Set from `event.level()`; carried for receivers of the webhook's JSON.
     pub level: Level,
+    /// The app concerned; `None` for a test.
     pub app: Option<String>,
+    /// The snapshot concerned, when there is one (a recovery, a restore, a copy).
     pub snapshot: Option<String>,
+    /// One line: the title of a chat message, the subject of a mail.
     pub message: String,
+    /// The rest (may be empty). It goes to third parties: a failed backup puts its alert
+    /// text here, which leaves out a hook's command and output.
     pub details: String,
+    /// When it was made, not when it was delivered.
     pub time: DateTime<Utc>,
 }
 
 impl Notice {
+    /// A notice made now, at the event's level, without a snapshot.
     pub fn new(event: Event, app: Option<&str>, message: String, details: String) -> Notice {
         Notice {
             event,
@@ -257,6 +307,7 @@ impl Notice {
         }
     }
 
+    /// The message, and the details on the next line when there are any.
     fn text(&self) -> String {
         if self.details.is_empty() {
             self.message.clone()
@@ -269,21 +320,28 @@ impl Notice {
 /// The answer of `POST /api/v1/notify/test` for one target.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
+    /// The target's `name`.
     pub target: String,
     #[serde(rename = "type")]
     pub kind: Kind,
+    /// The target accepted it (a 2xx answer, or the SMTP server took the mail).
     pub ok: bool,
     /// Why it failed (what the target or the network said); never a secret.
     pub error: Option<String>,
 }
 
+/// Sends alerts. Holds the only sender of each target's queue: once it is dropped, each
+/// delivery task finishes what is queued and ends.
 pub struct Notifier {
+    /// Each target with the sender of its bounded queue.
     targets: Vec<(Target, mpsc::Sender<Notice>)>,
+    /// One client for every delivery task and for `test`.
     http: reqwest::Client,
     metrics: Arc<Metrics>,
     /// Apps whose last backup failed (a success then is announced as a recovery, once).
     failing: Mutex<HashSet<String>>,
-    /// Apps reported stale.
+    /// Apps reported stale. Like `failing`, in memory only: after a restart an app still
+    /// stale is announced again, and one that recovered meanwhile is not.
     stale: Mutex<HashSet<String>>,
     /// When each (policy, app) failure was last announced: a broken schedule policy fails
     /// at every scheduler tick, and one alert an hour says it well enough.
@@ -291,7 +349,8 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts one delivery task per target (on the current tokio runtime).
+    /// Starts one delivery task per target (on the current tokio runtime; it panics
+    /// outside one). Targets are taken as they are: `Target::check` is the config's job.
     pub fn start(targets: &[Target], metrics: Arc<Metrics>) -> Notifier {
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
@@ -321,7 +380,8 @@ impl Notifier {
         }
     }
 
-    /// Queues `notice` for every target that wants it; never waits.
+    /// Queues `notice` for every target that wants it; never waits. A target whose queue
+    /// is full loses this notice (logged, and counted as a failure of that target).
     pub fn send(&self, notice: Notice) {
         for (target, tx) in &self.targets {
             if !target.wants(&notice) {
@@ -335,6 +395,7 @@ impl Notifier {
     }
 
     /// A backup ended: a failure is announced, and the first success after failures.
+    /// `outcome`: the new snapshot's id, or the failure as an alert may tell it.
     pub fn backup_ended(&self, app: &str, outcome: Result<&str, String>) {
         let mut failing = self.failing.lock().expect("failing");
         match outcome {
@@ -405,7 +466,8 @@ impl Notifier {
     }
 
     /// Sends a test message to one target (or all) now, once each, and says how it went.
-    /// `None` if there is no target of that name.
+    /// `None` if there is no target of that name. Past the queues and filters: one
+    /// attempt, no retry, targets one after the other while the caller waits.
     pub async fn test(&self, name: Option<&str>) -> Option<Vec<Delivery>> {
         let chosen: Vec<&Target> = self
             .targets
@@ -436,7 +498,8 @@ impl Notifier {
     }
 }
 
-/// True (and noted) when `key` was not announced in the hour before `now`.
+/// True (and noted) when `key` was not announced in the hour before `now`. The hour runs
+/// from the last announcement, so a failure that persists is announced once an hour.
 fn hourly<K: std::hash::Hash + Eq>(
     last: &mut std::collections::HashMap<K, DateTime<Utc>>,
     key: K,
@@ -454,6 +517,8 @@ fn hourly<K: std::hash::Hash + Eq>(
 
 /// Which apps became stale and which are fresh again at `now`; `stale` is updated. An app
 /// is stale once its last success is older than its threshold (0: never stale).
+/// `apps`: (app, last successful backup, threshold in hours). Returns the apps that became
+/// stale, with their last success, and those that are fresh again.
 pub fn stale_transitions(
     stale: &mut HashSet<String>,
     now: DateTime<Utc>,
@@ -471,7 +536,9 @@ pub fn stale_transitions(
     (became, recovered)
 }
 
-/// One target's delivery task: each notice in turn, retried with backoff.
+/// One target's delivery task: each notice in turn, retried with backoff. A notice being
+/// retried holds up those queued behind it, in order. Ends when the queue is closed
+/// (the `Notifier` dropped) and empty.
 async fn deliver_all(
     target: Target,
     mut rx: mpsc::Receiver<Notice>,
@@ -497,7 +564,9 @@ async fn deliver_all(
     }
 }
 
-/// One attempt to deliver `notice` to `target`, in that target's shape.
+/// One attempt to deliver `notice` to `target`, in that target's shape. Any 2xx answer is
+/// success. Secrets are read from their files here, at each attempt. The error says what
+/// failed (at most 300 characters of the target's answer) and never holds a secret.
 async fn deliver(http: &reqwest::Client, target: &Target, notice: &Notice) -> Result<(), String> {
     let secret = |file: &Option<PathBuf>| file.as_ref().map(read_secret).transpose();
     let url = target.url.clone().unwrap_or_default();
@@ -593,6 +662,8 @@ pub fn signature(key: &str, t: i64, body: &[u8]) -> String {
     )
 }
 
+/// One mail, over a fresh SMTP connection: the notice's message as subject, its text,
+/// event, app and time as a plain-text body, to every address of `to`.
 async fn send_mail(target: &Target, notice: &Notice) -> Result<(), String> {
     use lettre::message::header::ContentType;
     use lettre::transport::smtp::authentication::Credentials;

@@ -27,12 +27,22 @@ pub struct BackupParams {
 /// Body of a finished backup (the seed's shape).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BackupCreated {
+    /// Always `Backup created successfully`.
     pub message: String,
+    /// The same as `snapshot.snapshot_id`, kept at the top level for the seed's clients.
     pub snapshot_id: String,
     pub snapshot: Snapshot,
 }
 
 /// Snapshot an app's data.
+///
+/// The id, the app and its lock are checked before anything starts, so 400, 404 and 409
+/// come back at once with either `wait`. What fails later (507 for a full disk or a quota
+/// denial, a failed hook, Docker) is the answer with `wait=true`, or the job's `error`.
+/// In stop mode (the default) the app's running containers are stopped while its data is
+/// archived and started again afterwards, whatever happened. The backup runs on its own:
+/// a client that disconnects does not stop it. The app's retention policy runs before
+/// the answer; offsite copies start once the backup is done, so they never lengthen it.
 #[utoipa::path(post, path = "/api/v1/backup/{app_id}", tag = "backup",
     params(("app_id" = String, Path, description = "Compose project name"), BackupParams),
     responses(
@@ -70,6 +80,9 @@ pub struct ListParams {
 }
 
 /// List snapshots, newest first.
+///
+/// Only snapshots held on this server (a repository's are under `/api/v1/repositories`);
+/// an app without snapshots, or unknown, gives an empty list.
 #[utoipa::path(get, path = "/api/v1/backup/snapshots", tag = "backup", params(ListParams),
     responses((status = 200, body = Vec<Snapshot>), (status = 400, body = ErrorBody)))]
 pub async fn list(
@@ -80,6 +93,8 @@ pub async fn list(
 }
 
 /// One snapshot.
+///
+/// From this server's catalog: a snapshot held only in a repository is 404 here.
 #[utoipa::path(get, path = "/api/v1/backup/snapshots/{snapshot_id}", tag = "backup",
     params(("snapshot_id" = String, Path)),
     responses((status = 200, body = Snapshot), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -101,6 +116,10 @@ pub struct DeleteParams {
 /// Delete a snapshot and free its space: by default only the local archive; offsite
 /// copies stay unless `location` names their repository or is `all`, and then only this
 /// server's copies go (another server sharing the repository keeps its own).
+///
+/// A pin protects from policies only: a pinned snapshot is deleted here all the same. A
+/// repository's space comes back with the prune job each such delete starts. With `all`,
+/// 404 means it was found nowhere.
 #[utoipa::path(delete, path = "/api/v1/backup/snapshots/{snapshot_id}", tag = "backup",
     params(("snapshot_id" = String, Path), DeleteParams),
     responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody),
@@ -121,6 +140,8 @@ pub async fn delete(
 }
 
 /// Space used per app and in total, and what is left on the backup filesystem.
+///
+/// Counts the archives on this server only, not copies in repositories.
 #[utoipa::path(get, path = "/api/v1/backup/stats", tag = "backup",
     responses((status = 200, body = Stats), (status = 500, body = ErrorBody)))]
 pub async fn stats(State(manager): State<Arc<BackupManager>>) -> Result<Json<Stats>, ApiError> {

@@ -1,6 +1,10 @@
 //! The one mapping from errors to HTTP: every failure leaves the API as a status and the
 //! body `{"message": "...", "details": "..."}` — `message` is short and stable (panels
 //! match on it), `details` says what exactly went wrong.
+//!
+//! Handlers return `ApiError`, made from a `ManagerError` by `classify` or directly; the
+//! `json_errors` layer rewrites whatever else leaves as an error (axum's rejections, the
+//! docs' 404) into the same body; `document` lists those statuses in the OpenAPI document.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -14,6 +18,9 @@ pub use crate::model::ErrorBody;
 
 /// A route's query string, deserialized into `T`; a malformed one is our 400 `Invalid
 /// query` with the JSON body, on every route alike (axum's own rejection is plain text).
+/// Handlers take it instead of `Query`: `json_errors` would wrap axum's text too, but
+/// under the generic message `Bad Request`, which a panel cannot tell from a bad body.
+/// Unknown parameters are ignored unless `T` denies them.
 pub struct ApiQuery<T>(pub T);
 
 impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
@@ -37,12 +44,19 @@ where
 /// An error on its way out of a handler.
 #[derive(Debug)]
 pub struct ApiError {
+    /// A 5xx is also logged, at error level, when the answer is made; a 4xx is not: it is
+    /// the client's to fix.
     pub status: StatusCode,
+    /// Sent as the JSON body as it is.
     pub body: ErrorBody,
 }
 
 /// Waits for a job the request started and answers with its outcome, mapped like any
 /// error of the request. `what` names the operation if its task itself died.
+///
+/// The job runs in a task of its own: a client that leaves drops only this wait, and the
+/// job still runs to its end and records its outcome (see `/api/v1/jobs`). A task that
+/// died (panicked) answers 500 `{what} failed`, with the join error in `details`.
 pub async fn finished<T>(started: crate::manager::Started<T>, what: &str) -> Result<T, ApiError> {
     let outcome = started.done.await.map_err(|e| {
         ApiError::new(
@@ -55,6 +69,8 @@ pub async fn finished<T>(started: crate::manager::Started<T>, what: &str) -> Res
 }
 
 impl ApiError {
+    /// `message` is the short, stable text panels match on (keep it the same for the same
+    /// cause); `details` is for people and may name ids, paths and the underlying error.
     pub fn new(status: StatusCode, message: &str, details: impl Into<String>) -> ApiError {
         ApiError {
             status,
@@ -66,7 +82,26 @@ impl ApiError {
     }
 }
 
-/// Status and stable message of each manager error.
+/// Status and stable message of each manager error. The statuses follow one scheme, so a
+/// client can act on the class without knowing every cause:
+/// - 400: the request names something malformed, or a snapshot of another app;
+/// - 404: the app, snapshot, policy or repository (or the copy in it) does not exist;
+/// - 409: it conflicts with what runs or is stored (a lock, a pending repair, a policy in
+///   use or built in, an existing snapshot, another server's copies): retry later, or
+///   change the request;
+/// - 413 and 507: too large for the configured limit, the disk, or the quota policy;
+/// - 422: the content is refused (corrupt snapshot, unusable policy, config or kind,
+///   data Docker shows but appsnap cannot read, a repository copy that is not the
+///   snapshot);
+/// - 502: Docker or a repository failed; a wrong repository password too: it is in the
+///   server's config, and a 401 would blame the client's key;
+/// - 503: not now (shutting down, backup root missing or used by another process, or,
+///   in a job only, its request abandoned);
+/// - 500: everything else — storage, archive, catalog, a failed backup hook or policy
+///   call, a misconfigured repository — and a restore that failed (rolled back or not)
+///   or that worked but could not remove the data it replaced.
+///
+/// Messages are a contract with the panels: reword one only together with them.
 fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
     use ManagerError::*;
     match e {
@@ -175,6 +210,8 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
     }
 }
 
+/// The body alone: also how a failed job's `error` is made (`job_view`), so a job and a
+/// request that fail for the same cause say the same.
 impl From<&ManagerError> for ErrorBody {
     fn from(e: &ManagerError) -> Self {
         ErrorBody {
@@ -199,6 +236,7 @@ impl From<ManagerError> for ApiError {
     }
 }
 
+/// A job's outcome: its error is shared between the job record and whoever waits.
 impl From<std::sync::Arc<ManagerError>> for ApiError {
     fn from(e: std::sync::Arc<ManagerError>) -> Self {
         (&*e).into()
@@ -206,7 +244,8 @@ impl From<std::sync::Arc<ManagerError>> for ApiError {
 }
 
 /// A job as the API shows it: its failure, if any, mapped to the error body like the
-/// error of a request.
+/// error of a request. A failure of any other type than `ManagerError` gets the message
+/// `Job failed`. Every route that shows a job passes it through here, the SSE stream too.
 pub fn job_view(mut info: crate::jobs::JobInfo) -> crate::jobs::JobInfo {
     if let Some(failure) = &info.failure {
         let body = match failure.downcast_ref::<ManagerError>() {
@@ -221,6 +260,7 @@ pub fn job_view(mut info: crate::jobs::JobInfo) -> crate::jobs::JobInfo {
     info
 }
 
+/// Logs a 5xx with its `details`, then answers; a 429 also carries `Retry-After: 5`.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
@@ -242,6 +282,11 @@ impl IntoResponse for ApiError {
 /// Every error answer is the JSON body, whoever made it: axum's own rejections (bad JSON,
 /// a wrong content type, a body too large, a bad path or query — plain text), an empty
 /// 405, the docs' 404. Their text becomes `details`; the status stays.
+///
+/// `message` is then the status's reason phrase (`Method Not Allowed`, `Payload Too
+/// Large`…). A text over 4 KiB is dropped; without text, `details` names the methods of
+/// `Allow` (a 405) or points to `/docs`. Answers below 400 and JSON errors pass as they
+/// are.
 pub async fn json_errors(response: Response) -> Response {
     use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
     let status = response.status();
@@ -276,6 +321,10 @@ pub async fn json_errors(response: Response) -> Response {
 /// own: the key check (401), the cross-site guard (403, 415), axum's rejections of a body
 /// (400, 413, 415, 422) and of an id in the path (400), and 500. A panel generated from
 /// the document then knows every status it may see, each with the JSON error body.
+///
+/// Only missing statuses are added: a handler's own description of a status wins. GET
+/// gets no 403 or 415 (the guard lets reads through), and `/healthz`, which is open, no
+/// 401. Run it after every route is registered, or the later ones miss out.
 pub fn document(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::ParameterIn;
     use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};

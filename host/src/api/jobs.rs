@@ -1,4 +1,8 @@
-//! `/api/v1/jobs/…`: state and progress of backups, polled or streamed (SSE).
+//! `/api/v1/jobs/…`: state and progress of long operations (backups, restores and their
+//! cleanups, verifies, fetches, copies, prunes, checks), polled or streamed (SSE).
+//!
+//! Jobs live in memory only: after a restart the old ids answer 404, while the snapshots
+//! they made are in the catalog.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,6 +28,9 @@ fn find(manager: &BackupManager, id: &str) -> Result<Job, ApiError> {
 }
 
 /// Recent jobs, newest first.
+///
+/// Every running job, and the most recent finished ones: beyond 1000 jobs in all, the
+/// oldest finished ones are forgotten.
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", responses((status = 200, body = Vec<JobInfo>)))]
 pub async fn list(State(manager): State<Arc<BackupManager>>) -> Json<Vec<JobInfo>> {
     Json(manager.jobs.list().into_iter().map(job_view).collect())
@@ -41,6 +48,12 @@ pub async fn show(
 
 /// Server-sent events: `progress` with the job whenever it changes (coalesced), then one
 /// `finished` event, then the stream ends.
+///
+/// The first event, sent at once, is the current state: a job that has ended already gets
+/// its `finished` event only. Each event's data is the job as `GET /api/v1/jobs/{job_id}`
+/// shows it. Intermediate states may be skipped, never the last. Closing the stream does
+/// not affect the job. At most 64 streams are open at a time; beyond that 429 with
+/// `Retry-After`, and polling still works.
 #[utoipa::path(get, path = "/api/v1/jobs/{job_id}/events", tag = "jobs", params(("job_id" = String, Path)),
     responses((status = 200, description = "text/event-stream of JobInfo"), (status = 404, body = ErrorBody),
         (status = 429, description = "Too many event streams open", body = ErrorBody)))]

@@ -38,8 +38,15 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::manager::BackupManager;
 use error::ApiError;
 
+/// The header that carries the API key. `Authorization: Bearer <key>` is accepted too,
+/// for clients that cannot set custom headers (Prometheus); when both are sent, only this
+/// one is checked.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
+/// The fixed part of the OpenAPI document: title, description, and schemas registered up
+/// front (`ErrorBody` must be: `error::document` refers to it by name). `router` adds each
+/// route's path and schemas, then the id rules (`crate::ids::document`) and the common
+/// error answers.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -64,6 +71,13 @@ pub struct ApiDoc;
 /// The whole HTTP app, and the OpenAPI document of exactly its routes: each route is
 /// registered with `routes!`, which takes its path and method from the handler's
 /// `#[utoipa::path]`, so a route cannot exist without its documentation.
+///
+/// Guards, outermost first: `refuse_cross_site` (host rule, cross-site and form types),
+/// then `require_key`; both are route layers, so they run only for a route that matched:
+/// an unknown path answers 404 even without a key. `/healthz`, `/docs` and the document at
+/// `/api/v1/openapi.json` bypass both. Bodies are capped at axum's default 2 MB, except
+/// policy uploads (`MAX_COMPONENT_BYTES`) and imports (streamed, `max_import_bytes`).
+/// Every error answer, whoever made it, leaves through `error::json_errors`.
 pub fn router(manager: Arc<BackupManager>) -> Router {
     let (api, api_doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(backup::list))
@@ -146,6 +160,11 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
 ///   (`Sec-Fetch-Site`, `Origin`), and when they carry one of the content types a form
 ///   can send — our bodies are JSON or binary, which a cross-site page cannot send
 ///   without a preflight that appsnap never answers.
+///
+/// Answers 403 `Host refused` (the host rule, every method), 403 `Cross-site request
+/// refused`, or 415 `Unsupported content type`; the last two only for methods other than
+/// GET, HEAD and OPTIONS. A request with neither `Sec-Fetch-Site` nor `Origin` (curl,
+/// scripts) passes the two browser checks: only browsers send those headers.
 async fn refuse_cross_site(
     State(manager): State<Arc<BackupManager>>,
     request: Request,
@@ -228,6 +247,8 @@ async fn refuse_cross_site(
 }
 
 /// Whether a `Host` value (`name[:port]`) names this machine's loopback interface.
+/// Only `localhost` (any case) and literal loopback addresses count: a name that merely
+/// starts like one (`localhost.evil.example`, `127.0.0.1.nip.io`) could resolve anywhere.
 fn is_loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         // `[::1]:8080`
@@ -246,6 +267,10 @@ fn is_loopback_host(host: &str) -> bool {
 
 /// `x-api-key` must match when a key is configured. Both sides are hashed first, so the
 /// constant-time compare does not leak the key's length either.
+///
+/// Without a configured key every request passes (`refuse_cross_site` then holds the
+/// service to loopback names). A refusal is 401 `Unauthorized`, whose `details` tells a
+/// missing key from a wrong one.
 async fn require_key(
     State(manager): State<Arc<BackupManager>>,
     request: Request,
@@ -281,6 +306,11 @@ async fn require_key(
 }
 
 /// Liveness, plus whether Docker answers.
+///
+/// Open: no key and no host check, so container and load-balancer health checks can call
+/// it. 200 `{"status":"ok","docker":"ok"}`; 503 `Docker engine unreachable`, with the
+/// engine's error in `details`, when the Docker ping fails. The backup root is not
+/// checked here.
 #[utoipa::path(get, path = "/healthz", tag = "service",
     responses((status = 200, description = "Service and Docker are up"), (status = 503, body = error::ErrorBody)))]
 pub async fn healthz(State(manager): State<Arc<BackupManager>>) -> Response {
@@ -298,6 +328,10 @@ pub async fn healthz(State(manager): State<Arc<BackupManager>>) -> Response {
 /// Prometheus metrics (text format). Behind the API key when one is set: Prometheus sends
 /// it as `Authorization: Bearer …` (`authorization: {credentials_file: …}` in its scrape
 /// config).
+///
+/// Gauges (snapshots and bytes per app, last success, free space) are computed from the
+/// catalog and the filesystem at each scrape; an app whose snapshots are all deleted
+/// stays listed with 0 until the service restarts.
 #[utoipa::path(get, path = "/metrics", tag = "service",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(manager): State<Arc<BackupManager>>) -> Response {
@@ -316,6 +350,13 @@ pub async fn metrics(State(manager): State<Arc<BackupManager>>) -> Response {
 
 /// Serves the API on `manager.config().listen` (or its Unix socket) until `shutdown`
 /// resolves, then waits for running backups to finish (so no app is left stopped).
+///
+/// Before serving it resumes the offsite copies a stop left unfinished and starts the
+/// scheduler. A Unix socket left by an earlier run is replaced and the new one is made
+/// with mode 0660 (owner and group); any other file at that path is an error. When
+/// `shutdown` resolves, running work is cancelled at its next consistent point, the
+/// listener closes, and the scheduler stops before the wait for app locks. Restores'
+/// cleanups are not waited for: the next start finishes them.
 pub async fn serve(
     manager: Arc<BackupManager>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

@@ -17,6 +17,7 @@ pub struct TestParams {
     pub target: Option<String>,
 }
 
+/// One entry per target tried, in config order; empty when no target is configured.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TestReport {
     /// What each target said; a failed delivery is not an error of this request.
@@ -24,6 +25,11 @@ pub struct TestReport {
 }
 
 /// Send a test message now (once, no retries) and report what each target answered.
+///
+/// The message goes straight to each target, not through the alert queues, so it does
+/// not wait behind pending alerts. Targets are tried one after another and the answer
+/// comes after the last; each attempt is limited to 15 seconds. A target that fails is
+/// reported with `ok: false` and its error in the 200 answer.
 #[utoipa::path(post, path = "/api/v1/notify/test", tag = "service", params(TestParams),
     responses((status = 200, body = TestReport),
         (status = 404, description = "No target of that name", body = ErrorBody)))]

@@ -16,6 +16,8 @@ use crate::catalog::Snapshot;
 use crate::manager::{BackupManager, ManagerError, RetentionReport};
 use crate::policy::{Bindings, PolicyError, PolicyInfo};
 
+/// Runs a registry call on a blocking thread: it may compile or call a component and
+/// writes files. Its error maps like any `PolicyError`; a panic is 500 `Policy failed`.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, PolicyError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -33,6 +35,12 @@ async fn blocking<T: Send + 'static>(
 
 /// Upload a policy component (`application/wasm`) as a new version of `name`. Its kind
 /// comes from the world it exports; the new version is used from the next evaluation on.
+///
+/// The component is compiled in a separate process under memory and time limits before
+/// it is stored (422 if it is not a usable policy). 409 for a built-in's name, or when
+/// `name` holds a policy of another kind. Uploading bytes that are already a version of
+/// `name` adds none but makes that version current again: this is how to roll back.
+/// Bodies over 16 MiB are 413.
 #[utoipa::path(put, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses((status = 201, body = PolicyInfo), (status = 409, body = ErrorBody),
@@ -65,6 +73,7 @@ pub async fn list(
     Ok(Json(blocking(move || Ok(registry.list())).await?))
 }
 
+/// One policy: its kind, its versions (`current` names the one in use) and its failures.
 #[utoipa::path(get, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path)),
     responses((status = 200, body = PolicyInfo), (status = 404, body = ErrorBody)))]
 pub async fn show(
@@ -77,6 +86,9 @@ pub async fn show(
 }
 
 /// Delete an uploaded policy (refused while bound, and for built-ins).
+///
+/// Every version goes. The 409 names the apps (or `default`) that bind it: bind another
+/// policy there first.
 #[utoipa::path(delete, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
@@ -94,6 +106,8 @@ pub async fn delete(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DryRun {
+    /// The app whose snapshots the policy is shown. It is not looked up in Docker: an
+    /// app that is gone but has snapshots works.
     pub app_id: String,
     /// Configuration to try (default: the app's bound one, else `{}`).
     #[schema(value_type = Option<Object>)]
@@ -101,6 +115,11 @@ pub struct DryRun {
 }
 
 /// What a policy would decide for an app, changing nothing.
+///
+/// The answer depends on the policy's kind: retention gives the report a run would
+/// (`dry_run: true`); quota gives `result.decision` (`admit`, `admit-after-evicting` with
+/// `evict`, or `deny` with `reason`) for a backup the size of the newest snapshot
+/// (`incoming_estimate`); schedule gives `last_run` and the `next_run` it would plan.
 #[utoipa::path(post, path = "/api/v1/policies/{name}/dry-run", tag = "policies", params(("name" = String, Path)),
     request_body = DryRun, responses((status = 200, description = "The decision", body = Object),
         (status = 404, body = ErrorBody), (status = 422, description = "The config is refused", body = ErrorBody)))]
@@ -121,6 +140,12 @@ pub async fn dry_run(
 
 /// Bind retention/quota/schedule policies (with their JSON config) to an app; each
 /// config is checked by the policy's `validate-config` (422 when refused).
+///
+/// The body replaces all of the app's own bindings, and nothing is stored unless every
+/// one is accepted. A slot left out falls back to the default's; an empty body removes
+/// the app's own bindings. The app is not looked up: one not installed yet can be bound.
+/// 404 when a named policy or repository does not exist; 422 also for a policy of the
+/// wrong kind for its slot.
 #[utoipa::path(put, path = "/api/v1/backup/apps/{app_id}/policies", tag = "policies", params(("app_id" = String, Path)),
     request_body = Bindings, responses((status = 200, body = Bindings), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
@@ -137,6 +162,8 @@ pub async fn bind(
     Ok(Json(manager.policies.bindings(Some(&app_id))))
 }
 
+/// The app's own bindings. Its empty slots use the default bindings, which are not
+/// shown here.
 #[utoipa::path(get, path = "/api/v1/backup/apps/{app_id}/policies", tag = "policies", params(("app_id" = String, Path)),
     responses((status = 200, body = Bindings)))]
 pub async fn bindings(
@@ -148,6 +175,9 @@ pub async fn bindings(
 }
 
 /// The default bindings, for apps without their own.
+///
+/// Replaces the default as a whole, checked like an app's bindings. It applies slot by
+/// slot: an app's own binding in a slot wins over the default's.
 #[utoipa::path(put, path = "/api/v1/backup/policies/default", tag = "policies",
     request_body = Bindings, responses((status = 200, body = Bindings),
         (status = 404, description = "No such policy", body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -179,6 +209,12 @@ pub struct RetentionParams {
 
 /// Run the app's retention policy now, on its local snapshots or (`?location=NAME`) on
 /// its copies in a repository.
+///
+/// Pinned snapshots and the app's newest one are never deleted: when the policy says
+/// delete, they are reported as `protected`. A policy that fails (trap, timeout,
+/// nonsense) deletes nothing; the 200 report says why in `error`. Without a retention
+/// policy bound, nothing is judged (`policy` is null). An app that was removed can still
+/// be cleaned up while it has snapshots.
 #[utoipa::path(post, path = "/api/v1/backup/apps/{app_id}/retention", tag = "policies",
     params(("app_id" = String, Path), RetentionParams),
     responses((status = 200, body = RetentionReport), (status = 400, body = ErrorBody),
@@ -206,11 +242,15 @@ pub async fn run_retention(
 }
 
 /// Scheduled backups: last run, next run and last error per app.
+///
+/// An object keyed by app id, with an entry for each app whose schedule the scheduler
+/// has seen; the state is kept across restarts.
 #[utoipa::path(get, path = "/api/v1/backup/schedules", tag = "policies", responses((status = 200, body = Object)))]
 pub async fn schedules(State(manager): State<Arc<BackupManager>>) -> Json<serde_json::Value> {
     Json(serde_json::to_value(manager.schedules()).expect("schedules"))
 }
 
+/// Fields left out are not changed.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotPatch {
@@ -221,6 +261,9 @@ pub struct SnapshotPatch {
 }
 
 /// Pin or annotate a snapshot.
+///
+/// The change is written to the snapshot's sidecar before the catalog, so it survives a
+/// rebuild of the catalog.
 #[utoipa::path(patch, path = "/api/v1/backup/snapshots/{snapshot_id}", tag = "backup", params(("snapshot_id" = String, Path)),
     request_body = SnapshotPatch, responses((status = 200, body = Snapshot), (status = 404, body = ErrorBody)))]
 pub async fn patch_snapshot(

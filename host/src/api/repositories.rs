@@ -17,6 +17,7 @@ use crate::offsite::RemoteSnapshot;
 /// A configured repository, without its password or backend options.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RepositoryInfo {
+    /// What the other routes take as `{name}`, `repository` or `from`.
     pub name: String,
     /// `opendal:s3`, a path, …
     pub repository: String,
@@ -25,6 +26,8 @@ pub struct RepositoryInfo {
 }
 
 /// The configured offsite repositories.
+///
+/// Read from the config alone: a repository that is down is listed like the others.
 #[utoipa::path(get, path = "/api/v1/repositories", tag = "repositories",
     responses((status = 200, body = Vec<RepositoryInfo>)))]
 pub async fn list(State(manager): State<Arc<BackupManager>>) -> Json<Vec<RepositoryInfo>> {
@@ -80,6 +83,11 @@ pub struct CopyParams {
 
 /// Copy a snapshot to a repository now (again, if an earlier copy failed). Answers 202
 /// with the job; the snapshot's `copies` show its state.
+///
+/// The snapshot must be held on this server. Copies run one at a time; a failed attempt
+/// is retried, with growing waits, until `offsite_attempts` were made, and the job ends
+/// with the copy or the last failure. A refusal by the repository's quota policy is not
+/// retried; after a copy, that repository's quota evictions and retention run.
 #[utoipa::path(post, path = "/api/v1/backup/snapshots/{snapshot_id}/copy", tag = "repositories",
     params(("snapshot_id" = String, Path), CopyParams),
     responses((status = 202, description = "Copy started", body = JobInfo), (status = 400, body = ErrorBody),
@@ -98,6 +106,8 @@ pub async fn copy(
 /// by an earlier prune at least `keep_delete_secs` ago are deleted (rustic's two-phase
 /// delete keeps copies running elsewhere safe). Deleting a snapshot there starts one too.
 /// Answers 202 with the job; its result says what was freed.
+///
+/// The prune waits for any copy this server is making, so that its plan sees every pack.
 #[utoipa::path(post, path = "/api/v1/repositories/{name}/prune", tag = "repositories",
     params(("name" = String, Path, description = "Repository name")),
     responses((status = 202, description = "Prune started", body = JobInfo), (status = 400, body = ErrorBody),
@@ -119,6 +129,8 @@ pub struct CheckParams {
 
 /// Check the repository (rustic's check). Answers 202 with the job; its result lists the
 /// errors and warnings found (none: the repository is sound).
+///
+/// With `read_data` it waits for a heavy-work slot, like a backup or a verify.
 #[utoipa::path(post, path = "/api/v1/repositories/{name}/check", tag = "repositories",
     params(("name" = String, Path, description = "Repository name"), CheckParams),
     responses((status = 202, description = "Check started", body = JobInfo), (status = 400, body = ErrorBody),

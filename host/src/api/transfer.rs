@@ -17,6 +17,7 @@ use crate::manager::{BackupManager, ManagerError};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct VerifyReport {
+    /// Always `Snapshot verified`.
     pub message: String,
     pub snapshot_id: String,
     /// Entries read and checked.
@@ -27,6 +28,11 @@ pub struct VerifyReport {
 
 /// Check a snapshot: its sha256 against the one recorded at backup time, then a full
 /// read of every member and entry under the restore's safety rules.
+///
+/// Runs within the request, as a job of kind `verify`, after waiting for a heavy-work
+/// slot: a client that leaves stops the check, and the job fails as abandoned. Nothing is
+/// written but the result: a later restore that finds the same checksum skips its own
+/// full read before stopping the app.
 #[utoipa::path(post, path = "/api/v1/backup/snapshots/{snapshot_id}/verify", tag = "backup",
     params(("snapshot_id" = String, Path)),
     responses((status = 200, body = VerifyReport), (status = 404, body = ErrorBody),
@@ -47,13 +53,20 @@ pub async fn verify(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct FetchParams {
-    /// The repository to fetch from (default: the first that holds a copy).
+    /// The repository to fetch from (default: the first that holds a copy, in the
+    /// config's order).
     pub from: Option<String>,
 }
 
 /// The archive itself, streamed (a standard .tar.gz). A snapshot whose local archive is
 /// gone is first fetched from a repository (`?from=NAME`, or the first holding a copy),
 /// checked, and kept as a local snapshot; then it is served.
+///
+/// The answer has `Content-Length` and names the file `{snapshot_id}.tar.gz`; importing
+/// it on another server keeps the id. With `from`, a local archive that checks out is
+/// served as it is, and a damaged one is replaced only by a copy of the tar stream its
+/// record names. A client that leaves during the fetch does not stop it: the snapshot
+/// stays local. Without configured repositories, a snapshot not held here is 404.
 #[utoipa::path(get, path = "/api/v1/backup/snapshots/{snapshot_id}/download", tag = "backup",
     params(("snapshot_id" = String, Path), FetchParams),
     responses((status = 200, description = "application/gzip stream", content_type = "application/gzip"),
@@ -124,9 +137,8 @@ pub struct Imported {
 /// Upload a snapshot (the body is the .tar.gz, streamed). It is verified before it is
 /// listed; its id is kept.
 ///
-/// The upload goes
-/// to a temporary file and is refused with 413 as soon as it passes `max_import_bytes`; a
-/// client that leaves mid-upload leaves nothing behind. The check reads every entry under
+/// The upload goes to a temporary file and is refused with 413 as soon as it passes
+/// `max_import_bytes`; a client that leaves mid-upload leaves nothing behind. The check reads every entry under
 /// the restore's rules, so an imported snapshot is one a restore accepts.
 #[utoipa::path(post, path = "/api/v1/backup/snapshots/import", tag = "backup", params(ImportParams),
     request_body(content = Vec<u8>, content_type = "application/gzip"),
@@ -151,7 +163,8 @@ pub async fn import(
     ))
 }
 
-/// Fetches a repository's copy and waits for it.
+/// Fetches a repository's copy and waits for it. The fetch runs in a task of its own,
+/// so a client that leaves during it only stops the wait.
 async fn fetched(
     manager: &Arc<BackupManager>,
     snapshot_id: &str,
@@ -164,6 +177,10 @@ async fn fetched(
 /// Fetch a snapshot's copy from a repository into this server's backup root (checked,
 /// then listed as a local snapshot), e.g. to download or restore it later without the
 /// network. Answers 202 with the job.
+///
+/// A local archive of the same id that checks out is kept, and nothing is fetched; a
+/// damaged one is replaced only by a copy of the data its record names, once that copy
+/// is complete and checked.
 #[utoipa::path(post, path = "/api/v1/backup/snapshots/{snapshot_id}/fetch", tag = "repositories",
     params(("snapshot_id" = String, Path), FetchParams),
     responses((status = 202, description = "Fetch started", body = JobInfo), (status = 400, body = ErrorBody),

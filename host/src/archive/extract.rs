@@ -37,14 +37,20 @@ use tar::EntryType;
 use super::tar_read::TarReader;
 use super::{ArchiveError, METADATA_ENTRY};
 
-/// The buffer file data is copied through.
+/// The buffer file data is copied through: one for the whole extraction.
 const COPY_BUF: usize = 256 * 1024;
 
 /// Where one mount folder of the archive goes.
+///
+/// An entry belongs to the target whose `archive_dir` is the longest prefix of its name (in
+/// whole components); an entry under none of them is refused, never written elsewhere.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// e.g. `volumes/db` (no trailing slash).
     pub archive_dir: String,
+    /// The mount root on the host, created when missing. It may exist already only as a
+    /// real directory (a single-file bind mount's must not exist at all); everything below
+    /// it is made by this extraction.
     pub path: PathBuf,
     /// A name at the top of `path` that belongs to appsnap (the aside folder when the
     /// current data was moved into the mount itself); the archive may not use it.
@@ -54,14 +60,18 @@ pub struct Target {
     pub discard: bool,
 }
 
+/// The rules of one extraction. `Default` is the strictest: no devices, `user.*` xattrs
+/// only, no entry limit, and it writes.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Create character and block devices found in the archive.
+    /// Create character and block devices found in the archive. Without it a device entry
+    /// is unsafe, and fails the whole extraction, dry run or not.
     pub allow_devices: bool,
     /// Check and read everything, write nothing (verify).
     pub dry_run: bool,
     /// Restore extended attributes outside `user.*` (`security.capability`, `trusted.*`,
     /// ACLs): only for snapshots this server made, or when the operator says so.
+    /// Without it they are dropped and counted in `Summary::dropped_xattrs`, not refused.
     pub privileged_xattrs: bool,
     /// Set from outside to stop at the next read (shutdown, an abandoned verify).
     pub cancel: Option<super::Cancel>,
@@ -70,9 +80,12 @@ pub struct Options {
     pub max_entries: Option<u64>,
 }
 
+/// What an extraction, or its dry run, read.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
+    /// Entries read, the metadata entry included.
     pub entries: u64,
+    /// Bytes of tar stream read, to the end of the stream (trailing zeros included).
     pub tar_bytes: u64,
     /// What a restore of each target's files allocates ([`super::allocation`]): what it
     /// needs on its filesystem, in `targets` order.
@@ -83,10 +96,16 @@ pub struct Summary {
     pub dropped_xattrs: u64,
 }
 
+/// What this extraction made at a path. The value is kept in the two low bits of the
+/// path's key in [`Made`], so it must stay within 1..=3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Node {
+    /// A directory made here, or the mount root found as a real directory: the only thing
+    /// an entry may be written into.
     Dir = 1,
+    /// A regular file (or a hard link to one): the only thing a hard link may point at.
     File = 2,
+    /// A symlink, FIFO or device: never a parent, never a link target.
     Other = 3,
 }
 
@@ -108,6 +127,7 @@ impl Made {
         }
     }
 
+    /// What was made at the path whose key (low bits clear) is `key`, if anything.
     fn get(&self, key: u64) -> Option<Node> {
         [Node::Dir, Node::File, Node::Other]
             .into_iter()
@@ -134,8 +154,10 @@ impl Made {
     }
 }
 
+/// One target's extraction: what it made, and the directories whose times are pending.
 struct Tree<'t> {
     target: &'t Target,
+    /// `archive_dir` as components: the part of an entry's name that selects this tree.
     prefix: Vec<Vec<u8>>,
     made: Made,
     /// The directories the last entry went into (below the mount root), outermost first,
@@ -149,10 +171,14 @@ struct Tree<'t> {
 #[derive(Debug, Clone)]
 struct Meta {
     kind: EntryType,
+    /// Numeric owner and group, applied as they are (never mapped through names).
     uid: u64,
     gid: u64,
+    /// Permission bits, setuid/setgid/sticky included: set after the owner.
     mode: u32,
+    /// Seconds since the epoch; restored times are whole seconds.
     mtime: i64,
+    /// Already filtered by `Options::privileged_xattrs`.
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Symlink or hard-link target.
     link: Option<Vec<u8>>,
@@ -162,6 +188,14 @@ struct Meta {
 }
 
 /// Reads the whole tar stream and extracts (or with `dry_run`, checks) every entry.
+///
+/// Blocking. Nothing is written outside `targets` (see the module header), and the stream
+/// must be whole: a cut one, or anything but zeros after its end marker, is corrupt. A
+/// first entry `appsnap.json` is counted and skipped. `progress` gets the tar bytes read,
+/// about every MiB and at the end. Errors: `Unsafe` for an entry the rules refuse,
+/// `Corrupt` for a malformed stream or more than `max_entries` entries, `Write` when the
+/// disk fails, and `Cancelled`, whatever the error, once `opts.cancel` is set. On an
+/// error, what was extracted so far is left in place: undoing it is the caller's job.
 pub fn extract(
     stream: impl Read,
     targets: &[Target],
@@ -184,6 +218,10 @@ pub fn extract(
     })
 }
 
+/// The loop behind [`extract`]. Each entry is checked in turn against the entry limit,
+/// then for an absolute name, `..`, which mount it is under, the reserved name, NUL bytes
+/// and a mount root that is not a directory, before its tree gets it. Xattrs are filtered
+/// and allocation counted here; each tree sets its pending directory times at the end.
 fn extract_entries<R: Read>(
     counted: Counting<'_, R>,
     targets: &[Target],
@@ -312,7 +350,8 @@ fn extract_entries<R: Read>(
     Ok(summary)
 }
 
-/// The current entry's data, as a `Read`.
+/// The current entry's data, as a `Read`: it ends at the entry's size, never in the next
+/// header, so a file gets exactly the bytes its header declared.
 struct EntryData<'r, R>(&'r mut TarReader<R>);
 
 impl<R: Read> Read for EntryData<'_, R> {
@@ -321,13 +360,19 @@ impl<R: Read> Read for EntryData<'_, R> {
     }
 }
 
+/// How adding one entry fails; [`extract_entries`] names the entry and maps it.
 enum Failure {
+    /// The archive asks for something the rules refuse (`ArchiveError::Unsafe`).
     Unsafe(String),
+    /// Writing at this path failed (`ArchiveError::Write`).
     Io(PathBuf, io::Error),
+    /// The entry's data could not be read from the stream (`ArchiveError::Corrupt`).
     Read(io::Error),
 }
 
 impl Tree<'_> {
+    /// The host path of `rel` below the mount root. `rel` holds checked components only
+    /// (no `..`, no `/`, none empty), so it cannot leave the root by its name alone.
     fn path(&self, rel: &[Vec<u8>]) -> PathBuf {
         let mut p = self.target.path.clone();
         for c in rel {
@@ -426,6 +471,11 @@ impl Tree<'_> {
         }
     }
 
+    /// Extracts one entry at `rel` (below the mount root; empty: the root itself), reading
+    /// its data from `data`. A path where this extraction made something already is
+    /// refused, except a directory entry for a directory, whose attributes are then set
+    /// again. A hard link must name a regular file this extraction made in the same mount.
+    /// A dry run makes the same checks and reads the data, but writes nothing.
     fn add(
         &mut self,
         rel: &[Vec<u8>],
@@ -587,6 +637,7 @@ fn components(name: &[u8]) -> Option<Vec<Vec<u8>>> {
     Some(out)
 }
 
+/// The link's target; a missing or empty one is unsafe.
 fn link_target(meta: &Meta) -> Result<&[u8], Failure> {
     match &meta.link {
         Some(l) if !l.is_empty() => Ok(l),
@@ -597,6 +648,11 @@ fn link_target(meta: &Meta) -> Result<&[u8], Failure> {
 /// Writes a regular file through its descriptor. A sparse entry's segments are written at
 /// their offsets (its holes cost a seek, never a write or a read), and in any file runs of
 /// zero blocks become holes, so sparse files stay sparse.
+///
+/// The file is created with `O_CREAT | O_EXCL | O_NOFOLLOW` and mode 0600: an existing
+/// path, a symlink included, is refused rather than written through, and no other user
+/// can open the file before its owner and mode are set. A sparse segment whose data runs
+/// out before the map's length is a read error.
 fn write_file(
     path: &Path,
     data: &mut impl Read,
@@ -657,6 +713,7 @@ const START_WRITEBACK: u64 = 256 * 1024;
 
 /// Copies `data` to `file` from `base` on, leaving zero blocks as holes; returns the bytes
 /// read and the end of the last data written (`base` if none was).
+/// Zeros are found by 4 KiB block of each read; a run of data blocks is written at once.
 fn write_run(
     path: &Path,
     file: &File,
@@ -701,6 +758,9 @@ fn write_run(
     Ok((offset - base, data_end))
 }
 
+/// Owner, mode, xattrs, then times, all through the descriptor. The mode comes after the
+/// owner because chown clears setuid and setgid. Any failure, an xattr the filesystem
+/// refuses included, fails the file.
 fn finish_fd(file: &File, meta: &Meta) -> io::Result<()> {
     use std::os::fd::AsFd;
     nix::unistd::fchown(
@@ -724,6 +784,9 @@ fn finish_by_path(path: &Path, meta: &Meta, chmod: bool) -> io::Result<()> {
     set_times(path, TimeSpec::new(meta.mtime, 0))
 }
 
+/// Owner (of the path itself, never a link's target), then the mode when `chmod`, then
+/// xattrs. Without `chmod` (symlinks) an xattr that cannot be set is ignored, since Linux
+/// takes no `user.*` xattrs on symlinks.
 fn set_owner_mode_xattrs(path: &Path, meta: &Meta, chmod: bool) -> io::Result<()> {
     fchownat(
         nix::fcntl::AT_FDCWD,
@@ -758,9 +821,12 @@ fn set_times(path: &Path, t: TimeSpec) -> io::Result<()> {
 }
 
 /// Counts the tar bytes read, for progress.
+/// It also checks the cancel flag before each read: once it is set, the next read fails,
+/// which stops the extraction (and `extract` reports `Cancelled`).
 struct Counting<'p, R> {
     inner: R,
     bytes: u64,
+    /// `bytes` at the last progress call: calls come about once per MiB, and at the end.
     reported: u64,
     progress: &'p (dyn Fn(u64) + Sync),
     cancel: Option<super::Cancel>,

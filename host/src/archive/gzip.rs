@@ -35,18 +35,24 @@ const STORE_ENTROPY: f64 = 7.9;
 const STORED_MAX: usize = 65535;
 /// Fixed header length: 10 bytes + XLEN(2) + subfield `AS` (2 + 2 + 4).
 pub const HEADER_LEN: usize = 20;
+/// Trailer length: CRC-32 of the member's data, then its length (ISIZE), little-endian.
 pub const TRAILER_LEN: usize = 8;
 
 /// One unit of work in flight: a chunk of the tar stream and the members made from it.
 pub struct Slot {
+    /// Submission order, set by `submit`: the writer puts slots out in this order.
     seq: u64,
+    /// The chunk of tar stream, filled by the producer; emptied (capacity kept) by the
+    /// hasher before the slot goes back to the pool.
     pub raw: Vec<u8>,
+    /// The complete gzip members made from `raw`, written to the output as they are.
     packed: Vec<u8>,
 }
 
 /// What the writer thread reports at the end.
 #[derive(Debug, Clone)]
 pub struct Written {
+    /// Bytes written to the output: the archive's size.
     pub compressed_bytes: u64,
     /// Of the gzip file.
     pub sha256: [u8; 32],
@@ -59,6 +65,9 @@ pub struct Written {
 type WriterResult<W> = io::Result<(u64, [u8; 32], W)>;
 
 /// The producer side of the pipeline: take a slot, fill `raw`, submit it.
+///
+/// Behind it run `threads` compression workers, one writer and one hasher of the raw
+/// stream; they end when `finish` closes the work queue, or soon after the writer fails.
 pub struct ParallelGzip<W> {
     pool: Receiver<Slot>,
     work: Option<SyncSender<Slot>>,
@@ -66,12 +75,17 @@ pub struct ParallelGzip<W> {
     writer: Option<JoinHandle<WriterResult<W>>>,
     raw_hasher: Option<JoinHandle<[u8; 32]>>,
     next_seq: u64,
+    /// Bytes of tar stream the producer puts in a slot before submitting it. A member never
+    /// holds more than one chunk, and the parallel reader refuses members of more than
+    /// `read::MAX_MEMBER_RAW` (4 MiB): a larger chunk makes archives it cannot read.
     pub chunk_size: usize,
 }
 
 impl<W: Write + Send + 'static> ParallelGzip<W> {
     /// Starts `threads` compression workers and one writer thread writing into `out`.
-    /// `level` is the libdeflate level 0–12 (0 = store everything).
+    /// `level` is the libdeflate level 0–12 (0 = store everything). There are
+    /// `2 × threads + 2` slots, each holding a chunk and its members: that bounds memory.
+    /// Panics only if a thread cannot be spawned.
     pub fn new(out: W, level: u32, threads: usize, chunk_size: usize) -> ParallelGzip<W> {
         let threads = threads.max(1);
         let slots = threads * 2 + 2;
@@ -127,6 +141,8 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
     }
 
     /// Hands a filled slot to the workers. `false` means the pipeline broke down.
+    /// Slots are numbered as submitted and written in that order, whichever worker ends
+    /// first.
     pub fn submit(&mut self, mut slot: Slot) -> bool {
         slot.seq = self.next_seq;
         self.next_seq += 1;
@@ -172,6 +188,9 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
     }
 }
 
+/// One compression thread: takes slots off the shared queue, fills their `packed`, and
+/// passes them to the writer. Level 0 has no deflater, so every member is stored. Ends when
+/// the queue closes (`finish`) or the writer is gone.
 fn worker(level: u32, work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
     let mut deflater = (level > 0).then(|| Deflater::new(level));
     loop {
@@ -194,6 +213,8 @@ pub struct Deflater {
 }
 
 impl Deflater {
+    /// A compressor at libdeflate `level`; a level libdeflate does not accept falls back to
+    /// its default (6).
     pub fn new(level: u32) -> Deflater {
         Deflater {
             compressor: Compressor::new(CompressionLvl::new(level as i32).unwrap_or_default()),
@@ -215,7 +236,8 @@ impl Deflater {
 }
 
 /// Writes the members in order and hashes them. Each written slot goes on to
-/// [`hash_raw`].
+/// [`hash_raw`]. Slots finished ahead of their turn wait in a map, at most the slots in
+/// flight. Returns, after a flush, once every worker is gone, or at the first write error.
 fn write_in_order<W: Write>(
     mut out: W,
     done: &Receiver<Slot>,
@@ -255,7 +277,8 @@ fn hash_raw(written: &Receiver<Slot>, pool: &SyncSender<Slot>) -> [u8; 32] {
 }
 
 /// Compresses one chunk into complete gzip members appended to `out`: one member per run
-/// of blocks of the same kind (deflate or store).
+/// of blocks of the same kind (deflate or store). Without a deflater (level 0) the whole
+/// chunk is one stored member. Each member holds at most `raw.len()` bytes of input.
 pub fn compress_chunk(deflater: Option<&mut Deflater>, raw: &[u8], out: &mut Vec<u8>) {
     let Some(compressor) = deflater else {
         return push_member(None, raw, out);
@@ -295,6 +318,7 @@ pub fn compress_chunk(deflater: Option<&mut Deflater>, raw: &[u8], out: &mut Vec
 /// Shannon entropy in bits per byte, estimated from four 4 KiB windows spread over the
 /// block (a quarter of a 64 KiB block: the estimate is as good for this decision and costs
 /// a quarter). Four histograms break the store-to-load dependency on repeated bytes.
+/// Under 1 KiB it returns 0, so such a short block is always deflated.
 fn entropy(data: &[u8]) -> f64 {
     const WINDOW: usize = 4096;
     if data.len() < 1024 {
@@ -336,7 +360,8 @@ fn entropy(data: &[u8]) -> f64 {
 }
 
 /// Appends one gzip member holding `data`: deflated with `deflater`, or stored when it
-/// is `None` or deflate would not make it smaller.
+/// is `None` or deflate would not make it smaller. The `AS` field is filled in last, once
+/// the member's whole length (header, body and trailer) is known.
 fn push_member(deflater: Option<&mut Deflater>, data: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[
@@ -360,6 +385,7 @@ fn push_member(deflater: Option<&mut Deflater>, data: &[u8], out: &mut Vec<u8>) 
 }
 
 /// Deflate "stored" blocks (RFC 1951 §3.2.4): byte-aligned copies with a 5-byte header.
+/// Empty data still gets one final, empty block: a deflate stream needs at least one.
 fn push_stored(data: &[u8], out: &mut Vec<u8>) {
     if data.is_empty() {
         out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
@@ -378,6 +404,8 @@ fn push_stored(data: &[u8], out: &mut Vec<u8>) {
 
 /// Length of the member starting at `buf[0]` if it was written by appsnap (has the `AS`
 /// extra field), so that a reader can split an archive into members without inflating.
+/// `None` for other gzip (another tool's) or non-gzip data. The length is what the member
+/// claims, unchecked: the reader bounds it before allocating anything.
 pub fn member_len(buf: &[u8]) -> Option<usize> {
     if buf.len() < HEADER_LEN
         || buf[0..4] != [0x1f, 0x8b, 8, 0x04]

@@ -30,7 +30,8 @@ pub use digest::{hex, sha256_file};
 
 /// Name of the metadata entry, always the archive's first.
 pub const METADATA_ENTRY: &str = "appsnap.json";
-/// A metadata entry larger than this is not ours.
+/// A metadata entry larger than this (16 MiB) is not ours; checked before its buffer is
+/// allocated.
 const METADATA_MAX: u64 = 16 << 20;
 
 /// Errors of writing and reading archives.
@@ -50,6 +51,7 @@ pub enum ArchiveError {
     #[error("corrupt archive: {0}")]
     Corrupt(#[source] io::Error),
     /// An entry would write outside its mount or is otherwise unsafe to extract.
+    /// `entry` is the name as stored (lossy UTF-8), `reason` the rule it breaks.
     #[error("unsafe entry `{entry}`: {reason}")]
     Unsafe { entry: String, reason: String },
     /// Writing a restored file failed.
@@ -79,6 +81,7 @@ impl ArchiveError {
         }
     }
 
+    /// For `map_err`: a malformed tar or gzip stream (a bad archive, not a failed disk).
     pub(crate) fn corrupt(e: io::Error) -> ArchiveError {
         ArchiveError::Corrupt(e)
     }
@@ -95,6 +98,8 @@ impl ArchiveError {
     }
 }
 
+/// True for `ENOSPC` and `EDQUOT`: the disk or the quota is full, which callers report as
+/// out of space rather than as a server fault.
 pub fn is_no_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
@@ -118,6 +123,8 @@ pub struct Options {
 /// within a chunk instead of running to the end.
 pub type Cancel = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
+/// True once the flag is set; `None` never cancels. A relaxed load is enough: the flag
+/// guards no data, and seeing it one check late only delays the stop by a chunk.
 pub fn cancelled(cancel: &Option<Cancel>) -> bool {
     cancel
         .as_ref()
@@ -139,17 +146,23 @@ impl Default for Options {
 /// What writing an archive produced.
 #[derive(Debug, Clone)]
 pub struct Summary {
+    /// sha256 of the archive file as written (hex), hashed on the way to the disk.
     pub sha256: String,
     /// sha256 of the uncompressed tar stream.
     pub tar_sha256: String,
+    /// Size of the archive file.
     pub compressed_bytes: u64,
+    /// Length of the tar stream, end-of-archive marker included.
     pub tar_bytes: u64,
+    /// Entries written, the metadata entry included.
     pub entries: u64,
     /// What a restore of each source's files allocates ([`allocation`]), in `sources`
     /// order, as a verify counts it.
     pub stored: Vec<u64>,
     /// Entries written per source, in `sources` order (0: nothing could be read).
     pub mount_entries: Vec<u64>,
+    /// What the walk could not archive as it found it (skipped, vanished or shrunk files,
+    /// unreadable sources): the first 100 word for word, then one line counting the rest.
     pub warnings: Vec<String>,
 }
 
@@ -299,6 +312,7 @@ struct Writeback {
     started: u64,
 }
 
+/// Bytes of archive (16 MiB) between two writeback hints.
 const WRITEBACK_STEP: u64 = 16 << 20;
 
 impl io::Write for Writeback {
@@ -319,6 +333,8 @@ impl io::Write for Writeback {
 
 /// Bytes of file data `write` will read for `sources` (allocated size for sparse files),
 /// from a metadata-only walk: the denominator of progress.
+/// Each entry also counts 512 bytes for its header. Unreadable paths count what could be
+/// seen; an estimate never fails.
 pub fn estimate(sources: &[Source]) -> u64 {
     fn walk(path: &Path) -> u64 {
         let Ok(meta) = fs::symlink_metadata(path) else {
@@ -339,6 +355,8 @@ pub fn estimate(sources: &[Source]) -> u64 {
 }
 
 /// Reads the metadata entry of an archive (the first entry), inflating only its start.
+/// Errors: `Read` when the file cannot be opened or read, `NotASnapshot` when the first
+/// entry is missing, malformed, not `appsnap.json`, or larger than `METADATA_MAX`.
 pub fn read_metadata(path: &Path) -> Result<Vec<u8>, ArchiveError> {
     let read_err = |source| ArchiveError::Read {
         path: path.to_path_buf(),
@@ -377,6 +395,7 @@ pub fn read_metadata(path: &Path) -> Result<Vec<u8>, ArchiveError> {
 /// What a successful verification saw.
 #[derive(Debug, Clone)]
 pub struct Verified {
+    /// Entries read, the metadata entry included.
     pub entries: u64,
     pub tar_bytes: u64,
     /// What a restore of each target's files allocates ([`allocation`]), in `targets`
@@ -388,6 +407,7 @@ pub struct Verified {
 }
 
 /// The archive file's sha256 must be `recorded`.
+/// `Read` when the file cannot be read, `Checksum` when the sums differ.
 pub fn check_sha256(path: &Path, recorded: &str) -> Result<(), ArchiveError> {
     let (actual, _) = sha256_file(path).map_err(|source| ArchiveError::Read {
         path: path.to_path_buf(),

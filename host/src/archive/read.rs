@@ -27,6 +27,13 @@ const MAX_MEMBER_PACKED: usize = MAX_MEMBER_RAW + (MAX_MEMBER_RAW >> 10) + 64;
 
 /// Opens `path` as a tar stream: parallel when the archive is appsnap's, sequential
 /// otherwise. `threads` is the number of inflate workers.
+///
+/// Only the first member's header decides: in an archive that starts as appsnap's, a later
+/// member without the `AS` field is a corrupt-data error, not a reason to fall back. The
+/// file is opened twice so the reader starts at byte 0. Errors here are only those of
+/// opening and of the first read; a corrupt or truncated archive, or a later I/O error,
+/// comes from `read` on the stream. The parallel reader's threads wind down once the
+/// stream is dropped.
 pub fn open_tar_stream(path: &Path, threads: usize) -> io::Result<Box<dyn Read + Send>> {
     let mut file = File::open(path)?;
     let mut head = [0u8; HEADER_LEN];
@@ -47,25 +54,37 @@ pub fn open_tar_stream(path: &Path, threads: usize) -> io::Result<Box<dyn Read +
 /// member made the kernel fault in and zero every page of them, a large share of a
 /// restore's time.
 struct Slot {
+    /// The member's place in the archive, from 0: the order the consumer restores.
     seq: u64,
+    /// The whole member as read from the file, header to trailer.
     packed: Vec<u8>,
+    /// Its inflated bytes: once inflated, exactly the trailer's ISIZE long.
     raw: Vec<u8>,
     /// Why this member cannot be read; the stream ends with it.
     error: Option<io::Error>,
 }
 
+/// The consumer end: a `Read` of the inflated members in archive order. The first error
+/// (I/O, truncation, a malformed or corrupt member) is returned when that member's turn
+/// comes, after all the data before it, and the stream ends there.
 pub struct ParallelInflate {
+    /// Inflated members from the workers, in the order they finish.
     done: Receiver<Slot>,
+    /// Members that finished ahead of their turn, by `seq`: at most the slots in flight.
     pending: BTreeMap<u64, Slot>,
     next: u64,
+    /// The member being read out, and how far (`pos` bytes of its `raw`).
     current: Option<Slot>,
     pos: usize,
     /// Consumed slots go back to the reader, which bounds the members in flight.
     recycle: SyncSender<Slot>,
+    /// The end was seen: later reads return 0 at once instead of waiting on the channel.
     finished: bool,
 }
 
 impl ParallelInflate {
+    /// Starts one reader thread over `file` and `threads` inflate workers, with
+    /// `2 × threads + 2` slots in flight.
     fn new(file: File, threads: usize) -> ParallelInflate {
         let threads = threads.max(1);
         let in_flight = threads * 2 + 2;
@@ -104,7 +123,8 @@ impl ParallelInflate {
         }
     }
 
-    /// The next member in order; `None` at the end of the archive.
+    /// The next member in order; `None` at the end of the archive. A member that carries an
+    /// error returns it here, so it surfaces in archive order.
     fn next_member(&mut self) -> io::Result<Option<Slot>> {
         loop {
             if let Some(mut slot) = self.pending.remove(&self.next) {
@@ -126,6 +146,9 @@ impl ParallelInflate {
 }
 
 impl Read for ParallelInflate {
+    /// Copies from the current member only: a read never spans two members, so it can
+    /// return less than `buf.len()` well before the end. A used member's slot goes back to
+    /// the reader thread, which may then read the next one off the file.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self
             .current
@@ -159,6 +182,12 @@ impl Read for ParallelInflate {
 
 /// Reads whole members off the file, each into a free slot. A malformed member ends the
 /// stream with an error in its place.
+///
+/// The reader thread. A member's claimed length is checked against
+/// `MAX_MEMBER_PACKED` before its buffer is sized, so a forged `AS` field cannot make it
+/// allocate more. It returns at a clean end of file between members, after the first
+/// error, or when the consumer or the workers are gone. Messages give the member's byte
+/// offset in the file.
 fn split_members(mut file: File, work: &SyncSender<Slot>, free: &Receiver<Slot>) {
     let corrupt = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
     let mut seq = 0;
@@ -205,6 +234,8 @@ fn split_members(mut file: File, work: &SyncSender<Slot>, free: &Receiver<Slot>)
     }
 }
 
+/// One inflate thread, with its own libdeflate decompressor. A slot that already carries
+/// the reader's error passes through untouched, so the consumer meets it in order.
 fn inflate_worker(work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
     let mut decompressor = Decompressor::new();
     loop {
@@ -222,6 +253,9 @@ fn inflate_worker(work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
 }
 
 /// Inflates one whole member into `out` (resized to what its trailer announces).
+/// The announced length is believed only up to `MAX_MEMBER_RAW`; libdeflate then checks the
+/// member's CRC-32, and the inflated length must be exactly the announced one. Every
+/// failure is `InvalidData`.
 fn inflate(decompressor: &mut Decompressor, member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
     let isize =
@@ -241,6 +275,8 @@ fn inflate(decompressor: &mut Decompressor, member: &[u8], out: &mut Vec<u8>) ->
 }
 
 /// Reads until `buf` is full or the input ends; the bytes read.
+/// `Interrupted` is retried; any other error is returned as is, and the bytes read before
+/// it are not counted.
 pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {

@@ -11,33 +11,44 @@
 
 use tar::{EntryType, Header};
 
+/// Tar's unit: every header is one block, and every entry's data is padded with zeros to a
+/// whole number of blocks.
 pub const BLOCK: usize = 512;
 
 /// Everything a header says about one entry, gathered from `lstat` by the walker.
 #[derive(Debug, Clone, Default)]
 pub struct EntryMeta {
+    /// What the entry is; a `File` with `sparse` set becomes a GNU sparse entry (`S`).
     pub kind: Kind,
     /// Permission bits including setuid/setgid/sticky (`st_mode & 0o7777`).
     pub mode: u32,
+    /// Numeric ids only, here and in `gid`: no names are written (see the module header).
     pub uid: u64,
     pub gid: u64,
     /// Seconds since the epoch; earlier times are stored as 0.
     pub mtime: i64,
     /// Bytes of data that follow the header (for sparse files: the data segments only).
     pub size: u64,
+    /// A symlink's target, or for a hard link the archive name of the file's first name;
+    /// raw bytes without NUL, empty for other kinds. Over 100 bytes it needs a `K` record.
     pub link: Vec<u8>,
+    /// `(major, minor)` of a character or block device; not written for other kinds.
     pub device: (u32, u32),
+    /// `(name, value)` pairs, each written as a PAX `SCHILY.xattr.<name>` record.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// For sparse files: the logical size and the `(offset, length)` data segments.
     pub sparse: Option<(u64, Vec<(u64, u64)>)>,
 }
 
+/// The entry types appsnap writes. Sockets have none: the walker skips them, since the app
+/// recreates its sockets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Kind {
     #[default]
     File,
     Dir,
     Symlink,
+    /// A further name of a file already in the archive: no data, `link` names the first.
     HardLink,
     Fifo,
     CharDevice,
@@ -46,6 +57,9 @@ pub enum Kind {
 
 /// The header blocks (extensions first) for an entry named `path` (relative, `/`-separated;
 /// directories get their trailing `/` here). Data, padded to [`BLOCK`], follows them.
+/// The header's own name and link fields keep the first 100 bytes of a longer name or
+/// target, whose whole bytes travel in the `L`/`K` record before it. A sparse map fills the
+/// header's four slots, then extension blocks of 21 segments each, right after it.
 pub fn header_blocks(path: &[u8], meta: &EntryMeta) -> Vec<u8> {
     let mut out = Vec::with_capacity(BLOCK * 2);
     let mut name = path.to_vec();
@@ -129,7 +143,7 @@ pub fn header_blocks(path: &[u8], meta: &EntryMeta) -> Vec<u8> {
     out
 }
 
-/// Zero bytes that pad `len` bytes of data to a whole block.
+/// Zero bytes that pad `len` bytes of data to a whole block (0 when it is one already).
 pub fn padding(len: u64) -> usize {
     (BLOCK - (len % BLOCK as u64) as usize) % BLOCK
 }
@@ -137,6 +151,8 @@ pub fn padding(len: u64) -> usize {
 /// The end-of-archive marker: two zero blocks.
 pub const END: [u8; BLOCK * 2] = [0; BLOCK * 2];
 
+/// Copies at most the first 100 bytes of `name` into the old-style name field; a longer
+/// name relies on the `L` record written before the header.
 fn set_name(h: &mut Header, name: &[u8]) {
     let n = name.len().min(100);
     h.as_old_mut().name[..n].copy_from_slice(&name[..n]);
@@ -156,6 +172,7 @@ fn extension(out: &mut Vec<u8>, name: &[u8], kind: EntryType, data: &[u8]) {
 }
 
 /// `"<len> <key>=<value>\n"`, where `<len>` counts the whole record, its own digits too.
+/// Found by iterating, because adding a digit to the length can itself add a digit.
 fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     let body = key.len() + value.len() + 3;
     let mut len = body + 1;

@@ -18,6 +18,7 @@ use std::io::{self, Read};
 
 use tar::{EntryType, Header};
 
+/// Tar's unit: each header is one block, and each entry's data is padded to whole blocks.
 pub const BLOCK: u64 = 512;
 /// Longest GNU long name / long link / PAX extension record set accepted.
 pub const MAX_EXTENSION: u64 = 64 << 10;
@@ -29,26 +30,42 @@ pub const MAX_LOGICAL_SIZE: u64 = 1 << 44;
 /// One entry, with every extension applied.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// Raw bytes: PAX `path`, else a GNU long name, else the header's field. Not checked
+    /// for `/` or `..` here: that is the extractor's job.
     pub name: Vec<u8>,
+    /// The header's type flag; extension types (`L`, `K`, `x`, `g`) never appear here.
     pub kind: EntryType,
+    /// Permission bits only (`& 0o7777`): no file type bits.
     pub mode: u32,
+    /// Numeric owner and group, from the header or PAX, as stored (not range-checked).
     pub uid: u64,
     pub gid: u64,
+    /// Seconds since the epoch; a PAX fraction of a second is dropped.
     pub mtime: i64,
+    /// Symlink or hard-link target: PAX `linkpath`, else a GNU long link, else the
+    /// header's field; `None` when none of them gives one.
     pub link: Option<Vec<u8>>,
+    /// `(major, minor)` for character and block devices, `(0, 0)` for anything else.
     pub device: (u32, u32),
+    /// From PAX `SCHILY.xattr.*` records, in archive order. Other PAX keys than those
+    /// above (`path`, `linkpath`, `size`, `uid`, `gid`, `mtime`) are ignored.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Bytes of data stored after the header (for a sparse file: its segments only).
+    /// Exactly what `read_data` gives for this entry; for a sparse file, checked to be
+    /// the sum of its segments' lengths.
     pub size: u64,
     /// For a GNU sparse file: the logical size and the `(offset, length)` segments, in
     /// order, whose data follows one after the other.
     pub sparse: Option<(u64, Vec<(u64, u64)>)>,
 }
 
+/// An `InvalidData` error: the archive is malformed (the extractor reports it as corrupt).
 fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
+/// An `UnexpectedEof` error: the stream ended inside a header, inside data, or before the
+/// end-of-archive marker.
 fn truncated() -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,
@@ -56,16 +73,22 @@ fn truncated() -> io::Error {
     )
 }
 
+/// Reads entries off `inner` one after the other: `next_entry`, then `read_data` until it
+/// returns 0. Memory per entry is one header block, at most [`MAX_EXTENSION`] bytes of
+/// extensions and a sparse map of at most [`MAX_SPARSE_SEGMENTS`] segments; data goes
+/// straight into the caller's buffer, so no size an archive claims is allocated unbounded.
 pub struct TarReader<R> {
     inner: R,
     /// Bytes of the tar stream read so far.
     pub bytes: u64,
     /// Data bytes of the current entry not yet read, then its padding.
     remaining: u64,
+    /// Skipped, never checked to be zeros.
     padding: u64,
 }
 
 impl<R: Read> TarReader<R> {
+    /// A reader of the tar stream `inner`, which must be at the stream's first header.
     pub fn new(inner: R) -> TarReader<R> {
         TarReader {
             inner,
@@ -75,7 +98,7 @@ impl<R: Read> TarReader<R> {
         }
     }
 
-    /// Fills `buf` completely; a short stream is truncation.
+    /// Fills `buf` completely; a short stream is truncation. Counts into `bytes`.
     fn fill(&mut self, buf: &mut [u8]) -> io::Result<()> {
         let mut n = 0;
         while n < buf.len() {
@@ -90,7 +113,8 @@ impl<R: Read> TarReader<R> {
         Ok(())
     }
 
-    /// Reads and drops `n` bytes.
+    /// Reads and drops `n` bytes through a fixed 8 KiB buffer: a forged size costs reading
+    /// time (or a truncation error), never memory.
     fn skip(&mut self, mut n: u64) -> io::Result<()> {
         let mut buf = [0u8; 8192];
         while n > 0 {
@@ -102,6 +126,7 @@ impl<R: Read> TarReader<R> {
     }
 
     /// An extension's data (long name, PAX records), bounded before anything is read.
+    /// Its padding is skipped too, so the stream is left at the next header.
     fn small_data(&mut self, size: u64, what: &str) -> io::Result<Vec<u8>> {
         if size > MAX_EXTENSION {
             return Err(bad(format!(
@@ -115,6 +140,9 @@ impl<R: Read> TarReader<R> {
     }
 
     /// The current entry's data: reads at most what is left of it.
+    /// Returns 0 once the entry's `size` bytes are read, never reading into the padding or
+    /// the next header. A stream that ends sooner is an `UnexpectedEof` error, so a cut
+    /// archive never passes for a shorter file.
     pub fn read_data(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = (buf.len() as u64).min(self.remaining) as usize;
         if n == 0 {
@@ -127,6 +155,12 @@ impl<R: Read> TarReader<R> {
 
     /// The next entry, or `None` at the end-of-archive marker (after checking that only
     /// zeros follow it). Whatever the caller left unread of the previous entry is skipped.
+    ///
+    /// Several `x` records before one entry add up, bounded together by [`MAX_EXTENSION`];
+    /// a global `g` record is read within that bound and ignored. Errors: `InvalidData` for
+    /// a bad checksum or numeric field, an extension too large or with no entry after it, a
+    /// malformed PAX record or sparse map, or data after the end marker; `UnexpectedEof`
+    /// when the stream ends first; the inner reader's own errors as they are.
     pub fn next_entry(&mut self) -> io::Result<Option<Entry>> {
         self.skip(self.remaining + self.padding)?;
         self.remaining = 0;
@@ -173,6 +207,8 @@ impl<R: Read> TarReader<R> {
 
     /// The real entry after its extensions: PAX records override the header (as GNU tar
     /// and the `tar` crate read them), a GNU sparse map is read and checked.
+    /// A PAX `size` replaces the header's and is what the data is read by; it is only ever
+    /// read through, never allocated. Leaves `remaining` and `padding` set for the data.
     fn entry(
         &mut self,
         header: &Header,
@@ -231,6 +267,11 @@ impl<R: Read> TarReader<R> {
     }
 
     /// A GNU sparse entry's map: four slots in the header, then 21 per extension block.
+    /// Checked: the logical size is at most [`MAX_LOGICAL_SIZE`], there are at most
+    /// [`MAX_SPARSE_SEGMENTS`] segments (checked after each extension block, so the map
+    /// never grows far past it), segments come in order without overlap and end within the
+    /// logical size, and their lengths add up to `stored`, the entry's data size. Empty
+    /// segments (GNU's marker of a file ending in a hole) are dropped.
     fn sparse_map(&mut self, header: &Header, stored: u64) -> io::Result<(u64, Vec<(u64, u64)>)> {
         let gnu = header
             .as_gnu()
@@ -284,6 +325,9 @@ impl<R: Read> TarReader<R> {
     }
 
     /// After the first zero block: the second, then only zeros to the end.
+    /// The inner stream is read to its very end, so the gzip layer below checks its last
+    /// members too: a corrupt tail is an error, not ignored. A single zero block at the end
+    /// of the stream is truncation.
     fn end(&mut self) -> io::Result<()> {
         let mut second = [0u8; BLOCK as usize];
         self.fill(&mut second)?;
@@ -311,6 +355,7 @@ fn pad(size: u64) -> u64 {
     (BLOCK - size % BLOCK) % BLOCK
 }
 
+/// A GNU long name or link without its trailing NUL(s): the record's data ends with one.
 fn trim_nul(mut v: Vec<u8>) -> Vec<u8> {
     while v.last() == Some(&0) {
         v.pop();
@@ -318,6 +363,9 @@ fn trim_nul(mut v: Vec<u8>) -> Vec<u8> {
     v
 }
 
+/// The header checksum: the unsigned sum of the block's bytes, with the checksum field
+/// (bytes 148..156) counted as eight spaces. A random or misaligned block almost always
+/// fails it, which is how a stream that lost its place is caught.
 fn check_sum(block: &[u8; BLOCK as usize], header: &Header) -> io::Result<()> {
     let sum: u32 = block[..148]
         .iter()
@@ -332,6 +380,8 @@ fn check_sum(block: &[u8; BLOCK as usize], header: &Header) -> io::Result<()> {
 }
 
 /// `"<len> <key>=<value>\n"` records; a malformed one is refused.
+/// Each `<len>` must cover its record and stay within `data`. Keys and values borrow from
+/// `data`; the key ends at the first `=`, and the value may hold any bytes, `=` included.
 fn pax_records(mut data: &[u8]) -> io::Result<Vec<(&[u8], &[u8])>> {
     let mut out = Vec::new();
     while !data.is_empty() {
@@ -359,6 +409,8 @@ fn pax_records(mut data: &[u8]) -> io::Result<Vec<(&[u8], &[u8])>> {
 }
 
 /// A numeric header field: octal text, or GNU's base-256 when the high bit is set.
+/// Used for the slots of sparse extension blocks. An empty field is 0; a value over 64
+/// bits or text that is not octal is refused.
 fn octal(field: &[u8]) -> io::Result<u64> {
     if field.first().is_some_and(|&b| b & 0x80 != 0) {
         let mut v: u64 = u64::from(field[0] & 0x7f);

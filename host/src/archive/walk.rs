@@ -28,12 +28,19 @@ use super::tar_format::{EntryMeta, Kind, header_blocks, padding};
 const MAX_WARNINGS: usize = 100;
 
 /// The pipeline broke down (the output failed); the real error comes from `finish`.
+/// Also what a cancelled walk returns. Every write of the walk can return it, and the walk
+/// then stops at once: nothing more is worth producing.
 #[derive(Debug)]
 pub struct Broken;
 
 /// The tar stream's end of the pipeline: a current chunk being filled.
+///
+/// Bytes go into the current slot's buffer, which is submitted as soon as it holds
+/// `chunk_size` bytes: every chunk is exactly that long but the last. `progress` gets the
+/// bytes of tar stream produced after each submitted chunk, and once more at `finish`.
 pub struct ChunkSink<'p, W> {
     gz: ParallelGzip<W>,
+    /// The slot being filled; taken from the pool only once there is something to write.
     slot: Option<Slot>,
     /// Bytes of tar stream produced so far.
     pub bytes: u64,
@@ -43,6 +50,7 @@ pub struct ChunkSink<'p, W> {
 }
 
 impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
+    /// A sink feeding `gz`, with no cancel flag (set `cancel` to add one).
     pub fn new(gz: ParallelGzip<W>, progress: &'p (dyn Fn(u64) + Sync)) -> Self {
         ChunkSink {
             gz,
@@ -53,6 +61,8 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
         }
     }
 
+    /// The slot to write into, taking a free one from the pool (blocking while all are in
+    /// flight: that is what bounds memory when the disk is slower than the walk).
     fn current(&mut self) -> Result<&mut Slot, Broken> {
         if self.slot.is_none() {
             self.slot = Some(self.gz.take().ok_or(Broken)?);
@@ -60,6 +70,9 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
         Ok(self.slot.as_mut().expect("just filled"))
     }
 
+    /// Submits the current slot once it holds a whole chunk, then reports progress. The
+    /// cancel flag is checked here, once per chunk, so a cancelled walk stops within one
+    /// chunk of tar stream.
     fn flush_if_full(&mut self) -> Result<(), Broken> {
         let full = self
             .slot
@@ -78,6 +91,8 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
         Ok(())
     }
 
+    /// Appends `data` to the tar stream, across as many chunks as it takes. `Err(Broken)`
+    /// when the pipeline broke down or the walk was cancelled.
     pub fn write(&mut self, mut data: &[u8]) -> Result<(), Broken> {
         let chunk = self.gz.chunk_size;
         while !data.is_empty() {
@@ -107,6 +122,10 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
     /// Returns how many bytes were copied — less than `len` when the file shrank
     /// meanwhile or a read failed (then with the error) — so the caller can pad the
     /// entry to the length its header promised.
+    ///
+    /// Reads with `pread` into the slot's own buffer (no copy in between); a read of 0
+    /// bytes before `len` means the file shrank. `Err(Broken)` is the pipeline's, never the
+    /// file's.
     fn copy_from(
         &mut self,
         file: &File,
@@ -146,6 +165,9 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
     }
 
     /// Submits the last partial chunk and waits for the pipeline to drain.
+    /// Progress is reported one last time with the final count. Returns the writer's first
+    /// I/O error (e.g. ENOSPC) if it had one: the cause of a `Broken` that was not a
+    /// cancellation.
     pub fn finish(mut self) -> io::Result<(super::gzip::Written, W)> {
         if let Some(slot) = self.slot.take()
             && !slot.raw.is_empty()
@@ -159,21 +181,28 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
 
 /// Walks sources into a [`ChunkSink`], keeping hard-link identities and warnings.
 pub struct Walker<'s, 'p, W> {
+    /// Where the tar stream goes; the caller writes the end marker to it after the last
+    /// source.
     pub sink: &'s mut ChunkSink<'p, W>,
     /// `(dev, ino)` → archive path of the first name of a multiply-linked file, per source.
     links: HashMap<(u64, u64), Vec<u8>>,
     /// Directories never to enter, by `(dev, ino)`: the backup root itself, so that an app
     /// that bind-mounts a parent of it does not back up its own backups.
     skip_dirs: Vec<(u64, u64)>,
+    /// Entries written so far, the metadata entry and hard links included.
     pub entries: u64,
     /// What a restore of the files written so far allocates ([`super::allocation`]),
     /// counted as a restore's check counts it.
     pub stored: u64,
+    /// The first `MAX_WARNINGS` (100) warnings word for word, for the snapshot's record.
     pub warnings: Vec<String>,
+    /// Warnings beyond those: counted here, and still logged one by one.
     pub dropped_warnings: u64,
 }
 
 impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
+    /// A walker writing into `sink`; `skip_dirs` are `(dev, ino)` pairs of directories
+    /// whose own entry is written but whose contents never are.
     pub fn new(sink: &'s mut ChunkSink<'p, W>, skip_dirs: Vec<(u64, u64)>) -> Self {
         Walker {
             sink,
@@ -186,6 +215,8 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
         }
     }
 
+    /// Logs `message` and keeps it for the snapshot, unless `MAX_WARNINGS` are kept
+    /// already: then it is only counted.
     pub fn warn(&mut self, message: String) {
         tracing::warn!("{message}");
         if self.warnings.len() < MAX_WARNINGS {
@@ -197,6 +228,11 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
 
     /// Adds one whole source under `prefix` (e.g. `volumes/db`). A source may be a
     /// directory or a single file (a bind-mounted config file).
+    ///
+    /// `path` itself is opened with `O_NOFOLLOW`: a source that is a symlink is archived as
+    /// the link. A source that cannot be opened is a warning, not an error: `Err` only
+    /// means the pipeline broke down. Hard-link identities are forgotten first, so no link
+    /// entry points into another source (the extractor refuses links across mounts).
     pub fn add_source(&mut self, prefix: &str, path: &Path) -> Result<(), Broken> {
         self.links.clear();
         let opened = fs::OpenOptions::new()
@@ -212,7 +248,8 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
         }
     }
 
-    /// Adds an in-memory regular file (the metadata entry).
+    /// Adds an in-memory regular file (the metadata entry): mode 0644, owner 0:0, `mtime`
+    /// in seconds since the epoch.
     pub fn add_bytes(&mut self, name: &str, data: &[u8], mtime: i64) -> Result<(), Broken> {
         let meta = EntryMeta {
             mode: 0o644,
@@ -227,6 +264,10 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
         Ok(())
     }
 
+    /// Writes the entry for `node` under `name` and, for a directory, everything below it,
+    /// depth first in name order. Sockets are skipped with a warning. Xattrs are kept for
+    /// directories and regular files only. A further name of a multiply-linked file already
+    /// archived in this source becomes a hard-link entry without data.
     fn add(&mut self, node: &Node, name: Vec<u8>) -> Result<(), Broken> {
         let (path, meta) = (node.path.as_path(), &node.meta);
         let ft = meta.file_type();
@@ -299,6 +340,9 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
         Ok(())
     }
 
+    /// The entries below the directory `dir`, already written as `name`. The backup root
+    /// is not entered; a directory that cannot be listed keeps its own entry, empty. Both
+    /// are warnings.
     fn add_children(&mut self, dir: &Node, name: &[u8]) -> Result<(), Broken> {
         let meta = &dir.meta;
         if self.skip_dirs.contains(&(meta.dev(), meta.ino())) {
@@ -322,6 +366,7 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
     }
 
     /// Adds the child `child` of `dir`, whose archive name is `name`.
+    /// A child that vanished since the listing, or cannot be opened, is a warning.
     fn add_child(&mut self, dir: &Node, name: &[u8], child: &OsStr) -> Result<(), Broken> {
         let path = dir.path.join(child);
         match dir.child(child).and_then(|fd| Node::new(fd, path.clone())) {
@@ -338,6 +383,11 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
     }
 
     /// Adds a regular file; `Ok(false)` when it could not be archived (a warning says why).
+    ///
+    /// Size, holes and type are taken from `fstat` of the opened file, not the walk's
+    /// earlier look: the header announces what the file held when opened, and exactly that
+    /// many bytes follow it (see `copy_entry_data`). A file that cannot be reopened, or
+    /// is no longer a regular file, is skipped.
     fn add_file(&mut self, node: &Node, name: &[u8], mut entry: EntryMeta) -> Result<bool, Broken> {
         let path = node.path.as_path();
         let file = match node.open_for_reading() {
@@ -423,6 +473,8 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
 
 /// Extended attributes, read through an open descriptor. Symlinks, FIFOs and devices are
 /// not opened for this (opening a FIFO blocks, a device may act): theirs are not kept.
+/// Sorted by name, so unchanged attributes give the same archive bytes; a value that
+/// cannot be read (it vanished meanwhile) is left out.
 fn xattrs_of(file: &File) -> Vec<(Vec<u8>, Vec<u8>)> {
     use xattr::FileExt;
     let names = match file.list_xattr() {
@@ -451,6 +503,8 @@ pub(super) struct Node {
 }
 
 impl Node {
+    /// Takes `fd`, an `O_PATH | O_NOFOLLOW` descriptor, and `fstat`s it: the metadata is
+    /// that of the object itself, a link's own when it is a symlink.
     pub(super) fn new(fd: File, path: PathBuf) -> io::Result<Node> {
         let meta = fd.metadata()?;
         Ok(Node { fd, meta, path })
@@ -461,6 +515,9 @@ impl Node {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 
+    /// The object behind `fd` opened again for reading (`O_RDONLY | flags`), through
+    /// `/proc/self/fd` ([`proc_fds`]): an `O_PATH` descriptor cannot be read or listed, and
+    /// reopening by path could reach whatever has taken that name since.
     fn reopen(&self, flags: i32) -> io::Result<File> {
         let fds = proc_fds().ok_or_else(|| io::Error::other("cannot open /proc/self/fd"))?;
         let name = std::ffi::CString::new(self.fd.as_raw_fd().to_string())?;
@@ -491,6 +548,8 @@ impl Node {
 
     /// This directory's entries, sorted by name: the archive's order. Listed through the
     /// descriptor, so it is the very directory that was opened.
+    /// Sorted by raw bytes, not locale, so the same tree always gives the same order.
+    /// Entries that fail to be read during the listing are left out.
     pub(super) fn sorted_children(&self) -> io::Result<Vec<std::ffi::OsString>> {
         let mut children: Vec<_> = fs::read_dir(self.proc_path())?
             .filter_map(|e| e.ok().map(|e| e.file_name()))
@@ -500,6 +559,7 @@ impl Node {
     }
 
     /// A child of this directory, as an `O_PATH | O_NOFOLLOW` descriptor.
+    /// `name` is one component from the listing; `NotFound` when it vanished since.
     pub(super) fn child(&self, name: &OsStr) -> io::Result<File> {
         let c_name = std::ffi::CString::new(name.as_bytes())?;
         // SAFETY: a valid directory descriptor and a NUL-terminated name; the returned
@@ -519,6 +579,7 @@ impl Node {
     }
 
     /// The target of this symlink (`readlinkat` on its own descriptor).
+    /// Raw bytes; the buffer doubles until the whole target fits, whatever its length.
     fn read_link(&self) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; 4096];
         loop {
@@ -561,6 +622,7 @@ fn proc_fds() -> Option<&'static File> {
     .as_ref()
 }
 
+/// `parent/child` as raw bytes, so that non-UTF-8 names are archived exactly.
 fn child_name(parent: &[u8], child: &OsStr) -> Vec<u8> {
     let mut name = parent.to_vec();
     name.push(b'/');

@@ -33,6 +33,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::failpoint;
 
+/// Where a restore stands, as its journal says; recovery decides by it alone
+/// (`RestoreJournal::commits`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -60,9 +62,15 @@ pub enum How {
     Created,
 }
 
+/// One mount's move, journaled before it is made: recovery may find a `Moved` whose
+/// aside does not exist yet, and its undo then leaves the target alone.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Moved {
+    /// The mount's path on the host, where the snapshot is extracted.
     pub target: PathBuf,
+    /// Where the current data goes: the sibling `.<name>.appsnap-aside-<rid>` (also
+    /// named, though never made, for `Created`), or `<target>/.appsnap-aside-<rid>` for
+    /// `Inside`. `rid` is random per restore, so a leftover of an earlier one is not hit.
     pub aside: PathBuf,
     pub how: How,
     /// For `Inside`: the mount root's own metadata, which extraction overwrites.
@@ -72,18 +80,27 @@ pub struct Moved {
     pub undone: bool,
 }
 
+/// What a mount root looked like before the restore: the extraction writes the
+/// archive's metadata onto the root itself, and a rollback puts this back.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RootMeta {
+    /// Permission bits, setuid, setgid and sticky included.
     mode: u32,
     uid: u32,
     gid: u32,
+    /// Whole seconds; restored as both the access and the modification time.
     mtime: i64,
+    /// Every extended attribute that could be read, as (name, value) bytes.
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// The journal of one restore (JSON in `.appsnap/<app>.restore.journal`): everything
+/// recovery needs to finish or undo it without the process that began it. Fields added
+/// later default when read, so a journal left by an older appsnap is still repaired.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreJournal {
     pub app_id: String,
+    /// For the log and a person reading the journal: recovery never reads the archive.
     pub snapshot_id: String,
     pub phase: Phase,
     /// Extraction has begun: a rollback must clear what it wrote.
@@ -91,12 +108,16 @@ pub struct RestoreJournal {
     pub extraction_began: bool,
     /// Containers that were running and must run again whatever happens.
     pub stopped: Vec<String>,
+    /// One per target written, in the order of the moves; a rollback undoes them newest
+    /// first.
     pub mounts: Vec<Moved>,
     /// Volumes this restore created (removed again on rollback).
     pub created_volumes: Vec<String>,
 }
 
 impl RestoreJournal {
+    /// A journal in phase `Moving`, with no move yet. Nothing is on disk until
+    /// `Swap::begin` writes it, and nothing is touched before that.
     pub fn new(app_id: &str, snapshot_id: &str, stopped: Vec<String>) -> RestoreJournal {
         RestoreJournal {
             app_id: app_id.into(),
@@ -122,7 +143,10 @@ impl RestoreJournal {
 
 /// A restore's journal on disk and the steps that move it forward.
 pub struct Swap {
+    /// Read by the caller (containers to start, moves made); changed only by the steps
+    /// below, each of which saves it.
     pub journal: RestoreJournal,
+    /// The journal's file (the store's `journal_path` of the app).
     path: PathBuf,
 }
 
@@ -145,6 +169,8 @@ impl Swap {
         Ok(swap)
     }
 
+    /// Reads the journal of an interrupted restore, for recovery. `Err` when it cannot be
+    /// read or parsed; the file is never removed then: it may describe data set aside.
     pub fn load(path: &Path) -> Result<Swap, String> {
         let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let journal = serde_json::from_slice(&bytes)
@@ -155,10 +181,13 @@ impl Swap {
         })
     }
 
+    /// The journal's file, for the messages that send a person to it.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Writes the journal atomically (temporary file, fsync, rename, fsync of the folder):
+    /// a crash leaves the previous version or this one, never a torn file.
     fn save(&self) -> Result<(), String> {
         let bytes = serde_json::to_vec(&self.journal).expect("journal serializes");
         crate::catalog::write_atomic(&self.path, &bytes)
@@ -177,6 +206,8 @@ impl Swap {
         failpoint::point(&format!("restore.move-{i}.done"))
     }
 
+    /// Journals that the extraction begins, before its first write: from here a
+    /// rollback clears each target before it puts the old data back.
     pub fn begin_extraction(&mut self) -> Result<(), String> {
         self.journal.phase = Phase::Extracting;
         self.journal.extraction_began = true;
@@ -287,7 +318,9 @@ fn crash_only(name: &str) {
     let _ = failpoint::point(name);
 }
 
-/// Decides how `target`'s current data will be set aside.
+/// Decides how `target`'s current data will be set aside. Touches nothing: the result
+/// is journaled before `perform_move` acts on it. A symbolic link at the target is
+/// renamed like a file, never followed; a missing target is `Created`.
 fn plan_move(target: &Path, rid: &str) -> io::Result<Moved> {
     let name = target
         .file_name()
@@ -393,6 +426,9 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Carries out a journaled move. `Created` only makes the target's parent, for the
+/// extraction to create the target in. Recovery does not call it: a journal still in
+/// `Moving` is rolled back, and `undo` copes with a move cut short.
 fn perform_move(m: &Moved) -> io::Result<()> {
     match m.how {
         How::Created => {
@@ -439,6 +475,8 @@ fn drop_aside(m: &Moved) -> io::Result<()> {
     }
 }
 
+/// Removes whatever is at `path` — a file, a link (never followed) or a whole tree. A
+/// path already gone is fine, so a repeated drop or undo succeeds.
 fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => remove_tree(path, REMOVE_WORKERS),
@@ -539,6 +577,9 @@ fn empty_files_of(dir: &Path, subdirs: &mut Vec<PathBuf>) -> io::Result<()> {
 }
 
 /// Puts one mount back. Idempotent: run again after a crash, it finishes the job.
+/// With `extracted`, what the extraction wrote into the target is removed first. Before
+/// any extraction, a `Renamed` target found beside its aside is not the restore's: both
+/// are kept and the undo fails, for a person to look.
 fn undo(m: &Moved, extracted: bool) -> io::Result<()> {
     match m.how {
         How::Created => {
@@ -593,6 +634,8 @@ fn undo(m: &Moved, extracted: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// The extended attributes of `path`. Best effort: none when they cannot be listed, and
+/// one that cannot be read is left out.
 fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Ok(names) = xattr::list(path) else {
         return Vec::new();
@@ -602,6 +645,8 @@ fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// Gives a mount root back its recorded owner, mode, extended attributes (removing any
+/// the extraction added) and times. The first change that fails is the undo's error.
 fn restore_root_meta(path: &Path, root: &RootMeta) -> io::Result<()> {
     use std::ffi::OsStr;
     nix::unistd::chown(path, Some(root.uid.into()), Some(root.gid.into()))?;

@@ -7,6 +7,18 @@
 //! catalog (and the sidecar) per snapshot and repository: `pending` → `copying` → `done`,
 //! or `failed` after its attempts. `pending` and `copying` left by a stop are picked up
 //! again at the next start ([`BackupManager::resume_copies`]).
+//!
+//! Concurrency: copies and prunes take the one offsite slot, so they run one at a time
+//! in this process (a check does not take it; one that reads every pack waits for a heavy
+//! slot instead). A copy task claims its (snapshot, repository) pair for its whole life,
+//! backoff included, so that whoever asks — a backup, a resume, `POST …/copy` — never
+//! starts a second copy of the same pair. Repository calls (rustic_core is synchronous)
+//! run on blocking threads.
+//!
+//! Several servers may share one repository, and a snapshot id survives a download and
+//! an import: forget, retention and quota only ever touch this server's copies (see
+//! `copies_of`), while a fetch may take another server's copy of the id (preferring the
+//! tar stream the local record names).
 
 use std::fs;
 use std::io;
@@ -26,7 +38,9 @@ use crate::jobs::Job;
 use crate::offsite::{self, CopyWhen, Description, OffsiteError, RemoteSnapshot, RepositoryConfig};
 
 impl BackupManager {
-    /// The configured repository of that name (404 otherwise).
+    /// The configured repository of that name (404 otherwise:
+    /// `OffsiteError::UnknownRepository`). A clone: callers move it into tasks and
+    /// blocking calls.
     pub fn repository(&self, name: &str) -> Result<RepositoryConfig, ManagerError> {
         self.config
             .repositories
@@ -37,6 +51,9 @@ impl BackupManager {
     }
 
     /// `pending` for every repository that takes copies after each backup.
+    /// Recorded with the new snapshot itself, before any copy runs: a crash before the
+    /// copies start leaves them `pending`, and the next start resumes them. Repositories
+    /// with `copy = "manual"` owe nothing until `POST …/copy`.
     pub(super) fn copies_owed(&self) -> std::collections::BTreeMap<String, Copy> {
         self.config
             .repositories
@@ -48,6 +65,8 @@ impl BackupManager {
 
     /// Starts the copies `snapshot` owes (those `pending`), each as its own job, unless
     /// a task for it is alive already.
+    /// A record naming a repository no longer configured is left `pending`, untouched:
+    /// it resumes should the repository come back. Returns at once; nothing is awaited.
     pub(super) fn spawn_copies(self: &Arc<Self>, snapshot: &Snapshot) {
         for (name, copy) in &snapshot.facts.copies {
             if copy.state != CopyState::Pending {
@@ -65,6 +84,9 @@ impl BackupManager {
     }
 
     /// Copies left `pending` or `copying` by a stop of the service start again.
+    /// Called once as the service starts: no task survived the stop, so `copying` is
+    /// reset to `pending` (in one pass and one save of the catalog) before the copies are
+    /// spawned. `failed` copies are not retried: that takes `POST …/copy`.
     pub fn resume_copies(self: &Arc<Self>) {
         let unfinished = self.store.update_all(|s| {
             let owed = s
@@ -87,6 +109,9 @@ impl BackupManager {
 
     /// `POST /api/v1/backup/snapshots/{id}/copy?repository=NAME`: copies now (again, if
     /// it failed or was done before).
+    /// The record starts afresh (`pending`, no attempts, no error) and the job is
+    /// returned at once. Errors: `SnapshotNotFound`, an unknown repository, or `Busy`
+    /// while a task for the pair is alive, copying or waiting for its next attempt.
     pub fn start_copy(
         self: &Arc<Self>,
         snapshot_id: &str,
@@ -110,6 +135,8 @@ impl BackupManager {
         Ok(job)
     }
 
+    /// Runs `copy_with_retries` in a task the CLI can wait for (`offsite_finished`). The
+    /// claim moves into the task and is released when the task ends, however it ends.
     fn spawn_copy(
         self: &Arc<Self>,
         snapshot_id: String,
@@ -124,6 +151,8 @@ impl BackupManager {
         }));
     }
 
+    /// Keeps `handle` for `offsite_finished`, dropping the handles of tasks already
+    /// finished so that a long-running service does not collect them for ever.
     fn track(&self, handle: tokio::task::JoinHandle<()>) {
         let mut running = self.offsite_tasks.lock().expect("offsite tasks");
         running.retain(|h| !h.is_finished());
@@ -133,6 +162,9 @@ impl BackupManager {
     /// Waits for every copy and prune started so far (the CLI waits before it exits).
     /// A copy whose attempt fails is not retried here: it stays `pending`, and the
     /// service retries it at its next start.
+    /// From this call on, for the rest of the process and every copy, a failed attempt
+    /// is left `pending` (this is the CLI's last step). Tasks started while it waits (a
+    /// prune after a forget) are waited for too.
     pub async fn offsite_finished(&self) {
         self.retry_in_service.store(true, Ordering::SeqCst);
         loop {
@@ -150,6 +182,8 @@ impl BackupManager {
 
     /// Starts a prune of `repository` as a job (kind `prune`): what forgotten snapshots
     /// left unused is marked, and what an earlier prune marked long enough ago deleted.
+    /// Returns the job at once (an unknown repository is the only error); the prune waits
+    /// for the offsite slot, and its job's result is the prune's report.
     pub fn start_prune(self: &Arc<Self>, repository: &str) -> Result<Job, ManagerError> {
         let repo = self.repository(repository)?;
         let job = self.jobs.create("prune", "");
@@ -177,6 +211,8 @@ impl BackupManager {
 
     /// Starts a check of `repository` as a job (kind `check`); its result lists what is
     /// wrong, if anything. `read_data` downloads and checks every pack.
+    /// Returns the job at once (an unknown repository is the only error). A check does
+    /// not wait for copies or prunes, as it takes no offsite slot.
     pub fn start_check(
         self: &Arc<Self>,
         repository: &str,
@@ -201,6 +237,18 @@ impl BackupManager {
         Ok(job)
     }
 
+    /// The life of one copy task: up to `offsite_attempts` attempts, each holding the
+    /// offsite slot, with the copy's record and `job` kept up to date.
+    ///
+    /// Each attempt first asks the quota bound to the app's copies in the repository; a
+    /// denial fails the copy at once (`failed`, no retry: no attempt changes the answer).
+    /// A success is `done`, and then — with the slot released — come the quota's
+    /// evictions and the repository's retention (`after_copy`). A shutdown leaves the
+    /// copy `pending` for the next start. Any other failure is `pending` with its error
+    /// until the last attempt, which is `failed` and raises an alert. Between attempts the
+    /// slot is free for other copies, and the wait grows 4× from `offsite_retry_secs`,
+    /// at most a day; under the CLI (`offsite_finished`) there is no wait, the copy stays
+    /// `pending`. A snapshot deleted meanwhile ends the task with `SnapshotNotFound`.
     async fn copy_with_retries(
         self: &Arc<Self>,
         snapshot_id: &str,
@@ -333,6 +381,9 @@ impl BackupManager {
     /// After a copy: the evictions its quota asked for, then the repository's retention.
     /// Failures are logged, never the copy's. Returns what was evicted and the retention
     /// report, for the job's result.
+    /// Snapshots pinned by now are spared the evictions. The retention report is `None`
+    /// when no retention is bound to the app's copies there, or when the pass could not
+    /// run (a policy that traps still gives a report, with its error).
     async fn after_copy(
         self: &Arc<Self>,
         app_id: &str,
@@ -357,6 +408,12 @@ impl BackupManager {
         }
     }
 
+    /// One attempt: streams the local archive's tar stream (inflated on `threads`
+    /// threads) into the repository, on a blocking thread, with a description that lets
+    /// the copy be listed, checked and restored with nothing else of this server left.
+    /// `repair` (every attempt after the first) rebuilds the repository's index first, in
+    /// case an earlier attempt was cut short. A snapshot without the tar stream's sha256
+    /// is verified and hashed once before its first copy. A shutdown is `ShuttingDown`.
     async fn copy_once(
         &self,
         snapshot: &Snapshot,
@@ -419,6 +476,8 @@ impl BackupManager {
     /// For a snapshot without the tar stream's sha256 (an import, an older backup):
     /// verify it (the archive's own checksum and a full read), then hash its stream once,
     /// and record both the sha256 and the length.
+    /// So the description's sha256 is that of a checked archive: one that fails either
+    /// read is `Corrupt`, and the copy's attempt fails with it.
     async fn record_tar_sha256(
         &self,
         snapshot: &Snapshot,
@@ -450,7 +509,9 @@ impl BackupManager {
         Ok(sha)
     }
 
-    /// Changes one copy's record (created if missing).
+    /// Changes one copy's record (created if missing), stamping `updated_at`.
+    /// A snapshot deleted meanwhile has nothing to change. A catalog that cannot be saved
+    /// is only logged, never the copy's error: the copy itself goes on.
     fn set_copy(&self, snapshot_id: &str, repository: &str, change: impl FnOnce(&mut Copy)) {
         let saved = self.store.update(snapshot_id, |s| {
             let copy = s
@@ -469,6 +530,14 @@ impl BackupManager {
     /// Deletes a snapshot where `location` says: `local` (the archive, as `delete`), a
     /// repository's name (its copies there are forgotten, and a prune job starts), or
     /// `all`. A location that does not hold it is 404, and nothing is deleted.
+    ///
+    /// Only this server's copies are forgotten. A named repository holding only other
+    /// servers' copies of the id is `OffsiteError::NotOurs`, naming them (holding none:
+    /// `OffsiteError::SnapshotNotFound`). With `all`, repositories without a copy are
+    /// passed over, the local archive goes last, and the call is 404 only when no
+    /// location held the snapshot. Repositories are handled in order and an error stops
+    /// there: those before it stay forgotten. Each prune runs as a job of its own; this
+    /// does not wait for it.
     pub async fn delete_at(
         self: &Arc<Self>,
         snapshot_id: &str,
@@ -534,6 +603,8 @@ impl BackupManager {
     /// Forgets this server's copies of `snapshot_ids` in `repo` (a policy decided so;
     /// another server's copies of the same ids stay), drops their copy records, and
     /// starts a prune.
+    /// Ids the repository holds no copy of are passed over. The repository is listed
+    /// first, even for one id; an empty `snapshot_ids` reads nothing.
     pub(super) async fn forget_at(
         self: &Arc<Self>,
         repo: &RepositoryConfig,
@@ -563,7 +634,8 @@ impl BackupManager {
         Ok(())
     }
 
-    /// Bytes the repository's storage holds.
+    /// Bytes the repository's storage holds: every file (packs, index, snapshots, keys),
+    /// from one listing of the storage. What a quota on the repository sees as its total.
     pub(super) async fn repository_bytes(&self, repository: &str) -> Result<u64, ManagerError> {
         let repo = self.repository(repository)?;
         blocking("usage task", move || offsite::stored(&repo)).await
@@ -579,6 +651,9 @@ impl BackupManager {
     }
 
     /// What a repository holds (appsnap snapshots only), optionally of one app.
+    /// Oldest first; other servers' copies included. Copies whose description does not
+    /// hold up (ids, mounts) are left out, never believed. Errors: `InvalidId`, an
+    /// unknown repository, or the repository's own (unreachable, wrong password…).
     pub async fn remote_snapshots(
         &self,
         repository: &str,
@@ -622,6 +697,10 @@ impl BackupManager {
     /// order. Without repositories, the snapshot is simply not found. Where several
     /// servers copied the same id, the copy of the tar stream the local record names wins,
     /// then this server's own.
+    /// Errors: `InvalidId`; with `from`, an unknown repository, its listing error, or
+    /// `OffsiteError::SnapshotNotFound`; without, `SnapshotNotFound`, unless a repository
+    /// could not be listed: then the error of the last one that failed. A repository that
+    /// fails is passed over while the others are searched.
     pub(super) async fn find_remote(
         &self,
         from: Option<&str>,
@@ -678,6 +757,12 @@ impl BackupManager {
     /// damaged one is replaced only by the tar stream its record names, once the fetched
     /// archive is complete and checked (a way to mend it), and its record keeps every
     /// server fact (origin, warnings, pin, note, date).
+    ///
+    /// The copy is found (and a missing one refused) before anything starts; then the
+    /// app's lock is taken, as a restore fetching the same copy would share its file.
+    /// Only the lock: a fetch writes nothing of the app's, so an unrepaired journal does
+    /// not stop it. `Busy` while another operation holds it. The lock is held until the
+    /// fetch ends; the outcome is in the job and in `done`.
     pub async fn start_fetch(
         self: &Arc<Self>,
         snapshot_id: &str,
@@ -711,6 +796,14 @@ impl BackupManager {
     /// must be what the backup recorded, and the archive is then checked like an import
     /// before it is listed (replacing the local archive of the same id, if any). The app
     /// is not touched here.
+    ///
+    /// The caller holds the app's lock. The archive is written, on a blocking thread and
+    /// with the backup's compression level and threads, to `.appsnap/fetch-<id>.partial`,
+    /// which is removed on every outcome. Errors: `Offsite(Mismatch)` when the bytes
+    /// differ from the description, or when a damaged local archive would be replaced by
+    /// another tar stream; a repository error; `ShuttingDown`; `NoSpace` or `Io` from the
+    /// disk; then what `adopt` refuses. A fetched snapshot with no local record is
+    /// listed as `imported`, its copy `done` in the repository it came from.
     pub(super) async fn fetch(
         &self,
         remote: &RemoteSnapshot,
@@ -852,6 +945,8 @@ impl BackupManager {
 }
 
 /// Runs a blocking repository call (rustic_core is synchronous) off the runtime.
+/// A task that panics is `Io` with `what` as its context; the call's own error is
+/// `Offsite`.
 async fn blocking<T: Send + 'static>(
     what: &str,
     f: impl FnOnce() -> Result<T, OffsiteError> + Send + 'static,
@@ -865,12 +960,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(ManagerError::from)
 }
 
-/// The (snapshot, repository) pairs with a live copy task.
+/// The (snapshot, repository) pairs with a live copy task. Shared (`Arc`) with each
+/// `Claim`, which outlives the borrow of the manager that made it: it moves into a task.
 #[derive(Default)]
 pub(super) struct Claims(Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>);
 
 impl Claims {
     /// The pair, if no task holds it; released when the returned claim drops.
+    /// `None` while a task holds it: the caller then starts nothing (a request: `Busy`).
     fn claim(&self, snapshot_id: &str, repository: &str) -> Option<Claim> {
         let key = (snapshot_id.to_string(), repository.to_string());
         let fresh = self.0.lock().expect("copy claims").insert(key.clone());
@@ -881,6 +978,8 @@ impl Claims {
     }
 }
 
+/// A live copy task's hold on its pair; dropping it (the task ended, however it ended)
+/// frees the pair for the next request.
 pub(super) struct Claim {
     set: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
     key: (String, String),
@@ -892,6 +991,7 @@ impl Drop for Claim {
     }
 }
 
+/// A fresh copy record: no attempt, no error, no repository snapshot yet, dated now.
 fn new_copy(state: CopyState) -> Copy {
     Copy {
         state,
@@ -905,6 +1005,8 @@ fn new_copy(state: CopyState) -> Copy {
 
 /// Mirrors a copy's counters into its job every half second: the tar stream read as
 /// `bytes_done`, what went to the storage in the step's text.
+/// It never ends by itself: the caller aborts it once the copy returns. The step text is
+/// only rewritten when the uploaded count changed.
 fn spawn_progress(
     job: Job,
     step: String,
@@ -925,7 +1027,10 @@ fn spawn_progress(
     })
 }
 
-/// `io::Write` over the gzip pipeline's producer end.
+/// `io::Write` over the gzip pipeline's producer end. A failed write carries no cause:
+/// `ChunkSink` only knows that the pipeline stopped. The cause (the writer's first I/O
+/// error) is what `ChunkSink::finish` returns, and a cancellation shows in the cancel
+/// flag. `flush` does nothing: `finish` drains the pipeline.
 struct SinkWriter<'a, 'p, W>(&'a mut ChunkSink<'p, W>);
 
 impl<W: io::Write + Send + 'static> io::Write for SinkWriter<'_, '_, W> {
@@ -940,6 +1045,8 @@ impl<W: io::Write + Send + 'static> io::Write for SinkWriter<'_, '_, W> {
     }
 }
 
+/// A sink that only hashes: `io::copy` into it gives a stream's sha256 and length
+/// without holding the stream.
 #[derive(Default)]
 struct HashWriter(sha2::Sha256);
 

@@ -24,14 +24,21 @@ use crate::policy::{Binding, Kind, PolicyError, ScheduleState, shared};
 /// What a retention pass decided (and, unless a dry run, did).
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RetentionReport {
+    /// The app whose snapshots (or copies) were shown to the policy.
     pub app_id: String,
     /// The repository whose copies were judged; absent: the local snapshots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+    /// The policy that judged. Absent when no retention applies: then no policy was
+    /// asked, and every list is empty.
     pub policy: Option<String>,
+    /// Nothing was deleted: the lists say what a real pass would have done.
     pub dry_run: bool,
-    /// Deleted (or, in a dry run, would be), with the policy's reason.
+    /// Deleted (or, in a dry run, would be), with the policy's reason. This is the
+    /// decision: one pinned in the meantime is kept all the same, and a local delete
+    /// that fails is only logged.
     pub deleted: Vec<Decision>,
+    /// Kept by the policy's verdict, or because its answer did not name them.
     pub kept: Vec<Decision>,
     /// The policy said delete; a host rule kept them.
     pub protected: Vec<Decision>,
@@ -39,12 +46,19 @@ pub struct RetentionReport {
     pub error: Option<String>,
 }
 
+/// One snapshot in a `RetentionReport`, and why it is in that list.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Decision {
+    /// The appsnap snapshot id; for a repository, the id its copies were made of, never
+    /// the repository's own snapshot id.
     pub snapshot_id: String,
+    /// The policy's own words (or `no verdict: kept`); in `protected`, followed by the
+    /// host rule that kept it.
     pub reason: String,
 }
 
+/// An origin as the policy interface spells it: its JSON name (`manual`, `scheduled`,
+/// `pre-restore`, `imported`), or empty should it ever have none.
 fn origin_name(origin: Origin) -> String {
     serde_json::to_value(origin)
         .ok()
@@ -52,6 +66,8 @@ fn origin_name(origin: Origin) -> String {
         .unwrap_or_default()
 }
 
+/// A local snapshot as a policy sees it: `created_at` in seconds since the epoch, `size`
+/// the archive's bytes on disk (compressed; copies in a repository count their tar bytes).
 fn info(s: &Snapshot) -> SnapshotInfo {
     SnapshotInfo {
         id: s.snapshot_id.clone(),
@@ -66,6 +82,8 @@ fn info(s: &Snapshot) -> SnapshotInfo {
 }
 
 /// Snapshots no policy may delete, with why. `snapshots` is newest first.
+/// The newest is protected even when unpinned, so that no answer can leave an app
+/// without a snapshot; a pinned one gives `pinned` as its reason.
 fn protected(snapshots: &[SnapshotInfo]) -> HashMap<String, &'static str> {
     let mut out = HashMap::new();
     for s in snapshots.iter().filter(|s| s.pinned) {
@@ -79,6 +97,7 @@ fn protected(snapshots: &[SnapshotInfo]) -> HashMap<String, &'static str> {
 }
 
 /// The ids of an answer must be ones the policy was shown, each at most once.
+/// Otherwise `Malformed`, which the callers treat as a failed call: nothing is deleted.
 fn check_ids<'a>(
     shown: &[SnapshotInfo],
     ids: impl IntoIterator<Item = &'a String>,
@@ -100,6 +119,8 @@ fn check_ids<'a>(
 
 impl BackupManager {
     /// A policy call that failed: counted in the policy's health, logged and in metrics.
+    /// The alert it raises is sent at most once an hour per policy and app, so that a
+    /// policy failing on every call does not flood the alerts.
     fn policy_failed(&self, policy: &str, kind: Kind, app: &str, error: &PolicyError) {
         self.policies.record_failure(policy, app, error);
         self.metrics.policy_failed(policy, kind.as_str());
@@ -115,6 +136,13 @@ impl BackupManager {
 impl BackupManager {
     /// Runs the app's retention policy on its local snapshots (or `with`, for a dry run
     /// of another binding).
+    ///
+    /// Without a binding the report names no policy and nothing happens. A policy that
+    /// traps, times out or answers nonsense deletes nothing: the report carries the
+    /// error and the call still succeeds. `Err` is for a bad app id or a binding that
+    /// cannot be used (its policy gone, or of another kind). Each delete is taken under
+    /// the catalog lock and skips a snapshot pinned since the policy decided; a delete
+    /// that fails is logged and the others go on.
     pub async fn retention(
         &self,
         app_id: &str,
@@ -145,6 +173,10 @@ impl BackupManager {
     /// copy there, and on demand). The policy is shown what the repository holds of the
     /// app, also copies other servers made; pins of local snapshots count there too. What
     /// it deletes is forgotten in the repository, and a prune follows.
+    ///
+    /// Errors: `InvalidId`, an unknown repository, a binding that cannot be used, a
+    /// repository that cannot be listed, or a forget that fails (then no prune starts).
+    /// The prune is a job of its own: this returns before it ends.
     pub async fn retention_at(
         self: &Arc<Self>,
         app_id: &str,
@@ -181,6 +213,8 @@ impl BackupManager {
     /// The app's copies in `repository` as a policy sees them, newest first, one per
     /// appsnap snapshot (a snapshot copied twice is one). Only this server's copies: the
     /// copies of another server sharing the repository are its own policies' business.
+    /// A copy counts as pinned when the local snapshot of the same id is; of a snapshot
+    /// copied twice, one copy stands for both (its tar bytes are its size).
     pub(super) async fn remote_infos(
         &self,
         app_id: &str,
@@ -208,6 +242,8 @@ impl BackupManager {
 
     /// Asks `binding`'s retention policy about `shown` (newest first) and sorts its
     /// verdicts into the report, after the host's rules. Deletes nothing.
+    /// A call that fails (`Failed`, `Malformed`) is counted against the policy and ends
+    /// in `report.error` with every list empty; other policy errors are returned.
     async fn judge(
         &self,
         app_id: &str,
@@ -261,6 +297,9 @@ impl BackupManager {
         Ok(report)
     }
 
+    /// One call of the retention policy, on a blocking thread (the sandbox runs
+    /// synchronously, for up to its time limit). The policy gets `now` in seconds and
+    /// the binding's config as JSON text; the ids it answers are checked.
     async fn decide_retention(
         &self,
         binding: &Binding,
@@ -279,6 +318,9 @@ impl BackupManager {
         Ok(verdicts)
     }
 
+    /// The compiled current version of policy `name`, looked up on a blocking thread:
+    /// the first use of a version compiles it, which can take a while. A panic there is
+    /// `Failed`; an unknown name is `NotFound`.
     pub(super) async fn resolve_blocking(
         &self,
         name: &str,
@@ -291,6 +333,11 @@ impl BackupManager {
 
     /// Asks the app's quota policy about a backup of about `incoming` bytes. Returns the
     /// snapshots to evict once the new one is complete; a denial is `QuotaDenied`.
+    /// `incoming` is the file data the backup will read (a metadata walk's estimate,
+    /// uncompressed).
+    /// Without a binding, or when the policy fails, the backup is admitted and nothing
+    /// is evicted: a broken policy must never stop backups. Protected snapshots are
+    /// dropped from the evictions; `after_backup` rechecks pins before each delete.
     pub(super) async fn quota_admit(
         &self,
         app_id: &str,
@@ -364,7 +411,9 @@ impl BackupManager {
         }
     }
 
-    /// The usage a quota policy sees for the local snapshots.
+    /// The usage a quota policy sees for the local snapshots: the app's and all apps'
+    /// archive bytes, and the backup filesystem's free and total bytes. Fails only when
+    /// the filesystem cannot be measured (`statvfs`).
     fn local_usage(&self, app_id: &str) -> Result<Usage, ManagerError> {
         let stats = self.stats()?;
         Ok(Usage {
@@ -375,7 +424,8 @@ impl BackupManager {
         })
     }
 
-    /// Calls the quota policy of `binding`, checking the ids it answers.
+    /// Calls the quota policy of `binding`, checking the ids it answers. Like retention,
+    /// the call runs on a blocking thread; the host rules are applied by the caller.
     async fn ask_quota(
         &self,
         binding: &Binding,
@@ -399,7 +449,9 @@ impl BackupManager {
     }
 
     /// After a successful backup: the quota's evictions, then retention. Failures here
-    /// never fail the backup; they are logged and counted.
+    /// never fail the backup; they are logged and counted. Evictions come first, so that
+    /// retention judges what is left; each skips a snapshot pinned since the quota
+    /// answered.
     pub(super) async fn after_backup(&self, app_id: &str, evict: Vec<String>) {
         for id in evict {
             match self.store.delete_unless_pinned(&id) {
@@ -440,6 +492,12 @@ impl BackupManager {
     /// one per app: a busy app is tried again at the next tick). A schedule seen for the
     /// first time starts counting from `now`; after downtime, a missed run is caught up
     /// once, not once per missed slot.
+    ///
+    /// Returns each backup started, with its app, for the caller to await. A schedule
+    /// policy that fails records its error in the app's state and is counted; a backup
+    /// that cannot start for another reason than `Busy` raises a "backup missed" alert
+    /// and counts as the run (no retry until the next slot). Each app's state is saved
+    /// after its turn; a save that fails is logged.
     pub async fn scheduler_tick(self: &Arc<Self>, now: DateTime<Utc>) -> Vec<(String, Started)> {
         self.watch_staleness(now);
         // A default schedule covers every app: those with snapshots, and those Docker
@@ -513,6 +571,9 @@ impl BackupManager {
         started
     }
 
+    /// The schedule policy's next run after `last`, asked on a blocking thread (the
+    /// policy works in seconds since the epoch); `None`: never. An answer that is not
+    /// after `last` is `Malformed`: it would start a backup on every tick.
     async fn next_run(
         &self,
         binding: &Binding,
@@ -538,6 +599,13 @@ impl BackupManager {
 
     /// What `policy` would decide for `app_id` with `config` (default: the app's bound
     /// config when it uses this policy), changing nothing.
+    ///
+    /// Retention: the report of a dry pass over the local snapshots (a failing policy is
+    /// still counted against its health). Quota: the policy's raw answer for a backup
+    /// the size of the newest snapshot (`incoming_estimate`), before the host rules
+    /// spare protected snapshots. Schedule: the next run after the app's last one (or
+    /// after now, for an app never run). A quota or schedule call that fails is the
+    /// error (`Policy`).
     pub async fn dry_run(
         &self,
         policy: &str,
@@ -597,6 +665,9 @@ impl BackupManager {
         }
     }
 
+    /// The state of every app's schedule (last run, next run, last error) as the
+    /// scheduler last saved it, by app id. An app whose schedule was unbound since keeps
+    /// its last entry.
     pub fn schedules(&self) -> std::collections::BTreeMap<String, ScheduleState> {
         self.policies.schedules()
     }

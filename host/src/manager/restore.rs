@@ -31,13 +31,22 @@ use crate::jobs::Job;
 
 /// Where a restore takes its snapshot from.
 enum Source {
+    /// A snapshot the catalog lists: its archive is used as it is.
     Local(Snapshot),
+    /// A repository's copy (see `find_remote`): fetched into the backup root and listed,
+    /// inside the restore's task and under the app's lock, before the app is touched.
     Remote(crate::offsite::RemoteSnapshot),
 }
 
 impl BackupManager {
     /// Validates, checks ownership and takes the app's lock (so 400/404/409 come back at
     /// once), then restores as a job in its own task.
+    ///
+    /// Refused at once with `InvalidId`, `SnapshotNotFound`, `AppNotFound` (no container
+    /// of the app exists), `ForeignSnapshot` (the snapshot is another app's), `Busy`, or
+    /// `RepairPending` while an interrupted backup or restore of the app is not repaired.
+    /// Everything later ends in the job and in `Started::done`: `Restored`, or the error
+    /// (`RestoreFailed` and `RollbackFailed` also raise an alert).
     pub async fn start_restore(
         self: &Arc<Self>,
         app_id: &str,
@@ -50,6 +59,14 @@ impl BackupManager {
     /// when the snapshot has no local archive (the configured repositories are searched
     /// in order). The copy is fetched and checked as a local snapshot first; the app is
     /// only touched once that is done.
+    ///
+    /// With `from`, the repository is asked even when the snapshot is listed here; the
+    /// fetch then keeps a local archive that still checks out and restores from it. The
+    /// repositories are searched before the lock is taken, so that a copy none holds is
+    /// refused at once (a repository that cannot be read: its `Offsite` error); the fetch
+    /// runs after it. The lock is held until the job's outcome is recorded, and the
+    /// cleanup of the replaced data is registered before it goes, so the next operation
+    /// on the app waits for that cleanup.
     pub async fn start_restore_from(
         self: &Arc<Self>,
         app_id: &str,
@@ -189,6 +206,15 @@ impl BackupManager {
 
     /// Returns the snapshot mounts that were not restored, with why, and the committed
     /// swap whose data set aside is still to be dropped.
+    ///
+    /// Holds a heavy slot throughout. The archive is checked first (only its checksum
+    /// when a full check of the same file is recorded), then the cleanup of the app's last
+    /// restore is waited for: verification only reads, so the two overlap. Up to the
+    /// journal's creation a failure leaves the app's data and containers as they were
+    /// (`Corrupt`, `NoSpaceToRestore`, `RepairPending`, Docker errors). After it, every
+    /// failure rolls back and is `RestoreFailed`, or `RollbackFailed` when the data cannot
+    /// be put back. Only the containers running at the time of the plan are stopped and
+    /// started again; stopped ones stay stopped.
     async fn restore(
         &self,
         app: &App,
@@ -266,6 +292,15 @@ impl BackupManager {
     }
 
     /// The steps after the journal exists; an error names the step that failed.
+    ///
+    /// Stop, set aside (one journaled move per written target, in plan order), extract on
+    /// a blocking thread, sync and journal `Extracted`, then start the stopped containers
+    /// and wait until they run (`restore_timeout_secs`, settled `restore_settle_secs`).
+    /// Any start warning (a container that could not start, or was removed meanwhile),
+    /// a container that does not keep running, or a shutdown during the wait fails the
+    /// restore: nothing is committed until the app runs on the restored data. The aside
+    /// folder kept inside a mount point is passed to the extraction as a reserved name:
+    /// an archive entry of that name is refused, never written over the old data.
     async fn restore_steps(
         &self,
         snapshot: &Snapshot,
@@ -390,6 +425,11 @@ impl BackupManager {
         }
     }
 
+    /// Fills `plan` in the snapshot's mount order, so that `plan.targets` lines up by
+    /// index with the mounts, `mount_entries` and the verified sizes (`check_space`).
+    /// `Err` refuses the whole restore: Docker failed, or two written targets overlap
+    /// (`Corrupt`: the extraction of one would land inside the other). Volumes created so
+    /// far are in `plan.created` for the caller to remove.
     async fn fill_plan(
         &self,
         app: &App,
@@ -447,6 +487,12 @@ impl BackupManager {
     }
 
     /// The target of one snapshot mount, or why it has none.
+    ///
+    /// The outer `Err` is Docker failing (the restore is refused); the inner one is why
+    /// this mount alone is skipped. A current mount matches when it is of the same kind
+    /// and has the same name (any `project` mount matches the snapshot's), else when it
+    /// serves one of the same container paths (`destination` is a comma-separated list).
+    /// A missing named volume is created here, labelled as the app's.
     async fn target_of(
         &self,
         app: &App,
@@ -530,6 +576,9 @@ impl BackupManager {
 /// on each filesystem (set aside) until the new data is complete, so what the snapshot's
 /// files will allocate (see [`archive::allocation`]) must fit in what is free now, summed
 /// per filesystem.
+/// A filesystem is told by the device of each target's nearest existing ancestor (a
+/// target may not exist yet); `stored` lines up with `plan.targets`, and discarded
+/// targets need nothing.
 fn check_space(plan: &Plan, stored: &[u64]) -> Result<(), ManagerError> {
     use std::os::unix::fs::MetadataExt;
     let mut need: HashMap<u64, (u64, PathBuf)> = HashMap::new();
@@ -568,6 +617,7 @@ fn check_space(plan: &Plan, stored: &[u64]) -> Result<(), ManagerError> {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Restored {
     pub message: String,
+    /// The app restored: always the snapshot's own (a foreign snapshot is refused).
     pub app_id: String,
     pub snapshot_id: String,
     /// Mounts of the snapshot that were not restored, with why: the app no longer mounts
@@ -589,10 +639,12 @@ struct Plan {
     skipped: Vec<String>,
 }
 
+/// The host path one snapshot mount is extracted to, and how it came to exist.
 enum Target {
     /// One of the app's mounts as Docker reports it now.
     Current(PathBuf),
-    /// A volume that did not exist, created for the restore.
+    /// A volume that did not exist, created for the restore: its name (a failed plan or
+    /// a rollback removes it again) and its mount point on the host.
     CreatedAt(String, PathBuf),
 }
 
@@ -605,6 +657,8 @@ impl Target {
 }
 
 /// Removes the volumes a restore created (empty, or holding only what it extracted).
+/// A volume already gone counts as removed; any other failure is only logged, and the
+/// volume is left for a person to remove.
 async fn remove_volumes(docker: &Docker, names: &[String]) {
     for name in names {
         if let Err(e) = docker.remove_volume(name).await
@@ -620,6 +674,8 @@ async fn remove_volumes(docker: &Docker, names: &[String]) {
 /// recovery can run it again.
 /// When the files cannot be put back, the containers stay stopped (never started on
 /// half-restored data) and the journal stays for the next try.
+/// `Ok` removes the journal. `Err` (the text of `RollbackFailed`, or of a failed repair)
+/// keeps it: a container that would not start is started again by the next repair.
 async fn rollback(containers: &Containers, mut swap: Swap) -> Result<(), String> {
     // The decision first: a stop that fails or a crash during it must leave a journal
     // that says "roll back", never one that says "extracted" (which recovery finishes).
@@ -643,6 +699,8 @@ async fn rollback(containers: &Containers, mut swap: Swap) -> Result<(), String>
 /// Repair of a restore that was interrupted (a crash, or a rollback that failed): finished
 /// when the extraction had completed and was synced (the data on disk is the verified
 /// snapshot), rolled back otherwise. `Err` keeps the journal for another try.
+/// Run by `BackupManager::open` before anything is served, and again by the periodic
+/// repair, which holds the app's lock and leaves alone a journal whose cleanup runs.
 pub(super) async fn recover_restore(containers: &Containers, path: &Path) -> Result<(), String> {
     // An unreadable journal is kept: it may describe data set aside that a person must see.
     let swap = Swap::load(path)?;

@@ -1,5 +1,12 @@
 //! Snapshots in and out: verification, download (a plain file stream, see the API) and
 //! import — how an app moves between servers.
+//!
+//! Nothing an archive says about itself (its ids, mounts, date) is believed before it is
+//! checked, and nothing is listed before a full read under the restore's own rules: an
+//! imported archive, once listed, is one a restore accepts. Neither a verify nor an
+//! import takes an app's lock — they read archives and touch no app — but both wait for
+//! a heavy slot. An import is listed under the catalog lock (`Store::insert_checked`),
+//! which is what keeps two archives, or two records, from ever sharing one snapshot id.
 
 use std::fs;
 use std::io::Write;
@@ -18,6 +25,9 @@ use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Facts, PARTIAL_SUFFIX, Snapsho
 use crate::ids;
 
 /// Removes a temporary file however its owner ends (finished, failed, or dropped).
+/// Errors are ignored: after a successful import the file was renamed into place and
+/// nothing is left to remove. A crash leaves it to `Store::open`, which removes every
+/// `.partial` file in the state folder at the next start.
 pub(super) struct RemoveOnDrop(pub PathBuf);
 
 impl Drop for RemoveOnDrop {
@@ -36,12 +46,26 @@ pub(super) struct Adopt {
     /// The local record whose (damaged) archive this one replaces: a fetched copy of
     /// a local snapshot. The record's server facts stay as they are.
     pub replace: Option<Snapshot>,
+    /// The tar stream's sha256, when the caller has checked it (a fetch, against the
+    /// copy's description). Recorded, so that a later offsite copy need not hash the
+    /// stream again.
     pub tar_sha256: Option<String>,
+    /// Copy records to list with the archive (a fetch: `done` in the repository it came
+    /// from). For a replacement they are merged over the listed record's own copies.
     pub copies: std::collections::BTreeMap<String, crate::catalog::Copy>,
 }
 
 impl BackupManager {
-    /// Checksum, then a full read under the restore's rules. Nothing is written.
+    /// Checksum, then a full read under the restore's rules. Nothing is written but the
+    /// record of the check (`facts.checked`, when it differs from the one listed), which
+    /// lets the next restore of the same file skip its own full read.
+    ///
+    /// Runs as a job of kind `verify` in the caller's future, once a heavy slot is free;
+    /// the caller dropping that future stops the read at its next chunk and fails the job
+    /// with `Abandoned`. A malformed or unknown id fails before any job exists; an
+    /// archive that fails the check (damaged, missing, or not the tar bytes and entries
+    /// the backup recorded) is `Corrupt`, and the job records the same error the caller
+    /// gets.
     pub async fn verify(
         &self,
         snapshot_id: &str,
@@ -69,6 +93,17 @@ impl BackupManager {
         Ok((snapshot, result?))
     }
 
+    /// Imports the `.tar.gz` streamed in `body` (an upload) as a snapshot of the app its
+    /// metadata names, or of `app_override`. The snapshot keeps its id; it is listed as
+    /// `imported`, and as of now if its date is more than five minutes in the future.
+    ///
+    /// The body is written to `.appsnap/import-*.partial` under the backup root (the same
+    /// filesystem as the app folders, so the final move is an atomic rename) and removed
+    /// on every outcome, the client leaving mid-upload included. Errors: `InvalidId` for
+    /// `app_override`; `Corrupt` when the stream breaks or the archive does not check
+    /// out; `TooLarge` as soon as the body passes `max_import_bytes`; `SnapshotExists`
+    /// when the id is listed, or its archive file exists, already; `NoSpace` or `Io`
+    /// from the disk.
     pub async fn import<S, E>(
         &self,
         body: S,
@@ -91,6 +126,9 @@ impl BackupManager {
         self.import_into(&tmp, body, app_override).await
     }
 
+    /// Writes `body` to `tmp` (created new, mode 0600), hashing it on the way, then syncs
+    /// it and hands it to `adopt`. The limit is checked per chunk, so an oversized upload
+    /// stops there rather than filling the disk first.
     async fn import_into<S, E>(
         &self,
         tmp: &std::path::Path,
@@ -135,6 +173,15 @@ impl BackupManager {
 
     /// Checks an archive written to `tmp` (by an upload or a fetch) like any import —
     /// its metadata entry, then a full read under the restore's rules — and lists it.
+    /// `sha256` and `size` describe the compressed file as written.
+    ///
+    /// The read runs on a blocking thread, holding a heavy slot; only then is the catalog
+    /// lock taken, to decide and to move the file into place (rename, then a sync of the
+    /// app folder) in one step. The archive is filed as `<app>/<snapshot id>.tar.gz`; a new
+    /// record gets the server facts of an import (origin `imported`, no pin). It is refused
+    /// with `SnapshotExists` when the id is listed, or its file exists, unless `how`
+    /// replaces exactly the record still listed. A file that fails the check is `Corrupt`
+    /// and a shutdown is `ShuttingDown`; `tmp` is left for the caller to remove.
     pub(super) async fn adopt(
         &self,
         tmp: &std::path::Path,

@@ -8,11 +8,19 @@ use bytes::Bytes;
 use rustic_core::{BytesList, FileType, Id, ReadBackend, RusticResult, WriteBackend};
 
 /// Forwards every call to `inner`; adds the size of each file written to `written`.
+///
+/// The count is what reached the storage, after rustic's compression and encryption:
+/// packs, index files, the snapshot file. Reads are not counted, and a removal does not
+/// subtract: it measures what a copy sent, not what the repository holds.
 pub struct Counting {
+    /// The real backend (the repository's storage as `rustic_backend` opened it).
     pub inner: Arc<dyn WriteBackend>,
+    /// Bytes written so far; shared with the job's progress (`Progress::bytes_uploaded`),
+    /// which reads it while rustic's threads write. Relaxed: it orders nothing else.
     pub written: Arc<AtomicU64>,
 }
 
+/// Reads pass straight through: only writes are counted.
 impl ReadBackend for Counting {
     fn location(&self) -> String {
         self.inner.location()
@@ -59,6 +67,7 @@ impl WriteBackend for Counting {
         self.inner.create()
     }
 
+    /// Writes through `inner`, then counts `content`'s size; a failed write adds nothing.
     fn write_bytes(
         &self,
         tpe: FileType,
@@ -73,6 +82,8 @@ impl WriteBackend for Counting {
         Ok(())
     }
 
+    /// Removes through `inner`; what the file's write added stays in `written` (a short
+    /// copy's snapshot file, taken back, still counts as sent).
     fn remove(&self, tpe: FileType, id: &Id, cacheable: bool) -> RusticResult<()> {
         self.inner.remove(tpe, id, cacheable)
     }

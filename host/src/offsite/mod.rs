@@ -109,8 +109,12 @@ pub struct RepositoryConfig {
     /// `APPSNAP_REPO_<NAME>_PASSWORD`: a config file is often world-readable.
     #[serde(default, skip_serializing)]
     pub password: Option<String>,
+    /// A file whose first line (without its line ending, otherwise as it is) is the
+    /// password; read at each open, so a rotated file needs no restart. Used when
+    /// `password` is absent.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Whether every new snapshot is copied here, or only on request.
     #[serde(default)]
     pub copy: CopyWhen,
     /// Handed to the backend as rustic does (`bucket`, `root`, `endpoint`, `region`,
@@ -214,7 +218,9 @@ pub struct Description {
     pub created_at: DateTime<Utc>,
     /// sha256 of the tar stream, as the backup wrote it.
     pub tar_sha256: String,
+    /// Length of the tar stream: what a complete copy holds, and what a dump must yield.
     pub tar_bytes: u64,
+    /// Entries in the tar stream, when the local snapshot recorded them.
     #[serde(default)]
     pub entries: Option<u64>,
     pub mounts: Vec<Mount>,
@@ -256,7 +262,9 @@ pub struct RemoteSnapshot {
 /// What one copy did.
 #[derive(Debug, Clone)]
 pub struct Copied {
+    /// The id of the restic snapshot just written (what `forget` and `dump` name).
     pub repository_snapshot: String,
+    /// The tar stream's length, as checked against its sha256 after the copy.
     pub bytes_read: u64,
     /// Bytes the copy added to the repository (packs, index, snapshot), after dedup and
     /// compression.
@@ -266,6 +274,7 @@ pub struct Copied {
 /// Counters a long repository operation updates as it goes (for the job's progress).
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Bytes of the tar stream read so far (rustic reads it once, start to end).
     pub bytes_read: AtomicU64,
     /// Bytes written to the storage so far (packs, index, snapshot).
     pub bytes_uploaded: Arc<AtomicU64>,
@@ -282,6 +291,9 @@ fn describe(e: &RusticError) -> String {
     text.strip_prefix("Error: ").unwrap_or(&text).to_string()
 }
 
+/// Maps rustic's errors for repository `name`: a password that opens no key becomes
+/// `WrongPassword` (the operator's mistake, worth its own message), anything else
+/// `Backend` with the one-line cause.
 fn backend_err(name: &str) -> impl Fn(Box<RusticError>) -> OffsiteError + '_ {
     move |e| {
         if e.is_incorrect_password() {
@@ -623,7 +635,7 @@ pub struct Pruned {
     pub packs_deleted: u64,
     /// Packs partly used, rewritten without what is unused.
     pub packs_repacked: u64,
-    /// What the storage held before and after, in bytes.
+    /// What the storage held before and after, in bytes (every file, as `stored` counts).
     pub bytes_before: u64,
     pub bytes_after: u64,
 }

@@ -20,18 +20,28 @@ use crate::archive::{Cancel, cancelled};
 /// What the reader saw, shared with the caller.
 #[derive(Default)]
 struct Seen {
+    /// Bytes the inner reader has returned so far.
     bytes: u64,
+    /// Hex sha256 of the whole stream, set at its end (the first read that returned 0
+    /// into a non-empty buffer). `None`: the stream was not read to its end.
     sha256: Option<String>,
+    /// The latest error of the inner reader, copied (kind and message: `io::Error` is not
+    /// `Clone`).
     error: Option<io::Error>,
+    /// A read found the cancel flag set and was refused.
     cancelled: bool,
 }
 
-/// The caller's view of what was read.
+/// The caller's view of what was read. Clones share the state with the reader, so it can
+/// be asked once rustic has finished (or given up on) the stream.
 #[derive(Clone)]
 pub struct Check(Arc<Mutex<Seen>>);
 
 impl Check {
-    /// Why the stream read does not match `sha256`, if it does not.
+    /// Why the stream read does not match `sha256`, if it does not. `None` only when the
+    /// stream was read to its end, without error or cancel, and its hash is `sha256`. A
+    /// cancel is reported before a read error, which is reported before a short or
+    /// different stream.
     pub fn problem(&self, sha256: &str) -> Option<String> {
         let seen = self.0.lock().expect("check lock");
         if seen.cancelled {
@@ -52,11 +62,14 @@ impl Check {
         }
     }
 
+    /// Whether the copy was stopped through its cancel flag: the caller then reports a
+    /// cancel, not a failed copy.
     pub fn cancelled(&self) -> bool {
         self.0.lock().expect("check lock").cancelled
     }
 
     /// The local read error, if reading failed (rather than the stream being different).
+    /// A copy with the same kind and message; the original's source chain is not kept.
     pub fn read_error(&self) -> Option<io::Error> {
         let seen = self.0.lock().expect("check lock");
         seen.error
@@ -65,12 +78,17 @@ impl Check {
     }
 }
 
-/// Hashes and counts what passes; remembers how it ended.
+/// Hashes and counts what passes; remembers how it ended. Errors are passed on to rustic
+/// unchanged (it logs them and skips the file) and recorded for `Check`.
 pub struct Checked<R> {
     inner: R,
+    /// Running sha256 of every byte returned so far.
     hash: Sha256,
     seen: Arc<Mutex<Seen>>,
+    /// Its `bytes_read` grows as bytes pass, for the job's progress.
     progress: Arc<Progress>,
+    /// Checked before every read: once set, each read fails with "stopped" without
+    /// touching the inner reader, so a copy stops within one buffer.
     cancel: Option<Cancel>,
 }
 
@@ -107,13 +125,21 @@ impl<R: Read> Read for Checked<R> {
 
 /// A `ReadSource` of exactly one file: the tar stream at `path`.
 pub struct TarSource<R> {
+    /// Where the file sits in the restic snapshot (`/<app_id>/<snapshot_id>.tar`).
     path: PathBuf,
+    /// The size the backup recorded, announced to rustic before anything is read; the
+    /// bytes actually read are checked by `Check`, not by this.
     size: u64,
+    /// The file's mtime in the restic snapshot (the snapshot's creation), whole seconds.
     mtime: DateTime<Utc>,
+    /// The stream can be read once: the first `entries` call takes it.
     reader: Mutex<Option<Checked<R>>>,
 }
 
 impl<R: Read + Send + 'static> TarSource<R> {
+    /// Wraps `reader` (the uncompressed tar stream of a snapshot) for one `archive` call
+    /// and returns, with the source, the `Check` to ask once rustic is done with it.
+    /// `size` and `mtime` are only metadata; `progress.bytes_read` counts what is read.
     pub fn new(
         path: PathBuf,
         reader: R,
@@ -150,6 +176,8 @@ impl<R: Read + Send + 'static> ReadSource for TarSource<R> {
         Ok(Some(self.size))
     }
 
+    /// The one entry: a regular file with mode 0600 (it holds an app's data) and the
+    /// reader. A second call yields the entry with no reader (the stream is consumed).
     fn entries(&self) -> Self::Iter {
         let name = self.path.file_name().unwrap_or(OsStr::new("snapshot.tar"));
         let mtime = rustic_core::jiff::Timestamp::from_second(self.mtime.timestamp()).ok();

@@ -22,6 +22,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::{Kind, PolicyError};
 
+/// Host-side glue generated from `wit/`, one module per world. Each world's bindgen makes
+/// its own copy of the shared `types` interface, so values are converted between them
+/// (see `to_quota_info`).
 pub mod bindings {
     pub mod retention {
         wasmtime::component::bindgen!({ world: "retention", path: "../wit" });
@@ -34,26 +37,36 @@ pub mod bindings {
     }
 }
 
+/// The shared `types` as the retention world's bindings name them: the types this module's
+/// API speaks for every kind of policy.
 pub use bindings::retention::appsnap::policy::types::{
     Admission, Description, SnapshotInfo, Usage, Verdict,
 };
 
-/// Memory a policy may use.
+/// Memory a policy may use, in bytes: its one linear memory may not grow past it (a grow
+/// that would traps, and the call fails saying so).
 pub const MEMORY_LIMIT: usize = 64 << 20;
 /// Elements of one table (function references); a Rust guest uses a few hundred.
 const TABLE_ELEMENTS: usize = 100_000;
 /// Instructions (roughly) a call may run; the epoch deadline bounds wall time as well.
 const FUEL: u64 = 2_000_000_000;
+/// How often the epoch ticker thread advances the engine's epoch.
 const TICK: Duration = Duration::from_millis(100);
+/// Epoch ticks a call may run: about 1 s of wall time (a little less when the first tick
+/// comes right after the call starts).
 const DEADLINE_TICKS: u64 = 10;
-/// Log lines kept per call.
+/// Log lines kept per call; later ones are dropped, and each is logged cut to 500
+/// characters, so a guest cannot flood appsnap's log.
 const MAX_LOG_LINES: usize = 20;
 
-/// What a guest's store holds.
+/// What a guest's store holds. One per call: nothing a call leaves behind reaches the next.
 pub struct Host {
+    /// Empty: no preopened dir, no environment, no arguments, no network.
     wasi: WasiCtx,
     table: ResourceTable,
+    /// Memory and table caps, enforced through `Store::limiter`.
     limits: StoreLimits,
+    /// Lines the guest logged during the call, at most `MAX_LOG_LINES`.
     pub log: Vec<String>,
 }
 
@@ -66,11 +79,16 @@ impl WasiView for Host {
     }
 }
 
-/// A component, type-checked and ready to instantiate.
+/// A component, type-checked and ready to instantiate. Shared (`Arc`) by the cache and
+/// every evaluation using it; immutable once loaded.
 pub struct Compiled {
+    /// The world it exports, which its `describe` confirmed.
     pub kind: Kind,
+    /// Hex sha256 of the component's bytes: the cache key, and an upload's file name.
     pub sha256: String,
+    /// What its `describe` answered when it was loaded.
     pub description: Description,
+    /// Imports resolved once; every call instantiates afresh from it.
     pre: Pre,
     /// When it was compiled (the cache evicts the oldest).
     loaded: std::time::Instant,
@@ -83,8 +101,11 @@ const MAX_CACHED: usize = 64;
 /// so the code is measured (wasmparser, no compilation) before anything is compiled. The
 /// built-in policies use a small fraction of each limit (see the test below).
 const MAX_FUNCTIONS: usize = 20_000;
+/// Bytes of one function body.
 const MAX_FUNCTION_BYTES: usize = 256 << 10;
+/// Bytes of all function bodies together.
 const MAX_CODE_BYTES: usize = 8 << 20;
+/// Locals declared by one function.
 const MAX_LOCALS: u64 = 10_000;
 
 /// What compiling one uploaded component may take: memory of the compiler process (its
@@ -92,6 +113,7 @@ const MAX_LOCALS: u64 = 10_000;
 /// 0.3 s and 32 MB; an 88 KB function built to be costly (8,000 branches, then 8,000
 /// locals read after them) took 20 s and 2 GB in-process.
 pub const COMPILE_MEMORY: u64 = 512 << 20;
+/// After this the compiler process is killed and the upload refused as too costly.
 pub const COMPILE_TIME: Duration = Duration::from_secs(20);
 
 /// Settings shared by the service's engine and the compiler process: a compiled artifact
@@ -102,17 +124,21 @@ fn engine_config() -> Config {
     config
 }
 
+/// Set by `set_compiler`; unset, `compile_untrusted` runs `/proc/self/exe`.
 static COMPILER: OnceLock<PathBuf> = OnceLock::new();
 
 /// The executable that runs `compile-policy` (default: this process's own,
 /// `/proc/self/exe`). Tests that run the service in-process point it at `appsnap`.
+/// Only the first call counts; later ones are ignored.
 pub fn set_compiler(path: PathBuf) {
     let _ = COMPILER.set(path);
 }
 
 /// `appsnap compile-policy`: a component on stdin, wasmtime's compiled artifact on stdout,
 /// or exit code 2 and why on stderr. Limits its own memory first, so a component built to
-/// exhaust the compiler ends this process, not the service.
+/// exhaust the compiler ends this process, not the service. Exit code 1: the compiler
+/// itself failed (the limit could not be set, stdin or stdout failed). It reads at most
+/// `MAX_COMPONENT_BYTES` + 1 bytes of stdin.
 pub fn compile_child() -> std::process::ExitCode {
     use std::process::ExitCode;
     let limit = libc::rlimit {
@@ -159,7 +185,11 @@ pub fn compile_child() -> std::process::ExitCode {
 }
 
 /// Compiles an uploaded component in a child process under [`COMPILE_MEMORY`] and
-/// [`COMPILE_TIME`], then loads the artifact it wrote.
+/// [`COMPILE_TIME`], then loads the artifact it wrote. The child gets no environment and
+/// talks through pipes only; its output is read on a helper thread, so the deadline holds
+/// even while the child blocks. `Invalid` when the bytes are no component or the code is
+/// too costly (killed at the deadline, or out of memory); `Io` when the child cannot
+/// start, fails otherwise, or its artifact does not load.
 fn compile_untrusted(engine: &Engine, bytes: &[u8]) -> Result<Component, PolicyError> {
     // The running executable itself, even if an upgrade replaced its file since: the
     // artifact must come from the same wasmtime to load.
@@ -288,15 +318,19 @@ fn check_code(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// A component's instance-pre, typed by the one world it exports.
 enum Pre {
     Retention(bindings::retention::RetentionPre<Host>),
     Quota(bindings::quota::QuotaPre<Host>),
     Schedule(bindings::schedule::SchedulePre<Host>),
 }
 
+/// wasmtime configured for policies (fuel and epoch interruption), the linker that gives
+/// a guest WASI (empty) and `log`, and the compiled components by sha256.
 pub struct PolicyEngine {
     engine: Engine,
     linker: Linker<Host>,
+    /// At most `MAX_CACHED` entries; the oldest loaded goes first.
     cache: Mutex<HashMap<String, Arc<Compiled>>>,
 }
 
@@ -307,6 +341,8 @@ pub fn shared() -> &'static PolicyEngine {
 }
 
 impl PolicyEngine {
+    /// Builds the engine and starts its epoch ticker. The ticker holds only a weak
+    /// reference: it ends once the engine is dropped (never, for `shared`'s).
     fn new() -> wasmtime::Result<PolicyEngine> {
         let engine = Engine::new(&engine_config())?;
         let ticker = engine.weak();
@@ -336,6 +372,8 @@ impl PolicyEngine {
         })
     }
 
+    /// A fresh store for one call, with the full fuel budget, the epoch deadline, the
+    /// memory and table caps, and a WASI context that grants nothing.
     fn store(&self) -> Store<Host> {
         let wasi = WasiCtxBuilder::new()
             .allow_tcp(false)
@@ -369,7 +407,11 @@ impl PolicyEngine {
 
     /// Compiles (in a child process under limits, see [`compile_untrusted`]) and
     /// type-checks a component, cached by sha256: which world it exports decides its kind,
-    /// and it must answer `describe` consistently.
+    /// and it must answer `describe` consistently. Refused as `Invalid`, with the reason:
+    /// code over the size limits (measured before compiling), a core module rather than
+    /// a component, missing imports, no known world, a failing or contradicting
+    /// `describe`. `Io` when the compiler process itself fails. A component already in
+    /// the cache is returned at once: it passed every check when it was loaded.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Compiled>, PolicyError> {
         self.load_with(bytes, false)
     }
@@ -380,6 +422,7 @@ impl PolicyEngine {
         self.load_with(bytes, true)
     }
 
+    /// `trusted`: compile in-process (built-ins only). The code limits apply either way.
     fn load_with(&self, bytes: &[u8], trusted: bool) -> Result<Arc<Compiled>, PolicyError> {
         let sha256 = crate::archive::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes));
         if let Some(c) = self.cache.lock().expect("cache lock").get(&sha256) {
@@ -460,6 +503,7 @@ impl PolicyEngine {
         Ok(compiled)
     }
 
+    /// Calls the component's `describe` in a fresh store, whatever its world.
     fn describe(&self, c: &Compiled) -> Result<Description, PolicyError> {
         let mut store = self.store();
         let d = match &c.pre {
@@ -478,6 +522,8 @@ impl PolicyEngine {
         d.map_err(trap)
     }
 
+    /// Asks the policy whether it accepts `config` (JSON text). Outer error: the call
+    /// failed (trap, time, memory). Inner: the policy's answer, with its reason on refusal.
     pub fn validate_config(
         &self,
         c: &Compiled,
@@ -498,6 +544,10 @@ impl PolicyEngine {
         r.map_err(trap)
     }
 
+    /// One retention decision: `now` in Unix seconds, `config` as JSON text, `snapshots`
+    /// of one app, newest first. The verdicts come back as the policy gave them: the
+    /// caller checks that they name only snapshots shown, each once. `WrongKind` when `c`
+    /// is not a retention policy; `Failed` on a trap, timeout or memory exhaustion.
     pub fn retention(
         &self,
         c: &Compiled,
@@ -514,6 +564,9 @@ impl PolicyEngine {
             .map_err(trap)
     }
 
+    /// Whether a backup of about `incoming` bytes may be made, given `usage` (bytes) and
+    /// the app's `snapshots`, newest first. The ids to evict are the policy's, unchecked
+    /// here. `WrongKind` when `c` is not a quota policy; `Failed` as for `retention`.
     pub fn quota(
         &self,
         c: &Compiled,
@@ -546,6 +599,9 @@ impl PolicyEngine {
         })
     }
 
+    /// The next run, in Unix seconds, after `last_run`; `None`: no further run. Not checked
+    /// here to be after `last_run` (the caller refuses one that is not). `WrongKind` when
+    /// `c` is not a schedule policy; `Failed` as for `retention`.
     pub fn next_run(
         &self,
         c: &Compiled,
@@ -578,6 +634,7 @@ fn trap(e: wasmtime::Error) -> PolicyError {
     PolicyError::Failed(detail)
 }
 
+/// The same snapshot record, as the quota world's bindings type it.
 fn to_quota_info(s: &SnapshotInfo) -> bindings::quota::appsnap::policy::types::SnapshotInfo {
     bindings::quota::appsnap::policy::types::SnapshotInfo {
         id: s.id.clone(),
@@ -590,6 +647,7 @@ fn to_quota_info(s: &SnapshotInfo) -> bindings::quota::appsnap::policy::types::S
     }
 }
 
+/// A quota policy's `describe` answer as the shared `Description`.
 fn convert_quota_description(
     d: bindings::quota::appsnap::policy::types::Description,
 ) -> Description {
@@ -601,6 +659,7 @@ fn convert_quota_description(
     }
 }
 
+/// A schedule policy's `describe` answer as the shared `Description`.
 fn convert_schedule_description(
     d: bindings::schedule::appsnap::policy::types::Description,
 ) -> Description {

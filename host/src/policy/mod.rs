@@ -52,15 +52,21 @@ pub enum PolicyError {
     Io(#[from] std::io::Error),
 }
 
+/// What a policy decides: the WIT world its component exports. A slot takes only a policy
+/// of its own kind, and an uploaded policy keeps its kind across versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// Which snapshots of an app to keep.
     Retention,
+    /// Whether a backup may be made, and what to evict for it.
     Quota,
+    /// When an app is backed up next.
     Schedule,
 }
 
 impl Kind {
+    /// The name `describe` must give, and the `kind` label of the failure metric.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Retention => "retention",
@@ -79,7 +85,8 @@ impl std::fmt::Display for Kind {
 /// Largest component accepted (an upload, and what `appsnap compile-policy` reads).
 pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
 
-/// Built-in policies, built from `policies/` by `build.rs` and embedded.
+/// Built-in policies, built from `policies/` by `build.rs` and embedded. Always there under
+/// these names: they cannot be uploaded over or deleted, and are compiled in-process.
 pub const BUILTINS: &[(&str, &[u8])] = &[
     (
         "keep-last",
@@ -112,8 +119,10 @@ pub const BUILTINS: &[(&str, &[u8])] = &[
 /// One policy bound to a slot, with its configuration (any JSON; passed as a string).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Binding {
+    /// A built-in or uploaded policy; each call uses its version current at that time.
     pub policy: String,
-    /// Omitted: `{}`.
+    /// Omitted: `{}`. Must be a JSON object, which the policy's `validate-config`
+    /// accepted when it was bound.
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub config: serde_json::Value,
@@ -127,8 +136,11 @@ fn empty_object() -> serde_json::Value {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Bindings {
+    /// Which local snapshots to keep. For an app, `None` falls back to the default's.
     pub retention: Option<Binding>,
+    /// Whether a backup may be made (and what to evict first); same fallback.
     pub quota: Option<Binding>,
+    /// When the app is backed up; with none here nor in the default, only on request.
     pub schedule: Option<Binding>,
     /// Per offsite repository (by name): the retention and quota of the app's copies
     /// there, e.g. 7 local snapshots but 12 monthly offsite. The top-level slots bind the
@@ -146,6 +158,8 @@ pub struct RepositoryBindings {
 }
 
 impl Bindings {
+    /// Every slot with the kind it takes, the repositories' included: what `bind` checks
+    /// and `uses` searches.
     fn slots(&self) -> Vec<(Kind, Option<&Binding>)> {
         let mut slots = vec![
             (Kind::Retention, self.retention.as_ref()),
@@ -159,6 +173,7 @@ impl Bindings {
         slots
     }
 
+    /// Whether any slot, a repository's included, binds policy `name`.
     fn uses(&self, name: &str) -> bool {
         self.slots()
             .iter()
@@ -169,11 +184,15 @@ impl Bindings {
 /// One stored version of an uploaded policy.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Version {
+    /// Of the component's bytes; an upload's file is `<sha256>.wasm`.
     pub sha256: String,
+    /// The first upload of these bytes (a re-upload keeps it); the Unix epoch for a
+    /// built-in.
     pub uploaded_at: DateTime<Utc>,
     pub kind: Kind,
     /// From the component's `describe`.
     pub version: String,
+    /// From `describe` too: how to write the policy's configuration.
     pub config_help: String,
 }
 
@@ -181,47 +200,67 @@ pub struct Version {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PolicyInfo {
     pub name: String,
+    /// For an uploaded policy, that of its newest version (all versions share it).
     pub kind: Kind,
     pub builtin: bool,
     /// sha256 of the version in use.
     pub current: String,
+    /// Oldest first; a built-in has exactly one.
     pub versions: Vec<Version>,
     /// Calls that trapped, timed out or answered nonsense since start-up.
     pub failures: u64,
+    /// The latest failure since start-up, prefixed with its time and app.
     pub last_error: Option<String>,
 }
 
+/// What the scheduler remembers of one app's schedule. Saved in `state.json`, so a
+/// restart neither repeats a run nor forgets one that is due.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleState {
     /// Last scheduled run (or when the schedule was first seen).
     pub last_run: Option<DateTime<Utc>>,
+    /// When the next scheduled backup is due, as last computed; `None`: not computed yet,
+    /// or the policy names no further run.
     pub next_run: Option<DateTime<Utc>>,
+    /// Why the schedule policy failed, or the due backup could not start; cleared by a
+    /// scheduled backup that starts.
     pub last_error: Option<String>,
 }
 
+/// Everything the registry persists, as `policies/state.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     /// Uploaded policies: name → versions, newest last, and the current one.
     uploaded: BTreeMap<String, (Vec<Version>, String)>,
+    /// For apps without their own binding, slot by slot.
     default: Bindings,
+    /// Apps' own bindings; an app bound to nothing has no entry.
     apps: BTreeMap<String, Bindings>,
     schedules: BTreeMap<String, ScheduleState>,
 }
 
+/// One policy's failure count and latest error: in memory only (zero after a restart), and
+/// apart from `State`, so that counting a failure takes neither its lock nor a disk write.
 #[derive(Default)]
 struct Health {
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
+/// The policy registry: uploaded components as `<sha256>.wasm` and `state.json` in one
+/// directory, and the failure counts. Methods that may compile a component block.
 pub struct Registry {
+    /// `{state_dir}/policies`.
     dir: PathBuf,
+    /// What `state.json` holds; each change is saved while the lock is held.
     state: Mutex<State>,
     health: Mutex<BTreeMap<String, Arc<Health>>>,
 }
 
 impl Registry {
-    /// Loads `{state_dir}/policies/`.
+    /// Loads `{state_dir}/policies/` (the service passes `{backup_root}/.appsnap`),
+    /// creating it if missing. No `state.json` is an empty registry; a corrupt one is
+    /// `Invalid`: refused, never replaced by an empty one.
     pub fn open(state_dir: &Path) -> Result<Registry, PolicyError> {
         let dir = state_dir.join("policies");
         fs::create_dir_all(&dir)?;
@@ -239,6 +278,7 @@ impl Registry {
         })
     }
 
+    /// Replaces `state.json` atomically (temporary file, fsync, rename).
     fn save(&self, state: &State) -> Result<(), PolicyError> {
         let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
         crate::catalog::write_atomic(&self.dir.join("state.json"), &bytes)?;
@@ -249,7 +289,8 @@ impl Registry {
         BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
     }
 
-    /// The version in use of `name`, compiled (blocking: may compile).
+    /// The version in use of `name`, compiled (blocking: may compile). `NotFound` for an
+    /// unknown name; `Io` when the current version's file is gone.
     pub fn resolve(&self, name: &str) -> Result<Arc<Compiled>, PolicyError> {
         if let Some(bytes) = Self::builtin(name) {
             return shared().load_builtin(bytes);
@@ -267,7 +308,10 @@ impl Registry {
     }
 
     /// Stores a new version of `name` and makes it current (blocking: compiles).
-    /// Evaluations already running keep the version they started with.
+    /// Evaluations already running keep the version they started with. Uploading bytes
+    /// that are already a version makes that version current again (a rollback).
+    /// `Invalid`: a bad name or component; `Conflict`: a built-in's name, or another kind
+    /// than the policy's earlier versions.
     pub fn upload(&self, name: &str, bytes: &[u8]) -> Result<PolicyInfo, PolicyError> {
         crate::ids::validate("policy name", name)
             .map_err(|e| PolicyError::Invalid(e.to_string()))?;
@@ -307,6 +351,8 @@ impl Registry {
         self.info(name)
     }
 
+    /// Every policy: the built-ins, then the uploaded ones by name. One whose info cannot
+    /// be had (a built-in that does not load) is left out. Blocking.
     pub fn list(&self) -> Vec<PolicyInfo> {
         let mut names: Vec<String> = BUILTINS.iter().map(|(n, _)| n.to_string()).collect();
         names.extend(
@@ -320,6 +366,8 @@ impl Registry {
         names.iter().filter_map(|n| self.info(n).ok()).collect()
     }
 
+    /// One policy with its versions and failures (blocking: a built-in may compile on
+    /// first use). `NotFound` for an unknown name.
     pub fn info(&self, name: &str) -> Result<PolicyInfo, PolicyError> {
         let health = self.health(name);
         let (failures, last_error) = (
@@ -361,6 +409,8 @@ impl Registry {
     }
 
     /// Removes an uploaded policy; refused while any app (or the default) uses it.
+    /// `Conflict` names the users (or says it is built in). Its version files go too,
+    /// unless another policy has the same bytes.
     pub fn delete(&self, name: &str) -> Result<(), PolicyError> {
         if Self::builtin(name).is_some() {
             return Err(PolicyError::Conflict(format!(
@@ -397,7 +447,8 @@ impl Registry {
     }
 
     /// Checks every binding (policy exists, right kind, `validate-config` accepts the
-    /// config) and stores them for `app` (`None`: the default). Blocking.
+    /// config) and stores them for `app` (`None`: the default). Blocking. Every slot is
+    /// checked before anything is stored: one refused slot stores nothing.
     pub fn bind(&self, app: Option<&str>, bindings: Bindings) -> Result<(), PolicyError> {
         for (kind, binding) in bindings.slots() {
             let Some(b) = binding else { continue };
@@ -474,7 +525,8 @@ impl Registry {
             .or_else(|| pick(&state.default))
     }
 
-    /// Apps with a schedule of their own, plus (when the default has one) `known`.
+    /// Apps with a schedule of their own, plus (when the default has one) `known`;
+    /// sorted, each once.
     pub fn scheduled_apps(&self, known: impl IntoIterator<Item = String>) -> Vec<String> {
         let state = self.state.lock().expect("policy state");
         let mut apps: Vec<String> = state
@@ -491,6 +543,7 @@ impl Registry {
         apps
     }
 
+    /// The app's schedule state; empty (never run, nothing due) for one not seen yet.
     pub fn schedule_state(&self, app: &str) -> ScheduleState {
         self.state
             .lock()
@@ -505,12 +558,14 @@ impl Registry {
         self.state.lock().expect("policy state").schedules.clone()
     }
 
+    /// Stores the app's schedule state and saves `state.json` at once.
     pub fn set_schedule_state(&self, app: &str, s: ScheduleState) -> Result<(), PolicyError> {
         let mut state = self.state.lock().expect("policy state");
         state.schedules.insert(app.to_string(), s);
         self.save(&state)
     }
 
+    /// The counters of `name`, created at first use.
     fn health(&self, name: &str) -> Arc<Health> {
         Arc::clone(
             self.health
@@ -521,7 +576,8 @@ impl Registry {
         )
     }
 
-    /// Counts a failed call (trap, timeout, nonsense) against `policy` and logs it.
+    /// Counts a failed call (trap, timeout, nonsense) against `policy` and logs it. The
+    /// log says what the caller does: a failed policy deletes nothing and denies nothing.
     pub fn record_failure(&self, policy: &str, app: &str, error: &PolicyError) {
         tracing::error!(
             policy,
