@@ -9,9 +9,9 @@
 //!   listed, restored, copied and deleted. Below it, components with one job each
 //!   (`gate`: locks, cleanup waits, heavy slots, cancel flags; `store`: the backup root,
 //!   catalog, sidecars and journals' paths; `containers`: stop, start, wait, hooks;
-//!   `verify`: checks and extraction rules) and the operations that use them (`backup`,
-//!   `restore` with `aside`, its journaled state machine, `transfer`, `offsite`,
-//!   `policies`).
+//!   `verify`: checks and extraction rules; `repos`: repositories and whose copies are
+//!   whose) and the operations that use them (`backup`, `restore` with `aside`, its
+//!   journaled state machine, `transfer`, `offsite`, `policies`).
 //! - [`jobs`]: long operations with progress (polled or streamed as SSE).
 //! - [`metrics`]: the Prometheus counters and gauges behind `GET /metrics`.
 //! - [`notify`]: alerts (webhook, ntfy, Gotify, Slack, Discord, Telegram, mail).

@@ -342,7 +342,7 @@ impl BackupManager {
                 entries: Some(summary.entries),
                 tar_sha256: Some(summary.tar_sha256),
                 // Owed from now on: a crash before they run leaves them `pending`, resumed.
-                copies: self.copies_owed(),
+                copies: self.repos.owed(),
                 // Every entry written here is one the restore's rules accept, as a full
                 // verify would find: the first restore need not read the archive twice.
                 checked: Some(crate::catalog::Checked {

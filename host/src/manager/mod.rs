@@ -8,15 +8,16 @@
 //!   paths, partial files;
 //! - [`containers`]: stop, start, wait until running, hooks (Docker behind a trait);
 //! - [`verify`]: checksum and full check of an archive, and the extraction rules;
+//! - [`repos`]: the configured repositories, and which copies in them are this server's;
 //! - [`error`]: the one error type.
 //!
 //! Operations, one file each, built on those components:
 //! - [`backup`]: making a snapshot (stop, archive, start, commit) and its crash repair;
 //! - [`restore`]: putting one back with rollback, and its crash repair; [`aside`] is its
 //!   journaled state machine (set aside, extract, commit or roll back);
-//! - [`transfer`]: verify, download and import (moving snapshots between servers);
-//! - [`offsite`]: copies to repositories after a backup (retried), forget, prune, check,
-//!   fetching them back;
+//! - [`transfer`]: verify, download, import, and fetch (a repository's copy brought back
+//!   as a local snapshot): moving snapshots between servers;
+//! - [`offsite`]: copies to repositories after a backup (retried), forget, prune, check;
 //! - [`policies`]: quota before a backup, retention after it, schedules, dry runs, and
 //!   the host rules no policy can break.
 //!
@@ -30,6 +31,7 @@ mod error;
 mod gate;
 mod offsite;
 mod policies;
+mod repos;
 mod restore;
 mod store;
 mod transfer;
@@ -52,6 +54,7 @@ use crate::ids;
 use crate::jobs::{Job, Jobs};
 use containers::Containers;
 use gate::{AppLock, Gate};
+use repos::Repos;
 use store::Store;
 use verify::Verify;
 
@@ -91,6 +94,8 @@ pub struct BackupManager {
     gate: Gate,
     /// Checksums, full checks, and the extraction rules they share with restores.
     verify: Verify,
+    /// The offsite repositories, and which copies in them are this server's.
+    repos: Repos,
     pub jobs: Jobs,
     pub policies: Arc<crate::policy::Registry>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -131,6 +136,7 @@ impl BackupManager {
             policies: Arc::new(crate::policy::Registry::open(&store.state_dir())?),
             gate: Gate::new(config.max_parallel),
             verify: Verify::new(&config),
+            repos: Repos::new(config.repositories.clone()),
             config: Arc::new(config),
             docker,
             containers,
@@ -252,6 +258,21 @@ impl BackupManager {
     pub fn delete_unless_pinned(&self, snapshot_id: &str) -> Result<bool, ManagerError> {
         ids::validate("snapshot id", snapshot_id)?;
         self.store.delete_unless_pinned(snapshot_id)
+    }
+
+    /// The configured repository of that name (404 `UnknownRepository` otherwise).
+    pub fn repository(&self, name: &str) -> Result<crate::offsite::RepositoryConfig, ManagerError> {
+        self.repos.get(name)
+    }
+
+    /// What a repository holds (appsnap snapshots only, every server's), optionally of
+    /// one app, oldest first.
+    pub async fn remote_snapshots(
+        &self,
+        repository: &str,
+        app_id: Option<&str>,
+    ) -> Result<Vec<crate::offsite::RemoteSnapshot>, ManagerError> {
+        self.repos.list(repository, app_id).await
     }
 
     /// Rebuilds the catalog from the archives on disk and their sidecars.

@@ -1,6 +1,7 @@
-//! Offsite copies, from the manager's side: which copies a new snapshot owes, running them
-//! as jobs (retried, backing off), recording where each snapshot is, and fetching a copy
-//! back as a local snapshot for a restore.
+//! Offsite copies, from the manager's side: running the copies a snapshot owes as jobs
+//! (retried, backing off), recording where each snapshot is, forgetting copies, pruning
+//! and checking repositories. (Fetching a copy back is a transfer, in `transfer`; which
+//! copies are this server's is the `repos` component's to say.)
 //!
 //! A copy never touches the local snapshot: it reads the `.tar.gz`, inflates it in
 //! parallel and hands the tar stream to [`crate::offsite::copy`]. Its state lives in the
@@ -17,12 +18,10 @@
 //!
 //! Several servers may share one repository, and a snapshot id survives a download and
 //! an import: forget, retention and quota only ever touch this server's copies (see
-//! `copies_of`), while a fetch may take another server's copy of the id (preferring the
-//! tar stream the local record names).
+//! `Repos::copies_of`), while a fetch may take another server's copy of the id
+//! (preferring the tar stream the local record names).
 
-use std::fs;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,39 +29,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use super::repos::{blocking, drop_copy_record, new_copy};
 use super::{BackupManager, ManagerError};
-use crate::archive::{self, gzip::ParallelGzip, walk::ChunkSink};
+use crate::archive;
 use crate::catalog::{Copy, CopyState, Snapshot};
 use crate::ids;
 use crate::jobs::Job;
-use crate::offsite::{self, CopyWhen, Description, OffsiteError, RemoteSnapshot, RepositoryConfig};
+use crate::offsite::{self, Description, OffsiteError, RepositoryConfig};
 
 impl BackupManager {
-    /// The configured repository of that name (404 otherwise:
-    /// `OffsiteError::UnknownRepository`). A clone: callers move it into tasks and
-    /// blocking calls.
-    pub fn repository(&self, name: &str) -> Result<RepositoryConfig, ManagerError> {
-        self.config
-            .repositories
-            .iter()
-            .find(|r| r.name == name)
-            .cloned()
-            .ok_or_else(|| OffsiteError::UnknownRepository(name.to_string()).into())
-    }
-
-    /// `pending` for every repository that takes copies after each backup.
-    /// Recorded with the new snapshot itself, before any copy runs: a crash before the
-    /// copies start leaves them `pending`, and the next start resumes them. Repositories
-    /// with `copy = "manual"` owe nothing until `POST …/copy`.
-    pub(super) fn copies_owed(&self) -> std::collections::BTreeMap<String, Copy> {
-        self.config
-            .repositories
-            .iter()
-            .filter(|r| r.copy == CopyWhen::AfterBackup)
-            .map(|r| (r.name.clone(), new_copy(CopyState::Pending)))
-            .collect()
-    }
-
     /// Starts the copies `snapshot` owes (those `pending`), each as its own job, unless
     /// a task for it is alive already.
     /// A record naming a repository no longer configured is left `pending`, untouched:
@@ -72,7 +47,7 @@ impl BackupManager {
             if copy.state != CopyState::Pending {
                 continue;
             }
-            let Ok(repo) = self.repository(name) else {
+            let Ok(repo) = self.repos.get(name) else {
                 continue;
             };
             let Some(claim) = self.copies_running.claim(&snapshot.snapshot_id, name) else {
@@ -118,7 +93,7 @@ impl BackupManager {
         repository: &str,
     ) -> Result<Job, ManagerError> {
         let snapshot = self.get(snapshot_id)?;
-        let repo = self.repository(repository)?;
+        let repo = self.repos.get(repository)?;
         // Copying, or waiting to retry: a second task would make a second copy.
         let claim = self
             .copies_running
@@ -185,7 +160,7 @@ impl BackupManager {
     /// Returns the job at once (an unknown repository is the only error); the prune waits
     /// for the offsite slot, and its job's result is the prune's report.
     pub fn start_prune(self: &Arc<Self>, repository: &str) -> Result<Job, ManagerError> {
-        let repo = self.repository(repository)?;
+        let repo = self.repos.get(repository)?;
         let job = self.jobs.create("prune", "");
         let (this, job2) = (Arc::clone(self), job.clone());
         self.track(tokio::spawn(async move {
@@ -218,7 +193,7 @@ impl BackupManager {
         repository: &str,
         read_data: bool,
     ) -> Result<Job, ManagerError> {
-        let repo = self.repository(repository)?;
+        let repo = self.repos.get(repository)?;
         let job = self.jobs.create("check", "");
         let (this, job2) = (Arc::clone(self), job.clone());
         self.track(tokio::spawn(async move {
@@ -546,8 +521,8 @@ impl BackupManager {
         ids::validate("snapshot id", snapshot_id)?;
         let repos: Vec<RepositoryConfig> = match location {
             "local" => Vec::new(),
-            "all" => self.config.repositories.clone(),
-            name => vec![self.repository(name)?],
+            "all" => self.repos.all().to_vec(),
+            name => vec![self.repos.get(name)?],
         };
         let local = self.get(snapshot_id).ok();
         if location == "local" && local.is_none() {
@@ -555,7 +530,7 @@ impl BackupManager {
         }
         let mut forgotten = 0;
         for repo in repos {
-            let (own, others) = self.copies_of(&repo.name, None).await?;
+            let (own, others) = self.repos.copies_of(&self.store, &repo.name, None).await?;
             let ids: Vec<String> = own
                 .iter()
                 .filter(|r| r.snapshot_id == snapshot_id)
@@ -580,14 +555,10 @@ impl BackupManager {
                 }
                 .into());
             }
-            let cfg = repo.clone();
-            let n = match ids.is_empty() {
-                true => 0,
-                false => blocking("forget task", move || offsite::forget(&cfg, &ids)).await?,
-            };
+            let n = self.repos.forget_exact(&repo, ids).await?;
             if n > 0 {
                 tracing::info!(snapshot = %snapshot_id, repository = %repo.name, copies = n, "offsite copies forgotten");
-                self.forget_copy(snapshot_id, &repo.name);
+                drop_copy_record(&self.store, snapshot_id, &repo.name);
                 self.start_prune(&repo.name)?;
             }
             forgotten += n;
@@ -610,354 +581,11 @@ impl BackupManager {
         repo: &RepositoryConfig,
         snapshot_ids: Vec<String>,
     ) -> Result<(), ManagerError> {
-        if snapshot_ids.is_empty() {
-            return Ok(());
-        }
-        let (own, _) = self.copies_of(&repo.name, None).await?;
-        let (forgotten, ids): (std::collections::BTreeSet<String>, Vec<String>) = own
-            .into_iter()
-            .filter(|r| snapshot_ids.contains(&r.snapshot_id))
-            .map(|r| (r.snapshot_id, r.repository_snapshot))
-            .unzip();
-        let cfg = repo.clone();
-        let n = match ids.is_empty() {
-            true => 0,
-            false => blocking("forget task", move || offsite::forget(&cfg, &ids)).await?,
-        };
-        for id in &forgotten {
-            tracing::info!(snapshot = %id, repository = %repo.name, "offsite copy forgotten by policy");
-            self.forget_copy(id, &repo.name);
-        }
-        if n > 0 {
+        if self.repos.forget(&self.store, repo, &snapshot_ids).await? > 0 {
             self.start_prune(&repo.name)?;
         }
         Ok(())
     }
-
-    /// Bytes the repository's storage holds: every file (packs, index, snapshots, keys),
-    /// from one listing of the storage. What a quota on the repository sees as its total.
-    pub(super) async fn repository_bytes(&self, repository: &str) -> Result<u64, ManagerError> {
-        let repo = self.repository(repository)?;
-        blocking("usage task", move || offsite::stored(&repo)).await
-    }
-
-    /// Drops a repository's copy record from a local snapshot (its copy was forgotten).
-    fn forget_copy(&self, snapshot_id: &str, repository: &str) {
-        if let Err(e) = self.store.update(snapshot_id, |s| {
-            s.facts.copies.remove(repository);
-        }) {
-            tracing::error!(snapshot = %snapshot_id, "cannot save the catalog: {e}");
-        }
-    }
-
-    /// What a repository holds (appsnap snapshots only), optionally of one app.
-    /// Oldest first; other servers' copies included. Copies whose description does not
-    /// hold up (ids, mounts) are left out, never believed. Errors: `InvalidId`, an
-    /// unknown repository, or the repository's own (unreachable, wrong password…).
-    pub async fn remote_snapshots(
-        &self,
-        repository: &str,
-        app_id: Option<&str>,
-    ) -> Result<Vec<RemoteSnapshot>, ManagerError> {
-        if let Some(app) = app_id {
-            ids::validate("app id", app)?;
-        }
-        let repo = self.repository(repository)?;
-        let app = app_id.map(str::to_string);
-        blocking("listing task", move || offsite::list(&repo, app.as_deref())).await
-    }
-
-    /// The copies a repository holds (of one app when given), split into this server's
-    /// and other servers' (which share the repository, and may hold copies of the same
-    /// snapshot ids: ids survive download and import). A copy is this server's when it
-    /// names this backup root; a copy from before copies named their root counts as this
-    /// server's when a local snapshot records it, or when this host made it.
-    pub(super) async fn copies_of(
-        &self,
-        repository: &str,
-        app_id: Option<&str>,
-    ) -> Result<(Vec<RemoteSnapshot>, Vec<RemoteSnapshot>), ManagerError> {
-        let list = self.remote_snapshots(repository, app_id).await?;
-        let recorded: std::collections::HashSet<String> = self.store.read(|catalog| {
-            catalog
-                .all()
-                .filter_map(|s| s.facts.copies.get(repository)?.repository_snapshot.clone())
-                .collect()
-        });
-        let host = nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Ok(list.into_iter().partition(|r| match &r.root_id {
-            Some(root) => *root == self.store.root_id(),
-            None => recorded.contains(&r.repository_snapshot) || r.hostname == host,
-        }))
-    }
-
-    /// The newest copy of `snapshot_id` in `from`, or in the configured repositories in
-    /// order. Without repositories, the snapshot is simply not found. Where several
-    /// servers copied the same id, the copy of the tar stream the local record names wins,
-    /// then this server's own.
-    /// Errors: `InvalidId`; with `from`, an unknown repository, its listing error, or
-    /// `OffsiteError::SnapshotNotFound`; without, `SnapshotNotFound`, unless a repository
-    /// could not be listed: then the error of the last one that failed. A repository that
-    /// fails is passed over while the others are searched.
-    pub(super) async fn find_remote(
-        &self,
-        from: Option<&str>,
-        snapshot_id: &str,
-    ) -> Result<RemoteSnapshot, ManagerError> {
-        ids::validate("snapshot id", snapshot_id)?;
-        let names: Vec<String> = match from {
-            Some(name) => vec![self.repository(name)?.name],
-            None => self
-                .config
-                .repositories
-                .iter()
-                .map(|r| r.name.clone())
-                .collect(),
-        };
-        let recorded_stream = self.get(snapshot_id).ok().and_then(|s| s.facts.tar_sha256);
-        let mut last = ManagerError::SnapshotNotFound(snapshot_id.into());
-        for name in names {
-            match self.copies_of(&name, None).await {
-                Ok((own, others)) => {
-                    let best = own
-                        .iter()
-                        .map(|r| (r, true))
-                        .chain(others.iter().map(|r| (r, false)))
-                        .filter(|(r, _)| r.snapshot_id == snapshot_id)
-                        .max_by_key(|(r, ours)| {
-                            (
-                                recorded_stream.as_deref() == Some(r.tar_sha256.as_str()),
-                                *ours,
-                                r.copied_at,
-                            )
-                        });
-                    if let Some((r, _)) = best {
-                        return Ok(r.clone());
-                    }
-                    if from.is_some() {
-                        last = OffsiteError::SnapshotNotFound {
-                            name,
-                            snapshot_id: snapshot_id.into(),
-                        }
-                        .into();
-                    }
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    /// `POST /api/v1/backup/snapshots/{id}/fetch[?from=NAME]`, and a download of a
-    /// snapshot that is not held locally: fetches the newest copy (of `from`, or of the
-    /// first repository holding one) into the backup root as a local snapshot, as a job
-    /// of kind `fetch`. A local archive of the same id is kept when it checks out; a
-    /// damaged one is replaced only by the tar stream its record names, once the fetched
-    /// archive is complete and checked (a way to mend it), and its record keeps every
-    /// server fact (origin, warnings, pin, note, date).
-    ///
-    /// The copy is found (and a missing one refused) before anything starts; then the
-    /// app's lock is taken, as a restore fetching the same copy would share its file.
-    /// Only the lock: a fetch writes nothing of the app's, so an unrepaired journal does
-    /// not stop it. `Busy` while another operation holds it. The lock is held until the
-    /// fetch ends; the outcome is in the job and in `done`.
-    pub async fn start_fetch(
-        self: &Arc<Self>,
-        snapshot_id: &str,
-        from: Option<&str>,
-    ) -> Result<super::Started<Snapshot>, ManagerError> {
-        let remote = self.find_remote(from, snapshot_id).await?;
-        // One operation per app: a restore fetching the same copy would share its file.
-        let lock = self.gate.lock(&remote.app_id, "fetch")?;
-        let job = self.jobs.create("fetch", &remote.app_id);
-        let (this, job2) = (Arc::clone(self), job.clone());
-        let done = tokio::spawn(async move {
-            let _lock = lock;
-            let result = this.fetch(&remote, &job2).await.map_err(Arc::new);
-            match &result {
-                Ok(s) => {
-                    tracing::info!(snapshot = %s.snapshot_id, repository = %remote.repository, "fetched from the repository");
-                    job2.succeed(serde_json::to_value(s).expect("snapshot serializes"));
-                }
-                Err(e) => {
-                    tracing::warn!(snapshot = %remote.snapshot_id, repository = %remote.repository, "fetch failed: {e}");
-                    job2.fail(e.clone());
-                }
-            }
-            result
-        });
-        Ok(super::Started { job, done })
-    }
-
-    /// Fetches a repository's copy into the backup root as a local snapshot: the tar
-    /// stream is compressed as it arrives into a temporary file, its length and sha256
-    /// must be what the backup recorded, and the archive is then checked like an import
-    /// before it is listed (replacing the local archive of the same id, if any). The app
-    /// is not touched here.
-    ///
-    /// The caller holds the app's lock. The archive is written, on a blocking thread and
-    /// with the backup's compression level and threads, to `.appsnap/fetch-<id>.partial`,
-    /// which is removed on every outcome. Errors: `Offsite(Mismatch)` when the bytes
-    /// differ from the description, or when a damaged local archive would be replaced by
-    /// another tar stream; a repository error; `ShuttingDown`; `NoSpace` or `Io` from the
-    /// disk; then what `adopt` refuses. A fetched snapshot with no local record is
-    /// listed as `imported`, its copy `done` in the repository it came from.
-    pub(super) async fn fetch(
-        &self,
-        remote: &RemoteSnapshot,
-        job: &Job,
-    ) -> Result<Snapshot, ManagerError> {
-        let repo = self.repository(&remote.repository)?;
-        // A local snapshot of that id is this server's record: a copy never replaces an
-        // archive that still checks out, and replaces a damaged one only when it is the
-        // same tar stream the record names (never merely what the repository says).
-        let local = match self.get(&remote.snapshot_id) {
-            Ok(local) => Some(local),
-            Err(ManagerError::SnapshotNotFound(_)) => None,
-            Err(e) => return Err(e),
-        };
-        if let Some(local) = &local {
-            job.step("checking the local archive");
-            let (path, sha) = (PathBuf::from(&local.file_path), local.sha256.clone());
-            let intact = tokio::task::spawn_blocking(move || archive::check_sha256(&path, &sha))
-                .await
-                .is_ok_and(|r| r.is_ok());
-            if intact {
-                tracing::info!(snapshot = %local.snapshot_id,
-                    "the local archive checks out: kept, nothing fetched");
-                return Ok(local.clone());
-            }
-            if local.facts.tar_sha256.as_deref() != Some(remote.tar_sha256.as_str()) {
-                return Err(OffsiteError::Mismatch {
-                    name: repo.name.clone(),
-                    snapshot_id: remote.snapshot_id.clone(),
-                    reason: format!(
-                        "the local archive is damaged, and the repository's copy is not the \
-                         snapshot this server recorded (tar sha256 {} here, {} there); \
-                         nothing was replaced",
-                        local.facts.tar_sha256.as_deref().unwrap_or("not recorded"),
-                        remote.tar_sha256
-                    ),
-                }
-                .into());
-            }
-        }
-        job.step(&format!("fetching from repository `{}`", repo.name));
-        job.total(remote.tar_bytes);
-        let tmp = offsite::fetch_path(&self.store.state_dir(), &remote.snapshot_id);
-        let _cleanup = super::transfer::RemoveOnDrop(tmp.clone());
-        let (level, threads, cancel) = (
-            self.config.compression_level,
-            self.config.threads(),
-            self.gate.new_cancel(),
-        );
-        let (remote2, tmp2, job2) = (remote.clone(), tmp.clone(), job.clone());
-        let written = tokio::task::spawn_blocking(move || {
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp2)
-                .map_err(OffsiteError::Local)?;
-            let gz = ParallelGzip::new(file, level, threads, 1 << 20);
-            let progress = |b| job2.progress(b);
-            let mut sink = ChunkSink::new(gz, &progress);
-            sink.cancel = Some(cancel.clone());
-            let dumped = offsite::dump(&repo, &remote2, &mut SinkWriter(&mut sink));
-            let bytes = sink.bytes;
-            let finished = sink.finish();
-            if archive::cancelled(&Some(cancel)) {
-                return Err(OffsiteError::Cancelled);
-            }
-            // When both failed, the writer's error is the cause (a full disk, say): the
-            // dump's only says that the pipeline stopped.
-            let (written, file) = match (dumped, finished) {
-                (_, Err(e)) => return Err(OffsiteError::Local(e)),
-                (Err(e), Ok(_)) => return Err(e),
-                (Ok(_), Ok(finished)) => finished,
-            };
-            file.sync_all().map_err(OffsiteError::Local)?;
-            let mismatch = |reason: String| OffsiteError::Mismatch {
-                name: repo.name.clone(),
-                snapshot_id: remote2.snapshot_id.clone(),
-                reason,
-            };
-            if bytes != remote2.tar_bytes {
-                return Err(mismatch(format!(
-                    "{bytes} bytes came back, the backup wrote {}",
-                    remote2.tar_bytes
-                )));
-            }
-            let sha = archive::hex(&written.raw_sha256);
-            if sha != remote2.tar_sha256 {
-                return Err(mismatch(format!(
-                    "its sha256 is {sha}, the backup recorded {}",
-                    remote2.tar_sha256
-                )));
-            }
-            Ok(written)
-        })
-        .await
-        .map_err(|e| ManagerError::Io {
-            context: "fetch task".into(),
-            source: io::Error::other(e.to_string()),
-        })?
-        .map_err(|e| match e {
-            OffsiteError::Cancelled => ManagerError::ShuttingDown,
-            OffsiteError::Local(e) => super::error::io_err("cannot write the fetched copy")(e),
-            other => other.into(),
-        })?;
-        job.step("checking the fetched copy");
-        let adopted = self
-            .adopt(
-                &tmp,
-                archive::hex(&written.sha256),
-                written.compressed_bytes,
-                super::transfer::Adopt {
-                    // Filed under the app the copy's description names: an import
-                    // filed elsewhere (`?app_id=`) was copied under its new app, while
-                    // its archive names the old one. The tar stream's sha256, checked
-                    // above against the description, binds the two.
-                    app_override: Some(remote.app_id.clone()),
-                    expect_id: Some(remote.snapshot_id.clone()),
-                    replace: local,
-                    tar_sha256: Some(remote.tar_sha256.clone()),
-                    copies: [(
-                        remote.repository.clone(),
-                        Copy {
-                            state: CopyState::Done,
-                            attempts: 0,
-                            error: None,
-                            repository_snapshot: Some(remote.repository_snapshot.clone()),
-                            bytes_uploaded: None,
-                            updated_at: Utc::now(),
-                        },
-                    )]
-                    .into(),
-                },
-            )
-            .await?;
-        Ok(adopted)
-    }
-}
-
-/// Runs a blocking repository call (rustic_core is synchronous) off the runtime.
-/// A task that panics is `Io` with `what` as its context; the call's own error is
-/// `Offsite`.
-async fn blocking<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> Result<T, OffsiteError> + Send + 'static,
-) -> Result<T, ManagerError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ManagerError::Io {
-            context: what.into(),
-            source: io::Error::other(e.to_string()),
-        })?
-        .map_err(ManagerError::from)
 }
 
 /// The (snapshot, repository) pairs with a live copy task. Shared (`Arc`) with each
@@ -991,18 +619,6 @@ impl Drop for Claim {
     }
 }
 
-/// A fresh copy record: no attempt, no error, no repository snapshot yet, dated now.
-fn new_copy(state: CopyState) -> Copy {
-    Copy {
-        state,
-        attempts: 0,
-        error: None,
-        repository_snapshot: None,
-        bytes_uploaded: None,
-        updated_at: Utc::now(),
-    }
-}
-
 /// Mirrors a copy's counters into its job every half second: the tar stream read as
 /// `bytes_done`, what went to the storage in the step's text.
 /// It never ends by itself: the caller aborts it once the copy returns. The step text is
@@ -1025,24 +641,6 @@ fn spawn_progress(
             }
         }
     })
-}
-
-/// `io::Write` over the gzip pipeline's producer end. A failed write carries no cause:
-/// `ChunkSink` only knows that the pipeline stopped. The cause (the writer's first I/O
-/// error) is what `ChunkSink::finish` returns, and a cancellation shows in the cancel
-/// flag. `flush` does nothing: `finish` drains the pipeline.
-struct SinkWriter<'a, 'p, W>(&'a mut ChunkSink<'p, W>);
-
-impl<W: io::Write + Send + 'static> io::Write for SinkWriter<'_, '_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .write(buf)
-            .map_err(|_| io::Error::other("the archive pipeline stopped (see the next error)"))?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A sink that only hashes: `io::copy` into it gives a stream's sha256 and length

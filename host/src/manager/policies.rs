@@ -184,7 +184,7 @@ impl BackupManager {
         dry_run: bool,
     ) -> Result<RetentionReport, ManagerError> {
         crate::ids::validate("app id", app_id)?;
-        let repo = self.repository(repository)?;
+        let repo = self.repos.get(repository)?;
         let binding = self
             .policies
             .effective_at(app_id, Kind::Retention, repository);
@@ -220,7 +220,10 @@ impl BackupManager {
         app_id: &str,
         repository: &str,
     ) -> Result<Vec<SnapshotInfo>, ManagerError> {
-        let (remote, _) = self.copies_of(repository, Some(app_id)).await?;
+        let (remote, _) = self
+            .repos
+            .copies_of(&self.store, repository, Some(app_id))
+            .await?;
         let pinned = self.store.pinned_ids();
         let mut seen = HashSet::new();
         Ok(remote
@@ -369,7 +372,7 @@ impl BackupManager {
         let shown = self.remote_infos(app_id, repository).await?;
         let usage = Usage {
             app_bytes: shown.iter().map(|s| s.size).sum(),
-            total_bytes: self.repository_bytes(repository).await?,
+            total_bytes: self.repos.bytes(repository).await?,
             disk_free: 0,
             disk_size: 0,
         };

@@ -33,7 +33,7 @@ use crate::jobs::Job;
 enum Source {
     /// A snapshot the catalog lists: its archive is used as it is.
     Local(Snapshot),
-    /// A repository's copy (see `find_remote`): fetched into the backup root and listed,
+    /// A repository's copy (see `Repos::find`): fetched into the backup root and listed,
     /// inside the restore's task and under the app's lock, before the app is touched.
     Remote(crate::offsite::RemoteSnapshot),
 }
@@ -77,13 +77,15 @@ impl BackupManager {
         ids::validate("snapshot id", snapshot_id)?;
         let source = match (from, self.get(snapshot_id)) {
             (None, Ok(local)) => Source::Local(local),
-            (None, Err(ManagerError::SnapshotNotFound(_)))
-                if !self.config.repositories.is_empty() =>
-            {
-                Source::Remote(self.find_remote(None, snapshot_id).await?)
+            (None, Err(ManagerError::SnapshotNotFound(_))) if !self.repos.all().is_empty() => {
+                Source::Remote(self.repos.find(&self.store, None, snapshot_id).await?)
             }
             (None, Err(e)) => return Err(e),
-            (Some(name), _) => Source::Remote(self.find_remote(Some(name), snapshot_id).await?),
+            (Some(name), _) => Source::Remote(
+                self.repos
+                    .find(&self.store, Some(name), snapshot_id)
+                    .await?,
+            ),
         };
         let snapshot_app = match &source {
             Source::Local(s) => s.app_id.clone(),

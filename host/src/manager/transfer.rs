@@ -1,5 +1,6 @@
-//! Snapshots in and out: verification, download (a plain file stream, see the API) and
-//! import — how an app moves between servers.
+//! Snapshots in and out: verification, download (a plain file stream, see the API),
+//! import, and fetch (a repository's copy brought back as a local snapshot) — how an app
+//! moves between servers.
 //!
 //! Nothing an archive says about itself (its ids, mounts, date) is believed before it is
 //! checked, and nothing is listed before a full read under the restore's own rules: an
@@ -9,9 +10,10 @@
 //! which is what keeps two archives, or two records, from ever sharing one snapshot id.
 
 use std::fs;
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -20,9 +22,13 @@ use sha2::{Digest, Sha256};
 use super::error::io_err;
 use super::verify::{SetOnDrop, check_targets};
 use super::{BackupManager, ManagerError};
-use crate::archive::{self, Verified};
-use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Facts, PARTIAL_SUFFIX, Snapshot};
+use crate::archive::{self, Verified, gzip::ParallelGzip, walk::ChunkSink};
+use crate::catalog::{
+    ARCHIVE_SUFFIX, ArchiveMeta, Copy, CopyState, Facts, PARTIAL_SUFFIX, Snapshot,
+};
 use crate::ids;
+use crate::jobs::Job;
+use crate::offsite::{self, OffsiteError, RemoteSnapshot};
 
 /// Removes a temporary file however its owner ends (finished, failed, or dropped).
 /// Errors are ignored: after a successful import the file was renamed into place and
@@ -306,5 +312,219 @@ impl BackupManager {
         let snapshot = self.store.insert_checked(&id, decide, place)?;
         tracing::info!(snapshot = %snapshot.snapshot_id, app = %snapshot.app_id, bytes = size, "snapshot imported");
         Ok(snapshot)
+    }
+}
+
+/// Fetching a repository's copy back as a local snapshot.
+impl BackupManager {
+    /// `POST /api/v1/backup/snapshots/{id}/fetch[?from=NAME]`, and a download of a
+    /// snapshot that is not held locally: fetches the newest copy (of `from`, or of the
+    /// first repository holding one) into the backup root as a local snapshot, as a job
+    /// of kind `fetch`. A local archive of the same id is kept when it checks out; a
+    /// damaged one is replaced only by the tar stream its record names, once the fetched
+    /// archive is complete and checked (a way to mend it), and its record keeps every
+    /// server fact (origin, warnings, pin, note, date).
+    ///
+    /// The copy is found (and a missing one refused) before anything starts; then the
+    /// app's lock is taken, as a restore fetching the same copy would share its file.
+    /// Only the lock: a fetch writes nothing of the app's, so an unrepaired journal does
+    /// not stop it. `Busy` while another operation holds it. The lock is held until the
+    /// fetch ends; the outcome is in the job and in `done`.
+    pub async fn start_fetch(
+        self: &Arc<Self>,
+        snapshot_id: &str,
+        from: Option<&str>,
+    ) -> Result<super::Started<Snapshot>, ManagerError> {
+        let remote = self.repos.find(&self.store, from, snapshot_id).await?;
+        // One operation per app: a restore fetching the same copy would share its file.
+        let lock = self.gate.lock(&remote.app_id, "fetch")?;
+        let job = self.jobs.create("fetch", &remote.app_id);
+        let (this, job2) = (Arc::clone(self), job.clone());
+        let done = tokio::spawn(async move {
+            let _lock = lock;
+            let result = this.fetch(&remote, &job2).await.map_err(Arc::new);
+            match &result {
+                Ok(s) => {
+                    tracing::info!(snapshot = %s.snapshot_id, repository = %remote.repository, "fetched from the repository");
+                    job2.succeed(serde_json::to_value(s).expect("snapshot serializes"));
+                }
+                Err(e) => {
+                    tracing::warn!(snapshot = %remote.snapshot_id, repository = %remote.repository, "fetch failed: {e}");
+                    job2.fail(e.clone());
+                }
+            }
+            result
+        });
+        Ok(super::Started { job, done })
+    }
+
+    /// Fetches a repository's copy into the backup root as a local snapshot: the tar
+    /// stream is compressed as it arrives into a temporary file, its length and sha256
+    /// must be what the backup recorded, and the archive is then checked like an import
+    /// before it is listed (replacing the local archive of the same id, if any). The app
+    /// is not touched here.
+    ///
+    /// The caller holds the app's lock. The archive is written, on a blocking thread and
+    /// with the backup's compression level and threads, to `.appsnap/fetch-<id>.partial`,
+    /// which is removed on every outcome. Errors: `Offsite(Mismatch)` when the bytes
+    /// differ from the description, or when a damaged local archive would be replaced by
+    /// another tar stream; a repository error; `ShuttingDown`; `NoSpace` or `Io` from the
+    /// disk; then what `adopt` refuses. A fetched snapshot with no local record is
+    /// listed as `imported`, its copy `done` in the repository it came from.
+    pub(super) async fn fetch(
+        &self,
+        remote: &RemoteSnapshot,
+        job: &Job,
+    ) -> Result<Snapshot, ManagerError> {
+        let repo = self.repos.get(&remote.repository)?;
+        // A local snapshot of that id is this server's record: a copy never replaces an
+        // archive that still checks out, and replaces a damaged one only when it is the
+        // same tar stream the record names (never merely what the repository says).
+        let local = match self.get(&remote.snapshot_id) {
+            Ok(local) => Some(local),
+            Err(ManagerError::SnapshotNotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(local) = &local {
+            job.step("checking the local archive");
+            let (path, sha) = (PathBuf::from(&local.file_path), local.sha256.clone());
+            let intact = tokio::task::spawn_blocking(move || archive::check_sha256(&path, &sha))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if intact {
+                tracing::info!(snapshot = %local.snapshot_id,
+                    "the local archive checks out: kept, nothing fetched");
+                return Ok(local.clone());
+            }
+            if local.facts.tar_sha256.as_deref() != Some(remote.tar_sha256.as_str()) {
+                return Err(OffsiteError::Mismatch {
+                    name: repo.name.clone(),
+                    snapshot_id: remote.snapshot_id.clone(),
+                    reason: format!(
+                        "the local archive is damaged, and the repository's copy is not the \
+                         snapshot this server recorded (tar sha256 {} here, {} there); \
+                         nothing was replaced",
+                        local.facts.tar_sha256.as_deref().unwrap_or("not recorded"),
+                        remote.tar_sha256
+                    ),
+                }
+                .into());
+            }
+        }
+        job.step(&format!("fetching from repository `{}`", repo.name));
+        job.total(remote.tar_bytes);
+        let tmp = offsite::fetch_path(&self.store.state_dir(), &remote.snapshot_id);
+        let _cleanup = RemoveOnDrop(tmp.clone());
+        let (level, threads, cancel) = (
+            self.config.compression_level,
+            self.config.threads(),
+            self.gate.new_cancel(),
+        );
+        let (remote2, tmp2, job2) = (remote.clone(), tmp.clone(), job.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp2)
+                .map_err(OffsiteError::Local)?;
+            let gz = ParallelGzip::new(file, level, threads, 1 << 20);
+            let progress = |b| job2.progress(b);
+            let mut sink = ChunkSink::new(gz, &progress);
+            sink.cancel = Some(cancel.clone());
+            let dumped = offsite::dump(&repo, &remote2, &mut SinkWriter(&mut sink));
+            let bytes = sink.bytes;
+            let finished = sink.finish();
+            if archive::cancelled(&Some(cancel)) {
+                return Err(OffsiteError::Cancelled);
+            }
+            // When both failed, the writer's error is the cause (a full disk, say): the
+            // dump's only says that the pipeline stopped.
+            let (written, file) = match (dumped, finished) {
+                (_, Err(e)) => return Err(OffsiteError::Local(e)),
+                (Err(e), Ok(_)) => return Err(e),
+                (Ok(_), Ok(finished)) => finished,
+            };
+            file.sync_all().map_err(OffsiteError::Local)?;
+            let mismatch = |reason: String| OffsiteError::Mismatch {
+                name: repo.name.clone(),
+                snapshot_id: remote2.snapshot_id.clone(),
+                reason,
+            };
+            if bytes != remote2.tar_bytes {
+                return Err(mismatch(format!(
+                    "{bytes} bytes came back, the backup wrote {}",
+                    remote2.tar_bytes
+                )));
+            }
+            let sha = archive::hex(&written.raw_sha256);
+            if sha != remote2.tar_sha256 {
+                return Err(mismatch(format!(
+                    "its sha256 is {sha}, the backup recorded {}",
+                    remote2.tar_sha256
+                )));
+            }
+            Ok(written)
+        })
+        .await
+        .map_err(|e| ManagerError::Io {
+            context: "fetch task".into(),
+            source: io::Error::other(e.to_string()),
+        })?
+        .map_err(|e| match e {
+            OffsiteError::Cancelled => ManagerError::ShuttingDown,
+            OffsiteError::Local(e) => super::error::io_err("cannot write the fetched copy")(e),
+            other => other.into(),
+        })?;
+        job.step("checking the fetched copy");
+        let adopted = self
+            .adopt(
+                &tmp,
+                archive::hex(&written.sha256),
+                written.compressed_bytes,
+                super::transfer::Adopt {
+                    // Filed under the app the copy's description names: an import
+                    // filed elsewhere (`?app_id=`) was copied under its new app, while
+                    // its archive names the old one. The tar stream's sha256, checked
+                    // above against the description, binds the two.
+                    app_override: Some(remote.app_id.clone()),
+                    expect_id: Some(remote.snapshot_id.clone()),
+                    replace: local,
+                    tar_sha256: Some(remote.tar_sha256.clone()),
+                    copies: [(
+                        remote.repository.clone(),
+                        Copy {
+                            state: CopyState::Done,
+                            attempts: 0,
+                            error: None,
+                            repository_snapshot: Some(remote.repository_snapshot.clone()),
+                            bytes_uploaded: None,
+                            updated_at: chrono::Utc::now(),
+                        },
+                    )]
+                    .into(),
+                },
+            )
+            .await?;
+        Ok(adopted)
+    }
+}
+
+/// `io::Write` over the gzip pipeline's producer end. A failed write carries no cause:
+/// `ChunkSink` only knows that the pipeline stopped. The cause (the writer's first I/O
+/// error) is what `ChunkSink::finish` returns, and a cancellation shows in the cancel
+/// flag. `flush` does nothing: `finish` drains the pipeline.
+struct SinkWriter<'a, 'p, W>(&'a mut ChunkSink<'p, W>);
+
+impl<W: io::Write + Send + 'static> io::Write for SinkWriter<'_, '_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .write(buf)
+            .map_err(|_| io::Error::other("the archive pipeline stopped (see the next error)"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
