@@ -251,7 +251,7 @@ impl BackupManager {
         let total = estimating.await.unwrap_or(0);
         job.total(total);
         job.step("asking the quota policy");
-        self.quota_admit(&app.id, total).await
+        self.rules().quota_admit(&app.id, total).await
     }
 
     /// In stop mode, journals the containers about to stop, then stops them, so a

@@ -9,6 +9,8 @@
 //! - [`containers`]: stop, start, wait until running, hooks (Docker behind a trait);
 //! - [`verify`]: checksum and full check of an archive, and the extraction rules;
 //! - [`repos`]: the configured repositories, and which copies in them are this server's;
+//! - [`rules`]: what the policies decide (retention, quota, schedules), after the host's
+//!   rules no policy can break; it decides, never acts;
 //! - [`error`]: the one error type.
 //!
 //! Operations, one file each, built on those components:
@@ -18,8 +20,8 @@
 //! - [`transfer`]: verify, download, import, and fetch (a repository's copy brought back
 //!   as a local snapshot): moving snapshots between servers;
 //! - [`offsite`]: copies to repositories after a backup (retried), forget, prune, check;
-//! - [`policies`]: quota before a backup, retention after it, schedules, dry runs, and
-//!   the host rules no policy can break.
+//! - [`policies`]: retention of the local snapshots (after each backup, with the quota's
+//!   evictions), schedules, dry runs.
 //!
 //! Here: opening (store, then repairs from the journals), the lock an operation takes
 //! (gate and store together), list, get, delete, pin and note, stats and metrics.
@@ -33,13 +35,14 @@ mod offsite;
 mod policies;
 mod repos;
 mod restore;
+mod rules;
 mod store;
 mod transfer;
 mod verify;
 
 pub use error::ManagerError;
-pub use policies::{Decision, RetentionReport};
 pub use restore::Restored;
+pub use rules::{Decision, RetentionReport};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -258,6 +261,17 @@ impl BackupManager {
     pub fn delete_unless_pinned(&self, snapshot_id: &str) -> Result<bool, ManagerError> {
         ids::validate("snapshot id", snapshot_id)?;
         self.store.delete_unless_pinned(snapshot_id)
+    }
+
+    /// The policies' decisions, lent to one operation.
+    fn rules(&self) -> rules::Rules<'_> {
+        rules::Rules {
+            policies: &self.policies,
+            metrics: &self.metrics,
+            notifier: &self.notifier,
+            store: &self.store,
+            repos: &self.repos,
+        }
     }
 
     /// The configured repository of that name (404 `UnknownRepository` otherwise).

@@ -30,12 +30,14 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::repos::{blocking, drop_copy_record, new_copy};
+use super::rules::RetentionReport;
 use super::{BackupManager, ManagerError};
 use crate::archive;
 use crate::catalog::{Copy, CopyState, Snapshot};
 use crate::ids;
 use crate::jobs::Job;
 use crate::offsite::{self, Description, OffsiteError, RepositoryConfig};
+use crate::policy::Kind;
 
 impl BackupManager {
     /// Starts the copies `snapshot` owes (those `pending`), each as its own job, unless
@@ -246,6 +248,7 @@ impl BackupManager {
                 c.attempts = attempt;
             });
             let admitted = match self
+                .rules()
                 .quota_admit_at(
                     &snapshot.app_id,
                     &repo.name,
@@ -364,7 +367,7 @@ impl BackupManager {
         app_id: &str,
         repo: &RepositoryConfig,
         evict: Vec<String>,
-    ) -> (Vec<String>, Option<crate::manager::RetentionReport>) {
+    ) -> (Vec<String>, Option<super::rules::RetentionReport>) {
         let pinned = self.store.pinned_ids();
         let evict: Vec<String> = evict
             .into_iter()
@@ -569,6 +572,47 @@ impl BackupManager {
             "all" if forgotten == 0 => Err(ManagerError::SnapshotNotFound(snapshot_id.into())),
             _ => Ok(()),
         }
+    }
+
+    /// Runs the retention policy bound to the app's copies in `repository` (after each
+    /// copy there, and on demand). The policy is shown what the repository holds of the
+    /// app, also copies other servers made; pins of local snapshots count there too. What
+    /// it deletes is forgotten in the repository, and a prune follows.
+    ///
+    /// Errors: `InvalidId`, an unknown repository, a binding that cannot be used, a
+    /// repository that cannot be listed, or a forget that fails (then no prune starts).
+    /// The prune is a job of its own: this returns before it ends.
+    pub async fn retention_at(
+        self: &Arc<Self>,
+        app_id: &str,
+        repository: &str,
+        dry_run: bool,
+    ) -> Result<RetentionReport, ManagerError> {
+        crate::ids::validate("app id", app_id)?;
+        let repo = self.repos.get(repository)?;
+        let binding = self
+            .policies
+            .effective_at(app_id, Kind::Retention, repository);
+        let shown = match &binding {
+            // No policy: the repository is not even read.
+            None => Vec::new(),
+            Some(_) => self.rules().remote_infos(app_id, repository).await?,
+        };
+        let mut report = self.rules().judge(app_id, binding, &shown, dry_run).await?;
+        report.repository = Some(repo.name.clone());
+        if dry_run || report.deleted.is_empty() {
+            return Ok(report);
+        }
+        // A pin set since the policy decided still protects.
+        let pinned = self.store.pinned_ids();
+        let ids: Vec<String> = report
+            .deleted
+            .iter()
+            .map(|d| d.snapshot_id.clone())
+            .filter(|id| !pinned.contains(id))
+            .collect();
+        self.forget_at(&repo, ids).await?;
+        Ok(report)
     }
 
     /// Forgets this server's copies of `snapshot_ids` in `repo` (a policy decided so;
