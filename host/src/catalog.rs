@@ -555,30 +555,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// An archive under `root/app/` whose `appsnap.json` claims `origin`, for the unit tests
+/// of the catalog and the store.
+#[cfg(test)]
+pub(crate) fn test_archive(root: &Path, id: &str, origin: &str) -> PathBuf {
+    let dir = root.join("app");
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{id}{ARCHIVE_SUFFIX}"));
+    let meta = format!(
+        r#"{{"format":1,"appsnap_version":"0","snapshot_id":"{id}","app_id":"app",
+        "created_at":"2026-01-01T00:00:00Z","mounts":[],"origin":"{origin}"}}"#
+    );
+    let file = File::create(&path).unwrap();
+    let opts = archive::Options::default();
+    archive::write(file, meta.as_bytes(), &[], &opts, &|_| {}).unwrap();
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An archive under `root/app/` whose `appsnap.json` claims `origin`.
-    fn archive_claiming(root: &Path, id: &str, origin: &str) -> PathBuf {
-        let dir = root.join("app");
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{id}{ARCHIVE_SUFFIX}"));
-        let meta = format!(
-            r#"{{"format":1,"appsnap_version":"0","snapshot_id":"{id}","app_id":"app",
-            "created_at":"2026-01-01T00:00:00Z","mounts":[],"origin":"{origin}"}}"#
-        );
-        let file = File::create(&path).unwrap();
-        archive::write(
-            file,
-            meta.as_bytes(),
-            &[],
-            &archive::Options::default(),
-            &|_| {},
-        )
-        .unwrap();
-        path
-    }
+    use crate::catalog::test_archive as archive_claiming;
 
     #[test]
     fn a_rebuild_takes_the_origin_from_the_server_never_from_the_archive() {

@@ -23,19 +23,18 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use super::BackupManager;
 use super::containers::{Containers, Purpose, StartReport};
+use super::error::ManagerError;
 use super::error::io_err;
-use super::{BackupManager, ManagerError, Started};
 use crate::archive::{self, ArchiveError};
 use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Facts, Origin, PARTIAL_SUFFIX, Snapshot};
 use crate::config::BackupMode;
 use crate::docker::{App, DockerError, POST_BACKUP_LABEL, PRE_BACKUP_LABEL};
-use crate::ids;
 use crate::jobs::Job;
 
 const ARCHIVE_FORMAT: u32 = 1;
@@ -52,66 +51,17 @@ struct BackupJournal {
 }
 
 impl BackupManager {
-    /// Validates, finds the app and takes its lock (so 400/404/409 come back at once),
-    /// then runs the backup as a job in its own task: a client that disconnects does not
-    /// abort it halfway.
-    pub async fn start_backup(
-        self: &Arc<Self>,
-        app_id: &str,
-        origin: Origin,
-        note: Option<String>,
-    ) -> Result<Started, ManagerError> {
-        ids::validate("app id", app_id)?;
-        let app = self.docker.find_app(app_id).await?;
-        let lock = self.lock_app(app_id, "backup")?;
-        let job = self.jobs.create("backup", app_id);
-        let (this, job2) = (Arc::clone(self), job.clone());
-        let done = tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            this.metrics.backup_started(&app.id);
-            let result = async {
-                this.after_cleanup(&lock, &job2).await?;
-                this.backup(&app, origin, note, &job2).await
-            }
-            .await
-            .map_err(Arc::new);
-            drop(lock);
-            this.metrics
-                .backup_ended(&app.id, result.is_ok(), started.elapsed());
-            this.notifier.backup_ended(
-                &app.id,
-                match &result {
-                    Ok(s) => Ok(s.snapshot_id.as_str()),
-                    Err(e) => Err(e.alert_text()),
-                },
-            );
-            match &result {
-                Ok(s) => {
-                    tracing::info!(app = %app.id, snapshot = %s.snapshot_id, bytes = s.size_bytes, "backup finished");
-                    job2.succeed(serde_json::to_value(s).expect("snapshot serializes"));
-                    // After the answer, and with the app running again: copies never
-                    // lengthen a backup or its downtime.
-                    this.spawn_copies(s);
-                }
-                Err(e) => {
-                    tracing::error!(app = %app.id, "backup failed: {e}");
-                    job2.fail(e.clone());
-                }
-            }
-            result
-        });
-        Ok(Started { job, done })
-    }
-
     /// The backup itself, in the steps of this module's header; each step is one method
-    /// below, and the job names the step it is in.
-    async fn backup(
+    /// below, and the job names the step it is in. Returns the listed snapshot and the
+    /// snapshots the quota policy evicts now that it is complete (the caller applies
+    /// them with retention: `after_backup`).
+    pub(super) async fn backup(
         &self,
         app: &App,
         origin: Origin,
         note: Option<String>,
         job: &Job,
-    ) -> Result<Snapshot, ManagerError> {
+    ) -> Result<(Snapshot, Vec<String>), ManagerError> {
         let _slot = self.gate.heavy_slot(Some(job)).await;
         tracing::info!(app = %app.id, mounts = app.mounts.len(), "backup started");
         let plan = self.plan(app, origin, note.clone())?;
@@ -156,10 +106,7 @@ impl BackupManager {
         let snapshot = self
             .commit(app, plan, synced, origin, note, warnings)
             .await?;
-        self.enforce_count(&app.id);
-        job.step("applying policies");
-        self.after_backup(&app.id, evict).await;
-        Ok(snapshot)
+        Ok((snapshot, evict))
     }
 
     /// Where the archive goes and what its metadata entry says. Refuses an app
@@ -402,34 +349,6 @@ impl BackupManager {
         } else {
             let _ = fs::remove_file(journal);
             crash_point("backup.restarted");
-        }
-    }
-
-    /// The simple count rule of `max_snapshots_per_app`: oldest unpinned go first.
-    fn enforce_count(&self, app_id: &str) {
-        let max = self.config.max_snapshots_per_app;
-        if max == 0 {
-            return;
-        }
-        let doomed: Vec<String> = self.store.read(|catalog| {
-            catalog
-                .list(Some(app_id))
-                .into_iter()
-                .filter(|s| !s.facts.pinned)
-                .skip(max)
-                .map(|s| s.snapshot_id.clone())
-                .collect()
-        });
-        for id in doomed {
-            match self.store.delete_unless_pinned(&id) {
-                Ok(false) => {}
-                Ok(true) => {
-                    tracing::info!(app = app_id, snapshot = %id, "deleted by max_snapshots_per_app")
-                }
-                Err(e) => {
-                    tracing::error!(app = app_id, snapshot = %id, "retention delete failed: {e}")
-                }
-            }
         }
     }
 }

@@ -23,8 +23,12 @@
 //! - [`policies`]: retention of the local snapshots (after each backup, with the quota's
 //!   evictions), schedules, dry runs.
 //!
-//! Here: opening (store, then repairs from the journals), the lock an operation takes
-//! (gate and store together), list, get, delete, pin and note, stats and metrics.
+//! The façade is this file and [`run`]: here, opening (the store, then repairs from the
+//! journals), list, get, delete, pin and note, stats and metrics; in `run`, the job
+//! starters, the one place where an operation follows another (a backup's retention and
+//! copies, a restore's fetch, the scheduler's backups). Operations take the façade as
+//! their receiver (as rustic_core's commands take its `Repository`) but call only
+//! components, never another operation; components import nothing above them.
 
 mod aside;
 mod backup;
@@ -36,6 +40,7 @@ mod policies;
 mod repos;
 mod restore;
 mod rules;
+mod run;
 mod store;
 mod transfer;
 mod verify;
@@ -245,7 +250,6 @@ impl BackupManager {
     }
 
     pub fn get(&self, snapshot_id: &str) -> Result<Snapshot, ManagerError> {
-        ids::validate("snapshot id", snapshot_id)?;
         self.store.get(snapshot_id)
     }
 

@@ -29,9 +29,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use super::BackupManager;
+use super::error::ManagerError;
 use super::repos::{blocking, drop_copy_record, new_copy};
 use super::rules::RetentionReport;
-use super::{BackupManager, ManagerError};
 use crate::archive;
 use crate::catalog::{Copy, CopyState, Snapshot};
 use crate::ids;
@@ -94,7 +95,7 @@ impl BackupManager {
         snapshot_id: &str,
         repository: &str,
     ) -> Result<Job, ManagerError> {
-        let snapshot = self.get(snapshot_id)?;
+        let snapshot = self.store.get(snapshot_id)?;
         let repo = self.repos.get(repository)?;
         // Copying, or waiting to retry: a second task would make a second copy.
         let claim = self
@@ -239,7 +240,7 @@ impl BackupManager {
         for attempt in 1..=attempts {
             // One copy at a time: each inflates on every core and fills the uplink.
             let _slot = self.offsite_slot.acquire().await.expect("offsite slot");
-            let Ok(snapshot) = self.get(snapshot_id) else {
+            let Ok(snapshot) = self.store.get(snapshot_id) else {
                 job.fail(Arc::new(ManagerError::SnapshotNotFound(snapshot_id.into())));
                 return;
             };
@@ -527,7 +528,7 @@ impl BackupManager {
             "all" => self.repos.all().to_vec(),
             name => vec![self.repos.get(name)?],
         };
-        let local = self.get(snapshot_id).ok();
+        let local = self.store.get(snapshot_id).ok();
         if location == "local" && local.is_none() {
             return Err(ManagerError::SnapshotNotFound(snapshot_id.into()));
         }
@@ -567,8 +568,8 @@ impl BackupManager {
             forgotten += n;
         }
         match location {
-            "local" => self.delete(snapshot_id),
-            "all" if local.is_some() => self.delete(snapshot_id),
+            "local" => self.store.delete(snapshot_id),
+            "all" if local.is_some() => self.store.delete(snapshot_id),
             "all" if forgotten == 0 => Err(ManagerError::SnapshotNotFound(snapshot_id.into())),
             _ => Ok(()),
         }

@@ -8,13 +8,11 @@
 //! evaluated by [`BackupManager::scheduler_tick`], which the service calls periodically and
 //! tests call with the time they want.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 
+use super::BackupManager;
+use super::error::ManagerError;
 use super::rules::RetentionReport;
-use super::{BackupManager, ManagerError, Started};
-use crate::catalog::Origin;
 use crate::policy::engine::Admission;
 use crate::policy::{Binding, Kind, ScheduleState};
 
@@ -74,6 +72,34 @@ impl BackupManager {
         }
     }
 
+    /// The simple count rule of `max_snapshots_per_app`: oldest unpinned go first.
+    pub(super) fn enforce_count(&self, app_id: &str) {
+        let max = self.config.max_snapshots_per_app;
+        if max == 0 {
+            return;
+        }
+        let doomed: Vec<String> = self.store.read(|catalog| {
+            catalog
+                .list(Some(app_id))
+                .into_iter()
+                .filter(|s| !s.facts.pinned)
+                .skip(max)
+                .map(|s| s.snapshot_id.clone())
+                .collect()
+        });
+        for id in doomed {
+            match self.store.delete_unless_pinned(&id) {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::info!(app = app_id, snapshot = %id, "deleted by max_snapshots_per_app")
+                }
+                Err(e) => {
+                    tracing::error!(app = app_id, snapshot = %id, "retention delete failed: {e}")
+                }
+            }
+        }
+    }
+
     /// The staleness watch: each app's newest snapshot made by a backup of this server,
     /// against its `stale_after_hours`. Runs with the scheduler, and alerts also when the
     /// schedules themselves stopped starting backups.
@@ -93,95 +119,6 @@ impl BackupManager {
             })
             .collect();
         self.notifier.staleness(now, &apps);
-    }
-
-    /// One pass of the scheduler at time `now`: starts the backups that are due (at most
-    /// one per app: a busy app is tried again at the next tick). A schedule seen for the
-    /// first time starts counting from `now`; after downtime, a missed run is caught up
-    /// once, not once per missed slot.
-    ///
-    /// Returns each backup started, with its app, for the caller to await. A schedule
-    /// policy that fails records its error in the app's state and is counted; a backup
-    /// that cannot start for another reason than `Busy` raises a "backup missed" alert
-    /// and counts as the run (no retry until the next slot). Each app's state is saved
-    /// after its turn; a save that fails is logged.
-    pub async fn scheduler_tick(self: &Arc<Self>, now: DateTime<Utc>) -> Vec<(String, Started)> {
-        self.watch_staleness(now);
-        // A default schedule covers every app: those with snapshots, and those Docker
-        // runs that have none yet (a new app is protected from its first day).
-        let known: Vec<String> = {
-            let mut apps: Vec<String> = self
-                .list(None)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|s| s.app_id)
-                .collect();
-            match self.docker.list_apps().await {
-                Ok(running) => apps.extend(running),
-                Err(e) => tracing::warn!("cannot list Docker's apps for the schedules: {e}"),
-            }
-            apps
-        };
-        let mut started = Vec::new();
-        for app in self.policies.scheduled_apps(known) {
-            let Some(binding) = self.policies.effective(&app, Kind::Schedule) else {
-                continue;
-            };
-            let mut state = self.policies.schedule_state(&app);
-            let next = self
-                .rules()
-                .next_run(&binding, now, state.last_run.or(Some(now)))
-                .await;
-            let next = match next {
-                Ok(n) => n,
-                Err(e) => {
-                    self.rules()
-                        .policy_failed(&binding.policy, Kind::Schedule, &app, &e);
-                    state.last_error = Some(e.to_string());
-                    let _ = self.policies.set_schedule_state(&app, state);
-                    continue;
-                }
-            };
-            if state.last_run.is_none() {
-                state.last_run = Some(now);
-            }
-            state.next_run = next;
-            if next.is_some_and(|t| t <= now) {
-                match self
-                    .start_backup(&app, Origin::Scheduled, Some("scheduled".into()))
-                    .await
-                {
-                    Ok(s) => {
-                        tracing::info!(app = %app, "scheduled backup started");
-                        state.last_run = Some(now);
-                        state.last_error = None;
-                        state.next_run = self
-                            .rules()
-                            .next_run(&binding, now, Some(now))
-                            .await
-                            .ok()
-                            .flatten();
-                        started.push((app.clone(), s));
-                    }
-                    Err(ManagerError::Busy { .. }) => {} // next tick
-                    Err(e) => {
-                        tracing::error!(app = %app, "scheduled backup could not start: {e}");
-                        self.notifier.send(crate::notify::Notice::new(
-                            crate::notify::Event::BackupMissed,
-                            Some(&app),
-                            format!("The scheduled backup of {app} could not start"),
-                            e.to_string(),
-                        ));
-                        state.last_error = Some(e.to_string());
-                        state.last_run = Some(now);
-                    }
-                }
-            }
-            if let Err(e) = self.policies.set_schedule_state(&app, state) {
-                tracing::error!(app = %app, "cannot save schedule state: {e}");
-            }
-        }
-        started
     }
 
     /// What `policy` would decide for `app_id` with `config` (default: the app's bound

@@ -18,162 +18,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::BackupManager;
 use super::aside::{RestoreJournal, Swap};
 use super::containers::{Containers, Purpose, Readiness};
+use super::error::ManagerError;
 use super::gate::AppLock;
-use super::{BackupManager, ManagerError, Started};
 use crate::archive::{self, extract};
 use crate::catalog::Snapshot;
 use crate::docker::{App, Docker};
 use crate::failpoint;
-use crate::ids;
 use crate::jobs::Job;
 
-/// Where a restore takes its snapshot from.
-enum Source {
-    /// A snapshot the catalog lists: its archive is used as it is.
-    Local(Snapshot),
-    /// A repository's copy (see `Repos::find`): fetched into the backup root and listed,
-    /// inside the restore's task and under the app's lock, before the app is touched.
-    Remote(crate::offsite::RemoteSnapshot),
-}
-
 impl BackupManager {
-    /// Validates, checks ownership and takes the app's lock (so 400/404/409 come back at
-    /// once), then restores as a job in its own task.
-    ///
-    /// Refused at once with `InvalidId`, `SnapshotNotFound`, `AppNotFound` (no container
-    /// of the app exists), `ForeignSnapshot` (the snapshot is another app's), `Busy`, or
-    /// `RepairPending` while an interrupted backup or restore of the app is not repaired.
-    /// Everything later ends in the job and in `Started::done`: `Restored`, or the error
-    /// (`RestoreFailed` and `RollbackFailed` also raise an alert).
-    pub async fn start_restore(
-        self: &Arc<Self>,
-        app_id: &str,
-        snapshot_id: &str,
-    ) -> Result<Started<Restored>, ManagerError> {
-        self.start_restore_from(app_id, snapshot_id, None).await
-    }
-
-    /// Like [`Self::start_restore`], from a repository's copy when `from` names one, or
-    /// when the snapshot has no local archive (the configured repositories are searched
-    /// in order). The copy is fetched and checked as a local snapshot first; the app is
-    /// only touched once that is done.
-    ///
-    /// With `from`, the repository is asked even when the snapshot is listed here; the
-    /// fetch then keeps a local archive that still checks out and restores from it. The
-    /// repositories are searched before the lock is taken, so that a copy none holds is
-    /// refused at once (a repository that cannot be read: its `Offsite` error); the fetch
-    /// runs after it. The lock is held until the job's outcome is recorded, and the
-    /// cleanup of the replaced data is registered before it goes, so the next operation
-    /// on the app waits for that cleanup.
-    pub async fn start_restore_from(
-        self: &Arc<Self>,
-        app_id: &str,
-        snapshot_id: &str,
-        from: Option<&str>,
-    ) -> Result<Started<Restored>, ManagerError> {
-        ids::validate("app id", app_id)?;
-        ids::validate("snapshot id", snapshot_id)?;
-        let source = match (from, self.get(snapshot_id)) {
-            (None, Ok(local)) => Source::Local(local),
-            (None, Err(ManagerError::SnapshotNotFound(_))) if !self.repos.all().is_empty() => {
-                Source::Remote(self.repos.find(&self.store, None, snapshot_id).await?)
-            }
-            (None, Err(e)) => return Err(e),
-            (Some(name), _) => Source::Remote(
-                self.repos
-                    .find(&self.store, Some(name), snapshot_id)
-                    .await?,
-            ),
-        };
-        let snapshot_app = match &source {
-            Source::Local(s) => s.app_id.clone(),
-            Source::Remote(r) => r.app_id.clone(),
-        };
-        let app = self.docker.find_app(app_id).await?;
-        if snapshot_app != app_id {
-            return Err(ManagerError::ForeignSnapshot {
-                snapshot_id: snapshot_id.into(),
-                snapshot_app,
-                app_id: app_id.into(),
-            });
-        }
-        let lock = self.lock_app(app_id, "restore")?;
-        let job = self.jobs.create("restore", app_id);
-        let (this, job2, snapshot_id) = (Arc::clone(self), job.clone(), snapshot_id.to_string());
-        let done = tokio::spawn(async move {
-            tracing::info!(app = %app.id, snapshot = %snapshot_id, "restore started");
-            this.metrics.restore_started(&app.id);
-            let result = async {
-                let snapshot = match source {
-                    Source::Local(s) => s,
-                    Source::Remote(remote) => this.fetch(&remote, &job2).await?,
-                };
-                let (skipped, swap) = this.restore(&app, &snapshot, &job2, &lock).await?;
-                // Started before the lock goes, so that the next operation waits for it.
-                let cleanup = this.start_cleanup(&app.id, swap);
-                Ok::<_, ManagerError>(Restored {
-                    message: "Snapshot restored successfully".into(),
-                    app_id: snapshot.app_id,
-                    snapshot_id: snapshot.snapshot_id,
-                    skipped,
-                    cleanup_job: Some(cleanup.id()),
-                })
-            }
-            .await
-            .map_err(Arc::new);
-            // One reading of how it ended, for the counters and the alert.
-            use crate::metrics::RestoreEnd;
-            use crate::notify::Event;
-            let (end, alert) = match result.as_ref().map_err(|e| e.as_ref()) {
-                Ok(_) => (RestoreEnd::Succeeded, None),
-                Err(ManagerError::RestoreFailed { .. }) => (
-                    RestoreEnd::RolledBack,
-                    Some((Event::RestoreRolledBack, "failed and was rolled back")),
-                ),
-                Err(ManagerError::RollbackFailed { .. }) => (
-                    RestoreEnd::RolledBack,
-                    Some((
-                        Event::RollbackIncomplete,
-                        "failed and its rollback is incomplete: the app is stopped",
-                    )),
-                ),
-                Err(_) => (RestoreEnd::Refused, None),
-            };
-            this.metrics.restore_ended(&app.id, end);
-            if let (Some((event, what)), Err(e)) = (alert, &result) {
-                let mut notice = crate::notify::Notice::new(
-                    event,
-                    Some(&app.id),
-                    format!("Restore of {} {what}", app.id),
-                    e.to_string(),
-                );
-                notice.snapshot = Some(snapshot_id.clone());
-                this.notifier.send(notice);
-            }
-            match &result {
-                Ok(restored) => {
-                    tracing::info!(app = %app.id, snapshot = %snapshot_id, "restore finished");
-                    job2.succeed(serde_json::to_value(restored).expect("outcome serializes"));
-                }
-                Err(e) => {
-                    tracing::error!(app = %app.id, snapshot = %snapshot_id, "restore failed: {e}");
-                    job2.fail(e.clone());
-                }
-            }
-            drop(lock);
-            result
-        });
-        Ok(Started { job, done })
-    }
-
     /// Drops the data a restore replaced, after its answer, as a job of kind `cleanup`
     /// (the restore's result names it). Safe to do late: the snapshot is complete, synced
     /// and running, and the journal says Committed, so a crash or a shutdown meanwhile is
     /// finished at the next start. The next backup or restore of the app waits for it
     /// ([`Self::after_cleanup`]); the periodic repair leaves its journal alone.
-    fn start_cleanup(&self, app_id: &str, swap: Swap) -> Job {
+    pub(super) fn start_cleanup(&self, app_id: &str, swap: Swap) -> Job {
         let job = self.jobs.create("cleanup", app_id);
         job.step("removing the data the restore replaced");
         let running = self.gate.cleanup_started(app_id);
@@ -217,7 +79,7 @@ impl BackupManager {
     /// failure rolls back and is `RestoreFailed`, or `RollbackFailed` when the data cannot
     /// be put back. Only the containers running at the time of the plan are stopped and
     /// started again; stopped ones stay stopped.
-    async fn restore(
+    pub(super) async fn restore(
         &self,
         app: &App,
         snapshot: &Snapshot,
@@ -243,7 +105,11 @@ impl BackupManager {
         job.total(verified.tar_bytes);
         job.progress(0);
 
-        self.after_cleanup(lock, job).await?;
+        // The cleanup of the app's last restore, if one ran when the lock was taken, must
+        // end first, and leave no journal behind.
+        if self.gate.wait_for_cleanup(lock, job).await {
+            self.store.no_journal(&lock.app_id, "restore")?;
+        }
         job.step("preparing");
         // The app as it is now, after the waits above: a container started meanwhile
         // must be stopped before its data moves.

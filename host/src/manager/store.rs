@@ -150,8 +150,10 @@ impl Store {
         self.read(|c| c.list(app_id).into_iter().cloned().collect())
     }
 
-    /// The record of `snapshot_id`, or `SnapshotNotFound`.
+    /// The record of `snapshot_id`, or `SnapshotNotFound` (`InvalidId` for an id that
+    /// could never be one).
     pub fn get(&self, snapshot_id: &str) -> Result<Snapshot, ManagerError> {
+        ids::validate("snapshot id", snapshot_id)?;
         self.read(|c| c.get(snapshot_id).cloned())
             .ok_or_else(|| ManagerError::SnapshotNotFound(snapshot_id.into()))
     }
@@ -516,16 +518,7 @@ mod tests {
     /// An archive written under `store`'s root, recorded as a manual backup with a
     /// sidecar, as the backup writes one.
     fn own_snapshot(store: &Store, id: &str) -> Snapshot {
-        let dir = store.app_dir("app");
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{id}{ARCHIVE_SUFFIX}"));
-        let meta = format!(
-            r#"{{"format":1,"appsnap_version":"0","snapshot_id":"{id}","app_id":"app",
-            "created_at":"2026-01-01T00:00:00Z","mounts":[],"origin":"manual"}}"#
-        );
-        let file = File::create(&path).unwrap();
-        let opts = archive::Options::default();
-        archive::write(file, meta.as_bytes(), &[], &opts, &|_| {}).unwrap();
+        let path = catalog::test_archive(store.root(), id, "manual");
         let mut s = snapshot_from_archive(&path).unwrap();
         s.facts = Facts {
             origin: Origin::Manual,

@@ -19,9 +19,10 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
+use super::BackupManager;
+use super::error::ManagerError;
 use super::error::io_err;
 use super::verify::{SetOnDrop, check_targets};
-use super::{BackupManager, ManagerError};
 use crate::archive::{self, Verified, gzip::ParallelGzip, walk::ChunkSink};
 use crate::catalog::{
     ARCHIVE_SUFFIX, ArchiveMeta, Copy, CopyState, Facts, PARTIAL_SUFFIX, Snapshot,
@@ -76,7 +77,7 @@ impl BackupManager {
         &self,
         snapshot_id: &str,
     ) -> Result<(Snapshot, Verified), std::sync::Arc<ManagerError>> {
-        let snapshot = self.get(snapshot_id)?;
+        let snapshot = self.store.get(snapshot_id)?;
         let job = self.jobs.create("verify", &snapshot.app_id);
         let _abandoned =
             job.fail_if_dropped(std::sync::Arc::new(ManagerError::Abandoned("verify")));
@@ -380,7 +381,7 @@ impl BackupManager {
         // A local snapshot of that id is this server's record: a copy never replaces an
         // archive that still checks out, and replaces a damaged one only when it is the
         // same tar stream the record names (never merely what the repository says).
-        let local = match self.get(&remote.snapshot_id) {
+        let local = match self.store.get(&remote.snapshot_id) {
             Ok(local) => Some(local),
             Err(ManagerError::SnapshotNotFound(_)) => None,
             Err(e) => return Err(e),
