@@ -163,7 +163,7 @@ impl Rules<'_> {
     ) -> Result<Vec<SnapshotInfo>, ManagerError> {
         let (remote, _) = self
             .repos
-            .copies_of(&self.store, repository, Some(app_id))
+            .copies_of(self.store, repository, Some(app_id))
             .await?;
         let pinned = self.store.pinned_ids();
         let mut seen = HashSet::new();
