@@ -93,7 +93,7 @@ async fn every_route_is_documented_and_every_documented_operation_is_served() {
         }
     }
     assert!(operations >= 24, "{operations} operations");
-    // What the issue found missing is there now.
+    // Operations an earlier contract left out are documented now.
     for path in [
         "/api/v1/backup/restore/{app_id}/{snapshot_id}",
         "/api/v1/backup/snapshots/{snapshot_id}/verify",

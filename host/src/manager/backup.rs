@@ -25,12 +25,11 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
 
 use super::BackupManager;
-use super::containers::{Containers, Purpose, StartReport};
-use super::error::ManagerError;
-use super::error::io_err;
+use super::containers::{Purpose, StartReport};
+use super::error::{ManagerError, io_err};
+use super::recovery::BackupJournal;
 use crate::archive::{self, ArchiveError};
 use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Facts, Origin, PARTIAL_SUFFIX, Snapshot};
 use crate::config::BackupMode;
@@ -38,17 +37,6 @@ use crate::docker::{App, DockerError, POST_BACKUP_LABEL, PRE_BACKUP_LABEL};
 use crate::jobs::Job;
 
 const ARCHIVE_FORMAT: u32 = 1;
-
-/// Written before containers are stopped, removed once they run again. Found at start-up,
-/// it means appsnap died mid-backup: the containers are started and the partial archive
-/// removed.
-#[derive(Debug, Serialize, Deserialize)]
-struct BackupJournal {
-    app_id: String,
-    snapshot_id: String,
-    stopped: Vec<String>,
-    partial: PathBuf,
-}
 
 impl BackupManager {
     /// The backup itself, in the steps of this module's header; each step is one method
@@ -427,37 +415,4 @@ async fn archive_then_sync(
 /// Only a crash is of interest at these points of a backup (see [`crate::failpoint`]).
 fn crash_point(name: &str) {
     let _ = crate::failpoint::point(name);
-}
-
-/// Repair of a backup that was interrupted (a crash, or containers that would not start
-/// again). A container's stop may still be in flight when appsnap died, and starting it
-/// then answers "already running" just before the stop completes: so each container is
-/// first stopped (which waits for any stop in progress), then started, then checked.
-/// `Err` keeps the journal for another try.
-pub(super) async fn recover_backup(containers: &Containers, path: &Path) -> Result<(), String> {
-    let journal: BackupJournal = match fs::read(path).map(|b| serde_json::from_slice(&b)) {
-        Ok(Ok(j)) => j,
-        other => {
-            tracing::error!(
-                "unreadable backup journal {} ({other:?}); removed",
-                path.display()
-            );
-            let _ = fs::remove_file(path);
-            return Ok(());
-        }
-    };
-    tracing::warn!(
-        app = %journal.app_id,
-        snapshot = %journal.snapshot_id,
-        "a backup was interrupted: starting the {} container(s) it had stopped",
-        journal.stopped.len()
-    );
-    let errors = containers.restart_after_crash(&journal.stopped).await;
-    let _ = fs::remove_file(&journal.partial);
-    if !errors.is_empty() {
-        // Keep the journal: the repair is retried until the app runs again.
-        return Err(errors.join("; "));
-    }
-    let _ = fs::remove_file(path);
-    Ok(())
 }

@@ -9,7 +9,8 @@
 //! 3. a **heavy slot** ([`Gate::heavy_slot`]): at most `max_parallel` backups, restores,
 //!    verifies and imports read or write archives at once; more wait their turn and say so;
 //! 4. **cancel flags** ([`Gate::new_cancel`], [`Gate::cancel_all`]): a shutdown stops long
-//!    archive work at its next chunk.
+//!    archive work at its next chunk;
+//! 5. **copy claims** ([`Claims`]): one live copy task per (snapshot, repository) pair.
 //!
 //! The gate knows nothing of the disk: whether an interrupted operation left a journal is
 //! the store's to say, and the façade asks both before an operation starts.
@@ -230,6 +231,37 @@ impl Gate {
     /// Whether the shutdown has begun (waits for containers end early then).
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// The (snapshot, repository) pairs with a live copy task. Shared (`Arc`) with each
+/// `Claim`, which outlives the borrow of the manager that made it: it moves into a task.
+#[derive(Default)]
+pub struct Claims(Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>);
+
+impl Claims {
+    /// The pair, if no task holds it; released when the returned claim drops.
+    /// `None` while a task holds it: the caller then starts nothing (a request: `Busy`).
+    pub fn claim(&self, snapshot_id: &str, repository: &str) -> Option<Claim> {
+        let key = (snapshot_id.to_string(), repository.to_string());
+        let fresh = self.0.lock().expect("copy claims").insert(key.clone());
+        fresh.then(|| Claim {
+            set: Arc::clone(&self.0),
+            key,
+        })
+    }
+}
+
+/// A live copy task's hold on its pair; dropping it (the task ended, however it ended)
+/// frees the pair for the next request.
+pub struct Claim {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.set.lock().expect("copy claims").remove(&self.key);
     }
 }
 

@@ -11,6 +11,8 @@
 //! - [`repos`]: the configured repositories, and which copies in them are this server's;
 //! - [`rules`]: what the policies decide (retention, quota, schedules), after the host's
 //!   rules no policy can break; it decides, never acts;
+//! - [`recovery`]: a restore's rollback, and the repairs run from the journals a crash
+//!   left;
 //! - [`error`]: the one error type.
 //!
 //! Operations, one file each, built on those components:
@@ -37,6 +39,7 @@ mod error;
 mod gate;
 mod offsite;
 mod policies;
+mod recovery;
 mod repos;
 mod restore;
 mod rules;
@@ -46,11 +49,9 @@ mod transfer;
 mod verify;
 
 pub use error::ManagerError;
-pub use restore::Restored;
 pub use rules::{Decision, RetentionReport};
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -85,6 +86,21 @@ pub struct Stats {
     pub disk_total_bytes: u64,
 }
 
+/// How a restore ended well: the answer of `wait=true` and the result of its job alike.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Restored {
+    pub message: String,
+    /// The app restored: always the snapshot's own (a foreign snapshot is refused).
+    pub app_id: String,
+    pub snapshot_id: String,
+    /// Mounts of the snapshot that were not restored, with why: the app no longer mounts
+    /// them, or they name a volume of another app or a path appsnap never writes to.
+    pub skipped: Vec<String>,
+    /// The job (kind `cleanup`) removing the data the restore replaced: it runs after
+    /// this answer, and the next backup or restore of the app waits for it.
+    pub cleanup_job: Option<String>,
+}
+
 /// A backup accepted and running: its job, and the task to await for the outcome.
 pub struct Started<T = Snapshot> {
     pub job: Job,
@@ -113,7 +129,7 @@ pub struct BackupManager {
     offsite_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// (snapshot, repository) of each copy task alive, waiting to retry included: one
     /// task per pair, whoever asks.
-    copies_running: offsite::Claims,
+    copies_running: gate::Claims,
     /// Set by the CLI before it waits for copies: a failed attempt is left `pending` for
     /// the service to retry, rather than keeping the command waiting through the backoff.
     retry_in_service: std::sync::atomic::AtomicBool,
@@ -134,7 +150,7 @@ impl BackupManager {
         )?;
         let containers = Containers::new(docker.clone(), config.stop_timeout_secs);
         for (_, _, path) in store.pending_journals() {
-            if let Err(e) = repair(&containers, &path).await {
+            if let Err(e) = recovery::repair(&containers, &path).await {
                 tracing::error!("repair from {} failed, retried later: {e}", path.display());
             }
         }
@@ -154,7 +170,7 @@ impl BackupManager {
             notifier,
             offsite_slot: tokio::sync::Semaphore::new(1),
             offsite_tasks: Mutex::default(),
-            copies_running: offsite::Claims::default(),
+            copies_running: gate::Claims::default(),
             retry_in_service: std::sync::atomic::AtomicBool::new(false),
             known_apps: Mutex::default(),
         }))
@@ -172,7 +188,7 @@ impl BackupManager {
             if lock.cleanup_running() {
                 continue; // a restore's cleanup owns that journal
             }
-            let result = repair(&self.containers, &path).await;
+            let result = recovery::repair(&self.containers, &path).await;
             match &result {
                 Ok(()) => tracing::info!(app = %app_id, "interrupted {operation} repaired"),
                 Err(e) => {
@@ -369,18 +385,5 @@ impl BackupManager {
             disk_free_bytes,
             disk_total_bytes,
         })
-    }
-}
-
-/// Runs the repair a journal describes (see `backup::recover_backup` and
-/// `restore::recover_restore`).
-async fn repair(containers: &Containers, path: &Path) -> Result<(), String> {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    if name.ends_with(".backup.journal") {
-        backup::recover_backup(containers, path).await
-    } else if name.ends_with(".restore.journal") {
-        restore::recover_restore(containers, path).await
-    } else {
-        Ok(())
     }
 }

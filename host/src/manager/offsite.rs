@@ -31,6 +31,7 @@ use chrono::Utc;
 
 use super::BackupManager;
 use super::error::ManagerError;
+use super::gate::Claim;
 use super::repos::{blocking, drop_copy_record, new_copy};
 use super::rules::RetentionReport;
 use crate::archive;
@@ -630,37 +631,6 @@ impl BackupManager {
             self.start_prune(&repo.name)?;
         }
         Ok(())
-    }
-}
-
-/// The (snapshot, repository) pairs with a live copy task. Shared (`Arc`) with each
-/// `Claim`, which outlives the borrow of the manager that made it: it moves into a task.
-#[derive(Default)]
-pub(super) struct Claims(Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>);
-
-impl Claims {
-    /// The pair, if no task holds it; released when the returned claim drops.
-    /// `None` while a task holds it: the caller then starts nothing (a request: `Busy`).
-    fn claim(&self, snapshot_id: &str, repository: &str) -> Option<Claim> {
-        let key = (snapshot_id.to_string(), repository.to_string());
-        let fresh = self.0.lock().expect("copy claims").insert(key.clone());
-        fresh.then(|| Claim {
-            set: Arc::clone(&self.0),
-            key,
-        })
-    }
-}
-
-/// A live copy task's hold on its pair; dropping it (the task ended, however it ended)
-/// frees the pair for the next request.
-pub(super) struct Claim {
-    set: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
-    key: (String, String),
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.set.lock().expect("copy claims").remove(&self.key);
     }
 }
 

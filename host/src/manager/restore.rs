@@ -1,17 +1,23 @@
 //! Restore: put a snapshot's data back without ever leaving the app worse off.
 //!
-//! verify (checksum + a full dry-run read, before anything is touched) → lock the app →
-//! stop its running containers → set each mount's current data aside → extract safely →
-//! start the containers that were running and wait until they run (and are healthy) →
-//! commit (drop the data set aside).
+//! In the order the code follows (the app's lock is already taken by the job starter in
+//! `run`, and a copy from a repository already fetched and listed): a heavy slot →
+//! verify (the checksum of an archive checked before, else a full read under the
+//! extraction's rules) → wait for the cleanup of the app's last restore → read the app's
+//! containers again → plan where each mount goes and check the space (nothing touched
+//! yet) → journal → stop the running containers → set each mount's current data aside →
+//! extract safely → start the containers that were running and wait until they run (and
+//! are healthy) → commit. The data set aside is dropped after the answer, by a cleanup
+//! job (`start_cleanup`).
 //!
 //! The file half — aside, extract, commit or roll back, each transition journaled — is
-//! [`super::aside`]; this file orchestrates it with Docker. Any failure after the stop
-//! rolls back: the extracted data is removed, the old data renamed back, the containers
-//! that were running started again, and the caller gets `RestoreFailed` naming the step.
-//! When the data cannot be put back, the containers are left stopped (never started on
-//! half-restored data), the journal stays, and the repair is retried in the background;
-//! until then a backup or restore of the app answers 409.
+//! the `aside` state machine; the rollback is the `recovery` component's, shared with
+//! the repairs. Any failure after the journal exists rolls back: the extracted data is
+//! removed, the old data renamed back, the containers that were running started again,
+//! and the caller gets `RestoreFailed` naming the step. When the data cannot be put
+//! back, the containers are left stopped (never started on half-restored data), the
+//! journal stays, and the repair is retried in the background; until then a backup or
+//! restore of the app answers 409.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,12 +26,13 @@ use std::time::{Duration, Instant};
 
 use super::BackupManager;
 use super::aside::{RestoreJournal, Swap};
-use super::containers::{Containers, Purpose, Readiness};
+use super::containers::{Purpose, Readiness};
 use super::error::ManagerError;
 use super::gate::AppLock;
+use super::recovery::{remove_volumes, rollback};
 use crate::archive::{self, extract};
 use crate::catalog::Snapshot;
-use crate::docker::{App, Docker};
+use crate::docker::App;
 use crate::failpoint;
 use crate::jobs::Job;
 
@@ -481,21 +488,6 @@ fn check_space(plan: &Plan, stored: &[u64]) -> Result<(), ManagerError> {
     Ok(())
 }
 
-/// How a restore ended well: the answer of `wait=true` and the result of its job alike.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Restored {
-    pub message: String,
-    /// The app restored: always the snapshot's own (a foreign snapshot is refused).
-    pub app_id: String,
-    pub snapshot_id: String,
-    /// Mounts of the snapshot that were not restored, with why: the app no longer mounts
-    /// them, or they name a volume of another app or a path appsnap never writes to.
-    pub skipped: Vec<String>,
-    /// The job (kind `cleanup`) removing the data the restore replaced: it runs after
-    /// this answer, and the next backup or restore of the app waits for it.
-    pub cleanup_job: Option<String>,
-}
-
 /// Where a restore writes, and what it leaves out.
 #[derive(Debug, Default)]
 struct Plan {
@@ -522,69 +514,4 @@ impl Target {
             Target::Current(p) | Target::CreatedAt(_, p) => p.clone(),
         }
     }
-}
-
-/// Removes the volumes a restore created (empty, or holding only what it extracted).
-/// A volume already gone counts as removed; any other failure is only logged, and the
-/// volume is left for a person to remove.
-async fn remove_volumes(docker: &Docker, names: &[String]) {
-    for name in names {
-        if let Err(e) = docker.remove_volume(name).await
-            && !e.is_not_found()
-        {
-            tracing::warn!(volume = %name, "could not remove the volume created for the restore: {e}");
-        }
-    }
-}
-
-/// Journals the decision, stops the containers, puts the files back, removes the volumes
-/// the restore created and starts the containers that were running. Idempotent, so
-/// recovery can run it again.
-/// When the files cannot be put back, the containers stay stopped (never started on
-/// half-restored data) and the journal stays for the next try.
-/// `Ok` removes the journal. `Err` (the text of `RollbackFailed`, or of a failed repair)
-/// keeps it: a container that would not start is started again by the next repair.
-async fn rollback(containers: &Containers, mut swap: Swap) -> Result<(), String> {
-    // The decision first: a stop that fails or a crash during it must leave a journal
-    // that says "roll back", never one that says "extracted" (which recovery finishes).
-    swap.begin_rollback()?;
-    containers.stop_for_rollback(&swap.journal.stopped).await?;
-    failpoint::point("rollback.stopped")?;
-    if let Err(e) = swap.rollback_files() {
-        tracing::error!(app = %swap.journal.app_id, "rollback of the files failed: {e}");
-        return Err(format!(
-            "{e}; the app's containers are left stopped and the rollback is retried \
-             in the background (journal {})",
-            swap.path().display()
-        ));
-    }
-    remove_volumes(containers.engine(), &swap.journal.created_volumes).await;
-    // Every container is tried; one that could not start keeps the journal for a retry.
-    containers.start_each(&swap.journal.stopped).await?;
-    swap.finish()
-}
-
-/// Repair of a restore that was interrupted (a crash, or a rollback that failed): finished
-/// when the extraction had completed and was synced (the data on disk is the verified
-/// snapshot), rolled back otherwise. `Err` keeps the journal for another try.
-/// Run by `BackupManager::open` before anything is served, and again by the periodic
-/// repair, which holds the app's lock and leaves alone a journal whose cleanup runs.
-pub(super) async fn recover_restore(containers: &Containers, path: &Path) -> Result<(), String> {
-    // An unreadable journal is kept: it may describe data set aside that a person must see.
-    let swap = Swap::load(path)?;
-    let (app, snapshot) = (
-        swap.journal.app_id.clone(),
-        swap.journal.snapshot_id.clone(),
-    );
-    if !swap.journal.commits() {
-        tracing::warn!(%app, %snapshot, phase = ?swap.journal.phase,
-            "a restore was interrupted: rolling back to the data from before it");
-        rollback(containers, swap).await?;
-        tracing::info!(%app, "interrupted restore rolled back");
-        return Ok(());
-    }
-    tracing::warn!(%app, %snapshot,
-        "a restore was interrupted after its extraction completed: finishing it");
-    containers.start_each(&swap.journal.stopped).await?;
-    swap.commit()
 }

@@ -20,8 +20,7 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
 use super::BackupManager;
-use super::error::ManagerError;
-use super::error::io_err;
+use super::error::{ManagerError, io_err};
 use super::verify::{SetOnDrop, check_targets};
 use crate::archive::{self, Verified, gzip::ParallelGzip, walk::ChunkSink};
 use crate::catalog::{
