@@ -10,8 +10,10 @@
 //!   (`gate`: locks, cleanup waits, heavy slots, cancel flags; `store`: the backup root,
 //!   catalog, sidecars and journals' paths; `containers`: stop, start, wait, hooks;
 //!   `verify`: checks and extraction rules; `repos`: repositories and whose copies are
-//!   whose) and the operations that use them (`backup`, `restore` with `aside`, its
-//!   journaled state machine, `transfer`, `offsite`, `policies`).
+//!   whose; `rules`: what policies decide; `recovery`: rollback and repairs) and the
+//!   operations that use them (`backup`, `restore` with `aside`, its journaled state
+//!   machine, `transfer`, `offsite`, `policies`), which never call each other; `run`,
+//!   the façade's job starters, chains them.
 //! - [`jobs`]: long operations with progress (polled or streamed as SSE).
 //! - [`metrics`]: the Prometheus counters and gauges behind `GET /metrics`.
 //! - [`notify`]: alerts (webhook, ntfy, Gotify, Slack, Discord, Telegram, mail).
