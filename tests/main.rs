@@ -7,6 +7,7 @@ mod common;
 
 mod archive_fidelity;
 mod backup;
+mod browse;
 mod contract;
 mod faults;
 mod hostile;

@@ -93,7 +93,7 @@ fn refuses_to_listen_beyond_loopback_without_a_key() {
 }
 
 #[tokio::test]
-async fn cli_backup_list_delete_reindex() {
+async fn cli_backup_list_files_delete_reindex() {
     let app = TestApp::new("");
     let root = tempfile::tempdir().unwrap();
     let out = appsnap(root.path(), &["backup", &app.id, "--note", "from cli"]);
@@ -108,6 +108,29 @@ async fn cli_backup_list_delete_reindex() {
     let out = appsnap(root.path(), &["list", "--json", "--app", &app.id]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["snapshot_id"], id);
+
+    // `files`: the mounts, then a folder like `ls -l`.
+    let out = appsnap(root.path(), &["files", id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("volumes/{}  (mounted at /data)", app.volume)),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(app.volume_path().join("seen.txt"), "x").unwrap();
+    let folder = format!("volumes/{}", app.volume);
+    let out = appsnap(root.path(), &["files", id, &folder]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("seen.txt"),
+        "lists the snapshot, not the live volume"
+    );
+    let out = appsnap(root.path(), &["files", id, "../etc"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid path"));
 
     std::fs::remove_file(root.path().join("snapshots.json")).unwrap();
     let out = appsnap(root.path(), &["reindex"]);

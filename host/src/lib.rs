@@ -12,7 +12,7 @@
 //!   `verify`: checks and extraction rules; `repos`: repositories and whose copies are
 //!   whose; `rules`: what policies decide; `recovery`: rollback and repairs) and the
 //!   operations that use them (`backup`, `restore` with `aside`, its journaled state
-//!   machine, `transfer`, `offsite`, `policies`), which never call each other; `run`,
+//!   machine, `browse`, `transfer`, `offsite`, `policies`), which never call each other; `run`,
 //!   the façade's job starters, chains them.
 //! - [`jobs`]: long operations with progress (polled or streamed as SSE).
 //! - [`metrics`]: the Prometheus counters and gauges behind `GET /metrics`.
@@ -25,15 +25,17 @@
 //! - [`catalog`]: `snapshots.json` and each archive's sidecar (the server's `Facts`),
 //!   written atomically, rebuildable from the archives.
 //! - [`archive`]: the `.tar.gz` itself — filesystem walk (and its read-ahead), tar
-//!   headers, parallel gzip, parallel inflate, safe extraction, checksums.
+//!   headers, parallel gzip, parallel inflate, safe extraction, checksums, the entry
+//!   index (where each entry sits, for listings).
 //! - [`model`]: the types the layers share — `Mount`, `Source`, `ErrorBody`.
 //! - [`config`]: TOML file < `APPSNAP_*` environment < flags, with safe defaults.
 //! - [`ids`]: validation of the ids that reach the filesystem.
 //! - [`failpoint`]: named points where the crash-walk test stops the process.
 //!
-//! `main.rs` is a thin CLI over these: `serve`, `backup`, `list`, `delete`, `restore`,
-//! `verify`, `reindex`, `repo` (`init`, `snapshots`, `check`, `prune`), and the hidden
-//! `pack`, `unpack` (benchmark) and `compile-policy` (the service's sandboxed compiles).
+//! `main.rs` is a thin CLI over these: `serve`, `backup`, `list`, `files`, `delete`,
+//! `restore`, `verify`, `reindex`, `repo` (`init`, `snapshots`, `check`, `prune`), and
+//! the hidden `pack`, `unpack` (benchmark) and `compile-policy` (the service's sandboxed
+//! compiles).
 
 pub mod api;
 pub mod archive;

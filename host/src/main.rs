@@ -76,6 +76,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List one folder of a snapshot (its mounts without PATH), like `ls -l`.
+    Files {
+        snapshot_id: String,
+        /// An archive path such as `volumes/data/uploads`.
+        path: Option<String>,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a snapshot (only the local archive unless --location says otherwise).
     Delete {
         /// May be one held only in a repository, with --location naming it (or `all`).
@@ -297,6 +306,45 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
                         s.size_bytes,
                         s.facts.created_at.to_rfc3339()
                     );
+                }
+            }
+        }
+        Command::Files {
+            snapshot_id,
+            path,
+            json,
+        } => {
+            let path = path.unwrap_or_default();
+            let mut cursor = None;
+            loop {
+                let page = manager
+                    .files(&snapshot_id, &path, cursor.as_deref(), usize::MAX)
+                    .await?;
+                for e in &page.entries {
+                    if json {
+                        println!("{}", serde_json::to_string(e)?);
+                        continue;
+                    }
+                    let kind = serde_json::to_value(e.kind)?;
+                    let target = match (&e.link, &e.container_path) {
+                        (Some(l), _) => format!(" -> {l}"),
+                        (_, Some(c)) => format!("  (mounted at {c})"),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "{:<10} {:>5} {:>5}:{:<5} {:>12}  {}  {}{target}",
+                        kind.as_str().unwrap_or("?"),
+                        e.mode,
+                        e.uid,
+                        e.gid,
+                        e.size,
+                        e.mtime.format("%Y-%m-%d %H:%M"),
+                        e.name,
+                    );
+                }
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
                 }
             }
         }

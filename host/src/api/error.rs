@@ -85,7 +85,8 @@ impl ApiError {
 /// Status and stable message of each manager error. The statuses follow one scheme, so a
 /// client can act on the class without knowing every cause:
 /// - 400: the request names something malformed, or a snapshot of another app;
-/// - 404: the app, snapshot, policy or repository (or the copy in it) does not exist;
+/// - 404: the app, snapshot, policy or repository (or the copy in it), or a folder in a
+///   snapshot, does not exist;
 /// - 409: it conflicts with what runs or is stored (a lock, a pending repair, a policy in
 ///   use or built in, an existing snapshot, another server's copies): retry later, or
 ///   change the request;
@@ -160,6 +161,8 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
             PolicyError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Storage error"),
         },
         SnapshotExists(_) => (StatusCode::CONFLICT, "Snapshot already exists"),
+        InvalidPath(_) => (StatusCode::BAD_REQUEST, "Invalid path"),
+        PathNotFound { .. } => (StatusCode::NOT_FOUND, "Path not found"),
         TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "Upload too large"),
         Docker(DockerError::Hook { .. } | DockerError::HookTimeout { .. }) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "Backup hook failed")

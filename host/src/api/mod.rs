@@ -14,6 +14,7 @@
 
 pub mod backup;
 pub mod error;
+pub mod files;
 pub mod jobs;
 pub mod notify;
 pub mod policies;
@@ -97,6 +98,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .routes(routes!(policies::bind_default))
         .routes(routes!(policies::schedules))
         .routes(routes!(backup::stats))
+        .routes(routes!(files::list))
         .routes(routes!(restore::restore))
         .routes(routes!(transfer::verify))
         .routes(routes!(transfer::download))

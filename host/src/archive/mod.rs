@@ -14,6 +14,7 @@
 mod digest;
 pub mod extract;
 pub mod gzip;
+pub mod index;
 pub mod prefetch;
 pub mod read;
 pub mod tar_format;

@@ -105,6 +105,14 @@ pub enum ManagerError {
     /// A policy could not be stored, bound or run.
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// A path in a request that can never name an entry of a snapshot: absolute, with a
+    /// `.` or `..` component, a NUL, or too long. Matched against the index only, never
+    /// joined onto a host path.
+    #[error("invalid path `{0}`: a path inside a snapshot is relative, without `.`, `..` or NUL")]
+    InvalidPath(String),
+    /// The snapshot holds no folder at that path.
+    #[error("snapshot `{snapshot_id}` holds no folder `{path}`")]
+    PathNotFound { snapshot_id: String, path: String },
     /// A snapshot with this id is in the catalog already.
     #[error("snapshot `{0}` exists already")]
     SnapshotExists(String),

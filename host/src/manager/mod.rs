@@ -19,6 +19,7 @@
 //! - [`backup`]: making a snapshot (stop, archive, start, commit) and its crash repair;
 //! - [`restore`]: putting one back with rollback, and its crash repair; [`aside`] is its
 //!   journaled state machine (set aside, extract, commit or roll back);
+//! - [`browse`]: a snapshot's folders, listed from its entry index;
 //! - [`transfer`]: verify, download, import, and fetch (a repository's copy brought back
 //!   as a local snapshot): moving snapshots between servers;
 //! - [`offsite`]: copies to repositories after a backup (retried), forget, prune, check;
@@ -34,6 +35,7 @@
 
 mod aside;
 mod backup;
+mod browse;
 mod containers;
 mod error;
 mod gate;
@@ -48,6 +50,7 @@ mod store;
 mod transfer;
 mod verify;
 
+pub use browse::{FileInfo, Listing};
 pub use error::ManagerError;
 pub use rules::{Decision, RetentionReport};
 

@@ -26,6 +26,9 @@ use crate::archive;
 use crate::catalog::{self, ARCHIVE_SUFFIX, Catalog, Origin, PARTIAL_SUFFIX, Snapshot};
 use crate::ids;
 
+/// Beside each archive, its entry index (see `archive::index`), made on first use.
+const INDEX_SUFFIX: &str = ".index";
+
 /// appsnap's own state under the backup root (hidden: ids cannot start with a dot).
 pub const STATE_DIR: &str = ".appsnap";
 
@@ -389,6 +392,7 @@ fn remove_snapshot(catalog: &mut Catalog, snapshot_id: &str) -> Result<(), Manag
             })?;
     }
     let _ = fs::remove_file(catalog::sidecar_path(Path::new(&path)));
+    let _ = fs::remove_file(archive::index::path_for(Path::new(&path)));
     catalog.remove(snapshot_id);
     catalog.save()?;
     tracing::info!(snapshot = snapshot_id, "snapshot deleted");
@@ -487,14 +491,19 @@ fn remove_partials(root: &Path) {
             if name.starts_with('.') && name.ends_with(PARTIAL_SUFFIX) {
                 tracing::warn!("removing partial archive {}", f.path().display());
                 let _ = fs::remove_file(f.path());
-            } else if let Some(id) = name.strip_suffix(catalog::SIDECAR_SUFFIX)
+            } else if let Some(id) = name
+                .strip_suffix(catalog::SIDECAR_SUFFIX)
+                .or_else(|| name.strip_suffix(INDEX_SUFFIX))
                 && !f
                     .path()
                     .with_file_name(format!("{id}{ARCHIVE_SUFFIX}"))
                     .exists()
             {
                 // Written before its archive was moved into place (or left by a delete).
-                tracing::warn!("removing sidecar without an archive {}", f.path().display());
+                tracing::warn!("removing {} without an archive", f.path().display());
+                let _ = fs::remove_file(f.path());
+            } else if name.starts_with('.') && name.ends_with(".tmp") {
+                // An atomic write (sidecar, index) cut short.
                 let _ = fs::remove_file(f.path());
             }
         }

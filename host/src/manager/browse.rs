@@ -1,0 +1,240 @@
+//! Browse: a snapshot's folders, listed from its entry index without inflating the
+//! archive.
+//!
+//! The top level lists the snapshot's mounts (`volumes/<name>`, `binds/<escaped path>`,
+//! `project`) with the container path each serves; below, each folder is one range of
+//! the index. The index is made on the first listing of a snapshot (one sequential read,
+//! under a heavy slot) and saved beside the archive; one whose sha256 is not the
+//! archive's recorded one is never used, but made again. A path in a request is only
+//! ever compared with the index's paths: it never reaches the filesystem.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::BackupManager;
+use super::error::ManagerError;
+use crate::archive::index::{self, EntryKind, Index};
+use crate::catalog::Snapshot;
+
+/// Longest path a request may name (bytes).
+const MAX_PATH: usize = 4096;
+
+/// Most entries one page lists.
+pub const MAX_PAGE: usize = 1000;
+
+/// One page of a folder's listing.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Listing {
+    pub snapshot_id: String,
+    /// The folder listed (empty: the snapshot's mounts).
+    pub path: String,
+    /// In name order.
+    pub entries: Vec<FileInfo>,
+    /// Pass it as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// One entry of a listing. Names that are not UTF-8 are shown with U+FFFD in place of
+/// the bytes that are not.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FileInfo {
+    pub name: String,
+    /// The archive path, for the next listing or a download.
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    /// A file's logical size in bytes (a sparse file's full length); 0 otherwise.
+    pub size: u64,
+    /// Permission bits, octal as text (`0644`).
+    pub mode: String,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: DateTime<Utc>,
+    /// A link's target, as stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// For a mount (top level): the path it has in its containers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_path: Option<String>,
+}
+
+impl BackupManager {
+    /// One page of the folder `path` of `snapshot_id`: up to `limit` entries (at most
+    /// [`MAX_PAGE`]) after `cursor`. Errors: `InvalidId`, `InvalidPath` (absolute, `.`,
+    /// `..`, NUL, too long), `SnapshotNotFound`, `PathNotFound` (no such folder), `Corrupt`
+    /// when the archive cannot be read to make its index.
+    pub async fn files(
+        &self,
+        snapshot_id: &str,
+        path: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Listing, ManagerError> {
+        let folder = check_path(path)?;
+        let snapshot = self.store.get(snapshot_id)?;
+        let start: usize = match cursor {
+            None => 0,
+            Some(c) => c
+                .parse()
+                .map_err(|_| ManagerError::InvalidPath(format!("cursor {c}")))?,
+        };
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut entries: Vec<FileInfo> = if folder.is_empty() {
+            mounts(&snapshot)
+                .into_iter()
+                .skip(start)
+                .take(limit + 1)
+                .collect()
+        } else {
+            let index = self.index_of(&snapshot).await?;
+            let children = index.children(folder.as_bytes());
+            if children.is_empty() && !is_folder(&index, &snapshot, &folder) {
+                return Err(ManagerError::PathNotFound {
+                    snapshot_id: snapshot_id.into(),
+                    path: folder,
+                });
+            }
+            children
+                .iter()
+                .skip(start)
+                .take(limit + 1)
+                .map(info)
+                .collect()
+        };
+        let next_cursor = (entries.len() > limit).then(|| (start + limit).to_string());
+        entries.truncate(limit);
+        Ok(Listing {
+            snapshot_id: snapshot.snapshot_id,
+            path: folder,
+            entries,
+            next_cursor,
+        })
+    }
+
+    /// The snapshot's entry index: the saved one when it describes this archive, else
+    /// one made now (on a blocking thread, under a heavy slot) and saved. A save that
+    /// fails is logged; the index made is used all the same.
+    async fn index_of(&self, snapshot: &Snapshot) -> Result<Index, ManagerError> {
+        let archive = PathBuf::from(&snapshot.file_path);
+        let at = index::path_for(&archive);
+        let sha = snapshot.sha256.clone();
+        let saved = {
+            let at = at.clone();
+            tokio::task::spawn_blocking(move || Index::load(&at))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        if let Some(index) = saved.filter(|i| i.sha256 == sha) {
+            return Ok(index);
+        }
+        let _slot = self.gate.heavy_slot(None).await;
+        let max_entries = self
+            .config
+            .max_archive_entries
+            .max(snapshot.facts.entries.unwrap_or(0));
+        let id = snapshot.snapshot_id.clone();
+        tokio::task::spawn_blocking(move || {
+            let index = index::build(&archive, &sha, max_entries)
+                .map_err(|e| ManagerError::Corrupt(format!("cannot index {id}: {e}")))?;
+            if let Err(e) = index.save(&at) {
+                tracing::warn!(snapshot = %id, "cannot save its index {}: {e}", at.display());
+            }
+            Ok(index)
+        })
+        .await
+        .map_err(|e| ManagerError::Corrupt(format!("index task: {e}")))?
+    }
+}
+
+/// `path` as a folder of a snapshot (no trailing `/`), or `InvalidPath`.
+fn check_path(path: &str) -> Result<String, ManagerError> {
+    let trimmed = path.trim_end_matches('/');
+    let bad = path.len() > MAX_PATH
+        || path.starts_with('/')
+        || path.contains('\0')
+        || (!trimmed.is_empty() && trimmed.split('/').any(|c| matches!(c, "" | "." | "..")));
+    if bad {
+        return Err(ManagerError::InvalidPath(
+            path.chars().take(200).collect::<String>(),
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Whether `folder` is a folder of the snapshot: a directory entry, or a mount's folder
+/// (which an empty mount has no entry for).
+fn is_folder(index: &Index, snapshot: &Snapshot, folder: &str) -> bool {
+    snapshot.mounts.iter().any(|m| m.archive_dir == folder)
+        || index
+            .get(folder.as_bytes())
+            .is_some_and(|e| e.kind == EntryKind::Dir)
+}
+
+/// The top level: each mount's folder, with the path it serves in its containers.
+fn mounts(snapshot: &Snapshot) -> Vec<FileInfo> {
+    let mut out: Vec<FileInfo> = snapshot
+        .mounts
+        .iter()
+        .map(|m| FileInfo {
+            name: m.archive_dir.clone(),
+            path: m.archive_dir.clone(),
+            kind: EntryKind::Dir,
+            size: 0,
+            mode: String::new(),
+            uid: 0,
+            gid: 0,
+            mtime: snapshot.facts.created_at,
+            link: None,
+            container_path: Some(m.destination.clone()),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn info(e: &index::Entry) -> FileInfo {
+    FileInfo {
+        name: String::from_utf8_lossy(e.split().1).into_owned(),
+        path: String::from_utf8_lossy(&e.path).into_owned(),
+        kind: e.kind,
+        size: e.size,
+        mode: format!("{:04o}", e.mode),
+        uid: e.uid,
+        gid: e.gid,
+        mtime: DateTime::from_timestamp(e.mtime, 0).unwrap_or_default(),
+        link: e
+            .link
+            .as_ref()
+            .map(|l| String::from_utf8_lossy(l).into_owned()),
+        container_path: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_that_could_leave_the_snapshot_is_refused() {
+        for bad in [
+            "/etc",
+            "volumes/../x",
+            "volumes/./x",
+            "a//b",
+            "a\0b",
+            &"a/".repeat(3000),
+        ] {
+            assert!(
+                matches!(check_path(bad), Err(ManagerError::InvalidPath(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(check_path("").unwrap(), "");
+        assert_eq!(check_path("volumes/v/").unwrap(), "volumes/v");
+        assert_eq!(check_path("volumes/v/a b").unwrap(), "volumes/v/a b");
+    }
+}
