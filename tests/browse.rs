@@ -4,13 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use axum::http::StatusCode;
 
-use crate::common::{Harness, TestApp, fill_every_kind};
+use crate::common::{Entry, Harness, TestApp, fill_every_kind, manifest};
 
 /// `s` percent-encoded for a query string.
 fn enc(s: &str) -> String {
@@ -42,56 +40,6 @@ async fn list_all(h: &Harness, id: &str, path: &str, limit: usize) -> Vec<serde_
     }
 }
 
-/// What the listing must show for each entry under `root`: path relative to it (lossy,
-/// as the API shows names) → (type, size, mode, uid, gid, mtime, link target).
-fn expected(root: &Path) -> BTreeMap<String, serde_json::Value> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        for e in fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let m = fs::symlink_metadata(e.path()).unwrap();
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
-            let t = m.file_type();
-            let kind = if t.is_dir() {
-                todo.push(e.path());
-                "dir"
-            } else if t.is_symlink() {
-                "symlink"
-            } else if t.is_fifo() {
-                "fifo"
-            } else if m.nlink() > 1 {
-                "file-or-hardlink"
-            } else {
-                "file"
-            };
-            use std::os::unix::fs::FileTypeExt;
-            let link = t.is_symlink().then(|| {
-                fs::read_link(e.path())
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned()
-            });
-            out.insert(
-                String::from_utf8_lossy(&rel).into_owned(),
-                serde_json::json!({
-                    "type": kind,
-                    "size": if t.is_file() { m.len() } else { 0 },
-                    "mode": format!("{:04o}", m.mode() & 0o7777),
-                    "uid": m.uid(), "gid": m.gid(), "mtime": m.mtime(), "link": link,
-                }),
-            );
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn every_folder_lists_what_the_apps_data_held() {
     let app = TestApp::new("");
@@ -109,7 +57,12 @@ async fn every_folder_lists_what_the_apps_data_held() {
     assert_eq!(top.len(), snapshot["mounts"].as_array().unwrap().len());
 
     // Below: every folder, page by page (3 a page, so cursors are used).
-    let want = expected(&app.volume_path());
+    // What the volume holds, lossy as the API shows names.
+    let want: BTreeMap<String, Entry> = manifest(&app.volume_path(), true)
+        .into_iter()
+        .filter(|(path, _)| !path.is_empty()) // the mount itself: listed at the top
+        .map(|(path, e)| (String::from_utf8_lossy(&path).into_owned(), e))
+        .collect();
     let mut got = BTreeMap::new();
     let mut folders = vec![vol_dir.clone()];
     while let Some(folder) = folders.pop() {
@@ -127,20 +80,31 @@ async fn every_folder_lists_what_the_apps_data_held() {
     );
     for (path, w) in &want {
         let g = &got[path];
-        match w["type"].as_str().unwrap() {
-            "file-or-hardlink" => assert!(g["type"] == "file" || g["type"] == "hardlink"),
-            t => assert_eq!(g["type"], t, "{path}"),
+        match (w.kind, &w.link_group) {
+            // One path of a hard-link group is the file, the others link to it.
+            ("file", Some(_)) => assert!(g["type"] == "file" || g["type"] == "hardlink"),
+            (kind, _) => assert_eq!(g["type"], kind, "{path}"),
         }
         if g["type"] != "hardlink" {
-            assert_eq!(g["size"], w["size"], "{path}");
+            assert_eq!(g["size"], w.size, "{path}");
         }
-        for field in ["mode", "uid", "gid"] {
-            assert_eq!(g[field], w[field], "{path}: {field}");
-        }
+        assert_eq!(g["mode"], format!("{:04o}", w.mode), "{path}");
+        assert_eq!(
+            (g["uid"].as_u64(), g["gid"].as_u64()),
+            (Some(w.uid.into()), Some(w.gid.into()))
+        );
         let mtime = chrono::DateTime::parse_from_rfc3339(g["mtime"].as_str().unwrap()).unwrap();
-        assert_eq!(mtime.timestamp(), w["mtime"].as_i64().unwrap(), "{path}");
-        if w["type"] == "symlink" {
-            assert_eq!(g["link"], w["link"], "{path}");
+        assert_eq!(mtime.timestamp(), w.mtime, "{path}");
+        if g["type"] == "hardlink" {
+            // Its target is the archive path of the file of its group.
+            let target = &g["link"].as_str().unwrap()[vol_dir.len() + 1..];
+            assert_eq!(want[target].link_group, w.link_group, "{path}");
+        } else {
+            let link = w
+                .link
+                .as_ref()
+                .map(|l| String::from_utf8_lossy(l).into_owned());
+            assert_eq!(g["link"].as_str(), link.as_deref(), "{path}");
         }
     }
     let sparse = &got["sparse.img"];
@@ -160,26 +124,17 @@ async fn a_path_that_could_leave_the_snapshot_is_400_and_an_unknown_folder_404()
         .as_str()
         .unwrap()
         .to_string();
-    for bad in ["/etc", "volumes/../..", "volumes/./x", "a%00b", "a//b"] {
-        let (status, body) = h
-            .call(
-                "GET",
-                &format!("/api/v1/backup/snapshots/{id}/files?path={bad}"),
-            )
-            .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
-        assert_eq!(body["message"], "Invalid path");
-    }
     let vol = format!("volumes/{}", app.volume);
-    for missing in [format!("{vol}/nope"), format!("{vol}/a")] {
-        let (status, body) = h
-            .call(
-                "GET",
-                &format!("/api/v1/backup/snapshots/{id}/files?path={missing}"),
-            )
-            .await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "{missing}: {body}");
-        assert_eq!(body["message"], "Path not found");
+    let bad = ["/etc", "volumes/../..", "volumes/./x", "a%00b", "a//b"]
+        .map(|p| (p.to_string(), StatusCode::BAD_REQUEST, "Invalid path"));
+    // Not there, and a file rather than a folder.
+    let missing = [format!("{vol}/nope"), format!("{vol}/a")]
+        .map(|p| (p, StatusCode::NOT_FOUND, "Path not found"));
+    for (path, want, message) in bad.into_iter().chain(missing) {
+        let uri = format!("/api/v1/backup/snapshots/{id}/files?path={path}");
+        let (status, body) = h.call("GET", &uri).await;
+        assert_eq!(status, want, "{path}: {body}");
+        assert_eq!(body["message"], message);
     }
     let (status, _) = h
         .call("GET", "/api/v1/backup/snapshots/snapshot_nope/files")
