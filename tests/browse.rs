@@ -197,3 +197,85 @@ async fn an_index_that_does_not_describe_the_archive_is_never_trusted() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(!Path::new(&index).exists());
 }
+
+#[tokio::test]
+async fn every_file_reads_back_as_it_was_whole_or_by_range() {
+    let app = TestApp::new("");
+    fill_every_kind(&app.volume_path());
+    let h = Harness::new().await;
+    let id = h.backup(&app.id).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vol = format!("volumes/{}", app.volume);
+    let content = |path: &str| {
+        format!(
+            "/api/v1/backup/snapshots/{id}/files/content?path={}",
+            enc(path)
+        )
+    };
+
+    // Every regular file (a sparse one with its holes, a hard link as its file, a long
+    // name), by its sha256. A name that is not UTF-8 cannot be named in a URL: left out.
+    let mut read = 0;
+    for (path, e) in manifest(&app.volume_path(), true) {
+        let (Some(sha), Ok(path)) = (&e.sha256, String::from_utf8(path)) else {
+            continue;
+        };
+        let (status, body) = h.get_bytes(&content(&format!("{vol}/{path}"))).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let got = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&body));
+        assert_eq!(&got, sha, "{path}");
+        read += 1;
+    }
+    assert!(read >= 10, "{read} files read");
+
+    // One range: 206 with its place in the file; the file is always an attachment.
+    let original = fs::read(app.volume_path().join("sub/hello.php")).unwrap();
+    let req = axum::http::Request::get(content(&format!("{vol}/sub/hello.php")))
+        .header("range", "bytes=10-29")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = tower::ServiceExt::oneshot(h.router.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let headers = resp.headers().clone();
+    assert_eq!(
+        headers["content-range"],
+        format!("bytes 10-29/{}", original.len()).as_str()
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment; filename=\"hello.php\"")
+    );
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], &original[10..30]);
+
+    for (path, range, want) in [
+        ("sub", None, StatusCode::BAD_REQUEST),
+        ("rel-link", None, StatusCode::BAD_REQUEST),
+        ("nope", None, StatusCode::NOT_FOUND),
+        (
+            "sub/hello.php",
+            Some("bytes=999999-"),
+            StatusCode::RANGE_NOT_SATISFIABLE,
+        ),
+        ("sub/hello.php", Some("bytes=-5"), StatusCode::BAD_REQUEST),
+    ] {
+        let mut req = axum::http::Request::get(content(&format!("{vol}/{path}")));
+        if let Some(r) = range {
+            req = req.header("range", r);
+        }
+        let (status, body) = h
+            .call_with(req.body(axum::body::Body::empty()).unwrap())
+            .await;
+        assert_eq!(status, want, "{path} {range:?}: {body}");
+    }
+}

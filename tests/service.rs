@@ -129,6 +129,8 @@ async fn cli_backup_list_files_delete_reindex() {
         !String::from_utf8_lossy(&out.stdout).contains("seen.txt"),
         "lists the snapshot, not the live volume"
     );
+    let out = appsnap(root.path(), &["cat", id, &format!("{folder}/seen.txt")]);
+    assert!(!out.status.success(), "not in the snapshot");
     let out = appsnap(root.path(), &["files", id, "../etc"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid path"));
 

@@ -32,10 +32,10 @@
 //! - [`ids`]: validation of the ids that reach the filesystem.
 //! - [`failpoint`]: named points where the crash-walk test stops the process.
 //!
-//! `main.rs` is a thin CLI over these: `serve`, `backup`, `list`, `files`, `delete`,
-//! `restore`, `verify`, `reindex`, `repo` (`init`, `snapshots`, `check`, `prune`), and
-//! the hidden `pack`, `unpack` (benchmark) and `compile-policy` (the service's sandboxed
-//! compiles).
+//! `main.rs` is a thin CLI over these: `serve`, `backup`, `list`, `files`, `cat`,
+//! `delete`, `restore`, `verify`, `reindex`, `repo` (`init`, `snapshots`, `check`,
+//! `prune`), and the hidden `pack`, `unpack` (benchmark) and `compile-policy` (the
+//! service's sandboxed compiles).
 
 pub mod api;
 pub mod archive;

@@ -85,6 +85,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write one file of a snapshot to standard output.
+    Cat {
+        snapshot_id: String,
+        /// An archive path such as `volumes/data/uploads/a.jpg`.
+        path: String,
+    },
     /// Delete a snapshot (only the local archive unless --location says otherwise).
     Delete {
         /// May be one held only in a repository, with --location naming it (or `all`).
@@ -347,6 +353,14 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
                     None => break,
                 }
             }
+        }
+        Command::Cat { snapshot_id, path } => {
+            let file = manager.file_content(&snapshot_id, &path, None).await?;
+            let mut reader = file.reader;
+            tokio::task::spawn_blocking(move || {
+                std::io::copy(&mut reader, &mut std::io::stdout().lock())
+            })
+            .await??;
         }
         Command::Delete {
             snapshot_id,

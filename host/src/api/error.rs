@@ -163,6 +163,8 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
         SnapshotExists(_) => (StatusCode::CONFLICT, "Snapshot already exists"),
         InvalidPath(_) => (StatusCode::BAD_REQUEST, "Invalid path"),
         PathNotFound { .. } => (StatusCode::NOT_FOUND, "Path not found"),
+        NotAFile(_) => (StatusCode::BAD_REQUEST, "Not a regular file"),
+        BadRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "Range not satisfiable"),
         TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "Upload too large"),
         Docker(DockerError::Hook { .. } | DockerError::HookTimeout { .. }) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "Backup hook failed")

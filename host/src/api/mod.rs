@@ -99,6 +99,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .routes(routes!(policies::schedules))
         .routes(routes!(backup::stats))
         .routes(routes!(files::list))
+        .routes(routes!(files::content))
         .routes(routes!(restore::restore))
         .routes(routes!(transfer::verify))
         .routes(routes!(transfer::download))

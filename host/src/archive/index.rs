@@ -294,6 +294,119 @@ impl Index {
     }
 }
 
+/// The tar stream of `archive` from tar offset `at`: inflating starts at the gzip member
+/// holding `at` (found in `members`), so bytes before that member are never read.
+pub fn tar_from(archive: &Path, members: &[(u64, u64)], at: u64) -> io::Result<impl Read + use<>> {
+    let i = members
+        .partition_point(|&(_, tar)| tar <= at)
+        .checked_sub(1)
+        .ok_or_else(|| bad("no member holds the offset"))?;
+    let (compressed, tar) = members[i];
+    let mut file = File::open(archive)?;
+    io::Seek::seek(&mut file, io::SeekFrom::Start(compressed))?;
+    let mut stream = Members {
+        state: State::Between(BufReader::with_capacity(
+            1 << 20,
+            Counting {
+                inner: file,
+                n: compressed,
+            },
+        )),
+        table: Vec::new(),
+        tar,
+    };
+    io::copy(&mut (&mut stream).take(at - tar), &mut io::sink())?;
+    Ok(stream)
+}
+
+/// A regular file's content, read from its place in the archive: its header is read
+/// again through the bounded tar reader and must name the indexed path (an index that
+/// does not match its archive is an `InvalidData` error, never another file's bytes); a
+/// sparse file's holes come back as zeros.
+pub struct Content<R> {
+    tar: TarReader<R>,
+    /// `(offset, length)` of the stored segments, and where the logical file ends.
+    segments: Vec<(u64, u64)>,
+    size: u64,
+    /// Logical position.
+    at: u64,
+}
+
+/// Opens `entry` (a regular file) of `archive` for reading.
+pub fn open_file(
+    archive: &Path,
+    index: &Index,
+    entry: &Entry,
+) -> io::Result<Content<impl Read + use<>>> {
+    let stream = tar_from(archive, &index.members, entry.header_offset)?;
+    let mut tar = TarReader::new(stream);
+    let found = tar
+        .next_entry()?
+        .ok_or_else(|| bad("no entry at its offset"))?;
+    let mut name = found.name;
+    while name.last() == Some(&b'/') {
+        name.pop();
+    }
+    if name != entry.path || EntryKind::of(found.kind) != EntryKind::File {
+        return Err(bad("the archive holds another entry where the index says"));
+    }
+    let (size, segments) = match found.sparse {
+        Some((logical, segments)) => (logical, segments),
+        None => (found.size, vec![(0, found.size)]),
+    };
+    Ok(Content {
+        tar,
+        segments,
+        size,
+        at: 0,
+    })
+}
+
+impl<R: Read> Content<R> {
+    /// The file's logical size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl<R: Read> Read for Content<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        // Segments are in order and do not overlap (the tar reader checked the map).
+        let next = self
+            .segments
+            .iter()
+            .find(|&&(off, len)| off + len > self.at);
+        let n = match next {
+            Some(&(off, _)) if off > self.at => {
+                let n = (off - self.at).min(buf.len() as u64) as usize;
+                buf[..n].fill(0);
+                n
+            }
+            Some(&(off, len)) => {
+                let want = (off + len - self.at).min(buf.len() as u64) as usize;
+                let n = self.tar.read_data(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file cut short",
+                    ));
+                }
+                n
+            }
+            None => {
+                let n = (self.size - self.at).min(buf.len() as u64) as usize;
+                buf[..n].fill(0);
+                n
+            }
+        };
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 fn bad(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("index: {msg}"))
 }
@@ -457,6 +570,30 @@ mod tests {
         let two = index.get(b"volumes/v/a/b/two").unwrap();
         let at = two.data_offset as usize;
         assert_eq!(&tar[at..at + 3], b"two");
+
+        for (path, want) in [
+            (&b"volumes/v/a/one"[..], vec![7u8; 3 << 20]),
+            (b"volumes/v/a/b/two", b"two".to_vec()),
+        ] {
+            let mut got = Vec::new();
+            open_file(&archive, &index, index.get(path).unwrap())
+                .unwrap()
+                .read_to_end(&mut got)
+                .unwrap();
+            assert_eq!(got, want);
+        }
+        // An index that points at another entry is refused, never read from.
+        let mut lying = index.clone();
+        let two = index.get(b"volumes/v/a/b/two").unwrap().clone();
+        let one = lying
+            .entries
+            .iter_mut()
+            .find(|e| e.path == b"volumes/v/a/one")
+            .unwrap();
+        one.header_offset = two.header_offset;
+        let one = lying.get(b"volumes/v/a/one").unwrap();
+        let err = open_file(&archive, &lying, one).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 
         let saved = dir.path().join("s.index");
         index.save(&saved).unwrap();

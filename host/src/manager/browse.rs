@@ -8,6 +8,7 @@
 //! archive's recorded one is never used, but made again. A path in a request is only
 //! ever compared with the index's paths: it never reaches the filesystem.
 
+use std::io::Read;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -35,6 +36,18 @@ pub struct Listing {
     /// Pass it as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+}
+
+/// A file's bytes, as `file_content` opened them: read `reader` on a blocking thread.
+pub struct FileContent {
+    /// Its name (the last path component), lossy UTF-8.
+    pub name: String,
+    /// The file's whole logical size.
+    pub size: u64,
+    /// The first byte `reader` gives, and how many it gives.
+    pub start: u64,
+    pub len: u64,
+    pub reader: Box<dyn Read + Send>,
 }
 
 /// One entry of a listing. Names that are not UTF-8 are shown with U+FFFD in place of
@@ -95,6 +108,7 @@ impl BackupManager {
                 return Err(ManagerError::PathNotFound {
                     snapshot_id: snapshot_id.into(),
                     path: folder,
+                    what: "folder",
                 });
             }
             children
@@ -111,6 +125,63 @@ impl BackupManager {
             path: folder,
             entries,
             next_cursor,
+        })
+    }
+
+    /// A regular file of the snapshot, to read: all of it, or the bytes `range` names
+    /// (`(start, Some(end))` inclusive, `(start, None)` to the end). Only the gzip members
+    /// holding the file are inflated. A hard link reads as the file it links to.
+    /// Errors: those of [`Self::files`], `PathNotFound`, `NotAFile` (a folder, a
+    /// symlink, …), `BadRange` (starts beyond the end), `Corrupt` when the archive does
+    /// not hold the file where its index says.
+    pub async fn file_content(
+        &self,
+        snapshot_id: &str,
+        path: &str,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<FileContent, ManagerError> {
+        let path = check_path(path)?;
+        let snapshot = self.store.get(snapshot_id)?;
+        let index = self.index_of(&snapshot).await?;
+        let not_found = || ManagerError::PathNotFound {
+            snapshot_id: snapshot_id.into(),
+            path: path.clone(),
+            what: "file",
+        };
+        let mut entry = index.get(path.as_bytes()).ok_or_else(not_found)?;
+        if entry.kind == EntryKind::Hardlink {
+            let target = entry.link.as_deref().unwrap_or_default();
+            entry = index.get(target).ok_or_else(not_found)?;
+        }
+        if entry.kind != EntryKind::File {
+            return Err(ManagerError::NotAFile(path));
+        }
+        let size = entry.size;
+        let (start, end) = match range {
+            None => (0, size.saturating_sub(1)),
+            Some((start, _)) if start >= size => return Err(ManagerError::BadRange { size }),
+            Some((start, end)) => (start, end.unwrap_or(u64::MAX).min(size - 1)),
+        };
+        let len = if size == 0 { 0 } else { end + 1 - start };
+        let (archive, entry, name) = (
+            PathBuf::from(&snapshot.file_path),
+            entry.clone(),
+            String::from_utf8_lossy(entry.split().1).into_owned(),
+        );
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut content = index::open_file(&archive, &index, &entry)?;
+            std::io::copy(&mut (&mut content).take(start), &mut std::io::sink())?;
+            Ok::<_, std::io::Error>(Box::new(content.take(len)) as Box<dyn Read + Send>)
+        })
+        .await
+        .map_err(|e| ManagerError::Corrupt(format!("read task: {e}")))?
+        .map_err(|e| ManagerError::Corrupt(format!("cannot read `{path}`: {e}")))?;
+        Ok(FileContent {
+            name,
+            size,
+            start,
+            len,
+            reader,
         })
     }
 

@@ -110,9 +110,19 @@ pub enum ManagerError {
     /// joined onto a host path.
     #[error("invalid path `{0}`: a path inside a snapshot is relative, without `.`, `..` or NUL")]
     InvalidPath(String),
-    /// The snapshot holds no folder at that path.
-    #[error("snapshot `{snapshot_id}` holds no folder `{path}`")]
-    PathNotFound { snapshot_id: String, path: String },
+    /// The snapshot holds nothing (or no folder, for a listing) at that path.
+    #[error("snapshot `{snapshot_id}` holds no {what} `{path}`")]
+    PathNotFound {
+        snapshot_id: String,
+        path: String,
+        what: &'static str,
+    },
+    /// Only a regular file's content can be read (a hard link is read as its file).
+    #[error("`{0}` is not a regular file")]
+    NotAFile(String),
+    /// The byte range asked for starts beyond the file's end.
+    #[error("the range starts beyond the file's {size} bytes")]
+    BadRange { size: u64 },
     /// A snapshot with this id is in the catalog already.
     #[error("snapshot `{0}` exists already")]
     SnapshotExists(String),
