@@ -107,6 +107,27 @@ async fn every_folder_lists_what_the_apps_data_held() {
             assert_eq!(g["link"].as_str(), link.as_deref(), "{path}");
         }
     }
+    // A name search over the whole snapshot, and under one folder.
+    let search = |q: &str, under: &str| {
+        format!("/api/v1/backup/snapshots/{id}/files?q={q}&path={under}&limit=1")
+    };
+    let (status, body) = h.call("GET", &search("HELLO", "")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["entries"][0]["path"],
+        format!("{vol_dir}/sub/hello.php")
+    );
+    assert!(body["next_cursor"].is_null(), "one match: {body}");
+    let (_, body) = h.call("GET", &search("linked", "")).await;
+    assert!(
+        body["next_cursor"].is_string(),
+        "two matches, one a page: {body}"
+    );
+    let (_, body) = h
+        .call("GET", &search("linked", &format!("{vol_dir}/sub")))
+        .await;
+    assert_eq!(body["entries"][0]["name"], "linked-b");
+    assert!(body["next_cursor"].is_null(), "{body}");
     let sparse = &got["sparse.img"];
     assert_eq!(sparse["size"], 100u64 << 20, "a sparse file's full length");
     assert!(

@@ -24,9 +24,13 @@ pub struct FilesParams {
     pub cursor: Option<String>,
     /// Entries per page (1 to 1000, default 200).
     pub limit: Option<usize>,
+    /// Search instead: the entries anywhere under `path` (the whole snapshot without
+    /// it) whose name holds this text, case-insensitively. Empty: no search.
+    #[param(max_length = 256)]
+    pub q: Option<String>,
 }
 
-/// List one folder of a snapshot.
+/// List one folder of a snapshot, or search its names (`q`).
 ///
 /// The top level lists the snapshot's mounts with the path each has in its containers;
 /// below, one folder per call, in name order, paginated. Listed from the snapshot's entry
@@ -46,14 +50,15 @@ pub async fn list(
     Path(snapshot_id): Path<String>,
     ApiQuery(params): ApiQuery<FilesParams>,
 ) -> Result<Json<Listing>, ApiError> {
-    let listing = manager
-        .files(
-            &snapshot_id,
-            params.path.as_deref().unwrap_or(""),
-            params.cursor.as_deref(),
-            params.limit.unwrap_or(200),
-        )
-        .await?;
+    let (path, cursor, limit) = (
+        params.path.as_deref().unwrap_or(""),
+        params.cursor.as_deref(),
+        params.limit.unwrap_or(200),
+    );
+    let listing = match params.q.as_deref().filter(|q| !q.is_empty()) {
+        Some(q) => manager.search(&snapshot_id, path, q, cursor, limit).await?,
+        None => manager.files(&snapshot_id, path, cursor, limit).await?,
+    };
     Ok(Json(listing))
 }
 

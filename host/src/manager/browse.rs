@@ -86,14 +86,9 @@ impl BackupManager {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Listing, ManagerError> {
-        let folder = check_path(path)?;
         let snapshot = self.store.get(snapshot_id)?;
-        let start: usize = match cursor {
-            None => 0,
-            Some(c) => c
-                .parse()
-                .map_err(|_| ManagerError::InvalidPath(format!("cursor {c}")))?,
-        };
+        let folder = check_path(path)?;
+        let start = parse_cursor(cursor)?;
         let limit = limit.clamp(1, MAX_PAGE);
         let mut entries: Vec<FileInfo> = if folder.is_empty() {
             mounts(&snapshot)
@@ -128,6 +123,50 @@ impl BackupManager {
         })
     }
 
+    /// One page of the entries anywhere under the folder `under` (the whole snapshot when
+    /// empty) whose name holds `query`, case-insensitively, in index order (folder by
+    /// folder). Errors: as [`Self::files`]; an empty query, or one over 256 bytes, is
+    /// `InvalidPath`.
+    pub async fn search(
+        &self,
+        snapshot_id: &str,
+        under: &str,
+        query: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Listing, ManagerError> {
+        let snapshot = self.store.get(snapshot_id)?;
+        let folder = check_path(under)?;
+        if query.is_empty() || query.len() > 256 || query.contains('\0') {
+            return Err(ManagerError::InvalidPath(format!("query {query:?}")));
+        }
+        let start = parse_cursor(cursor)?;
+        let limit = limit.clamp(1, MAX_PAGE);
+        let index = self.index_of(&snapshot).await?;
+        let (needle, prefix) = (query.to_lowercase(), format!("{folder}/"));
+        let mut entries: Vec<FileInfo> = index
+            .entries
+            .iter()
+            .filter(|e| folder.is_empty() || e.path.starts_with(prefix.as_bytes()))
+            .filter(|e| {
+                String::from_utf8_lossy(e.split().1)
+                    .to_lowercase()
+                    .contains(&needle)
+            })
+            .skip(start)
+            .take(limit + 1)
+            .map(info)
+            .collect();
+        let next_cursor = (entries.len() > limit).then(|| (start + limit).to_string());
+        entries.truncate(limit);
+        Ok(Listing {
+            snapshot_id: snapshot.snapshot_id,
+            path: folder,
+            entries,
+            next_cursor,
+        })
+    }
+
     /// A regular file of the snapshot, to read: all of it, or the bytes `range` names
     /// (`(start, Some(end))` inclusive, `(start, None)` to the end). Only the gzip members
     /// holding the file are inflated. A hard link reads as the file it links to.
@@ -140,8 +179,8 @@ impl BackupManager {
         path: &str,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<FileContent, ManagerError> {
-        let path = check_path(path)?;
         let snapshot = self.store.get(snapshot_id)?;
+        let path = check_path(path)?;
         let index = self.index_of(&snapshot).await?;
         let not_found = || ManagerError::PathNotFound {
             snapshot_id: snapshot_id.into(),
@@ -219,6 +258,14 @@ impl BackupManager {
         .await
         .map_err(|e| ManagerError::Corrupt(format!("index task: {e}")))?
     }
+}
+
+/// How many entries a page starts after (`next_cursor` of the page before).
+fn parse_cursor(cursor: Option<&str>) -> Result<usize, ManagerError> {
+    cursor.map_or(Ok(0), |c| {
+        c.parse()
+            .map_err(|_| ManagerError::InvalidPath(format!("cursor {c}")))
+    })
 }
 
 /// `path` as a folder of a snapshot (no trailing `/`), or `InvalidPath`.
