@@ -324,7 +324,7 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
             let mut cursor = None;
             loop {
                 let page = manager
-                    .files(&snapshot_id, &path, cursor.as_deref(), usize::MAX)
+                    .files(&snapshot_id, &path, None, cursor.as_deref(), usize::MAX)
                     .await?;
                 for e in &page.entries {
                     if json {

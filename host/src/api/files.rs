@@ -55,10 +55,9 @@ pub async fn list(
         params.cursor.as_deref(),
         params.limit.unwrap_or(200),
     );
-    let listing = match params.q.as_deref().filter(|q| !q.is_empty()) {
-        Some(q) => manager.search(&snapshot_id, path, q, cursor, limit).await?,
-        None => manager.files(&snapshot_id, path, cursor, limit).await?,
-    };
+    let listing = manager
+        .files(&snapshot_id, path, params.q.as_deref(), cursor, limit)
+        .await?;
     Ok(Json(listing))
 }
 

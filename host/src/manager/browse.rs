@@ -76,87 +76,62 @@ pub struct FileInfo {
 
 impl BackupManager {
     /// One page of the folder `path` of `snapshot_id`: up to `limit` entries (at most
-    /// [`MAX_PAGE`]) after `cursor`. Errors: `InvalidId`, `InvalidPath` (absolute, `.`,
-    /// `..`, NUL, too long), `SnapshotNotFound`, `PathNotFound` (no such folder), `Corrupt`
-    /// when the archive cannot be read to make its index.
+    /// [`MAX_PAGE`]) after `cursor`. With a `query`, instead, the entries anywhere under
+    /// `path` (the whole snapshot when empty) whose name holds it, case-insensitively,
+    /// in index order (folder by folder). Errors: `InvalidId`, `InvalidPath` (absolute,
+    /// `.`, `..`, NUL, too long; a query over 256 bytes), `SnapshotNotFound`,
+    /// `PathNotFound` (no such folder), `Corrupt` when the archive cannot be read to make
+    /// its index.
     pub async fn files(
         &self,
         snapshot_id: &str,
         path: &str,
+        query: Option<&str>,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Listing, ManagerError> {
         let snapshot = self.store.get(snapshot_id)?;
         let folder = check_path(path)?;
-        let start = parse_cursor(cursor)?;
-        let limit = limit.clamp(1, MAX_PAGE);
-        let mut entries: Vec<FileInfo> = if folder.is_empty() {
-            mounts(&snapshot)
-                .into_iter()
-                .skip(start)
-                .take(limit + 1)
-                .collect()
-        } else {
-            let index = self.index_of(&snapshot).await?;
-            let children = index.children(folder.as_bytes());
-            if children.is_empty() && !is_folder(&index, &snapshot, &folder) {
-                return Err(ManagerError::PathNotFound {
-                    snapshot_id: snapshot_id.into(),
-                    path: folder,
-                    what: "folder",
-                });
-            }
-            children
-                .iter()
-                .skip(start)
-                .take(limit + 1)
-                .map(info)
-                .collect()
-        };
-        let next_cursor = (entries.len() > limit).then(|| (start + limit).to_string());
-        entries.truncate(limit);
-        Ok(Listing {
-            snapshot_id: snapshot.snapshot_id,
-            path: folder,
-            entries,
-            next_cursor,
-        })
-    }
-
-    /// One page of the entries anywhere under the folder `under` (the whole snapshot when
-    /// empty) whose name holds `query`, case-insensitively, in index order (folder by
-    /// folder). Errors: as [`Self::files`]; an empty query, or one over 256 bytes, is
-    /// `InvalidPath`.
-    pub async fn search(
-        &self,
-        snapshot_id: &str,
-        under: &str,
-        query: &str,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<Listing, ManagerError> {
-        let snapshot = self.store.get(snapshot_id)?;
-        let folder = check_path(under)?;
-        if query.is_empty() || query.len() > 256 || query.contains('\0') {
+        let query = query.filter(|q| !q.is_empty());
+        if query.is_some_and(|q| q.len() > 256 || q.contains('\0')) {
             return Err(ManagerError::InvalidPath(format!("query {query:?}")));
         }
         let start = parse_cursor(cursor)?;
         let limit = limit.clamp(1, MAX_PAGE);
-        let index = self.index_of(&snapshot).await?;
-        let (needle, prefix) = (query.to_lowercase(), format!("{folder}/"));
-        let mut entries: Vec<FileInfo> = index
-            .entries
-            .iter()
-            .filter(|e| folder.is_empty() || e.path.starts_with(prefix.as_bytes()))
-            .filter(|e| {
-                String::from_utf8_lossy(e.split().1)
-                    .to_lowercase()
-                    .contains(&needle)
-            })
-            .skip(start)
-            .take(limit + 1)
-            .map(info)
-            .collect();
+        let page = |all: &mut dyn Iterator<Item = FileInfo>| -> Vec<FileInfo> {
+            all.skip(start).take(limit + 1).collect()
+        };
+        let mut entries = match query {
+            None if folder.is_empty() => page(&mut mounts(&snapshot).into_iter()),
+            None => {
+                let index = self.index_of(&snapshot).await?;
+                let children = index.children(folder.as_bytes());
+                if children.is_empty() && !is_folder(&index, &snapshot, &folder) {
+                    return Err(ManagerError::PathNotFound {
+                        snapshot_id: snapshot_id.into(),
+                        path: folder,
+                        what: "folder",
+                    });
+                }
+                page(&mut children.iter().map(info))
+            }
+            Some(query) => {
+                let index = self.index_of(&snapshot).await?;
+                let (needle, prefix) = (query.to_lowercase(), format!("{folder}/"));
+                page(
+                    &mut index
+                        .entries
+                        .iter()
+                        .filter(|e| folder.is_empty() || e.path.starts_with(prefix.as_bytes()))
+                        .filter(|e| {
+                            String::from_utf8_lossy(e.split().1)
+                                .to_lowercase()
+                                .contains(&needle)
+                        })
+                        .map(info),
+                )
+            }
+        };
         let next_cursor = (entries.len() > limit).then(|| (start + limit).to_string());
         entries.truncate(limit);
         Ok(Listing {
