@@ -67,18 +67,29 @@ impl BackupManager {
     /// reset to `pending` (in one pass and one save of the catalog) before the copies are
     /// spawned. `failed` copies are not retried: that takes `POST …/copy`.
     pub fn resume_copies(self: &Arc<Self>) {
-        let unfinished = self.store.update_all(|s| {
-            let owed = s
-                .facts
-                .copies
-                .values()
-                .any(|c| matches!(c.state, CopyState::Pending | CopyState::Copying));
+        // A copy left `copying` has no task any more: it is owed again (saved only when
+        // there was one).
+        self.store.update_all(|s| {
+            let mut reset = false;
             for c in s.facts.copies.values_mut() {
                 if c.state == CopyState::Copying {
                     c.state = CopyState::Pending;
+                    reset = true;
                 }
             }
-            owed
+            reset
+        });
+        let unfinished: Vec<Snapshot> = self.store.read(|catalog| {
+            catalog
+                .all()
+                .filter(|s| {
+                    s.facts
+                        .copies
+                        .values()
+                        .any(|c| c.state == CopyState::Pending)
+                })
+                .cloned()
+                .collect()
         });
         for s in &unfinished {
             tracing::info!(snapshot = %s.snapshot_id, "resuming its offsite copies");

@@ -112,11 +112,7 @@ impl BackupManager {
         job.total(verified.tar_bytes);
         job.progress(0);
 
-        // The cleanup of the app's last restore, if one ran when the lock was taken, must
-        // end first, and leave no journal behind.
-        if self.gate.wait_for_cleanup(lock, job).await {
-            self.store.no_journal(&lock.app_id, "restore")?;
-        }
+        self.after_cleanup(lock, job).await?;
         job.step("preparing");
         // The app as it is now, after the waits above: a container started meanwhile
         // must be stopped before its data moves.

@@ -263,12 +263,12 @@ impl Store {
         Ok(changed)
     }
 
-    /// Changes several records in one pass and one save (a start-up that resets copies).
-    /// Returns the changed records. Sidecars are written for each.
-    pub fn update_all(&self, mut change: impl FnMut(&mut Snapshot) -> bool) -> Vec<Snapshot> {
+    /// Changes several records in one pass: `change` says whether it changed a record,
+    /// whose sidecar is then written; the catalog is saved once, when any changed.
+    pub fn update_all(&self, mut change: impl FnMut(&mut Snapshot) -> bool) {
         let mut catalog = self.catalog.lock().expect("catalog lock");
         let ids: Vec<String> = catalog.all().map(|s| s.snapshot_id.clone()).collect();
-        let mut changed = Vec::new();
+        let mut changed = false;
         for id in ids {
             let s = catalog.get_mut(&id).expect("listed");
             if change(s) {
@@ -276,15 +276,12 @@ impl Store {
                 if let Err(e) = catalog::write_sidecar(s) {
                     tracing::warn!(snapshot = %id, "cannot write its sidecar: {e}");
                 }
-                changed.push(s.clone());
+                changed = true;
             }
         }
-        if !changed.is_empty()
-            && let Err(e) = catalog.save()
-        {
+        if changed && let Err(e) = catalog.save() {
             tracing::warn!("cannot save the catalog: {e}");
         }
-        changed
     }
 
     /// Removes the archive, then the record: the catalog never lists a file that is gone
