@@ -59,23 +59,28 @@ impl EntryKind {
         }
     }
 
+    /// Every kind, in the order of its code in an index file: the one place that order
+    /// is written down.
+    const ALL: [EntryKind; 8] = [
+        EntryKind::File,
+        EntryKind::Dir,
+        EntryKind::Symlink,
+        EntryKind::Hardlink,
+        EntryKind::Fifo,
+        EntryKind::CharDevice,
+        EntryKind::BlockDevice,
+        EntryKind::Other,
+    ];
+
     fn code(self) -> u8 {
-        self as u8
+        Self::ALL
+            .iter()
+            .position(|&k| k == self)
+            .expect("every kind is listed") as u8
     }
 
     fn from_code(c: u8) -> Option<EntryKind> {
-        [
-            EntryKind::File,
-            EntryKind::Dir,
-            EntryKind::Symlink,
-            EntryKind::Hardlink,
-            EntryKind::Fifo,
-            EntryKind::CharDevice,
-            EntryKind::BlockDevice,
-            EntryKind::Other,
-        ]
-        .get(c as usize)
-        .copied()
+        Self::ALL.get(c as usize).copied()
     }
 }
 
@@ -360,13 +365,6 @@ pub fn open_file(
         size,
         at: 0,
     })
-}
-
-impl<R: Read> Content<R> {
-    /// The file's logical size.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
 }
 
 impl<R: Read> Read for Content<R> {
