@@ -70,6 +70,17 @@ async fn restore_gives_exactly_the_snapshot_back() {
         "still sparse"
     );
     assert!(app.running(&app.containers[0]));
+    // Every mount was staged beside itself while the app ran: none was extracted with
+    // the app stopped, and the downtime is reported.
+    assert_eq!(
+        body["extracted_while_stopped"],
+        serde_json::json!([]),
+        "{body}"
+    );
+    assert!(
+        body["downtime_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{body}"
+    );
     // Nothing left aside next to the volume once the cleanup after the answer is done.
     assert!(body["cleanup_job"].is_string(), "{body}");
     h.manager.cleanups_finished().await;
@@ -86,6 +97,46 @@ async fn restore_gives_exactly_the_snapshot_back() {
             .flatten()
             .all(|e| !e.file_name().to_string_lossy().contains("journal"))
     );
+}
+
+/// A mount that is a mount point on the host cannot be staged beside itself (a rename
+/// cannot leave its filesystem): it is extracted after the stop, into the mount, and
+/// the answer says so; the other mounts are still staged.
+#[tokio::test]
+async fn a_mount_point_is_extracted_with_the_app_stopped_and_said_so() {
+    let app = TestApp::new("");
+    let _tmpfs = SmallFs::mount(&app.bind(), "64m");
+    fill_every_kind(&app.volume_path());
+    fill_every_kind(&app.bind());
+    let (vol0, bind0) = (
+        manifest(&app.volume_path(), true),
+        manifest(&app.bind(), true),
+    );
+    let h = Harness::new().await;
+    let snap = h.backup(&app.id).await;
+    change_everything(&app.volume_path());
+    change_everything(&app.bind());
+
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["extracted_while_stopped"],
+        serde_json::json!([app.bind().display().to_string()]),
+        "{body}"
+    );
+    // The data set aside inside the mount point is dropped after the answer; with it
+    // gone, the root's times are still the snapshot's.
+    h.manager.cleanups_finished().await;
+    assert_eq!(manifest(&app.volume_path(), true), vol0);
+    assert_eq!(manifest(&app.bind(), true), bind0);
+    assert!(app.running(&app.containers[0]));
+    let left: Vec<_> = fs::read_dir(app.bind())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("appsnap"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test]

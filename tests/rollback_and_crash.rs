@@ -78,14 +78,18 @@ async fn post_ok(svc: &Service, path: &str) -> serde_json::Value {
     body
 }
 
-/// Nothing left next to the mounts, no journal: a repair leaves no trace.
+/// Nothing left next to the mounts (no aside, no staging folder), no journal: a repair
+/// leaves no trace.
 fn assert_clean(app: &TestApp, root: &Path, point: &str) {
     for dir in [app.volume_path(), app.bind(), app.project()] {
         let parent = dir.parent().unwrap();
         let asides: Vec<_> = fs::read_dir(parent)
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().contains("appsnap-aside"))
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.contains("appsnap-aside") || name.contains("appsnap-staged")
+            })
             .map(|e| e.path())
             .collect();
         assert!(asides.is_empty(), "{point}: left aside {asides:?}");

@@ -349,12 +349,26 @@ pub fn run(dir: &Path, size: u64, runs: usize, backup_only: bool) {
         "  (after the answer) cleanup       {:>7.2}",
         median(ours.iter().map(|r| r.cleanup).collect())
     );
+    // What the containers' own stop and start cost, the floor of any consistent restore.
+    let bare = median(
+        (0..runs.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                sh(&format!(
+                    "docker stop {p}_web >/dev/null && docker start {p}_web >/dev/null",
+                    p = app.project
+                ));
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
     println!(
         "restore: appsnap {total:.2}s, without the {settle:.0} s settle window {:.2}s; \
-         pigz -dc | tar -x && sync {peer:.2}s: {:.2}x; downtime {downtime:.2}s; \
-         peak RSS {}",
+         pigz -dc | tar -x && sync {peer:.2}s: {:.2}x; downtime {downtime:.2}s \
+         (a bare docker stop + start {bare:.2}s: {:.2}s beyond it); peak RSS {}",
         total - settle,
         peer / (total - settle),
+        downtime - bare,
         human(ours.iter().map(|r| r.rss).max().unwrap_or(0))
     );
     end(manager, rt, app, dir);

@@ -603,8 +603,16 @@ fn manifest_walk(
         },
     );
     if ft.is_dir() {
-        for e in fs::read_dir(path).unwrap().flatten() {
-            manifest_walk(base, &e.path(), dir_mtimes, out, inodes);
+        // In name order: a hard-link group is named by its first name met, which must
+        // not depend on the order a filesystem lists a folder in (tmpfs: newest first).
+        let mut children: Vec<_> = fs::read_dir(path)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        children.sort();
+        for child in children {
+            manifest_walk(base, &child, dir_mtimes, out, inodes);
         }
     }
 }

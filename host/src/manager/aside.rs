@@ -1,13 +1,23 @@
-//! The file half of a restore as a journaled state machine: set each mount's current data
-//! aside, let the caller extract the snapshot, then either **commit** (drop what was set
-//! aside) or **roll back** (put it back). No Docker here, so it is tested on real
-//! directories by itself; `restore.rs` orchestrates it with the containers.
+//! The file half of a restore as a journaled state machine: extract the snapshot into a
+//! staging folder beside each mount while the app still runs, then (the app stopped) set
+//! each mount's current data aside and rename the staged data into its place, then either
+//! **commit** (drop what was set aside) or **roll back** (put it back). No Docker here, so
+//! it is tested on real directories by itself; `restore.rs` orchestrates it with the
+//! containers.
 //!
 //! ```text
-//! Moving ──▶ Extracting ──▶ Extracted ──▶ Committed ──▶ (journal removed)
-//!    │            │             │
-//!    └────────────┴─────────────┴──▶ RollingBack ──▶ (journal removed)
+//! Staging ──▶ Moving ──▶ Extracting ──▶ Extracted ──▶ Committed ──▶ (journal removed)
+//!    │           │            │             │
+//!    └───────────┴────────────┴─────────────┴──▶ RollingBack ──▶ (journal removed)
 //! ```
+//!
+//! Staging is why a restore's downtime does not grow with the data: the extraction, the
+//! long part, happens before the stop, into `.<name>.appsnap-staged-<rid>` beside the mount
+//! (same filesystem, so the swap is two renames; invisible to the containers, which see
+//! only the mount itself). A mount that is itself a mount point cannot be staged beside
+//! (a rename cannot cross filesystems): it is extracted after the stop, into the mount,
+//! as before staging existed (`Extracting`). A journal still `Staging` is rolled back by
+//! removing the staging folders alone: the app was never stopped, its data never touched.
 //!
 //! The journal is written *before* the step it announces and again after each mount's
 //! move, undo or drop, so a crash at any instant leaves a journal that says exactly what
@@ -38,7 +48,9 @@ use crate::failpoint;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
-    /// Setting current data aside: nothing extracted yet.
+    /// Extracting into the staging folders, app running: nothing of the app touched.
+    Staging,
+    /// Setting current data aside (and renaming staged data in): the app is stopped.
     Moving,
     /// Extracting: targets may hold partial snapshot data.
     Extracting,
@@ -75,6 +87,10 @@ pub struct Moved {
     pub how: How,
     /// For `Inside`: the mount root's own metadata, which extraction overwrites.
     pub root: Option<RootMeta>,
+    /// The staging folder renamed into `target` once its data is aside: whatever is at
+    /// `target` after that is the restore's (an undo renames it back here).
+    #[serde(default)]
+    pub staged: Option<PathBuf>,
     /// Rolled back already (a resumed rollback skips it).
     #[serde(default)]
     pub undone: bool,
@@ -106,8 +122,13 @@ pub struct RestoreJournal {
     /// Extraction has begun: a rollback must clear what it wrote.
     #[serde(default)]
     pub extraction_began: bool,
-    /// Containers that were running and must run again whatever happens.
+    /// Containers that were running and must run again whatever happens. Empty while
+    /// `Staging` (nothing is stopped yet): [`Swap::stopping`] journals them before the stop.
     pub stopped: Vec<String>,
+    /// Staging folders this restore may have created: removed by a rollback, and by a
+    /// commit if one is still there (each is renamed into its mount by then).
+    #[serde(default)]
+    pub staging: Vec<PathBuf>,
     /// One per target written, in the order of the moves; a rollback undoes them newest
     /// first.
     pub mounts: Vec<Moved>,
@@ -116,15 +137,16 @@ pub struct RestoreJournal {
 }
 
 impl RestoreJournal {
-    /// A journal in phase `Moving`, with no move yet. Nothing is on disk until
-    /// `Swap::begin` writes it, and nothing is touched before that.
-    pub fn new(app_id: &str, snapshot_id: &str, stopped: Vec<String>) -> RestoreJournal {
+    /// A journal in phase `Staging`, with nothing stopped, staged or moved yet. Nothing is
+    /// on disk until `Swap::begin` writes it, and nothing is touched before that.
+    pub fn new(app_id: &str, snapshot_id: &str) -> RestoreJournal {
         RestoreJournal {
             app_id: app_id.into(),
             snapshot_id: snapshot_id.into(),
-            phase: Phase::Moving,
+            phase: Phase::Staging,
             extraction_began: false,
-            stopped,
+            stopped: Vec::new(),
+            staging: Vec::new(),
             mounts: Vec::new(),
             created_volumes: Vec::new(),
         }
@@ -194,16 +216,65 @@ impl Swap {
             .map_err(|e| format!("cannot write the restore journal: {e}"))
     }
 
-    /// Sets `target`'s current data aside (intent journaled first: a crash between the
-    /// two finds an aside that does not exist yet, and leaves the target alone).
-    pub fn move_aside(&mut self, target: &Path, rid: &str) -> Result<(), String> {
+    /// Journals the staging folders before the first is made (`staging_path` of each
+    /// target staged), so that a rollback knows what to remove.
+    pub fn stage(&mut self, folders: Vec<PathBuf>) -> Result<(), String> {
+        self.journal.staging = folders;
+        self.save()?;
+        failpoint::point("restore.staging")
+    }
+
+    /// After a complete extraction into the staging folders: syncs their filesystems, so
+    /// that the data renamed into the mounts later is on disk before anything is dropped.
+    pub fn staged(&mut self) -> Result<(), String> {
+        for dir in &self.journal.staging {
+            if fs::symlink_metadata(dir).is_ok() {
+                sync_fs(dir).map_err(|e| format!("syncing {}: {e}", dir.display()))?;
+            }
+        }
+        failpoint::point("restore.staged")
+    }
+
+    /// Journals the containers about to be stopped, before the stop: from here a rollback
+    /// stops and starts them again.
+    pub fn stopping(&mut self, stopped: Vec<String>) -> Result<(), String> {
+        self.journal.phase = Phase::Moving;
+        self.journal.stopped = stopped;
+        self.save()
+    }
+
+    /// Sets `target`'s current data aside, then renames `staged` (if given) into its
+    /// place. The intent is journaled first: a crash between finds an aside that does not
+    /// exist yet, or a staged folder not yet renamed, and the undo copes with both.
+    pub fn move_aside(
+        &mut self,
+        target: &Path,
+        rid: &str,
+        staged: Option<&Path>,
+    ) -> Result<(), String> {
         let i = self.journal.mounts.len();
-        let moved = plan_move(target, rid).map_err(|e| format!("{}: {e}", target.display()))?;
+        let mut moved = plan_move(target, rid).map_err(|e| format!("{}: {e}", target.display()))?;
+        if staged.is_some() && moved.how == How::Inside {
+            return Err(format!(
+                "{} became a mount point after its data was staged",
+                target.display()
+            ));
+        }
+        moved.staged = staged.map(Path::to_path_buf);
         self.journal.mounts.push(moved.clone());
         self.save()?;
         failpoint::point(&format!("restore.move-{i}.journaled"))?;
         perform_move(&moved).map_err(|e| format!("{}: {e}", target.display()))?;
         failpoint::point(&format!("restore.move-{i}.done"))
+    }
+
+    /// Removes the staging folders that are still there (after a rollback put the staged
+    /// data back into them, or one that was never renamed in). Idempotent.
+    pub fn drop_staging(&self) -> Result<(), String> {
+        for dir in &self.journal.staging {
+            remove_any(dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+        }
+        Ok(())
     }
 
     /// Journals that the extraction begins, before its first write: from here a
@@ -250,6 +321,9 @@ impl Swap {
     pub fn drop_asides(self) -> Result<Vec<String>, String> {
         debug_assert_eq!(self.journal.phase, Phase::Committed);
         let mut left = Vec::new();
+        if let Err(e) = self.drop_staging() {
+            left.push(e);
+        }
         for (i, m) in self.journal.mounts.iter().enumerate() {
             if let Err(e) = drop_aside(m) {
                 tracing::error!(
@@ -335,6 +409,7 @@ fn plan_move(target: &Path, rid: &str) -> io::Result<Moved> {
         aside,
         how,
         root,
+        staged: None,
         undone: false,
     };
     let meta = match fs::symlink_metadata(target) {
@@ -427,17 +502,16 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 /// Carries out a journaled move. `Created` only makes the target's parent, for the
-/// extraction to create the target in. Recovery does not call it: a journal still in
-/// `Moving` is rolled back, and `undo` copes with a move cut short.
+/// extraction (or the staged data) to create the target in. Recovery does not call it: a
+/// journal still in `Moving` is rolled back, and `undo` copes with a move cut short.
 fn perform_move(m: &Moved) -> io::Result<()> {
     match m.how {
         How::Created => {
             if let Some(parent) = m.target.parent() {
                 fs::create_dir_all(parent)?;
             }
-            Ok(())
         }
-        How::Renamed => fs::rename(&m.target, &m.aside),
+        How::Renamed => fs::rename(&m.target, &m.aside)?,
         How::Inside => {
             match fs::DirBuilder::new().mode(0o700).create(&m.aside) {
                 // Resumed after a crash between the two steps: the folder is ours.
@@ -450,9 +524,28 @@ fn perform_move(m: &Moved) -> io::Result<()> {
                     fs::rename(child.path(), m.aside.join(child.file_name()))?;
                 }
             }
-            Ok(())
         }
     }
+    if let Some(staged) = &m.staged {
+        fs::rename(staged, &m.target)?;
+    }
+    Ok(())
+}
+
+/// Where the snapshot's data for `target` is staged: a hidden sibling, so on the same
+/// filesystem (a rename away) and outside what the containers see (they mount `target`
+/// itself: for a volume, `_data`, and the staging folder sits beside it, never inside).
+/// `None` when `target` cannot be staged beside: it is a mount point (a rename cannot
+/// leave it), so it is extracted into after the stop.
+pub fn staging_path(target: &Path, rid: &str) -> Option<PathBuf> {
+    if let Ok(meta) = fs::symlink_metadata(target)
+        && meta.is_dir()
+        && is_mount_point(target, &meta)
+    {
+        return None;
+    }
+    let name = target.file_name()?.to_string_lossy().into_owned();
+    Some(target.with_file_name(format!(".{name}.appsnap-staged-{rid}")))
 }
 
 /// Flushes the filesystem holding `path` (syncfs: one call for a whole tree).
@@ -467,11 +560,29 @@ fn sync_fs(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// After a successful restore the moved-aside data goes.
+/// After a successful restore the moved-aside data goes. An aside folder inside a mount
+/// point is a child of the restored root: removing it moves the root's times, which are
+/// the snapshot's, so they are put back after.
 fn drop_aside(m: &Moved) -> io::Result<()> {
     match m.how {
         How::Created => Ok(()),
-        How::Renamed | How::Inside => remove_any(&m.aside),
+        How::Renamed => remove_any(&m.aside),
+        How::Inside => {
+            let before = fs::symlink_metadata(&m.target)?;
+            remove_any(&m.aside)?;
+            let (atime, mtime) = (
+                nix::sys::time::TimeSpec::new(before.atime(), before.atime_nsec()),
+                nix::sys::time::TimeSpec::new(before.mtime(), before.mtime_nsec()),
+            );
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &m.target,
+                &atime,
+                &mtime,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )?;
+            Ok(())
+        }
     }
 }
 
@@ -577,28 +688,37 @@ fn empty_files_of(dir: &Path, subdirs: &mut Vec<PathBuf>) -> io::Result<()> {
 }
 
 /// Puts one mount back. Idempotent: run again after a crash, it finishes the job.
-/// With `extracted`, what the extraction wrote into the target is removed first. Before
-/// any extraction, a `Renamed` target found beside its aside is not the restore's: both
-/// are kept and the undo fails, for a person to look.
+/// Staged data renamed into the target goes back into its staging folder (a rename,
+/// whatever its size; the folder is dropped after the app runs again). With `extracted`,
+/// what the extraction wrote into an unstaged target is removed first. A target found
+/// beside its aside that is neither is not the restore's: both are kept and the undo
+/// fails, for a person to look.
 fn undo(m: &Moved, extracted: bool) -> io::Result<()> {
+    let exists = |p: &Path| fs::symlink_metadata(p).is_ok();
+    // The restore's data at the target out of the way; `Err` when it is not the restore's.
+    let clear_target = || -> io::Result<()> {
+        match &m.staged {
+            Some(staged) if !exists(staged) => fs::rename(&m.target, staged),
+            None if extracted => remove_any(&m.target),
+            _ => Err(io::Error::other(format!(
+                "both {} and its aside copy exist, and the target is not the restore's; \
+                 keeping both",
+                m.target.display()
+            ))),
+        }
+    };
     match m.how {
         How::Created => {
-            if extracted {
-                remove_any(&m.target)?;
+            if exists(&m.target) && (m.staged.is_some() || extracted) {
+                clear_target()?;
             }
         }
         How::Renamed => {
-            if fs::symlink_metadata(&m.aside).is_err() {
+            if !exists(&m.aside) {
                 return Ok(()); // never moved, or already put back
             }
-            if fs::symlink_metadata(&m.target).is_ok() {
-                if !extracted {
-                    return Err(io::Error::other(format!(
-                        "both {} and its aside copy exist before extraction; keeping both",
-                        m.target.display()
-                    )));
-                }
-                remove_any(&m.target)?;
+            if exists(&m.target) {
+                clear_target()?;
             }
             fs::rename(&m.aside, &m.target)?;
         }
@@ -696,10 +816,11 @@ mod tests {
 
     /// Sets every mount aside and "extracts" new content, as a restore does.
     fn swap_and_extract(dir: &Path, ms: &[PathBuf]) -> Swap {
-        let journal = RestoreJournal::new("app", "snap", Vec::new());
+        let journal = RestoreJournal::new("app", "snap");
         let mut swap = Swap::begin(&dir.join("j"), journal).unwrap();
+        swap.stopping(Vec::new()).unwrap();
         for m in ms {
-            swap.move_aside(m, "00000001").unwrap();
+            swap.move_aside(m, "00000001", None).unwrap();
         }
         swap.begin_extraction().unwrap();
         for (i, m) in ms.iter().enumerate() {
@@ -848,12 +969,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ms = mounts(dir.path());
         let _first = swap_and_extract(dir.path(), &ms);
-        let err = Swap::begin(
-            &dir.path().join("j"),
-            RestoreJournal::new("app", "other", Vec::new()),
-        )
-        .err()
-        .unwrap();
+        let err = Swap::begin(&dir.path().join("j"), RestoreJournal::new("app", "other"))
+            .err()
+            .unwrap();
         assert!(err.contains("not repaired yet"), "{err}");
         let kept = Swap::load(&dir.path().join("j")).unwrap();
         assert_eq!(kept.journal.snapshot_id, "snap");
@@ -867,5 +985,69 @@ mod tests {
         )
         .unwrap();
         assert!(j.extraction_began() && !j.commits());
+    }
+
+    /// The staged flow, cut after each of its steps as a crash would cut it, then
+    /// repaired as recovery does (by the journal alone): every mount holds the old data
+    /// or the new, all of them the same one, and no staging or aside folder is left.
+    #[test]
+    fn a_staged_restore_cut_at_any_step_ends_old_or_new() {
+        let steps = 3 + 3 * 3 + 1; // stage, staged, stopping, three per mount, extracted
+        for cut in 0..=steps {
+            let dir = tempfile::tempdir().unwrap();
+            let ms = mounts(dir.path());
+            let journal_path = dir.path().join("j");
+            let mut swap = Swap::begin(&journal_path, RestoreJournal::new("app", "snap")).unwrap();
+            let staging: Vec<PathBuf> = ms
+                .iter()
+                .map(|m| staging_path(m, "00000002").unwrap())
+                .collect();
+            let mut done = 0;
+            let mut step = |f: &mut dyn FnMut()| {
+                if done < cut {
+                    f();
+                }
+                done += 1;
+            };
+            step(&mut || swap.stage(staging.clone()).unwrap());
+            step(&mut || {
+                for (i, s) in staging.iter().enumerate() {
+                    fs::create_dir_all(s.join("sub")).unwrap();
+                    fs::write(s.join("sub/file"), format!("new {i}")).unwrap();
+                }
+                swap.staged().unwrap();
+            });
+            step(&mut || swap.stopping(vec!["c1".into()]).unwrap());
+            for (m, s) in ms.iter().zip(&staging) {
+                // The journaled intent, then the two renames: three cuts.
+                let i = swap.journal.mounts.len();
+                step(&mut || {
+                    let mut moved = plan_move(m, "00000002").unwrap();
+                    moved.staged = Some(s.clone());
+                    swap.journal.mounts.push(moved);
+                    swap.save().unwrap();
+                });
+                step(&mut || fs::rename(m, &swap.journal.mounts[i].aside).unwrap());
+                step(&mut || fs::rename(s, m).unwrap());
+            }
+            step(&mut || swap.extracted().unwrap());
+            drop(swap);
+
+            let mut again = Swap::load(&journal_path).unwrap();
+            let want = if again.journal.commits() {
+                again.commit().unwrap();
+                "new"
+            } else {
+                again.rollback_files().unwrap();
+                again.drop_staging().unwrap();
+                again.finish().unwrap();
+                "old"
+            };
+            for (i, m) in ms.iter().enumerate() {
+                assert_eq!(content(m).unwrap(), format!("{want} {i}"), "cut {cut}");
+            }
+            let left: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
+            assert_eq!(left.len(), 3, "cut {cut}: nothing but the mounts: {left:?}");
+        }
     }
 }

@@ -102,6 +102,12 @@ pub struct Restored {
     /// The job (kind `cleanup`) removing the data the restore replaced: it runs after
     /// this answer, and the next backup or restore of the app waits for it.
     pub cleanup_job: Option<String>,
+    /// How long the app was down: from the stop of its containers until they ran again
+    /// (the extraction happens before, into staging folders, with the app running).
+    pub downtime_ms: u64,
+    /// Mounts that are mount points on the host: they cannot be staged beside (a rename
+    /// cannot leave a mount point), so they were extracted with the app stopped.
+    pub extracted_while_stopped: Vec<String>,
 }
 
 /// A backup accepted and running: its job, and the task to await for the outcome.

@@ -109,6 +109,8 @@ pub async fn rollback(containers: &Containers, mut swap: Swap) -> Result<(), Str
     remove_volumes(containers.engine(), &swap.journal.created_volumes).await;
     // Every container is tried; one that could not start keeps the journal for a retry.
     containers.start_each(&swap.journal.stopped).await?;
+    // The staged data goes once the app runs again: its size costs no downtime.
+    swap.drop_staging()?;
     swap.finish()
 }
 

@@ -5,14 +5,17 @@
 //! verify (the checksum of an archive checked before, else a full read under the
 //! extraction's rules) → wait for the cleanup of the app's last restore → read the app's
 //! containers again → plan where each mount goes and check the space (nothing touched
-//! yet) → journal → stop the running containers → set each mount's current data aside →
-//! extract safely → start the containers that were running and wait until they run (and
-//! are healthy) → commit. The data set aside is dropped after the answer, by a cleanup
-//! job (`start_cleanup`).
+//! yet) → journal → extract safely into a staging folder beside each mount, **the app
+//! still running** → stop the running containers → per mount, set its current data aside
+//! and rename the staged data in → start the containers that were running and wait until
+//! they run (and are healthy) → commit. The app is down only from the stop to the start:
+//! two renames per mount, whatever the data's size (a mount point, which cannot be staged
+//! beside, is extracted after the stop instead). The data set aside is dropped after the
+//! answer, by a cleanup job (`start_cleanup`).
 //!
-//! The file half — aside, extract, commit or roll back, each transition journaled — is
+//! The file half — stage, swap, commit or roll back, each transition journaled — is
 //! the `aside` state machine; the rollback is the `recovery` component's, shared with
-//! the repairs. Any failure after the journal exists rolls back: the extracted data is
+//! the repairs. Any failure after the journal exists rolls back: the staged data is
 //! removed, the old data renamed back, the containers that were running started again,
 //! and the caller gets `RestoreFailed` naming the step. When the data cannot be put
 //! back, the containers are left stopped (never started on half-restored data), the
@@ -25,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::BackupManager;
-use super::aside::{RestoreJournal, Swap};
+use super::aside::{self, RestoreJournal, Swap};
 use super::containers::{Purpose, Readiness};
 use super::error::ManagerError;
 use super::gate::AppLock;
@@ -75,7 +78,7 @@ impl BackupManager {
         job
     }
 
-    /// Returns the snapshot mounts that were not restored, with why, and the committed
+    /// Restores `snapshot` into `app`; returns what the answer reports and the committed
     /// swap whose data set aside is still to be dropped.
     ///
     /// Holds a heavy slot throughout. The archive is checked first (only its checksum
@@ -92,7 +95,7 @@ impl BackupManager {
         snapshot: &Snapshot,
         job: &Job,
         lock: &AppLock,
-    ) -> Result<(Vec<String>, Swap), ManagerError> {
+    ) -> Result<Done, ManagerError> {
         let _slot = self.gate.heavy_slot(Some(job)).await;
         let verified = match snapshot.checked() {
             Some(checked) => {
@@ -124,8 +127,8 @@ impl BackupManager {
             remove_volumes(&self.docker, &plan.created).await;
             return Err(e);
         }
-        let stopped: Vec<String> = app.running().iter().map(|c| c.id.clone()).collect();
-        let mut journal = RestoreJournal::new(&app.id, &snapshot.snapshot_id, stopped);
+        let running: Vec<String> = app.running().iter().map(|c| c.id.clone()).collect();
+        let mut journal = RestoreJournal::new(&app.id, &snapshot.snapshot_id);
         journal.created_volumes = std::mem::take(&mut plan.created);
         let created = journal.created_volumes.clone();
         let mut swap = match Swap::begin(&self.store.journal_path(&app.id, "restore"), journal) {
@@ -140,13 +143,24 @@ impl BackupManager {
             }
         };
 
-        let (step, cause) = match self.restore_steps(snapshot, job, &plan, &mut swap).await {
+        let mut done = Done {
+            skipped: std::mem::take(&mut plan.skipped),
+            swap: None,
+            downtime_ms: 0,
+            unstaged: Vec::new(),
+        };
+        let steps = self
+            .restore_steps(snapshot, job, &plan, running, &mut swap, &mut done)
+            .await;
+        let (step, cause) = match steps {
             Ok(()) => {
                 if let Err(e) = swap.committed() {
                     // The journal still says Extracted, which recovery finishes too.
                     tracing::error!(app = %app.id, "restore done, its journal not updated: {e}");
                 }
-                return Ok((plan.skipped, swap));
+                tracing::info!(app = %app.id, downtime_ms = done.downtime_ms, "restored");
+                done.swap = Some(swap);
+                return Ok(done);
             }
             Err(failure) => failure,
         };
@@ -164,65 +178,165 @@ impl BackupManager {
 
     /// The steps after the journal exists; an error names the step that failed.
     ///
-    /// Stop, set aside (one journaled move per written target, in plan order), extract on
-    /// a blocking thread, sync and journal `Extracted`, then start the stopped containers
-    /// and wait until they run (`restore_timeout_secs`, settled `restore_settle_secs`).
-    /// Any start warning (a container that could not start, or was removed meanwhile),
-    /// a container that does not keep running, or a shutdown during the wait fails the
-    /// restore: nothing is committed until the app runs on the restored data. The aside
-    /// folder kept inside a mount point is passed to the extraction as a reserved name:
-    /// an archive entry of that name is refused, never written over the old data.
+    /// 1. With the app still running, extract into a staging folder beside each written
+    ///    target ([`aside::staging_path`]), then sync: the long part of a restore costs
+    ///    no downtime. A target that is a mount point cannot be staged; it waits for 4.
+    /// 2. Journal the running containers, then stop them (the downtime starts).
+    /// 3. Per target, one journaled move: its current data aside, the staged data in.
+    /// 4. Only if some target could not be staged: extract those, now, into the mounts
+    ///    (the aside folder kept inside a mount point is passed to the extraction as a
+    ///    reserved name: an archive entry of that name is refused, never written over
+    ///    the old data).
+    /// 5. Sync and journal `Extracted`, then start the stopped containers and wait until
+    ///    they run (`restore_timeout_secs`, settled `restore_settle_secs`): the downtime
+    ///    ends. Any start warning, a container that does not keep running, or a shutdown
+    ///    during the wait fails the restore: nothing is committed until the app runs on
+    ///    the restored data.
     async fn restore_steps(
         &self,
         snapshot: &Snapshot,
         job: &Job,
         plan: &Plan,
+        running: Vec<String>,
         swap: &mut Swap,
+        done: &mut Done,
     ) -> Result<(), (String, String)> {
         let fail = |step: &str| {
             let step = step.to_string();
             move |e: String| (step, e)
         };
-        let stopped = swap.journal.stopped.clone();
-        if !stopped.is_empty() {
+        let rid = format!("{:08x}", rand::random::<u32>());
+        // One per target, in plan order: where it is staged (None: discarded, or
+        // extracted after the stop).
+        let staging: Vec<Option<PathBuf>> = plan
+            .targets
+            .iter()
+            .map(|t| {
+                (!t.discard)
+                    .then(|| aside::staging_path(&t.path, &rid))
+                    .flatten()
+            })
+            .collect();
+        done.unstaged = plan
+            .targets
+            .iter()
+            .zip(&staging)
+            .filter(|(t, s)| !t.discard && s.is_none())
+            .map(|(t, _)| t.path.display().to_string())
+            .collect();
+        swap.stage(staging.iter().flatten().cloned().collect())
+            .map_err(fail("extracting into staging folders"))?;
+        if staging.iter().any(Option::is_some) {
+            job.step("extracting into staging folders (the app keeps running)");
+            let targets = plan
+                .targets
+                .iter()
+                .zip(&staging)
+                .map(|(t, s)| match s {
+                    Some(dir) => extract::Target {
+                        path: dir.clone(),
+                        ..t.clone()
+                    },
+                    None => discarded(t),
+                })
+                .collect();
+            self.extract_into(snapshot, job, targets)
+                .await
+                .map_err(fail("extracting into staging folders"))?;
+        }
+        swap.staged()
+            .map_err(fail("extracting into staging folders"))?;
+
+        swap.stopping(running.clone())
+            .map_err(fail("stopping containers"))?;
+        let down = Instant::now();
+        if !running.is_empty() {
             job.step("stopping containers");
             self.containers
-                .stop_all(&stopped, Purpose::Restore)
+                .stop_all(&running, Purpose::Restore)
                 .await
                 .map_err(|e| e.to_string())
                 .map_err(fail("stopping containers"))?;
             failpoint::point("restore.stopped").map_err(fail("stopping containers"))?;
         }
 
-        job.step("moving current data aside");
-        let rid = format!("{:08x}", rand::random::<u32>());
-        for t in plan.targets.iter().filter(|t| !t.discard) {
-            swap.move_aside(&t.path, &rid)
-                .map_err(fail("moving current data aside"))?;
-        }
-
-        job.step("extracting");
-        swap.begin_extraction().map_err(fail("extracting"))?;
-        // The name of an aside folder inside a mount is reserved in that mount.
-        let mut moved = swap.journal.mounts.iter();
-        let targets: Vec<extract::Target> = plan
+        job.step("swapping in the restored data");
+        let written = plan
             .targets
             .iter()
-            .map(|t| {
-                let mut t = t.clone();
-                if !t.discard {
+            .zip(&staging)
+            .filter(|(t, _)| !t.discard);
+        for (t, staged) in written {
+            swap.move_aside(&t.path, &rid, staged.as_deref())
+                .map_err(fail("swapping in the restored data"))?;
+        }
+
+        if !done.unstaged.is_empty() {
+            job.step(&format!(
+                "extracting into {} with the app stopped (a mount point cannot be staged \
+                 beside)",
+                done.unstaged.join(", ")
+            ));
+            swap.begin_extraction().map_err(fail("extracting"))?;
+            // The name of an aside folder inside a mount is reserved in that mount.
+            let mut moved = swap.journal.mounts.iter();
+            let targets = plan
+                .targets
+                .iter()
+                .map(|t| {
+                    if t.discard {
+                        return t.clone();
+                    }
                     let m = moved.next().expect("one journaled move per written target");
-                    t.reserved = (m.how == super::aside::How::Inside).then(|| {
+                    if m.staged.is_some() {
+                        return discarded(t);
+                    }
+                    let mut t = t.clone();
+                    t.reserved = (m.how == aside::How::Inside).then(|| {
                         m.aside
                             .file_name()
                             .unwrap_or_default()
                             .to_string_lossy()
                             .into_owned()
                     });
-                }
-                t
-            })
-            .collect();
+                    t
+                })
+                .collect();
+            self.extract_into(snapshot, job, targets)
+                .await
+                .map_err(fail("extracting"))?;
+        }
+        swap.extracted().map_err(fail("extracting"))?;
+
+        if !running.is_empty() {
+            job.step("starting containers");
+            let started = self.containers.start_all(&running, Purpose::Restore).await;
+            if !started.warnings.is_empty() {
+                return Err(("starting containers".into(), started.warnings.join("; ")));
+            }
+            failpoint::point("restore.started").map_err(fail("starting containers"))?;
+            job.step("waiting for containers to run");
+            let readiness = Readiness {
+                timeout: Duration::from_secs(self.config.restore_timeout_secs.into()),
+                settle: Duration::from_secs(self.config.restore_settle_secs.into()),
+            };
+            self.containers
+                .wait_running(&running, readiness, || self.gate.is_shutting_down())
+                .await
+                .map_err(fail("waiting for containers to run"))?;
+        }
+        done.downtime_ms = down.elapsed().as_millis() as u64;
+        Ok(())
+    }
+
+    /// Extracts the snapshot's archive into `targets` on a blocking thread, with
+    /// progress in `job`, under the extraction's rules.
+    async fn extract_into(
+        &self,
+        snapshot: &Snapshot,
+        job: &Job,
+        targets: Vec<extract::Target>,
+    ) -> Result<(), String> {
         let opts = self
             .verify
             .extract_options(Some(snapshot), self.gate.new_cancel());
@@ -243,27 +357,7 @@ impl BackupManager {
         .await
         .map_err(|e| format!("extraction task: {e}"))
         .and_then(|r| r.map_err(|e| e.to_string()))
-        .map_err(fail("extracting"))?;
-        swap.extracted().map_err(fail("extracting"))?;
-
-        if !stopped.is_empty() {
-            job.step("starting containers");
-            let started = self.containers.start_all(&stopped, Purpose::Restore).await;
-            if !started.warnings.is_empty() {
-                return Err(("starting containers".into(), started.warnings.join("; ")));
-            }
-            failpoint::point("restore.started").map_err(fail("starting containers"))?;
-            job.step("waiting for containers to run");
-            let readiness = Readiness {
-                timeout: Duration::from_secs(self.config.restore_timeout_secs.into()),
-                settle: Duration::from_secs(self.config.restore_settle_secs.into()),
-            };
-            self.containers
-                .wait_running(&stopped, readiness, || self.gate.is_shutting_down())
-                .await
-                .map_err(fail("waiting for containers to run"))?;
-        }
-        Ok(())
+        .map(|_| ())
     }
 
     /// Where each of the snapshot's mounts goes. **The archive never picks a host path**:
@@ -482,6 +576,30 @@ fn check_space(plan: &Plan, stored: &[u64]) -> Result<(), ManagerError> {
         }
     }
     Ok(())
+}
+
+/// `t` with its entries checked but not written (it is written by the other pass).
+fn discarded(t: &extract::Target) -> extract::Target {
+    extract::Target {
+        path: PathBuf::new(),
+        reserved: None,
+        discard: true,
+        ..t.clone()
+    }
+}
+
+/// What a restore that succeeded reports, and the cleanup it leaves.
+pub(super) struct Done {
+    /// Snapshot mounts not restored, with why.
+    pub skipped: Vec<String>,
+    /// The committed swap, whose data set aside the cleanup job drops (always `Some`
+    /// once returned).
+    pub swap: Option<Swap>,
+    /// From the stop of the containers to their running again (or to the swap, with
+    /// none running).
+    pub downtime_ms: u64,
+    /// Targets extracted with the app stopped: mount points, which cannot be staged.
+    pub unstaged: Vec<String>,
 }
 
 /// Where a restore writes, and what it leaves out.

@@ -150,15 +150,20 @@ impl BackupManager {
                     Source::Local(s) => s,
                     Source::Remote(remote) => this.fetch(&remote, &job2).await?,
                 };
-                let (skipped, swap) = this.restore(&app, &snapshot, &job2, &lock).await?;
+                let done = this.restore(&app, &snapshot, &job2, &lock).await?;
+                let swap = done
+                    .swap
+                    .expect("a restore that succeeded returns its swap");
                 // Started before the lock goes, so that the next operation waits for it.
                 let cleanup = this.start_cleanup(&app.id, swap);
                 Ok::<_, ManagerError>(Restored {
                     message: "Snapshot restored successfully".into(),
                     app_id: snapshot.app_id,
                     snapshot_id: snapshot.snapshot_id,
-                    skipped,
+                    skipped: done.skipped,
                     cleanup_job: Some(cleanup.id()),
+                    downtime_ms: done.downtime_ms,
+                    extracted_while_stopped: done.unstaged,
                 })
             }
             .await
