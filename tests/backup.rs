@@ -176,7 +176,7 @@ async fn stop_mode_restarts_containers_and_live_mode_leaves_them_alone() {
         c.apps.insert(
             live_id,
             appsnap::config::AppConfig {
-                mode: appsnap::config::BackupMode::Live,
+                mode: Some(appsnap::config::BackupMode::Live),
                 ..Default::default()
             },
         );

@@ -9,8 +9,19 @@ use axum::http::StatusCode;
 
 use crate::common::{Harness, SmallFs, TestApp, sh};
 
+/// A full disk in stop mode: found while the app is stopped, which then runs again.
 #[tokio::test]
 async fn disk_full_is_507_and_leaves_nothing_behind() {
+    disk_full(appsnap::config::BackupMode::Stop).await;
+}
+
+/// A full disk in pre-copy mode: found by the first pass, before the app is stopped.
+#[tokio::test]
+async fn disk_full_in_a_precopy_is_found_before_the_app_stops() {
+    disk_full(appsnap::config::BackupMode::Precopy).await;
+}
+
+async fn disk_full(mode: appsnap::config::BackupMode) {
     let app = TestApp::new("");
     sh(&format!(
         "head -c 8388608 /dev/urandom > {}/media.mp4",
@@ -19,7 +30,11 @@ async fn disk_full_is_507_and_leaves_nothing_behind() {
     let mnt = tempfile::tempdir().unwrap();
     let _small = SmallFs::mount(mnt.path(), "2m");
     let root: PathBuf = mnt.path().join("backups");
-    let h = Harness::with(|c| c.backup_root = root.clone()).await;
+    let h = Harness::with(|c| {
+        c.backup_root = root.clone();
+        c.mode = mode;
+    })
+    .await;
     let before = app.started_at(&app.containers[0]);
 
     let (status, body) = h.call("POST", &format!("/api/v1/backup/{}", app.id)).await;
@@ -37,13 +52,15 @@ async fn disk_full_is_507_and_leaves_nothing_behind() {
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert!(leftovers.is_empty(), "temp file removed: {leftovers:?}");
-    assert!(app.running(&app.containers[0]), "containers run again");
-    assert_ne!(
-        app.started_at(&app.containers[0]),
-        before,
-        "they had been stopped for the backup"
-    );
+    assert!(leftovers.is_empty(), "temp files removed: {leftovers:?}");
+    assert!(app.running(&app.containers[0]), "containers run");
+    let restarted = app.started_at(&app.containers[0]) != before;
+    match mode {
+        appsnap::config::BackupMode::Stop => {
+            assert!(restarted, "they had been stopped for the backup")
+        }
+        _ => assert!(!restarted, "the app was never stopped"),
+    }
     drop(h);
 }
 

@@ -15,6 +15,7 @@ mod integrity;
 mod offsite;
 mod operability;
 mod policies;
+mod precopy;
 mod restore;
 mod rollback_and_crash;
 mod service;

@@ -256,34 +256,52 @@ async fn every_fail_point_of_restore_rollback_and_backup_ends_old_or_new_never_a
         walked += 1;
     }
 
-    // A backup: the app runs again after a crash at any point, and whatever is listed
-    // is a complete snapshot that verifies.
-    let svc = service(root.path(), &config, &[("APPSNAP_FAILPOINT_TRACE", "1")]);
-    post_ok(&svc, &format!("/api/v1/backup/{}", app.id)).await;
-    let backup_points: Vec<String> = traced(svc)
-        .into_iter()
-        .filter(|p| p.starts_with("backup."))
-        .collect();
-    assert!(backup_points.len() >= 5, "{backup_points:?}");
-    for point in &backup_points {
-        let svc = service(root.path(), &config, &[("APPSNAP_CRASH_AT", point)]);
-        crash_during(svc, &format!("/api/v1/backup/{}", app.id), point).await;
-        let svc = service(root.path(), &config, &[]);
-        assert!(app.running(&app.containers[0]), "{point}: the app runs");
-        assert_clean(&app, root.path(), point);
-        let app_dir = root.path().join(&app.id);
-        let partials: Vec<_> = fs::read_dir(&app_dir)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+    // A backup, in each mode that stops the app: the app runs again after a crash at any
+    // point, and whatever is listed is a complete snapshot that verifies.
+    let mut backup_points = Vec::new();
+    for mode in ["precopy", "stop"] {
+        fs::write(
+            &config,
+            format!(
+                "restore_settle_secs = 0\nstop_timeout_secs = 5\nstate_dir = \"{}\"\n\
+                 [apps.{}]\nmode = \"{mode}\"\n",
+                std::env::temp_dir().join("appsnap-test-state").display(),
+                app.id
+            ),
+        )
+        .unwrap();
+        let svc = service(root.path(), &config, &[("APPSNAP_FAILPOINT_TRACE", "1")]);
+        let snap = post_ok(&svc, &format!("/api/v1/backup/{}", app.id)).await;
+        assert_eq!(snap["snapshot"]["downtime"]["mode"], mode, "{snap}");
+        let points: Vec<String> = traced(svc)
+            .into_iter()
+            .filter(|p| p.starts_with("backup."))
             .collect();
-        assert!(partials.is_empty(), "{point}: {partials:?}");
-        let list: serde_json::Value = svc.get("/api/v1/backup/snapshots").await;
-        for s in list.as_array().unwrap() {
-            let id = s["snapshot_id"].as_str().unwrap();
-            post_ok(&svc, &format!("/api/v1/backup/snapshots/{id}/verify")).await;
+        assert!(points.len() >= 5, "{mode}: {points:?}");
+        for point in &points {
+            let svc = service(root.path(), &config, &[("APPSNAP_CRASH_AT", point)]);
+            crash_during(svc, &format!("/api/v1/backup/{}", app.id), point).await;
+            let svc = service(root.path(), &config, &[]);
+            assert!(
+                app.running(&app.containers[0]),
+                "{mode} {point}: the app runs"
+            );
+            assert_clean(&app, root.path(), point);
+            let app_dir = root.path().join(&app.id);
+            let partials: Vec<_> = fs::read_dir(&app_dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+                .collect();
+            assert!(partials.is_empty(), "{mode} {point}: {partials:?}");
+            let list: serde_json::Value = svc.get("/api/v1/backup/snapshots").await;
+            for s in list.as_array().unwrap() {
+                let id = s["snapshot_id"].as_str().unwrap();
+                post_ok(&svc, &format!("/api/v1/backup/snapshots/{id}/verify")).await;
+            }
+            walked += 1;
         }
-        walked += 1;
+        backup_points.extend(points);
     }
     eprintln!(
         "crash walk: {walked} fail points walked ({} restore, {} rollback, {} backup)",

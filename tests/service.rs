@@ -165,7 +165,12 @@ async fn killed_mid_backup_recovers_at_next_start() {
         app.volume_path().display()
     ));
     let root = tempfile::tempdir().unwrap();
-    let svc = Service::start(root.path(), &[]);
+    // Stop mode: the whole archive is written with the app stopped. (A pre-copy's kill
+    // points are walked by `rollback_and_crash`.)
+    let config = root.path().with_extension("toml");
+    std::fs::write(&config, "mode = \"stop\"\n").unwrap();
+    let config = [("APPSNAP_CONFIG", config.to_str().unwrap())];
+    let svc = Service::start(root.path(), &config);
     let http = reqwest::Client::new();
     let job: serde_json::Value = svc
         .post(&format!("/api/v1/backup/{}?wait=false", app.id))
@@ -440,8 +445,12 @@ async fn sigterm_during_a_long_backup_stops_within_seconds_and_the_app_runs() {
         .post(&format!("/api/v1/backup/{}?wait=false", app.id))
         .await;
     let job_id = job["job_id"].as_str().unwrap().to_string();
+    // The first pass of a pre-copy, the app still running.
     crate::common::follow_until(&svc, &job_id, |j| {
-        j["step"] == "archiving" && j["bytes_done"].as_u64().unwrap_or(0) > 0
+        j["step"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("archiving while the app runs"))
+            && j["bytes_done"].as_u64().unwrap_or(0) > 0
     })
     .await;
     let asked = std::time::Instant::now();

@@ -135,6 +135,57 @@ struct Backup {
     bytes: u64,
     rss: u64,
     steps: Steps,
+    /// The app's downtime as the snapshot records it.
+    downtime: f64,
+    /// Bytes read while the app was down.
+    stopped_bytes: u64,
+}
+
+/// The median of `runs` bare `docker stop` + `docker start` of the app's container.
+fn bare_stop_start(app: &App, runs: usize) -> f64 {
+    median(
+        (0..runs.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                sh(&format!(
+                    "docker stop {p}_web >/dev/null && docker start {p}_web >/dev/null",
+                    p = app.project
+                ));
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+/// Every 100th regular file of the tree: 1 % of its files.
+fn files_to_change(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let mut children: Vec<_> = fs::read_dir(&d).unwrap().flatten().collect();
+        children.sort_by_key(|e| e.file_name());
+        for e in children {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                dirs.push(e.path());
+            } else if t.is_file() {
+                files.push(e.path());
+            }
+        }
+    }
+    files.into_iter().step_by(100).collect()
+}
+
+/// A writer, as the app's own would be: rewrites `files` (each with new bytes of its own
+/// size) on a thread, starting now, while the backup runs.
+fn change_files(files: Vec<PathBuf>, seed: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for (i, f) in files.iter().enumerate() {
+            let len = fs::metadata(f).map(|m| m.len()).unwrap_or(0) as usize;
+            let byte = (seed as usize + i) as u8;
+            fs::write(f, vec![byte; len]).unwrap();
+        }
+    })
 }
 
 struct Restore {
@@ -192,6 +243,17 @@ pub fn run(dir: &Path, size: u64, runs: usize, backup_only: bool) {
     };
     let settle = config.restore_settle_secs as f64;
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // Stop mode through a manager of its own, on its own backup root (one process may
+    // hold a root at a time; the two never run at once).
+    let stop_config = appsnap::config::Config {
+        backup_root: dir.join("root-stop"),
+        state_dir: dir.join("state-stop"),
+        mode: appsnap::config::BackupMode::Stop,
+        ..config.clone()
+    };
+    let stop_manager = rt
+        .block_on(BackupManager::open(stop_config))
+        .expect("open the stop-mode manager");
     let manager = rt
         .block_on(BackupManager::open(config))
         .expect("open the manager");
@@ -201,64 +263,138 @@ pub fn run(dir: &Path, size: u64, runs: usize, backup_only: bool) {
         human(input)
     );
 
-    // Backups: the manager's (stop, archive, fsync, start, catalog) against tar | pigz.
-    let (mut ours, mut peers) = (Vec::new(), Vec::new());
+    // The tree just written is younger than the pre-copy's racy window: a first pass
+    // would trust none of it. A server's data has had time to age; so does the bench's.
+    let window = appsnap::archive::precopy::racy_window_ns() as f64 / 1e9;
+    eprintln!("  letting the tree age past the pre-copy racy window ({window:.0} s)");
+    std::thread::sleep(Duration::from_secs_f64(window));
+
+    // What the containers' own stop and start cost: the floor of any consistent backup.
+    let bare = bare_stop_start(&app, runs);
+
+    // Backups: the manager's in pre-copy mode and in stop mode (stop, archive, fsync,
+    // start, catalog), each with a writer changing 1 % of the files meanwhile, against
+    // tar | pigz of the same tree. The three take turns going first.
+    let changing = files_to_change(&app.mountpoint);
+    let (mut precopy, mut stop, mut peers) = (Vec::new(), Vec::new(), Vec::new());
     let peer_file = dir.join("peer/peer.tar.gz");
     let mut keep = None;
-    crate::alternating(runs, |run, tool| {
-        cold();
-        if tool == 0 {
-            reset_peak();
-            let t = Instant::now();
-            let (snap, steps) = rt.block_on(async {
-                let started = manager
-                    .start_backup(&app.project, Origin::Manual, None)
-                    .await
-                    .expect("backup starts");
-                let steps = tokio::spawn(steps_of(started.job.clone()));
-                let snap = started.done.await.unwrap().expect("backup");
-                (snap, steps.await.unwrap())
-            });
-            let b = Backup {
-                secs: t.elapsed().as_secs_f64(),
-                bytes: snap.size_bytes,
-                rss: peak_rss(),
-                steps,
-            };
-            eprintln!("  run {run} appsnap backup: {:.2}s", b.secs);
-            ours.push(b);
-            if let Some(old) = keep.replace(snap.snapshot_id) {
-                manager.delete(&old).unwrap();
+    for run in 0..runs {
+        for turn in 0..3 {
+            let tool = (run + turn) % 3;
+            cold();
+            if tool < 2 {
+                let mode = if tool == 0 {
+                    appsnap::config::BackupMode::Precopy
+                } else {
+                    appsnap::config::BackupMode::Stop
+                };
+                let manager = if tool == 0 { &manager } else { &stop_manager };
+                reset_peak();
+                let t = Instant::now();
+                let writer = change_files(changing.clone(), run as u64 * 3 + tool as u64);
+                let (snap, steps) = rt.block_on(async {
+                    let started = manager
+                        .start_backup(&app.project, Origin::Manual, None)
+                        .await
+                        .expect("backup starts");
+                    let steps = tokio::spawn(steps_of(started.job.clone()));
+                    let snap = started.done.await.unwrap().expect("backup");
+                    (snap, steps.await.unwrap())
+                });
+                writer.join().unwrap();
+                let down = snap
+                    .facts
+                    .downtime
+                    .clone()
+                    .expect("a backup records its downtime");
+                assert_eq!(down.mode, mode);
+                let b = Backup {
+                    secs: t.elapsed().as_secs_f64(),
+                    bytes: snap.size_bytes,
+                    rss: peak_rss(),
+                    steps,
+                    downtime: down.downtime_ms as f64 / 1000.0,
+                    stopped_bytes: down.stopped_bytes,
+                };
+                eprintln!(
+                    "  run {run} appsnap {mode:?} backup: {:.2}s, down {:.2}s, read while down {}",
+                    b.secs,
+                    b.downtime,
+                    human(b.stopped_bytes)
+                );
+                if tool == 0 {
+                    precopy.push(b);
+                    if let Some(old) = keep.replace(snap.snapshot_id) {
+                        manager.delete(&old).unwrap();
+                    }
+                } else {
+                    stop.push(b);
+                    manager.delete(&snap.snapshot_id).unwrap();
+                }
+            } else {
+                let (elapsed, rss) = timed(&format!(
+                    "tar -S -cf - -C {} . | pigz -6 -p {cores} > {f} && sync -f {f}",
+                    app.mountpoint.display(),
+                    f = peer_file.display()
+                ));
+                let b = Backup {
+                    secs: elapsed.as_secs_f64(),
+                    bytes: fs::metadata(&peer_file).unwrap().len(),
+                    rss,
+                    steps: Vec::new(),
+                    downtime: 0.0,
+                    stopped_bytes: 0,
+                };
+                eprintln!("  run {run} tar | pigz: {:.2}s", b.secs);
+                peers.push(b);
             }
-        } else {
-            let (elapsed, rss) = timed(&format!(
-                "tar -S -cf - -C {} . | pigz -6 -p {cores} > {f} && sync -f {f}",
-                app.mountpoint.display(),
-                f = peer_file.display()
-            ));
-            let b = Backup {
-                secs: elapsed.as_secs_f64(),
-                bytes: fs::metadata(&peer_file).unwrap().len(),
-                rss,
-                steps: Vec::new(),
-            };
-            eprintln!("  run {run} tar | pigz: {:.2}s", b.secs);
-            peers.push(b);
         }
-    });
-    let (a, p) = (
-        median(ours.iter().map(|b| b.secs).collect()),
-        median(peers.iter().map(|b| b.secs).collect()),
-    );
+    }
+    let secs = |v: &[Backup]| median(v.iter().map(|b| b.secs).collect());
+    let down = |v: &[Backup]| median(v.iter().map(|b| b.downtime).collect());
+    let (a, s, p) = (secs(&precopy), secs(&stop), secs(&peers));
+    let (dp, ds) = (down(&precopy), down(&stop));
     println!(
-        "backup: appsnap {a:.2}s ({:.1} MB/s), tar | pigz -6 -p {cores} {p:.2}s: {:.2}x, \
-         size {:.3}x, appsnap peak RSS {}",
+        "backup (a writer changes {} files, 1 %, during each): pre-copy {a:.2}s ({:.1} MB/s), \
+         stop mode {s:.2}s, tar | pigz -6 -p {cores} {p:.2}s; throughput vs tar | pigz: \
+         pre-copy {:.2}x, stop mode {:.2}x; pre-copy wall time {:.2}x stop mode's; \
+         size pre-copy {:.3}x stop mode, {:.3}x tar | pigz; peak RSS {}",
+        changing.len(),
         input as f64 / a / 1e6,
         p / a,
-        ours[0].bytes as f64 / peers[0].bytes as f64,
-        human(ours.iter().map(|b| b.rss).max().unwrap_or(0))
+        p / s,
+        a / s,
+        precopy[0].bytes as f64 / stop[0].bytes as f64,
+        precopy[0].bytes as f64 / peers[0].bytes as f64,
+        human(
+            precopy
+                .iter()
+                .chain(&stop)
+                .map(|b| b.rss)
+                .max()
+                .unwrap_or(0)
+        )
     );
-    print_steps("backup", &ours.iter().map(|b| &b.steps).collect::<Vec<_>>());
+    println!(
+        "backup downtime: pre-copy {dp:.2}s, stop mode {ds:.2}s, a bare docker stop + start \
+         {bare:.2}s; beyond it: pre-copy {:.2}s, stop mode {:.2}s ({:.1} %); read while down: \
+         pre-copy {}, stop mode {}",
+        dp - bare,
+        ds - bare,
+        100.0 * (dp - bare).max(0.0) / (ds - bare).max(1e-9),
+        human(median(precopy.iter().map(|b| b.stopped_bytes as f64).collect()) as u64),
+        human(median(stop.iter().map(|b| b.stopped_bytes as f64).collect()) as u64),
+    );
+    print_steps(
+        "pre-copy backup",
+        &precopy.iter().map(|b| &b.steps).collect::<Vec<_>>(),
+    );
+    print_steps(
+        "stop-mode backup",
+        &stop.iter().map(|b| &b.steps).collect::<Vec<_>>(),
+    );
+    drop(stop_manager);
 
     if backup_only {
         return end(manager, rt, app, dir);
@@ -348,19 +484,6 @@ pub fn run(dir: &Path, size: u64, runs: usize, backup_only: bool) {
     println!(
         "  (after the answer) cleanup       {:>7.2}",
         median(ours.iter().map(|r| r.cleanup).collect())
-    );
-    // What the containers' own stop and start cost, the floor of any consistent restore.
-    let bare = median(
-        (0..runs.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                sh(&format!(
-                    "docker stop {p}_web >/dev/null && docker start {p}_web >/dev/null",
-                    p = app.project
-                ));
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
     );
     println!(
         "restore: appsnap {total:.2}s, without the {settle:.0} s settle window {:.2}s; \

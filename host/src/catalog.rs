@@ -114,6 +114,25 @@ pub struct Facts {
     /// The archive passed the structural check, while its file had this sha256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked: Option<Checked>,
+    /// How the backup kept the app down: absent for imports, fetches and older snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime: Option<Downtime>,
+}
+
+/// How long a backup kept the app down, and what it read meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Downtime {
+    /// The backup's mode: `stop`, `precopy` or `live` (never down).
+    pub mode: crate::config::BackupMode,
+    /// From the stop of the containers until they run again (0: none was running).
+    pub downtime_ms: u64,
+    /// Passes over the data: 1, or 2 for a pre-copy (one with the app running, one
+    /// stopped).
+    pub passes: u32,
+    /// Entries and file bytes read while the app was stopped: everything in stop mode;
+    /// in pre-copy mode only what changed during the first pass (or just before it).
+    pub stopped_entries: u64,
+    pub stopped_bytes: u64,
 }
 
 impl Facts {
@@ -131,6 +150,7 @@ impl Facts {
             tar_sha256: None,
             copies: BTreeMap::new(),
             checked: None,
+            downtime: None,
         }
     }
 }

@@ -111,6 +111,15 @@ pub struct Config {
     pub offsite_retry_secs: u64,
     /// Attempts of an offsite copy before it is `failed` (and `offsite_failed` is sent).
     pub offsite_attempts: u32,
+    /// How backups keep an app consistent (`precopy`, `stop` or `live`); per app:
+    /// `[apps.<id>] mode`.
+    pub mode: BackupMode,
+    /// Pre-copy: seconds before the first pass read a file that it must have last
+    /// changed (by ctime) for the second pass to trust it unchanged. Unset: the kernel's
+    /// dirty-page expiry plus writeback interval, plus 1 s (36 s by default), which covers
+    /// writes through shared memory mappings (they move ctime late). A lower value (at
+    /// least 1) is safe only for apps that never write files through such mappings.
+    pub precopy_racy_secs: Option<u64>,
     /// Per-app settings, by app id.
     pub apps: HashMap<String, AppConfig>,
 }
@@ -118,7 +127,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppConfig {
-    pub mode: BackupMode,
+    /// Overrides `mode` for this app.
+    pub mode: Option<BackupMode>,
     /// Overrides `hook_timeout_secs` for this app.
     pub hook_timeout_secs: Option<u64>,
     /// Overrides `stale_after_hours` for this app.
@@ -134,11 +144,15 @@ pub enum LogFormat {
 }
 
 /// How an app's data is made consistent for the archive.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackupMode {
-    /// Stop the app's running containers for the archive, start them right after.
+    /// Archive while the app runs, then stop it only to read again what changed
+    /// meanwhile (`archive::precopy`): the same snapshot as `stop`, with a downtime that
+    /// does not grow with the data.
     #[default]
+    Precopy,
+    /// Stop the app's running containers for the whole archive, start them right after.
     Stop,
     /// Archive while the app runs (pair with `appsnap.pre-backup` hooks for databases).
     Live,
@@ -175,6 +189,8 @@ impl Default for Config {
             repositories: Vec::new(),
             offsite_retry_secs: 60,
             offsite_attempts: 4,
+            mode: BackupMode::Precopy,
+            precopy_racy_secs: None,
             apps: HashMap::new(),
         }
     }
@@ -284,7 +300,18 @@ impl Config {
     }
 
     pub fn mode_for(&self, app_id: &str) -> BackupMode {
-        self.apps.get(app_id).map(|a| a.mode).unwrap_or_default()
+        self.apps
+            .get(app_id)
+            .and_then(|a| a.mode)
+            .unwrap_or(self.mode)
+    }
+
+    /// The pre-copy's racy window in ns (`precopy_racy_secs`, at least 1 s).
+    pub fn precopy_racy_ns(&self) -> i64 {
+        match self.precopy_racy_secs {
+            Some(secs) => secs.max(1) as i64 * 1_000_000_000,
+            None => crate::archive::precopy::racy_window_ns(),
+        }
     }
 
     pub fn hook_timeout_for(&self, app_id: &str) -> std::time::Duration {
@@ -316,7 +343,7 @@ mod tests {
         c.check_listen().unwrap();
         assert!(c.listen.ip().is_loopback());
         assert_eq!(c.max_snapshots_per_app, 0);
-        assert_eq!(c.mode_for("any"), BackupMode::Stop);
+        assert_eq!(c.mode_for("any"), BackupMode::Precopy);
     }
 
     #[test]

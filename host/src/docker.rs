@@ -34,6 +34,8 @@ pub const WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
 /// Container label holding a shell command run inside the container (`sh -c`) before its
 /// data is read, e.g. a database dump. A failure or timeout fails the backup.
 pub const PRE_BACKUP_LABEL: &str = "appsnap.pre-backup";
+/// On any container of an app: `precopy`, `stop` or `live`, over the configured mode.
+pub const MODE_LABEL: &str = "appsnap.mode";
 /// Like `PRE_BACKUP_LABEL`, run once the data is read (and, in stop mode, the containers
 /// are started again); a failure only adds a warning to the backup.
 pub const POST_BACKUP_LABEL: &str = "appsnap.post-backup";

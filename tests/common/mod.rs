@@ -268,12 +268,17 @@ impl Harness {
 
     /// A harness where `app_id` is backed up in `live` mode (its containers keep running).
     pub async fn live(app_id: &str) -> Harness {
+        Self::in_mode(app_id, appsnap::config::BackupMode::Live).await
+    }
+
+    /// A harness where `app_id` is backed up in `mode`.
+    pub async fn in_mode(app_id: &str, mode: appsnap::config::BackupMode) -> Harness {
         let app_id = app_id.to_string();
         Self::with(|c| {
             c.apps.insert(
                 app_id,
                 appsnap::config::AppConfig {
-                    mode: appsnap::config::BackupMode::Live,
+                    mode: Some(mode),
                     ..Default::default()
                 },
             );

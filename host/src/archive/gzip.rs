@@ -47,6 +47,11 @@ pub struct Slot {
     pub raw: Vec<u8>,
     /// The complete gzip members made from `raw`, written to the output as they are.
     packed: Vec<u8>,
+    /// `packed` came filled (members of an earlier archive, reused as they are): the
+    /// worker inflates them into `raw` instead of compressing, for the tar stream's hash.
+    reused: bool,
+    /// Why the worker could not do its part: the writer stops with it.
+    failed: Option<String>,
 }
 
 /// What the writer thread reports at the end.
@@ -59,10 +64,14 @@ pub struct Written {
     /// Of the tar stream before compression: what an offsite copy holds, so a copy
     /// fetched back can be checked against the backup that made it.
     pub raw_sha256: [u8; 32],
+    /// `(compressed offset, tar offset)` where each chunk's members begin, in order: the
+    /// member table a reader uses to inflate only what holds the bytes it wants.
+    pub chunks: Vec<(u64, u64)>,
 }
 
-/// What the writer thread returns: the members' length, their sha256, the output.
-type WriterResult<W> = io::Result<(u64, [u8; 32], W)>;
+/// What the writer thread returns: the members' length, their sha256, the chunk table,
+/// the output.
+type WriterResult<W> = io::Result<(u64, [u8; 32], Vec<(u64, u64)>, W)>;
 
 /// The producer side of the pipeline: take a slot, fill `raw`, submit it.
 ///
@@ -96,6 +105,8 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
                     seq: 0,
                     raw: Vec::with_capacity(chunk_size),
                     packed: Vec::new(),
+                    reused: false,
+                    failed: None,
                 })
                 .expect("pool has room for every slot");
         }
@@ -140,6 +151,19 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
         self.pool.recv().ok()
     }
 
+    /// Hands `members`, complete gzip members of an earlier archive holding `raw_len` bytes
+    /// of tar stream, to the pipeline to be written as they are (a worker inflates them
+    /// to hash the tar stream and to check them). `false` means the pipeline broke down.
+    pub fn submit_reused(&mut self, members: &[u8]) -> bool {
+        let Some(mut slot) = self.take() else {
+            return false;
+        };
+        slot.packed.clear();
+        slot.packed.extend_from_slice(members);
+        slot.reused = true;
+        self.submit(slot)
+    }
+
     /// Hands a filled slot to the workers. `false` means the pipeline broke down.
     /// Slots are numbered as submitted and written in that order, whichever worker ends
     /// first.
@@ -170,7 +194,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
         // It ends once the writer has (the writer holds its channel). The writer's error,
         // if any, is the one to report (ENOSPC says more than a lost hash).
         let raw_sha256 = self.raw_hasher.take().map(JoinHandle::join);
-        let (compressed_bytes, sha256, out) = written?;
+        let (compressed_bytes, sha256, chunks, out) = written?;
         if lost_chunk {
             return Err(io::Error::other("a gzip compression thread panicked"));
         }
@@ -182,6 +206,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
                 compressed_bytes,
                 sha256,
                 raw_sha256,
+                chunks,
             },
             out,
         ))
@@ -193,12 +218,20 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
 /// the queue closes (`finish`) or the writer is gone.
 fn worker(level: u32, work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
     let mut deflater = (level > 0).then(|| Deflater::new(level));
+    let mut inflater = libdeflater::Decompressor::new();
     loop {
         // Hold the lock only to receive, never while compressing.
         let next = work.lock().map(|rx| rx.recv());
         let Ok(Ok(mut slot)) = next else { return };
-        slot.packed.clear();
-        compress_chunk(deflater.as_mut(), &slot.raw, &mut slot.packed);
+        if slot.reused {
+            slot.raw.clear();
+            if let Err(e) = inflate_members(&mut inflater, &slot.packed, &mut slot.raw) {
+                slot.failed = Some(format!("a reused gzip member: {e}"));
+            }
+        } else {
+            slot.packed.clear();
+            compress_chunk(deflater.as_mut(), &slot.raw, &mut slot.packed);
+        }
         if done.send(slot).is_err() {
             return;
         }
@@ -246,21 +279,28 @@ fn write_in_order<W: Write>(
     let mut pending = BTreeMap::new();
     let mut next = 0u64;
     let mut hash = Sha256::new();
-    let mut total = 0u64;
+    let (mut total, mut raw_total) = (0u64, 0u64);
+    let mut chunks = Vec::new();
     while let Ok(slot) = done.recv() {
         pending.insert(slot.seq, slot);
-        while let Some(slot) = pending.remove(&next) {
+        while let Some(mut slot) = pending.remove(&next) {
             // An error returns at once: dropping `done` and `written` makes the workers,
             // the hasher and then the producer stop at their next send or take.
+            if let Some(why) = slot.failed.take() {
+                return Err(io::Error::other(why));
+            }
             out.write_all(&slot.packed)?;
             hash.update(&slot.packed);
+            chunks.push((total, raw_total));
             total += slot.packed.len() as u64;
+            raw_total += slot.raw.len() as u64;
             next += 1;
+            slot.reused = false;
             let _ = written.send(slot);
         }
     }
     out.flush()?;
-    Ok((total, hash.finalize().into(), out))
+    Ok((total, hash.finalize().into(), chunks, out))
 }
 
 /// Hashes the tar stream, slot after slot in the order written, and frees each slot.
@@ -400,6 +440,39 @@ fn push_stored(data: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&(!len).to_le_bytes());
         out.extend_from_slice(block);
     }
+}
+
+/// Inflates the complete members in `packed` (appsnap's, with the `AS` length) onto the
+/// end of `raw`, checking each one's CRC and length. Each member's length and size are
+/// bounded before anything is allocated for it.
+pub fn inflate_members(
+    inflater: &mut libdeflater::Decompressor,
+    packed: &[u8],
+    raw: &mut Vec<u8>,
+) -> io::Result<()> {
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+    let mut pos = 0;
+    while pos < packed.len() {
+        let len = member_len(&packed[pos..]).ok_or_else(|| bad("not an appsnap member"))?;
+        if len < HEADER_LEN + TRAILER_LEN || pos + len > packed.len() {
+            return Err(bad("a member's length runs past its chunk"));
+        }
+        let member = &packed[pos..pos + len];
+        let size = u32::from_le_bytes(member[len - 4..].try_into().expect("4 bytes")) as usize;
+        if size > super::read::MAX_MEMBER_RAW {
+            return Err(bad("a member claims more than a chunk"));
+        }
+        let start = raw.len();
+        raw.resize(start + size, 0);
+        let n = inflater
+            .gzip_decompress(member, &mut raw[start..])
+            .map_err(|e| bad(&format!("{e:?}")))?;
+        if n != size {
+            return Err(bad("a member inflates to another size than it says"));
+        }
+        pos += len;
+    }
+    Ok(())
 }
 
 /// Length of the member starting at `buf[0]` if it was written by appsnap (has the `AS`

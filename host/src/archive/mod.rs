@@ -8,6 +8,7 @@
 //! - [`tar_format`]: header encoding (GNU long names, PAX xattrs, GNU sparse).
 //! - [`tar_read`]: the bounded reader of those headers (nothing claimed is believed).
 //! - [`walk`]: the filesystem walk that feeds the tar stream into the gzip pipeline.
+//! - [`precopy`]: a backup of a running app made consistent by a short second pass.
 //! - [`read`]: the way back: members inflated in parallel into one tar stream.
 //! - [`extract`]: safe extraction into mounts (restore) and its dry run (verify).
 
@@ -15,6 +16,7 @@ mod digest;
 pub mod extract;
 pub mod gzip;
 pub mod index;
+pub mod precopy;
 pub mod prefetch;
 pub mod read;
 pub mod tar_format;
@@ -162,6 +164,8 @@ pub struct Summary {
     pub stored: Vec<u64>,
     /// Entries written per source, in `sources` order (0: nothing could be read).
     pub mount_entries: Vec<u64>,
+    /// `(compressed offset, tar offset)` where each chunk's gzip members begin.
+    pub chunks: Vec<(u64, u64)>,
     /// What the walk could not archive as it found it (skipped, vanished or shrunk files,
     /// unreadable sources): the first 100 word for word, then one line counting the rest.
     pub warnings: Vec<String>,
@@ -225,6 +229,21 @@ pub fn write_reading_ahead(
     progress: &(dyn Fn(u64) + Sync),
     prefetch: &prefetch::Prefetch,
 ) -> Result<(Summary, File), ArchiveError> {
+    write_recording(out, metadata_json, sources, opts, progress, prefetch, false)
+        .map(|(summary, file, _)| (summary, file))
+}
+
+/// [`write_reading_ahead`], recording with `record` every entry's identity and place for
+/// the second pass of a pre-copy backup ([`precopy`]).
+pub fn write_recording(
+    out: File,
+    metadata_json: &[u8],
+    sources: &[Source],
+    opts: &Options,
+    progress: &(dyn Fn(u64) + Sync),
+    prefetch: &prefetch::Prefetch,
+    record: bool,
+) -> Result<(Summary, File, Option<precopy::Recorder>), ArchiveError> {
     let skip = skipped(&opts.skip_dirs);
     let progress = &|bytes| {
         prefetch.consumed(bytes);
@@ -241,6 +260,9 @@ pub fn write_reading_ahead(
     let mut walker = walk::Walker::new(&mut sink, skip);
     let now = chrono::Utc::now().timestamp();
     let mut result = walker.add_bytes(METADATA_ENTRY, metadata_json, now);
+    if record {
+        walker.recorder = Some(precopy::Recorder::new(walker.sink.bytes));
+    }
     let mut stored = Vec::with_capacity(sources.len());
     let mut mount_entries = Vec::with_capacity(sources.len());
     for source in sources {
@@ -252,10 +274,11 @@ pub fn write_reading_ahead(
         stored.push(walker.stored - before);
         mount_entries.push(walker.entries - entries_before);
     }
-    let (entries, mut warnings, dropped) = (
+    let (entries, mut warnings, dropped, recorder) = (
         walker.entries,
         std::mem::take(&mut walker.warnings),
         walker.dropped_warnings,
+        walker.recorder.take(),
     );
     if result.is_ok() {
         result = sink.write(&tar_format::END);
@@ -283,9 +306,11 @@ pub fn write_reading_ahead(
             entries,
             stored,
             mount_entries,
+            chunks: written.chunks,
             warnings,
         },
         file,
+        recorder,
     ))
 }
 

@@ -164,6 +164,26 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
         Ok((len - left, None))
     }
 
+    /// Writes `members`, complete gzip members of an earlier archive holding `raw_len`
+    /// bytes of tar stream, as they are: the chunk being filled is submitted first,
+    /// however short, so the stream stays in order.
+    pub fn reuse_members(&mut self, members: &[u8], raw_len: u64) -> Result<(), Broken> {
+        if super::cancelled(&self.cancel) {
+            return Err(Broken);
+        }
+        if let Some(slot) = self.slot.take_if(|s| !s.raw.is_empty())
+            && !self.gz.submit(slot)
+        {
+            return Err(Broken);
+        }
+        if !self.gz.submit_reused(members) {
+            return Err(Broken);
+        }
+        self.bytes += raw_len;
+        (self.progress)(self.bytes);
+        Ok(())
+    }
+
     /// Submits the last partial chunk and waits for the pipeline to drain.
     /// Progress is reported one last time with the final count. Returns the writer's first
     /// I/O error (e.g. ENOSPC) if it had one: the cause of a `Broken` that was not a
@@ -179,11 +199,57 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
     }
 }
 
-/// Walks sources into a [`ChunkSink`], keeping hard-link identities and warnings.
-pub struct Walker<'s, 'p, W> {
+/// Where a walk's tar stream goes: the gzip pipeline ([`ChunkSink`]), or, for the second
+/// pass of a pre-copy backup, a splice of the first pass's bytes and the changed ones
+/// ([`super::precopy::SpliceSink`]). Every method's `Err(Broken)` stops the walk.
+pub trait TarSink {
+    /// Appends `data`.
+    fn write(&mut self, data: &[u8]) -> Result<(), Broken>;
+    /// Appends `n` zero bytes (in bounded pieces: `n` comes from a file's size).
+    fn zeros(&mut self, n: u64) -> Result<(), Broken>;
+    /// Appends up to `len` bytes of `file` from `offset`; returns how many, and the read
+    /// error that cut them short (the caller pads the rest).
+    fn copy_from(
+        &mut self,
+        file: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<(u64, Option<io::Error>), Broken>;
+    /// Bytes of tar stream so far.
+    fn position(&self) -> u64;
+    /// Appends `[start, end)` of the first pass's tar stream: an unchanged entry, not
+    /// read again. Only a second pass's sink has a first pass.
+    fn reuse(&mut self, start: u64, end: u64) -> Result<(), Broken> {
+        let _ = (start, end);
+        Err(Broken)
+    }
+}
+
+impl<W: io::Write + Send + 'static> TarSink for ChunkSink<'_, W> {
+    fn write(&mut self, data: &[u8]) -> Result<(), Broken> {
+        ChunkSink::write(self, data)
+    }
+    fn zeros(&mut self, n: u64) -> Result<(), Broken> {
+        ChunkSink::zeros(self, n)
+    }
+    fn copy_from(
+        &mut self,
+        file: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<(u64, Option<io::Error>), Broken> {
+        ChunkSink::copy_from(self, file, offset, len)
+    }
+    fn position(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// Walks sources into a [`TarSink`], keeping hard-link identities and warnings.
+pub struct Walker<'s, S> {
     /// Where the tar stream goes; the caller writes the end marker to it after the last
     /// source.
-    pub sink: &'s mut ChunkSink<'p, W>,
+    pub sink: &'s mut S,
     /// `(dev, ino)` → archive path of the first name of a multiply-linked file, per source.
     links: HashMap<(u64, u64), Vec<u8>>,
     /// Directories never to enter, by `(dev, ino)`: the backup root itself, so that an app
@@ -198,12 +264,18 @@ pub struct Walker<'s, 'p, W> {
     pub warnings: Vec<String>,
     /// Warnings beyond those: counted here, and still logged one by one.
     pub dropped_warnings: u64,
+    /// First pass of a pre-copy backup: each entry's identity and place, recorded.
+    pub recorder: Option<super::precopy::Recorder>,
+    /// Second pass: the first pass's records; an entry found unchanged is reused.
+    pub previous: Option<super::precopy::Previous>,
+    /// Second pass: the next source is read again whole, its records not trusted.
+    pub distrust_next_source: bool,
 }
 
-impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
+impl<'s, S: TarSink> Walker<'s, S> {
     /// A walker writing into `sink`; `skip_dirs` are `(dev, ino)` pairs of directories
     /// whose own entry is written but whose contents never are.
-    pub fn new(sink: &'s mut ChunkSink<'p, W>, skip_dirs: Vec<(u64, u64)>) -> Self {
+    pub fn new(sink: &'s mut S, skip_dirs: Vec<(u64, u64)>) -> Self {
         Walker {
             sink,
             links: HashMap::new(),
@@ -212,6 +284,9 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
             stored: 0,
             warnings: Vec::new(),
             dropped_warnings: 0,
+            recorder: None,
+            previous: None,
+            distrust_next_source: false,
         }
     }
 
@@ -235,6 +310,15 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
     /// entry points into another source (the extractor refuses links across mounts).
     pub fn add_source(&mut self, prefix: &str, path: &Path) -> Result<(), Broken> {
         self.links.clear();
+        if let Some(r) = &mut self.recorder {
+            r.next_source();
+        }
+        if let Some(p) = &mut self.previous {
+            p.next_source();
+            if std::mem::take(&mut self.distrust_next_source) {
+                p.distrust_source();
+            }
+        }
         let opened = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
@@ -265,10 +349,58 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
     }
 
     /// Writes the entry for `node` under `name` and, for a directory, everything below it,
-    /// depth first in name order. Sockets are skipped with a warning. Xattrs are kept for
-    /// directories and regular files only. A further name of a multiply-linked file already
-    /// archived in this source becomes a hard-link entry without data.
+    /// depth first in name order. In a second pass, an entry found unchanged since the
+    /// first is taken from the first pass's stream instead of being read again; in a
+    /// first pass, each entry's identity and place are recorded for the second.
     fn add(&mut self, node: &Node, name: Vec<u8>) -> Result<(), Broken> {
+        if !self.reused(node, &name)? {
+            let start = self.sink.position();
+            let warned = self.warnings.len() as u64 + self.dropped_warnings;
+            let read_at = super::precopy::now_ns();
+            let stored = self.stored;
+            let written = self.entry(node, &name)?;
+            if let (Some(recorder), Some(meta)) = (&mut self.recorder, written) {
+                let flawed = self.warnings.len() as u64 + self.dropped_warnings != warned;
+                recorder.push(super::precopy::Record {
+                    path: name.clone(),
+                    id: super::precopy::Identity::of(&meta),
+                    start,
+                    end: self.sink.position(),
+                    alloc: self.stored - stored,
+                    read_at,
+                    flawed,
+                });
+            }
+        }
+        if node.meta.is_dir() {
+            return self.add_children(node, &name);
+        }
+        Ok(())
+    }
+
+    /// In a second pass: whether `node` is unchanged since the first pass read it, and
+    /// then its first-pass bytes are reused (its header and data, not read again).
+    fn reused(&mut self, node: &Node, name: &[u8]) -> Result<bool, Broken> {
+        let Some(previous) = &mut self.previous else {
+            return Ok(false);
+        };
+        let Some(record) = previous.unchanged(name, &node.meta) else {
+            return Ok(false);
+        };
+        let (start, end, alloc) = (record.start, record.end, record.alloc);
+        self.sink.reuse(start, end)?;
+        self.entries += 1;
+        self.stored += alloc;
+        Ok(true)
+    }
+
+    /// Writes the entry for `node` alone (a directory's children are `add`'s). Returns
+    /// the metadata of what was written (a file's as it was opened), or `None` when
+    /// nothing was (a socket, a link that could not be read, a file that could not be
+    /// opened: each a warning). Xattrs are kept for directories and regular files only.
+    /// A further name of a multiply-linked file already archived in this source becomes a
+    /// hard-link entry without data.
+    fn entry(&mut self, node: &Node, name: &[u8]) -> Result<Option<Metadata>, Broken> {
         let (path, meta) = (node.path.as_path(), &node.meta);
         let ft = meta.file_type();
         let mut entry = EntryMeta {
@@ -283,7 +415,7 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
                 "{} skipped: a socket cannot be archived (the app recreates it)",
                 path.display()
             ));
-            return Ok(());
+            return Ok(None);
         }
         if ft.is_dir() {
             entry.kind = Kind::Dir;
@@ -291,17 +423,13 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
                 Ok(dir) => xattrs_of(&dir),
                 Err(_) => Vec::new(),
             };
-            self.sink.write(&header_blocks(&name, &entry))?;
-            self.entries += 1;
-            return self.add_children(node, &name);
-        }
-        if ft.is_symlink() {
+        } else if ft.is_symlink() {
             entry.kind = Kind::Symlink;
             match node.read_link() {
                 Ok(target) => entry.link = target,
                 Err(e) => {
                     self.warn(format!("{} skipped: {e}", path.display()));
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         } else if ft.is_fifo() {
@@ -321,23 +449,24 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
                     entry.kind = Kind::HardLink;
                     entry.link = first.clone();
                     entry.xattrs.clear();
-                    self.sink.write(&header_blocks(&name, &entry))?;
+                    self.sink.write(&header_blocks(name, &entry))?;
                     self.entries += 1;
-                    return Ok(());
+                    return Ok(Some(meta.clone()));
                 }
                 // Only a name that really is in the archive may be a link target: if
                 // this one could not be read, the next name of the same file is stored
                 // as the file itself.
-                if self.add_file(node, &name, entry)? {
-                    self.links.insert(key, name);
+                let written = self.add_file(node, name, entry)?;
+                if written.is_some() {
+                    self.links.insert(key, name.to_vec());
                 }
-                return Ok(());
+                return Ok(written);
             }
-            return self.add_file(node, &name, entry).map(|_| ());
+            return self.add_file(node, name, entry);
         }
-        self.sink.write(&header_blocks(&name, &entry))?;
+        self.sink.write(&header_blocks(name, &entry))?;
         self.entries += 1;
-        Ok(())
+        Ok(Some(meta.clone()))
     }
 
     /// The entries below the directory `dir`, already written as `name`. The backup root
@@ -382,19 +511,25 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
         }
     }
 
-    /// Adds a regular file; `Ok(false)` when it could not be archived (a warning says why).
+    /// Adds a regular file; returns its `fstat` as opened, or `None` when it could not be
+    /// archived (a warning says why).
     ///
     /// Size, holes and type are taken from `fstat` of the opened file, not the walk's
     /// earlier look: the header announces what the file held when opened, and exactly that
     /// many bytes follow it (see `copy_entry_data`). A file that cannot be reopened, or
     /// is no longer a regular file, is skipped.
-    fn add_file(&mut self, node: &Node, name: &[u8], mut entry: EntryMeta) -> Result<bool, Broken> {
+    fn add_file(
+        &mut self,
+        node: &Node,
+        name: &[u8],
+        mut entry: EntryMeta,
+    ) -> Result<Option<Metadata>, Broken> {
         let path = node.path.as_path();
         let file = match node.open_for_reading() {
             Ok(f) => f,
             Err(e) => {
                 self.warn(format!("{} skipped: {e}", path.display()));
-                return Ok(false);
+                return Ok(None);
             }
         };
         entry.xattrs = xattrs_of(&file);
@@ -403,11 +538,11 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
             Ok(m) if m.is_file() => m,
             Ok(_) => {
                 self.warn(format!("{} changed type during the backup", path.display()));
-                return Ok(false);
+                return Ok(None);
             }
             Err(e) => {
                 self.warn(format!("{} skipped: {e}", path.display()));
-                return Ok(false);
+                return Ok(None);
             }
         };
         let size = meta.len();
@@ -432,7 +567,7 @@ impl<'s, 'p, W: io::Write + Send + 'static> Walker<'s, 'p, W> {
         };
         self.copy_entry_data(path, &file, &ranges)?;
         self.sink.zeros(padding(entry.size) as u64)?;
-        Ok(true)
+        Ok(Some(meta))
     }
 
     /// Copies the `ranges` of `file` that a header just announced. Whatever happens to
@@ -668,7 +803,7 @@ mod tests {
     use crate::archive::gzip::ParallelGzip;
 
     /// Runs `f` on a walker writing into memory; returns its warnings.
-    fn walk_with(f: impl FnOnce(&mut Walker<'_, '_, Vec<u8>>)) -> Vec<String> {
+    fn walk_with(f: impl FnOnce(&mut Walker<'_, ChunkSink<'_, Vec<u8>>>)) -> Vec<String> {
         walk_to_tar(f).0
     }
 
@@ -676,7 +811,7 @@ mod tests {
     /// restore would): the warnings, and each entry's name, type and data.
     #[allow(clippy::type_complexity)]
     fn walk_to_tar(
-        f: impl FnOnce(&mut Walker<'_, '_, Vec<u8>>),
+        f: impl FnOnce(&mut Walker<'_, ChunkSink<'_, Vec<u8>>>),
     ) -> (Vec<String>, Vec<(String, tar::EntryType, Vec<u8>)>) {
         use std::io::Read;
         let progress = |_| {};
@@ -707,9 +842,9 @@ mod tests {
     /// A header announcing `len` bytes, then `copy` fills them from `file`, then one
     /// more entry: the entries after a misbehaving file must still be read correctly.
     fn announced_then_next(
-        w: &mut Walker<'_, '_, Vec<u8>>,
+        w: &mut Walker<'_, ChunkSink<'_, Vec<u8>>>,
         len: u64,
-        copy: impl FnOnce(&mut Walker<'_, '_, Vec<u8>>),
+        copy: impl FnOnce(&mut Walker<'_, ChunkSink<'_, Vec<u8>>>),
     ) {
         let meta = EntryMeta {
             mode: 0o644,

@@ -31,9 +31,11 @@ use super::containers::{Purpose, StartReport};
 use super::error::{ManagerError, io_err};
 use super::recovery::BackupJournal;
 use crate::archive::{self, ArchiveError};
-use crate::catalog::{ARCHIVE_SUFFIX, ArchiveMeta, Facts, Origin, PARTIAL_SUFFIX, Snapshot};
+use crate::catalog::{
+    ARCHIVE_SUFFIX, ArchiveMeta, Downtime, Facts, Origin, PARTIAL_SUFFIX, Snapshot,
+};
 use crate::config::BackupMode;
-use crate::docker::{App, DockerError, POST_BACKUP_LABEL, PRE_BACKUP_LABEL};
+use crate::docker::{App, DockerError, MODE_LABEL, POST_BACKUP_LABEL, PRE_BACKUP_LABEL};
 use crate::jobs::Job;
 
 const ARCHIVE_FORMAT: u32 = 1;
@@ -68,21 +70,40 @@ impl BackupManager {
             .iter()
             .map(|s| format!("not archived: {s}"))
             .collect();
-        let stopped: Vec<String> = match self.config.mode_for(&app.id) {
+        let mode = mode_of(app, self.config.mode_for(&app.id), &mut warnings);
+        let stopped: Vec<String> = match mode {
             BackupMode::Live => Vec::new(),
-            BackupMode::Stop => running.iter().map(|c| c.id.clone()).collect(),
+            BackupMode::Stop | BackupMode::Precopy => {
+                running.iter().map(|c| c.id.clone()).collect()
+            }
         };
-        warnings.extend(self.stop(app, &plan, &stopped, job).await?);
-
-        job.step("archiving");
-        let synced = archive_then_sync(&plan, work.archive, job).await;
-
-        crash_point("backup.archived");
-        if !stopped.is_empty() {
-            job.step("starting containers");
-            self.start_again(&stopped, &plan.journal, &mut warnings)
-                .await;
-        }
+        let (synced, downtime) = if mode == BackupMode::Precopy && !stopped.is_empty() {
+            self.precopy(app, &plan, work.archive, &stopped, job, &mut warnings)
+                .await?
+        } else {
+            let down = std::time::Instant::now();
+            warnings.extend(self.stop(app, &plan, &stopped, job).await?);
+            job.step("archiving");
+            let synced = archive_then_sync(&plan, work.archive, job).await;
+            crash_point("backup.archived");
+            if !stopped.is_empty() {
+                job.step("starting containers");
+                self.start_again(&stopped, &plan.journal, &mut warnings)
+                    .await;
+            }
+            let downtime = Downtime {
+                mode,
+                downtime_ms: if stopped.is_empty() {
+                    0
+                } else {
+                    down.elapsed().as_millis() as u64
+                },
+                passes: 1,
+                stopped_entries: 0,
+                stopped_bytes: 0,
+            };
+            (synced, downtime)
+        };
         job.step("running post-backup hooks");
         warnings.extend(
             self.containers
@@ -92,9 +113,153 @@ impl BackupManager {
 
         job.step("saving");
         let snapshot = self
-            .commit(app, plan, synced, origin, note, warnings)
+            .commit(app, plan, synced, origin, note, warnings, downtime)
             .await?;
         Ok((snapshot, evict))
+    }
+
+    /// Pre-copy mode ([`archive::precopy`]): the first pass with the app running, then
+    /// the stop (journaled as in stop mode), the second pass, the start, and the final
+    /// archive assembled with the app running again. Returns the assembly under way (it
+    /// syncs the partial archive, as [`archive_then_sync`] does) and the downtime.
+    /// The first pass's archive and the delta are `.partial` files of the app's folder:
+    /// removed when the assembly ends, whatever its outcome, and by the start-up
+    /// cleanup after a crash.
+    async fn precopy(
+        &self,
+        app: &App,
+        plan: &Plan,
+        work: Archiving,
+        stopped: &[String],
+        job: &Job,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Synced, Downtime), ManagerError> {
+        let first = plan
+            .dir
+            .join(format!(".{}.first{PARTIAL_SUFFIX}", plan.snapshot_id));
+        let delta = plan
+            .dir
+            .join(format!(".{}.delta{PARTIAL_SUFFIX}", plan.snapshot_id));
+        let remove_both = {
+            let (first, delta) = (first.clone(), delta.clone());
+            move || {
+                let _ = fs::remove_file(&first);
+                let _ = fs::remove_file(&delta);
+            }
+        };
+
+        job.step("archiving while the app runs (first pass)");
+        let (progress_job, path, meta_json) = (job.clone(), first.clone(), plan.meta_json.clone());
+        let opts = work.opts.clone();
+        let pass1 = tokio::task::spawn_blocking(move || {
+            let file = create_partial(&path)?;
+            let written = archive::write_recording(
+                file,
+                &meta_json,
+                &work.sources,
+                &work.opts,
+                &|b| progress_job.progress(b),
+                &work.ahead,
+                true,
+            );
+            drop(work.ahead);
+            written.map(|(summary, _, recorder)| (summary, recorder, work.sources))
+        })
+        .await
+        .unwrap_or_else(|e| Err(task_failed("first pass", e)));
+        let (first_summary, recorder, sources) = match pass1 {
+            Ok((summary, Some(recorder), sources)) => (summary, recorder, sources),
+            Ok((_, None, _)) => unreachable!("the first pass records"),
+            Err(e) => {
+                remove_both();
+                return Err(e.into());
+            }
+        };
+        crash_point("backup.first-pass");
+
+        let down = std::time::Instant::now();
+        match self.stop(app, plan, stopped, job).await {
+            Ok(w) => warnings.extend(w),
+            Err(e) => {
+                remove_both();
+                return Err(e);
+            }
+        }
+        job.step("archiving what changed while the app is stopped (second pass)");
+        let (path, pass2_opts) = (delta.clone(), opts.clone());
+        let window = self.config.precopy_racy_ns();
+        let pass2 = tokio::task::spawn_blocking(move || {
+            let file = create_partial(&path)?;
+            archive::precopy::second_pass(file, recorder, &sources, &pass2_opts, window)
+        })
+        .await
+        .unwrap_or_else(|e| Err(task_failed("second pass", e)));
+        crash_point("backup.second-pass");
+        job.step("starting containers");
+        self.start_again(stopped, &plan.journal, warnings).await;
+        let downtime_ms = down.elapsed().as_millis() as u64;
+        let second = match pass2 {
+            Ok(second) => second,
+            Err(e) => {
+                remove_both();
+                return Err(e.into());
+            }
+        };
+        tracing::info!(
+            app = %app.id,
+            downtime_ms,
+            reread_entries = second.reread_entries,
+            reread_bytes = second.reread_bytes,
+            "pre-copy: the app runs again; assembling the archive"
+        );
+        let downtime = Downtime {
+            mode: BackupMode::Precopy,
+            downtime_ms,
+            passes: 2,
+            stopped_entries: second.reread_entries,
+            stopped_bytes: second.reread_bytes,
+        };
+
+        job.step("assembling the archive");
+        let (progress_job, partial) = (job.clone(), plan.partial.clone());
+        let assembled = tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let out = create_partial(&partial)?;
+                let first_archive = archive::precopy::FirstArchive {
+                    path: &first,
+                    chunks: &first_summary.chunks,
+                    compressed_bytes: first_summary.compressed_bytes,
+                    tar_bytes: first_summary.tar_bytes,
+                };
+                let (written, tar_bytes, file) = archive::precopy::assemble(
+                    out,
+                    &first_archive,
+                    &second.delta,
+                    &second.pieces,
+                    &opts,
+                    &|b| progress_job.progress(b),
+                )?;
+                remove_both();
+                crash_point("backup.assembled");
+                file.sync_all().map_err(ArchiveError::Output)?;
+                Ok(archive::Summary {
+                    sha256: archive::hex(&written.sha256),
+                    tar_sha256: archive::hex(&written.raw_sha256),
+                    compressed_bytes: written.compressed_bytes,
+                    tar_bytes,
+                    entries: second.entries,
+                    stored: second.stored,
+                    mount_entries: second.mount_entries,
+                    chunks: written.chunks,
+                    warnings: second.warnings,
+                })
+            })();
+            if result.is_err() {
+                remove_both();
+            }
+            result
+        });
+        Ok((assembled, downtime))
     }
 
     /// Where the archive goes and what its metadata entry says. Refuses an app
@@ -231,14 +396,16 @@ impl BackupManager {
     /// The archive synced, its sidecar written, renamed into place and listed:
     /// only a complete, checksummed archive is ever listed. A failure removes the
     /// partial archive.
+    #[allow(clippy::too_many_arguments)]
     async fn commit(
         &self,
         app: &App,
         plan: Plan,
-        synced: tokio::task::JoinHandle<Result<archive::Summary, ArchiveError>>,
+        synced: Synced,
         origin: Origin,
         note: Option<String>,
         mut warnings: Vec<String>,
+        downtime: Downtime,
     ) -> Result<Snapshot, ManagerError> {
         let synced = synced.await.unwrap_or_else(|e| {
             Err(ArchiveError::Output(io::Error::other(format!(
@@ -253,6 +420,12 @@ impl BackupManager {
             }
         };
         warnings.extend(summary.warnings);
+        let mut downtime = downtime;
+        if downtime.passes == 1 && downtime.downtime_ms > 0 {
+            // Stop mode: everything was read while the app was down.
+            downtime.stopped_entries = summary.entries;
+            downtime.stopped_bytes = summary.tar_bytes;
+        }
         if summary.entries > self.config.max_archive_entries {
             warnings.push(format!(
                 "{} entries: another server importing this snapshot needs \
@@ -287,6 +460,7 @@ impl BackupManager {
                     stored: summary.stored,
                     mount_entries: summary.mount_entries,
                 }),
+                downtime: Some(downtime),
             },
             locations: Vec::new(),
         };
@@ -371,14 +545,56 @@ struct Archiving {
     ahead: archive::prefetch::Prefetch,
 }
 
+/// The mode an app is backed up in: its containers' `appsnap.mode` labels over the
+/// configured one. Labels that disagree give the most careful of their modes (`stop`,
+/// then `precopy`, then `live`); a label that names no mode is ignored with a warning on
+/// the snapshot.
+fn mode_of(app: &App, configured: BackupMode, warnings: &mut Vec<String>) -> BackupMode {
+    let mut labelled = Vec::new();
+    for c in &app.containers {
+        let Some(value) = c.labels.get(MODE_LABEL) else {
+            continue;
+        };
+        match value.trim() {
+            "stop" => labelled.push(BackupMode::Stop),
+            "precopy" => labelled.push(BackupMode::Precopy),
+            "live" => labelled.push(BackupMode::Live),
+            other => warnings.push(format!(
+                "container {}: label {MODE_LABEL}={other:?} is not precopy, stop or live; \
+                 ignored",
+                c.name
+            )),
+        }
+    }
+    [BackupMode::Stop, BackupMode::Precopy, BackupMode::Live]
+        .into_iter()
+        .find(|m| labelled.contains(m))
+        .unwrap_or(configured)
+}
+
+/// The archive's writing or assembly under way, ending once the partial file is synced.
+type Synced = tokio::task::JoinHandle<Result<archive::Summary, ArchiveError>>;
+
+/// A new partial file, readable by root only; an existing one is never written over.
+fn create_partial(path: &Path) -> Result<File, ArchiveError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(ArchiveError::Output)
+}
+
+/// A blocking task that panicked, as the archive error it ends the backup with.
+fn task_failed(what: &str, e: tokio::task::JoinError) -> ArchiveError {
+    ArchiveError::Output(io::Error::other(format!("{what} task: {e}")))
+}
+
 /// Archives into the partial file on a blocking thread (with progress in
 /// `job`), then returns at once with the fsync still running: all the data is read by
 /// then, so the app may run again while the archive reaches the disk.
-async fn archive_then_sync(
-    plan: &Plan,
-    work: Archiving,
-    job: &Job,
-) -> tokio::task::JoinHandle<Result<archive::Summary, ArchiveError>> {
+async fn archive_then_sync(plan: &Plan, work: Archiving, job: &Job) -> Synced {
     let (progress_job, partial, meta_json) =
         (job.clone(), plan.partial.clone(), plan.meta_json.clone());
     let archived = tokio::task::spawn_blocking(move || {
@@ -415,4 +631,49 @@ async fn archive_then_sync(
 /// Only a crash is of interest at these points of a backup (see [`crate::failpoint`]).
 fn crash_point(name: &str) {
     let _ = crate::failpoint::point(name);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app_labelled(modes: &[&str]) -> App {
+        App {
+            id: "a".into(),
+            containers: modes
+                .iter()
+                .enumerate()
+                .map(|(i, m)| crate::docker::Container {
+                    id: format!("c{i}"),
+                    name: format!("c{i}"),
+                    running: true,
+                    labels: [(MODE_LABEL.to_string(), m.to_string())].into(),
+                })
+                .collect(),
+            mounts: Vec::new(),
+            skipped: Vec::new(),
+            unreadable: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_label_overrides_the_config_and_the_most_careful_one_wins() {
+        let mut warnings = Vec::new();
+        let mode = |labels: &[&str], w: &mut Vec<String>| {
+            mode_of(&app_labelled(labels), BackupMode::Precopy, w)
+        };
+        assert_eq!(mode(&[], &mut warnings), BackupMode::Precopy);
+        assert_eq!(mode(&["live"], &mut warnings), BackupMode::Live);
+        assert_eq!(mode(&["live", "stop"], &mut warnings), BackupMode::Stop);
+        assert_eq!(
+            mode(&["precopy", "live"], &mut warnings),
+            BackupMode::Precopy
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(mode(&["cold"], &mut warnings), BackupMode::Precopy);
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("\"cold\""),
+            "{warnings:?}"
+        );
+    }
 }

@@ -1,0 +1,801 @@
+//! Pre-copy: the archive of a running app, made consistent by a short second pass while
+//! it is stopped (live migration's pre-copy, applied to a backup).
+//!
+//! 1. **First pass, app running** ([`super::write_recording`]): the archive is written as
+//!    always, and every entry's [`Identity`] (device, inode, size, mtime and ctime in ns,
+//!    mode, owner, link count) is recorded with where its bytes sit in the tar stream and
+//!    when it was read.
+//! 2. **Second pass, app stopped** ([`second_pass`]): the same walk, in the same order,
+//!    compared with the records by a merge (both are in walk order). An entry whose
+//!    identity is the same, which was read cleanly, and whose ctime is older than the
+//!    moment it was read minus [`racy_window_ns`] is *unchanged*: its first-pass bytes
+//!    are named (a [`Piece::First`]), not read. Everything else — changed, new, racily
+//!    clean, a file with several links — is read now into a delta file. Deleted entries
+//!    are simply not met. The result is a list of pieces that, end to end, is exactly
+//!    the tar stream a cold backup at the stop would produce.
+//! 3. **Assembly, app running again** ([`assemble`]): the pieces become the final
+//!    `.tar.gz`. A first-pass chunk wholly inside one piece is copied as the gzip members
+//!    it already is (members are independent and tar has no absolute offsets, so a
+//!    member range can be spliced anywhere); the few chunks cut by a change are inflated
+//!    and compressed again with the delta's bytes. Every reused member is inflated once
+//!    more by the pipeline's workers, which checks it and gives the tar stream's sha256.
+//!
+//! Why the ctime test is sound: every change of a file's data or metadata through the
+//! kernel moves its ctime, except writes through a shared memory mapping, which move it
+//! only at the first write fault after the page was last written back. Such a page is
+//! written back within `vm.dirty_expire_centisecs` + `vm.dirty_writeback_centisecs`, so
+//! a file whose ctime is older than that before it was read has no page whose later
+//! writes would go unseen. The window also covers the coarse clock ctime is taken from.
+
+use std::cmp::Ordering;
+use std::fs::{File, Metadata};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use super::gzip::{ParallelGzip, Written};
+use super::walk::{Broken, ChunkSink, TarSink, Walker};
+use super::{ArchiveError, Options, Source, Writeback};
+
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.as_nanos() as i64
+}
+
+/// How long before its read a file must have last changed (by ctime) to be trusted
+/// unchanged: the kernel's dirty-page expiry plus its writeback interval (see the module
+/// header), plus one second for the coarse clock. 36 s with the kernel's defaults.
+pub fn racy_window_ns() -> i64 {
+    let centisecs = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/vm/{name}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(3000)
+    };
+    let ms = (centisecs("dirty_expire_centisecs") + centisecs("dirty_writeback_centisecs")) * 10;
+    (ms + 1000) * 1_000_000
+}
+
+/// What proves an entry unchanged between the two passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    dev: u64,
+    ino: u64,
+    /// `st_mode`: type and permission bits.
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl Identity {
+    pub fn of(meta: &Metadata) -> Identity {
+        Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            nlink: meta.nlink(),
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+/// One entry as the first pass wrote it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The archive path.
+    pub path: Vec<u8>,
+    pub id: Identity,
+    /// `[start, end)` of its header, data and padding in the first pass's tar stream.
+    pub start: u64,
+    pub end: u64,
+    /// What restoring it allocates (`super::allocation`), counted again for the result.
+    pub alloc: u64,
+    /// When it was read (ns since the epoch), before its data.
+    pub read_at: i64,
+    /// A warning was raised while it was written (a read error, a file that shrank): its
+    /// bytes are not trusted, and it is read again.
+    pub flawed: bool,
+}
+
+/// The first pass's records, one list per source, in walk order.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    sources: Vec<Vec<Record>>,
+    /// End of the metadata entry in the tar stream (it is the stream's first entry).
+    pub meta_end: u64,
+}
+
+impl Recorder {
+    /// A recorder for a stream whose metadata entry ends at `meta_end`.
+    pub fn new(meta_end: u64) -> Recorder {
+        Recorder {
+            sources: Vec::new(),
+            meta_end,
+        }
+    }
+
+    /// The walk begins its next source.
+    pub fn next_source(&mut self) {
+        self.sources.push(Vec::new());
+    }
+
+    pub fn push(&mut self, record: Record) {
+        if self.sources.is_empty() {
+            self.next_source();
+        }
+        self.sources.last_mut().expect("one source").push(record);
+    }
+
+    /// Entries recorded.
+    pub fn len(&self) -> usize {
+        self.sources.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The records a second pass compares against, with its place in them.
+#[derive(Debug)]
+pub struct Previous {
+    sources: Vec<Vec<Record>>,
+    /// The source being walked (`None` before the first).
+    current: Option<usize>,
+    /// The next record of that source not yet met.
+    cursor: usize,
+    /// [`racy_window_ns`].
+    window_ns: i64,
+    /// Entries found unchanged.
+    pub reused: u64,
+}
+
+impl Previous {
+    pub fn new(recorder: Recorder, window_ns: i64) -> Previous {
+        Previous {
+            sources: recorder.sources,
+            current: None,
+            cursor: 0,
+            window_ns,
+            reused: 0,
+        }
+    }
+
+    /// The walk begins its next source (the same order as the first pass's).
+    pub fn next_source(&mut self) {
+        self.current = Some(self.current.map_or(0, |c| c + 1));
+        self.cursor = 0;
+    }
+
+    /// Trusts nothing of the current source: every entry is read again (a filesystem
+    /// whose ctime cannot be relied on).
+    pub fn distrust_source(&mut self) {
+        if let Some(records) = self.current.and_then(|c| self.sources.get_mut(c)) {
+            records.clear();
+        }
+    }
+
+    /// The record of `name` if the entry is unchanged since it (`meta` is its `fstat`
+    /// now). Records before `name` in walk order are entries deleted since: passed over.
+    pub fn unchanged(&mut self, name: &[u8], meta: &Metadata) -> Option<&Record> {
+        let records = self.sources.get(self.current?)?;
+        while let Some(r) = records.get(self.cursor) {
+            match walk_order(&r.path, name) {
+                Ordering::Less => self.cursor += 1,
+                Ordering::Greater => return None,
+                Ordering::Equal => {
+                    self.cursor += 1;
+                    // A further name of a file becomes a link entry by the walk's order
+                    // of names: such files are written again, never reused.
+                    let linked = meta.is_file() && meta.nlink() > 1;
+                    let trusted = !r.flawed
+                        && !linked
+                        && r.id == Identity::of(meta)
+                        && r.id.ctime_ns < r.read_at - self.window_ns;
+                    if !trusted {
+                        return None;
+                    }
+                    self.reused += 1;
+                    return Some(r);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The kind of filesystem under `path` when a second pass cannot compare on it: a network
+/// filesystem (the server sets the times, with its own clock and granularity) or FUSE (the
+/// times are whatever the daemon says).
+fn uncomparable(path: &Path) -> Option<&'static str> {
+    const NFS: i64 = 0x6969;
+    const SMB: i64 = 0x517b;
+    const CIFS: i64 = 0xff53_4d42;
+    const SMB2: i64 = 0xfe53_4d42;
+    const FUSE: i64 = 0x6573_5546;
+    let fs = nix::sys::statfs::statfs(path).ok()?;
+    match fs.filesystem_type().0 as i64 {
+        NFS => Some("NFS"),
+        SMB | CIFS | SMB2 => Some("SMB/CIFS"),
+        FUSE => Some("a FUSE filesystem"),
+        _ => None,
+    }
+}
+
+/// The walk's order: depth first, each folder's children by name (bytes). Comparing
+/// paths component by component gives it (`a/b` before `a-c`, unlike a plain byte
+/// comparison).
+fn walk_order(a: &[u8], b: &[u8]) -> Ordering {
+    a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'))
+}
+
+/// One stretch of the final tar stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// `len` bytes of the first pass's tar stream from `start`.
+    First { start: u64, len: u64 },
+    /// `len` bytes of the delta file from `start`.
+    Delta { start: u64, len: u64 },
+}
+
+/// The second pass's sink: unchanged entries become [`Piece::First`]s; everything
+/// written goes to the delta file as plain tar bytes (fast: the app is down meanwhile).
+pub struct SpliceSink {
+    delta: io::BufWriter<File>,
+    delta_len: u64,
+    pub pieces: Vec<Piece>,
+    position: u64,
+    /// Bytes of file data read during the pass.
+    pub reread_bytes: u64,
+    /// The delta file's first write error (the walk stops at it).
+    pub error: Option<io::Error>,
+    /// Checked at every MiB of delta: set, the walk stops.
+    pub cancel: Option<super::Cancel>,
+    buf: Vec<u8>,
+}
+
+impl SpliceSink {
+    pub fn new(delta: File) -> SpliceSink {
+        SpliceSink {
+            delta: io::BufWriter::with_capacity(1 << 20, delta),
+            delta_len: 0,
+            pieces: Vec::new(),
+            position: 0,
+            reread_bytes: 0,
+            error: None,
+            cancel: None,
+            buf: vec![0; 1 << 20],
+        }
+    }
+
+    /// Appends a piece, merged with the last one when it continues it.
+    fn push(&mut self, piece: Piece) {
+        use Piece::*;
+        let (len, merged) = match (self.pieces.last_mut(), piece) {
+            (Some(First { start, len }), First { start: s, len: l }) if *start + *len == s => {
+                *len += l;
+                (l, true)
+            }
+            (Some(Delta { start, len }), Delta { start: s, len: l }) if *start + *len == s => {
+                *len += l;
+                (l, true)
+            }
+            (_, First { len, .. } | Delta { len, .. }) => (len, false),
+        };
+        if !merged {
+            self.pieces.push(piece);
+        }
+        self.position += len;
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<(), Broken> {
+        let mib = |n: u64| n >> 20;
+        if mib(self.delta_len) != mib(self.delta_len + data.len() as u64)
+            && super::cancelled(&self.cancel)
+        {
+            return Err(Broken);
+        }
+        if let Err(e) = self.delta.write_all(data) {
+            self.error.get_or_insert(e);
+            return Err(Broken);
+        }
+        let start = self.delta_len;
+        self.delta_len += data.len() as u64;
+        self.push(Piece::Delta {
+            start,
+            len: data.len() as u64,
+        });
+        Ok(())
+    }
+
+    /// Flushes the delta file and gives it back, with the pieces.
+    pub fn finish(self) -> io::Result<(File, Vec<Piece>)> {
+        let file = self.delta.into_inner().map_err(|e| e.into_error())?;
+        Ok((file, self.pieces))
+    }
+}
+
+impl TarSink for SpliceSink {
+    fn write(&mut self, data: &[u8]) -> Result<(), Broken> {
+        self.append(data)
+    }
+
+    fn zeros(&mut self, mut n: u64) -> Result<(), Broken> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        while n > 0 {
+            let k = n.min(ZEROS.len() as u64) as usize;
+            self.append(&ZEROS[..k])?;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
+    fn copy_from(
+        &mut self,
+        file: &File,
+        mut offset: u64,
+        len: u64,
+    ) -> Result<(u64, Option<io::Error>), Broken> {
+        let mut left = len;
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = loop {
+            if left == 0 {
+                break Ok((len, None));
+            }
+            let want = left.min(buf.len() as u64) as usize;
+            let n = match file.read_at(&mut buf[..want], offset) {
+                Ok(0) => break Ok((len - left, None)),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Ok((len - left, Some(e))),
+            };
+            if self.append(&buf[..n]).is_err() {
+                break Err(Broken);
+            }
+            self.reread_bytes += n as u64;
+            offset += n as u64;
+            left -= n as u64;
+        };
+        self.buf = buf;
+        result
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn reuse(&mut self, start: u64, end: u64) -> Result<(), Broken> {
+        self.push(Piece::First {
+            start,
+            len: end - start,
+        });
+        Ok(())
+    }
+}
+
+/// What the second pass found.
+#[derive(Debug)]
+pub struct SecondPass {
+    pub pieces: Vec<Piece>,
+    /// The delta file, flushed (the caller syncs nothing: it is read back at once and
+    /// removed).
+    pub delta: File,
+    /// Entries of the final stream, the metadata entry included.
+    pub entries: u64,
+    /// Per source, as [`super::Summary`] counts them.
+    pub stored: Vec<u64>,
+    pub mount_entries: Vec<u64>,
+    pub warnings: Vec<String>,
+    /// Entries and file bytes read while the app was stopped.
+    pub reread_entries: u64,
+    pub reread_bytes: u64,
+}
+
+/// The second pass over `sources` (the app stopped), against the first pass's
+/// `recorder`: writes what changed into `delta` and returns the pieces of the final
+/// stream, its end marker included. An entry that changed less than `window_ns` before
+/// the first pass read it is read again ([`racy_window_ns`] is the safe default).
+pub fn second_pass(
+    delta: File,
+    recorder: Recorder,
+    sources: &[Source],
+    opts: &Options,
+    window_ns: i64,
+) -> Result<SecondPass, ArchiveError> {
+    let meta_end = recorder.meta_end;
+    let mut sink = SpliceSink::new(delta);
+    sink.cancel = opts.cancel.clone();
+    sink.reuse(0, meta_end).expect("a splice takes any range");
+    let mut walker = Walker::new(&mut sink, super::skipped(&opts.skip_dirs));
+    walker.previous = Some(Previous::new(recorder, window_ns));
+    walker.entries = 1; // the metadata entry, reused
+    let mut result = Ok(());
+    let (mut stored, mut mount_entries) = (Vec::new(), Vec::new());
+    for source in sources {
+        let (before, entries_before) = (walker.stored, walker.entries);
+        if let Some(kind) = uncomparable(&source.path) {
+            walker.warn(format!(
+                "{} is on {kind}, whose change times cannot be trusted: read again whole \
+                 while the app was stopped",
+                source.path.display()
+            ));
+            walker.distrust_next_source = true;
+        }
+        result = walker.add_source(&source.archive_dir, &source.path);
+        stored.push(walker.stored - before);
+        mount_entries.push(walker.entries - entries_before);
+        if result.is_err() || super::cancelled(&opts.cancel) {
+            break;
+        }
+    }
+    let entries = walker.entries;
+    let reused = walker.previous.as_ref().map_or(0, |p| p.reused);
+    let mut warnings = std::mem::take(&mut walker.warnings);
+    if walker.dropped_warnings > 0 {
+        warnings.push(format!(
+            "… and {} more warnings (see the log)",
+            walker.dropped_warnings
+        ));
+    }
+    if result.is_ok() {
+        result = sink.write(&super::tar_format::END);
+    }
+    if super::cancelled(&opts.cancel) {
+        return Err(ArchiveError::Cancelled);
+    }
+    if let Some(e) = sink.error.take() {
+        return Err(ArchiveError::Output(e));
+    }
+    if result.is_err() {
+        return Err(ArchiveError::Output(io::Error::other(
+            "the second pass stopped early",
+        )));
+    }
+    let reread_bytes = sink.reread_bytes;
+    let (delta, pieces) = sink.finish().map_err(ArchiveError::Output)?;
+    Ok(SecondPass {
+        pieces,
+        delta,
+        entries,
+        stored,
+        mount_entries,
+        warnings,
+        reread_entries: entries - 1 - reused,
+        reread_bytes,
+    })
+}
+
+/// The first pass's archive, as the assembly reads it.
+pub struct FirstArchive<'a> {
+    pub path: &'a Path,
+    /// Its chunk table ([`super::Summary::chunks`]).
+    pub chunks: &'a [(u64, u64)],
+    pub compressed_bytes: u64,
+    pub tar_bytes: u64,
+}
+
+/// Writes the final archive into `out` from the pieces of the first pass's archive and
+/// of the delta file. Returns what the pipeline wrote, the tar stream's length, and
+/// `out`.
+pub fn assemble(
+    out: File,
+    first: &FirstArchive<'_>,
+    delta: &File,
+    pieces: &[Piece],
+    opts: &Options,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Written, u64, File), ArchiveError> {
+    let first_file = File::open(first.path).map_err(|source| ArchiveError::Read {
+        path: first.path.to_path_buf(),
+        source,
+    })?;
+    let out = Writeback {
+        file: out,
+        written: 0,
+        started: 0,
+    };
+    let gz = ParallelGzip::new(out, opts.level, opts.threads, opts.chunk_size);
+    let mut sink = ChunkSink::new(gz, progress);
+    sink.cancel = opts.cancel.clone();
+    let mut table = first.chunks.to_vec();
+    table.push((first.compressed_bytes, first.tar_bytes));
+    let mut read_error = None;
+    let result = splice(
+        &mut sink,
+        &first_file,
+        &table,
+        delta,
+        pieces,
+        &mut read_error,
+    );
+    let tar_bytes = sink.bytes;
+    let (written, Writeback { file, .. }) = sink.finish().map_err(ArchiveError::Output)?;
+    if let Some(e) = read_error {
+        return Err(ArchiveError::Output(e));
+    }
+    if result.is_err() {
+        if super::cancelled(&opts.cancel) {
+            return Err(ArchiveError::Cancelled);
+        }
+        return Err(ArchiveError::Output(io::Error::other(
+            "the archive pipeline stopped early",
+        )));
+    }
+    Ok((written, tar_bytes, file))
+}
+
+/// Feeds the pieces into `sink` (see [`assemble`]); a read error of the first archive or
+/// the delta goes to `read_error` and stops it.
+fn splice<W: Write + Send + 'static>(
+    sink: &mut ChunkSink<'_, W>,
+    first: &File,
+    table: &[(u64, u64)],
+    delta: &File,
+    pieces: &[Piece],
+    read_error: &mut Option<io::Error>,
+) -> Result<(), Broken> {
+    let mut fail = |e: io::Error| {
+        read_error.get_or_insert(e);
+        Broken
+    };
+    let mut inflater = libdeflater::Decompressor::new();
+    let mut packed = Vec::new();
+    // The last chunk inflated, to cut a part out of it.
+    let mut inflated: Option<(usize, Vec<u8>)> = None;
+    for piece in pieces {
+        match *piece {
+            Piece::Delta { start, len } => {
+                let (n, e) = sink.copy_from(delta, start, len)?;
+                if n != len {
+                    return Err(fail(e.unwrap_or_else(|| {
+                        io::Error::other("the delta file is shorter than its pieces")
+                    })));
+                }
+            }
+            Piece::First { start, len } => {
+                let (mut pos, end) = (start, start + len);
+                while pos < end {
+                    let k = table.partition_point(|&(_, t)| t <= pos);
+                    if k == 0 || k >= table.len() {
+                        return Err(fail(io::Error::other("a piece outside the first pass")));
+                    }
+                    let k = k - 1;
+                    let ((c0, t0), (c1, t1)) = (table[k], table[k + 1]);
+                    packed.resize((c1 - c0) as usize, 0);
+                    if pos == t0 && t1 <= end {
+                        first.read_exact_at(&mut packed, c0).map_err(&mut fail)?;
+                        sink.reuse_members(&packed, t1 - t0)?;
+                        pos = t1;
+                        continue;
+                    }
+                    if inflated.as_ref().is_none_or(|(i, _)| *i != k) {
+                        first.read_exact_at(&mut packed, c0).map_err(&mut fail)?;
+                        let mut raw = Vec::new();
+                        super::gzip::inflate_members(&mut inflater, &packed, &mut raw)
+                            .map_err(&mut fail)?;
+                        if raw.len() as u64 != t1 - t0 {
+                            return Err(fail(io::Error::other(
+                                "a first-pass chunk inflates to another length than its table says",
+                            )));
+                        }
+                        inflated = Some((k, raw));
+                    }
+                    let raw = &inflated.as_ref().expect("just inflated").1;
+                    let to = end.min(t1);
+                    sink.write(&raw[(pos - t0) as usize..(to - t0) as usize])?;
+                    pos = to;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::path::PathBuf;
+
+    /// The tar stream of a `.tar.gz` after its first entry (the metadata entry, whose
+    /// header holds the time it was written).
+    fn stream_after_metadata(path: &Path, meta_end: u64) -> Vec<u8> {
+        let mut tar = Vec::new();
+        flate2::read::MultiGzDecoder::new(File::open(path).unwrap())
+            .read_to_end(&mut tar)
+            .unwrap();
+        tar.split_off(meta_end as usize)
+    }
+
+    fn tree(dir: &Path) {
+        for d in 0..6 {
+            let sub = dir.join(format!("d{d}"));
+            std::fs::create_dir_all(sub.join("deeper")).unwrap();
+            for f in 0..40 {
+                let body: Vec<u8> = (0..(f * 397 + d * 13) % 9000)
+                    .map(|i| (i * 7 + f) as u8)
+                    .collect();
+                std::fs::write(sub.join(format!("f{f:02}")), body).unwrap();
+            }
+            std::fs::write(sub.join("deeper/x"), "x").unwrap();
+        }
+    }
+
+    /// Every kind of change between the passes; what a live app does meanwhile.
+    fn change(dir: &Path) {
+        std::fs::write(dir.join("d0/f03"), "rewritten, another size").unwrap();
+        // The same size, rewritten in place: only the times tell.
+        let same = std::fs::read(dir.join("d1/f05")).unwrap();
+        std::fs::write(dir.join("d1/f05"), vec![b'z'; same.len()]).unwrap();
+        std::fs::remove_file(dir.join("d2/f10")).unwrap();
+        std::fs::remove_dir_all(dir.join("d3")).unwrap();
+        std::fs::create_dir(dir.join("d2/new-dir")).unwrap();
+        std::fs::write(dir.join("d2/new-dir/new"), "new").unwrap();
+        std::fs::write(dir.join("d4/f00b"), "between two names").unwrap();
+        std::fs::rename(dir.join("d5/f01"), dir.join("d5/f99")).unwrap();
+        std::fs::hard_link(dir.join("d5/f02"), dir.join("d5/f02-link")).unwrap();
+        xattr::set(dir.join("d4/f07"), "user.appsnap.test", b"v").unwrap();
+        std::fs::set_permissions(
+            dir.join("d4/f08"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    }
+
+    /// The whole pre-copy on a real tree changed between the passes: the assembled
+    /// archive's tar stream is byte for byte a cold archive's of the changed tree, most
+    /// of it was not read again, and every chunk not cut by a change was reused.
+    #[test]
+    fn the_assembled_archive_is_a_cold_archive_of_the_tree_at_the_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        tree(&data);
+        let sources = vec![Source {
+            archive_dir: "volumes/v".into(),
+            path: data.clone(),
+        }];
+        let opts = Options {
+            chunk_size: 4096,
+            threads: 2,
+            ..Options::default()
+        };
+        let out = |name: &str| {
+            let path: PathBuf = dir.path().join(name);
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .unwrap();
+            (file, path)
+        };
+        let (first_file, first_path) = out("first");
+        let ahead = super::super::read_ahead(&sources, &opts);
+        let (first, _, recorder) = super::super::write_recording(
+            first_file,
+            b"{}",
+            &sources,
+            &opts,
+            &|_| {},
+            &ahead,
+            true,
+        )
+        .unwrap();
+        let recorder = recorder.unwrap();
+        let meta_end = recorder.meta_end;
+        change(&data);
+
+        let (delta_file, _) = out("delta");
+        let second = second_pass(delta_file, recorder, &sources, &opts, 0).unwrap();
+        let (final_file, final_path) = out("final");
+        let first_archive = FirstArchive {
+            path: &first_path,
+            chunks: &first.chunks,
+            compressed_bytes: first.compressed_bytes,
+            tar_bytes: first.tar_bytes,
+        };
+        let (written, tar_bytes, _) = assemble(
+            final_file,
+            &first_archive,
+            &second.delta,
+            &second.pieces,
+            &opts,
+            &|_| {},
+        )
+        .unwrap();
+
+        let (cold_file, cold_path) = out("cold");
+        let (cold, _) = super::super::write(cold_file, b"{}", &sources, &opts, &|_| {}).unwrap();
+        assert_eq!(
+            stream_after_metadata(&final_path, meta_end),
+            stream_after_metadata(&cold_path, meta_end),
+            "the assembled stream is the cold one"
+        );
+        assert_eq!((tar_bytes, second.entries), (cold.tar_bytes, cold.entries));
+        assert_eq!(second.stored, cold.stored);
+        assert_eq!(second.mount_entries, cold.mount_entries);
+        assert_eq!(
+            written.compressed_bytes,
+            std::fs::metadata(&final_path).unwrap().len()
+        );
+        assert!(
+            second.reread_entries < 20 && second.reread_entries * 10 < cold.entries,
+            "{} of {} entries read again",
+            second.reread_entries,
+            cold.entries
+        );
+        let first_bytes = std::fs::read(&first_path).unwrap();
+        let final_bytes = std::fs::read(&final_path).unwrap();
+        let reused = first
+            .chunks
+            .windows(2)
+            .filter(|w| {
+                let member = &first_bytes[w[0].0 as usize..w[1].0 as usize];
+                final_bytes.windows(member.len()).any(|f| f == member)
+            })
+            .count();
+        assert!(
+            reused * 2 > first.chunks.len(),
+            "{reused} of {} chunks reused as they were",
+            first.chunks.len()
+        );
+    }
+
+    /// A file changed within the racy window before the first pass read it is read again,
+    /// even though its identity is the same (a write through a shared mapping would not
+    /// have moved its ctime).
+    #[test]
+    fn a_racily_clean_file_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        tree(&data);
+        let sources = vec![Source {
+            archive_dir: "volumes/v".into(),
+            path: data,
+        }];
+        let opts = Options::default();
+        let first_file = File::create(dir.path().join("first")).unwrap();
+        let ahead = super::super::read_ahead(&sources, &opts);
+        let (_, _, recorder) = super::super::write_recording(
+            first_file,
+            b"{}",
+            &sources,
+            &opts,
+            &|_| {},
+            &ahead,
+            true,
+        )
+        .unwrap();
+        let total = recorder.as_ref().unwrap().len() as u64;
+        let delta = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("delta"))
+            .unwrap();
+        let second =
+            second_pass(delta, recorder.unwrap(), &sources, &opts, racy_window_ns()).unwrap();
+        assert_eq!(second.reread_entries, total, "all were changed seconds ago");
+    }
+
+    #[test]
+    fn the_walk_order_is_depth_first_by_name() {
+        let mut paths: Vec<&[u8]> = vec![b"v/a-c", b"v/a/b", b"v/a", b"v", b"v/b", b"v/a/b/c"];
+        paths.sort_by(|a, b| walk_order(a, b));
+        assert_eq!(
+            paths,
+            [&b"v"[..], b"v/a", b"v/a/b", b"v/a/b/c", b"v/a-c", b"v/b"]
+        );
+    }
+}
