@@ -144,10 +144,38 @@ async fn driver_opts_volumes_are_read_from_their_device_or_refused() {
     let (status, body) = h
         .call("POST", &format!("/api/v1/backup/{}", nfs_app.id))
         .await;
-    sh(&format!("docker volume rm {nfs}"));
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["message"], "Application data cannot be read");
     assert!(body["details"].as_str().unwrap().contains(&nfs), "{body}");
+
+    // Allowed per app: the rest is archived, the volume named as a warning, and a
+    // restore leaves it alone.
+    let id = nfs_app.id.clone();
+    let h = Harness::with(|c| {
+        c.apps.insert(
+            id,
+            appsnap::config::AppConfig {
+                skip_unreadable_mounts: Some(true),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let snap = h.backup(&nfs_app.id).await;
+    let warned = snap["warnings"].as_array().unwrap().iter().any(|w| {
+        w.as_str()
+            .is_some_and(|w| w.contains(&nfs) && w.contains("skip_unreadable_mounts"))
+    });
+    assert!(warned, "{snap}");
+    assert!(
+        !snap["mounts"].to_string().contains(&nfs),
+        "not a mount of the snapshot: {snap}"
+    );
+    let before = sh(&format!("docker volume inspect {nfs}"));
+    let (status, body) = h.call("POST", &restore_uri(&nfs_app.id, &snap)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(sh(&format!("docker volume inspect {nfs}")), before);
+    sh(&format!("docker volume rm {nfs}"));
 }
 
 /// Compose's `stop_grace_period` is the container's StopTimeout: a service that needs 2 s

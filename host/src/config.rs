@@ -120,6 +120,11 @@ pub struct Config {
     /// writes through shared memory mappings (they move ctime late). A lower value (at
     /// least 1) is safe only for apps that never write files through such mappings.
     pub precopy_racy_secs: Option<u64>,
+    /// Archive an app whose volumes include one appsnap cannot read from the host (an
+    /// NFS or CIFS volume Docker mounts only for a container) without that volume, listed
+    /// as a warning, instead of refusing it (422). A restore never touches it. Per app:
+    /// `[apps.<id>] skip_unreadable_mounts`.
+    pub skip_unreadable_mounts: bool,
     /// Per-app settings, by app id.
     pub apps: HashMap<String, AppConfig>,
 }
@@ -129,6 +134,8 @@ pub struct Config {
 pub struct AppConfig {
     /// Overrides `mode` for this app.
     pub mode: Option<BackupMode>,
+    /// Overrides `skip_unreadable_mounts` for this app.
+    pub skip_unreadable_mounts: Option<bool>,
     /// Overrides `hook_timeout_secs` for this app.
     pub hook_timeout_secs: Option<u64>,
     /// Overrides `stale_after_hours` for this app.
@@ -191,6 +198,7 @@ impl Default for Config {
             offsite_attempts: 4,
             mode: BackupMode::Precopy,
             precopy_racy_secs: None,
+            skip_unreadable_mounts: false,
             apps: HashMap::new(),
         }
     }
@@ -304,6 +312,13 @@ impl Config {
             .get(app_id)
             .and_then(|a| a.mode)
             .unwrap_or(self.mode)
+    }
+
+    pub fn skip_unreadable_for(&self, app_id: &str) -> bool {
+        self.apps
+            .get(app_id)
+            .and_then(|a| a.skip_unreadable_mounts)
+            .unwrap_or(self.skip_unreadable_mounts)
     }
 
     /// The pre-copy's racy window in ns (`precopy_racy_secs`, at least 1 s).

@@ -120,6 +120,10 @@ pub struct Options {
     pub skip_dirs: Vec<PathBuf>,
     /// Set from outside to stop the work at the next chunk.
     pub cancel: Option<Cancel>,
+    /// Start the output's writeback as it is written (see [`start_writeback`]). Off for a
+    /// pre-copy's first pass: that file is read back and deleted within seconds, and
+    /// pages never written back cost the disk nothing.
+    pub writeback: bool,
 }
 
 /// A flag that long archive work checks, so that shutdown and abandoned requests stop it
@@ -142,6 +146,7 @@ impl Default for Options {
             chunk_size: 1 << 20,
             skip_dirs: Vec::new(),
             cancel: None,
+            writeback: true,
         }
     }
 }
@@ -253,6 +258,7 @@ pub fn write_recording(
         file: out,
         written: 0,
         started: 0,
+        enabled: opts.writeback,
     };
     let gz = gzip::ParallelGzip::new(out, opts.level, opts.threads, opts.chunk_size);
     let mut sink = walk::ChunkSink::new(gz, progress);
@@ -331,11 +337,13 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// The archive file, whose writeback starts every [`WRITEBACK_STEP`] bytes.
+/// The archive file, whose writeback starts every [`WRITEBACK_STEP`] bytes (when
+/// `enabled`).
 struct Writeback {
     file: File,
     written: u64,
     started: u64,
+    enabled: bool,
 }
 
 /// Bytes of archive (16 MiB) between two writeback hints.
@@ -345,7 +353,7 @@ impl io::Write for Writeback {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.written += n as u64;
-        if self.written - self.started >= WRITEBACK_STEP {
+        if self.enabled && self.written - self.started >= WRITEBACK_STEP {
             start_writeback(&self.file, self.started, self.written - self.started);
             self.started = self.written;
         }

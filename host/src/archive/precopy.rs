@@ -504,6 +504,7 @@ pub fn assemble(
         file: out,
         written: 0,
         started: 0,
+        enabled: opts.writeback,
     };
     let gz = ParallelGzip::new(out, opts.level, opts.threads, opts.chunk_size);
     let mut sink = ChunkSink::new(gz, progress);

@@ -70,6 +70,13 @@ impl BackupManager {
             .iter()
             .map(|s| format!("not archived: {s}"))
             .collect();
+        // Only there when `skip_unreadable_mounts` allows it (`plan` refuses otherwise).
+        warnings.extend(app.unreadable.iter().map(|(name, what)| {
+            format!(
+                "not archived: volume {name}: Docker mounts it from {what}, which appsnap \
+                 cannot read from the host (skip_unreadable_mounts); a restore leaves it alone"
+            )
+        }));
         let mode = mode_of(app, self.config.mode_for(&app.id), &mut warnings);
         let stopped: Vec<String> = match mode {
             BackupMode::Live => Vec::new(),
@@ -151,13 +158,17 @@ impl BackupManager {
         job.step("archiving while the app runs (first pass)");
         let (progress_job, path, meta_json) = (job.clone(), first.clone(), plan.meta_json.clone());
         let opts = work.opts.clone();
+        let first_opts = archive::Options {
+            writeback: false,
+            ..work.opts.clone()
+        };
         let pass1 = tokio::task::spawn_blocking(move || {
             let file = create_partial(&path)?;
             let written = archive::write_recording(
                 file,
                 &meta_json,
                 &work.sources,
-                &work.opts,
+                &first_opts,
                 &|b| progress_job.progress(b),
                 &work.ahead,
                 true,
@@ -264,9 +275,12 @@ impl BackupManager {
 
     /// Where the archive goes and what its metadata entry says. Refuses an app
     /// with a volume appsnap cannot read from the host (an empty folder archived as the
-    /// app's data would be a lie with a 200).
+    /// app's data would be a lie with a 200), unless `skip_unreadable_mounts` says to
+    /// archive the rest.
     fn plan(&self, app: &App, origin: Origin, note: Option<String>) -> Result<Plan, ManagerError> {
-        if let Some((name, what)) = app.unreadable.first() {
+        if let Some((name, what)) = app.unreadable.first()
+            && !self.config.skip_unreadable_for(&app.id)
+        {
             return Err(ManagerError::Docker(DockerError::UnreadableVolume {
                 name: name.clone(),
                 what: what.clone(),
