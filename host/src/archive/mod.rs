@@ -234,12 +234,13 @@ pub fn write_reading_ahead(
     progress: &(dyn Fn(u64) + Sync),
     prefetch: &prefetch::Prefetch,
 ) -> Result<(Summary, File), ArchiveError> {
-    write_recording(out, metadata_json, sources, opts, progress, prefetch, false)
+    write_recording(out, metadata_json, sources, opts, progress, prefetch, None)
         .map(|(summary, file, _)| (summary, file))
 }
 
-/// [`write_reading_ahead`], recording with `record` every entry's identity and place for
-/// the second pass of a pre-copy backup ([`precopy`]).
+/// [`write_reading_ahead`], recording into `record` (a spill file, see
+/// [`precopy::Recorder`]) every entry's identity and place for the second pass of a
+/// pre-copy backup ([`precopy`]).
 pub fn write_recording(
     out: File,
     metadata_json: &[u8],
@@ -247,7 +248,7 @@ pub fn write_recording(
     opts: &Options,
     progress: &(dyn Fn(u64) + Sync),
     prefetch: &prefetch::Prefetch,
-    record: bool,
+    record: Option<File>,
 ) -> Result<(Summary, File, Option<precopy::Recorder>), ArchiveError> {
     let skip = skipped(&opts.skip_dirs);
     let progress = &|bytes| {
@@ -266,8 +267,8 @@ pub fn write_recording(
     let mut walker = walk::Walker::new(&mut sink, skip);
     let now = chrono::Utc::now().timestamp();
     let mut result = walker.add_bytes(METADATA_ENTRY, metadata_json, now);
-    if record {
-        walker.recorder = Some(precopy::Recorder::new(walker.sink.bytes));
+    if let Some(spill) = record {
+        walker.recorder = Some(precopy::Recorder::new(walker.sink.bytes, spill));
     }
     let mut stored = Vec::with_capacity(sources.len());
     let mut mount_entries = Vec::with_capacity(sources.len());

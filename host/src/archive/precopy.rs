@@ -108,53 +108,110 @@ pub struct Record {
     pub flawed: bool,
 }
 
-/// The first pass's records, one list per source, in walk order.
-#[derive(Debug, Default)]
+/// The first pass's records, written in walk order to a spill file as they are made:
+/// memory does not grow with the number of entries (a million files would otherwise hold
+/// ~200 MB of records), and the second pass reads them back in the same order.
+#[derive(Debug)]
 pub struct Recorder {
-    sources: Vec<Vec<Record>>,
+    out: io::BufWriter<File>,
+    /// The source being walked (records before the first `next_source` are source 0).
+    source: u32,
+    started: bool,
+    count: u64,
+    /// The spill file's first write error: the backup fails with it.
+    error: Option<io::Error>,
     /// End of the metadata entry in the tar stream (it is the stream's first entry).
     pub meta_end: u64,
 }
 
 impl Recorder {
-    /// A recorder for a stream whose metadata entry ends at `meta_end`.
-    pub fn new(meta_end: u64) -> Recorder {
+    /// A recorder for a stream whose metadata entry ends at `meta_end`, spilling into
+    /// `spill` (an empty file, read and written).
+    pub fn new(meta_end: u64, spill: File) -> Recorder {
         Recorder {
-            sources: Vec::new(),
+            out: io::BufWriter::with_capacity(1 << 20, spill),
+            source: 0,
+            started: false,
+            count: 0,
+            error: None,
             meta_end,
         }
     }
 
     /// The walk begins its next source.
     pub fn next_source(&mut self) {
-        self.sources.push(Vec::new());
+        if self.started {
+            self.source += 1;
+        }
+        self.started = true;
     }
 
-    pub fn push(&mut self, record: Record) {
-        if self.sources.is_empty() {
-            self.next_source();
+    pub fn push(&mut self, r: Record) {
+        self.started = true;
+        if self.error.is_some() {
+            return;
         }
-        self.sources.last_mut().expect("one source").push(record);
+        let mut b = Vec::with_capacity(120 + r.path.len());
+        b.extend_from_slice(&self.source.to_le_bytes());
+        b.extend_from_slice(&(r.path.len() as u32).to_le_bytes());
+        b.extend_from_slice(&r.path);
+        for v in [
+            r.id.dev, r.id.ino, r.id.nlink, r.id.size, r.start, r.end, r.alloc,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [r.id.mode, r.id.uid, r.id.gid] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [r.id.mtime_ns, r.id.ctime_ns, r.read_at] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.push(u8::from(r.flawed));
+        match self.out.write_all(&b) {
+            Ok(()) => self.count += 1,
+            Err(e) => self.error = Some(e),
+        }
     }
 
     /// Entries recorded.
-    pub fn len(&self) -> usize {
-        self.sources.iter().map(Vec::len).sum()
+    pub fn len(&self) -> u64 {
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.count == 0
+    }
+
+    /// The records, for a second pass: the spill file flushed and rewound.
+    pub fn finish(self, window_ns: i64) -> io::Result<Previous> {
+        use std::io::Seek;
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let mut file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.seek(io::SeekFrom::Start(0))?;
+        Ok(Previous {
+            records: io::BufReader::with_capacity(1 << 20, file),
+            next: None,
+            current: None,
+            distrusted: false,
+            window_ns,
+            reused: 0,
+        })
     }
 }
 
-/// The records a second pass compares against, with its place in them.
+/// The records a second pass compares against, read in walk order, with its place in
+/// them.
 #[derive(Debug)]
 pub struct Previous {
-    sources: Vec<Vec<Record>>,
+    records: io::BufReader<File>,
+    /// The next record not yet met, with its source, read ahead of its turn.
+    next: Option<(u32, Record)>,
     /// The source being walked (`None` before the first).
-    current: Option<usize>,
-    /// The next record of that source not yet met.
-    cursor: usize,
+    current: Option<u32>,
+    /// The current source's records are not trusted.
+    distrusted: bool,
     /// [`racy_window_ns`].
     window_ns: i64,
     /// Entries found unchanged.
@@ -162,44 +219,47 @@ pub struct Previous {
 }
 
 impl Previous {
-    pub fn new(recorder: Recorder, window_ns: i64) -> Previous {
-        Previous {
-            sources: recorder.sources,
-            current: None,
-            cursor: 0,
-            window_ns,
-            reused: 0,
-        }
-    }
-
     /// The walk begins its next source (the same order as the first pass's).
     pub fn next_source(&mut self) {
         self.current = Some(self.current.map_or(0, |c| c + 1));
-        self.cursor = 0;
+        self.distrusted = false;
     }
 
     /// Trusts nothing of the current source: every entry is read again (a filesystem
     /// whose ctime cannot be relied on).
     pub fn distrust_source(&mut self) {
-        if let Some(records) = self.current.and_then(|c| self.sources.get_mut(c)) {
-            records.clear();
+        self.distrusted = true;
+    }
+
+    /// The next record, read from the spill file (`None` at its end; a spill file that
+    /// cannot be read ends the records: everything after is read again, never trusted).
+    fn peek(&mut self) -> Option<&(u32, Record)> {
+        if self.next.is_none() {
+            self.next = read_record(&mut self.records).ok().flatten();
         }
+        self.next.as_ref()
     }
 
     /// The record of `name` if the entry is unchanged since it (`meta` is its `fstat`
     /// now). Records before `name` in walk order are entries deleted since: passed over.
-    pub fn unchanged(&mut self, name: &[u8], meta: &Metadata) -> Option<&Record> {
-        let records = self.sources.get(self.current?)?;
-        while let Some(r) = records.get(self.cursor) {
-            match walk_order(&r.path, name) {
-                Ordering::Less => self.cursor += 1,
+    pub fn unchanged(&mut self, name: &[u8], meta: &Metadata) -> Option<Record> {
+        let current = self.current?;
+        loop {
+            let (source, r) = self.peek()?;
+            let order = match source.cmp(&current) {
+                Ordering::Equal => walk_order(&r.path, name),
+                other => other,
+            };
+            match order {
+                Ordering::Less => self.next = None,
                 Ordering::Greater => return None,
                 Ordering::Equal => {
-                    self.cursor += 1;
+                    let (_, r) = self.next.take().expect("peeked");
                     // A further name of a file becomes a link entry by the walk's order
                     // of names: such files are written again, never reused.
                     let linked = meta.is_file() && meta.nlink() > 1;
-                    let trusted = !r.flawed
+                    let trusted = !self.distrusted
+                        && !r.flawed
                         && !linked
                         && r.id == Identity::of(meta)
                         && r.id.ctime_ns < r.read_at - self.window_ns;
@@ -211,8 +271,50 @@ impl Previous {
                 }
             }
         }
-        None
     }
+}
+
+/// Reads one record as [`Recorder::push`] wrote it; `Ok(None)` at the end of the file.
+fn read_record(r: &mut impl io::Read) -> io::Result<Option<(u32, Record)>> {
+    let mut head = [0u8; 8];
+    match r.read_exact(&mut head) {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        other => other?,
+    }
+    let source = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+    let len = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
+    let mut path = vec![0; len];
+    r.read_exact(&mut path)?;
+    let mut fixed = [0u8; 7 * 8 + 3 * 4 + 3 * 8 + 1];
+    r.read_exact(&mut fixed)?;
+    let u64_at = |i: usize| u64::from_le_bytes(fixed[i * 8..i * 8 + 8].try_into().expect("8"));
+    let u32_at =
+        |i: usize| u32::from_le_bytes(fixed[56 + i * 4..60 + i * 4].try_into().expect("4"));
+    let i64_at =
+        |i: usize| i64::from_le_bytes(fixed[68 + i * 8..76 + i * 8].try_into().expect("8"));
+    let id = Identity {
+        dev: u64_at(0),
+        ino: u64_at(1),
+        nlink: u64_at(2),
+        size: u64_at(3),
+        mode: u32_at(0),
+        uid: u32_at(1),
+        gid: u32_at(2),
+        mtime_ns: i64_at(0),
+        ctime_ns: i64_at(1),
+    };
+    Ok(Some((
+        source,
+        Record {
+            path,
+            id,
+            start: u64_at(4),
+            end: u64_at(5),
+            alloc: u64_at(6),
+            read_at: i64_at(2),
+            flawed: fixed[92] != 0,
+        },
+    )))
 }
 
 /// The kind of filesystem under `path` when a second pass cannot compare on it: a network
@@ -414,11 +516,12 @@ pub fn second_pass(
     window_ns: i64,
 ) -> Result<SecondPass, ArchiveError> {
     let meta_end = recorder.meta_end;
+    let previous = recorder.finish(window_ns).map_err(ArchiveError::Output)?;
     let mut sink = SpliceSink::new(delta);
     sink.cancel = opts.cancel.clone();
     sink.reuse(0, meta_end).expect("a splice takes any range");
     let mut walker = Walker::new(&mut sink, super::skipped(&opts.skip_dirs));
-    walker.previous = Some(Previous::new(recorder, window_ns));
+    walker.previous = Some(previous);
     walker.entries = 1; // the metadata entry, reused
     let mut result = Ok(());
     let (mut stored, mut mount_entries) = (Vec::new(), Vec::new());
@@ -690,7 +793,7 @@ mod tests {
             &opts,
             &|_| {},
             &ahead,
-            true,
+            Some(tempfile::tempfile().unwrap()),
         )
         .unwrap();
         let recorder = recorder.unwrap();
@@ -775,10 +878,10 @@ mod tests {
             &opts,
             &|_| {},
             &ahead,
-            true,
+            Some(tempfile::tempfile().unwrap()),
         )
         .unwrap();
-        let total = recorder.as_ref().unwrap().len() as u64;
+        let total = recorder.as_ref().unwrap().len();
         let delta = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

@@ -387,10 +387,9 @@ impl<'s, S: TarSink> Walker<'s, S> {
         let Some(record) = previous.unchanged(name, &node.meta) else {
             return Ok(false);
         };
-        let (start, end, alloc) = (record.start, record.end, record.alloc);
-        self.sink.reuse(start, end)?;
+        self.sink.reuse(record.start, record.end)?;
         self.entries += 1;
-        self.stored += alloc;
+        self.stored += record.alloc;
         Ok(true)
     }
 

@@ -129,7 +129,8 @@ impl BackupManager {
     /// the stop (journaled as in stop mode), the second pass, the start, and the final
     /// archive assembled with the app running again. Returns the assembly under way (it
     /// syncs the partial archive, as [`archive_then_sync`] does) and the downtime.
-    /// The first pass's archive and the delta are `.partial` files of the app's folder:
+    /// The first pass's archive, its records and the delta are `.partial` files of the
+    /// app's folder:
     /// removed when the assembly ends, whatever its outcome, and by the start-up
     /// cleanup after a crash.
     async fn precopy(
@@ -144,14 +145,18 @@ impl BackupManager {
         let first = plan
             .dir
             .join(format!(".{}.first{PARTIAL_SUFFIX}", plan.snapshot_id));
+        let records = plan
+            .dir
+            .join(format!(".{}.records{PARTIAL_SUFFIX}", plan.snapshot_id));
         let delta = plan
             .dir
             .join(format!(".{}.delta{PARTIAL_SUFFIX}", plan.snapshot_id));
-        let remove_both = {
-            let (first, delta) = (first.clone(), delta.clone());
+        let remove_temporaries = {
+            let paths = [first.clone(), delta.clone(), records.clone()];
             move || {
-                let _ = fs::remove_file(&first);
-                let _ = fs::remove_file(&delta);
+                for path in &paths {
+                    let _ = fs::remove_file(path);
+                }
             }
         };
 
@@ -164,6 +169,7 @@ impl BackupManager {
         };
         let pass1 = tokio::task::spawn_blocking(move || {
             let file = create_partial(&path)?;
+            let spill = create_partial(&records)?;
             let written = archive::write_recording(
                 file,
                 &meta_json,
@@ -171,7 +177,7 @@ impl BackupManager {
                 &first_opts,
                 &|b| progress_job.progress(b),
                 &work.ahead,
-                true,
+                Some(spill),
             );
             drop(work.ahead);
             written.map(|(summary, _, recorder)| (summary, recorder, work.sources))
@@ -182,7 +188,7 @@ impl BackupManager {
             Ok((summary, Some(recorder), sources)) => (summary, recorder, sources),
             Ok((_, None, _)) => unreachable!("the first pass records"),
             Err(e) => {
-                remove_both();
+                remove_temporaries();
                 return Err(e.into());
             }
         };
@@ -192,7 +198,7 @@ impl BackupManager {
         match self.stop(app, plan, stopped, job).await {
             Ok(w) => warnings.extend(w),
             Err(e) => {
-                remove_both();
+                remove_temporaries();
                 return Err(e);
             }
         }
@@ -212,7 +218,7 @@ impl BackupManager {
         let second = match pass2 {
             Ok(second) => second,
             Err(e) => {
-                remove_both();
+                remove_temporaries();
                 return Err(e.into());
             }
         };
@@ -250,7 +256,7 @@ impl BackupManager {
                     &opts,
                     &|b| progress_job.progress(b),
                 )?;
-                remove_both();
+                remove_temporaries();
                 crash_point("backup.assembled");
                 file.sync_all().map_err(ArchiveError::Output)?;
                 Ok(archive::Summary {
@@ -266,7 +272,7 @@ impl BackupManager {
                 })
             })();
             if result.is_err() {
-                remove_both();
+                remove_temporaries();
             }
             result
         });
