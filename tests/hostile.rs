@@ -13,6 +13,7 @@ use std::io::Write;
 use std::path::Path;
 
 use appsnap::archive::extract::{Options, Target, extract};
+use appsnap::archive::walk::TarSink;
 use axum::http::StatusCode;
 use tar::EntryType;
 

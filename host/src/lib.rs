@@ -26,7 +26,8 @@
 //!   written atomically, rebuildable from the archives.
 //! - [`archive`]: the `.tar.gz` itself — filesystem walk (and its read-ahead), tar
 //!   headers, parallel gzip, parallel inflate, safe extraction, checksums, the entry
-//!   index (where each entry sits, for listings).
+//!   index (where each entry sits, for listings), pre-copy (a first pass while the app
+//!   runs, a second one for what changed, the final archive spliced from both).
 //! - [`model`]: the types the layers share — `Mount`, `Source`, `ErrorBody`.
 //! - [`config`]: TOML file < `APPSNAP_*` environment < flags, with safe defaults.
 //! - [`ids`]: validation of the ids that reach the filesystem.

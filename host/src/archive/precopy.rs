@@ -433,16 +433,6 @@ impl TarSink for SpliceSink {
         self.append(data)
     }
 
-    fn zeros(&mut self, mut n: u64) -> Result<(), Broken> {
-        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-        while n > 0 {
-            let k = n.min(ZEROS.len() as u64) as usize;
-            self.append(&ZEROS[..k])?;
-            n -= k as u64;
-        }
-        Ok(())
-    }
-
     fn copy_from(
         &mut self,
         file: &File,
@@ -607,7 +597,6 @@ pub fn assemble(
         file: out,
         written: 0,
         started: 0,
-        enabled: opts.writeback,
     };
     let gz = ParallelGzip::new(out, opts.level, opts.threads, opts.chunk_size);
     let mut sink = ChunkSink::new(gz, progress);
@@ -736,6 +725,20 @@ mod tests {
         }
     }
 
+    /// A first pass over `sources` into `out`, recording.
+    fn first_pass(
+        out: File,
+        sources: &[Source],
+        opts: &Options,
+    ) -> (super::super::Summary, Recorder) {
+        let ahead = super::super::read_ahead(sources, opts);
+        let spill = tempfile::tempfile().unwrap();
+        let (summary, _, recorder) =
+            super::super::write_recording(out, b"{}", sources, opts, &|_| {}, &ahead, Some(spill))
+                .unwrap();
+        (summary, recorder.unwrap())
+    }
+
     /// Every kind of change between the passes; what a live app does meanwhile.
     fn change(dir: &Path) {
         std::fs::write(dir.join("d0/f03"), "rewritten, another size").unwrap();
@@ -785,18 +788,7 @@ mod tests {
             (file, path)
         };
         let (first_file, first_path) = out("first");
-        let ahead = super::super::read_ahead(&sources, &opts);
-        let (first, _, recorder) = super::super::write_recording(
-            first_file,
-            b"{}",
-            &sources,
-            &opts,
-            &|_| {},
-            &ahead,
-            Some(tempfile::tempfile().unwrap()),
-        )
-        .unwrap();
-        let recorder = recorder.unwrap();
+        let (first, recorder) = first_pass(first_file, &sources, &opts);
         let meta_end = recorder.meta_end;
         change(&data);
 
@@ -870,26 +862,15 @@ mod tests {
         }];
         let opts = Options::default();
         let first_file = File::create(dir.path().join("first")).unwrap();
-        let ahead = super::super::read_ahead(&sources, &opts);
-        let (_, _, recorder) = super::super::write_recording(
-            first_file,
-            b"{}",
-            &sources,
-            &opts,
-            &|_| {},
-            &ahead,
-            Some(tempfile::tempfile().unwrap()),
-        )
-        .unwrap();
-        let total = recorder.as_ref().unwrap().len();
+        let (_, recorder) = first_pass(first_file, &sources, &opts);
+        let total = recorder.len();
         let delta = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(dir.path().join("delta"))
             .unwrap();
-        let second =
-            second_pass(delta, recorder.unwrap(), &sources, &opts, racy_window_ns()).unwrap();
+        let second = second_pass(delta, recorder, &sources, &opts, racy_window_ns()).unwrap();
         assert_eq!(second.reread_entries, total, "all were changed seconds ago");
     }
 

@@ -106,18 +106,6 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
         Ok(())
     }
 
-    /// Writes `n` zero bytes from a fixed buffer: `n` may be a 10 GB log that was
-    /// truncated while being read, which must not become a 10 GB allocation.
-    pub fn zeros(&mut self, mut n: u64) -> Result<(), Broken> {
-        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-        while n > 0 {
-            let k = n.min(ZEROS.len() as u64) as usize;
-            self.write(&ZEROS[..k])?;
-            n -= k as u64;
-        }
-        Ok(())
-    }
-
     /// Copies up to `len` bytes of `file` from `offset` straight into chunk buffers.
     /// Returns how many bytes were copied — less than `len` when the file shrank
     /// meanwhile or a read failed (then with the error) — so the caller can pad the
@@ -205,8 +193,17 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
 pub trait TarSink {
     /// Appends `data`.
     fn write(&mut self, data: &[u8]) -> Result<(), Broken>;
-    /// Appends `n` zero bytes (in bounded pieces: `n` comes from a file's size).
-    fn zeros(&mut self, n: u64) -> Result<(), Broken>;
+    /// Appends `n` zero bytes from a fixed buffer: `n` may be a 10 GB log that was
+    /// truncated while being read, which must not become a 10 GB allocation.
+    fn zeros(&mut self, mut n: u64) -> Result<(), Broken> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        while n > 0 {
+            let k = n.min(ZEROS.len() as u64) as usize;
+            self.write(&ZEROS[..k])?;
+            n -= k as u64;
+        }
+        Ok(())
+    }
     /// Appends up to `len` bytes of `file` from `offset`; returns how many, and the read
     /// error that cut them short (the caller pads the rest).
     fn copy_from(
@@ -228,9 +225,6 @@ pub trait TarSink {
 impl<W: io::Write + Send + 'static> TarSink for ChunkSink<'_, W> {
     fn write(&mut self, data: &[u8]) -> Result<(), Broken> {
         ChunkSink::write(self, data)
-    }
-    fn zeros(&mut self, n: u64) -> Result<(), Broken> {
-        ChunkSink::zeros(self, n)
     }
     fn copy_from(
         &mut self,

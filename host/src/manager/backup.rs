@@ -8,13 +8,17 @@
 //!    names what to evict) before anything is stopped;
 //! 3. `appsnap.pre-backup` hooks in the running containers (failure: nothing was
 //!    touched);
-//! 4. `stop` (stop mode, the default): write a journal naming the running containers,
-//!    then stop them, so a crash of appsnap cannot leave an app down (see
-//!    [`recover_backup`]);
-//! 5. `archive_then_sync`: archive into `.{id}.tar.gz.partial` on a blocking thread, with
-//!    progress; returns with the archive's fsync still running (all the data is read);
-//! 6. `start_again`: start the stopped containers, whatever step 5 did, and drop the
-//!    journal; then the `appsnap.post-backup` hooks;
+//! 4. In `precopy` mode (the default), [`BackupManager::precopy`]: a first pass archives
+//!    with the app running, then `stop`, a second pass reads only what changed, the
+//!    containers start again, and the final archive is assembled from both passes
+//!    ([`archive::precopy`]). In `stop` mode: `stop` (write a journal naming the running
+//!    containers, then stop them, so a crash of appsnap cannot leave an app down, see
+//!    [`recover_backup`]), `archive_then_sync` (archive into `.{id}.tar.gz.partial` on a
+//!    blocking thread, with progress; returns with the archive's fsync still running),
+//!    then `start_again`. In `live` mode nothing stops;
+//! 5. whatever happened, the stopped containers are started again and the journal
+//!    dropped (`start_again`); the snapshot records the downtime;
+//! 6. the `appsnap.post-backup` hooks;
 //! 7. `commit`: wait for the fsync, write the sidecar, rename to `{id}.tar.gz`, list it:
 //!    only a complete, checksummed archive is ever listed. Then the count rule and the
 //!    retention policies, and (after the answer) the offsite copies.
@@ -130,9 +134,8 @@ impl BackupManager {
     /// archive assembled with the app running again. Returns the assembly under way (it
     /// syncs the partial archive, as [`archive_then_sync`] does) and the downtime.
     /// The first pass's archive, its records and the delta are `.partial` files of the
-    /// app's folder:
-    /// removed when the assembly ends, whatever its outcome, and by the start-up
-    /// cleanup after a crash.
+    /// app's folder: removed when the assembly ends, whatever its outcome, and by the
+    /// start-up cleanup after a crash.
     async fn precopy(
         &self,
         app: &App,
@@ -163,10 +166,6 @@ impl BackupManager {
         job.step("archiving while the app runs (first pass)");
         let (progress_job, path, meta_json) = (job.clone(), first.clone(), plan.meta_json.clone());
         let opts = work.opts.clone();
-        let first_opts = archive::Options {
-            writeback: false,
-            ..work.opts.clone()
-        };
         let pass1 = tokio::task::spawn_blocking(move || {
             let file = create_partial(&path)?;
             let spill = create_partial(&records)?;
@@ -174,7 +173,7 @@ impl BackupManager {
                 file,
                 &meta_json,
                 &work.sources,
-                &first_opts,
+                &work.opts,
                 &|b| progress_job.progress(b),
                 &work.ahead,
                 Some(spill),
