@@ -617,12 +617,7 @@ async fn archive_then_sync(plan: &Plan, work: Archiving, job: &Job) -> Synced {
     let (progress_job, partial, meta_json) =
         (job.clone(), plan.partial.clone(), plan.meta_json.clone());
     let archived = tokio::task::spawn_blocking(move || {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&partial)
-            .map_err(ArchiveError::Output)?;
+        let file = create_partial(&partial)?;
         let written = archive::write_reading_ahead(
             file,
             &meta_json,
