@@ -14,7 +14,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::common::{Harness, TestApp, manifest, sh};
+use crate::common::{Harness, TestApp, manifest, set_mode, sh};
 use appsnap::config::BackupMode;
 
 /// The churn, run by busybox `sh` in the app's container from its bind mount.
@@ -57,16 +57,9 @@ fn churning_app() -> TestApp {
 /// A harness backing `app` up in `mode`, trusting files unchanged for 1 s (no app here
 /// writes through a shared mapping).
 async fn harness(app: &TestApp, mode: BackupMode) -> Harness {
-    let id = app.id.clone();
-    Harness::with(move |c| {
+    Harness::with(|c| {
         c.precopy_racy_secs = Some(1);
-        c.apps.insert(
-            id,
-            appsnap::config::AppConfig {
-                mode: Some(mode),
-                ..Default::default()
-            },
-        );
+        set_mode(c, &app.id, mode);
     })
     .await
 }

@@ -25,6 +25,17 @@ use tower::ServiceExt;
 
 pub const IMAGE: &str = "appsnap-test/busybox:1";
 
+/// Backs `app_id` up in `mode` (`[apps.<id>] mode`).
+pub fn set_mode(c: &mut Config, app_id: &str, mode: appsnap::config::BackupMode) {
+    c.apps.insert(
+        app_id.to_string(),
+        appsnap::config::AppConfig {
+            mode: Some(mode),
+            ..Default::default()
+        },
+    );
+}
+
 /// Runs a command, panics with its output when it fails; returns stdout.
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("sh")
@@ -273,17 +284,7 @@ impl Harness {
 
     /// A harness where `app_id` is backed up in `mode`.
     pub async fn in_mode(app_id: &str, mode: appsnap::config::BackupMode) -> Harness {
-        let app_id = app_id.to_string();
-        Self::with(|c| {
-            c.apps.insert(
-                app_id,
-                appsnap::config::AppConfig {
-                    mode: Some(mode),
-                    ..Default::default()
-                },
-            );
-        })
-        .await
+        Self::with(|c| set_mode(c, app_id, mode)).await
     }
 
     /// Opens appsnap on a backup root the test prepared (crash leftovers, say).

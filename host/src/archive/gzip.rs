@@ -225,7 +225,8 @@ fn worker(level: u32, work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
         let Ok(Ok(mut slot)) = next else { return };
         if slot.reused {
             slot.raw.clear();
-            if let Err(e) = inflate_members(&mut inflater, &slot.packed, &mut slot.raw) {
+            if let Err(e) = super::read::inflate_members(&mut inflater, &slot.packed, &mut slot.raw)
+            {
                 slot.failed = Some(format!("a reused gzip member: {e}"));
             }
         } else {
@@ -440,39 +441,6 @@ fn push_stored(data: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&(!len).to_le_bytes());
         out.extend_from_slice(block);
     }
-}
-
-/// Inflates the complete members in `packed` (appsnap's, with the `AS` length) onto the
-/// end of `raw`, checking each one's CRC and length. Each member's length and size are
-/// bounded before anything is allocated for it.
-pub fn inflate_members(
-    inflater: &mut libdeflater::Decompressor,
-    packed: &[u8],
-    raw: &mut Vec<u8>,
-) -> io::Result<()> {
-    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
-    let mut pos = 0;
-    while pos < packed.len() {
-        let len = member_len(&packed[pos..]).ok_or_else(|| bad("not an appsnap member"))?;
-        if len < HEADER_LEN + TRAILER_LEN || pos + len > packed.len() {
-            return Err(bad("a member's length runs past its chunk"));
-        }
-        let member = &packed[pos..pos + len];
-        let size = u32::from_le_bytes(member[len - 4..].try_into().expect("4 bytes")) as usize;
-        if size > super::read::MAX_MEMBER_RAW {
-            return Err(bad("a member claims more than a chunk"));
-        }
-        let start = raw.len();
-        raw.resize(start + size, 0);
-        let n = inflater
-            .gzip_decompress(member, &mut raw[start..])
-            .map_err(|e| bad(&format!("{e:?}")))?;
-        if n != size {
-            return Err(bad("a member inflates to another size than it says"));
-        }
-        pos += len;
-    }
-    Ok(())
 }
 
 /// Length of the member starting at `buf[0]` if it was written by appsnap (has the `AS`

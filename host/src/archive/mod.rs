@@ -196,7 +196,7 @@ fn skipped(skip_dirs: &[PathBuf]) -> Vec<(u64, u64)> {
 }
 
 /// Starts reading `sources` ahead of their archive ([`prefetch`]), for
-/// [`write_reading_ahead`]. A backup starts it before it stops the app, so that the disk
+/// [`write_recording`]. A backup starts it before it stops the app, so that the disk
 /// already works while the containers shut down and the hooks run: reading early is
 /// safe, the page cache always holds a file's latest data.
 pub fn read_ahead(sources: &[Source], opts: &Options) -> prefetch::Prefetch {
@@ -217,25 +217,13 @@ pub fn write(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Summary, File), ArchiveError> {
     let ahead = read_ahead(sources, opts);
-    write_reading_ahead(out, metadata_json, sources, opts, progress, &ahead)
-}
-
-/// [`write`], with a read-ahead of the same `sources` already started ([`read_ahead`]).
-pub fn write_reading_ahead(
-    out: File,
-    metadata_json: &[u8],
-    sources: &[Source],
-    opts: &Options,
-    progress: &(dyn Fn(u64) + Sync),
-    prefetch: &prefetch::Prefetch,
-) -> Result<(Summary, File), ArchiveError> {
-    write_recording(out, metadata_json, sources, opts, progress, prefetch, None)
+    write_recording(out, metadata_json, sources, opts, progress, &ahead, None)
         .map(|(summary, file, _)| (summary, file))
 }
 
-/// [`write_reading_ahead`], recording into `record` (a spill file, see
-/// [`precopy::Recorder`]) every entry's identity and place for the second pass of a
-/// pre-copy backup ([`precopy`]).
+/// [`write`], with a read-ahead of the same `sources` already started ([`read_ahead`]),
+/// and recording into `record` (a spill file, see [`precopy::Recorder`]) every entry's
+/// identity and place for the second pass of a pre-copy backup ([`precopy`]).
 pub fn write_recording(
     out: File,
     metadata_json: &[u8],

@@ -120,6 +120,8 @@ pub struct Recorder {
     count: u64,
     /// The spill file's first write error: the backup fails with it.
     error: Option<io::Error>,
+    /// One record's bytes, reused from record to record.
+    scratch: Vec<u8>,
     /// End of the metadata entry in the tar stream (it is the stream's first entry).
     pub meta_end: u64,
 }
@@ -134,6 +136,7 @@ impl Recorder {
             started: false,
             count: 0,
             error: None,
+            scratch: Vec::with_capacity(256),
             meta_end,
         }
     }
@@ -151,7 +154,8 @@ impl Recorder {
         if self.error.is_some() {
             return;
         }
-        let mut b = Vec::with_capacity(120 + r.path.len());
+        let b = &mut self.scratch;
+        b.clear();
         b.extend_from_slice(&self.source.to_le_bytes());
         b.extend_from_slice(&(r.path.len() as u32).to_le_bytes());
         b.extend_from_slice(&r.path);
@@ -167,7 +171,7 @@ impl Recorder {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.push(u8::from(r.flawed));
-        match self.out.write_all(&b) {
+        match self.out.write_all(b) {
             Ok(()) => self.count += 1,
             Err(e) => self.error = Some(e),
         }
@@ -195,6 +199,7 @@ impl Recorder {
             next: None,
             current: None,
             distrusted: false,
+            distrust_next: false,
             window_ns,
             reused: 0,
         })
@@ -212,6 +217,8 @@ pub struct Previous {
     current: Option<u32>,
     /// The current source's records are not trusted.
     distrusted: bool,
+    /// Nor will the next source's be.
+    distrust_next: bool,
     /// [`racy_window_ns`].
     window_ns: i64,
     /// Entries found unchanged.
@@ -222,13 +229,13 @@ impl Previous {
     /// The walk begins its next source (the same order as the first pass's).
     pub fn next_source(&mut self) {
         self.current = Some(self.current.map_or(0, |c| c + 1));
-        self.distrusted = false;
+        self.distrusted = std::mem::take(&mut self.distrust_next);
     }
 
-    /// Trusts nothing of the current source: every entry is read again (a filesystem
+    /// Will trust nothing of the next source: every entry is read again (a filesystem
     /// whose ctime cannot be relied on).
-    pub fn distrust_source(&mut self) {
-        self.distrusted = true;
+    pub fn distrust_next_source(&mut self) {
+        self.distrust_next = true;
     }
 
     /// The next record, read from the spill file (`None` at its end; a spill file that
@@ -523,7 +530,9 @@ pub fn second_pass(
                  while the app was stopped",
                 source.path.display()
             ));
-            walker.distrust_next_source = true;
+            if let Some(previous) = &mut walker.previous {
+                previous.distrust_next_source();
+            }
         }
         result = walker.add_source(&source.archive_dir, &source.path);
         stored.push(walker.stored - before);
@@ -675,7 +684,7 @@ fn splice<W: Write + Send + 'static>(
                     if inflated.as_ref().is_none_or(|(i, _)| *i != k) {
                         first.read_exact_at(&mut packed, c0).map_err(&mut fail)?;
                         let mut raw = Vec::new();
-                        super::gzip::inflate_members(&mut inflater, &packed, &mut raw)
+                        super::read::inflate_members(&mut inflater, &packed, &mut raw)
                             .map_err(&mut fail)?;
                         if raw.len() as u64 != t1 - t0 {
                             return Err(fail(io::Error::other(
@@ -723,6 +732,16 @@ mod tests {
             }
             std::fs::write(sub.join("deeper/x"), "x").unwrap();
         }
+    }
+
+    /// A new file, read and written (the passes read back what they wrote).
+    fn read_write(path: &Path) -> File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap()
     }
 
     /// A first pass over `sources` into `out`, recording.
@@ -779,13 +798,7 @@ mod tests {
         };
         let out = |name: &str| {
             let path: PathBuf = dir.path().join(name);
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .unwrap();
-            (file, path)
+            (read_write(&path), path)
         };
         let (first_file, first_path) = out("first");
         let (first, recorder) = first_pass(first_file, &sources, &opts);
@@ -864,12 +877,7 @@ mod tests {
         let first_file = File::create(dir.path().join("first")).unwrap();
         let (_, recorder) = first_pass(first_file, &sources, &opts);
         let total = recorder.len();
-        let delta = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(dir.path().join("delta"))
-            .unwrap();
+        let delta = read_write(&dir.path().join("delta"));
         let second = second_pass(delta, recorder, &sources, &opts, racy_window_ns()).unwrap();
         assert_eq!(second.reread_entries, total, "all were changed seconds ago");
     }

@@ -253,10 +253,20 @@ fn inflate_worker(work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
 }
 
 /// Inflates one whole member into `out` (resized to what its trailer announces).
+fn inflate(decompressor: &mut Decompressor, member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    out.clear();
+    inflate_onto(decompressor, member, out)
+}
+
+/// Inflates one whole member onto the end of `out`.
 /// The announced length is believed only up to `MAX_MEMBER_RAW`; libdeflate then checks the
 /// member's CRC-32, and the inflated length must be exactly the announced one. Every
 /// failure is `InvalidData`.
-fn inflate(decompressor: &mut Decompressor, member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+fn inflate_onto(
+    decompressor: &mut Decompressor,
+    member: &[u8],
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
     let isize =
         u32::from_le_bytes(member[member.len() - 4..].try_into().expect("4 bytes")) as usize;
@@ -265,13 +275,38 @@ fn inflate(decompressor: &mut Decompressor, member: &[u8], out: &mut Vec<u8>) ->
             "a gzip member inflating to {isize} bytes (appsnap writes at most {MAX_MEMBER_RAW})"
         )));
     }
-    out.clear();
-    out.resize(isize, 0);
-    match decompressor.gzip_decompress(member, out) {
+    let start = out.len();
+    out.resize(start + isize, 0);
+    match decompressor.gzip_decompress(member, &mut out[start..]) {
         Ok(n) if n == isize => Ok(()),
         Ok(_) => Err(invalid("gzip member length mismatch".into())),
         Err(e) => Err(invalid(format!("corrupt gzip member ({e:?})"))),
     }
+}
+
+/// Inflates the complete members in `packed` (appsnap's, each with its `AS` length, as
+/// a chunk of our own archive holds them) onto the end of `raw`, each checked as
+/// [`inflate_onto`] checks one.
+pub fn inflate_members(
+    decompressor: &mut Decompressor,
+    packed: &[u8],
+    raw: &mut Vec<u8>,
+) -> io::Result<()> {
+    let mut pos = 0;
+    while pos < packed.len() {
+        let len = member_len(&packed[pos..]).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "not an appsnap gzip member")
+        })?;
+        if len < HEADER_LEN + TRAILER_LEN || pos + len > packed.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a gzip member's length runs past its chunk",
+            ));
+        }
+        inflate_onto(decompressor, &packed[pos..pos + len], raw)?;
+        pos += len;
+    }
+    Ok(())
 }
 
 /// Reads until `buf` is full or the input ends; the bytes read.

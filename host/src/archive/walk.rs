@@ -262,8 +262,6 @@ pub struct Walker<'s, S> {
     pub recorder: Option<super::precopy::Recorder>,
     /// Second pass: the first pass's records; an entry found unchanged is reused.
     pub previous: Option<super::precopy::Previous>,
-    /// Second pass: the next source is read again whole, its records not trusted.
-    pub distrust_next_source: bool,
 }
 
 impl<'s, S: TarSink> Walker<'s, S> {
@@ -280,7 +278,6 @@ impl<'s, S: TarSink> Walker<'s, S> {
             dropped_warnings: 0,
             recorder: None,
             previous: None,
-            distrust_next_source: false,
         }
     }
 
@@ -309,9 +306,6 @@ impl<'s, S: TarSink> Walker<'s, S> {
         }
         if let Some(p) = &mut self.previous {
             p.next_source();
-            if std::mem::take(&mut self.distrust_next_source) {
-                p.distrust_source();
-            }
         }
         let opened = fs::OpenOptions::new()
             .read(true)
@@ -347,7 +341,11 @@ impl<'s, S: TarSink> Walker<'s, S> {
     /// first is taken from the first pass's stream instead of being read again; in a
     /// first pass, each entry's identity and place are recorded for the second.
     fn add(&mut self, node: &Node, name: Vec<u8>) -> Result<(), Broken> {
-        if !self.reused(node, &name)? {
+        if self.reused(node, &name)? {
+            // Taken from the first pass's stream as it was.
+        } else if self.recorder.is_none() {
+            self.entry(node, &name)?;
+        } else {
             let start = self.sink.position();
             let warned = self.warnings.len() as u64 + self.dropped_warnings;
             let read_at = super::precopy::now_ns();

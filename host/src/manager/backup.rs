@@ -164,28 +164,11 @@ impl BackupManager {
         };
 
         job.step("archiving while the app runs (first pass)");
-        let (progress_job, path, meta_json) = (job.clone(), first.clone(), plan.meta_json.clone());
-        let opts = work.opts.clone();
-        let pass1 = tokio::task::spawn_blocking(move || {
-            let file = create_partial(&path)?;
-            let spill = create_partial(&records)?;
-            let written = archive::write_recording(
-                file,
-                &meta_json,
-                &work.sources,
-                &work.opts,
-                &|b| progress_job.progress(b),
-                &work.ahead,
-                Some(spill),
-            );
-            drop(work.ahead);
-            written.map(|(summary, _, recorder)| (summary, recorder, work.sources))
-        })
-        .await
-        .unwrap_or_else(|e| Err(task_failed("first pass", e)));
-        let (first_summary, recorder, sources) = match pass1 {
-            Ok((summary, Some(recorder), sources)) => (summary, recorder, sources),
-            Ok((_, None, _)) => unreachable!("the first pass records"),
+        let (opts, sources) = (work.opts.clone(), work.sources.clone());
+        let pass1 = write_archive(&first, plan, work, job, Some(records)).await;
+        let (first_summary, recorder) = match pass1 {
+            Ok((summary, _, Some(recorder))) => (summary, recorder),
+            Ok((_, _, None)) => unreachable!("the first pass records"),
             Err(e) => {
                 remove_temporaries();
                 return Err(e.into());
@@ -614,32 +597,42 @@ fn task_failed(what: &str, e: tokio::task::JoinError) -> ArchiveError {
 /// `job`), then returns at once with the fsync still running: all the data is read by
 /// then, so the app may run again while the archive reaches the disk.
 async fn archive_then_sync(plan: &Plan, work: Archiving, job: &Job) -> Synced {
-    let (progress_job, partial, meta_json) =
-        (job.clone(), plan.partial.clone(), plan.meta_json.clone());
-    let archived = tokio::task::spawn_blocking(move || {
-        let file = create_partial(&partial)?;
-        let written = archive::write_reading_ahead(
+    let archived = write_archive(&plan.partial, plan, work, job, None).await;
+    tokio::task::spawn_blocking(move || {
+        let (summary, file, _) = archived?;
+        file.sync_all().map_err(ArchiveError::Output)?;
+        Ok::<_, ArchiveError>(summary)
+    })
+}
+
+/// Writes the archive of `work` into a new partial file at `path` on a blocking thread,
+/// with progress in `job` (stop mode's archive, or a pre-copy's first pass, which
+/// records into a new spill file at `records`). Nothing is synced here.
+async fn write_archive(
+    path: &Path,
+    plan: &Plan,
+    work: Archiving,
+    job: &Job,
+    records: Option<PathBuf>,
+) -> Result<(archive::Summary, File, Option<archive::precopy::Recorder>), ArchiveError> {
+    let (progress_job, path, meta_json) = (job.clone(), path.to_path_buf(), plan.meta_json.clone());
+    tokio::task::spawn_blocking(move || {
+        let file = create_partial(&path)?;
+        let spill = records.as_deref().map(create_partial).transpose()?;
+        let written = archive::write_recording(
             file,
             &meta_json,
             &work.sources,
             &work.opts,
             &|b| progress_job.progress(b),
             &work.ahead,
+            spill,
         );
         drop(work.ahead);
         written
     })
     .await
-    .unwrap_or_else(|e| {
-        Err(ArchiveError::Output(io::Error::other(format!(
-            "archive task: {e}"
-        ))))
-    });
-    tokio::task::spawn_blocking(move || {
-        let (summary, file) = archived?;
-        file.sync_all().map_err(ArchiveError::Output)?;
-        Ok::<_, ArchiveError>(summary)
-    })
+    .unwrap_or_else(|e| Err(task_failed("archive", e)))
 }
 
 /// Only a crash is of interest at these points of a backup (see [`crate::failpoint`]).

@@ -95,7 +95,7 @@ impl BackupManager {
         snapshot: &Snapshot,
         job: &Job,
         lock: &AppLock,
-    ) -> Result<Done, ManagerError> {
+    ) -> Result<(Done, Swap), ManagerError> {
         let _slot = self.gate.heavy_slot(Some(job)).await;
         let verified = match snapshot.checked() {
             Some(checked) => {
@@ -145,7 +145,6 @@ impl BackupManager {
 
         let mut done = Done {
             skipped: std::mem::take(&mut plan.skipped),
-            swap: None,
             downtime_ms: 0,
             unstaged: Vec::new(),
         };
@@ -159,8 +158,7 @@ impl BackupManager {
                     tracing::error!(app = %app.id, "restore done, its journal not updated: {e}");
                 }
                 tracing::info!(app = %app.id, downtime_ms = done.downtime_ms, "restored");
-                done.swap = Some(swap);
-                return Ok(done);
+                return Ok((done, swap));
             }
             Err(failure) => failure,
         };
@@ -588,13 +586,11 @@ fn discarded(t: &extract::Target) -> extract::Target {
     }
 }
 
-/// What a restore that succeeded reports, and the cleanup it leaves.
+/// What a restore that succeeded reports (beside the committed swap, whose data set aside
+/// the cleanup job drops).
 pub(super) struct Done {
     /// Snapshot mounts not restored, with why.
     pub skipped: Vec<String>,
-    /// The committed swap, whose data set aside the cleanup job drops (always `Some`
-    /// once returned).
-    pub swap: Option<Swap>,
     /// From the stop of the containers to their running again (or to the swap, with
     /// none running).
     pub downtime_ms: u64,

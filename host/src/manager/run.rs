@@ -150,10 +150,7 @@ impl BackupManager {
                     Source::Local(s) => s,
                     Source::Remote(remote) => this.fetch(&remote, &job2).await?,
                 };
-                let done = this.restore(&app, &snapshot, &job2, &lock).await?;
-                let swap = done
-                    .swap
-                    .expect("a restore that succeeded returns its swap");
+                let (done, swap) = this.restore(&app, &snapshot, &job2, &lock).await?;
                 // Started before the lock goes, so that the next operation waits for it.
                 let cleanup = this.start_cleanup(&app.id, swap);
                 Ok::<_, ManagerError>(Restored {
