@@ -1097,3 +1097,84 @@ async fn a_sparse_archive_is_counted_by_what_it_allocates() {
     assert_eq!(manifest(&app.bind(), true), before);
     assert!(app.running(&app.containers[0]));
 }
+
+/// `appsnap.exclude`: what the label's patterns match is not in the snapshot (in neither pre-copy
+/// backup pass), the patterns are recorded in it, and a restore carries the
+/// current data's matches over into the restored tree (a folder the snapshot lacks is
+/// made for them) while everything else is the snapshot's.
+#[tokio::test]
+async fn excluded_paths_stay_out_of_the_snapshot_and_are_carried_over_by_a_restore() {
+    let app = TestApp::new("--label 'appsnap.exclude=cache/**, *.tmp'");
+    let vol = app.volume_path();
+    for (path, content) in [
+        ("keep", "kept"),
+        ("cache/a", "cache a"),
+        ("cache/b/c", "cache c"),
+        ("x.tmp", "x"),
+        ("sub/y.tmp", "y"),
+        ("sub/z", "z"),
+    ] {
+        fs::create_dir_all(vol.join(path).parent().unwrap()).unwrap();
+        fs::write(vol.join(path), content).unwrap();
+    }
+    fs::create_dir_all(app.project().join("cache")).unwrap();
+    fs::write(app.project().join("cache/p"), "not a container's mount").unwrap();
+    let h = Harness::new().await;
+    let snap = h.backup(&app.id).await;
+
+    let archive = snap["file_path"].as_str().unwrap();
+    let listing = sh(&format!("tar -tzf {archive}"));
+    let in_volume: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("volumes/{}/", app.volume)))
+        .collect();
+    assert_eq!(
+        in_volume,
+        ["", "cache/", "keep", "sub/", "sub/z"],
+        "the matches are left out, the folder `cache` stays: {listing}"
+    );
+    assert!(listing.contains("project/cache/p"), "{listing}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&sh(&format!("tar -xzOf {archive} appsnap.json"))).unwrap();
+    let mount = meta["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["type"] == "volume")
+        .unwrap();
+    assert_eq!(mount["exclude"], serde_json::json!(["cache/**", "*.tmp"]));
+
+    // The app goes on: its cache changes, a temp file goes, another comes in a new folder.
+    fs::write(vol.join("keep"), "changed").unwrap();
+    fs::write(vol.join("cache/a"), "newer cache").unwrap();
+    fs::write(vol.join("cache/new"), "new cache").unwrap();
+    fs::remove_file(vol.join("x.tmp")).unwrap();
+    fs::create_dir(vol.join("newdir")).unwrap();
+    fs::write(vol.join("newdir/w.tmp"), "w").unwrap();
+    fs::write(vol.join("sub/z"), "changed z").unwrap();
+    let excluded_before = manifest(&vol.join("cache"), false);
+
+    let (status, body) = h.call("POST", &restore_uri(&app.id, &snap)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    h.manager.cleanups_finished().await;
+    let read = |p: &str| fs::read_to_string(vol.join(p)).ok();
+    assert_eq!(read("keep").as_deref(), Some("kept"), "the snapshot's");
+    assert_eq!(read("sub/z").as_deref(), Some("z"), "the snapshot's");
+    assert_eq!(read("sub/y.tmp").as_deref(), Some("y"), "carried over");
+    assert_eq!(
+        read("newdir/w.tmp").as_deref(),
+        Some("w"),
+        "carried, folder made"
+    );
+    assert_eq!(
+        read("x.tmp"),
+        None,
+        "gone before the restore, not brought back"
+    );
+    assert_eq!(
+        manifest(&vol.join("cache"), false),
+        excluded_before,
+        "the cache is the current one, as it was"
+    );
+    assert!(app.running(&app.containers[0]));
+}

@@ -138,7 +138,9 @@ async fn every_fail_point_of_restore_rollback_and_backup_ends_old_or_new_never_a
              `--features appsnap/failpoints`)"
         );
     }
-    let app = TestApp::new("");
+    // Files the snapshots leave out (`appsnap.exclude`), the same in A and B: a restore
+    // carries them over, and the walk passes those steps' points too.
+    let app = TestApp::new("--label appsnap.exclude=*.keep-out");
     let root = tempfile::tempdir().unwrap();
     let config = root.path().with_extension("toml");
     fs::write(
@@ -153,6 +155,12 @@ async fn every_fail_point_of_restore_rollback_and_backup_ends_old_or_new_never_a
     // State A (the snapshot to restore) and state B (the app's data now).
     fill_every_kind(&app.volume_path());
     fill_every_kind(&app.bind());
+    fs::write(
+        app.volume_path().join("sub/x.keep-out"),
+        "not in any snapshot",
+    )
+    .unwrap();
+    fs::write(app.bind().join("y.keep-out"), "nor this").unwrap();
     let a = state(&app);
     let svc = service(root.path(), &config, &[]);
     let snap_a = post_ok(&svc, &format!("/api/v1/backup/{}", app.id)).await["snapshot_id"]
@@ -206,6 +214,12 @@ async fn every_fail_point_of_restore_rollback_and_backup_ends_old_or_new_never_a
     assert!(
         restore_points.len() >= 10 && rollback_points.len() >= 4,
         "{restore_points:?} / {rollback_points:?}"
+    );
+    assert!(
+        restore_points
+            .iter()
+            .any(|p| p.starts_with("restore.carry-")),
+        "{restore_points:?}"
     );
     let committed_from = restore_points
         .iter()

@@ -131,6 +131,7 @@ fn pack(data: &Path, out: &Path) -> appsnap::archive::Summary {
     let sources = [appsnap::archive::Source {
         archive_dir: "volumes/data".into(),
         path: data.to_path_buf(),
+        exclude: Vec::new(),
     }];
     let opts = appsnap::archive::Options {
         level: 3,

@@ -152,6 +152,9 @@ pub struct App {
     /// Volumes whose data appsnap cannot read from the host (name, where Docker mounts
     /// it from): a backup refuses the app rather than archive an empty folder as its data.
     pub unreadable: Vec<(String, String)>,
+    /// Labels found unusable (an `appsnap.exclude` pattern that is no glob), for the
+    /// snapshot's warnings.
+    pub warnings: Vec<String>,
 }
 
 impl App {
@@ -163,6 +166,7 @@ impl App {
             .map(|m| Source {
                 archive_dir: m.archive_dir.clone(),
                 path: PathBuf::from(&m.source),
+                exclude: m.exclude.clone(),
             })
             .collect()
     }
@@ -246,22 +250,25 @@ impl Docker {
 
         let mut containers = Vec::new();
         // Keyed by host path (binds) or volume name, with the container paths they serve.
-        let mut binds: Vec<(String, Vec<String>)> = Vec::new();
-        let mut volumes: Vec<(String, Vec<String>)> = Vec::new();
+        let mut binds: Vec<Uses> = Vec::new();
+        let mut volumes: Vec<Uses> = Vec::new();
         let mut working_dir = None;
+        let mut warnings = Vec::new();
         for s in &summaries {
             let labels = s.labels.clone().unwrap_or_default();
             if working_dir.is_none() {
                 working_dir = labels.get(WORKING_DIR_LABEL).cloned();
             }
+            let name = s
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            let exclude = exclude_label(&name, &labels, &mut warnings);
             containers.push(Container {
                 id: s.id.clone().unwrap_or_default(),
-                name: s
-                    .names
-                    .as_ref()
-                    .and_then(|n| n.first())
-                    .map(|n| n.trim_start_matches('/').to_string())
-                    .unwrap_or_default(),
+                name,
                 running: matches!(
                     s.state,
                     Some(
@@ -275,12 +282,12 @@ impl Docker {
                 match m.typ.as_deref() {
                     Some("volume") => {
                         if let Some(name) = &m.name {
-                            add_use(&mut volumes, name, dest);
+                            add_use(&mut volumes, name, dest, &exclude);
                         }
                     }
                     Some("bind") => {
                         if let Some(src) = &m.source {
-                            add_use(&mut binds, src, dest);
+                            add_use(&mut binds, src, dest, &exclude);
                         }
                     }
                     _ => {} // tmpfs, npipe, image: nothing on disk to keep
@@ -297,13 +304,18 @@ impl Docker {
             ))
             .await?;
         for v in labelled.volumes.into_iter().flatten() {
-            add_use(&mut volumes, &v.name, String::new());
+            add_use(&mut volumes, &v.name, String::new(), &[]);
         }
 
         let mut mounts = Vec::new();
         let mut skipped = Vec::new();
         let mut unreadable = Vec::new();
-        for (name, dests) in volumes {
+        for Uses {
+            key: name,
+            dests,
+            exclude,
+        } in volumes
+        {
             let vol = self.client.inspect_volume(&name).await?;
             let source = match volume_source(&vol) {
                 VolumeSource::Mountpoint => vol.mountpoint.clone(),
@@ -323,9 +335,15 @@ impl Docker {
                 source: self.resolve_on_host(&source),
                 destination: dests.join(","),
                 name,
+                exclude,
             });
         }
-        for (src, dests) in binds {
+        for Uses {
+            key: src,
+            dests,
+            exclude,
+        } in binds
+        {
             if let Some(why) = excluded_bind(&src) {
                 skipped.push(format!("bind {src}: {why}"));
                 continue;
@@ -336,6 +354,7 @@ impl Docker {
                 source: self.resolve_on_host(&src),
                 destination: dests.join(","),
                 name: src,
+                exclude,
             });
         }
         if let Some(dir) = working_dir {
@@ -347,6 +366,7 @@ impl Docker {
                     source,
                     destination: String::new(),
                     name: dir,
+                    exclude: Vec::new(),
                 });
             }
         }
@@ -357,6 +377,7 @@ impl Docker {
             mounts,
             skipped,
             unreadable,
+            warnings,
         })
     }
 
@@ -748,18 +769,62 @@ pub struct ContainerStatus {
 /// Records that `key` (a volume name or a bind's host path) serves container path `dest`:
 /// one entry per key, each destination once; an empty `dest` (a labelled volume no
 /// container mounts) adds the key only.
-fn add_use(list: &mut Vec<(String, Vec<String>)>, key: &str, dest: String) {
-    match list.iter_mut().find(|(k, _)| k == key) {
-        Some((_, dests)) => {
-            if !dest.is_empty() && !dests.contains(&dest) {
-                dests.push(dest);
-            }
+fn add_use(list: &mut Vec<Uses>, key: &str, dest: String, exclude: &[String]) {
+    let i = match list.iter().position(|u| u.key == key) {
+        Some(i) => i,
+        None => {
+            list.push(Uses {
+                key: key.to_string(),
+                ..Uses::default()
+            });
+            list.len() - 1
         }
-        None => list.push((
-            key.to_string(),
-            [dest].into_iter().filter(|d| !d.is_empty()).collect(),
-        )),
+    };
+    let uses = &mut list[i];
+    if !dest.is_empty() && !uses.dests.contains(&dest) {
+        uses.dests.push(dest);
     }
+    for p in exclude {
+        if !uses.exclude.contains(p) {
+            uses.exclude.push(p.clone());
+        }
+    }
+}
+
+/// One volume or bind source, with what its containers say of it.
+#[derive(Default)]
+struct Uses {
+    /// Volume name or host path.
+    key: String,
+    /// The container paths it serves.
+    dests: Vec<String>,
+    /// The union of the `appsnap.exclude` patterns of the containers mounting it: a path
+    /// one of them asks to leave out is left out.
+    exclude: Vec<String>,
+}
+
+/// The usable patterns of a container's `appsnap.exclude` label; an unusable one is left
+/// out with a warning for the snapshot (everything is then archived: more data, never
+/// less).
+fn exclude_label(
+    container: &str,
+    labels: &HashMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Vec<String> {
+    let Some(value) = labels.get(crate::exclude::LABEL) else {
+        return Vec::new();
+    };
+    let mut patterns = Vec::new();
+    for p in crate::exclude::split(value) {
+        match crate::exclude::check(p) {
+            Ok(()) => patterns.push(p.to_string()),
+            Err(why) => warnings.push(format!(
+                "container {container}: {} pattern {p:?} ignored: {why}",
+                crate::exclude::LABEL
+            )),
+        }
+    }
+    patterns
 }
 
 /// Bind sources that are not app data: the Docker socket and kernel filesystems, and `/`.
@@ -789,10 +854,23 @@ fn drop_nested(mut mounts: Vec<Mount>, skipped: &mut Vec<String>) -> Vec<Mount> 
             .iter()
             .find(|k| Path::new(&m.source).starts_with(&k.source))
         {
-            Some(outer) => skipped.push(format!(
-                "{} {}: included in {} {}",
-                m.kind, m.name, outer.kind, outer.name
-            )),
+            Some(outer) => {
+                skipped.push(format!(
+                    "{} {}: included in {} {}",
+                    m.kind, m.name, outer.kind, outer.name
+                ));
+                let rel = Path::new(&m.source)
+                    .strip_prefix(&outer.source)
+                    .unwrap_or(Path::new(""))
+                    .to_string_lossy()
+                    .into_owned();
+                let inner = crate::exclude::rebase(&m.exclude, &rel);
+                let outer = kept
+                    .iter_mut()
+                    .find(|k| Path::new(&m.source).starts_with(&k.source))
+                    .expect("found above");
+                outer.exclude.extend(inner);
+            }
             None => kept.push(m),
         }
     }
@@ -811,6 +889,7 @@ mod tests {
             source: source.into(),
             destination: String::new(),
             archive_dir: format!("{kind}/{}", escape_path(source)),
+            exclude: Vec::new(),
         }
     }
 

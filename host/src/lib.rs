@@ -28,6 +28,8 @@
 //!   headers, parallel gzip, parallel inflate, safe extraction, checksums, the entry
 //!   index (where each entry sits, for listings), pre-copy (a first pass while the app
 //!   runs, a second one for what changed, the final archive spliced from both).
+//! - [`exclude`]: the `appsnap.exclude` label's patterns, matched by the walk and by a
+//!   restore that carries excluded paths over.
 //! - [`model`]: the types the layers share — `Mount`, `Source`, `ErrorBody`.
 //! - [`config`]: TOML file < `APPSNAP_*` environment < flags, with safe defaults.
 //! - [`ids`]: validation of the ids that reach the filesystem.
@@ -43,6 +45,7 @@ pub mod archive;
 pub mod catalog;
 pub mod config;
 pub mod docker;
+pub mod exclude;
 pub mod failpoint;
 pub mod ids;
 pub mod jobs;

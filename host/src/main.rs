@@ -478,6 +478,7 @@ fn pack(
         .map(|(i, path)| appsnap::archive::Source {
             archive_dir: format!("data{i}"),
             path,
+            exclude: Vec::new(),
         })
         .collect();
     let opts = appsnap::archive::Options {

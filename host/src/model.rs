@@ -33,6 +33,10 @@ pub struct Mount {
     pub destination: String,
     /// Folder of this mount inside the archive.
     pub archive_dir: String,
+    /// Paths left out of the archive, as `appsnap.exclude` patterns relative to the mount
+    /// (see [`crate::exclude`]); a restore carries the current data's matches over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 /// One tree to archive: the host path and the folder it becomes in the archive.
@@ -40,6 +44,9 @@ pub struct Mount {
 pub struct Source {
     pub archive_dir: String,
     pub path: PathBuf,
+    /// The mount's `exclude` patterns.
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 /// A host path as one archive folder name: `/srv/app/data` → `srv%2Fapp%2Fdata`.
@@ -49,6 +56,9 @@ pub fn escape_path(path: &str) -> String {
         .replace('%', "%25")
         .replace('/', "%2F")
 }
+
+/// Exclude patterns one mount may list.
+pub const MAX_EXCLUDE: usize = 1000;
 
 /// Checks what an archive's metadata says about its mounts before anything believes it:
 /// known kinds, names that fit their kind, and each mount's archive folder exactly the
@@ -89,6 +99,14 @@ pub fn check_mounts(mounts: &[Mount]) -> Result<(), String> {
             return Err(format!(
                 "{} `{}` must be archived under `{expected}`, not `{}`",
                 m.kind, m.name, m.archive_dir
+            ));
+        }
+        // Patterns are only matched, never joined onto a path, but their number and
+        // size are still bounded before a restore compiles them.
+        if m.exclude.len() > MAX_EXCLUDE || m.exclude.iter().any(|p| p.len() > 4096) {
+            return Err(format!(
+                "{} `{}` lists more than {MAX_EXCLUDE} exclude patterns or one too long",
+                m.kind, m.name
             ));
         }
         if !folders.insert(expected.clone()) {

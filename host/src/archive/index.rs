@@ -527,6 +527,7 @@ mod tests {
         let archive = dir.path().join("s.tar.gz");
         let sources = [crate::model::Source {
             path: data.clone(),
+            exclude: Vec::new(),
             archive_dir: "volumes/v".into(),
         }];
         let opts = crate::archive::Options {

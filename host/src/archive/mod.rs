@@ -25,6 +25,7 @@ pub mod walk;
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -200,10 +201,7 @@ fn skipped(skip_dirs: &[PathBuf]) -> Vec<(u64, u64)> {
 /// already works while the containers shut down and the hooks run: reading early is
 /// safe, the page cache always holds a file's latest data.
 pub fn read_ahead(sources: &[Source], opts: &Options) -> prefetch::Prefetch {
-    prefetch::Prefetch::start(
-        sources.iter().map(|s| s.path.clone()).collect(),
-        skipped(&opts.skip_dirs),
-    )
+    prefetch::Prefetch::start(sources.to_vec(), skipped(&opts.skip_dirs))
 }
 
 /// Writes the archive for `sources` into `out` (blocking; run it off the async runtime).
@@ -259,7 +257,7 @@ pub fn write_recording(
             break;
         }
         let (before, entries_before) = (walker.stored, walker.entries);
-        result = walker.add_source(&source.archive_dir, &source.path);
+        result = walker.add_source(source);
         stored.push(walker.stored - before);
         mount_entries.push(walker.entries - entries_before);
     }
@@ -355,7 +353,10 @@ impl io::Write for Writeback {
 /// Each entry also counts 512 bytes for its header. Unreadable paths count what could be
 /// seen; an estimate never fails.
 pub fn estimate(sources: &[Source]) -> u64 {
-    fn walk(path: &Path) -> u64 {
+    fn walk(path: &Path, rel: &mut Vec<u8>, exclude: Option<&crate::exclude::Exclude>) -> u64 {
+        if !rel.is_empty() && exclude.is_some_and(|e| e.matches(rel)) {
+            return 0;
+        }
         let Ok(meta) = fs::symlink_metadata(path) else {
             return 0;
         };
@@ -363,14 +364,30 @@ pub fn estimate(sources: &[Source]) -> u64 {
             let Ok(rd) = fs::read_dir(path) else {
                 return 512;
             };
-            512 + rd.flatten().map(|e| walk(&e.path())).sum::<u64>()
+            let mut sum = 512;
+            for e in rd.flatten() {
+                let len = rel.len();
+                if len > 0 {
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(e.file_name().as_bytes());
+                sum += walk(&e.path(), rel, exclude);
+                rel.truncate(len);
+            }
+            sum
         } else if meta.is_file() {
             512 + meta.len().min(meta.blocks() * 512)
         } else {
             512
         }
     }
-    sources.iter().map(|s| walk(&s.path)).sum()
+    sources
+        .iter()
+        .map(|s| {
+            let exclude = crate::exclude::Exclude::new(&s.exclude);
+            walk(&s.path, &mut Vec::new(), exclude.as_ref())
+        })
+        .sum()
 }
 
 /// Reads the metadata entry of an archive (the first entry), inflating only its start.

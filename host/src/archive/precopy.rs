@@ -534,7 +534,7 @@ pub fn second_pass(
                 previous.distrust_next_source();
             }
         }
-        result = walker.add_source(&source.archive_dir, &source.path);
+        result = walker.add_source(source);
         stored.push(walker.stored - before);
         mount_entries.push(walker.entries - entries_before);
         if result.is_err() || super::cancelled(&opts.cancel) {
@@ -790,6 +790,7 @@ mod tests {
         let sources = vec![Source {
             archive_dir: "volumes/v".into(),
             path: data.clone(),
+            exclude: Vec::new(),
         }];
         let opts = Options {
             chunk_size: 4096,
@@ -872,6 +873,7 @@ mod tests {
         let sources = vec![Source {
             archive_dir: "volumes/v".into(),
             path: data,
+            exclude: Vec::new(),
         }];
         let opts = Options::default();
         let first_file = File::create(dir.path().join("first")).unwrap();

@@ -22,14 +22,16 @@
 
 use std::fs;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::Source;
 use super::walk::{Node, data_segments};
+use crate::exclude::Exclude;
 
 /// How far ahead of the writer, in bytes of file data: enough to keep the disk's queue
 /// full, little enough that what is read ahead is still cached when the writer comes.
@@ -55,8 +57,8 @@ struct Shared {
 
 impl Prefetch {
     /// Starts walking `sources` (directories or single files), skipping the directories
-    /// `skip` names by `(dev, ino)`.
-    pub fn start(sources: Vec<PathBuf>, skip: Vec<(u64, u64)>) -> Prefetch {
+    /// `skip` names by `(dev, ino)` and what each source's `exclude` patterns leave out.
+    pub fn start(sources: Vec<Source>, skip: Vec<(u64, u64)>) -> Prefetch {
         let shared = Arc::new(Shared {
             consumed: AtomicU64::new(0),
             stop: AtomicBool::new(false),
@@ -69,6 +71,7 @@ impl Prefetch {
             advised: 0,
             batch: Vec::with_capacity(BATCH_FILES),
             batch_bytes: 0,
+            exclude: None,
         };
         let thread = std::thread::Builder::new()
             .name("appsnap-prefetch".into())
@@ -109,18 +112,21 @@ struct Ahead {
     /// Opened files whose hints have not gone out yet.
     batch: Vec<fs::File>,
     batch_bytes: u64,
+    /// The current source's `exclude` patterns.
+    exclude: Option<Exclude>,
 }
 
 impl Ahead {
     /// Walks every source; the bytes of data it advised, or `None` once stopped.
-    fn run(mut self, sources: &[PathBuf]) -> Option<u64> {
+    fn run(mut self, sources: &[Source]) -> Option<u64> {
         for source in sources {
+            self.exclude = Exclude::new(&source.exclude);
             let opened = fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
-                .open(source);
-            if let Ok(node) = opened.and_then(|fd| Node::new(fd, source.clone()))
-                && !self.visit(node)
+                .open(&source.path);
+            if let Ok(node) = opened.and_then(|fd| Node::new(fd, source.path.clone()))
+                && !self.visit(node, &mut Vec::new())
             {
                 return None;
             }
@@ -140,8 +146,9 @@ impl Ahead {
         self.batch_bytes = 0;
     }
 
-    /// Advises one node, or walks it if it is a directory; `false` once stopped.
-    fn visit(&mut self, node: Node) -> bool {
+    /// Advises one node, or walks it if it is a directory; `false` once stopped. `rel`
+    /// is its path in the source (empty for the source itself), for the `exclude` patterns.
+    fn visit(&mut self, node: Node, rel: &mut Vec<u8>) -> bool {
         let meta = &node.meta;
         if meta.is_file() {
             if !self.wait_for_room() {
@@ -174,10 +181,20 @@ impl Ahead {
             if self.shared.stop.load(Ordering::Relaxed) {
                 return false;
             }
+            let len = rel.len();
+            if len > 0 {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(child.as_bytes());
+            let excluded = self.exclude.as_ref().is_some_and(|e| e.matches(rel));
             let path = node.path.join(&child);
-            if let Ok(child) = node.child(&child).and_then(|fd| Node::new(fd, path))
-                && !self.visit(child)
-            {
+            let stopped = !excluded
+                && node
+                    .child(&child)
+                    .and_then(|fd| Node::new(fd, path))
+                    .is_ok_and(|child| !self.visit(child, rel));
+            rel.truncate(len);
+            if stopped {
                 return false;
             }
         }
@@ -225,7 +242,12 @@ mod tests {
         image.set_len(4 << 30).unwrap();
         image.write_at(&[1; 4096], 1 << 30).unwrap();
         fs::write(dir.path().join("b.txt"), vec![7u8; 10_000]).unwrap();
-        let prefetch = Prefetch::start(vec![dir.path().to_path_buf()], Vec::new());
+        let source = Source {
+            archive_dir: "volumes/v".into(),
+            path: dir.path().to_path_buf(),
+            exclude: Vec::new(),
+        };
+        let prefetch = Prefetch::start(vec![source], Vec::new());
         // No writer reports progress here: counted by its apparent size, the image would
         // put the read-ahead 4 GiB past its window, and it would wait there for good.
         let (tx, rx) = std::sync::mpsc::channel();

@@ -262,6 +262,11 @@ pub struct Walker<'s, S> {
     pub recorder: Option<super::precopy::Recorder>,
     /// Second pass: the first pass's records; an entry found unchanged is reused.
     pub previous: Option<super::precopy::Previous>,
+    /// The current source's `appsnap.exclude` patterns, and the length of its archive
+    /// folder's name (the patterns match what follows it).
+    exclude: Option<(crate::exclude::Exclude, usize)>,
+    /// Entries left out by those patterns (a directory counts once, not its contents).
+    pub excluded: u64,
 }
 
 impl<'s, S: TarSink> Walker<'s, S> {
@@ -278,6 +283,8 @@ impl<'s, S: TarSink> Walker<'s, S> {
             dropped_warnings: 0,
             recorder: None,
             previous: None,
+            exclude: None,
+            excluded: 0,
         }
     }
 
@@ -292,14 +299,17 @@ impl<'s, S: TarSink> Walker<'s, S> {
         }
     }
 
-    /// Adds one whole source under `prefix` (e.g. `volumes/db`). A source may be a
-    /// directory or a single file (a bind-mounted config file).
+    /// Adds one whole source under its archive folder (e.g. `volumes/db`), less what its
+    /// `exclude` patterns leave out. A source may be a directory or a single file (a
+    /// bind-mounted config file).
     ///
     /// `path` itself is opened with `O_NOFOLLOW`: a source that is a symlink is archived as
     /// the link. A source that cannot be opened is a warning, not an error: `Err` only
     /// means the pipeline broke down. Hard-link identities are forgotten first, so no link
     /// entry points into another source (the extractor refuses links across mounts).
-    pub fn add_source(&mut self, prefix: &str, path: &Path) -> Result<(), Broken> {
+    pub fn add_source(&mut self, source: &super::Source) -> Result<(), Broken> {
+        let (prefix, path) = (source.archive_dir.as_str(), source.path.as_path());
+        self.exclude = crate::exclude::Exclude::new(&source.exclude).map(|e| (e, prefix.len()));
         self.links.clear();
         if let Some(r) = &mut self.recorder {
             r.next_source();
@@ -487,10 +497,18 @@ impl<'s, S: TarSink> Walker<'s, S> {
 
     /// Adds the child `child` of `dir`, whose archive name is `name`.
     /// A child that vanished since the listing, or cannot be opened, is a warning.
+    /// Left out by the source's `exclude` patterns: not even opened.
     fn add_child(&mut self, dir: &Node, name: &[u8], child: &OsStr) -> Result<(), Broken> {
+        let child_name = child_name(name, child);
+        if let Some((exclude, prefix)) = &self.exclude
+            && exclude.matches(&child_name[prefix + 1..])
+        {
+            self.excluded += 1;
+            return Ok(());
+        }
         let path = dir.path.join(child);
         match dir.child(child).and_then(|fd| Node::new(fd, path.clone())) {
-            Ok(node) => self.add(&node, child_name(name, child)),
+            Ok(node) => self.add(&node, child_name),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.warn(format!("{} vanished during the backup", path.display()));
                 Ok(())
@@ -961,8 +979,12 @@ mod tests {
     #[test]
     fn a_missing_source_is_a_warning() {
         let warnings = walk_with(|w| {
-            w.add_source("volumes/x", Path::new("/nonexistent/appsnap"))
-                .unwrap()
+            w.add_source(&crate::model::Source {
+                archive_dir: "volumes/x".into(),
+                path: "/nonexistent/appsnap".into(),
+                exclude: Vec::new(),
+            })
+            .unwrap()
         });
         assert!(
             warnings[0].contains("source /nonexistent/appsnap skipped"),

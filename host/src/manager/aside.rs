@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::exclude::Exclude;
 use crate::failpoint;
 
 /// Where a restore stands, as its journal says; recovery decides by it alone
@@ -94,6 +95,21 @@ pub struct Moved {
     /// Rolled back already (a resumed rollback skips it).
     #[serde(default)]
     pub undone: bool,
+    /// Paths the snapshot left out (`appsnap.exclude`) carried from the aside into the
+    /// restored tree, journaled before the first is moved; an undo moves them back first.
+    #[serde(default)]
+    pub carried: Option<Carried>,
+}
+
+/// What [`Swap::carry_over`] moves out of one mount's aside, and what it changes there.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Carried {
+    /// Relative to the mount, in the order they are moved; none inside another.
+    pub paths: Vec<PathBuf>,
+    /// The aside's folders those paths leave (relative; empty for the root) and their
+    /// mtime as seconds and nanoseconds: moving a child out and back changes it, and an
+    /// undo gives back the old data as it was.
+    pub folders: Vec<(PathBuf, i64, i64)>,
 }
 
 /// What a mount root looked like before the restore: the extraction writes the
@@ -268,6 +284,42 @@ impl Swap {
         failpoint::point(&format!("restore.move-{i}.done"))
     }
 
+    /// Carries what the snapshot left out of mount `i` (its `exclude` patterns) over from
+    /// the current data, set aside, into the restored tree: each match is renamed (never
+    /// copied), its missing parent folders made like the aside's, and the restored
+    /// folders' times kept. Everything is checked before anything moves: a restored
+    /// entry in the way (a file where a carried path needs a folder, or at the path
+    /// itself) fails the restore, which then rolls back: excluded data is never dropped.
+    /// The paths are journaled before the first rename, for the undo.
+    pub fn carry_over(&mut self, i: usize, exclude: &Exclude) -> Result<(), String> {
+        let m = &self.journal.mounts[i];
+        if m.how == How::Created || m.carried.is_some() {
+            return Ok(());
+        }
+        let paths = excluded_paths(&m.aside, exclude)
+            .map_err(|e| format!("listing {}: {e}", m.aside.display()))?;
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let mut folders: Vec<(PathBuf, i64, i64)> = Vec::new();
+        for rel in &paths {
+            check_carry(&m.target, rel)?;
+            let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+            if !folders.iter().any(|(f, ..)| *f == parent) {
+                let meta = fs::symlink_metadata(m.aside.join(&parent))
+                    .map_err(|e| format!("{}: {e}", m.aside.join(&parent).display()))?;
+                folders.push((parent, meta.mtime(), meta.mtime_nsec()));
+            }
+        }
+        self.journal.mounts[i].carried = Some(Carried { paths, folders });
+        self.save()?;
+        failpoint::point(&format!("restore.carry-{i}.journaled"))?;
+        let m = &self.journal.mounts[i];
+        carry(m)
+            .map_err(|e| format!("carrying excluded paths into {}: {e}", m.target.display()))?;
+        failpoint::point(&format!("restore.carry-{i}.done"))
+    }
+
     /// Removes the staging folders that are still there (after a rollback put the staged
     /// data back into them, or one that was never renamed in). Idempotent.
     pub fn drop_staging(&self) -> Result<(), String> {
@@ -411,6 +463,7 @@ fn plan_move(target: &Path, rid: &str) -> io::Result<Moved> {
         root,
         staged: None,
         undone: false,
+        carried: None,
     };
     let meta = match fs::symlink_metadata(target) {
         Ok(m) => m,
@@ -695,6 +748,9 @@ fn empty_files_of(dir: &Path, subdirs: &mut Vec<PathBuf>) -> io::Result<()> {
 /// fails, for a person to look.
 fn undo(m: &Moved, extracted: bool) -> io::Result<()> {
     let exists = |p: &Path| fs::symlink_metadata(p).is_ok();
+    if let Some(carried) = &m.carried {
+        carry_back(m, carried)?;
+    }
     // The restore's data at the target out of the way; `Err` when it is not the restore's.
     let clear_target = || -> io::Result<()> {
         match &m.staged {
@@ -751,6 +807,132 @@ fn undo(m: &Moved, extracted: bool) -> io::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The paths below `root` (relative) that `exclude` matches, a matched folder once (not
+/// its contents), in walk order. Links are never followed.
+fn excluded_paths(root: &Path, exclude: &Exclude) -> io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    if !fs::symlink_metadata(root)?.is_dir() {
+        return Ok(found);
+    }
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let mut children: Vec<_> = fs::read_dir(root.join(&rel))?.collect::<Result<_, _>>()?;
+        children.sort_by_key(|c| c.file_name());
+        for child in children {
+            let path = rel.join(child.file_name());
+            if exclude.matches(path.as_os_str().as_bytes()) {
+                found.push(path);
+            } else if child.file_type()?.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether `rel` can be carried into the restored tree at `target`: every folder on its
+/// way is a real folder or missing (a link is never followed: the restored tree came
+/// from an archive), and nothing is at `rel` itself.
+fn check_carry(target: &Path, rel: &Path) -> Result<(), String> {
+    let mut at = target.to_path_buf();
+    for (n, part) in rel.iter().enumerate() {
+        at.push(part);
+        match fs::symlink_metadata(&at) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("{}: {e}", at.display())),
+            Ok(meta) if n + 1 < rel.iter().count() && meta.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "the snapshot has {} where the current data has {}, which the \
+                     snapshot's exclude patterns left out; restoring would drop it",
+                    at.display(),
+                    target.join(rel).display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves a journaled [`Carried`] from the aside into the target (`carry_over`).
+fn carry(m: &Moved) -> io::Result<()> {
+    let Some(carried) = &m.carried else {
+        return Ok(());
+    };
+    // The restored folders' times as the snapshot set them (or, for a folder made
+    // here, as the aside's), put back once everything is in.
+    let mut times: Vec<(PathBuf, fs::Metadata)> = Vec::new();
+    for rel in &carried.paths {
+        let mut at = m.target.clone();
+        let mut from = m.aside.clone();
+        let parents: Vec<_> = rel.parent().into_iter().flat_map(Path::iter).collect();
+        for part in parents {
+            if !times.iter().any(|(p, _)| *p == at) {
+                times.push((at.clone(), fs::symlink_metadata(&at)?));
+            }
+            at.push(part);
+            from.push(part);
+            if fs::symlink_metadata(&at).is_err() {
+                let like = fs::symlink_metadata(&from)?;
+                fs::DirBuilder::new()
+                    .mode(like.mode() & 0o7777)
+                    .create(&at)?;
+                nix::unistd::chown(&at, Some(like.uid().into()), Some(like.gid().into()))?;
+                fs::set_permissions(&at, fs::Permissions::from_mode(like.mode() & 0o7777))?;
+                times.push((at.clone(), like));
+            }
+        }
+        if !times.iter().any(|(p, _)| *p == at) {
+            times.push((at.clone(), fs::symlink_metadata(&at)?));
+        }
+        fs::rename(m.aside.join(rel), m.target.join(rel))?;
+    }
+    for (dir, meta) in &times {
+        set_times(
+            dir,
+            meta.atime(),
+            meta.atime_nsec(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Undoes [`carry`], newest first, then gives the aside's folders their times back.
+/// Idempotent: a path already back (or never moved) is left alone.
+fn carry_back(m: &Moved, carried: &Carried) -> io::Result<()> {
+    for rel in carried.paths.iter().rev() {
+        let (at, back) = (m.target.join(rel), m.aside.join(rel));
+        if fs::symlink_metadata(&back).is_err() && fs::symlink_metadata(&at).is_ok() {
+            fs::rename(&at, &back)?;
+        }
+    }
+    for (dir, sec, nsec) in &carried.folders {
+        let t = nix::sys::time::TimeSpec::new(*sec, *nsec);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &m.aside.join(dir),
+            &nix::sys::time::TimeSpec::UTIME_OMIT,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )?;
+    }
+    Ok(())
+}
+
+/// Sets a path's access and modification times (a link's own, never its target's).
+fn set_times(path: &Path, asec: i64, ansec: i64, msec: i64, mnsec: i64) -> io::Result<()> {
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &nix::sys::time::TimeSpec::new(asec, ansec),
+        &nix::sys::time::TimeSpec::new(msec, mnsec),
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )?;
     Ok(())
 }
 
@@ -1049,5 +1231,168 @@ mod tests {
             let left: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
             assert_eq!(left.len(), 3, "cut {cut}: nothing but the mounts: {left:?}");
         }
+    }
+
+    /// A tree as `(relative path, content or "dir", mtime ns)`, sorted: what a carry
+    /// must leave exactly as it was (or as the snapshot had it).
+    fn tree(root: &Path) -> Vec<(String, String, i64)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir).unwrap().flatten() {
+                let meta = fs::symlink_metadata(e.path()).unwrap();
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                let what = if meta.is_dir() {
+                    stack.push(e.path());
+                    "dir".to_string()
+                } else {
+                    fs::read_to_string(e.path()).unwrap()
+                };
+                out.push((rel, what, meta.mtime() * 1_000_000_000 + meta.mtime_nsec()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn set_mtime(path: &Path, secs: i64) {
+        set_times(path, secs, 0, secs, 0).unwrap();
+    }
+
+    /// `appsnap.exclude` at restore: the current data's excluded paths end up in the
+    /// restored tree (a folder the snapshot lacks is made like the old one) with every
+    /// folder's time kept; cut at each step, recovery gives the old tree back exactly or
+    /// the snapshot plus those paths, never a loss.
+    #[test]
+    fn excluded_paths_are_carried_over_or_back_at_any_cut() {
+        let exclude = Exclude::new(&["cache/**".into(), "*.tmp".into()]).unwrap();
+        for cut in 0..=6 {
+            let dir = tempfile::tempdir().unwrap();
+            let m = dir.path().join("m");
+            for (path, content) in [
+                ("keep", "old"),
+                ("cache/a", "cache a"),
+                ("cache/b/c", "cache c"),
+                ("x.tmp", "x"),
+                ("newdir/y.tmp", "y"),
+            ] {
+                fs::create_dir_all(m.join(path).parent().unwrap()).unwrap();
+                fs::write(m.join(path), content).unwrap();
+            }
+            for d in ["cache/b", "cache", "newdir", ""] {
+                set_mtime(&m.join(d), 1_000_000);
+            }
+            let old = tree(&m);
+            let staged = staging_path(&m, "00000003").unwrap();
+            let extract = |into: &Path| {
+                fs::create_dir_all(into.join("cache")).unwrap();
+                fs::write(into.join("keep"), "new").unwrap();
+                for d in ["keep", "cache", ""] {
+                    set_mtime(&into.join(d), 2_000_000);
+                }
+            };
+            let reference = tempfile::tempdir().unwrap();
+            extract(reference.path());
+            let snapshot = tree(reference.path());
+
+            let journal_path = dir.path().join("j");
+            let mut swap = Swap::begin(&journal_path, RestoreJournal::new("app", "snap")).unwrap();
+            let mut done = 0;
+            let mut step = |f: &mut dyn FnMut()| {
+                if done < cut {
+                    f();
+                }
+                done += 1;
+            };
+            step(&mut || {
+                swap.stage(vec![staged.clone()]).unwrap();
+                extract(&staged);
+            });
+            step(&mut || swap.stopping(Vec::new()).unwrap());
+            step(&mut || swap.move_aside(&m, "00000003", Some(&staged)).unwrap());
+            // Cut inside the carry: after its journaled intent alone, and after one path
+            // moved (cuts 4 and 5); cut 6 carries all and commits.
+            let inside = cut <= 5;
+            step(&mut || {
+                if !inside {
+                    return;
+                }
+                let aside = &swap.journal.mounts[0].aside;
+                let paths = excluded_paths(aside, &exclude).unwrap();
+                swap.journal.mounts[0].carried = Some(Carried {
+                    paths,
+                    folders: vec![(PathBuf::from("cache"), 1_000_000, 0)],
+                });
+                swap.save().unwrap();
+            });
+            step(&mut || {
+                if inside {
+                    let aside = &swap.journal.mounts[0].aside;
+                    fs::rename(aside.join("cache/a"), m.join("cache/a")).unwrap();
+                }
+            });
+            step(&mut || {
+                swap.carry_over(0, &exclude).unwrap();
+                swap.extracted().unwrap();
+            });
+            drop(swap);
+
+            let mut again = Swap::load(&journal_path).unwrap();
+            if again.journal.commits() {
+                again.commit().unwrap();
+                let mut want = snapshot.clone();
+                let carried = [
+                    ("cache/a", "cache a"),
+                    ("cache/b", "dir"),
+                    ("cache/b/c", "cache c"),
+                    ("newdir", "dir"),
+                    ("newdir/y.tmp", "y"),
+                    ("x.tmp", "x"),
+                ];
+                for (path, what) in carried {
+                    let t = old.iter().find(|(p, ..)| p == path).unwrap().2;
+                    want.push((path.into(), what.into(), t));
+                }
+                want.sort();
+                assert_eq!(
+                    tree(&m),
+                    want,
+                    "cut {cut}: the snapshot plus what it left out"
+                );
+                assert_eq!(cut, 6);
+            } else {
+                again.rollback_files().unwrap();
+                again.drop_staging().unwrap();
+                again.finish().unwrap();
+                assert_eq!(tree(&m), old, "cut {cut}: the old tree, exactly");
+            }
+            let left: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
+            assert_eq!(left.len(), 1, "cut {cut}: nothing but the mount: {left:?}");
+        }
+    }
+
+    #[test]
+    fn a_restored_file_in_the_way_of_an_excluded_path_fails_before_anything_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("m");
+        fs::create_dir_all(m.join("cache")).unwrap();
+        fs::write(m.join("cache/a"), "keep me").unwrap();
+        let staged = staging_path(&m, "00000004").unwrap();
+        fs::create_dir_all(&staged).unwrap();
+        fs::write(staged.join("cache"), "a file where a folder was").unwrap();
+        let mut swap = Swap::begin(&dir.path().join("j"), RestoreJournal::new("a", "s")).unwrap();
+        swap.stage(vec![staged.clone()]).unwrap();
+        swap.stopping(Vec::new()).unwrap();
+        swap.move_aside(&m, "00000004", Some(&staged)).unwrap();
+        let exclude = Exclude::new(&["cache/**".into()]).unwrap();
+        let err = swap.carry_over(0, &exclude).unwrap_err();
+        assert!(err.contains("restoring would drop it"), "{err}");
+        assert!(
+            swap.journal.mounts[0].carried.is_none(),
+            "nothing journaled"
+        );
+        swap.rollback_files().unwrap();
+        swap.drop_staging().unwrap();
+        assert_eq!(fs::read_to_string(m.join("cache/a")).unwrap(), "keep me");
     }
 }

@@ -81,6 +81,7 @@ impl BackupManager {
                  cannot read from the host (skip_unreadable_mounts); a restore leaves it alone"
             )
         }));
+        warnings.extend(app.warnings.iter().cloned());
         let mode = mode_of(app, self.config.mode_for(&app.id), &mut warnings);
         let stopped: Vec<String> = match mode {
             BackupMode::Live => Vec::new(),
@@ -660,6 +661,7 @@ mod tests {
             mounts: Vec::new(),
             skipped: Vec::new(),
             unreadable: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 

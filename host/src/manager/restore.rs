@@ -185,7 +185,9 @@ impl BackupManager {
     ///    (the aside folder kept inside a mount point is passed to the extraction as a
     ///    reserved name: an archive entry of that name is refused, never written over
     ///    the old data).
-    /// 5. Sync and journal `Extracted`, then start the stopped containers and wait until
+    /// 5. If the snapshot left paths out (`appsnap.exclude`), carry the current data's
+    ///    matches over from the aside into the restored tree ([`Swap::carry_over`]).
+    /// 6. Sync and journal `Extracted`, then start the stopped containers and wait until
     ///    they run (`restore_timeout_secs`, settled `restore_settle_secs`): the downtime
     ///    ends. Any start warning, a container that does not keep running, or a shutdown
     ///    during the wait fails the restore: nothing is committed until the app runs on
@@ -303,6 +305,24 @@ impl BackupManager {
             self.extract_into(snapshot, job, targets)
                 .await
                 .map_err(fail("extracting"))?;
+        }
+        // What the snapshot left out (`appsnap.exclude`) comes over from the current
+        // data, before the restore can commit: never dropped with the old data.
+        let excludes: Vec<_> = snapshot
+            .mounts
+            .iter()
+            .zip(&plan.targets)
+            .filter(|(_, t)| !t.discard)
+            .map(|(m, _)| crate::exclude::Exclude::new(&m.exclude))
+            .collect();
+        if excludes.iter().any(Option::is_some) {
+            job.step("carrying the paths the snapshot left out over from the current data");
+            for (i, exclude) in excludes.iter().enumerate() {
+                if let Some(exclude) = exclude {
+                    swap.carry_over(i, exclude)
+                        .map_err(fail("carrying excluded paths over"))?;
+                }
+            }
         }
         swap.extracted().map_err(fail("extracting"))?;
 
