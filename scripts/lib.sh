@@ -17,6 +17,9 @@ ensure_packages() {
     command -v pigz >/dev/null || missing+=(pigz)
     command -v zstd >/dev/null || missing+=(zstd)
     command -v getfattr >/dev/null || missing+=(attr)
+    # The churn app of the pre-copy tests is C, linked static to run in the busybox image.
+    dpkg -s libc6-dev >/dev/null 2>&1 || missing+=(libc6-dev)
+    command -v cc >/dev/null || missing+=(gcc)
     # restic reads appsnap's offsite repositories in the interop test (and is the
     # users' way out without appsnap).
     command -v restic >/dev/null || missing+=(restic)

@@ -2,44 +2,53 @@
 //! snapshot must be exactly the data at the moment the app stopped, run after run, and
 //! the same as a `stop` mode backup's would be.
 //!
-//! The churn container appends with sequence numbers, rewrites files (another size, and
-//! the same size with `touch -r` back to an old mtime, which only ctime reveals), renames
-//! over, makes and deletes directories, adds and drops hard links — as fast as busybox
-//! goes, during both passes. On SIGTERM (the backup's stop) it writes a manifest of its
-//! data (every path, every file's md5) into the data itself and exits: the snapshot must
-//! hold that manifest, and files that match it. Writes through a shared memory mapping
-//! cannot be made from busybox; the unit tests of `archive::precopy` cover the window
-//! that handles them.
+//! The churn (`tests/fixtures/churn.c`, built static so that it runs in the busybox
+//! image) makes every kind of change in a loop: appends with fsync, rewrites to another
+//! size and to the same size with the mtime set back (only ctime reveals those), truncate
+//! and regrow, renames over, folders made and removed, hard links added and dropped, an
+//! xattr changed, mode and owner changed, and, in one test, writes through a shared
+//! mapping without msync. On SIGTERM (the backup's stop) it writes a manifest of its data
+//! (paths, types, modes, owners, sizes, mtimes, content hashes, links, xattrs) into the
+//! data itself and exits: the snapshot must hold that manifest, and data that matches it.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::common::{Harness, TestApp, manifest, set_mode, sh};
 use appsnap::config::BackupMode;
 
-/// The churn, run by busybox `sh` in the app's container from its bind mount.
-const CHURN: &str = r#"cd /data
-trap 'find . -type f ! -name "MANIFEST*" | sort | xargs md5sum > MANIFEST.tmp; find . ! -name "MANIFEST*" | sort >> MANIFEST.tmp; mv MANIFEST.tmp MANIFEST; sync; exit 0' TERM
-mkdir -p dirs
-echo old > old
-touch -d 2001-01-01 old
-i=0
-while true; do
-  i=$((i+1))
-  echo "$i" >> log
-  echo "r$i" > rewrite
-  printf '%08d' $i > same-size
-  touch -r old same-size
-  mkdir -p dirs/d$((i % 7)) && echo $i > dirs/d$((i % 7))/f
-  rm -rf dirs/d$(((i + 3) % 7))
-  echo $i > tmp && mv tmp renamed
-  ln -f renamed hard-$((i % 3))
-  [ $((i % 50)) -eq 0 ] && rm -f hard-*
-done
-"#;
+/// The churn program, compiled once per test run.
+fn churn_binary() -> &'static Path {
+    static BUILT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = BUILT.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("churn");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/churn.c");
+        let status = std::process::Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("cc runs (install gcc and libc6-dev: `sudo scripts/test` does)");
+        assert!(status.success(), "building {}", src.display());
+        (dir, out)
+    });
+    path
+}
 
-/// An app with 400 files that do not change and a container that churns beside them.
-fn churning_app() -> TestApp {
+/// The churn's manifest of `dir`, as it writes it at SIGTERM.
+fn churn_manifest(dir: &Path) -> String {
+    sh(&format!(
+        "{} manifest {}",
+        churn_binary().display(),
+        dir.display()
+    ))
+}
+
+/// An app with 400 files that do not change and a container that churns beside them
+/// (`mmap`: through a shared mapping too).
+fn churning_app(mmap: bool) -> TestApp {
     let mut app = TestApp::new("");
     let vol = app.volume_path();
     for d in 0..20 {
@@ -49,38 +58,36 @@ fn churning_app() -> TestApp {
             fs::write(dir.join(format!("f{f:02}")), format!("{d}/{f}").repeat(100)).unwrap();
         }
     }
-    fs::write(app.bind().join("churn.sh"), CHURN).unwrap();
-    app.add_container_running("churn", "", "exec sh /bind/churn.sh;");
+    fs::copy(churn_binary(), app.bind().join("churn")).unwrap();
+    let mode = if mmap { " mmap" } else { "" };
+    app.add_container_running("churn", "", &format!("exec /bind/churn run /data{mode};"));
     app
 }
 
-/// A harness backing `app` up in `mode`, trusting files unchanged for 1 s (no app here
-/// writes through a shared mapping).
-async fn harness(app: &TestApp, mode: BackupMode) -> Harness {
+/// A harness backing `app` up in `mode`. `racy_secs`: how long ago a file's ctime must
+/// be for the first pass's copy to be trusted (`None`: the default, from the kernel's
+/// writeback settings, which covers writes through a shared mapping).
+async fn harness(app: &TestApp, mode: BackupMode, racy_secs: Option<u64>) -> Harness {
     Harness::with(|c| {
-        c.precopy_racy_secs = Some(1);
+        c.precopy_racy_secs = racy_secs;
         set_mode(c, &app.id, mode);
     })
     .await
 }
 
 /// Extracts the snapshot with the system's `tar -xzf` into `into`; checks that the
-/// volume's files match the manifest the app wrote when it was stopped.
+/// volume's data matches the manifest the app wrote when it was stopped.
 fn check_against_the_apps_own_manifest(snapshot: &serde_json::Value, volume: &str, into: &Path) {
     fs::create_dir_all(into).unwrap();
     sh(&format!(
-        "tar -xzf {} -C {}",
+        "tar --xattrs --xattrs-include='*' -xzf {} -C {}",
         snapshot["file_path"].as_str().unwrap(),
         into.display()
     ));
     let data = into.join("volumes").join(volume);
     let recorded = fs::read_to_string(data.join("MANIFEST"))
         .unwrap_or_else(|e| panic!("the snapshot holds the app's manifest: {e}"));
-    let found = sh(&format!(
-        "cd {} && (find . -type f ! -name 'MANIFEST*' | LC_ALL=C sort | xargs md5sum; \
-         find . ! -name 'MANIFEST*' | LC_ALL=C sort)",
-        data.display()
-    ));
+    let found = churn_manifest(&data);
     let (found, recorded): (Vec<&str>, Vec<&str>) =
         (found.lines().collect(), recorded.lines().collect());
     let missing: Vec<_> = recorded.iter().filter(|l| !found.contains(l)).collect();
@@ -93,9 +100,9 @@ fn check_against_the_apps_own_manifest(snapshot: &serde_json::Value, volume: &st
     );
 }
 
-async fn churn_runs(mode: BackupMode, runs: usize) {
-    let app = churning_app();
-    let h = harness(&app, mode).await;
+async fn churn_runs(mode: BackupMode, runs: usize, mmap: bool, racy_secs: Option<u64>) {
+    let app = churning_app(mmap);
+    let h = harness(&app, mode, racy_secs).await;
     let scratch = tempfile::tempdir().unwrap();
     let mut last = serde_json::Value::Null;
     for run in 0..runs {
@@ -129,7 +136,7 @@ async fn churn_runs(mode: BackupMode, runs: usize) {
     let d = &last["downtime"];
     let entries = last["entries"].as_u64().unwrap();
     match mode {
-        BackupMode::Precopy => {
+        BackupMode::Precopy if racy_secs.is_some() => {
             assert_eq!(d["passes"], 2, "{last}");
             // The 400 static files are older than the window by now: not read again.
             assert!(
@@ -137,6 +144,7 @@ async fn churn_runs(mode: BackupMode, runs: usize) {
                 "read again while stopped: {d} of {entries} entries"
             );
         }
+        BackupMode::Precopy => assert_eq!(d["passes"], 2, "{last}"),
         _ => assert_eq!(d["passes"], 1, "{last}"),
     }
 
@@ -157,14 +165,29 @@ async fn churn_runs(mode: BackupMode, runs: usize) {
 }
 
 /// 50 pre-copy backups of an app that writes all the time: each one is exactly the data
-/// at the stop.
+/// at the stop. Files are trusted once their ctime is 1 s old (this churn writes through
+/// no mapping), so most of the data is taken from the first pass.
 #[tokio::test]
 async fn a_precopy_snapshot_is_the_data_at_the_stop_every_time() {
-    churn_runs(BackupMode::Precopy, 50).await;
+    churn_runs(BackupMode::Precopy, 50, false, Some(1)).await;
+}
+
+/// The same with writes through a shared mapping, never synced, and the default window:
+/// such a write moves ctime only at the first write after the page was written back
+/// (up to `vm.dirty_expire_centisecs` + `vm.dirty_writeback_centisecs` later), and a
+/// file changed within that window before the first pass read it is read again.
+///
+/// This proves the mapped data is in the snapshot; it does not reproduce the stale ctime
+/// itself: the backups' own writes make the kernel write the mapped pages back, and the
+/// churn's next write then moves ctime at once (tried: 10 runs with a window of 0 s pass
+/// too). The window's rule is proven by `archive::precopy`'s unit tests.
+#[tokio::test]
+async fn a_precopy_snapshot_catches_writes_through_a_shared_mapping() {
+    churn_runs(BackupMode::Precopy, 10, true, None).await;
 }
 
 /// The control: the same churn, backed up in stop mode.
 #[tokio::test]
 async fn a_stop_mode_snapshot_is_the_data_at_the_stop_too() {
-    churn_runs(BackupMode::Stop, 10).await;
+    churn_runs(BackupMode::Stop, 10, true, Some(1)).await;
 }
