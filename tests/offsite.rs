@@ -1116,3 +1116,53 @@ async fn servers_sharing_a_repository_forget_only_their_own_copies() {
         snap["tar_sha256"].as_str().map(String::from)
     );
 }
+
+/// A pre-copy backup that reused first-pass members never saw their tar bytes, so it
+/// records no tar stream sha256; its first copy takes it from the archive, which is
+/// proven the checked one by its sha256 alone (no second full read), and the copy holds
+/// exactly that stream.
+#[tokio::test]
+async fn a_precopy_snapshot_gets_its_tar_hash_at_its_first_copy() {
+    let mut s3 = S3Server::start("precopy");
+    let app = TestApp::new("");
+    for i in 0..4 {
+        random_file(&app.volume_path().join(format!("blob{i}")), 4 << 20);
+    }
+    let repo = s3.repository("offsite", "precopy", common_secret());
+    let h = Harness::with(|c| {
+        c.repositories = vec![repo];
+        c.precopy_racy_secs = Some(1);
+    })
+    .await;
+    // The files are trusted once their ctime is 1 s old: back up until a backup reuses.
+    let mut tries = 0;
+    let (snap, job) = loop {
+        let (snap, job) = backup_and_copy(&h, &app.id).await;
+        if snap.get("tar_sha256").is_none() {
+            break (snap, job);
+        }
+        tries += 1;
+        assert!(tries < 20, "no backup reused its first pass: {snap}");
+    };
+    assert!(
+        snap["downtime"]["stopped_entries"].as_u64().unwrap() < snap["entries"].as_u64().unwrap(),
+        "{snap}"
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let id = snap["snapshot_id"].as_str().unwrap();
+    let (_, now) = h
+        .call("GET", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    assert_eq!(now["tar_sha256"], inflated_sha256(&snap).as_str(), "{now}");
+    let (_, remote) = h
+        .call("GET", "/api/v1/repositories/offsite/snapshots")
+        .await;
+    let r = remote
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["snapshot_id"] == id)
+        .unwrap();
+    assert_eq!(s3.restic_dump_sha256("precopy", r), inflated_sha256(&snap));
+    s3.kill();
+}

@@ -192,7 +192,10 @@ fn appsnap_copy(
         app_id: "bench".into(),
         snapshot_id: id.into(),
         created_at: chrono::Utc::now(),
-        tar_sha256: summary.tar_sha256.clone(),
+        tar_sha256: summary
+            .tar_sha256
+            .clone()
+            .expect("a plain archive's tar stream is hashed"),
         tar_bytes: summary.tar_bytes,
         entries: Some(summary.entries),
         mounts: Vec::new(),

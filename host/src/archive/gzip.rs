@@ -47,9 +47,10 @@ pub struct Slot {
     pub raw: Vec<u8>,
     /// The complete gzip members made from `raw`, written to the output as they are.
     packed: Vec<u8>,
-    /// `packed` came filled (members of an earlier archive, reused as they are): the
-    /// worker inflates them into `raw` instead of compressing, for the tar stream's hash.
-    reused: bool,
+    /// `packed` came filled, with members of an earlier archive holding this many bytes
+    /// of tar stream, reused as they are: nothing to compress, and the tar stream they
+    /// hold never passes here, so the pipeline cannot hash it.
+    reused: Option<u64>,
     /// Why the worker could not do its part: the writer stops with it.
     failed: Option<String>,
 }
@@ -62,8 +63,9 @@ pub struct Written {
     /// Of the gzip file.
     pub sha256: [u8; 32],
     /// Of the tar stream before compression: what an offsite copy holds, so a copy
-    /// fetched back can be checked against the backup that made it.
-    pub raw_sha256: [u8; 32],
+    /// fetched back can be checked against the backup that made it. `None` when members
+    /// were reused ([`ParallelGzip::submit_reused`]): their tar bytes were never seen.
+    pub raw_sha256: Option<[u8; 32]>,
     /// `(compressed offset, tar offset)` where each chunk's members begin, in order: the
     /// member table a reader uses to inflate only what holds the bytes it wants.
     pub chunks: Vec<(u64, u64)>,
@@ -82,7 +84,7 @@ pub struct ParallelGzip<W> {
     work: Option<SyncSender<Slot>>,
     workers: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<WriterResult<W>>>,
-    raw_hasher: Option<JoinHandle<[u8; 32]>>,
+    raw_hasher: Option<JoinHandle<Option<[u8; 32]>>>,
     next_seq: u64,
     /// Bytes of tar stream the producer puts in a slot before submitting it. A member never
     /// holds more than one chunk, and the parallel reader refuses members of more than
@@ -105,7 +107,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
                     seq: 0,
                     raw: Vec::with_capacity(chunk_size),
                     packed: Vec::new(),
-                    reused: false,
+                    reused: None,
                     failed: None,
                 })
                 .expect("pool has room for every slot");
@@ -151,16 +153,18 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
         self.pool.recv().ok()
     }
 
-    /// Hands `members`, complete gzip members of an earlier archive holding `raw_len` bytes
-    /// of tar stream, to the pipeline to be written as they are (a worker inflates them
-    /// to hash the tar stream and to check them). `false` means the pipeline broke down.
-    pub fn submit_reused(&mut self, members: &[u8]) -> bool {
+    /// Hands `members`, complete gzip members of an earlier archive, to the pipeline to be
+    /// written as they are, neither inflated nor checked: they are this process's own
+    /// output of moments ago (a pre-copy's first pass), trusted as a stop-mode archive's
+    /// members are. The tar stream's hash is then unknown (`Written::raw_sha256`).
+    /// `false` means the pipeline broke down.
+    pub fn submit_reused(&mut self, members: &[u8], raw_len: u64) -> bool {
         let Some(mut slot) = self.take() else {
             return false;
         };
         slot.packed.clear();
         slot.packed.extend_from_slice(members);
-        slot.reused = true;
+        slot.reused = Some(raw_len);
         self.submit(slot)
     }
 
@@ -218,18 +222,11 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
 /// the queue closes (`finish`) or the writer is gone.
 fn worker(level: u32, work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
     let mut deflater = (level > 0).then(|| Deflater::new(level));
-    let mut inflater = libdeflater::Decompressor::new();
     loop {
         // Hold the lock only to receive, never while compressing.
         let next = work.lock().map(|rx| rx.recv());
         let Ok(Ok(mut slot)) = next else { return };
-        if slot.reused {
-            slot.raw.clear();
-            if let Err(e) = super::read::inflate_members(&mut inflater, &slot.packed, &mut slot.raw)
-            {
-                slot.failed = Some(format!("a reused gzip member: {e}"));
-            }
-        } else {
+        if slot.reused.is_none() {
             slot.packed.clear();
             compress_chunk(deflater.as_mut(), &slot.raw, &mut slot.packed);
         }
@@ -294,9 +291,8 @@ fn write_in_order<W: Write>(
             hash.update(&slot.packed);
             chunks.push((total, raw_total));
             total += slot.packed.len() as u64;
-            raw_total += slot.raw.len() as u64;
+            raw_total += slot.reused.unwrap_or(slot.raw.len() as u64);
             next += 1;
-            slot.reused = false;
             let _ = written.send(slot);
         }
     }
@@ -307,14 +303,19 @@ fn write_in_order<W: Write>(
 /// Hashes the tar stream, slot after slot in the order written, and frees each slot.
 /// A thread of its own: where the data does not compress (media), the writer would
 /// otherwise hash every byte twice and hold the whole pipeline back.
-fn hash_raw(written: &Receiver<Slot>, pool: &SyncSender<Slot>) -> [u8; 32] {
+fn hash_raw(written: &Receiver<Slot>, pool: &SyncSender<Slot>) -> Option<[u8; 32]> {
     let mut hash = Sha256::new();
+    let mut whole = true;
     for mut slot in written {
-        hash.update(&slot.raw);
+        whole &= slot.reused.is_none();
+        if whole {
+            hash.update(&slot.raw);
+        }
         slot.raw.clear();
+        slot.reused = None;
         let _ = pool.send(slot);
     }
-    hash.finalize().into()
+    whole.then(|| hash.finalize().into())
 }
 
 /// Compresses one chunk into complete gzip members appended to `out`: one member per run
@@ -525,7 +526,7 @@ mod tests {
         // The tar stream's hash, taken on its own thread, covers every chunk in order.
         assert_eq!(
             written.raw_sha256,
-            <[u8; 32]>::from(Sha256::digest(&expect))
+            Some(<[u8; 32]>::from(Sha256::digest(&expect)))
         );
         assert_eq!(gunzip(&on_disk), expect);
     }

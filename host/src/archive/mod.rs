@@ -152,8 +152,9 @@ impl Default for Options {
 pub struct Summary {
     /// sha256 of the archive file as written (hex), hashed on the way to the disk.
     pub sha256: String,
-    /// sha256 of the uncompressed tar stream.
-    pub tar_sha256: String,
+    /// sha256 of the uncompressed tar stream; `None` for a pre-copy's final archive, whose
+    /// reused members were never inflated (computed before its first offsite copy).
+    pub tar_sha256: Option<String>,
     /// Size of the archive file.
     pub compressed_bytes: u64,
     /// Length of the tar stream, end-of-archive marker included.
@@ -287,7 +288,7 @@ pub fn write_recording(
     Ok((
         Summary {
             sha256: hex(&written.sha256),
-            tar_sha256: hex(&written.raw_sha256),
+            tar_sha256: written.raw_sha256.map(|h| hex(&h)),
             compressed_bytes: written.compressed_bytes,
             tar_bytes,
             entries,

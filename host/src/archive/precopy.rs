@@ -17,8 +17,10 @@
 //!    `.tar.gz`. A first-pass chunk wholly inside one piece is copied as the gzip members
 //!    it already is (members are independent and tar has no absolute offsets, so a
 //!    member range can be spliced anywhere); the few chunks cut by a change are inflated
-//!    and compressed again with the delta's bytes. Every reused member is inflated once
-//!    more by the pipeline's workers, which checks it and gives the tar stream's sha256.
+//!    and compressed again with the delta's bytes. Reused members are not inflated again
+//!    (they are this process's output of moments ago, trusted as a stop-mode archive's
+//!    members are), so the final archive's tar stream sha256 is not known here: an
+//!    offsite copy, the only user of it, computes it before the first copy.
 //!
 //! Why the ctime test is sound: every change of a file's data or metadata through the
 //! kernel moves its ctime, except writes through a shared memory mapping, which move it

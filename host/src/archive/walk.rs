@@ -164,7 +164,7 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
         {
             return Err(Broken);
         }
-        if !self.gz.submit_reused(members) {
+        if !self.gz.submit_reused(members, raw_len) {
             return Err(Broken);
         }
         self.bytes += raw_len;

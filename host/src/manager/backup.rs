@@ -244,7 +244,7 @@ impl BackupManager {
                 file.sync_all().map_err(ArchiveError::Output)?;
                 Ok(archive::Summary {
                     sha256: archive::hex(&written.sha256),
-                    tar_sha256: archive::hex(&written.raw_sha256),
+                    tar_sha256: written.raw_sha256.map(|h| archive::hex(&h)),
                     compressed_bytes: written.compressed_bytes,
                     tar_bytes,
                     entries: second.entries,
@@ -451,7 +451,7 @@ impl BackupManager {
                 warnings,
                 tar_bytes: Some(summary.tar_bytes),
                 entries: Some(summary.entries),
-                tar_sha256: Some(summary.tar_sha256),
+                tar_sha256: summary.tar_sha256,
                 // Owed from now on: a crash before they run leaves them `pending`, resumed.
                 copies: self.repos.owed(),
                 // Every entry written here is one the restore's rules accept, as a full

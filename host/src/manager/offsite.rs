@@ -464,8 +464,9 @@ impl BackupManager {
         }
     }
 
-    /// For a snapshot without the tar stream's sha256 (an import, an older backup):
-    /// verify it (the archive's own checksum and a full read), then hash its stream once,
+    /// For a snapshot without the tar stream's sha256 (an import, an older backup, a
+    /// pre-copy backup): verify it (the archive's own checksum, and a full read unless it
+    /// was checked before), then hash its stream once,
     /// and record both the sha256 and the length.
     /// So the description's sha256 is that of a checked archive: one that fails either
     /// read is `Corrupt`, and the copy's attempt fails with it.
@@ -475,11 +476,20 @@ impl BackupManager {
         job: &Job,
     ) -> Result<String, ManagerError> {
         job.step("verifying the local archive before its first copy");
-        let (_, new) = self
-            .verify
-            .file(snapshot, job, self.gate.new_cancel())
-            .await?;
-        self.store.record_check(&snapshot.snapshot_id, new);
+        // A checked archive (a pre-copy backup's, say) needs only its sha256 to prove it
+        // is the file that was checked.
+        match snapshot.checked() {
+            Some(checked) => {
+                self.verify.checksum(snapshot, checked).await?;
+            }
+            None => {
+                let (_, new) = self
+                    .verify
+                    .file(snapshot, job, self.gate.new_cancel())
+                    .await?;
+                self.store.record_check(&snapshot.snapshot_id, new);
+            }
+        }
         let (path, threads) = (PathBuf::from(&snapshot.file_path), self.config.threads());
         let (sha, len) = tokio::task::spawn_blocking(move || {
             let mut tar = archive::read::open_tar_stream(&path, threads)?;
