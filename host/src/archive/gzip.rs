@@ -98,6 +98,20 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
     /// `2 × threads + 2` slots, each holding a chunk and its members: that bounds memory.
     /// Panics only if a thread cannot be spawned.
     pub fn new(out: W, level: u32, threads: usize, chunk_size: usize) -> ParallelGzip<W> {
+        Self::aligned(out, level, threads, chunk_size, 0)
+    }
+
+    /// Like [`Self::new`], with every chunk's members padded (one empty member,
+    /// [`padding_member`]) to a multiple of `align` bytes (0: no padding): each chunk then
+    /// starts at an `align`-aligned offset of the file, so whole chunks can later be cut
+    /// out or moved by the filesystem itself (a pre-copy's in-place assembly).
+    pub fn aligned(
+        out: W,
+        level: u32,
+        threads: usize,
+        chunk_size: usize,
+        align: usize,
+    ) -> ParallelGzip<W> {
         let threads = threads.max(1);
         let slots = threads * 2 + 2;
         let (pool_tx, pool) = sync_channel::<Slot>(slots);
@@ -121,7 +135,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
                 let done_tx = done_tx.clone();
                 thread::Builder::new()
                     .name(format!("appsnap-gzip-{i}"))
-                    .spawn(move || worker(level, &work_rx, &done_tx))
+                    .spawn(move || worker(level, align, &work_rx, &done_tx))
                     .expect("spawn gzip worker")
             })
             .collect();
@@ -220,7 +234,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
 /// One compression thread: takes slots off the shared queue, fills their `packed`, and
 /// passes them to the writer. Level 0 has no deflater, so every member is stored. Ends when
 /// the queue closes (`finish`) or the writer is gone.
-fn worker(level: u32, work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
+fn worker(level: u32, align: usize, work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
     let mut deflater = (level > 0).then(|| Deflater::new(level));
     loop {
         // Hold the lock only to receive, never while compressing.
@@ -229,6 +243,7 @@ fn worker(level: u32, work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
         if slot.reused.is_none() {
             slot.packed.clear();
             compress_chunk(deflater.as_mut(), &slot.raw, &mut slot.packed);
+            pad_to(&mut slot.packed, align);
         }
         if done.send(slot).is_err() {
             return;
@@ -426,6 +441,54 @@ fn push_member(deflater: Option<&mut Deflater>, data: &[u8], out: &mut Vec<u8>) 
     out[start + 16..start + 20].copy_from_slice(&len.to_le_bytes());
 }
 
+/// The shortest [`padding_member`]: a header, a 2-byte empty deflate stream, a trailer.
+pub const PAD_MIN: usize = HEADER_LEN + 2 + TRAILER_LEN;
+
+/// A gzip member of exactly `len` bytes (at least [`PAD_MIN`]) that inflates to nothing:
+/// the usual header with its `AS` length, then empty deflate blocks (RFC 1951) adding up
+/// to the length — `q` empty non-final stored blocks of 5 bytes, then a tail of 2 to 6
+/// bytes made of empty fixed-Huffman blocks (10 bits each) and a final empty block —
+/// then CRC 0 and length 0. Every gzip reader takes it as an empty member.
+pub fn padding_member(len: usize) -> Vec<u8> {
+    assert!(
+        len >= PAD_MIN,
+        "a padding member is at least {PAD_MIN} bytes"
+    );
+    let body = len - HEADER_LEN - TRAILER_LEN;
+    let tail = 2 + (body - 2) % 5;
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&[
+        0x1f, 0x8b, 8, 0x04, 0, 0, 0, 0, 0, 3, 8, 0, b'A', b'S', 4, 0,
+    ]);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    for _ in 0..(body - tail) / 5 {
+        out.extend_from_slice(&[0, 0, 0, 0xff, 0xff]); // empty stored block, not final
+    }
+    out.extend_from_slice(match tail {
+        2 => &[0x03, 0x00][..],                     // fixed, final
+        3 => &[0x02, 0x0c, 0x00],                   // fixed; fixed, final
+        4 => &[0x02, 0x08, 0x30, 0x00],             // fixed; fixed; fixed, final
+        5 => &[0x01, 0x00, 0x00, 0xff, 0xff],       // stored, final
+        _ => &[0x02, 0x04, 0x00, 0x00, 0xff, 0xff], // fixed; stored, final
+    });
+    out.extend_from_slice(&[0; TRAILER_LEN]); // CRC-32 of nothing, length 0
+    debug_assert_eq!(out.len(), len);
+    out
+}
+
+/// Appends a padding member to `packed` so that its length is a multiple of `align`
+/// (nothing when it is one already, or `align` is 0).
+fn pad_to(packed: &mut Vec<u8>, align: usize) {
+    if align == 0 || packed.len().is_multiple_of(align) {
+        return;
+    }
+    let mut gap = align - packed.len() % align;
+    while gap < PAD_MIN {
+        gap += align;
+    }
+    packed.extend_from_slice(&padding_member(gap));
+}
+
 /// Deflate "stored" blocks (RFC 1951 §3.2.4): byte-aligned copies with a 5-byte header.
 /// Empty data still gets one final, empty block: a deflate stream needs at least one.
 fn push_stored(data: &[u8], out: &mut Vec<u8>) {
@@ -529,6 +592,39 @@ mod tests {
             Some(<[u8; 32]>::from(Sha256::digest(&expect)))
         );
         assert_eq!(gunzip(&on_disk), expect);
+    }
+
+    /// Padding members of every length inflate to nothing, for flate2 and for appsnap's
+    /// own member reader, and keep chunks aligned.
+    #[test]
+    fn padding_members_are_empty_members_of_any_length() {
+        for len in PAD_MIN..PAD_MIN + 40 {
+            let m = padding_member(len);
+            assert_eq!(m.len(), len);
+            assert_eq!(member_len(&m), Some(len));
+            assert_eq!(gunzip(&m), Vec::<u8>::new(), "length {len}");
+            let mut raw = Vec::new();
+            super::super::read::inflate_members(
+                &mut libdeflater::Decompressor::new(),
+                &m,
+                &mut raw,
+            )
+            .unwrap_or_else(|e| panic!("length {len}: {e}"));
+            assert!(raw.is_empty());
+        }
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut gz = ParallelGzip::aligned(file.reopen().unwrap(), 6, 2, 1 << 16, 4096);
+        let mut expect = Vec::new();
+        for i in 0..20 {
+            let mut slot = gz.take().unwrap();
+            slot.raw.extend_from_slice(&noise(1000 + i * 3001));
+            expect.extend_from_slice(&slot.raw);
+            assert!(gz.submit(slot));
+        }
+        let (written, _) = gz.finish().unwrap();
+        assert!(written.chunks.iter().all(|&(c, _)| c % 4096 == 0));
+        assert_eq!(written.compressed_bytes % 4096, 0);
+        assert_eq!(gunzip(&std::fs::read(file.path()).unwrap()), expect);
     }
 
     #[test]

@@ -639,6 +639,264 @@ pub fn assemble(
     Ok((written, tar_bytes, file))
 }
 
+/// Chunks of a first pass start at multiples of this, so that the filesystem can cut
+/// them out of the file, or make room between them, without copying the rest.
+pub const ALIGN: usize = 4096;
+
+/// The final archive made **in place** out of the first pass's file: its chunks that an
+/// unchanged run keeps stay where they are on disk, and only the regions between them are
+/// replaced — compressed first into `regions` (a scratch file), then put in with
+/// `fallocate`'s `COLLAPSE_RANGE` / `INSERT_RANGE` (extent moves, not copies) and one
+/// write each, last region first so that the offsets still to come stay valid. Most of
+/// the archive is then neither read again nor written again: only hashed (its sha256).
+///
+/// `Ok(None)`, with nothing touched, when it cannot be done here: a filesystem without
+/// those operations (only ext4 and XFS are trusted with them), chunks that are not
+/// aligned, or kept chunks out of order. The caller then uses [`assemble`]. Once the
+/// file has been touched, an error leaves it unusable (the caller removes it).
+/// Returns what was written (no tar stream sha256: kept members are not inflated) and the
+/// tar stream's length.
+pub fn assemble_in_place(
+    file: &File,
+    first: &FirstArchive<'_>,
+    delta: &File,
+    pieces: &[Piece],
+    regions: File,
+    opts: &Options,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Option<(Written, u64)>, ArchiveError> {
+    let output = ArchiveError::Output;
+    let mut table = first.chunks.to_vec();
+    table.push((first.compressed_bytes, first.tar_bytes));
+    if !movable(file) || table.iter().any(|&(c, _)| c % ALIGN as u64 != 0) {
+        return Ok(None);
+    }
+    let Some(plan) = regions_of(&table, pieces) else {
+        return Ok(None);
+    };
+
+    // 1. Every region's new members, compressed into the scratch file (the first pass's
+    //    file is only read meanwhile).
+    let gz = ParallelGzip::aligned(regions, opts.level, opts.threads, opts.chunk_size, ALIGN);
+    let mut sink = ChunkSink::new(gz, progress);
+    sink.cancel = opts.cancel.clone();
+    let mut read_error = None;
+    let mut tar_bounds = Vec::with_capacity(plan.len());
+    let mut fed = Ok(());
+    for region in &plan {
+        let start = sink.bytes;
+        fed = splice(
+            &mut sink,
+            file,
+            &table,
+            delta,
+            &region.pieces,
+            &mut read_error,
+        )
+        .and_then(|()| sink.cut());
+        if fed.is_err() {
+            break;
+        }
+        tar_bounds.push((start, sink.bytes));
+    }
+    let new_tar = sink.bytes;
+    let (scratch, scratch_file) = sink.finish().map_err(output)?;
+    if let Some(e) = read_error {
+        return Err(output(e));
+    }
+    if fed.is_err() {
+        if super::cancelled(&opts.cancel) {
+            return Err(ArchiveError::Cancelled);
+        }
+        return Err(output(io::Error::other(
+            "the archive pipeline stopped early",
+        )));
+    }
+    // Each region's members in the scratch file: its chunks, as (compressed, tar) offsets.
+    let mut scratch_table = scratch.chunks.clone();
+    scratch_table.push((scratch.compressed_bytes, new_tar));
+    let compressed_at = |tar: u64| {
+        scratch_table
+            .iter()
+            .find(|&&(_, t)| t == tar)
+            .map(|&(c, _)| c)
+            .expect("a region starts at a chunk")
+    };
+
+    // 2. Regions put in, last first.
+    let mut buf = vec![0u8; 1 << 20];
+    for (region, &(t0, t1)) in plan.iter().zip(&tar_bounds).rev() {
+        let (s0, s1) = (compressed_at(t0), compressed_at(t1));
+        let new_len = s1 - s0;
+        let a = table[region.from].0;
+        if region.to == table.len() - 1 {
+            file.set_len(a).map_err(output)?;
+        } else {
+            let b = table[region.to].0;
+            if new_len > b - a {
+                fallocate(file, libc::FALLOC_FL_INSERT_RANGE, b, new_len - (b - a))?;
+            } else if new_len < b - a {
+                fallocate(
+                    file,
+                    libc::FALLOC_FL_COLLAPSE_RANGE,
+                    a + new_len,
+                    b - a - new_len,
+                )?;
+            }
+        }
+        let mut done = 0;
+        while done < new_len {
+            let n = (new_len - done).min(buf.len() as u64) as usize;
+            scratch_file
+                .read_exact_at(&mut buf[..n], s0 + done)
+                .map_err(output)?;
+            file.write_all_at(&buf[..n], a + done).map_err(output)?;
+            done += n as u64;
+        }
+        if super::cancelled(&opts.cancel) {
+            return Err(ArchiveError::Cancelled);
+        }
+    }
+
+    // 3. The final chunk table, the length and the sha256 of the file as it is now.
+    let mut chunks = Vec::new();
+    let (mut at, mut tar_at) = (0u64, 0u64);
+    for (region, &(t0, t1)) in plan.iter().zip(&tar_bounds) {
+        for k in region.keep_before.clone() {
+            chunks.push((at, tar_at));
+            at += table[k + 1].0 - table[k].0;
+            tar_at += table[k + 1].1 - table[k].1;
+        }
+        for &(c, t) in scratch_table.iter().filter(|&&(_, t)| t >= t0 && t < t1) {
+            chunks.push((at + c - compressed_at(t0), tar_at + t - t0));
+        }
+        at += compressed_at(t1) - compressed_at(t0);
+        tar_at += t1 - t0;
+    }
+    let sha256 = hash_file(file, at).map_err(output)?;
+    Ok(Some((
+        Written {
+            compressed_bytes: at,
+            sha256,
+            raw_sha256: None,
+            chunks,
+        },
+        tar_at,
+    )))
+}
+
+/// One region of an in-place assembly: the first pass's chunks `from..to` (compressed
+/// range `table[from].0..table[to].0`) give way to `pieces`; `keep_before` are the kept
+/// chunks between the previous region and this one.
+struct Region {
+    keep_before: std::ops::Range<usize>,
+    from: usize,
+    to: usize,
+    pieces: Vec<Piece>,
+}
+
+/// The final stream as regions between kept chunks (a chunk wholly inside a
+/// [`Piece::First`] is kept where it is). The last region always runs to the end of the
+/// file (the end-of-archive marker is there). `None` when kept chunks come out of order
+/// (the walk's order makes that impossible; an in-place assembly could not do it).
+fn regions_of(table: &[(u64, u64)], pieces: &[Piece]) -> Option<Vec<Region>> {
+    let chunks = table.len() - 1;
+    let mut regions = Vec::new();
+    let mut current: Vec<Piece> = Vec::new();
+    // The first chunk neither kept nor replaced yet, and the kept chunks since the last
+    // region.
+    let mut next = 0usize;
+    let mut keep_run = 0..0;
+    for piece in pieces {
+        let Piece::First { start, len } = *piece else {
+            current.push(*piece);
+            continue;
+        };
+        let (mut pos, end) = (start, start + len);
+        while pos < end {
+            let k = table.partition_point(|&(_, t)| t <= pos).checked_sub(1)?;
+            if k >= chunks {
+                return None;
+            }
+            let (t0, t1) = (table[k].1, table[k + 1].1);
+            if pos == t0 && t1 <= end {
+                // Kept whole, where it is: what came since the last kept chunk (new
+                // pieces, chunks dropped) is a region before it.
+                if k < next {
+                    return None;
+                }
+                if !current.is_empty() || k > next {
+                    regions.push(Region {
+                        keep_before: std::mem::replace(&mut keep_run, k..k),
+                        from: next,
+                        to: k,
+                        pieces: std::mem::take(&mut current),
+                    });
+                }
+                keep_run.end = k + 1;
+                next = k + 1;
+                pos = t1;
+                continue;
+            }
+            let to = end.min(t1);
+            current.push(Piece::First {
+                start: pos,
+                len: to - pos,
+            });
+            pos = to;
+        }
+    }
+    regions.push(Region {
+        keep_before: keep_run,
+        from: next,
+        to: chunks,
+        pieces: current,
+    });
+    Some(regions)
+}
+
+/// Whether the filesystem holding `file` moves extents for `fallocate`'s collapse and
+/// insert with blocks that divide [`ALIGN`].
+fn movable(file: &File) -> bool {
+    let Ok(fs) = nix::sys::statfs::fstatfs(file) else {
+        return false;
+    };
+    let kind = fs.filesystem_type();
+    (kind == nix::sys::statfs::EXT4_SUPER_MAGIC || kind == nix::sys::statfs::XFS_SUPER_MAGIC)
+        && fs.block_size() > 0
+        && ALIGN as i64 % fs.block_size() == 0
+}
+
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> Result<(), ArchiveError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor we own.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) };
+    if rc != 0 {
+        return Err(ArchiveError::Output(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The sha256 of the first `len` bytes of `file`, read in large blocks.
+fn hash_file(file: &File, len: u64) -> io::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    if file.metadata()?.len() != len {
+        return Err(io::Error::other(
+            "the assembled archive's length is not what its pieces add up to",
+        ));
+    }
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        hash.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(hash.finalize().into())
+}
+
 /// Feeds the pieces into `sink` (see [`assemble`]); a read error of the first archive or
 /// the delta goes to `read_error` and stops it.
 fn splice<W: Write + Send + 'static>(
@@ -862,6 +1120,59 @@ mod tests {
             "{reused} of {} chunks reused as they were",
             first.chunks.len()
         );
+
+        // The same, in place in the first pass's file (the tests' filesystem is ext4):
+        // the same stream, a sha256 and length that describe the file, a chunk table
+        // whose every chunk inflates to its part of the stream.
+        let (regions, _) = out("regions");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&first_path)
+            .unwrap();
+        let (in_place, in_place_tar) = assemble_in_place(
+            &file,
+            &first_archive,
+            &second.delta,
+            &second.pieces,
+            regions,
+            &opts,
+            &|_| {},
+        )
+        .unwrap()
+        .expect("in place on ext4 or XFS, where the tests run");
+        assert_eq!(
+            stream_after_metadata(&first_path, meta_end),
+            stream_after_metadata(&cold_path, meta_end),
+            "the stream assembled in place is the cold one"
+        );
+        assert_eq!(in_place_tar, tar_bytes);
+        let bytes = std::fs::read(&first_path).unwrap();
+        assert_eq!(in_place.compressed_bytes, bytes.len() as u64);
+        assert_eq!(
+            in_place.sha256,
+            <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+        );
+        let mut table = in_place.chunks.clone();
+        table.push((in_place.compressed_bytes, in_place_tar));
+        let mut inflater = libdeflater::Decompressor::new();
+        for w in table.windows(2) {
+            assert_eq!(w[0].0 % ALIGN as u64, 0);
+            let mut raw = Vec::new();
+            crate::archive::read::inflate_members(
+                &mut inflater,
+                &bytes[w[0].0 as usize..w[1].0 as usize],
+                &mut raw,
+            )
+            .unwrap();
+            assert_eq!(raw.len() as u64, w[1].1 - w[0].1);
+        }
+        let untouched = first_bytes
+            .chunks(ALIGN)
+            .zip(bytes.chunks(ALIGN))
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(untouched > 0, "the start of the file stays where it was");
     }
 
     /// A file changed within the racy window before the first pass read it is read again,
