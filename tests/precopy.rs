@@ -46,16 +46,26 @@ fn churn_manifest(dir: &Path) -> String {
     ))
 }
 
-/// An app with 400 files that do not change and a container that churns beside them
-/// (`mmap`: through a shared mapping too).
+/// An app with 400 files that do not change (8 KiB each that do not compress: 3 MiB,
+/// a dozen first-pass chunks, so that the assembly keeps whole chunks in place) and a
+/// container that churns beside them (`mmap`: through a shared mapping too).
 fn churning_app(mmap: bool) -> TestApp {
     let mut app = TestApp::new("");
     let vol = app.volume_path();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
     for d in 0..20 {
         let dir = vol.join(format!("static/d{d:02}"));
         fs::create_dir_all(&dir).unwrap();
         for f in 0..20 {
-            fs::write(dir.join(format!("f{f:02}")), format!("{d}/{f}").repeat(100)).unwrap();
+            let body: Vec<u8> = (0..8192)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            fs::write(dir.join(format!("f{f:02}")), body).unwrap();
         }
     }
     fs::copy(churn_binary(), app.bind().join("churn")).unwrap();

@@ -98,20 +98,6 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
     /// `2 × threads + 2` slots, each holding a chunk and its members: that bounds memory.
     /// Panics only if a thread cannot be spawned.
     pub fn new(out: W, level: u32, threads: usize, chunk_size: usize) -> ParallelGzip<W> {
-        Self::aligned(out, level, threads, chunk_size, 0)
-    }
-
-    /// Like [`Self::new`], with every chunk's members padded (one empty member,
-    /// [`padding_member`]) to a multiple of `align` bytes (0: no padding): each chunk then
-    /// starts at an `align`-aligned offset of the file, so whole chunks can later be cut
-    /// out or moved by the filesystem itself (a pre-copy's in-place assembly).
-    pub fn aligned(
-        out: W,
-        level: u32,
-        threads: usize,
-        chunk_size: usize,
-        align: usize,
-    ) -> ParallelGzip<W> {
         let threads = threads.max(1);
         let slots = threads * 2 + 2;
         let (pool_tx, pool) = sync_channel::<Slot>(slots);
@@ -135,7 +121,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
                 let done_tx = done_tx.clone();
                 thread::Builder::new()
                     .name(format!("appsnap-gzip-{i}"))
-                    .spawn(move || worker(level, align, &work_rx, &done_tx))
+                    .spawn(move || worker(level, &work_rx, &done_tx))
                     .expect("spawn gzip worker")
             })
             .collect();
@@ -234,7 +220,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
 /// One compression thread: takes slots off the shared queue, fills their `packed`, and
 /// passes them to the writer. Level 0 has no deflater, so every member is stored. Ends when
 /// the queue closes (`finish`) or the writer is gone.
-fn worker(level: u32, align: usize, work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
+fn worker(level: u32, work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
     let mut deflater = (level > 0).then(|| Deflater::new(level));
     loop {
         // Hold the lock only to receive, never while compressing.
@@ -243,7 +229,6 @@ fn worker(level: u32, align: usize, work: &Mutex<Receiver<Slot>>, done: &SyncSen
         if slot.reused.is_none() {
             slot.packed.clear();
             compress_chunk(deflater.as_mut(), &slot.raw, &mut slot.packed);
-            pad_to(&mut slot.packed, align);
         }
         if done.send(slot).is_err() {
             return;
@@ -476,19 +461,6 @@ pub fn padding_member(len: usize) -> Vec<u8> {
     out
 }
 
-/// Appends a padding member to `packed` so that its length is a multiple of `align`
-/// (nothing when it is one already, or `align` is 0).
-fn pad_to(packed: &mut Vec<u8>, align: usize) {
-    if align == 0 || packed.len().is_multiple_of(align) {
-        return;
-    }
-    let mut gap = align - packed.len() % align;
-    while gap < PAD_MIN {
-        gap += align;
-    }
-    packed.extend_from_slice(&padding_member(gap));
-}
-
 /// Deflate "stored" blocks (RFC 1951 §3.2.4): byte-aligned copies with a 5-byte header.
 /// Empty data still gets one final, empty block: a deflate stream needs at least one.
 fn push_stored(data: &[u8], out: &mut Vec<u8>) {
@@ -595,7 +567,7 @@ mod tests {
     }
 
     /// Padding members of every length inflate to nothing, for flate2 and for appsnap's
-    /// own member reader, and keep chunks aligned.
+    /// own member reader.
     #[test]
     fn padding_members_are_empty_members_of_any_length() {
         for len in PAD_MIN..PAD_MIN + 40 {
@@ -612,19 +584,6 @@ mod tests {
             .unwrap_or_else(|e| panic!("length {len}: {e}"));
             assert!(raw.is_empty());
         }
-        let file = tempfile::NamedTempFile::new().unwrap();
-        let mut gz = ParallelGzip::aligned(file.reopen().unwrap(), 6, 2, 1 << 16, 4096);
-        let mut expect = Vec::new();
-        for i in 0..20 {
-            let mut slot = gz.take().unwrap();
-            slot.raw.extend_from_slice(&noise(1000 + i * 3001));
-            expect.extend_from_slice(&slot.raw);
-            assert!(gz.submit(slot));
-        }
-        let (written, _) = gz.finish().unwrap();
-        assert!(written.chunks.iter().all(|&(c, _)| c % 4096 == 0));
-        assert_eq!(written.compressed_bytes % 4096, 0);
-        assert_eq!(gunzip(&std::fs::read(file.path()).unwrap()), expect);
     }
 
     #[test]

@@ -242,10 +242,7 @@ pub fn write_recording(
         written: 0,
         started: 0,
     };
-    // A first pass aligns its chunks, so that the assembly can rework the file in place
-    // ([`precopy::assemble_in_place`]).
-    let align = if record.is_some() { precopy::ALIGN } else { 0 };
-    let gz = gzip::ParallelGzip::aligned(out, opts.level, opts.threads, opts.chunk_size, align);
+    let gz = gzip::ParallelGzip::new(out, opts.level, opts.threads, opts.chunk_size);
     let mut sink = walk::ChunkSink::new(gz, progress);
     sink.cancel = opts.cancel.clone();
     let mut walker = walk::Walker::new(&mut sink, skip);

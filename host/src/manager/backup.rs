@@ -174,6 +174,8 @@ impl BackupManager {
 
         job.step("archiving while the app runs (first pass)");
         let (opts, sources) = (work.opts.clone(), work.sources.clone());
+        let mut work = work;
+        work.opts.chunk_size = work.opts.chunk_size.min(archive::precopy::FIRST_PASS_CHUNK);
         let pass1 = write_archive(&first, plan, work, job, Some(records)).await;
         let (first_summary, recorder) = match pass1 {
             Ok((summary, _, Some(recorder))) => (summary, recorder),
@@ -255,6 +257,7 @@ impl BackupManager {
                     &opts,
                     &progress,
                 )?;
+                tracing::debug!(in_place = in_place.is_some(), "pre-copy assembly");
                 let (written, tar_bytes, file) = match in_place {
                     Some((written, tar_bytes)) => {
                         fs::rename(&first, &partial).map_err(ArchiveError::Output)?;
