@@ -47,8 +47,8 @@ fn churn_manifest(dir: &Path) -> String {
 }
 
 /// An app with 400 files that do not change (8 KiB each that do not compress: 3 MiB,
-/// a dozen first-pass chunks, so that the assembly keeps whole chunks in place) and a
-/// container that churns beside them (`mmap`: through a shared mapping too).
+/// a dozen first-pass chunks, so that the assembly reuses whole chunks) and a container
+/// that churns beside them (`mmap`: through a shared mapping too).
 fn churning_app(mmap: bool) -> TestApp {
     let mut app = TestApp::new("");
     let vol = app.volume_path();

@@ -152,18 +152,6 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
         Ok((len - left, None))
     }
 
-    /// Ends the current chunk here, however short: what follows starts a new chunk (a
-    /// pre-copy's in-place assembly cuts one region's members from the next's).
-    pub fn cut(&mut self) -> Result<(), Broken> {
-        if let Some(slot) = self.slot.take_if(|s| !s.raw.is_empty())
-            && !self.gz.submit(slot)
-        {
-            return Err(Broken);
-        }
-        (self.progress)(self.bytes);
-        Ok(())
-    }
-
     /// Writes `members`, complete gzip members of an earlier archive holding `raw_len`
     /// bytes of tar stream, as they are: the chunk being filled is submitted first,
     /// however short, so the stream stays in order.

@@ -155,16 +155,8 @@ impl BackupManager {
         let delta = plan
             .dir
             .join(format!(".{}.delta{PARTIAL_SUFFIX}", plan.snapshot_id));
-        let regions = plan
-            .dir
-            .join(format!(".{}.regions{PARTIAL_SUFFIX}", plan.snapshot_id));
         let remove_temporaries = {
-            let paths = [
-                first.clone(),
-                delta.clone(),
-                records.clone(),
-                regions.clone(),
-            ];
+            let paths = [first.clone(), delta.clone(), records.clone()];
             move || {
                 for path in &paths {
                     let _ = fs::remove_file(path);
@@ -240,38 +232,14 @@ impl BackupManager {
                     compressed_bytes: first_summary.compressed_bytes,
                     tar_bytes: first_summary.tar_bytes,
                 };
-                let progress = |b| progress_job.progress(b);
-                // In the first pass's own file where the filesystem allows it (only the
-                // changed regions are written), else into a new file.
-                let first_file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&first)
-                    .map_err(ArchiveError::Output)?;
-                let in_place = archive::precopy::assemble_in_place(
-                    &first_file,
+                let (written, tar_bytes, file) = archive::precopy::assemble(
+                    create_partial(&partial)?,
                     &first_archive,
                     &second.delta,
                     &second.pieces,
-                    create_partial(&regions)?,
                     &opts,
-                    &progress,
+                    &|b| progress_job.progress(b),
                 )?;
-                tracing::debug!(in_place = in_place.is_some(), "pre-copy assembly");
-                let (written, tar_bytes, file) = match in_place {
-                    Some((written, tar_bytes)) => {
-                        fs::rename(&first, &partial).map_err(ArchiveError::Output)?;
-                        (written, tar_bytes, first_file)
-                    }
-                    None => archive::precopy::assemble(
-                        create_partial(&partial)?,
-                        &first_archive,
-                        &second.delta,
-                        &second.pieces,
-                        &opts,
-                        &progress,
-                    )?,
-                };
                 remove_temporaries();
                 crash_point("backup.assembled");
                 file.sync_all().map_err(ArchiveError::Output)?;
