@@ -71,9 +71,8 @@ pub struct Written {
     pub chunks: Vec<(u64, u64)>,
 }
 
-/// What the writer thread returns: the members' length, their sha256, the chunk table,
-/// the output.
-type WriterResult<W> = io::Result<(u64, [u8; 32], Vec<(u64, u64)>, W)>;
+/// What the writer thread returns: the members' length, the chunk table, the output.
+type WriterResult<W> = io::Result<(u64, Vec<(u64, u64)>, W)>;
 
 /// The producer side of the pipeline: take a slot, fill `raw`, submit it.
 ///
@@ -84,6 +83,7 @@ pub struct ParallelGzip<W> {
     work: Option<SyncSender<Slot>>,
     workers: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<WriterResult<W>>>,
+    packed_hasher: Option<JoinHandle<[u8; 32]>>,
     raw_hasher: Option<JoinHandle<Option<[u8; 32]>>>,
     next_seq: u64,
     /// Bytes of tar stream the producer puts in a slot before submitting it. A member never
@@ -126,11 +126,17 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
             })
             .collect();
         drop(done_tx);
-        // The writer passes each written slot on to be hashed, and that thread frees it.
+        // The writer passes each written slot on to be hashed (its members, then its tar
+        // bytes, each on a thread of its own), and the last hasher frees it.
         let (written_tx, written_rx) = sync_channel::<Slot>(slots);
+        let (hashed_tx, hashed_rx) = sync_channel::<Slot>(slots);
+        let packed_hasher = thread::Builder::new()
+            .name("appsnap-gzip-sha".into())
+            .spawn(move || hash_packed(&written_rx, &hashed_tx))
+            .expect("spawn gzip hasher");
         let raw_hasher = thread::Builder::new()
             .name("appsnap-gzip-hash".into())
-            .spawn(move || hash_raw(&written_rx, &pool_tx))
+            .spawn(move || hash_raw(&hashed_rx, &pool_tx))
             .expect("spawn gzip hasher");
         let writer = thread::Builder::new()
             .name("appsnap-gzip-writer".into())
@@ -141,6 +147,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
             work: Some(work_tx),
             workers,
             writer: Some(writer),
+            packed_hasher: Some(packed_hasher),
             raw_hasher: Some(raw_hasher),
             next_seq: 0,
             chunk_size,
@@ -197,12 +204,13 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
         };
         // It ends once the writer has (the writer holds its channel). The writer's error,
         // if any, is the one to report (ENOSPC says more than a lost hash).
+        let sha256 = self.packed_hasher.take().map(JoinHandle::join);
         let raw_sha256 = self.raw_hasher.take().map(JoinHandle::join);
-        let (compressed_bytes, sha256, chunks, out) = written?;
+        let (compressed_bytes, chunks, out) = written?;
         if lost_chunk {
             return Err(io::Error::other("a gzip compression thread panicked"));
         }
-        let Some(Ok(raw_sha256)) = raw_sha256 else {
+        let (Some(Ok(sha256)), Some(Ok(raw_sha256))) = (sha256, raw_sha256) else {
             return Err(io::Error::other("gzip hasher thread panicked"));
         };
         Ok((
@@ -266,8 +274,7 @@ impl Deflater {
     }
 }
 
-/// Writes the members in order and hashes them. Each written slot goes on to
-/// [`hash_raw`]. Slots finished ahead of their turn wait in a map, at most the slots in
+/// Writes the members in order. Each written slot goes on to [`hash_packed`]. Slots finished ahead of their turn wait in a map, at most the slots in
 /// flight. Returns, after a flush, once every worker is gone, or at the first write error.
 fn write_in_order<W: Write>(
     mut out: W,
@@ -276,7 +283,6 @@ fn write_in_order<W: Write>(
 ) -> WriterResult<W> {
     let mut pending = BTreeMap::new();
     let mut next = 0u64;
-    let mut hash = Sha256::new();
     let (mut total, mut raw_total) = (0u64, 0u64);
     let mut chunks = Vec::new();
     while let Ok(slot) = done.recv() {
@@ -288,7 +294,6 @@ fn write_in_order<W: Write>(
                 return Err(io::Error::other(why));
             }
             out.write_all(&slot.packed)?;
-            hash.update(&slot.packed);
             chunks.push((total, raw_total));
             total += slot.packed.len() as u64;
             raw_total += slot.reused.unwrap_or(slot.raw.len() as u64);
@@ -297,7 +302,19 @@ fn write_in_order<W: Write>(
         }
     }
     out.flush()?;
-    Ok((total, hash.finalize().into(), chunks, out))
+    Ok((total, chunks, out))
+}
+
+/// Hashes the members as written, slot after slot, and passes each on to [`hash_raw`].
+/// A thread of its own, so that the writer only writes: a pre-copy's assembly, which
+/// mostly copies members, would otherwise wait on the hash.
+fn hash_packed(written: &Receiver<Slot>, hashed: &SyncSender<Slot>) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for slot in written {
+        hash.update(&slot.packed);
+        let _ = hashed.send(slot);
+    }
+    hash.finalize().into()
 }
 
 /// Hashes the tar stream, slot after slot in the order written, and frees each slot.
