@@ -90,6 +90,27 @@ impl Identity {
             ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         }
     }
+
+    /// The same from a raw `stat` (`fstatat`, which the second pass uses so as not to
+    /// open what it finds unchanged).
+    pub fn of_stat(st: &libc::stat) -> Identity {
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            nlink: st.st_nlink,
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+        }
+    }
+
+    /// A regular file with several names: written again by a second pass, never reused.
+    fn linked(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG && self.nlink > 1
+    }
 }
 
 /// One entry as the first pass wrote it.
@@ -251,7 +272,7 @@ impl Previous {
 
     /// The record of `name` if the entry is unchanged since it (`meta` is its `fstat`
     /// now). Records before `name` in walk order are entries deleted since: passed over.
-    pub fn unchanged(&mut self, name: &[u8], meta: &Metadata) -> Option<Record> {
+    pub fn unchanged(&mut self, name: &[u8], id: Identity) -> Option<Record> {
         let current = self.current?;
         loop {
             let (source, r) = self.peek()?;
@@ -266,11 +287,10 @@ impl Previous {
                     let (_, r) = self.next.take().expect("peeked");
                     // A further name of a file becomes a link entry by the walk's order
                     // of names: such files are written again, never reused.
-                    let linked = meta.is_file() && meta.nlink() > 1;
                     let trusted = !self.distrusted
                         && !r.flawed
-                        && !linked
-                        && r.id == Identity::of(meta)
+                        && !id.linked()
+                        && r.id == id
                         && r.id.ctime_ns < r.read_at - self.window_ns;
                     if !trusted {
                         return None;
