@@ -44,6 +44,16 @@ fn inflated_sha256(snapshot: &serde_json::Value) -> String {
     out.split_whitespace().next().unwrap().to_string()
 }
 
+/// The copy of snapshot `id` in a repository's snapshot list.
+fn copy_of<'a>(remote: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    remote
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["snapshot_id"] == id)
+        .unwrap_or_else(|| panic!("no copy of {id} in {remote}"))
+}
+
 fn random_file(path: &std::path::Path, len: usize) {
     sh(&format!("head -c {len} /dev/urandom > {}", path.display()));
 }
@@ -481,12 +491,7 @@ async fn a_copy_cut_by_the_server_dying_completes_once_it_is_back() {
         .count();
     assert_eq!(copies, 1, "{remote}");
     // The copy reads back whole through the exit that needs no appsnap.
-    let r = remote
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["snapshot_id"] == id)
-        .unwrap();
+    let r = copy_of(&remote, id);
     assert_eq!(
         s3.restic_dump_sha256("flaky", r),
         snap["tar_sha256"].as_str().unwrap()
@@ -1157,12 +1162,7 @@ async fn a_precopy_snapshot_gets_its_tar_hash_at_its_first_copy() {
     let (_, remote) = h
         .call("GET", "/api/v1/repositories/offsite/snapshots")
         .await;
-    let r = remote
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["snapshot_id"] == id)
-        .unwrap();
+    let r = copy_of(&remote, id);
     assert_eq!(s3.restic_dump_sha256("precopy", r), inflated_sha256(&snap));
     s3.kill();
 }
