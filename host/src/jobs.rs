@@ -91,6 +91,15 @@ impl Job {
             .send_modify(|j| j.bytes_total = bytes.max(j.bytes_done));
     }
 
+    /// A step that counts its own bytes from 0 (a pre-copy's assembly after its first
+    /// pass): done back to 0, `bytes` the new total.
+    pub fn count_anew(&self, bytes: u64) {
+        self.tx.send_modify(|j| {
+            j.bytes_done = 0;
+            j.bytes_total = bytes;
+        });
+    }
+
     /// Callable from any thread (the archive writer's).
     pub fn progress(&self, bytes: u64) {
         self.tx.send_modify(|j| {
