@@ -370,7 +370,10 @@ impl Docker {
                 });
             }
         }
-        let mounts = drop_nested(mounts, &mut skipped);
+        let mut mounts = drop_nested(mounts, &mut skipped);
+        for m in &mut mounts {
+            bound_exclude(m, &mut warnings);
+        }
         Ok(App {
             id: app_id.to_string(),
             containers,
@@ -791,6 +794,26 @@ fn add_use(list: &mut Vec<Uses>, key: &str, dest: String, exclude: &[String]) {
     }
 }
 
+/// Keeps a mount's patterns within what a snapshot may record
+/// ([`crate::model::check_mounts`]); what is dropped is a warning (more is archived, never
+/// less).
+fn bound_exclude(m: &mut Mount, warnings: &mut Vec<String>) {
+    use crate::model::{MAX_EXCLUDE, MAX_EXCLUDE_LEN};
+    let before = m.exclude.len();
+    m.exclude.retain(|p| p.len() <= MAX_EXCLUDE_LEN);
+    m.exclude.truncate(MAX_EXCLUDE);
+    if m.exclude.len() < before {
+        warnings.push(format!(
+            "{} {}: {} {} pattern(s) ignored (at most {MAX_EXCLUDE}, each at most \
+             {MAX_EXCLUDE_LEN} bytes)",
+            m.kind,
+            m.name,
+            before - m.exclude.len(),
+            crate::exclude::LABEL
+        ));
+    }
+}
+
 /// One volume or bind source, with what its containers say of it.
 #[derive(Default)]
 struct Uses {
@@ -891,6 +914,23 @@ mod tests {
             archive_dir: format!("{kind}/{}", escape_path(source)),
             exclude: Vec::new(),
         }
+    }
+
+    /// A snapshot records only what a restore accepts of it (`check_mounts`).
+    #[test]
+    fn a_mounts_patterns_are_bounded_with_a_warning() {
+        let mut m = mount("volume", "/v");
+        m.exclude = (0..250).map(|i| format!("p{i}")).collect();
+        m.exclude.insert(0, "x".repeat(600));
+        let mut warnings = Vec::new();
+        bound_exclude(&mut m, &mut warnings);
+        assert_eq!(m.exclude.len(), crate::model::MAX_EXCLUDE);
+        assert_eq!(m.exclude[0], "p0");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("51 appsnap.exclude pattern(s) ignored"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

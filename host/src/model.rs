@@ -57,8 +57,10 @@ pub fn escape_path(path: &str) -> String {
         .replace('/', "%2F")
 }
 
-/// Exclude patterns one mount may list.
-pub const MAX_EXCLUDE: usize = 1000;
+/// Exclude patterns one mount may list, and the longest one: a restore compiles an
+/// archive's patterns into one matcher, so an imported archive must not make that huge.
+pub const MAX_EXCLUDE: usize = 200;
+pub const MAX_EXCLUDE_LEN: usize = 512;
 
 /// Checks what an archive's metadata says about its mounts before anything believes it:
 /// known kinds, names that fit their kind, and each mount's archive folder exactly the
@@ -103,9 +105,10 @@ pub fn check_mounts(mounts: &[Mount]) -> Result<(), String> {
         }
         // Patterns are only matched, never joined onto a path, but their number and
         // size are still bounded before a restore compiles them.
-        if m.exclude.len() > MAX_EXCLUDE || m.exclude.iter().any(|p| p.len() > 4096) {
+        if m.exclude.len() > MAX_EXCLUDE || m.exclude.iter().any(|p| p.len() > MAX_EXCLUDE_LEN) {
             return Err(format!(
-                "{} `{}` lists more than {MAX_EXCLUDE} exclude patterns or one too long",
+                "{} `{}` lists more than {MAX_EXCLUDE} exclude patterns or one longer than \
+                 {MAX_EXCLUDE_LEN} bytes",
                 m.kind, m.name
             ));
         }

@@ -262,6 +262,12 @@ pub fn write_recording(
         stored.push(walker.stored - before);
         mount_entries.push(walker.entries - entries_before);
     }
+    if walker.excluded > 0 {
+        tracing::info!(
+            excluded = walker.excluded,
+            "entries left out by appsnap.exclude patterns (a folder counts once)"
+        );
+    }
     let (entries, mut warnings, dropped, recorder) = (
         walker.entries,
         std::mem::take(&mut walker.warnings),
