@@ -39,6 +39,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::sys::time::TimeSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::exclude::Exclude;
@@ -623,18 +624,7 @@ fn drop_aside(m: &Moved) -> io::Result<()> {
         How::Inside => {
             let before = fs::symlink_metadata(&m.target)?;
             remove_any(&m.aside)?;
-            let (atime, mtime) = (
-                nix::sys::time::TimeSpec::new(before.atime(), before.atime_nsec()),
-                nix::sys::time::TimeSpec::new(before.mtime(), before.mtime_nsec()),
-            );
-            nix::sys::stat::utimensat(
-                nix::fcntl::AT_FDCWD,
-                &m.target,
-                &atime,
-                &mtime,
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            )?;
-            Ok(())
+            set_times_of(&m.target, &before)
         }
     }
 }
@@ -891,13 +881,7 @@ fn carry(m: &Moved) -> io::Result<()> {
         fs::rename(m.aside.join(rel), m.target.join(rel))?;
     }
     for (dir, meta) in &times {
-        set_times(
-            dir,
-            meta.atime(),
-            meta.atime_nsec(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-        )?;
+        set_times_of(dir, meta)?;
     }
     Ok(())
 }
@@ -912,28 +896,32 @@ fn carry_back(m: &Moved, carried: &Carried) -> io::Result<()> {
         }
     }
     for (dir, sec, nsec) in &carried.folders {
-        let t = nix::sys::time::TimeSpec::new(*sec, *nsec);
-        nix::sys::stat::utimensat(
-            nix::fcntl::AT_FDCWD,
-            &m.aside.join(dir),
-            &nix::sys::time::TimeSpec::UTIME_OMIT,
-            &t,
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )?;
+        let mtime = TimeSpec::new(*sec, *nsec);
+        set_times(&m.aside.join(dir), TimeSpec::UTIME_OMIT, mtime)?;
     }
     Ok(())
 }
 
-/// Sets a path's access and modification times (a link's own, never its target's).
-fn set_times(path: &Path, asec: i64, ansec: i64, msec: i64, mnsec: i64) -> io::Result<()> {
+/// Sets a path's access and modification times (a link's own, never its target's);
+/// `TimeSpec::UTIME_OMIT` leaves one as it is.
+fn set_times(path: &Path, atime: TimeSpec, mtime: TimeSpec) -> io::Result<()> {
     nix::sys::stat::utimensat(
         nix::fcntl::AT_FDCWD,
         path,
-        &nix::sys::time::TimeSpec::new(asec, ansec),
-        &nix::sys::time::TimeSpec::new(msec, mnsec),
+        &atime,
+        &mtime,
         nix::sys::stat::UtimensatFlags::NoFollowSymlink,
     )?;
     Ok(())
+}
+
+/// Gives `path` the access and modification times `meta` recorded.
+fn set_times_of(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    set_times(
+        path,
+        TimeSpec::new(meta.atime(), meta.atime_nsec()),
+        TimeSpec::new(meta.mtime(), meta.mtime_nsec()),
+    )
 }
 
 /// The extended attributes of `path`. Best effort: none when they cannot be listed, and
@@ -965,15 +953,8 @@ fn restore_root_meta(path: &Path, root: &RootMeta) -> io::Result<()> {
     for (k, v) in &root.xattrs {
         xattr::set(path, OsStr::from_bytes(k), v)?;
     }
-    let t = nix::sys::time::TimeSpec::new(root.mtime, 0);
-    nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &t,
-        &t,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )?;
-    Ok(())
+    let t = TimeSpec::new(root.mtime, 0);
+    set_times(path, t, t)
 }
 
 #[cfg(test)]
@@ -1256,7 +1237,8 @@ mod tests {
     }
 
     fn set_mtime(path: &Path, secs: i64) {
-        set_times(path, secs, 0, secs, 0).unwrap();
+        let t = TimeSpec::new(secs, 0);
+        set_times(path, t, t).unwrap();
     }
 
     /// `appsnap.exclude` at restore: the current data's excluded paths end up in the
