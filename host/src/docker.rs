@@ -873,29 +873,26 @@ fn drop_nested(mut mounts: Vec<Mount>, skipped: &mut Vec<String>) -> Vec<Mount> 
     mounts.sort_by_key(|m| m.source.len());
     let mut kept: Vec<Mount> = Vec::new();
     for m in mounts {
-        match kept
-            .iter()
+        let Some(outer) = kept
+            .iter_mut()
             .find(|k| Path::new(&m.source).starts_with(&k.source))
-        {
-            Some(outer) => {
-                skipped.push(format!(
-                    "{} {}: included in {} {}",
-                    m.kind, m.name, outer.kind, outer.name
-                ));
-                let rel = Path::new(&m.source)
-                    .strip_prefix(&outer.source)
-                    .unwrap_or(Path::new(""))
-                    .to_string_lossy()
-                    .into_owned();
-                let inner = crate::exclude::rebase(&m.exclude, &rel);
-                let outer = kept
-                    .iter_mut()
-                    .find(|k| Path::new(&m.source).starts_with(&k.source))
-                    .expect("found above");
-                outer.exclude.extend(inner);
-            }
-            None => kept.push(m),
-        }
+        else {
+            kept.push(m);
+            continue;
+        };
+        skipped.push(format!(
+            "{} {}: included in {} {}",
+            m.kind, m.name, outer.kind, outer.name
+        ));
+        // Its patterns apply below it inside the outer mount.
+        let rel = Path::new(&m.source)
+            .strip_prefix(&outer.source)
+            .unwrap_or(Path::new(""))
+            .to_string_lossy()
+            .into_owned();
+        outer
+            .exclude
+            .extend(crate::exclude::rebase(&m.exclude, &rel));
     }
     kept.sort_by(|a, b| a.archive_dir.cmp(&b.archive_dir));
     kept
