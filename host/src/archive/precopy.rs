@@ -509,6 +509,8 @@ impl TarSink for SpliceSink {
 #[derive(Debug)]
 pub struct SecondPass {
     pub pieces: Vec<Piece>,
+    /// The final tar stream's length: what the pieces add up to.
+    pub tar_bytes: u64,
     /// The delta file, flushed (the caller syncs nothing: it is read back at once and
     /// removed).
     pub delta: File,
@@ -586,10 +588,11 @@ pub fn second_pass(
             "the second pass stopped early",
         )));
     }
-    let reread_bytes = sink.reread_bytes;
+    let (reread_bytes, tar_bytes) = (sink.reread_bytes, sink.position());
     let (delta, pieces) = sink.finish().map_err(ArchiveError::Output)?;
     Ok(SecondPass {
         pieces,
+        tar_bytes,
         delta,
         entries,
         stored,
@@ -861,6 +864,7 @@ mod tests {
             "the assembled stream is the cold one"
         );
         assert_eq!((tar_bytes, second.entries), (cold.tar_bytes, cold.entries));
+        assert_eq!(second.tar_bytes, tar_bytes, "the pass knows the final length");
         assert_eq!(second.stored, cold.stored);
         assert_eq!(second.mount_entries, cold.mount_entries);
         assert_eq!(

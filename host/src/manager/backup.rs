@@ -224,15 +224,7 @@ impl BackupManager {
 
         job.step("assembling the archive");
         // The assembly counts the final tar stream from 0 again, against its own total.
-        let final_tar: u64 = second
-            .pieces
-            .iter()
-            .map(|p| match *p {
-                archive::precopy::Piece::First { len, .. }
-                | archive::precopy::Piece::Delta { len, .. } => len,
-            })
-            .sum();
-        job.count_anew(final_tar);
+        job.count_anew(second.tar_bytes);
         let (progress_job, partial) = (job.clone(), plan.partial.clone());
         let assembled = tokio::task::spawn_blocking(move || {
             let result = (|| {
