@@ -8,7 +8,10 @@ use std::path::Path;
 
 use axum::http::StatusCode;
 
-use crate::common::{Entry, Harness, TestApp, fill_every_kind, manifest};
+use appsnap::archive::index::{self, Index};
+use appsnap::config::BackupMode;
+
+use crate::common::{Entry, Harness, TestApp, fill_every_kind, manifest, set_mode};
 
 /// `s` percent-encoded for a query string.
 fn enc(s: &str) -> String {
@@ -163,6 +166,47 @@ async fn a_path_that_could_leave_the_snapshot_is_400_and_an_unknown_folder_404()
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// The index is written with the archive, in stop mode and by a pre-copy's second pass
+/// (entries reused from the first pass and entries read again alike), and it is exactly
+/// what one read of the archive makes: browsing starts without reading the archive.
+#[tokio::test]
+async fn the_index_written_with_the_archive_is_the_one_a_read_of_it_makes() {
+    let app = TestApp::new("");
+    fill_every_kind(&app.volume_path());
+    for mode in [BackupMode::Stop, BackupMode::Precopy] {
+        let h = Harness::with(|c| {
+            // Every unchanged entry of the first pass is trusted: reused.
+            c.precopy_racy_secs = Some(0);
+            set_mode(c, &app.id, mode);
+        })
+        .await;
+        let snap = h.backup(&app.id).await;
+        let archive = Path::new(snap["file_path"].as_str().unwrap());
+        let sha256 = snap["sha256"].as_str().unwrap();
+        let written = Index::load(&index::path_for(archive)).expect("written with the archive");
+        let read = index::build(archive, sha256, u64::MAX).unwrap();
+        assert_eq!(written.sha256, sha256);
+        assert_eq!(written.entries, read.entries, "{mode:?}");
+        assert!(written.entries.len() > 20, "{mode:?}");
+        assert_eq!(written.members.first(), Some(&(0, 0)));
+        assert!(
+            written.members.iter().all(|m| read.members.contains(m)),
+            "{mode:?}: every member the writer noted begins one"
+        );
+        if mode == BackupMode::Precopy {
+            let down = &snap["downtime"];
+            let (again, all) = (
+                down["stopped_entries"].as_u64().unwrap(),
+                snap["entries"].as_u64(),
+            );
+            assert!(
+                again > 0 && Some(again) < all,
+                "reused and read again: {snap}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_index_that_does_not_describe_the_archive_is_never_trusted() {
     let app = TestApp::new("");
@@ -189,7 +233,7 @@ async fn an_index_that_does_not_describe_the_archive_is_never_trusted() {
     };
     assert_eq!(names(list_all(&h, &id, &vol, 10).await), ["real"]);
     let index = archive.replace(".tar.gz", ".index");
-    assert!(Path::new(&index).exists(), "made by the first listing");
+    assert!(Path::new(&index).exists(), "written with the archive");
 
     // Another snapshot's index (another sha256), then garbage: both are made again.
     let planted_index = planted["file_path"]

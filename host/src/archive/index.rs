@@ -11,6 +11,8 @@
 //!   target, and the tar offsets of its header and of its data; sorted by (parent folder,
 //!   name), so a folder's children are one range.
 //!
+//! The backup's writer makes one as it writes ([`Builder`], fed by the walk with each
+//! header's place). For archives that lack one (imports, fetches, older snapshots),
 //! [`build`] makes one by one sequential read of the archive, through the same bounded tar
 //! reader as the extractor (no size the archive claims is believed unchecked, memory is
 //! bounded by the entry limit). [`Index::load`] reads one back and checks its framing: a
@@ -107,6 +109,44 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry of a header the walker wrote at `header_offset` for `name`, its data
+    /// starting at `data_offset`: what [`build`] reads back from that header.
+    pub(super) fn written(
+        name: &[u8],
+        meta: &super::tar_format::EntryMeta,
+        header_offset: u64,
+        data_offset: u64,
+    ) -> Entry {
+        use super::tar_format::Kind;
+        let kind = match meta.kind {
+            Kind::File => EntryKind::File,
+            Kind::Dir => EntryKind::Dir,
+            Kind::Symlink => EntryKind::Symlink,
+            Kind::HardLink => EntryKind::Hardlink,
+            Kind::Fifo => EntryKind::Fifo,
+            Kind::CharDevice => EntryKind::CharDevice,
+            Kind::BlockDevice => EntryKind::BlockDevice,
+        };
+        Entry {
+            path: name.to_vec(),
+            kind,
+            size: match (kind, &meta.sparse) {
+                (EntryKind::File, Some((logical, _))) => *logical,
+                (EntryKind::File, None) => meta.size,
+                _ => 0,
+            },
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: meta.gid,
+            // The header stores times before the epoch as 0.
+            mtime: meta.mtime.max(0),
+            link: matches!(kind, EntryKind::Symlink | EntryKind::Hardlink)
+                .then(|| meta.link.clone()),
+            header_offset,
+            data_offset,
+        }
+    }
+
     /// The folder holding it (empty at the top) and its own name.
     pub fn split(&self) -> (&[u8], &[u8]) {
         split(&self.path)
@@ -223,29 +263,11 @@ impl Index {
 
     /// Writes the index to `path` atomically (temp file, fsync, rename).
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let mut raw = Vec::with_capacity(64 + self.entries.len() * 48);
-        raw.extend_from_slice(MAGIC);
-        put_bytes(&mut raw, self.sha256.as_bytes());
-        raw.extend_from_slice(&(self.members.len() as u64).to_le_bytes());
-        for (c, t) in &self.members {
-            raw.extend_from_slice(&c.to_le_bytes());
-            raw.extend_from_slice(&t.to_le_bytes());
-        }
-        raw.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        let mut builder = Builder::default();
         for e in &self.entries {
-            put_bytes(&mut raw, &e.path);
-            raw.push(e.kind.code());
-            for n in [e.size, e.mode as u64, e.uid, e.gid, e.mtime as u64] {
-                raw.extend_from_slice(&n.to_le_bytes());
-            }
-            raw.push(e.link.is_some() as u8);
-            put_bytes(&mut raw, e.link.as_deref().unwrap_or_default());
-            raw.extend_from_slice(&e.header_offset.to_le_bytes());
-            raw.extend_from_slice(&e.data_offset.to_le_bytes());
+            builder.push(e);
         }
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&raw)?;
-        crate::catalog::write_atomic(path, &gz.finish()?)
+        builder.write(path, &self.sha256, &self.members)
     }
 
     /// Reads the index at `path`. A missing file is `NotFound`; one that does not parse
@@ -296,6 +318,92 @@ impl Index {
             members,
             entries,
         })
+    }
+}
+
+/// An index made as the archive is written: the writer pushes each entry in the order
+/// of the tar stream, and [`Builder::write`] sorts them and saves the file once the
+/// archive's sha256 is known. Entries are kept in their file encoding in one buffer
+/// (62 bytes and the path each), not as [`Entry`] values with two allocations each: a
+/// backup of a million files holds about 100 MB here instead of 170 MB.
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    encoded: Vec<u8>,
+    /// Where each entry starts in `encoded`.
+    starts: Vec<usize>,
+}
+
+impl Builder {
+    pub fn push(&mut self, e: &Entry) {
+        self.starts.push(self.encoded.len());
+        let raw = &mut self.encoded;
+        put_bytes(raw, &e.path);
+        raw.push(e.kind.code());
+        for n in [e.size, e.mode as u64, e.uid, e.gid, e.mtime as u64] {
+            raw.extend_from_slice(&n.to_le_bytes());
+        }
+        raw.push(e.link.is_some() as u8);
+        put_bytes(raw, e.link.as_deref().unwrap_or_default());
+        raw.extend_from_slice(&e.header_offset.to_le_bytes());
+        raw.extend_from_slice(&e.data_offset.to_le_bytes());
+    }
+
+    /// Entries pushed.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Writes the index of the archive whose sha256 is `sha256` and whose gzip members
+    /// begin at `members` to `path`, atomically (temp file, fsync, rename), its entries
+    /// sorted by (parent, name). A temp file cut short is `.{name}.tmp`, which the
+    /// store's start-up removes.
+    pub fn write(self, path: &Path, sha256: &str, members: &[(u64, u64)]) -> io::Result<()> {
+        let (encoded, starts) = (&self.encoded, &self.starts);
+        // Entry `i` is `encoded[starts[i]..starts[i + 1]]`, its path first.
+        let bytes_of =
+            |i: usize| &encoded[starts[i]..starts.get(i + 1).copied().unwrap_or(encoded.len())];
+        let path_of = |i: usize| {
+            let raw = bytes_of(i);
+            let len = u32::from_le_bytes(raw[..4].try_into().expect("4 bytes pushed")) as usize;
+            split(&raw[4..4 + len])
+        };
+        let mut order: Vec<usize> = (0..starts.len()).collect();
+        order.sort_by(|&a, &b| path_of(a).cmp(&path_of(b)));
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let result = (|| {
+            let file = File::create(&tmp)?;
+            let mut gz = flate2::write::GzEncoder::new(
+                io::BufWriter::with_capacity(1 << 20, file),
+                flate2::Compression::fast(),
+            );
+            let mut head = Vec::with_capacity(64 + members.len() * 16);
+            head.extend_from_slice(MAGIC);
+            put_bytes(&mut head, sha256.as_bytes());
+            head.extend_from_slice(&(members.len() as u64).to_le_bytes());
+            for (c, t) in members {
+                head.extend_from_slice(&c.to_le_bytes());
+                head.extend_from_slice(&t.to_le_bytes());
+            }
+            head.extend_from_slice(&(starts.len() as u64).to_le_bytes());
+            gz.write_all(&head)?;
+            for &i in &order {
+                gz.write_all(bytes_of(i))?;
+            }
+            let file = gz.finish()?.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 }
 

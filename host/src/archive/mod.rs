@@ -171,6 +171,9 @@ pub struct Summary {
     /// What the walk could not archive as it found it (skipped, vanished or shrunk files,
     /// unreadable sources): the first 100 word for word, then one line counting the rest.
     pub warnings: Vec<String>,
+    /// The archive's entry index, to be written once the file is in place (`None` for a
+    /// pre-copy's first pass, whose file is only a source for the final one).
+    pub index: Option<index::Builder>,
 }
 
 /// The filesystem block a restore's space check assumes (ext4's, and most others').
@@ -248,8 +251,9 @@ pub fn write_recording(
     let mut walker = walk::Walker::new(&mut sink, skip);
     let now = chrono::Utc::now().timestamp();
     let mut result = walker.add_bytes(METADATA_ENTRY, metadata_json, now);
-    if let Some(spill) = record {
-        walker.recorder = Some(precopy::Recorder::new(walker.sink.bytes, spill));
+    match record {
+        Some(spill) => walker.recorder = Some(precopy::Recorder::new(walker.sink.bytes, spill)),
+        None => walker.index = Some(index::Builder::default()),
     }
     let mut stored = Vec::with_capacity(sources.len());
     let mut mount_entries = Vec::with_capacity(sources.len());
@@ -268,11 +272,12 @@ pub fn write_recording(
             "entries left out by appsnap.exclude patterns (a folder counts once)"
         );
     }
-    let (entries, mut warnings, dropped, recorder) = (
+    let (entries, mut warnings, dropped, recorder, index) = (
         walker.entries,
         std::mem::take(&mut walker.warnings),
         walker.dropped_warnings,
         walker.recorder.take(),
+        walker.index.take(),
     );
     if result.is_ok() {
         result = sink.write(&tar_format::END);
@@ -302,6 +307,7 @@ pub fn write_recording(
             mount_entries,
             chunks: written.chunks,
             warnings,
+            index,
         },
         file,
         recorder,

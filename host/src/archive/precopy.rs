@@ -129,6 +129,45 @@ pub struct Record {
     /// A warning was raised while it was written (a read error, a file that shrank): its
     /// bytes are not trusted, and it is read again.
     pub flawed: bool,
+    /// The length of its header blocks (its data starts at `start + header_len`).
+    pub header_len: u64,
+    /// A symlink's target as written (empty for anything else).
+    pub link: Vec<u8>,
+}
+
+impl Record {
+    /// Its entry in the final archive's index, its bytes reused at tar offset `at`. An
+    /// entry is reused only when its identity is unchanged, so its type, mode, owner,
+    /// size and time are the identity's; a hard-link entry is never reused.
+    pub fn index_entry(&self, at: u64) -> super::index::Entry {
+        use super::index::EntryKind;
+        let kind = match self.id.mode & libc::S_IFMT {
+            libc::S_IFREG => EntryKind::File,
+            libc::S_IFDIR => EntryKind::Dir,
+            libc::S_IFLNK => EntryKind::Symlink,
+            libc::S_IFIFO => EntryKind::Fifo,
+            libc::S_IFCHR => EntryKind::CharDevice,
+            libc::S_IFBLK => EntryKind::BlockDevice,
+            _ => EntryKind::Other,
+        };
+        super::index::Entry {
+            path: self.path.clone(),
+            kind,
+            size: if kind == EntryKind::File {
+                self.id.size
+            } else {
+                0
+            },
+            mode: self.id.mode & 0o7777,
+            uid: self.id.uid as u64,
+            gid: self.id.gid as u64,
+            // The header stores times before the epoch as 0.
+            mtime: self.id.mtime_ns.div_euclid(1_000_000_000).max(0),
+            link: (kind == EntryKind::Symlink).then(|| self.link.clone()),
+            header_offset: at,
+            data_offset: at + self.header_len,
+        }
+    }
 }
 
 /// The first pass's records, written in walk order to a spill file as they are made:
@@ -183,7 +222,14 @@ impl Recorder {
         b.extend_from_slice(&(r.path.len() as u32).to_le_bytes());
         b.extend_from_slice(&r.path);
         for v in [
-            r.id.dev, r.id.ino, r.id.nlink, r.id.size, r.start, r.end, r.alloc,
+            r.id.dev,
+            r.id.ino,
+            r.id.nlink,
+            r.id.size,
+            r.start,
+            r.end,
+            r.alloc,
+            r.header_len,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -194,6 +240,8 @@ impl Recorder {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.push(u8::from(r.flawed));
+        b.extend_from_slice(&(r.link.len() as u32).to_le_bytes());
+        b.extend_from_slice(&r.link);
         match self.out.write_all(b) {
             Ok(()) => self.count += 1,
             Err(e) => self.error = Some(e),
@@ -314,13 +362,14 @@ fn read_record(r: &mut impl io::Read) -> io::Result<Option<(u32, Record)>> {
     let len = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
     let mut path = vec![0; len];
     r.read_exact(&mut path)?;
-    let mut fixed = [0u8; 7 * 8 + 3 * 4 + 3 * 8 + 1];
+    // Eight u64s, three u32s, three i64s, the flag, the link's length.
+    let mut fixed = [0u8; 8 * 8 + 3 * 4 + 3 * 8 + 1 + 4];
     r.read_exact(&mut fixed)?;
     let u64_at = |i: usize| u64::from_le_bytes(fixed[i * 8..i * 8 + 8].try_into().expect("8"));
     let u32_at =
-        |i: usize| u32::from_le_bytes(fixed[56 + i * 4..60 + i * 4].try_into().expect("4"));
+        |i: usize| u32::from_le_bytes(fixed[64 + i * 4..68 + i * 4].try_into().expect("4"));
     let i64_at =
-        |i: usize| i64::from_le_bytes(fixed[68 + i * 8..76 + i * 8].try_into().expect("8"));
+        |i: usize| i64::from_le_bytes(fixed[76 + i * 8..84 + i * 8].try_into().expect("8"));
     let id = Identity {
         dev: u64_at(0),
         ino: u64_at(1),
@@ -332,6 +381,9 @@ fn read_record(r: &mut impl io::Read) -> io::Result<Option<(u32, Record)>> {
         mtime_ns: i64_at(0),
         ctime_ns: i64_at(1),
     };
+    let link_len = u32::from_le_bytes(fixed[101..105].try_into().expect("4")) as usize;
+    let mut link = vec![0; link_len];
+    r.read_exact(&mut link)?;
     Ok(Some((
         source,
         Record {
@@ -340,8 +392,10 @@ fn read_record(r: &mut impl io::Read) -> io::Result<Option<(u32, Record)>> {
             start: u64_at(4),
             end: u64_at(5),
             alloc: u64_at(6),
+            header_len: u64_at(7),
             read_at: i64_at(2),
-            flawed: fixed[92] != 0,
+            flawed: fixed[100] != 0,
+            link,
         },
     )))
 }
@@ -523,6 +577,8 @@ pub struct SecondPass {
     /// Entries and file bytes read while the app was stopped.
     pub reread_entries: u64,
     pub reread_bytes: u64,
+    /// The final archive's entry index (its member table comes from the assembly).
+    pub index: super::index::Builder,
 }
 
 /// The second pass over `sources` (the app stopped), against the first pass's
@@ -543,6 +599,7 @@ pub fn second_pass(
     sink.reuse(0, meta_end).expect("a splice takes any range");
     let mut walker = Walker::new(&mut sink, super::skipped(&opts.skip_dirs));
     walker.previous = Some(previous);
+    walker.index = Some(super::index::Builder::default());
     walker.entries = 1; // the metadata entry, reused
     let mut result = Ok(());
     let (mut stored, mut mount_entries) = (Vec::new(), Vec::new());
@@ -566,6 +623,7 @@ pub fn second_pass(
         }
     }
     let entries = walker.entries;
+    let index = walker.index.take().unwrap_or_default();
     let reused = walker.previous.as_ref().map_or(0, |p| p.reused);
     let mut warnings = std::mem::take(&mut walker.warnings);
     if walker.dropped_warnings > 0 {
@@ -600,6 +658,7 @@ pub fn second_pass(
         warnings,
         reread_entries: entries - 1 - reused,
         reread_bytes,
+        index,
     })
 }
 
@@ -864,7 +923,10 @@ mod tests {
             "the assembled stream is the cold one"
         );
         assert_eq!((tar_bytes, second.entries), (cold.tar_bytes, cold.entries));
-        assert_eq!(second.tar_bytes, tar_bytes, "the pass knows the final length");
+        assert_eq!(
+            second.tar_bytes, tar_bytes,
+            "the pass knows the final length"
+        );
         assert_eq!(second.stored, cold.stored);
         assert_eq!(second.mount_entries, cold.mount_entries);
         assert_eq!(

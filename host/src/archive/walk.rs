@@ -267,6 +267,12 @@ pub struct Walker<'s, S> {
     exclude: Option<(crate::exclude::Exclude, usize)>,
     /// Entries left out by those patterns (a directory counts once, not its contents).
     pub excluded: u64,
+    /// The archive's entry index, made as it is written (the final stream's walk only:
+    /// stop mode, or a pre-copy's second pass).
+    pub index: Option<super::index::Builder>,
+    /// The index entry of the header written last: what `add` files into the index or
+    /// the pre-copy record.
+    written: Option<super::index::Entry>,
 }
 
 impl<'s, S: TarSink> Walker<'s, S> {
@@ -285,6 +291,8 @@ impl<'s, S: TarSink> Walker<'s, S> {
             previous: None,
             exclude: None,
             excluded: 0,
+            index: None,
+            written: None,
         }
     }
 
@@ -355,19 +363,27 @@ impl<'s, S: TarSink> Walker<'s, S> {
             // Taken from the first pass's stream as it was.
         } else if self.recorder.is_none() {
             self.entry(node, &name)?;
+            if let (Some(index), Some(e)) = (&mut self.index, self.written.take()) {
+                index.push(&e);
+            }
         } else {
             let start = self.sink.position();
             let warned = self.warnings.len() as u64 + self.dropped_warnings;
             let read_at = super::precopy::now_ns();
             let stored = self.stored;
             let written = self.entry(node, &name)?;
-            if let (Some(recorder), Some(meta)) = (&mut self.recorder, written) {
+            let header = self.written.take();
+            if let (Some(recorder), Some(meta), Some(header)) =
+                (&mut self.recorder, written, header)
+            {
                 let flawed = self.warnings.len() as u64 + self.dropped_warnings != warned;
                 recorder.push(super::precopy::Record {
                     path: name.clone(),
                     id: super::precopy::Identity::of(&meta),
                     start,
                     end: self.sink.position(),
+                    header_len: header.data_offset - header.header_offset,
+                    link: header.link.unwrap_or_default(),
                     alloc: self.stored - stored,
                     read_at,
                     flawed,
@@ -400,10 +416,20 @@ impl<'s, S: TarSink> Walker<'s, S> {
         let Some(record) = previous.unchanged(name, super::precopy::Identity::of_stat(&st)) else {
             return Ok(false);
         };
+        self.reuse(&record)?;
+        Ok(true)
+    }
+
+    /// Takes an unchanged entry's bytes from the first pass's stream, as they were.
+    fn reuse(&mut self, record: &super::precopy::Record) -> Result<(), Broken> {
+        let at = self.sink.position();
         self.sink.reuse(record.start, record.end)?;
         self.entries += 1;
         self.stored += record.alloc;
-        Ok(true)
+        if let Some(index) = &mut self.index {
+            index.push(&record.index_entry(at));
+        }
+        Ok(())
     }
 
     /// In a second pass: whether `node` is unchanged since the first pass read it, and
@@ -416,9 +442,7 @@ impl<'s, S: TarSink> Walker<'s, S> {
         else {
             return Ok(false);
         };
-        self.sink.reuse(record.start, record.end)?;
-        self.entries += 1;
-        self.stored += record.alloc;
+        self.reuse(&record)?;
         Ok(true)
     }
 
@@ -477,7 +501,7 @@ impl<'s, S: TarSink> Walker<'s, S> {
                     entry.kind = Kind::HardLink;
                     entry.link = first.clone();
                     entry.xattrs.clear();
-                    self.sink.write(&header_blocks(name, &entry))?;
+                    self.header(name, &entry)?;
                     self.entries += 1;
                     return Ok(Some(meta.clone()));
                 }
@@ -492,9 +516,24 @@ impl<'s, S: TarSink> Walker<'s, S> {
             }
             return self.add_file(node, name, entry);
         }
-        self.sink.write(&header_blocks(name, &entry))?;
+        self.header(name, &entry)?;
         self.entries += 1;
         Ok(Some(meta.clone()))
+    }
+
+    /// Writes the header blocks of the entry `name`, and keeps its index entry for `add`.
+    fn header(&mut self, name: &[u8], entry: &EntryMeta) -> Result<(), Broken> {
+        let header_offset = self.sink.position();
+        self.sink.write(&header_blocks(name, entry))?;
+        if self.index.is_some() || self.recorder.is_some() {
+            self.written = Some(super::index::Entry::written(
+                name,
+                entry,
+                header_offset,
+                self.sink.position(),
+            ));
+        }
+        Ok(())
     }
 
     /// The entries below the directory `dir`, already written as `name`. The backup root
@@ -594,7 +633,7 @@ impl<'s, S: TarSink> Walker<'s, S> {
             entry.sparse = Some((size, segs));
         }
         entry.kind = Kind::File;
-        self.sink.write(&header_blocks(name, &entry))?;
+        self.header(name, &entry)?;
         self.entries += 1;
         self.stored += super::allocation(
             entry.size,

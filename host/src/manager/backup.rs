@@ -226,6 +226,7 @@ impl BackupManager {
         // The assembly counts the final tar stream from 0 again, against its own total.
         job.count_anew(second.tar_bytes);
         let (progress_job, partial) = (job.clone(), plan.partial.clone());
+        let final_path = plan.final_path.clone();
         let assembled = tokio::task::spawn_blocking(move || {
             let result = (|| {
                 let first_archive = archive::precopy::FirstArchive {
@@ -245,7 +246,7 @@ impl BackupManager {
                 remove_temporaries();
                 crash_point("backup.assembled");
                 file.sync_all().map_err(ArchiveError::Output)?;
-                Ok(archive::Summary {
+                let summary = archive::Summary {
                     sha256: archive::hex(&written.sha256),
                     tar_sha256: written.raw_sha256.map(|h| archive::hex(&h)),
                     compressed_bytes: written.compressed_bytes,
@@ -255,7 +256,9 @@ impl BackupManager {
                     mount_entries: second.mount_entries,
                     chunks: written.chunks,
                     warnings: second.warnings,
-                })
+                    index: Some(second.index),
+                };
+                Ok(with_index_written(summary, &final_path))
             })();
             if result.is_err() {
                 remove_temporaries();
@@ -486,6 +489,7 @@ impl BackupManager {
         if let Err(e) = commit() {
             let _ = fs::remove_file(&plan.partial);
             let _ = fs::remove_file(crate::catalog::sidecar_path(&plan.final_path));
+            let _ = fs::remove_file(archive::index::path_for(&plan.final_path));
             return Err(io_err("cannot move the finished archive into place")(e));
         }
         crash_point("backup.renamed");
@@ -602,11 +606,26 @@ fn task_failed(what: &str, e: tokio::task::JoinError) -> ArchiveError {
 /// then, so the app may run again while the archive reaches the disk.
 async fn archive_then_sync(plan: &Plan, work: Archiving, job: &Job) -> Synced {
     let archived = write_archive(&plan.partial, plan, work, job, None).await;
+    let final_path = plan.final_path.clone();
     tokio::task::spawn_blocking(move || {
         let (summary, file, _) = archived?;
         file.sync_all().map_err(ArchiveError::Output)?;
-        Ok::<_, ArchiveError>(summary)
+        Ok::<_, ArchiveError>(with_index_written(summary, &final_path))
     })
+}
+
+/// Writes the entry index the archive's writer made beside the archive that will be
+/// `final_path`, before the archive is moved there (an index left without its archive
+/// is removed at start-up). Browsing then starts at once, without reading the archive.
+/// An index that cannot be written is only logged: the first listing makes it again.
+fn with_index_written(mut summary: archive::Summary, final_path: &Path) -> archive::Summary {
+    if let Some(index) = summary.index.take() {
+        let at = archive::index::path_for(final_path);
+        if let Err(e) = index.write(&at, &summary.sha256, &summary.chunks) {
+            tracing::warn!("cannot write the entry index {}: {e}", at.display());
+        }
+    }
+    summary
 }
 
 /// Writes the archive of `work` into a new partial file at `path` on a blocking thread,

@@ -3,9 +3,10 @@
 //!
 //! The top level lists the snapshot's mounts (`volumes/<name>`, `binds/<escaped path>`,
 //! `project`) with the container path each serves; below, each folder is one range of
-//! the index. The index is made on the first listing of a snapshot (one sequential read,
-//! under a heavy slot) and saved beside the archive; one whose sha256 is not the
-//! archive's recorded one is never used, but made again. A path in a request is only
+//! the index. The backup writes the index beside the archive; a snapshot without one
+//! (an import, a fetch, an older snapshot) gets it at its first listing (one sequential
+//! read, under a heavy slot). One whose sha256 is not the archive's recorded one is
+//! never used, but made again. A path in a request is only
 //! ever compared with the index's paths: it never reaches the filesystem.
 
 use std::io::Read;
