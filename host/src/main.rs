@@ -85,7 +85,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write one file of a snapshot to standard output.
+    /// Write one file of a snapshot to standard output (a folder: a `.tar.gz` of it).
     Cat {
         snapshot_id: String,
         /// An archive path such as `volumes/data/uploads/a.jpg`.
@@ -355,8 +355,10 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
             }
         }
         Command::Cat { snapshot_id, path } => {
-            let file = manager.file_content(&snapshot_id, &path, None).await?;
-            let mut reader = file.reader;
+            let mut reader = match manager.file_content(&snapshot_id, &path, None).await? {
+                appsnap::manager::Download::File(file) => file.reader,
+                appsnap::manager::Download::Folder { reader, .. } => reader,
+            };
             tokio::task::spawn_blocking(move || {
                 std::io::copy(&mut reader, &mut std::io::stdout().lock())
             })

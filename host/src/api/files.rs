@@ -1,6 +1,7 @@
 //! `GET /api/v1/backup/snapshots/{snapshot_id}/files`: browse a snapshot's folders, and
 //! `…/files/content`: read one of its files.
 
+use std::io::Read;
 use std::sync::Arc;
 
 use axum::Json;
@@ -12,7 +13,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::error::{ApiError, ApiQuery, ErrorBody};
-use crate::manager::{BackupManager, Listing, ManagerError};
+use crate::manager::{BackupManager, Download, Listing, ManagerError};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -34,8 +35,8 @@ pub struct FilesParams {
 ///
 /// The top level lists the snapshot's mounts with the path each has in its containers;
 /// below, one folder per call, in name order, paginated. Listed from the snapshot's entry
-/// index: the first listing of a snapshot reads its archive once to make it (seconds per
-/// GiB); later ones read only the index. The path is matched against the index, never
+/// index, which the backup writes; a snapshot without one (an import, a fetch) gets it at
+/// its first listing, which reads the archive once (seconds per GiB). The path is matched against the index, never
 /// against the server's files: `..`, `.`, an absolute path or a NUL is 400.
 #[utoipa::path(get, path = "/api/v1/backup/snapshots/{snapshot_id}/files", tag = "backup",
     params(("snapshot_id" = String, Path), FilesParams),
@@ -68,19 +69,22 @@ pub struct ContentParams {
     pub path: String,
 }
 
-/// Download one file of a snapshot.
+/// Download one file or folder of a snapshot.
 ///
 /// Only the gzip members that hold the file are inflated: a small file comes back in
 /// milliseconds whatever the archive's size. One `Range: bytes=` range is honoured (206
-/// with `Content-Range`). The file is always an attachment (`Content-Disposition`), sent
-/// with `X-Content-Type-Options: nosniff`, so a browser never runs what a snapshot
-/// holds. A hard link reads as its file; a folder or a link is 400.
+/// with `Content-Range`). The file is always an attachment (`Content-Disposition`), its
+/// `Content-Type` guessed from its name, sent with `X-Content-Type-Options: nosniff`, so
+/// a browser never runs what a snapshot holds. A hard link reads as its file. A folder
+/// comes whole as `<name>.tar.gz` (`application/gzip`, names from the folder down, the
+/// snapshot's fidelity; a hard link to a file outside it comes as that file). A
+/// symlink, a device or a mount's top level is 400.
 #[utoipa::path(get, path = "/api/v1/backup/snapshots/{snapshot_id}/files/content", tag = "backup",
     params(("snapshot_id" = String, Path), ContentParams),
     responses(
-        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 206, description = "The range asked for", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, description = "Invalid id or path, or not a regular file", body = ErrorBody),
+        (status = 200, description = "The file (its type guessed from its name), or a folder as application/gzip", content_type = "*/*", body = Vec<u8>),
+        (status = 206, description = "The range asked for", content_type = "*/*", body = Vec<u8>),
+        (status = 400, description = "Invalid id or path, or neither a regular file nor a folder", body = ErrorBody),
         (status = 404, description = "Snapshot or file not found", body = ErrorBody),
         (status = 416, description = "The range starts beyond the file", body = ErrorBody),
         (status = 422, description = "The archive cannot be read", body = ErrorBody),
@@ -97,27 +101,25 @@ pub async fn content(
             ManagerError::InvalidPath(format!("range {}", v.to_str().unwrap_or("?")))
         })?),
     };
-    let file = manager
+    let file = match manager
         .file_content(&snapshot_id, &params.path, range)
-        .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
-    let mut reader = file.reader;
-    // The archive is read on a blocking thread; a client that leaves ends it at the next
-    // chunk (the channel closes).
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            let chunk = match std::io::Read::read(&mut reader, &mut buf) {
-                Ok(0) => return,
-                Ok(n) => Ok(bytes::Bytes::copy_from_slice(&buf[..n])),
-                Err(e) => Err(e),
-            };
-            let failed = chunk.is_err();
-            if tx.blocking_send(chunk).is_err() || failed {
-                return;
-            }
+        .await?
+    {
+        Download::File(file) => file,
+        Download::Folder { name, reader } => {
+            // A folder: the whole `.tar.gz`, whatever the range (its length is unknown).
+            return Ok((
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/gzip".to_string()),
+                    (header::CONTENT_DISPOSITION, disposition(&name)),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+                ],
+                streamed(reader),
+            )
+                .into_response());
         }
-    });
+    };
     let status = match range {
         Some(_) => StatusCode::PARTIAL_CONTENT,
         None => StatusCode::OK,
@@ -125,13 +127,13 @@ pub async fn content(
     let mut response = (
         status,
         [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_TYPE, content_type(&file.name).to_string()),
             (header::CONTENT_LENGTH, file.len.to_string()),
             (header::CONTENT_DISPOSITION, disposition(&file.name)),
             (header::ACCEPT_RANGES, "bytes".to_string()),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
         ],
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        streamed(file.reader),
     )
         .into_response();
     if range.is_some() {
@@ -142,6 +144,58 @@ pub async fn content(
             .insert(header::CONTENT_RANGE, value.parse().expect("ascii"));
     }
     Ok(response)
+}
+
+/// A body read from `reader` on a blocking thread; a client that leaves ends the read at
+/// the next chunk (the channel closes).
+fn streamed(mut reader: Box<dyn std::io::Read + Send>) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let chunk = match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => Ok(bytes::Bytes::copy_from_slice(&buf[..n])),
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The media type a file's name suggests (its extension), for a browser's "open with";
+/// the file is still an attachment sent with `nosniff`, so the guess never makes a
+/// browser run what a snapshot holds. Unknown: `application/octet-stream`.
+fn content_type(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("txt" | "log" | "md" | "conf" | "cfg" | "ini" | "env") => "text/plain; charset=utf-8",
+        Some("csv") => "text/csv",
+        Some("json") => "application/json",
+        Some("xml") => "application/xml",
+        Some("yml" | "yaml") => "application/yaml",
+        Some("html" | "htm") => "text/html",
+        Some("css") => "text/css",
+        Some("js") => "text/javascript",
+        Some("php") => "application/x-php",
+        Some("sql") => "application/sql",
+        Some("pdf") => "application/pdf",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("svg") => "image/svg+xml",
+        Some("mp4") => "video/mp4",
+        Some("mp3") => "audio/mpeg",
+        Some("zip") => "application/zip",
+        Some("gz" | "tgz") => "application/gzip",
+        Some("tar") => "application/x-tar",
+        _ => "application/octet-stream",
+    }
 }
 
 /// One range of a `Range` header: `bytes=a-b`, `bytes=a-`. A suffix range (`bytes=-n`)

@@ -11,6 +11,8 @@
 //! - [`precopy`]: a backup of a running app made consistent by a short second pass.
 //! - [`read`]: the way back: members inflated in parallel into one tar stream.
 //! - [`extract`]: safe extraction into mounts (restore) and its dry run (verify).
+//! - [`index`]: where each entry and gzip member sits (browsing without inflating).
+//! - [`subtree`]: one folder of an archive as a tar stream of its own (a folder download).
 
 mod digest;
 pub mod extract;
@@ -19,6 +21,7 @@ pub mod index;
 pub mod precopy;
 pub mod prefetch;
 pub mod read;
+pub mod subtree;
 pub mod tar_format;
 pub mod tar_read;
 pub mod walk;

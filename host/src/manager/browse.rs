@@ -39,7 +39,19 @@ pub struct Listing {
     pub next_cursor: Option<String>,
 }
 
-/// A file's bytes, as `file_content` opened them: read `reader` on a blocking thread.
+/// What a download of a snapshot's path gives: read its reader on a blocking thread.
+pub enum Download {
+    /// A regular file's bytes.
+    File(FileContent),
+    /// A folder, as a `.tar.gz` of its subtree ([`crate::archive::subtree`]), named
+    /// `<folder>.tar.gz`; its length is not known ahead.
+    Folder {
+        name: String,
+        reader: Box<dyn Read + Send>,
+    },
+}
+
+/// A file's bytes, as `file_content` opened them.
 pub struct FileContent {
     /// Its name (the last path component), lossy UTF-8.
     pub name: String,
@@ -145,16 +157,17 @@ impl BackupManager {
 
     /// A regular file of the snapshot, to read: all of it, or the bytes `range` names
     /// (`(start, Some(end))` inclusive, `(start, None)` to the end). Only the gzip members
-    /// holding the file are inflated. A hard link reads as the file it links to.
-    /// Errors: those of [`Self::files`], `PathNotFound`, `NotAFile` (a folder, a
-    /// symlink, …), `BadRange` (starts beyond the end), `Corrupt` when the archive does
-    /// not hold the file where its index says.
+    /// holding the file are inflated. A hard link reads as the file it links to. A
+    /// folder comes as a `.tar.gz` of its subtree (whole: `range` does not apply).
+    /// Errors: those of [`Self::files`], `PathNotFound`, `NotAFile` (a symlink, a
+    /// device, a mount's top level, …), `BadRange` (starts beyond the end), `Corrupt`
+    /// when the archive does not hold the file where its index says.
     pub async fn file_content(
         &self,
         snapshot_id: &str,
         path: &str,
         range: Option<(u64, Option<u64>)>,
-    ) -> Result<FileContent, ManagerError> {
+    ) -> Result<Download, ManagerError> {
         let snapshot = self.store.get(snapshot_id)?;
         let path = check_path(path)?;
         let index = self.index_of(&snapshot).await?;
@@ -167,6 +180,19 @@ impl BackupManager {
         if entry.kind == EntryKind::Hardlink {
             let target = entry.link.as_deref().unwrap_or_default();
             entry = index.get(target).ok_or_else(not_found)?;
+        }
+        if entry.kind == EntryKind::Dir {
+            let (archive, folder) = (PathBuf::from(&snapshot.file_path), entry.clone());
+            let name = format!("{}.tar.gz", String::from_utf8_lossy(folder.split().1));
+            let reader = tokio::task::spawn_blocking(move || {
+                let tree = crate::archive::subtree::open(&archive, index, &folder)?;
+                let gz = flate2::read::GzEncoder::new(tree, flate2::Compression::new(3));
+                Ok::<_, std::io::Error>(Box::new(gz) as Box<dyn Read + Send>)
+            })
+            .await
+            .map_err(|e| ManagerError::Corrupt(format!("read task: {e}")))?
+            .map_err(|e| ManagerError::Corrupt(format!("cannot read `{path}`: {e}")))?;
+            return Ok(Download::Folder { name, reader });
         }
         if entry.kind != EntryKind::File {
             return Err(ManagerError::NotAFile(path));
@@ -191,13 +217,13 @@ impl BackupManager {
         .await
         .map_err(|e| ManagerError::Corrupt(format!("read task: {e}")))?
         .map_err(|e| ManagerError::Corrupt(format!("cannot read `{path}`: {e}")))?;
-        Ok(FileContent {
+        Ok(Download::File(FileContent {
             name,
             size,
             start,
             len,
             reader,
-        })
+        }))
     }
 
     /// The snapshot's entry index: the saved one when it describes this archive, else

@@ -117,8 +117,9 @@ pub enum ManagerError {
         path: String,
         what: &'static str,
     },
-    /// Only a regular file's content can be read (a hard link is read as its file).
-    #[error("`{0}` is not a regular file")]
+    /// Only a regular file's or a folder's content can be read (a hard link is read as
+    /// its file).
+    #[error("`{0}` is neither a regular file nor a folder of the snapshot")]
     NotAFile(String),
     /// The byte range asked for starts beyond the file's end.
     #[error("the range starts beyond the file's {size} bytes")]

@@ -50,7 +50,7 @@ mod store;
 mod transfer;
 mod verify;
 
-pub use browse::{FileContent, FileInfo, Listing};
+pub use browse::{Download, FileContent, FileInfo, Listing};
 pub use error::ManagerError;
 pub use rules::{Decision, RetentionReport};
 
