@@ -857,6 +857,7 @@ fn extractor_refuses_and_writes_nothing_outside() {
             path: target.clone(),
             reserved: None,
             discard: false,
+            file_root: false,
         }];
         let stream = flate2::read::MultiGzDecoder::new(&bytes[..]);
         let err = extract(stream, &targets, &Options::default(), &|_| {}).expect_err(name);

@@ -17,5 +17,6 @@ mod operability;
 mod policies;
 mod precopy;
 mod restore;
+mod restore_paths;
 mod rollback_and_crash;
 mod service;

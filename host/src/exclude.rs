@@ -86,6 +86,9 @@ fn compile(glob: &str) -> Result<globset::Glob, globset::Error> {
 #[derive(Debug, Clone)]
 pub struct Exclude {
     set: GlobSet,
+    /// Where the paths given to `matches` are, relative to the mount's root (empty: the
+    /// root itself); see [`Exclude::below`].
+    base: Vec<u8>,
 }
 
 impl Exclude {
@@ -101,13 +104,28 @@ impl Exclude {
             }
         }
         let set = builder.build().ok()?;
-        any.then_some(Exclude { set })
+        any.then_some(Exclude {
+            set,
+            base: Vec::new(),
+        })
     }
 
-    /// Whether the entry at `rel` (relative to the mount's root, `/`-separated, no
-    /// leading `/`) is left out, with everything below it.
+    /// The same patterns for paths given relative to the folder `base` of the mount (a
+    /// partial restore's folder): `matches(b"x")` then asks about `base/x`.
+    pub fn below(mut self, base: &[u8]) -> Exclude {
+        self.base = base.to_vec();
+        self
+    }
+
+    /// Whether the entry at `rel` (relative to the mount's root, or to the folder of
+    /// [`Exclude::below`]; `/`-separated, no leading `/`) is left out, with everything
+    /// below it.
     pub fn matches(&self, rel: &[u8]) -> bool {
-        self.set.is_match(Path::new(OsStr::from_bytes(rel)))
+        if self.base.is_empty() {
+            return self.set.is_match(Path::new(OsStr::from_bytes(rel)));
+        }
+        let full = [&self.base[..], b"/", rel].concat();
+        self.set.is_match(Path::new(OsStr::from_bytes(&full)))
     }
 }
 
@@ -117,6 +135,14 @@ mod tests {
 
     fn ex(patterns: &[&str]) -> Exclude {
         Exclude::new(&patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn patterns_below_a_folder_match_as_from_the_root() {
+        let e = ex(&["uploads/cache/**", "*.tmp"]).below(b"uploads");
+        assert!(e.matches(b"cache/a"));
+        assert!(e.matches(b"x.tmp"));
+        assert!(!e.matches(b"a"));
     }
 
     #[test]

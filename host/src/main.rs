@@ -512,6 +512,7 @@ fn unpack(
         path: into,
         reserved: None,
         discard: false,
+        file_root: false,
     }];
     let opts = appsnap::archive::extract::Options::default();
     let summary = appsnap::archive::extract::extract(stream, &targets, &opts, &|_| {})?;

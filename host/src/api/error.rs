@@ -164,6 +164,7 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
         InvalidPath(_) => (StatusCode::BAD_REQUEST, "Invalid path"),
         PathNotFound { .. } => (StatusCode::NOT_FOUND, "Path not found"),
         NotAFile(_) => (StatusCode::BAD_REQUEST, "Not a regular file"),
+        PathNotRestorable { .. } => (StatusCode::CONFLICT, "Path cannot be restored"),
         BadRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "Range not satisfiable"),
         TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "Upload too large"),
         Docker(DockerError::Hook { .. } | DockerError::HookTimeout { .. }) => {

@@ -11,7 +11,7 @@ use utoipa::IntoParams;
 
 use super::error::{ApiError, ApiQuery, ErrorBody};
 use crate::jobs::JobInfo;
-use crate::manager::{BackupManager, Restored};
+use crate::manager::{BackupManager, Restored, Selection};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -26,14 +26,23 @@ pub struct RestoreParams {
 
 /// Restore an app's data from one of its snapshots. Verified first; on any failure the
 /// previous data is put back and the app started as it was (500 `Restore failed, rolled back`).
+///
+/// With a JSON body `{"paths": [...], "target": "in_place" | "beside"}`, only those paths
+/// (folders or files, as the file listing names them) come back, from the local archive:
+/// `in_place` with the same guarantees for those paths and the app's other data untouched;
+/// `beside` into new folders `<name>.restored-<snapshot id>` next to them, the app left
+/// running (`restored_to` lists them). A path the app's current data cannot take (its
+/// mount gone, a missing folder or a link on its way) is 409, before anything is touched.
 #[utoipa::path(post, path = "/api/v1/backup/restore/{app_id}/{snapshot_id}", tag = "backup",
     params(("app_id" = String, Path), ("snapshot_id" = String, Path), RestoreParams),
+    request_body(content = Option<Selection>, content_type = "application/json",
+        description = "Only these paths (a partial restore); without a body, the whole app"),
     responses(
         (status = 200, description = "Snapshot restored successfully", body = Restored),
         (status = 202, description = "Restore started (wait=false)", body = JobInfo),
         (status = 400, description = "Bad id, or Snapshot does not belong to this app", body = ErrorBody),
         (status = 404, description = "Application or snapshot not found", body = ErrorBody),
-        (status = 409, description = "A backup or restore of this app is running", body = ErrorBody),
+        (status = 409, description = "A backup or restore of this app is running, or a chosen path cannot be restored as the app's data stands", body = ErrorBody),
         (status = 422, description = "The snapshot failed verification; nothing was touched", body = ErrorBody),
         (status = 502, description = "The repository to fetch from could not be read", body = ErrorBody),
         (status = 500, description = "Restore failed, rolled back", body = ErrorBody),
@@ -42,10 +51,20 @@ pub async fn restore(
     State(manager): State<Arc<BackupManager>>,
     Path((app_id, snapshot_id)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<RestoreParams>,
+    selection: Option<Json<Selection>>,
 ) -> Result<Response, ApiError> {
-    let started = manager
-        .start_restore_from(&app_id, &snapshot_id, params.from.as_deref())
-        .await?;
+    let started = match selection {
+        None => {
+            manager
+                .start_restore_from(&app_id, &snapshot_id, params.from.as_deref())
+                .await?
+        }
+        Some(Json(selection)) => {
+            manager
+                .start_restore_paths(&app_id, &snapshot_id, &selection)
+                .await?
+        }
+    };
     if params.wait == Some(false) {
         return Ok((StatusCode::ACCEPTED, Json(started.job.info())).into_response());
     }

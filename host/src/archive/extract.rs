@@ -58,6 +58,9 @@ pub struct Target {
     /// Check this mount's entries but write none of them (a snapshot mount the app no
     /// longer has: it is skipped, not written wherever the archive says).
     pub discard: bool,
+    /// The root may be a regular file: a single file restored on its own (a bind
+    /// mount's root, under `binds/`, may always be one).
+    pub file_root: bool,
 }
 
 /// The rules of one extraction. `Default` is the strictest: no devices, `user.*` xattrs
@@ -321,7 +324,7 @@ fn extract_entries<R: Read>(
         };
         // A root that is a link would make the mount itself point anywhere on the host.
         // Only a bind mount may be a single (regular) file: `./nginx.conf:/etc/nginx/…`.
-        let file_root = tree.target.archive_dir.starts_with("binds/")
+        let file_root = (tree.target.file_root || tree.target.archive_dir.starts_with("binds/"))
             && matches!(meta.kind, EntryType::Regular | EntryType::Continuous);
         if rel.is_empty() && !meta.kind.is_dir() && !file_root {
             return Err(unsafe_entry(
@@ -872,6 +875,7 @@ mod tests {
             path: dir.join("m"),
             reserved: None,
             discard: false,
+            file_root: false,
         }
     }
 

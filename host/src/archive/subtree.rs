@@ -15,6 +15,7 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tar::EntryType;
 
@@ -22,8 +23,9 @@ use super::index::{self, Entry, EntryKind, Index};
 use super::tar_format::{END, EntryMeta, Kind, header_blocks, padding};
 use super::tar_read::TarReader;
 
-/// A tar stream of the folder `folder` (an index entry of kind `Dir`) of `archive`.
-pub fn open(archive: &Path, index: Index, folder: &Entry) -> io::Result<Subtree> {
+/// A tar stream of the folder `folder` of `archive` (an index entry of kind `Dir`, or a
+/// regular file alone).
+pub fn open(archive: &Path, index: Arc<Index>, folder: &Entry) -> io::Result<Subtree> {
     let within = |p: &[u8]| inside(p, &folder.path);
     let last_data = index
         .entries
@@ -74,7 +76,7 @@ fn bad(msg: String) -> io::Error {
 pub struct Subtree {
     tar: TarReader<Box<dyn Read + Send>>,
     archive: PathBuf,
-    index: Index,
+    index: Arc<Index>,
     folder: Vec<u8>,
     /// Bytes cut from the front of each name: the folder's parent and its `/`.
     cut: usize,

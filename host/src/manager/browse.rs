@@ -15,13 +15,10 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::BackupManager;
 use super::error::ManagerError;
+use super::{BackupManager, check_path};
 use crate::archive::index::{self, EntryKind, Index};
 use crate::catalog::Snapshot;
-
-/// Longest path a request may name (bytes).
-const MAX_PATH: usize = 4096;
 
 /// Most entries one page lists.
 pub const MAX_PAGE: usize = 1000;
@@ -185,7 +182,8 @@ impl BackupManager {
             let (archive, folder) = (PathBuf::from(&snapshot.file_path), entry.clone());
             let name = format!("{}.tar.gz", String::from_utf8_lossy(folder.split().1));
             let reader = tokio::task::spawn_blocking(move || {
-                let tree = crate::archive::subtree::open(&archive, index, &folder)?;
+                let tree =
+                    crate::archive::subtree::open(&archive, std::sync::Arc::new(index), &folder)?;
                 let gz = flate2::read::GzEncoder::new(tree, flate2::Compression::new(3));
                 Ok::<_, std::io::Error>(Box::new(gz) as Box<dyn Read + Send>)
             })
@@ -225,41 +223,6 @@ impl BackupManager {
             reader,
         }))
     }
-
-    /// The snapshot's entry index: the saved one when it describes this archive, else
-    /// one made now (on a blocking thread, under a heavy slot) and saved. A save that
-    /// fails is logged; the index made is used all the same.
-    async fn index_of(&self, snapshot: &Snapshot) -> Result<Index, ManagerError> {
-        let archive = PathBuf::from(&snapshot.file_path);
-        let at = index::path_for(&archive);
-        let sha = snapshot.sha256.clone();
-        let saved = {
-            let at = at.clone();
-            tokio::task::spawn_blocking(move || Index::load(&at))
-                .await
-                .ok()
-                .and_then(Result::ok)
-        };
-        if let Some(index) = saved.filter(|i| i.sha256 == sha) {
-            return Ok(index);
-        }
-        let _slot = self.gate.heavy_slot(None).await;
-        let max_entries = self
-            .config
-            .max_archive_entries
-            .max(snapshot.facts.entries.unwrap_or(0));
-        let id = snapshot.snapshot_id.clone();
-        tokio::task::spawn_blocking(move || {
-            let index = index::build(&archive, &sha, max_entries)
-                .map_err(|e| ManagerError::Corrupt(format!("cannot index {id}: {e}")))?;
-            if let Err(e) = index.save(&at) {
-                tracing::warn!(snapshot = %id, "cannot save its index {}: {e}", at.display());
-            }
-            Ok(index)
-        })
-        .await
-        .map_err(|e| ManagerError::Corrupt(format!("index task: {e}")))?
-    }
 }
 
 /// How many entries a page starts after (`next_cursor` of the page before).
@@ -268,21 +231,6 @@ fn parse_cursor(cursor: Option<&str>) -> Result<usize, ManagerError> {
         c.parse()
             .map_err(|_| ManagerError::InvalidPath(format!("cursor {c}")))
     })
-}
-
-/// `path` as a folder of a snapshot (no trailing `/`), or `InvalidPath`.
-fn check_path(path: &str) -> Result<String, ManagerError> {
-    let trimmed = path.trim_end_matches('/');
-    let bad = path.len() > MAX_PATH
-        || path.starts_with('/')
-        || path.contains('\0')
-        || (!trimmed.is_empty() && trimmed.split('/').any(|c| matches!(c, "" | "." | "..")));
-    if bad {
-        return Err(ManagerError::InvalidPath(
-            path.chars().take(200).collect::<String>(),
-        ));
-    }
-    Ok(trimmed.to_string())
 }
 
 /// Whether `folder` is a folder of the snapshot: a directory entry, or a mount's folder

@@ -121,6 +121,11 @@ pub enum ManagerError {
     /// its file).
     #[error("`{0}` is neither a regular file nor a folder of the snapshot")]
     NotAFile(String),
+    /// A partial restore cannot put this path back as the app's data stands now (its
+    /// mount is gone, a folder on its way is missing or a link, it is a mount point, a
+    /// `beside` folder of that name exists); nothing was touched.
+    #[error("`{path}` cannot be restored: {why}")]
+    PathNotRestorable { path: String, why: String },
     /// The byte range asked for starts beyond the file's end.
     #[error("the range starts beyond the file's {size} bytes")]
     BadRange { size: u64 },

@@ -52,12 +52,16 @@ mod verify;
 
 pub use browse::{Download, FileContent, FileInfo, Listing};
 pub use error::ManagerError;
+pub use restore::{PathsTarget, Selection};
 pub use rules::{Decision, RetentionReport};
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+
+use crate::archive::index::{self, Index};
 
 use crate::catalog::Snapshot;
 use crate::config::Config;
@@ -108,6 +112,9 @@ pub struct Restored {
     /// Mounts that are mount points on the host: they cannot be staged beside (a rename
     /// cannot leave a mount point), so they were extracted with the app stopped.
     pub extracted_while_stopped: Vec<String>,
+    /// A partial restore `beside`: the host folders the paths were put in.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restored_to: Vec<String>,
 }
 
 /// A backup accepted and running: its job, and the task to await for the outcome.
@@ -239,6 +246,41 @@ impl BackupManager {
             self.store.no_journal(&lock.app_id, "restore")?;
         }
         Ok(())
+    }
+
+    /// The snapshot's entry index (browsing and partial restores read it): the saved one when it describes this archive, else
+    /// one made now (on a blocking thread, under a heavy slot) and saved. A save that
+    /// fails is logged; the index made is used all the same.
+    async fn index_of(&self, snapshot: &Snapshot) -> Result<Index, ManagerError> {
+        let archive = PathBuf::from(&snapshot.file_path);
+        let at = index::path_for(&archive);
+        let sha = snapshot.sha256.clone();
+        let saved = {
+            let at = at.clone();
+            tokio::task::spawn_blocking(move || Index::load(&at))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        if let Some(index) = saved.filter(|i| i.sha256 == sha) {
+            return Ok(index);
+        }
+        let _slot = self.gate.heavy_slot(None).await;
+        let max_entries = self
+            .config
+            .max_archive_entries
+            .max(snapshot.facts.entries.unwrap_or(0));
+        let id = snapshot.snapshot_id.clone();
+        tokio::task::spawn_blocking(move || {
+            let index = index::build(&archive, &sha, max_entries)
+                .map_err(|e| ManagerError::Corrupt(format!("cannot index {id}: {e}")))?;
+            if let Err(e) = index.save(&at) {
+                tracing::warn!(snapshot = %id, "cannot save its index {}: {e}", at.display());
+            }
+            Ok(index)
+        })
+        .await
+        .map_err(|e| ManagerError::Corrupt(format!("index task: {e}")))?
     }
 
     /// Shutdown: archive work in progress stops at its next chunk — a backup then starts
@@ -395,4 +437,24 @@ impl BackupManager {
             disk_total_bytes,
         })
     }
+}
+
+/// Longest path a request may name (bytes).
+const MAX_PATH: usize = 4096;
+
+/// `path` as a path of a snapshot (no trailing `/`), or `InvalidPath`: absolute, with an
+/// empty, `.` or `..` component, a NUL, or longer than [`MAX_PATH`]. Only ever compared
+/// with an index's paths, never joined onto a host path.
+fn check_path(path: &str) -> Result<String, ManagerError> {
+    let trimmed = path.trim_end_matches('/');
+    let bad = path.len() > MAX_PATH
+        || path.starts_with('/')
+        || path.contains('\0')
+        || (!trimmed.is_empty() && trimmed.split('/').any(|c| matches!(c, "" | "." | "..")));
+    if bad {
+        return Err(ManagerError::InvalidPath(
+            path.chars().take(200).collect::<String>(),
+        ));
+    }
+    Ok(trimmed.to_string())
 }

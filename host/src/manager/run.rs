@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::{BackupManager, ManagerError, Restored, Started};
+use super::{BackupManager, ManagerError, PathsTarget, Restored, Selection, Started};
 use crate::catalog::{Origin, Snapshot};
 use crate::ids;
 use crate::policy::Kind;
@@ -161,53 +161,124 @@ impl BackupManager {
                     cleanup_job: Some(cleanup.id()),
                     downtime_ms: done.downtime_ms,
                     extracted_while_stopped: done.unstaged,
+                    restored_to: done.restored_to,
                 })
             }
             .await
             .map_err(Arc::new);
-            // One reading of how it ended, for the counters and the alert.
-            use crate::metrics::RestoreEnd;
-            use crate::notify::Event;
-            let (end, alert) = match result.as_ref().map_err(|e| e.as_ref()) {
-                Ok(_) => (RestoreEnd::Succeeded, None),
-                Err(ManagerError::RestoreFailed { .. }) => (
-                    RestoreEnd::RolledBack,
-                    Some((Event::RestoreRolledBack, "failed and was rolled back")),
-                ),
-                Err(ManagerError::RollbackFailed { .. }) => (
-                    RestoreEnd::RolledBack,
-                    Some((
-                        Event::RollbackIncomplete,
-                        "failed and its rollback is incomplete: the app is stopped",
-                    )),
-                ),
-                Err(_) => (RestoreEnd::Refused, None),
-            };
-            this.metrics.restore_ended(&app.id, end);
-            if let (Some((event, what)), Err(e)) = (alert, &result) {
-                let mut notice = crate::notify::Notice::new(
-                    event,
-                    Some(&app.id),
-                    format!("Restore of {} {what}", app.id),
-                    e.to_string(),
-                );
-                notice.snapshot = Some(snapshot_id.clone());
-                this.notifier.send(notice);
-            }
-            match &result {
-                Ok(restored) => {
-                    tracing::info!(app = %app.id, snapshot = %snapshot_id, "restore finished");
-                    job2.succeed(serde_json::to_value(restored).expect("outcome serializes"));
-                }
-                Err(e) => {
-                    tracing::error!(app = %app.id, snapshot = %snapshot_id, "restore failed: {e}");
-                    job2.fail(e.clone());
-                }
-            }
+            this.restore_ended(&app.id, &snapshot_id, &result, &job2);
             drop(lock);
             result
         });
         Ok(Started { job, done })
+    }
+
+    /// Starts a partial restore of `selection.paths` of the local snapshot `snapshot_id`
+    /// into `app_id` (see `restore::paths`): in place, with the whole restore's
+    /// guarantees for those paths, or beside them with the app running. The selection
+    /// is checked against the snapshot's index before the lock is taken (400/404 at
+    /// once); the lock and the cleanup wait are as for [`Self::start_restore_from`].
+    pub async fn start_restore_paths(
+        self: &Arc<Self>,
+        app_id: &str,
+        snapshot_id: &str,
+        selection: &Selection,
+    ) -> Result<Started<Restored>, ManagerError> {
+        ids::validate("app id", app_id)?;
+        ids::validate("snapshot id", snapshot_id)?;
+        let snapshot = self.get(snapshot_id)?;
+        let app = self.docker.find_app(app_id).await?;
+        if snapshot.app_id != app_id {
+            return Err(ManagerError::ForeignSnapshot {
+                snapshot_id: snapshot_id.into(),
+                snapshot_app: snapshot.app_id.clone(),
+                app_id: app_id.into(),
+            });
+        }
+        let checked = self.check_selection(&snapshot, selection).await?;
+        let lock = self.lock_app(app_id, "restore")?;
+        let job = self.jobs.create("restore", app_id);
+        let (this, job2, target) = (Arc::clone(self), job.clone(), selection.target);
+        let done = tokio::spawn(async move {
+            let id = snapshot.snapshot_id.clone();
+            tracing::info!(app = %app.id, snapshot = %id, ?target, "partial restore started");
+            this.metrics.restore_started(&app.id);
+            let result = async {
+                let (done, swap) = this
+                    .restore_paths(&app, &snapshot, checked, target, &job2, &lock)
+                    .await?;
+                let cleanup = this.start_cleanup(&app.id, swap);
+                Ok::<_, ManagerError>(Restored {
+                    message: match target {
+                        PathsTarget::InPlace => "Paths restored successfully".into(),
+                        PathsTarget::Beside => "Paths restored beside the app's data".into(),
+                    },
+                    app_id: snapshot.app_id.clone(),
+                    snapshot_id: id.clone(),
+                    skipped: done.skipped,
+                    cleanup_job: Some(cleanup.id()),
+                    downtime_ms: done.downtime_ms,
+                    extracted_while_stopped: done.unstaged,
+                    restored_to: done.restored_to,
+                })
+            }
+            .await
+            .map_err(Arc::new);
+            this.restore_ended(&app.id, &id, &result, &job2);
+            drop(lock);
+            result
+        });
+        Ok(Started { job, done })
+    }
+
+    /// Records how a restore ended: the counters, an alert when it rolled back (or could
+    /// not), the log, and the job's outcome.
+    fn restore_ended(
+        &self,
+        app_id: &str,
+        snapshot_id: &str,
+        result: &Result<Restored, Arc<ManagerError>>,
+        job: &crate::jobs::Job,
+    ) {
+        // One reading of how it ended, for the counters and the alert.
+        use crate::metrics::RestoreEnd;
+        use crate::notify::Event;
+        let (end, alert) = match result.as_ref().map_err(|e| e.as_ref()) {
+            Ok(_) => (RestoreEnd::Succeeded, None),
+            Err(ManagerError::RestoreFailed { .. }) => (
+                RestoreEnd::RolledBack,
+                Some((Event::RestoreRolledBack, "failed and was rolled back")),
+            ),
+            Err(ManagerError::RollbackFailed { .. }) => (
+                RestoreEnd::RolledBack,
+                Some((
+                    Event::RollbackIncomplete,
+                    "failed and its rollback is incomplete: the app is stopped",
+                )),
+            ),
+            Err(_) => (RestoreEnd::Refused, None),
+        };
+        self.metrics.restore_ended(app_id, end);
+        if let (Some((event, what)), Err(e)) = (alert, result) {
+            let mut notice = crate::notify::Notice::new(
+                event,
+                Some(app_id),
+                format!("Restore of {app_id} {what}"),
+                e.to_string(),
+            );
+            notice.snapshot = Some(snapshot_id.to_string());
+            self.notifier.send(notice);
+        }
+        match result {
+            Ok(restored) => {
+                tracing::info!(app = %app_id, snapshot = %snapshot_id, "restore finished");
+                job.succeed(serde_json::to_value(restored).expect("outcome serializes"));
+            }
+            Err(e) => {
+                tracing::error!(app = %app_id, snapshot = %snapshot_id, "restore failed: {e}");
+                job.fail(e.clone());
+            }
+        }
     }
 
     /// One pass of the scheduler at time `now`: starts the backups that are due (at most

@@ -143,6 +143,7 @@ pub fn check_targets(mounts: &[crate::model::Mount]) -> Vec<extract::Target> {
             path: PathBuf::new(),
             reserved: None,
             discard: false,
+            file_root: false,
         })
         .collect()
 }

@@ -27,6 +27,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod paths;
+
+pub use paths::{PathsTarget, Selection};
+
 use super::BackupManager;
 use super::aside::{self, RestoreJournal, Swap};
 use super::containers::{Purpose, Readiness};
@@ -147,23 +151,38 @@ impl BackupManager {
             skipped: std::mem::take(&mut plan.skipped),
             downtime_ms: 0,
             unstaged: Vec::new(),
+            restored_to: Vec::new(),
         };
         let steps = self
             .restore_steps(snapshot, job, &plan, running, &mut swap, &mut done)
             .await;
+        self.conclude(&app.id, swap, steps, done, job).await
+    }
+
+    /// The end of a restore whose journal exists: when `steps` succeeded, journals the
+    /// commit and returns the swap (its data set aside is dropped by the cleanup job);
+    /// otherwise rolls back (`RestoreFailed` naming the step, or `RollbackFailed`).
+    async fn conclude(
+        &self,
+        app_id: &str,
+        mut swap: Swap,
+        steps: Result<(), (String, String)>,
+        done: Done,
+        job: &Job,
+    ) -> Result<(Done, Swap), ManagerError> {
         let (step, cause) = match steps {
             Ok(()) => {
                 if let Err(e) = swap.committed() {
                     // The journal still says Extracted, which recovery finishes too.
-                    tracing::error!(app = %app.id, "restore done, its journal not updated: {e}");
+                    tracing::error!(app = %app_id, "restore done, its journal not updated: {e}");
                 }
-                tracing::info!(app = %app.id, downtime_ms = done.downtime_ms, "restored");
+                tracing::info!(app = %app_id, downtime_ms = done.downtime_ms, "restored");
                 return Ok((done, swap));
             }
             Err(failure) => failure,
         };
         job.step("rolling back");
-        tracing::warn!(app = %app.id, "restore failed at {step}: {cause}; rolling back");
+        tracing::warn!(app = %app_id, "restore failed at {step}: {cause}; rolling back");
         match rollback(&self.containers, swap).await {
             Ok(()) => Err(ManagerError::RestoreFailed { step, cause }),
             Err(rollback) => Err(ManagerError::RollbackFailed {
@@ -172,6 +191,32 @@ impl BackupManager {
                 rollback,
             }),
         }
+    }
+
+    /// Starts the containers a restore stopped and waits until they run (and are
+    /// healthy): `restore_timeout_secs`, settled `restore_settle_secs`. Any start
+    /// warning, a container that does not keep running, or a shutdown during the wait is
+    /// the step's failure: nothing is committed until the app runs on the restored data.
+    async fn start_and_wait(&self, running: &[String], job: &Job) -> Result<(), (String, String)> {
+        let fail = |step: &str| {
+            let step = step.to_string();
+            move |e: String| (step, e)
+        };
+        job.step("starting containers");
+        let started = self.containers.start_all(running, Purpose::Restore).await;
+        if !started.warnings.is_empty() {
+            return Err(("starting containers".into(), started.warnings.join("; ")));
+        }
+        failpoint::point("restore.started").map_err(fail("starting containers"))?;
+        job.step("waiting for containers to run");
+        let readiness = Readiness {
+            timeout: Duration::from_secs(self.config.restore_timeout_secs.into()),
+            settle: Duration::from_secs(self.config.restore_settle_secs.into()),
+        };
+        self.containers
+            .wait_running(running, readiness, || self.gate.is_shutting_down())
+            .await
+            .map_err(fail("waiting for containers to run"))
     }
 
     /// The steps after the journal exists; an error names the step that failed.
@@ -327,21 +372,7 @@ impl BackupManager {
         swap.extracted().map_err(fail("extracting"))?;
 
         if !running.is_empty() {
-            job.step("starting containers");
-            let started = self.containers.start_all(&running, Purpose::Restore).await;
-            if !started.warnings.is_empty() {
-                return Err(("starting containers".into(), started.warnings.join("; ")));
-            }
-            failpoint::point("restore.started").map_err(fail("starting containers"))?;
-            job.step("waiting for containers to run");
-            let readiness = Readiness {
-                timeout: Duration::from_secs(self.config.restore_timeout_secs.into()),
-                settle: Duration::from_secs(self.config.restore_settle_secs.into()),
-            };
-            self.containers
-                .wait_running(&running, readiness, || self.gate.is_shutting_down())
-                .await
-                .map_err(fail("waiting for containers to run"))?;
+            self.start_and_wait(&running, job).await?;
         }
         done.downtime_ms = down.elapsed().as_millis() as u64;
         Ok(())
@@ -429,7 +460,7 @@ impl BackupManager {
                         .to_string(),
                 )
             } else {
-                self.target_of(app, m, &docker_root).await?
+                self.target_of(app, m, &docker_root, true).await?
             };
             let target = match target {
                 Ok(t) => t,
@@ -441,6 +472,7 @@ impl BackupManager {
                         path: PathBuf::new(),
                         reserved: None,
                         discard: true,
+                        file_root: false,
                     });
                     continue;
                 }
@@ -464,6 +496,7 @@ impl BackupManager {
                 path,
                 reserved: None,
                 discard: false,
+                file_root: false,
             });
         }
         Ok(())
@@ -475,12 +508,14 @@ impl BackupManager {
     /// this mount alone is skipped. A current mount matches when it is of the same kind
     /// and has the same name (any `project` mount matches the snapshot's), else when it
     /// serves one of the same container paths (`destination` is a comma-separated list).
-    /// A missing named volume is created here, labelled as the app's.
+    /// A missing named volume is created here, labelled as the app's, when `create`
+    /// says so (a partial restore never creates one: the mount is then skipped).
     async fn target_of(
         &self,
         app: &App,
         m: &crate::model::Mount,
         docker_root: &Path,
+        create: bool,
     ) -> Result<Result<Target, String>, ManagerError> {
         let dests: Vec<&str> = m.destination.split(',').filter(|d| !d.is_empty()).collect();
         let same_kind = || app.mounts.iter().filter(|c| c.kind == m.kind);
@@ -495,6 +530,9 @@ impl BackupManager {
         };
         let target = match current {
             Some(c) => Target::Current(PathBuf::from(&c.source)),
+            None if m.kind == "volume" && !create => {
+                return Ok(Err("the app does not have this volume now".into()));
+            }
             None if m.kind == "volume" => match self.docker.volume_owner(&m.name).await? {
                 None => {
                     let path = self.docker.create_volume(&m.name, &app.id).await?;
@@ -602,6 +640,7 @@ fn discarded(t: &extract::Target) -> extract::Target {
         path: PathBuf::new(),
         reserved: None,
         discard: true,
+        file_root: false,
         ..t.clone()
     }
 }
@@ -616,6 +655,8 @@ pub(super) struct Done {
     pub downtime_ms: u64,
     /// Targets extracted with the app stopped: mount points, which cannot be staged.
     pub unstaged: Vec<String>,
+    /// Where a partial restore `beside` put the paths (host paths).
+    pub restored_to: Vec<String>,
 }
 
 /// Where a restore writes, and what it leaves out.
