@@ -51,15 +51,16 @@ pub async fn restore(
     State(manager): State<Arc<BackupManager>>,
     Path((app_id, snapshot_id)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<RestoreParams>,
-    selection: Option<Json<Selection>>,
+    selection: Option<Json<Option<Selection>>>,
 ) -> Result<Response, ApiError> {
-    let started = match selection {
+    // No body, or a JSON `null`: the whole app.
+    let started = match selection.and_then(|Json(s)| s) {
         None => {
             manager
                 .start_restore_from(&app_id, &snapshot_id, params.from.as_deref())
                 .await?
         }
-        Some(Json(selection)) => {
+        Some(selection) => {
             manager
                 .start_restore_paths(&app_id, &snapshot_id, &selection)
                 .await?
