@@ -245,6 +245,8 @@ async fn an_index_that_does_not_describe_the_archive_is_never_trusted() {
     list_all(&h, planted["snapshot_id"].as_str().unwrap(), &other_vol, 10).await;
     for lie in [fs::read(&planted_index).unwrap(), b"garbage".to_vec()] {
         fs::write(&index, lie).unwrap();
+        // The index kept in memory is the planted snapshot's now: the file is read.
+        list_all(&h, planted["snapshot_id"].as_str().unwrap(), "", 10).await;
         let (status, body) = h
             .call(
                 "GET",

@@ -33,7 +33,7 @@ fn out(cmd: &str) -> String {
 }
 
 /// The same starting line for every run: data on disk, page cache empty.
-fn cold() {
+pub(crate) fn cold() {
     sh("sync && echo 3 > /proc/sys/vm/drop_caches");
 }
 
@@ -53,13 +53,13 @@ fn peak_rss() -> u64 {
 }
 
 /// A compose-like app: one container (stops at once on SIGTERM) with a named volume.
-struct App {
-    project: String,
-    mountpoint: PathBuf,
+pub(crate) struct App {
+    pub(crate) project: String,
+    pub(crate) mountpoint: PathBuf,
 }
 
 impl App {
-    fn create() -> App {
+    pub(crate) fn create() -> App {
         let ok = Command::new("docker")
             .args(["image", "inspect", IMAGE])
             .output()
@@ -102,10 +102,10 @@ impl Drop for App {
 }
 
 /// Each step of a job with how long it lasted, in order.
-type Steps = Vec<(String, Duration)>;
+pub(crate) type Steps = Vec<(String, Duration)>;
 
 /// Follows a job to its end, timing each step as the job moves on.
-async fn steps_of(job: appsnap::jobs::Job) -> Steps {
+pub(crate) async fn steps_of(job: appsnap::jobs::Job) -> Steps {
     let mut rx = job.subscribe();
     let mut steps: Steps = Vec::new();
     let mut current = (rx.borrow().step.clone(), Instant::now());
@@ -125,7 +125,7 @@ async fn steps_of(job: appsnap::jobs::Job) -> Steps {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
@@ -142,7 +142,7 @@ struct Backup {
 }
 
 /// The median of `runs` bare `docker stop` + `docker start` of the app's container.
-fn bare_stop_start(app: &App, runs: usize) -> f64 {
+pub(crate) fn bare_stop_start(app: &App, runs: usize) -> f64 {
     median(
         (0..runs.max(1))
             .map(|_| {
@@ -203,7 +203,7 @@ struct Restore {
 }
 
 /// Prints the median time of each step, in the order the runs met them.
-fn print_steps(what: &str, runs: &[&Steps]) {
+pub(crate) fn print_steps(what: &str, runs: &[&Steps]) {
     println!("{what} steps (median seconds):");
     let mut names: Vec<&String> = Vec::new();
     for r in runs {

@@ -9,6 +9,8 @@
 //! `restic backup --stdin` into a local S3 server (see `offsite.rs`).
 //! `… -- --api [--runs 3] --size 1G`: instead, backup and restore through the manager on
 //! a real container and volume, against tar | pigz and pigz -dc | tar (see `api.rs`).
+//! `… -- --browse [--runs 3] --size 4G`: instead, browsing a snapshot and a partial
+//! restore through the manager, against `tar -xzf --to-stdout` (see `browse.rs`).
 //!
 //! The tree: ~25 % source text (PHP/JS-like), ~40 % already-compressed media (random
 //! bytes), ~30 % database-like files of 16 KiB pages (rows + zeroed free space), ~5 % small
@@ -22,6 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod api;
+mod browse;
 mod offsite;
 
 use rand::rngs::StdRng;
@@ -89,6 +92,7 @@ fn main() {
     let mut levels = vec![3u32];
     let mut offsite_runs = None;
     let mut api = false;
+    let mut browse = false;
     let mut backup_only = false;
     let mut generate_only = None;
     let mut args = std::env::args().skip(1);
@@ -96,6 +100,7 @@ fn main() {
         match a.as_str() {
             "--offsite" => offsite_runs = Some(3),
             "--api" => api = true,
+            "--browse" => browse = true,
             "--backup-only" => backup_only = true,
             // Only writes the tree (for timing `appsnap pack` by hand, cold or warm).
             "--generate" => {
@@ -118,6 +123,7 @@ fn main() {
                 "usage: appsnap-bench [--size 2G] [--dir PATH] [--levels 6[,4…]] \
                  | --offsite [--runs 3] [--size 2G] [--dir PATH] \
                  | --api [--runs 3] [--size 1G] [--dir PATH] [--backup-only] \
+                 | --browse [--runs 3] [--size 4G] [--dir PATH] \
                  | --generate PATH [--size 1G]"
             ),
         }
@@ -125,6 +131,9 @@ fn main() {
     if let Some(root) = generate_only {
         let data = generate(&root, size);
         return println!("generated {} at {}", human(data), root.display());
+    }
+    if browse {
+        return browse::run(&dir, size, offsite_runs.unwrap_or(3));
     }
     if api {
         return api::run(&dir, size, offsite_runs.unwrap_or(3), backup_only);

@@ -45,6 +45,7 @@ pub fn open(archive: &Path, index: Arc<Index>, folder: &Entry) -> io::Result<Sub
         index,
         folder: folder.path.clone(),
         cut,
+        start: folder.header_offset,
         last_data,
         out: Vec::new(),
         at: 0,
@@ -80,7 +81,11 @@ pub struct Subtree {
     folder: Vec<u8>,
     /// Bytes cut from the front of each name: the folder's parent and its `/`.
     cut: usize,
-    /// Where the folder's last entry's data starts: no entry beyond is read.
+    /// The folder's own header's offset in the archive's tar stream: where the reader
+    /// began (its `bytes` count from there).
+    start: u64,
+    /// Where the folder's last entry's data starts (an offset in the archive's tar
+    /// stream): no entry beyond is read.
     last_data: u64,
     /// Bytes made and not yet read out, from `at`.
     out: Vec<u8>,
@@ -153,7 +158,7 @@ impl Subtree {
     fn next_entry(&mut self) -> io::Result<()> {
         loop {
             let e = match self.tar.next_entry()? {
-                Some(e) if self.tar.bytes <= self.last_data => e,
+                Some(e) if self.start + self.tar.bytes <= self.last_data => e,
                 // The archive's end, or past the folder's last entry.
                 _ => {
                     self.finish();

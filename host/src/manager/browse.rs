@@ -182,8 +182,7 @@ impl BackupManager {
             let (archive, folder) = (PathBuf::from(&snapshot.file_path), entry.clone());
             let name = format!("{}.tar.gz", String::from_utf8_lossy(folder.split().1));
             let reader = tokio::task::spawn_blocking(move || {
-                let tree =
-                    crate::archive::subtree::open(&archive, std::sync::Arc::new(index), &folder)?;
+                let tree = crate::archive::subtree::open(&archive, index, &folder)?;
                 let gz = flate2::read::GzEncoder::new(tree, flate2::Compression::new(3));
                 Ok::<_, std::io::Error>(Box::new(gz) as Box<dyn Read + Send>)
             })

@@ -103,7 +103,7 @@ impl BackupManager {
             }
             paths.push(path);
         }
-        let index = Arc::new(self.index_of(snapshot).await?);
+        let index = self.index_of(snapshot).await?;
         let mut chosen = Vec::new();
         for path in paths {
             let not_found = || ManagerError::PathNotFound {
