@@ -414,3 +414,43 @@ async fn a_folder_downloads_as_a_tarball_of_exactly_its_tree() {
         assert_eq!(got, want, "{path}");
     }
 }
+
+/// A folder's tarball reads the archive only from the folder's first entry to its last:
+/// not on to the end of the snapshot.
+#[tokio::test]
+async fn a_folders_download_reads_only_its_own_part_of_the_archive() {
+    let app = TestApp::new("");
+    let data = app.volume_path();
+    for folder in ["a", "b", "c"] {
+        fs::create_dir(data.join(folder)).unwrap();
+        for i in 0..50 {
+            let body: Vec<u8> = (0..40_000u32).map(|x| (x * 7 + i) as u8).collect();
+            fs::write(data.join(format!("{folder}/f{i}")), body).unwrap();
+        }
+    }
+    let h = Harness::new().await;
+    let snap = h.backup(&app.id).await;
+    let archive = Path::new(snap["file_path"].as_str().unwrap());
+    let index = std::sync::Arc::new(Index::load(&index::path_for(archive)).unwrap());
+    // The middle one: folders before it and after it.
+    let folder = index
+        .get(format!("volumes/{}/b", app.volume).as_bytes())
+        .unwrap()
+        .clone();
+    let mut tree = appsnap::archive::subtree::open(archive, index.clone(), &folder).unwrap();
+    std::io::copy(&mut tree, &mut std::io::sink()).unwrap();
+    let last = index
+        .entries
+        .iter()
+        .filter(|e| e.path.starts_with(&folder.path))
+        .map(|e| e.data_offset + e.size.div_ceil(512) * 512)
+        .max()
+        .unwrap();
+    // Its own entries, and the header of the next one (which tells the folder ended).
+    let read = tree.read_from_archive();
+    assert!(
+        read <= last - folder.header_offset + 3 * 512,
+        "read {read} bytes for a folder of {}",
+        last - folder.header_offset
+    );
+}

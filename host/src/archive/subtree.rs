@@ -260,6 +260,11 @@ impl Subtree {
         })
     }
 
+    /// Bytes of the archive's tar stream read so far, from the folder's header on.
+    pub fn read_from_archive(&self) -> u64 {
+        self.tar.bytes
+    }
+
     fn finish(&mut self) {
         self.out = END.to_vec();
         self.data = None;
