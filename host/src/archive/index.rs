@@ -156,6 +156,13 @@ impl Entry {
     }
 }
 
+/// Whether the archive path `path` is `folder` or below it (whole names only:
+/// `v/upload` is not below `v/up`).
+pub fn inside(path: &[u8], folder: &[u8]) -> bool {
+    path.strip_prefix(folder)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
+}
+
 /// An archive path split at its last `/`: (parent, name).
 fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {

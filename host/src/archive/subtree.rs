@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tar::EntryType;
 
-use super::index::{self, Entry, EntryKind, Index};
+use super::index::{self, Entry, EntryKind, Index, inside};
 use super::tar_format::{END, EntryMeta, Kind, header_blocks, padding};
 use super::tar_read::TarReader;
 
@@ -52,12 +52,6 @@ pub fn open(archive: &Path, index: Arc<Index>, folder: &Entry) -> io::Result<Sub
         data: None,
         done: false,
     })
-}
-
-/// Whether the archive path `path` is `folder` or below it.
-fn inside(path: &[u8], folder: &[u8]) -> bool {
-    path.strip_prefix(folder)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
 }
 
 /// A name that the extractor's rules accept: relative, no empty, `.` or `..` component.

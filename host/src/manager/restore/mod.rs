@@ -193,6 +193,28 @@ impl BackupManager {
         }
     }
 
+    /// Journals the containers about to be stopped, then stops them: the downtime
+    /// starts, and its start is returned.
+    async fn stop_for_restore(
+        &self,
+        running: &[String],
+        swap: &mut Swap,
+        job: &Job,
+    ) -> Result<Instant, (String, String)> {
+        let fail = |e: String| ("stopping containers".to_string(), e);
+        swap.stopping(running.to_vec()).map_err(fail)?;
+        let down = Instant::now();
+        if !running.is_empty() {
+            job.step("stopping containers");
+            self.containers
+                .stop_all(running, Purpose::Restore)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            failpoint::point("restore.stopped").map_err(fail)?;
+        }
+        Ok(down)
+    }
+
     /// Starts the containers a restore stopped and waits until they run (and are
     /// healthy): `restore_timeout_secs`, settled `restore_settle_secs`. Any start
     /// warning, a container that does not keep running, or a shutdown during the wait is
@@ -292,18 +314,7 @@ impl BackupManager {
         swap.staged()
             .map_err(fail("extracting into staging folders"))?;
 
-        swap.stopping(running.clone())
-            .map_err(fail("stopping containers"))?;
-        let down = Instant::now();
-        if !running.is_empty() {
-            job.step("stopping containers");
-            self.containers
-                .stop_all(&running, Purpose::Restore)
-                .await
-                .map_err(|e| e.to_string())
-                .map_err(fail("stopping containers"))?;
-            failpoint::point("restore.stopped").map_err(fail("stopping containers"))?;
-        }
+        let down = self.stop_for_restore(&running, swap, job).await?;
 
         job.step("swapping in the restored data");
         let written = plan

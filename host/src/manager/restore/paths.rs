@@ -21,17 +21,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::super::BackupManager;
 use super::super::aside::{self, RestoreJournal, Swap};
-use super::super::containers::Purpose;
 use super::super::error::ManagerError;
 use super::super::gate::AppLock;
 use super::{Done, Plan, Target, check_space};
-use crate::archive::index::{self, EntryKind, Index};
+use crate::archive::index::{self, EntryKind, Index, inside};
 use crate::archive::{self, extract, subtree};
 use crate::catalog::Snapshot;
 use crate::docker::App;
@@ -304,18 +302,7 @@ impl BackupManager {
             let step = step.to_string();
             move |e: String| (step, e)
         };
-        swap.stopping(running.clone())
-            .map_err(fail("stopping containers"))?;
-        let down = Instant::now();
-        if !running.is_empty() {
-            job.step("stopping containers");
-            self.containers
-                .stop_all(&running, Purpose::Restore)
-                .await
-                .map_err(|e| e.to_string())
-                .map_err(fail("stopping containers"))?;
-            failpoint::point("restore.stopped").map_err(fail("stopping containers"))?;
-        }
+        let down = self.stop_for_restore(&running, swap, job).await?;
         job.step("swapping in the restored paths");
         for (c, p) in chosen.iter().zip(places) {
             // Again now that the app is stopped: what it did meanwhile cannot have put a
@@ -419,12 +406,6 @@ fn host_path(base: &Path, rel: &str) -> Result<PathBuf, String> {
         at.push(last);
     }
     Ok(at)
-}
-
-/// Whether `path` is `folder` or below it (archive paths, bytes).
-fn inside(path: &[u8], folder: &[u8]) -> bool {
-    path.strip_prefix(folder)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
 }
 
 /// Whether one of two archive paths is inside the other (or they are the same).
