@@ -153,16 +153,11 @@ impl BackupManager {
                 let (done, swap) = this.restore(&app, &snapshot, &job2, &lock).await?;
                 // Started before the lock goes, so that the next operation waits for it.
                 let cleanup = this.start_cleanup(&app.id, swap);
-                Ok::<_, ManagerError>(Restored {
-                    message: "Snapshot restored successfully".into(),
-                    app_id: snapshot.app_id,
-                    snapshot_id: snapshot.snapshot_id,
-                    skipped: done.skipped,
-                    cleanup_job: Some(cleanup.id()),
-                    downtime_ms: done.downtime_ms,
-                    extracted_while_stopped: done.unstaged,
-                    restored_to: done.restored_to,
-                })
+                Ok::<_, ManagerError>(done.answer(
+                    "Snapshot restored successfully",
+                    &snapshot,
+                    &cleanup,
+                ))
             }
             .await
             .map_err(Arc::new);
@@ -208,19 +203,11 @@ impl BackupManager {
                     .restore_paths(&app, &snapshot, checked, target, &job2, &lock)
                     .await?;
                 let cleanup = this.start_cleanup(&app.id, swap);
-                Ok::<_, ManagerError>(Restored {
-                    message: match target {
-                        PathsTarget::InPlace => "Paths restored successfully".into(),
-                        PathsTarget::Beside => "Paths restored beside the app's data".into(),
-                    },
-                    app_id: snapshot.app_id.clone(),
-                    snapshot_id: id.clone(),
-                    skipped: done.skipped,
-                    cleanup_job: Some(cleanup.id()),
-                    downtime_ms: done.downtime_ms,
-                    extracted_while_stopped: done.unstaged,
-                    restored_to: done.restored_to,
-                })
+                let message = match target {
+                    PathsTarget::InPlace => "Paths restored successfully",
+                    PathsTarget::Beside => "Paths restored beside the app's data",
+                };
+                Ok::<_, ManagerError>(done.answer(message, &snapshot, &cleanup))
             }
             .await
             .map_err(Arc::new);

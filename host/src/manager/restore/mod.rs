@@ -670,6 +670,28 @@ pub(super) struct Done {
     pub restored_to: Vec<String>,
 }
 
+impl Done {
+    /// The answer of a restore of `snapshot` that succeeded, whose data set aside the
+    /// job `cleanup` drops.
+    pub(super) fn answer(
+        self,
+        message: &str,
+        snapshot: &Snapshot,
+        cleanup: &Job,
+    ) -> super::Restored {
+        super::Restored {
+            message: message.into(),
+            app_id: snapshot.app_id.clone(),
+            snapshot_id: snapshot.snapshot_id.clone(),
+            skipped: self.skipped,
+            cleanup_job: Some(cleanup.id()),
+            downtime_ms: self.downtime_ms,
+            extracted_while_stopped: self.unstaged,
+            restored_to: self.restored_to,
+        }
+    }
+}
+
 /// Where a restore writes, and what it leaves out.
 #[derive(Debug, Default)]
 struct Plan {
