@@ -58,7 +58,7 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
          entry index {} ({:.2} % of the archive), written in {index_secs:.3}s ({:.2} % of \
          the backup)",
         human(input),
-        index.entries.len(),
+        index.len(),
         human(snap.size_bytes),
         human(index_bytes),
         100.0 * index_bytes as f64 / snap.size_bytes as f64,
@@ -69,10 +69,10 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
     // hold, a ~100 KB file half-way through the archive, a folder of ~10 MB.
     let mut children: HashMap<&[u8], usize> = HashMap::new();
     let mut bytes_below: HashMap<&[u8], u64> = HashMap::new();
-    for e in &index.entries {
-        *children.entry(e.split().0).or_default() += 1;
+    for e in index.iter().unwrap() {
+        *children.entry(index::split(e.path).0).or_default() += 1;
         if e.kind == EntryKind::File {
-            let mut p: &[u8] = &e.path;
+            let mut p: &[u8] = e.path;
             while let Some(i) = p.iter().rposition(|&b| b == b'/') {
                 p = &p[..i];
                 *bytes_below.entry(p).or_default() += e.size;
@@ -85,16 +85,16 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
         .map(|(f, n)| (String::from_utf8_lossy(f).into_owned(), *n))
         .unwrap();
     // The thousand files closest to 100 KB, then the one half-way through the archive.
-    let mut by_offset: Vec<&index::Entry> = index
-        .entries
+    let mut by_offset: Vec<index::EntryRef> = index
         .iter()
+        .unwrap()
         .filter(|e| e.kind == EntryKind::File)
         .collect();
     by_offset.sort_by_key(|e| e.size.abs_diff(100_000));
     by_offset.truncate(1000);
     by_offset.sort_by_key(|e| e.header_offset);
     let file = by_offset[by_offset.len() / 2];
-    let file_path = String::from_utf8_lossy(&file.path).into_owned();
+    let file_path = String::from_utf8_lossy(file.path).into_owned();
     let name = String::from_utf8_lossy(file.split().1).into_owned();
     let query = name[..name.len().min(6)].to_string();
     let (folder, folder_bytes) = bytes_below

@@ -1,7 +1,7 @@
 //! The entry index of an archive: where every entry sits, so a snapshot can be listed
 //! without inflating it.
 //!
-//! One file beside each archive, `{snapshot_id}.index`, gzip-compressed, holding:
+//! One file beside each archive, `{snapshot_id}.index`, holding:
 //! - the sha256 of the archive it describes: an index whose sha256 is not the archive's
 //!   recorded one is stale or foreign and never used (it is built again);
 //! - the gzip member table: for each member, its offset in the compressed file and the
@@ -10,6 +10,13 @@
 //! - every entry: its archive path (raw bytes), type, size, mode, owner, mtime, link
 //!   target, and the tar offsets of its header and of its data; sorted by (parent folder,
 //!   name), so a folder's children are one range.
+//!
+//! The entries are cut into blocks of about 256 KiB, each its own gzip member, and the
+//! head names each block's first path: a listing or a lookup inflates the one or two
+//! blocks that hold it, not the whole index (a first listing of a snapshot of 275,000
+//! entries inflated 33 MB before). Layout: `ASINDEX2`, the head's compressed length
+//! (u64 LE), the head (gzip: sha256, member table, entry count, and per block its entry
+//! count, compressed length and first path), then the blocks.
 //!
 //! The backup's writer makes one as it writes ([`Builder`], fed by the walk with each
 //! header's place). For archives that lack one (imports, fetches, older snapshots),
@@ -20,17 +27,27 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use flate2::bufread::GzDecoder;
 
 use super::tar_read::TarReader;
 
-/// First bytes of an index file (inside its gzip), with its format version.
-const MAGIC: &[u8; 8] = b"ASINDEX1";
+/// First bytes of an index file, with its format version. Files of another version
+/// (`ASINDEX1`: one gzip member) do not load, so they are built again.
+const MAGIC: &[u8; 8] = b"ASINDEX2";
 
-/// Most bytes an index inflates to (a million entries take ~110 MB).
+/// Most bytes an index inflates to, all blocks together (a million entries take
+/// ~110 MB).
 const MAX_RAW: usize = 1 << 30;
+
+/// Bytes of entries a writer puts in one block before it starts the next.
+const BLOCK_RAW: usize = 256 << 10;
+
+/// Most bytes one block inflates to: [`BLOCK_RAW`] and one entry with the longest names.
+const MAX_BLOCK: usize = BLOCK_RAW + 2 * (MAX_NAME as usize + 4) + MIN_ENTRY;
 
 /// Longest path or link target an index accepts (the extractor's limit is the same order).
 const MAX_NAME: u32 = 64 * 1024;
@@ -89,11 +106,13 @@ impl EntryKind {
     }
 }
 
-/// One entry of the archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+/// One entry of the archive. Its names are owned (`Entry`, as a writer makes one) or
+/// borrowed from a loaded index's block ([`EntryRef`]): reading an index allocates
+/// nothing per entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<N = Vec<u8>> {
     /// The archive path as stored, without a trailing `/`.
-    pub path: Vec<u8>,
+    pub path: N,
     pub kind: EntryKind,
     /// Logical size of a file (a sparse file's full length); 0 for anything else.
     pub size: u64,
@@ -104,11 +123,55 @@ pub struct Entry {
     /// Seconds since the epoch.
     pub mtime: i64,
     /// A symlink's or hard link's target, as stored.
-    pub link: Option<Vec<u8>>,
+    pub link: Option<N>,
     /// Where its first header block (extensions included) starts in the tar stream.
     pub header_offset: u64,
     /// Where its data starts in the tar stream.
     pub data_offset: u64,
+}
+
+/// An entry of a loaded [`Index`], borrowing its names from it.
+pub type EntryRef<'a> = Entry<&'a [u8]>;
+
+impl<N: AsRef<[u8]>> Entry<N> {
+    /// The folder holding it (empty at the top) and its own name.
+    pub fn split(&self) -> (&[u8], &[u8]) {
+        split(self.path.as_ref())
+    }
+
+    /// The same entry, borrowing its names.
+    pub fn as_ref(&self) -> EntryRef<'_> {
+        Entry {
+            path: self.path.as_ref(),
+            link: self.link.as_ref().map(AsRef::as_ref),
+            kind: self.kind,
+            size: self.size,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            header_offset: self.header_offset,
+            data_offset: self.data_offset,
+        }
+    }
+}
+
+impl EntryRef<'_> {
+    /// The same entry, owning its names.
+    pub fn to_owned(self) -> Entry {
+        Entry {
+            path: self.path.to_vec(),
+            link: self.link.map(<[u8]>::to_vec),
+            kind: self.kind,
+            size: self.size,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            header_offset: self.header_offset,
+            data_offset: self.data_offset,
+        }
+    }
 }
 
 impl Entry {
@@ -149,11 +212,6 @@ impl Entry {
             data_offset,
         }
     }
-
-    /// The folder holding it (empty at the top) and its own name.
-    pub fn split(&self) -> (&[u8], &[u8]) {
-        split(&self.path)
-    }
 }
 
 /// Whether the archive path `path` is `folder` or below it (whole names only:
@@ -164,7 +222,7 @@ pub fn inside(path: &[u8], folder: &[u8]) -> bool {
 }
 
 /// An archive path split at its last `/`: (parent, name).
-fn split(path: &[u8]) -> (&[u8], &[u8]) {
+pub fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&[], path),
@@ -172,14 +230,54 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// An archive's entries and gzip members, bound to the archive's sha256.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Blocks are inflated and checked when first looked at, and kept: an entry is decoded
+/// from its block's bytes when it is read ([`EntryRef`] borrows its names), so no value
+/// per entry is ever allocated. Because a block is checked only when read, the lookups
+/// can fail (`InvalidData`: a damaged block), and [`Index::iter`] checks them all first.
+#[derive(Debug)]
 pub struct Index {
     /// sha256 (hex) of the archive file this index describes.
     pub sha256: String,
     /// `(compressed offset, tar offset)` of each gzip member, in order.
     pub members: Vec<(u64, u64)>,
-    /// Sorted by (parent, name).
-    pub entries: Vec<Entry>,
+    blocks: Vec<Block>,
+    /// Entries before each block, and the total last.
+    before: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct Block {
+    /// The path of its first entry.
+    first: Vec<u8>,
+    /// How many entries it holds (at least one).
+    entries: usize,
+    /// Its gzip member, as in the file.
+    packed: Vec<u8>,
+    /// Its entries, once inflated and checked (or why they are not).
+    decoded: OnceLock<Result<Decoded, String>>,
+}
+
+#[derive(Debug)]
+struct Decoded {
+    /// The entries in their file encoding, sorted by (parent, name).
+    raw: Vec<u8>,
+    /// Where each starts in `raw`.
+    starts: Vec<u32>,
+}
+
+impl Decoded {
+    fn key(&self, j: usize) -> (&[u8], &[u8]) {
+        split(path_at(&self.raw, self.starts[j] as usize))
+    }
+
+    fn entry(&self, j: usize) -> EntryRef<'_> {
+        let mut r = Cursor {
+            buf: &self.raw,
+            at: self.starts[j] as usize,
+        };
+        read_entry(&mut r).expect("a block's entries are checked when it is inflated")
+    }
 }
 
 /// Where the index of the archive at `archive` lives.
@@ -206,7 +304,7 @@ pub fn build(path: &Path, sha256: &str, max_entries: u64) -> io::Result<Index> {
         tar: 0,
     };
     let mut tar = TarReader::new(&mut members);
-    let mut entries = Vec::new();
+    let mut entries = Builder::default();
     let mut next_header = 0u64;
     while let Some(e) = tar.next_entry()? {
         let header_offset = next_header;
@@ -226,7 +324,7 @@ pub fn build(path: &Path, sha256: &str, max_entries: u64) -> io::Result<Index> {
             ));
         }
         let kind = EntryKind::of(e.kind);
-        entries.push(Entry {
+        entries.push(&Entry {
             size: match (kind, &e.sparse) {
                 (EntryKind::File, Some((logical, _))) => *logical,
                 (EntryKind::File, None) => e.size,
@@ -245,106 +343,314 @@ pub fn build(path: &Path, sha256: &str, max_entries: u64) -> io::Result<Index> {
             data_offset,
         });
     }
-    entries.sort_by(|a, b| a.split().cmp(&b.split()));
-    Ok(Index {
-        sha256: sha256.to_string(),
-        members: members.table,
-        entries,
-    })
+    entries.finish(sha256, &members.table)
 }
 
 impl Index {
+    /// How many entries it holds.
+    pub fn len(&self) -> usize {
+        *self.before.last().expect("one more than the blocks")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`th entry in (parent, name) order.
+    pub fn entry(&self, i: usize) -> io::Result<EntryRef<'_>> {
+        let b = self.before.partition_point(|&n| n <= i) - 1;
+        Ok(self.block(b)?.entry(i - self.before[b]))
+    }
+
+    /// Every entry, in (parent, name) order: every block is inflated and checked first.
+    pub fn iter(&self) -> io::Result<impl Iterator<Item = EntryRef<'_>> + '_> {
+        let blocks = (0..self.blocks.len())
+            .map(|b| self.block(b))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(blocks
+            .into_iter()
+            .flat_map(|d| (0..d.starts.len()).map(|j| d.entry(j))))
+    }
+
     /// The entries directly in `folder` (an archive path without a trailing `/`; empty
-    /// for the top), in name order: one range of the sorted entries.
-    pub fn children(&self, folder: &[u8]) -> &[Entry] {
-        let start = self.entries.partition_point(|e| e.split().0 < folder);
-        let end = start + self.entries[start..].partition_point(|e| e.split().0 == folder);
-        &self.entries[start..end]
+    /// for the top), in name order: one range of the sorted entries, for [`Self::entry`].
+    pub fn children(&self, folder: &[u8]) -> io::Result<Range<usize>> {
+        Ok(self.partition(|k| k.0 < folder)?..self.partition(|k| k.0 <= folder)?)
+    }
+
+    /// The entries below `folder`, at any depth, in index order: those whose parent is
+    /// `folder` and those whose parent starts with `folder/`, two ranges of the sorted
+    /// entries (a parent such as `folder-x` sorts between them).
+    pub fn below(&self, folder: &[u8]) -> io::Result<impl Iterator<Item = usize> + use<>> {
+        let deeper = [folder, b"/"].concat();
+        let after = [folder, b"0"].concat(); // `0` follows `/`
+        let deep = self.partition(|k| k.0 < &deeper[..])?..self.partition(|k| k.0 < &after[..])?;
+        Ok(self.children(folder)?.chain(deep))
     }
 
     /// The entry at `path`, if the archive has one.
-    pub fn get(&self, path: &[u8]) -> Option<&Entry> {
+    pub fn get(&self, path: &[u8]) -> io::Result<Option<EntryRef<'_>>> {
         let key = split(path);
-        self.entries
-            .binary_search_by(|e| e.split().cmp(&key))
-            .ok()
-            .map(|i| &self.entries[i])
+        let i = self.partition(|k| k < key)?;
+        if i == self.len() {
+            return Ok(None);
+        }
+        let e = self.entry(i)?;
+        Ok((e.split() == key).then_some(e))
+    }
+
+    /// The first entry whose (parent, name) is not `before`, which holds for a prefix of
+    /// the order: found among the blocks' first paths, then in the one block that can
+    /// hold it (the only one inflated).
+    fn partition(&self, before: impl Fn((&[u8], &[u8])) -> bool) -> io::Result<usize> {
+        let b = self.blocks.partition_point(|blk| before(split(&blk.first)));
+        let Some(b) = b.checked_sub(1) else {
+            return Ok(0);
+        };
+        let d = self.block(b)?;
+        Ok(self.before[b] + partition_point(d.starts.len(), |j| before(d.key(j))))
+    }
+
+    /// Block `b`, inflated and checked at its first use.
+    fn block(&self, b: usize) -> io::Result<&Decoded> {
+        let blk = &self.blocks[b];
+        let next = self.blocks.get(b + 1).map(|n| split(&n.first));
+        blk.decoded
+            .get_or_init(|| decode(blk, next).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| bad(&format!("block {b}: {e}")))
     }
 
     /// Writes the index to `path` atomically (temp file, fsync, rename).
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let mut builder = Builder::default();
-        for e in &self.entries {
-            builder.push(e);
+        let mut head = Vec::with_capacity(64 + self.members.len() * 16);
+        put_bytes(&mut head, self.sha256.as_bytes());
+        head.extend_from_slice(&(self.members.len() as u64).to_le_bytes());
+        for (c, t) in &self.members {
+            head.extend_from_slice(&c.to_le_bytes());
+            head.extend_from_slice(&t.to_le_bytes());
         }
-        builder.write(path, &self.sha256, &self.members)
+        head.extend_from_slice(&(self.len() as u64).to_le_bytes());
+        head.extend_from_slice(&(self.blocks.len() as u64).to_le_bytes());
+        for blk in &self.blocks {
+            head.extend_from_slice(&(blk.entries as u64).to_le_bytes());
+            head.extend_from_slice(&(blk.packed.len() as u64).to_le_bytes());
+            put_bytes(&mut head, &blk.first);
+        }
+        let head = gzip(&head);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let result = (|| {
+            let mut file = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+            file.write_all(MAGIC)?;
+            file.write_all(&(head.len() as u64).to_le_bytes())?;
+            file.write_all(&head)?;
+            for blk in &self.blocks {
+                file.write_all(&blk.packed)?;
+            }
+            let file = file.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 
-    /// Reads the index at `path`. A missing file is `NotFound`; one that does not parse
-    /// to the end exactly is `InvalidData`. No count it holds is believed beyond the
-    /// bytes that are there.
+    /// Reads the index at `path`: its head, and each block as it is in the file (a block
+    /// is inflated and checked when first read). A missing file is `NotFound`; one whose
+    /// head does not parse, or whose blocks do not fill the file exactly, is
+    /// `InvalidData`. No count or size it holds is believed beyond the bytes there are.
     pub fn load(path: &Path) -> io::Result<Index> {
-        let packed = std::fs::read(path)?;
-        // One gzip member, inflated in one call (libdeflate: several times zlib's speed,
-        // most of a listing's time at 275,000 entries) into a buffer of the size its
-        // trailer gives, which is believed only up to MAX_RAW.
-        let claimed = match packed.len().checked_sub(4) {
-            Some(at) => u32::from_le_bytes(packed[at..].try_into().expect("4 bytes")) as usize,
-            None => return Err(bad("cut short")),
-        };
-        if claimed > MAX_RAW {
-            return Err(bad("larger than an index can be"));
-        }
-        let mut raw = vec![0u8; claimed];
-        let n = libdeflater::Decompressor::new()
-            .gzip_decompress(&packed, &mut raw)
-            .map_err(|e| bad(&format!("not a gzip member of its stated size: {e}")))?;
-        if n != claimed {
-            return Err(bad("inflates to another size than its trailer says"));
-        }
-        let mut r = Cursor { buf: &raw, at: 0 };
+        let file = std::fs::read(path)?;
+        let mut r = Cursor { buf: &file, at: 0 };
         if r.take(MAGIC.len())? != MAGIC {
-            return Err(bad("not an appsnap index"));
+            return Err(bad("not an appsnap index of this version"));
         }
-        let sha256 = String::from_utf8(r.bytes()?.to_vec()).map_err(|_| bad("bad sha256"))?;
-        let members_n = r.count(16)?;
+        let head_len = usize::try_from(r.u64()?).map_err(|_| bad("head too long"))?;
+        let head = inflate(r.take(head_len)?, MAX_RAW)?;
+        let mut h = Cursor { buf: &head, at: 0 };
+        let sha256 = String::from_utf8(h.bytes()?.to_vec()).map_err(|_| bad("bad sha256"))?;
+        let members_n = h.count(16)?;
         let mut members = Vec::with_capacity(members_n);
         for _ in 0..members_n {
-            members.push((r.u64()?, r.u64()?));
+            members.push((h.u64()?, h.u64()?));
         }
-        let entries_n = r.count(4 + 1 + 40 + 1 + 4 + 16)?;
-        let mut entries = Vec::with_capacity(entries_n);
-        for _ in 0..entries_n {
-            let path = r.bytes()?.to_vec();
-            let kind = EntryKind::from_code(r.take(1)?[0]).ok_or_else(|| bad("bad entry type"))?;
-            let (size, mode, uid, gid, mtime) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
-            let has_link = r.take(1)?[0] != 0;
-            let link = r.bytes()?.to_vec();
-            entries.push(Entry {
-                path,
-                kind,
-                size,
-                mode: mode as u32,
-                uid,
-                gid,
-                mtime: mtime as i64,
-                link: has_link.then_some(link),
-                header_offset: r.u64()?,
-                data_offset: r.u64()?,
+        let total = h.u64()?;
+        let blocks_n = h.count(8 + 8 + 4)?;
+        let (mut blocks, mut before) = (Vec::with_capacity(blocks_n), vec![0usize]);
+        let mut raw_total = 0usize;
+        for _ in 0..blocks_n {
+            let entries = h.u64()?;
+            let packed_len = usize::try_from(h.u64()?).map_err(|_| bad("block too long"))?;
+            let first = h.bytes()?.to_vec();
+            let packed = r.take(packed_len)?.to_vec();
+            // A block's inflated size, from its gzip trailer: checked here, believed
+            // (as a buffer's size) only within these bounds.
+            let raw_len = packed
+                .len()
+                .checked_sub(4)
+                .map(|at| u32::from_le_bytes(packed[at..].try_into().expect("4 bytes")))
+                .ok_or_else(|| bad("a block cut short"))? as usize;
+            raw_total += raw_len;
+            if raw_len > MAX_BLOCK || raw_total > MAX_RAW {
+                return Err(bad("a block larger than one can be"));
+            }
+            if entries == 0 || entries > (raw_len / MIN_ENTRY) as u64 {
+                return Err(bad("a block's entry count does not fit it"));
+            }
+            if blocks
+                .last()
+                .is_some_and(|p: &Block| split(&p.first) >= split(&first))
+            {
+                return Err(bad("blocks out of order"));
+            }
+            before.push(before.last().expect("one at least") + entries as usize);
+            blocks.push(Block {
+                first,
+                entries: entries as usize,
+                packed,
+                decoded: OnceLock::new(),
             });
         }
-        if r.at != raw.len() {
-            return Err(bad("bytes after the last entry"));
+        if h.at != head.len() || r.at != file.len() {
+            return Err(bad("bytes after its end"));
         }
-        if !entries.is_sorted_by(|a, b| a.split() < b.split()) {
-            return Err(bad("entries out of order"));
+        if *before.last().expect("one at least") as u64 != total {
+            return Err(bad(
+                "blocks hold another number of entries than the head says",
+            ));
         }
         Ok(Index {
             sha256,
             members,
-            entries,
+            blocks,
+            before,
         })
     }
+}
+
+/// Inflates one block and checks it: exactly its entries, in order, the first one the
+/// head names, the last one before the next block's first (`next`).
+fn decode(blk: &Block, next: Option<(&[u8], &[u8])>) -> io::Result<Decoded> {
+    let raw = inflate(&blk.packed, MAX_BLOCK)?;
+    let mut r = Cursor { buf: &raw, at: 0 };
+    let mut starts = Vec::with_capacity(blk.entries);
+    let mut last: Option<(&[u8], &[u8])> = None;
+    for _ in 0..blk.entries {
+        starts.push(r.at as u32);
+        let key = split(read_entry(&mut r)?.path);
+        match last {
+            None if key != split(&blk.first) => {
+                return Err(bad("its first entry is not the one the head names"));
+            }
+            Some(last) if last >= key => return Err(bad("entries out of order")),
+            _ => {}
+        }
+        last = Some(key);
+    }
+    if r.at != raw.len() {
+        return Err(bad("bytes after the last entry"));
+    }
+    if let (Some(last), Some(next)) = (last, next)
+        && last >= next
+    {
+        return Err(bad("entries out of order across blocks"));
+    }
+    Ok(Decoded { raw, starts })
+}
+
+/// One gzip member, inflated in one call (libdeflate: several times zlib's speed) into
+/// a buffer of the size its trailer gives, which is believed only up to `max`.
+fn inflate(packed: &[u8], max: usize) -> io::Result<Vec<u8>> {
+    let claimed = match packed.len().checked_sub(4) {
+        Some(at) => u32::from_le_bytes(packed[at..].try_into().expect("4 bytes")) as usize,
+        None => return Err(bad("cut short")),
+    };
+    if claimed > max {
+        return Err(bad("larger than it can be"));
+    }
+    let mut raw = vec![0u8; claimed];
+    let n = libdeflater::Decompressor::new()
+        .gzip_decompress(packed, &mut raw)
+        .map_err(|e| bad(&format!("not a gzip member of its stated size: {e}")))?;
+    if n != claimed {
+        return Err(bad("inflates to another size than its trailer says"));
+    }
+    Ok(raw)
+}
+
+/// `raw` as one gzip member (libdeflate's level 1; its "fastest", 0, does not compress).
+fn gzip(raw: &[u8]) -> Vec<u8> {
+    let level = libdeflater::CompressionLvl::new(1).expect("1 is a level");
+    let mut c = libdeflater::Compressor::new(level);
+    let mut out = vec![0u8; c.gzip_compress_bound(raw.len())];
+    let n = c
+        .gzip_compress(raw, &mut out)
+        .expect("the buffer is the bound");
+    out.truncate(n);
+    out
+}
+
+/// The first `i` in `0..n` for which `before(i)` is false (`before` holds for a prefix).
+fn partition_point(n: usize, before: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if before(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// The fewest bytes an entry takes in an index file (empty names).
+const MIN_ENTRY: usize = 4 + 1 + 40 + 1 + 4 + 16;
+
+/// Appends the encoding of `e` to `out`: the one place the entry format is written
+/// ([`read_entry`] reads it).
+fn put_entry<N: AsRef<[u8]>>(out: &mut Vec<u8>, e: &Entry<N>) {
+    put_bytes(out, e.path.as_ref());
+    out.push(e.kind.code());
+    for n in [e.size, e.mode as u64, e.uid, e.gid, e.mtime as u64] {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    out.push(e.link.is_some() as u8);
+    put_bytes(out, e.link.as_ref().map_or(&[][..], AsRef::as_ref));
+    out.extend_from_slice(&e.header_offset.to_le_bytes());
+    out.extend_from_slice(&e.data_offset.to_le_bytes());
+}
+
+/// Reads one entry that [`put_entry`] wrote.
+fn read_entry<'a>(r: &mut Cursor<'a>) -> io::Result<EntryRef<'a>> {
+    let path = r.bytes()?;
+    let kind = EntryKind::from_code(r.take(1)?[0]).ok_or_else(|| bad("bad entry type"))?;
+    let (size, mode, uid, gid, mtime) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+    let has_link = r.take(1)?[0] != 0;
+    let link = r.bytes()?;
+    Ok(Entry {
+        path,
+        kind,
+        size,
+        mode: mode as u32,
+        uid,
+        gid,
+        mtime: mtime as i64,
+        link: has_link.then_some(link),
+        header_offset: r.u64()?,
+        data_offset: r.u64()?,
+    })
+}
+
+/// The path of the entry [`put_entry`] wrote at `at` of `raw` (checked before).
+fn path_at(raw: &[u8], at: usize) -> &[u8] {
+    let len = u32::from_le_bytes(raw[at..at + 4].try_into().expect("4 bytes")) as usize;
+    &raw[at + 4..at + 4 + len]
 }
 
 /// An index made as the archive is written: the writer pushes each entry in the order
@@ -360,18 +666,9 @@ pub struct Builder {
 }
 
 impl Builder {
-    pub fn push(&mut self, e: &Entry) {
+    pub fn push<N: AsRef<[u8]>>(&mut self, e: &Entry<N>) {
         self.starts.push(self.encoded.len());
-        let raw = &mut self.encoded;
-        put_bytes(raw, &e.path);
-        raw.push(e.kind.code());
-        for n in [e.size, e.mode as u64, e.uid, e.gid, e.mtime as u64] {
-            raw.extend_from_slice(&n.to_le_bytes());
-        }
-        raw.push(e.link.is_some() as u8);
-        put_bytes(raw, e.link.as_deref().unwrap_or_default());
-        raw.extend_from_slice(&e.header_offset.to_le_bytes());
-        raw.extend_from_slice(&e.data_offset.to_le_bytes());
+        put_entry(&mut self.encoded, e);
     }
 
     /// Entries pushed.
@@ -384,53 +681,78 @@ impl Builder {
     }
 
     /// Writes the index of the archive whose sha256 is `sha256` and whose gzip members
-    /// begin at `members` to `path`, atomically (temp file, fsync, rename), its entries
-    /// sorted by (parent, name). A temp file cut short is `.{name}.tmp`, which the
-    /// store's start-up removes.
+    /// begin at `members` to `path`, atomically, its entries sorted by (parent, name).
+    /// Only the compressed blocks are held besides the pushed bytes: a backup does not
+    /// hold its entries twice.
     pub fn write(self, path: &Path, sha256: &str, members: &[(u64, u64)]) -> io::Result<()> {
+        self.into_index(sha256, members, false)?.save(path)
+    }
+
+    /// The index itself, in memory. One larger than an index file may be
+    /// (`InvalidData`) is refused.
+    pub fn finish(self, sha256: &str, members: &[(u64, u64)]) -> io::Result<Index> {
+        self.into_index(sha256, members, true)
+    }
+
+    /// Sorts the entries and cuts them into blocks, compressed; `keep` keeps each
+    /// block's bytes as well (the index is to be read, not only saved).
+    fn into_index(self, sha256: &str, members: &[(u64, u64)], keep: bool) -> io::Result<Index> {
         let (encoded, starts) = (&self.encoded, &self.starts);
-        // Entry `i` is `encoded[starts[i]..starts[i + 1]]`, its path first.
         let bytes_of =
             |i: usize| &encoded[starts[i]..starts.get(i + 1).copied().unwrap_or(encoded.len())];
-        let path_of = |i: usize| {
-            let raw = bytes_of(i);
-            let len = u32::from_le_bytes(raw[..4].try_into().expect("4 bytes pushed")) as usize;
-            split(&raw[4..4 + len])
-        };
+        let key = |i: usize| split(path_at(encoded, starts[i]));
         let mut order: Vec<usize> = (0..starts.len()).collect();
-        order.sort_by(|&a, &b| path_of(a).cmp(&path_of(b)));
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let result = (|| {
-            let file = File::create(&tmp)?;
-            let mut gz = flate2::write::GzEncoder::new(
-                io::BufWriter::with_capacity(1 << 20, file),
-                flate2::Compression::fast(),
-            );
-            let mut head = Vec::with_capacity(64 + members.len() * 16);
-            head.extend_from_slice(MAGIC);
-            put_bytes(&mut head, sha256.as_bytes());
-            head.extend_from_slice(&(members.len() as u64).to_le_bytes());
-            for (c, t) in members {
-                head.extend_from_slice(&c.to_le_bytes());
-                head.extend_from_slice(&t.to_le_bytes());
+        order.sort_by(|&a, &b| key(a).cmp(&key(b)));
+        let (mut blocks, mut before) = (Vec::new(), vec![0usize]);
+        let mut raw_total = 0usize;
+        for group in cut(&order, |i| bytes_of(i).len()) {
+            let mut raw = Vec::with_capacity(BLOCK_RAW + MIN_ENTRY);
+            let mut starts = Vec::with_capacity(group.len());
+            for &i in group {
+                starts.push(raw.len() as u32);
+                raw.extend_from_slice(bytes_of(i));
             }
-            head.extend_from_slice(&(starts.len() as u64).to_le_bytes());
-            gz.write_all(&head)?;
-            for &i in &order {
-                gz.write_all(bytes_of(i))?;
+            raw_total += raw.len();
+            if raw_total > MAX_RAW {
+                return Err(bad("larger than an index can be"));
             }
-            let file = gz.finish()?.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            File::open(dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let decoded = OnceLock::new();
+            let packed = gzip(&raw);
+            if keep {
+                let _ = decoded.set(Ok(Decoded { raw, starts }));
+            }
+            before.push(before.last().expect("one at least") + group.len());
+            blocks.push(Block {
+                first: path_at(encoded, self.starts[group[0]]).to_vec(),
+                entries: group.len(),
+                packed,
+                decoded,
+            });
         }
-        result
+        Ok(Index {
+            sha256: sha256.to_string(),
+            members: members.to_vec(),
+            blocks,
+            before,
+        })
     }
+}
+
+/// `order` cut into blocks of about [`BLOCK_RAW`] bytes (`len` of each entry), each
+/// ending where its bytes reach that size.
+fn cut(order: &[usize], len: impl Fn(usize) -> usize) -> Vec<&[usize]> {
+    let (mut out, mut from, mut size) = (Vec::new(), 0, 0);
+    for (k, &i) in order.iter().enumerate() {
+        size += len(i);
+        if size >= BLOCK_RAW {
+            out.push(&order[from..=k]);
+            (from, size) = (k + 1, 0);
+        }
+    }
+    if from < order.len() {
+        out.push(&order[from..]);
+    }
+    out
 }
 
 /// The tar stream of `archive` from tar offset `at`: inflating starts at the gzip member
@@ -475,7 +797,7 @@ pub struct Content<R> {
 pub fn open_file(
     archive: &Path,
     index: &Index,
-    entry: &Entry,
+    entry: EntryRef<'_>,
 ) -> io::Result<Content<impl Read + use<>>> {
     let stream = tar_from(archive, &index.members, entry.header_offset)?;
     let mut tar = TarReader::new(stream);
@@ -683,16 +1005,17 @@ mod tests {
         let names = |folder: &[u8]| -> Vec<String> {
             index
                 .children(folder)
-                .iter()
-                .map(|e| String::from_utf8_lossy(e.split().1).into_owned())
+                .unwrap()
+                .map(|i| String::from_utf8_lossy(index.entry(i).unwrap().split().1).into_owned())
                 .collect()
         };
         assert_eq!(names(b"volumes/v"), ["a", "link", "top"]);
         assert_eq!(names(b"volumes/v/a"), ["b", "one"]);
-        let one = index.get(b"volumes/v/a/one").unwrap();
+        let get = |path: &[u8]| index.get(path).unwrap().unwrap();
+        let one = get(b"volumes/v/a/one");
         assert_eq!((one.kind, one.size), (EntryKind::File, 3 << 20));
-        let link = index.get(b"volumes/v/link").unwrap();
-        assert_eq!(link.link.as_deref(), Some(&b"a/one"[..]));
+        assert_eq!(get(b"volumes/v/link").link, Some(&b"a/one"[..]));
+        assert!(index.get(b"volumes/v/a/on").unwrap().is_none());
 
         // The data offset points at the file's bytes in the tar stream.
         let mut tar = Vec::new();
@@ -700,8 +1023,7 @@ mod tests {
             .unwrap()
             .read_to_end(&mut tar)
             .unwrap();
-        let two = index.get(b"volumes/v/a/b/two").unwrap();
-        let at = two.data_offset as usize;
+        let at = get(b"volumes/v/a/b/two").data_offset as usize;
         assert_eq!(&tar[at..at + 3], b"two");
 
         for (path, want) in [
@@ -709,59 +1031,127 @@ mod tests {
             (b"volumes/v/a/b/two", b"two".to_vec()),
         ] {
             let mut got = Vec::new();
-            open_file(&archive, &index, index.get(path).unwrap())
+            open_file(&archive, &index, get(path))
                 .unwrap()
                 .read_to_end(&mut got)
                 .unwrap();
             assert_eq!(got, want);
         }
         // An index that points at another entry is refused, never read from.
-        let mut lying = index.clone();
-        let two = index.get(b"volumes/v/a/b/two").unwrap().clone();
-        let one = lying
-            .entries
-            .iter_mut()
-            .find(|e| e.path == b"volumes/v/a/one")
-            .unwrap();
-        one.header_offset = two.header_offset;
-        let one = lying.get(b"volumes/v/a/one").unwrap();
+        let two = get(b"volumes/v/a/b/two");
+        let mut lying = Builder::default();
+        for mut e in index.iter().unwrap() {
+            if e.path == b"volumes/v/a/one" {
+                e.header_offset = two.header_offset;
+            }
+            lying.push(&e);
+        }
+        let lying = lying.finish(&index.sha256, &index.members).unwrap();
+        let one = lying.get(b"volumes/v/a/one").unwrap().unwrap();
         let err = open_file(&archive, &lying, one).err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 
         let saved = dir.path().join("s.index");
         index.save(&saved).unwrap();
-        assert_eq!(Index::load(&saved).unwrap(), index);
+        assert_same(&Index::load(&saved).unwrap(), &index);
+    }
+
+    fn assert_same(a: &Index, b: &Index) {
+        assert_eq!((&a.sha256, &a.members), (&b.sha256, &b.members));
+        assert!(a.iter().unwrap().eq(b.iter().unwrap()));
+    }
+
+    /// An index of `n` files spread over folders, some of whose names sort between a
+    /// folder and its subfolders (`d1-x` between `d1` and `d1/…`).
+    fn many(n: u64) -> Index {
+        let mut b = Builder::default();
+        for i in 0..n {
+            let folder = match i % 4 {
+                0 => format!("volumes/v/d{}", i % 7),
+                1 => format!("volumes/v/d{}/sub", i % 7),
+                2 => format!("volumes/v/d{}-x", i % 7),
+                _ => format!("volumes/v/d{}.y/deep/er", i % 7),
+            };
+            b.push(&Entry {
+                path: format!("{folder}/file-{i:07}").into_bytes(),
+                kind: EntryKind::File,
+                size: i,
+                mode: 0o644,
+                uid: 1,
+                gid: 2,
+                mtime: i as i64,
+                link: None,
+                header_offset: i * 1024,
+                data_offset: i * 1024 + 512,
+            });
+        }
+        b.finish("abc", &[(0, 0)]).unwrap()
+    }
+
+    #[test]
+    fn a_large_index_is_read_block_by_block_and_answers_like_a_sorted_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.index");
+        many(40_000).save(&path).unwrap();
+        let index = Index::load(&path).unwrap();
+        assert!(index.blocks.len() > 5, "{} blocks", index.blocks.len());
+        let inflated = || {
+            index
+                .blocks
+                .iter()
+                .filter(|b| b.decoded.get().is_some())
+                .count()
+        };
+        assert_eq!(inflated(), 0, "nothing inflated by loading");
+
+        // A lookup inflates one block.
+        let e = index
+            .get(b"volumes/v/d3/sub/file-0023369")
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.size, e.header_offset), (23369, 23369 * 1024));
+        assert!(inflated() <= 1, "{} blocks for one lookup", inflated());
+
+        // Every answer equals the one a plain scan of the sorted entries gives.
+        let all: Vec<EntryRef> = index.iter().unwrap().collect();
+        assert_eq!(all.len(), 40_000);
+        assert!(all.is_sorted_by(|a, b| a.split() < b.split()));
+        for d in 0..7 {
+            for folder in [
+                format!("volumes/v/d{d}"),
+                format!("volumes/v/d{d}/sub"),
+                format!("volumes/v/d{d}.y/deep"),
+                format!("volumes/v/d{d}-"),
+            ] {
+                let folder = folder.as_bytes();
+                let children: Vec<_> = index.children(folder).unwrap().collect();
+                let want: Vec<_> = (0..all.len())
+                    .filter(|&i| all[i].split().0 == folder)
+                    .collect();
+                assert_eq!(children, want, "{}", String::from_utf8_lossy(folder));
+                let mut below: Vec<_> = index.below(folder).unwrap().collect();
+                below.sort();
+                let want: Vec<_> = (0..all.len())
+                    .filter(|&i| inside(all[i].split().0, folder))
+                    .collect();
+                assert_eq!(below, want, "{}", String::from_utf8_lossy(folder));
+            }
+        }
+        for e in all.iter().step_by(997) {
+            assert_eq!(index.get(e.path).unwrap(), Some(*e));
+        }
     }
 
     #[test]
     fn a_damaged_index_is_an_error_never_a_partial_listing() {
         let dir = tempfile::tempdir().unwrap();
-        let index = Index {
-            sha256: "abc".into(),
-            members: vec![(0, 0)],
-            entries: vec![Entry {
-                path: b"volumes/v/x".to_vec(),
-                kind: EntryKind::File,
-                size: 1,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                link: None,
-                header_offset: 0,
-                data_offset: 512,
-            }],
-        };
         let path = dir.path().join("x.index");
-        index.save(&path).unwrap();
-        let mut raw = Vec::new();
-        GzDecoder::new(BufReader::new(File::open(&path).unwrap()))
-            .read_to_end(&mut raw)
-            .unwrap();
-        for cut in [raw.len() - 1, 20, MAGIC.len()] {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gz.write_all(&raw[..cut]).unwrap();
-            std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        many(20_000).save(&path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+
+        // Framing: cut anywhere, or a head that lies, and it does not load.
+        for cut in [good.len() - 1, good.len() / 2, 40, 9, 0] {
+            std::fs::write(&path, &good[..cut]).unwrap();
             let err = Index::load(&path).unwrap_err();
             assert_eq!(
                 err.kind(),
@@ -769,5 +1159,28 @@ mod tests {
                 "cut at {cut}: {err}"
             );
         }
+        // The format before blocks (one gzip member) is not read: it is built again.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"ASINDEX1").unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        assert_eq!(
+            Index::load(&path).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+
+        // A block damaged inside: it loads, and every read that needs that block fails,
+        // the same each time; the other blocks still answer.
+        let mut bad_block = good.clone();
+        let at = good.len() - 4000; // inside the last block's deflate data
+        bad_block[at] ^= 0x55;
+        std::fs::write(&path, &bad_block).unwrap();
+        let index = Index::load(&path).unwrap();
+        let last = index.len() - 1;
+        for _ in 0..2 {
+            let err = index.entry(last).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            assert!(index.iter().is_err());
+        }
+        assert!(index.entry(0).is_ok());
     }
 }

@@ -139,7 +139,7 @@ impl Record {
     /// Its entry in the final archive's index, its bytes reused at tar offset `at`. An
     /// entry is reused only when its identity is unchanged, so its type, mode, owner,
     /// size and time are the identity's; a hard-link entry is never reused.
-    pub fn index_entry(&self, at: u64) -> super::index::Entry {
+    pub fn index_entry(&self, at: u64) -> super::index::EntryRef<'_> {
         use super::index::EntryKind;
         let kind = match self.id.mode & libc::S_IFMT {
             libc::S_IFREG => EntryKind::File,
@@ -151,7 +151,7 @@ impl Record {
             _ => EntryKind::Other,
         };
         super::index::Entry {
-            path: self.path.clone(),
+            path: &self.path,
             kind,
             size: if kind == EntryKind::File {
                 self.id.size
@@ -163,7 +163,7 @@ impl Record {
             gid: self.id.gid as u64,
             // The header stores times before the epoch as 0.
             mtime: self.id.mtime_ns.div_euclid(1_000_000_000).max(0),
-            link: (kind == EntryKind::Symlink).then(|| self.link.clone()),
+            link: (kind == EntryKind::Symlink).then_some(&self.link[..]),
             header_offset: at,
             data_offset: at + self.header_len,
         }

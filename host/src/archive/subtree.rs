@@ -26,14 +26,10 @@ use super::tar_read::TarReader;
 /// A tar stream of the folder `folder` of `archive` (an index entry of kind `Dir`, or a
 /// regular file alone).
 pub fn open(archive: &Path, index: Arc<Index>, folder: &Entry) -> io::Result<Subtree> {
-    let within = |p: &[u8]| inside(p, &folder.path);
-    let last_data = index
-        .entries
-        .iter()
-        .filter(|e| within(&e.path))
-        .map(|e| e.data_offset)
-        .max()
-        .unwrap_or(folder.data_offset);
+    let mut last_data = folder.data_offset;
+    for i in index.below(&folder.path)? {
+        last_data = last_data.max(index.entry(i)?.data_offset);
+    }
     let stream = index::tar_from(archive, &index.members, folder.header_offset)?;
     let cut = match folder.path.iter().rposition(|&b| b == b'/') {
         Some(i) => i + 1,
@@ -228,16 +224,16 @@ impl Subtree {
     fn linked_file(&mut self, target: &[u8]) -> io::Result<EntryMeta> {
         let file = self
             .index
-            .get(target)
+            .get(target)?
             .filter(|t| t.kind == EntryKind::File)
-            .cloned()
+            .map(|t| t.to_owned())
             .ok_or_else(|| {
                 bad(format!(
                     "a hard link to `{}`, which the archive does not hold as a file",
                     String::from_utf8_lossy(target)
                 ))
             })?;
-        let content = index::open_file(&self.archive, &self.index, &file)?;
+        let content = index::open_file(&self.archive, &self.index, file.as_ref())?;
         self.data = Some(Data::Linked {
             content: Box::new(content),
             left: file.size,

@@ -115,23 +115,31 @@ impl BackupManager {
             None if folder.is_empty() => page(&mut mounts(&snapshot).into_iter()),
             None => {
                 let index = self.index_of(&snapshot).await?;
-                let children = index.children(folder.as_bytes());
-                if children.is_empty() && !is_folder(&index, &snapshot, &folder) {
-                    return Err(ManagerError::PathNotFound {
-                        snapshot_id: snapshot_id.into(),
-                        path: folder,
-                        what: "folder",
-                    });
-                }
-                page(&mut children.iter().map(info))
+                let damaged = self.index_damaged(&snapshot);
+                let listed = (|| {
+                    let children = index.children(folder.as_bytes())?;
+                    if children.is_empty() && !is_folder(&index, &snapshot, &folder)? {
+                        return Ok(None);
+                    }
+                    let shown = children.skip(start).take(limit + 1);
+                    shown
+                        .map(|i| index.entry(i).map(info))
+                        .collect::<std::io::Result<Vec<_>>>()
+                        .map(Some)
+                })()
+                .map_err(damaged)?;
+                listed.ok_or_else(|| ManagerError::PathNotFound {
+                    snapshot_id: snapshot_id.into(),
+                    path: folder.clone(),
+                    what: "folder",
+                })?
             }
             Some(query) => {
                 let index = self.index_of(&snapshot).await?;
+                let all = index.iter().map_err(self.index_damaged(&snapshot))?;
                 let (needle, prefix) = (query.to_lowercase(), format!("{folder}/"));
                 page(
-                    &mut index
-                        .entries
-                        .iter()
+                    &mut all
                         .filter(|e| folder.is_empty() || e.path.starts_with(prefix.as_bytes()))
                         .filter(|e| {
                             String::from_utf8_lossy(e.split().1)
@@ -173,13 +181,20 @@ impl BackupManager {
             path: path.clone(),
             what: "file",
         };
-        let mut entry = index.get(path.as_bytes()).ok_or_else(not_found)?;
+        let damaged = || self.index_damaged(&snapshot);
+        let mut entry = index
+            .get(path.as_bytes())
+            .map_err(damaged())?
+            .ok_or_else(not_found)?;
         if entry.kind == EntryKind::Hardlink {
-            let target = entry.link.as_deref().unwrap_or_default();
-            entry = index.get(target).ok_or_else(not_found)?;
+            let target = entry.link.unwrap_or_default();
+            entry = index
+                .get(target)
+                .map_err(damaged())?
+                .ok_or_else(not_found)?;
         }
         if entry.kind == EntryKind::Dir {
-            let (archive, folder) = (PathBuf::from(&snapshot.file_path), entry.clone());
+            let (archive, folder) = (PathBuf::from(&snapshot.file_path), entry.to_owned());
             let name = format!("{}.tar.gz", String::from_utf8_lossy(folder.split().1));
             let reader = tokio::task::spawn_blocking(move || {
                 let tree = crate::archive::subtree::open(&archive, index, &folder)?;
@@ -203,11 +218,11 @@ impl BackupManager {
         let len = if size == 0 { 0 } else { end + 1 - start };
         let (archive, entry, name) = (
             PathBuf::from(&snapshot.file_path),
-            entry.clone(),
+            entry.to_owned(),
             String::from_utf8_lossy(entry.split().1).into_owned(),
         );
         let reader = tokio::task::spawn_blocking(move || {
-            let mut content = index::open_file(&archive, &index, &entry)?;
+            let mut content = index::open_file(&archive, &index, entry.as_ref())?;
             std::io::copy(&mut (&mut content).take(start), &mut std::io::sink())?;
             Ok::<_, std::io::Error>(Box::new(content.take(len)) as Box<dyn Read + Send>)
         })
@@ -234,11 +249,11 @@ fn parse_cursor(cursor: Option<&str>) -> Result<usize, ManagerError> {
 
 /// Whether `folder` is a folder of the snapshot: a directory entry, or a mount's folder
 /// (which an empty mount has no entry for).
-fn is_folder(index: &Index, snapshot: &Snapshot, folder: &str) -> bool {
-    snapshot.mounts.iter().any(|m| m.archive_dir == folder)
+fn is_folder(index: &Index, snapshot: &Snapshot, folder: &str) -> std::io::Result<bool> {
+    Ok(snapshot.mounts.iter().any(|m| m.archive_dir == folder)
         || index
-            .get(folder.as_bytes())
-            .is_some_and(|e| e.kind == EntryKind::Dir)
+            .get(folder.as_bytes())?
+            .is_some_and(|e| e.kind == EntryKind::Dir))
 }
 
 /// The top level: each mount's folder, with the path it serves in its containers.
@@ -263,20 +278,17 @@ fn mounts(snapshot: &Snapshot) -> Vec<FileInfo> {
     out
 }
 
-fn info(e: &index::Entry) -> FileInfo {
+fn info(e: index::EntryRef<'_>) -> FileInfo {
     FileInfo {
         name: String::from_utf8_lossy(e.split().1).into_owned(),
-        path: String::from_utf8_lossy(&e.path).into_owned(),
+        path: String::from_utf8_lossy(e.path).into_owned(),
         kind: e.kind,
         size: e.size,
         mode: format!("{:04o}", e.mode),
         uid: e.uid,
         gid: e.gid,
         mtime: DateTime::from_timestamp(e.mtime, 0).unwrap_or_default(),
-        link: e
-            .link
-            .as_ref()
-            .map(|l| String::from_utf8_lossy(l).into_owned()),
+        link: e.link.map(|l| String::from_utf8_lossy(l).into_owned()),
         container_path: None,
     }
 }

@@ -56,7 +56,7 @@ pub use restore::{PathsTarget, Selection};
 pub use rules::{Decision, RetentionReport};
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -266,6 +266,31 @@ impl BackupManager {
         let index = Arc::new(self.read_index(snapshot).await?);
         *self.last_index.lock().unwrap() = Some(Arc::clone(&index));
         Ok(index)
+    }
+
+    /// For a lookup in the index of `snapshot` that found a damaged block: the index is
+    /// forgotten, in memory and on disk, so that the next request builds it again from
+    /// the archive, and the request that found it fails with what it was doing.
+    fn index_damaged<'a>(
+        &'a self,
+        snapshot: &'a Snapshot,
+    ) -> impl FnOnce(std::io::Error) -> ManagerError + 'a {
+        move |source| {
+            let mut last = self.last_index.lock().unwrap();
+            if last.as_ref().is_some_and(|i| i.sha256 == snapshot.sha256) {
+                *last = None;
+            }
+            let at = index::path_for(Path::new(&snapshot.file_path));
+            let _ = std::fs::remove_file(&at);
+            tracing::warn!(snapshot = %snapshot.snapshot_id, "its entry index is damaged, removed: {source}");
+            ManagerError::Io {
+                context: format!(
+                    "reading the entry index of `{}` (it is made again at the next request)",
+                    snapshot.snapshot_id
+                ),
+                source,
+            }
+        }
     }
 
     /// [`Self::index_of`] without the one kept in memory.

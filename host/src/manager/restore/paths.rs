@@ -109,7 +109,10 @@ impl BackupManager {
                 path: path.clone(),
                 what: "path",
             };
-            let entry = index.get(path.as_bytes()).ok_or_else(not_found)?;
+            let entry = index
+                .get(path.as_bytes())
+                .map_err(self.index_damaged(snapshot))?
+                .ok_or_else(not_found)?;
             if !matches!(entry.kind, EntryKind::Dir | EntryKind::File) {
                 return Err(ManagerError::NotAFile(path));
             }
@@ -124,7 +127,7 @@ impl BackupManager {
                 .trim_start_matches('/')
                 .to_string();
             chosen.push(Chosen {
-                entry: entry.clone(),
+                entry: entry.to_owned(),
                 mount,
                 rel,
             });
@@ -183,14 +186,19 @@ impl BackupManager {
                 discard: false,
                 file_root: false,
             });
-            stored.push(
-                index
-                    .entries
-                    .iter()
-                    .filter(|e| e.kind == EntryKind::File && inside(&e.path, &c.entry.path))
-                    .map(|e| archive::allocation(e.size, None))
-                    .sum::<u64>(),
-            );
+            // What its files allocate: the path itself when a file, else its tree's.
+            let mut bytes = match c.entry.kind {
+                EntryKind::File => archive::allocation(c.entry.size, None),
+                _ => 0,
+            };
+            let damaged = || self.index_damaged(snapshot);
+            for i in index.below(&c.entry.path).map_err(damaged())? {
+                let e = index.entry(i).map_err(damaged())?;
+                if e.kind == EntryKind::File {
+                    bytes += archive::allocation(e.size, None);
+                }
+            }
+            stored.push(bytes);
             places.push(Place {
                 host,
                 staging,
