@@ -14,7 +14,7 @@ use appsnap::config::BackupMode;
 use crate::common::{Entry, Harness, TestApp, fill_every_kind, manifest, set_mode, sh};
 
 /// `s` percent-encoded for a query string.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' => {
@@ -454,7 +454,11 @@ async fn a_folders_download_reads_only_its_own_part_of_the_archive() {
         .unwrap()
         .unwrap()
         .to_owned();
-    let mut tree = appsnap::archive::subtree::open(archive, index.clone(), &folder).unwrap();
+    let tar = std::sync::Arc::new(index::Local {
+        archive: archive.to_path_buf(),
+        index: index.clone(),
+    });
+    let mut tree = appsnap::archive::subtree::open(tar, index.clone(), &folder).unwrap();
     std::io::copy(&mut tree, &mut std::io::sink()).unwrap();
     let last = index
         .iter()

@@ -1166,3 +1166,131 @@ async fn a_precopy_snapshot_gets_its_tar_hash_at_its_first_copy() {
     assert_eq!(s3.restic_dump_sha256("precopy", r), inflated_sha256(&snap));
     s3.kill();
 }
+
+/// `GET …/files` of `path` in the copy of `id` in repository `offsite`: (status, body).
+async fn list_copy(h: &Harness, id: &str, path: &str) -> (StatusCode, serde_json::Value) {
+    h.call(
+        "GET",
+        &format!("/api/v1/backup/snapshots/{id}/files?repository=offsite&path={path}&limit=1000"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_copy_is_browsed_from_a_new_server_reading_only_the_chunks_it_needs() {
+    let s3 = S3Server::start("browse");
+    let app = TestApp::new("");
+    crate::common::fill_every_kind(&app.volume_path());
+    // 24 MiB of random data before the small file: chunks that a read of the small
+    // file must not download.
+    random_file(&app.volume_path().join("big.bin"), 24 << 20);
+    fs::write(app.volume_path().join("small.txt"), "hello from the copy\n").unwrap();
+    let repo = s3.repository("offsite", "browse", common_secret());
+    let a = Harness::with(|c| {
+        c.repositories = vec![repo.clone()];
+        c.offsite_attempts = 1;
+    })
+    .await;
+    let (snap, _) = backup_and_copy(&a, &app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap();
+    let vol = format!("volumes/{}", app.volume);
+    let local = format!("/api/v1/backup/snapshots/{id}/files?path={vol}&limit=1000");
+    let (status, on_a) = a.call("GET", &local).await;
+    assert_eq!(status, StatusCode::OK, "{on_a}");
+
+    // Server B has nothing local: the copy is listed as A lists its snapshot.
+    let b = Harness::with(|c| c.repositories = vec![repo.clone()]).await;
+    let (status, _) = b.call("GET", &local).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, top) = list_copy(&b, id, "").await;
+    assert_eq!(status, StatusCode::OK, "{top}");
+    assert!(
+        top["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == vol.as_str() && e["container_path"] == "/data"),
+        "{top}"
+    );
+    let (status, on_b) = list_copy(&b, id, &vol).await;
+    assert_eq!(status, StatusCode::OK, "{on_b}");
+    assert_eq!(on_b["entries"], on_a["entries"]);
+    assert_eq!(on_b["repository"], "offsite");
+
+    // One small file: right bytes, and the download stays far below the copy's size.
+    let content = format!(
+        "/api/v1/backup/snapshots/{id}/files/content?repository=offsite&path={vol}/small.txt"
+    );
+    let (status, bytes) = b.get_bytes(&content).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bytes, b"hello from the copy\n");
+    let (_, after) = list_copy(&b, id, &vol).await;
+    let downloaded = after["downloaded_bytes"].as_u64().unwrap();
+    let tar_bytes = snap["tar_bytes"].as_u64().unwrap_or(24 << 20);
+    assert!(
+        downloaded < 8 << 20 && downloaded < tar_bytes / 2,
+        "{downloaded} bytes downloaded for a listing and a 20-byte file of a {tar_bytes}-byte copy"
+    );
+    // Every regular file of the tree reads back as the original (a name that is not
+    // UTF-8 cannot be named in a URL: left out).
+    let mut checked = 0;
+    for (path, e) in crate::common::manifest(&app.volume_path(), false) {
+        let (Some(sha), Ok(path)) = (&e.sha256, String::from_utf8(path)) else {
+            continue;
+        };
+        let (status, bytes) = b
+            .get_bytes(&format!(
+                "/api/v1/backup/snapshots/{id}/files/content?repository=offsite&path={}",
+                crate::browse::enc(&format!("{vol}/{path}"))
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let got = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        assert_eq!(&got, sha, "{path}");
+        checked += 1;
+    }
+    assert!(checked > 3);
+    assert!(
+        b.files().iter().all(|f| !f.ends_with(".tar.gz")),
+        "browsing fetched nothing: {:?}",
+        b.files()
+    );
+
+    // A copy made without its entry index (as copies were before) is refused clearly.
+    let plain = "snapshot_20200101T000000Z_0badc0de";
+    let archive = std::path::Path::new(snap["file_path"].as_str().unwrap());
+    let description = appsnap::offsite::Description {
+        appsnap: 1,
+        app_id: app.id.clone(),
+        snapshot_id: plain.into(),
+        created_at: chrono::Utc::now(),
+        tar_sha256: inflated_sha256(&snap),
+        tar_bytes: snap["tar_bytes"].as_u64().unwrap(),
+        entries: None,
+        mounts: Vec::new(),
+        origin: appsnap::catalog::Origin::Manual,
+        note: None,
+        root_id: None,
+    };
+    let tar = appsnap::archive::read::open_tar_stream(archive, 1).unwrap();
+    let progress = std::sync::Arc::new(appsnap::offsite::Progress::default());
+    tokio::task::spawn_blocking(move || {
+        appsnap::offsite::copy(&repo, &description, None, tar, &progress, None, false)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let (status, body) = list_copy(&b, plain, &vol).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["details"].as_str().unwrap().contains("fetch it"),
+        "{body}"
+    );
+    let (status, _) = b
+        .call(
+            "GET",
+            &format!("/api/v1/backup/snapshots/{id}/files?repository=nowhere&path={vol}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

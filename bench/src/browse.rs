@@ -124,19 +124,19 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
         cold();
         let t = Instant::now();
         let page = rt
-            .block_on(manager.files(&id, &big, None, None, 1000))
+            .block_on(manager.files(&id, None, &big, None, None, 1000))
             .unwrap();
         first_list.push(t.elapsed().as_secs_f64());
         assert_eq!(page.entries.len(), n.min(1000));
         let t = Instant::now();
-        rt.block_on(manager.files(&id, &other, None, None, 1000))
+        rt.block_on(manager.files(&id, None, &other, None, None, 1000))
             .unwrap();
         list.push(t.elapsed().as_secs_f64());
 
         cold();
         let t = Instant::now();
         let hits = rt
-            .block_on(manager.files(&id, "", Some(&query), None, 1000))
+            .block_on(manager.files(&id, None, "", Some(&query), None, 1000))
             .unwrap();
         search.push(t.elapsed().as_secs_f64());
         found = hits.entries.len();
@@ -146,7 +146,7 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
             let t = Instant::now();
             if tool == 0 {
                 let Download::File(content) = rt
-                    .block_on(manager.file_content(&id, &file_path, None))
+                    .block_on(manager.file_content(&id, None, &file_path, None))
                     .unwrap()
                 else {
                     panic!("a file")

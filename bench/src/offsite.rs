@@ -18,7 +18,37 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 
+use appsnap::archive::index::{self, EntryKind, Index};
+
 use crate::{generate, human, sh};
+
+/// Indexes `archive` as the backup would have, beside it.
+fn write_index(archive: &Path) -> Index {
+    let index = index::build(archive, "bench", u64::MAX).unwrap();
+    index.save(&index::path_for(archive)).unwrap();
+    index
+}
+
+/// Browses the copy `id` in `bucket` the way `GET …/files/content?repository=` does:
+/// opens it (the repository's index, the copy's entry index), then reads `path` whole.
+/// Returns the bytes downloaded by the opening and by the file's read.
+fn browse_copy(server: &Server, bucket: &str, id: &str, path: &[u8]) -> (u64, u64) {
+    let cfg = server.repository(bucket);
+    let remote = appsnap::offsite::list(&cfg, None)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.snapshot_id == id)
+        .expect("the copy is listed");
+    let (copy, index) = appsnap::offsite::browse::open_copy(&cfg, &remote).unwrap();
+    let index = Index::from_file(&index.expect("the copy carries its index")).unwrap();
+    let opened = copy.downloaded();
+    let copy = Arc::new(copy);
+    let entry = index.get(path).unwrap().expect("indexed");
+    let mut content = index::open_file(&copy, entry).unwrap();
+    let n = std::io::copy(&mut content, &mut std::io::sink()).unwrap();
+    assert_eq!(n, entry.size);
+    (opened, copy.downloaded() - opened)
+}
 
 const KEY: &str = "benchkey";
 const SECRET: &str = "benchsecret0123456789";
@@ -185,6 +215,7 @@ fn appsnap_copy(
     summary: &appsnap::archive::Summary,
     id: &str,
 ) -> Copy {
+    let index = fs::read(index::path_for(archive)).expect("indexed before the runs");
     let cfg = server.repository(bucket);
     let before = dir_bytes(&server.data.join(bucket));
     let description = appsnap::offsite::Description {
@@ -207,7 +238,7 @@ fn appsnap_copy(
     let start = Instant::now();
     let tar = appsnap::archive::read::open_tar_stream(archive, threads).unwrap();
     let progress = Arc::new(appsnap::offsite::Progress::default());
-    appsnap::offsite::copy(&cfg, &description, tar, &progress, None, false).unwrap();
+    appsnap::offsite::copy(&cfg, &description, Some(index), tar, &progress, None, false).unwrap();
     Copy {
         secs: start.elapsed().as_secs_f64(),
         uploaded: dir_bytes(&server.data.join(bucket)) - before,
@@ -247,6 +278,19 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
     let changed = mutate(&data, 0.05);
     let s2 = pack(&data, &second);
     let _ = fs::remove_dir_all(&data);
+    write_index(&first);
+    let index = write_index(&second);
+    // The file near 100 KB half-way through the archive, as `--browse` picks it.
+    let mut files: Vec<_> = index
+        .iter()
+        .unwrap()
+        .filter(|e| e.kind == EntryKind::File)
+        .collect();
+    files.sort_by_key(|e| e.size.abs_diff(100_000));
+    files.truncate(1000);
+    files.sort_by_key(|e| e.header_offset);
+    let small = files[files.len() / 2].to_owned();
+    let mut browsed = Vec::new();
     println!(
         "offsite copy of {} of data (tar stream {}; second: {} rewritten), {runs} runs, \
          s3s-fs on loopback:",
@@ -289,6 +333,9 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
             human(b.uploaded)
         );
         results[tool].push([a.secs, a.uploaded as f64, b.secs, b.uploaded as f64]);
+        if tool == 0 {
+            browsed.push(browse_copy(&server, &bucket, "snapshot_2", &small.path));
+        }
         let _ = fs::remove_dir_all(server.data.join(&bucket));
     });
     let m = |tool: usize, i: usize| median(results[tool].iter().map(|r| r[i]).collect());
@@ -313,6 +360,22 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
             );
         }
     }
+    let (opened, read) = (
+        median(browsed.iter().map(|b| b.0 as f64).collect()),
+        median(browsed.iter().map(|b| b.1 as f64).collect()),
+    );
+    println!(
+        "browsing the second copy ({} entries; entry index {}): opening it downloads {} \
+         (the repository's index, the entry index), one {} file half-way through {} more; \
+         {} in all (goal < 4 MiB; the copy's tar stream is {})",
+        index.len(),
+        human(fs::metadata(index::path_for(&second)).unwrap().len()),
+        human(opened as u64),
+        human(small.size),
+        human(read as u64),
+        human((opened + read) as u64),
+        human(s2.tar_bytes)
+    );
     drop(server);
     if std::env::var_os("APPSNAP_BENCH_KEEP").is_none() {
         let _ = fs::remove_dir_all(dir);

@@ -84,12 +84,18 @@ enum Command {
         /// Print JSON instead of lines.
         #[arg(long)]
         json: bool,
+        /// Browse the snapshot's copy in this repository.
+        #[arg(long)]
+        repository: Option<String>,
     },
     /// Write one file of a snapshot to standard output (a folder: a `.tar.gz` of it).
     Cat {
         snapshot_id: String,
         /// An archive path such as `volumes/data/uploads/a.jpg`.
         path: String,
+        /// Read it from the snapshot's copy in this repository.
+        #[arg(long)]
+        repository: Option<String>,
     },
     /// Delete a snapshot (only the local archive unless --location says otherwise).
     Delete {
@@ -319,12 +325,20 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
             snapshot_id,
             path,
             json,
+            repository,
         } => {
             let path = path.unwrap_or_default();
             let mut cursor = None;
             loop {
                 let page = manager
-                    .files(&snapshot_id, &path, None, cursor.as_deref(), usize::MAX)
+                    .files(
+                        &snapshot_id,
+                        repository.as_deref(),
+                        &path,
+                        None,
+                        cursor.as_deref(),
+                        usize::MAX,
+                    )
                     .await?;
                 for e in &page.entries {
                     if json {
@@ -354,8 +368,13 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
                 }
             }
         }
-        Command::Cat { snapshot_id, path } => {
-            let mut reader = match manager.file_content(&snapshot_id, &path, None).await? {
+        Command::Cat {
+            snapshot_id,
+            path,
+            repository,
+        } => {
+            let download = manager.file_content(&snapshot_id, repository.as_deref(), &path, None);
+            let mut reader = match download.await? {
                 appsnap::manager::Download::File(file) => file.reader,
                 appsnap::manager::Download::Folder { reader, .. } => reader,
             };

@@ -165,6 +165,7 @@ fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
         PathNotFound { .. } => (StatusCode::NOT_FOUND, "Path not found"),
         NotAFile(_) => (StatusCode::BAD_REQUEST, "Not a regular file"),
         PathNotRestorable { .. } => (StatusCode::CONFLICT, "Path cannot be restored"),
+        CopyNotBrowsable { .. } => (StatusCode::CONFLICT, "Copy cannot be browsed"),
         BadRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "Range not satisfiable"),
         TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "Upload too large"),
         Docker(DockerError::Hook { .. } | DockerError::HookTimeout { .. }) => {

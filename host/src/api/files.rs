@@ -22,6 +22,7 @@ pub struct FilesParams {
     /// the snapshot's mounts.
     pub path: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]*$")]
     pub cursor: Option<String>,
     /// Entries per page (1 to 1000, default 200).
     pub limit: Option<usize>,
@@ -29,6 +30,10 @@ pub struct FilesParams {
     /// it) whose name holds this text, case-insensitively. Empty: no search.
     #[param(max_length = 256)]
     pub q: Option<String>,
+    /// Browse the snapshot's copy in this repository instead of the local archive (for
+    /// a snapshot only a repository holds): the copy's entry index is read once, and
+    /// only the chunks holding what is read after it.
+    pub repository: Option<String>,
 }
 
 /// List one folder of a snapshot, or search its names (`q`).
@@ -36,15 +41,20 @@ pub struct FilesParams {
 /// The top level lists the snapshot's mounts with the path each has in its containers;
 /// below, one folder per call, in name order, paginated. Listed from the snapshot's entry
 /// index, which the backup writes; a snapshot without one (an import, a fetch) gets it at
-/// its first listing, which reads the archive once (seconds per GiB). The path is matched against the index, never
-/// against the server's files: `..`, `.`, an absolute path or a NUL is 400.
+/// its first listing, which reads the archive once (seconds per GiB). The path is
+/// matched against the index, never against the server's files: `..`, `.`, an absolute
+/// path or a NUL is 400. With `repository`, the snapshot's copy there is listed (a
+/// snapshot only a repository holds): the copy's entry index is downloaded once, and
+/// `downloaded_bytes` says what browsing it has read from the repository so far.
 #[utoipa::path(get, path = "/api/v1/backup/snapshots/{snapshot_id}/files", tag = "backup",
     params(("snapshot_id" = String, Path), FilesParams),
     responses(
         (status = 200, description = "One page of the folder", body = Listing),
         (status = 400, description = "Invalid id, path or cursor", body = ErrorBody),
-        (status = 404, description = "Snapshot or folder not found", body = ErrorBody),
+        (status = 404, description = "Snapshot, folder, repository or copy not found", body = ErrorBody),
+        (status = 409, description = "The copy was made before copies carried their entry index", body = ErrorBody),
         (status = 422, description = "The archive cannot be read", body = ErrorBody),
+        (status = 502, description = "The repository failed", body = ErrorBody),
     ))]
 pub async fn list(
     State(manager): State<Arc<BackupManager>>,
@@ -57,7 +67,14 @@ pub async fn list(
         params.limit.unwrap_or(200),
     );
     let listing = manager
-        .files(&snapshot_id, path, params.q.as_deref(), cursor, limit)
+        .files(
+            &snapshot_id,
+            params.repository.as_deref(),
+            path,
+            params.q.as_deref(),
+            cursor,
+            limit,
+        )
         .await?;
     Ok(Json(listing))
 }
@@ -67,6 +84,9 @@ pub async fn list(
 pub struct ContentParams {
     /// The file, as an archive path (`volumes/data/uploads/a.jpg`).
     pub path: String,
+    /// Read it from the snapshot's copy in this repository (only the chunks that hold
+    /// it are downloaded).
+    pub repository: Option<String>,
 }
 
 /// Download one file or folder of a snapshot.
@@ -85,9 +105,11 @@ pub struct ContentParams {
         (status = 200, description = "The file (its type guessed from its name), or a folder as application/gzip", content_type = "*/*", body = Vec<u8>),
         (status = 206, description = "The range asked for", content_type = "*/*", body = Vec<u8>),
         (status = 400, description = "Invalid id or path, or neither a regular file nor a folder", body = ErrorBody),
-        (status = 404, description = "Snapshot or file not found", body = ErrorBody),
+        (status = 404, description = "Snapshot, file, repository or copy not found", body = ErrorBody),
+        (status = 409, description = "The copy was made before copies carried their entry index", body = ErrorBody),
         (status = 416, description = "The range starts beyond the file", body = ErrorBody),
         (status = 422, description = "The archive cannot be read", body = ErrorBody),
+        (status = 502, description = "The repository failed", body = ErrorBody),
     ))]
 pub async fn content(
     State(manager): State<Arc<BackupManager>>,
@@ -102,7 +124,12 @@ pub async fn content(
         })?),
     };
     let file = match manager
-        .file_content(&snapshot_id, &params.path, range)
+        .file_content(
+            &snapshot_id,
+            params.repository.as_deref(),
+            &params.path,
+            range,
+        )
         .await?
     {
         Download::File(file) => file,

@@ -465,8 +465,12 @@ impl Index {
     /// head does not parse, or whose blocks do not fill the file exactly, is
     /// `InvalidData`. No count or size it holds is believed beyond the bytes there are.
     pub fn load(path: &Path) -> io::Result<Index> {
-        let file = std::fs::read(path)?;
-        let mut r = Cursor { buf: &file, at: 0 };
+        Index::from_file(&std::fs::read(path)?)
+    }
+
+    /// [`Self::load`] of an index file's bytes (one a repository's copy carries).
+    pub fn from_file(file: &[u8]) -> io::Result<Index> {
+        let mut r = Cursor { buf: file, at: 0 };
         if r.take(MAGIC.len())? != MAGIC {
             return Err(bad("not an appsnap index of this version"));
         }
@@ -755,6 +759,26 @@ fn cut(order: &[usize], len: impl Fn(usize) -> usize) -> Vec<&[usize]> {
     out
 }
 
+/// Where an archive's tar stream is read from, at any offset: the local `.tar.gz`
+/// ([`Local`]) or a copy in a repository (`offsite::OpenCopy`). Reads of entries go
+/// through it, so they are the same whichever holds the snapshot.
+pub trait TarAt: Send + Sync {
+    /// The tar stream from offset `at` on.
+    fn tar_at(&self, at: u64) -> io::Result<Box<dyn Read + Send>>;
+}
+
+/// A local archive, read through its gzip member table.
+pub struct Local {
+    pub archive: PathBuf,
+    pub index: std::sync::Arc<Index>,
+}
+
+impl TarAt for Local {
+    fn tar_at(&self, at: u64) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(tar_from(&self.archive, &self.index.members, at)?))
+    }
+}
+
 /// The tar stream of `archive` from tar offset `at`: inflating starts at the gzip member
 /// holding `at` (found in `members`), so bytes before that member are never read.
 pub fn tar_from(archive: &Path, members: &[(u64, u64)], at: u64) -> io::Result<impl Read + use<>> {
@@ -793,14 +817,12 @@ pub struct Content<R> {
     at: u64,
 }
 
-/// Opens `entry` (a regular file) of `archive` for reading.
+/// Opens `entry` (a regular file) of the archive `tar` reads for reading.
 pub fn open_file(
-    archive: &Path,
-    index: &Index,
+    tar: &dyn TarAt,
     entry: EntryRef<'_>,
-) -> io::Result<Content<impl Read + use<>>> {
-    let stream = tar_from(archive, &index.members, entry.header_offset)?;
-    let mut tar = TarReader::new(stream);
+) -> io::Result<Content<Box<dyn Read + Send>>> {
+    let mut tar = TarReader::new(tar.tar_at(entry.header_offset)?);
     let found = tar
         .next_entry()?
         .ok_or_else(|| bad("no entry at its offset"))?;
@@ -999,7 +1021,11 @@ mod tests {
         )
         .unwrap();
 
-        let index = build(&archive, "abc", 1000).unwrap();
+        let index = std::sync::Arc::new(build(&archive, "abc", 1000).unwrap());
+        let local = Local {
+            archive: archive.clone(),
+            index: index.clone(),
+        };
         assert!(index.members.len() > 2, "{:?}", index.members);
         assert_eq!(index.members[0], (0, 0));
         let names = |folder: &[u8]| -> Vec<String> {
@@ -1031,7 +1057,7 @@ mod tests {
             (b"volumes/v/a/b/two", b"two".to_vec()),
         ] {
             let mut got = Vec::new();
-            open_file(&archive, &index, get(path))
+            open_file(&local, get(path))
                 .unwrap()
                 .read_to_end(&mut got)
                 .unwrap();
@@ -1046,9 +1072,12 @@ mod tests {
             }
             lying.push(&e);
         }
-        let lying = lying.finish(&index.sha256, &index.members).unwrap();
-        let one = lying.get(b"volumes/v/a/one").unwrap().unwrap();
-        let err = open_file(&archive, &lying, one).err().unwrap();
+        let lying = Local {
+            archive: archive.clone(),
+            index: std::sync::Arc::new(lying.finish(&index.sha256, &index.members).unwrap()),
+        };
+        let one = lying.index.get(b"volumes/v/a/one").unwrap().unwrap();
+        let err = open_file(&lying, one).err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 
         let saved = dir.path().join("s.index");

@@ -14,30 +14,29 @@
 //! a cut stream) rather than reach a user's `tar -x`.
 
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tar::EntryType;
 
-use super::index::{self, Entry, EntryKind, Index, inside};
+use super::index::{self, Entry, EntryKind, Index, TarAt, inside};
 use super::tar_format::{END, EntryMeta, Kind, header_blocks, padding};
 use super::tar_read::TarReader;
 
-/// A tar stream of the folder `folder` of `archive` (an index entry of kind `Dir`, or a
-/// regular file alone).
-pub fn open(archive: &Path, index: Arc<Index>, folder: &Entry) -> io::Result<Subtree> {
+/// A tar stream of the folder `folder` of the archive `tar` reads, `index` its index
+/// (`folder`: an entry of kind `Dir`, or a regular file alone).
+pub fn open(tar: Arc<dyn TarAt>, index: Arc<Index>, folder: &Entry) -> io::Result<Subtree> {
     let mut last_data = folder.data_offset;
     for i in index.below(&folder.path)? {
         last_data = last_data.max(index.entry(i)?.data_offset);
     }
-    let stream = index::tar_from(archive, &index.members, folder.header_offset)?;
+    let stream = tar.tar_at(folder.header_offset)?;
     let cut = match folder.path.iter().rposition(|&b| b == b'/') {
         Some(i) => i + 1,
         None => 0,
     };
     Ok(Subtree {
-        tar: TarReader::new(Box::new(stream)),
-        archive: archive.to_path_buf(),
+        reader: TarReader::new(stream),
+        tar,
         index,
         folder: folder.path.clone(),
         cut,
@@ -65,8 +64,9 @@ fn bad(msg: String) -> io::Error {
 
 /// The folder's tar stream; see [`open`].
 pub struct Subtree {
-    tar: TarReader<Box<dyn Read + Send>>,
-    archive: PathBuf,
+    reader: TarReader<Box<dyn Read + Send>>,
+    /// Where the archive is read from (a hard link's file is read from there too).
+    tar: Arc<dyn TarAt>,
     index: Arc<Index>,
     folder: Vec<u8>,
     /// Bytes cut from the front of each name: the folder's parent and its `/`.
@@ -119,7 +119,7 @@ impl Read for Subtree {
                 }
                 Some(Data::Stored { left, .. }) => {
                     self.out.resize((*left).min(256 << 10) as usize, 0);
-                    let n = self.tar.read_data(&mut self.out)?;
+                    let n = self.reader.read_data(&mut self.out)?;
                     if n == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
@@ -147,8 +147,8 @@ impl Subtree {
     /// or the end-of-archive marker after the last one.
     fn next_entry(&mut self) -> io::Result<()> {
         loop {
-            let e = match self.tar.next_entry()? {
-                Some(e) if self.start + self.tar.bytes <= self.last_data => e,
+            let e = match self.reader.next_entry()? {
+                Some(e) if self.start + self.reader.bytes <= self.last_data => e,
                 // The archive's end, or past the folder's last entry.
                 _ => {
                     self.finish();
@@ -233,7 +233,7 @@ impl Subtree {
                     String::from_utf8_lossy(target)
                 ))
             })?;
-        let content = index::open_file(&self.archive, &self.index, file.as_ref())?;
+        let content = index::open_file(&*self.tar, file.as_ref())?;
         self.data = Some(Data::Linked {
             content: Box::new(content),
             left: file.size,
@@ -252,7 +252,7 @@ impl Subtree {
 
     /// Bytes of the archive's tar stream read so far, from the folder's header on.
     pub fn read_from_archive(&self) -> u64 {
-        self.tar.bytes
+        self.reader.bytes
     }
 
     fn finish(&mut self) {

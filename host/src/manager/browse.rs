@@ -8,17 +8,26 @@
 //! read, under a heavy slot). One whose sha256 is not the archive's recorded one is
 //! never used, but made again. A path in a request is only
 //! ever compared with the index's paths: it never reaches the filesystem.
+//!
+//! A copy in a repository is browsed the same way (`repository` named in the request):
+//! its entry index travels with it, and its files are read from the chunks that hold
+//! them ([`crate::offsite::browse`]). The copy opened last is kept open, so the listings
+//! and downloads that follow pay neither the repository's opening (its key, its index)
+//! nor the entry index's download again.
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::error::ManagerError;
 use super::{BackupManager, check_path};
-use crate::archive::index::{self, EntryKind, Index};
+use crate::archive::index::{self, EntryKind, Index, TarAt};
 use crate::catalog::Snapshot;
+use crate::model::Mount;
+use crate::offsite::{OffsiteError, browse::OpenCopy};
 
 /// Most entries one page lists.
 pub const MAX_PAGE: usize = 1000;
@@ -34,6 +43,37 @@ pub struct Listing {
     /// Pass it as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// Browsing a copy: the repository, and the bytes read from it since the copy was
+    /// opened for browsing (its index, the chunks of what was read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downloaded_bytes: Option<u64>,
+}
+
+/// A snapshot as browsing reads it: the local archive, or a copy in a repository.
+pub(super) struct Browsed {
+    snapshot_id: String,
+    mounts: Vec<Mount>,
+    created_at: DateTime<Utc>,
+    index: Arc<Index>,
+    tar: Arc<dyn TarAt>,
+    held: Held,
+}
+
+impl Browsed {
+    /// Whether it is the copy of `snapshot_id` in `repository`.
+    fn is_copy(&self, repository: &str, snapshot_id: &str) -> bool {
+        matches!(&self.held, Held::Copy(name, _) if name == repository)
+            && self.snapshot_id == snapshot_id
+    }
+}
+
+enum Held {
+    /// The local snapshot (its index is made again when found damaged).
+    Local(Box<Snapshot>),
+    /// A copy, in the repository named.
+    Copy(String, Arc<OpenCopy>),
 }
 
 /// What a download of a snapshot's path gives: read its reader on a blocking thread.
@@ -85,22 +125,24 @@ pub struct FileInfo {
 }
 
 impl BackupManager {
-    /// One page of the folder `path` of `snapshot_id`: up to `limit` entries (at most
-    /// [`MAX_PAGE`]) after `cursor`. With a `query`, instead, the entries anywhere under
-    /// `path` (the whole snapshot when empty) whose name holds it, case-insensitively,
-    /// in index order (folder by folder). Errors: `InvalidId`, `InvalidPath` (absolute,
-    /// `.`, `..`, NUL, too long; a query over 256 bytes), `SnapshotNotFound`,
-    /// `PathNotFound` (no such folder), `Corrupt` when the archive cannot be read to make
-    /// its index.
+    /// One page of the folder `path` of `snapshot_id` (of its copy in `repository` when
+    /// named): up to `limit` entries (at most [`MAX_PAGE`]) after `cursor`. With a
+    /// `query`, instead, the entries anywhere under `path` (the whole snapshot when
+    /// empty) whose name holds it, case-insensitively, in index order (folder by
+    /// folder). Errors: `InvalidId`, `InvalidPath` (absolute, `.`, `..`, NUL, too long; a
+    /// query over 256 bytes), `SnapshotNotFound`, `PathNotFound` (no such folder),
+    /// `Corrupt` when the archive cannot be read to make its index; for a copy, those of
+    /// [`Self::browsed`].
     pub async fn files(
         &self,
         snapshot_id: &str,
+        repository: Option<&str>,
         path: &str,
         query: Option<&str>,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Listing, ManagerError> {
-        let snapshot = self.store.get(snapshot_id)?;
+        self.browsable(snapshot_id, repository)?;
         let folder = check_path(path)?;
         let query = query.filter(|q| !q.is_empty());
         if query.is_some_and(|q| q.len() > 256 || q.contains('\0')) {
@@ -108,26 +150,26 @@ impl BackupManager {
         }
         let start = parse_cursor(cursor)?;
         let limit = limit.clamp(1, MAX_PAGE);
+        let b = self.browsed(snapshot_id, repository).await?;
+        let index = &b.index;
         let page = |all: &mut dyn Iterator<Item = FileInfo>| -> Vec<FileInfo> {
             all.skip(start).take(limit + 1).collect()
         };
         let mut entries = match query {
-            None if folder.is_empty() => page(&mut mounts(&snapshot).into_iter()),
+            None if folder.is_empty() => page(&mut mounts(&b).into_iter()),
             None => {
-                let index = self.index_of(&snapshot).await?;
-                let damaged = self.index_damaged(&snapshot);
                 let listed = (|| {
                     let children = index.children(folder.as_bytes())?;
-                    if children.is_empty() && !is_folder(&index, &snapshot, &folder)? {
+                    if children.is_empty() && !is_folder(&b, &folder)? {
                         return Ok(None);
                     }
                     let shown = children.skip(start).take(limit + 1);
                     shown
                         .map(|i| index.entry(i).map(info))
-                        .collect::<std::io::Result<Vec<_>>>()
+                        .collect::<io::Result<Vec<_>>>()
                         .map(Some)
                 })()
-                .map_err(damaged)?;
+                .map_err(self.index_damaged(&b))?;
                 listed.ok_or_else(|| ManagerError::PathNotFound {
                     snapshot_id: snapshot_id.into(),
                     path: folder.clone(),
@@ -135,8 +177,7 @@ impl BackupManager {
                 })?
             }
             Some(query) => {
-                let index = self.index_of(&snapshot).await?;
-                let all = index.iter().map_err(self.index_damaged(&snapshot))?;
+                let all = index.iter().map_err(self.index_damaged(&b))?;
                 let (needle, prefix) = (query.to_lowercase(), format!("{folder}/"));
                 page(
                     &mut all
@@ -152,58 +193,76 @@ impl BackupManager {
         };
         let next_cursor = (entries.len() > limit).then(|| (start + limit).to_string());
         entries.truncate(limit);
+        let (repository, downloaded_bytes) = match &b.held {
+            Held::Local(_) => (None, None),
+            Held::Copy(name, copy) => (Some(name.clone()), Some(copy.downloaded())),
+        };
         Ok(Listing {
-            snapshot_id: snapshot.snapshot_id,
+            snapshot_id: b.snapshot_id.clone(),
             path: folder,
             entries,
             next_cursor,
+            repository,
+            downloaded_bytes,
         })
     }
 
-    /// A regular file of the snapshot, to read: all of it, or the bytes `range` names
-    /// (`(start, Some(end))` inclusive, `(start, None)` to the end). Only the gzip members
-    /// holding the file are inflated. A hard link reads as the file it links to. A
-    /// folder comes as a `.tar.gz` of its subtree (whole: `range` does not apply).
-    /// Errors: those of [`Self::files`], `PathNotFound`, `NotAFile` (a symlink, a
-    /// device, a mount's top level, …), `BadRange` (starts beyond the end), `Corrupt`
-    /// when the archive does not hold the file where its index says.
+    /// A regular file of the snapshot (of its copy in `repository` when named), to read:
+    /// all of it, or the bytes `range` names (`(start, Some(end))` inclusive,
+    /// `(start, None)` to the end). Only the gzip members (a copy: the chunks) holding
+    /// the file are read. A hard link reads as the file it links to. A folder comes as a
+    /// `.tar.gz` of its subtree (whole: `range` does not apply). Errors: those of
+    /// [`Self::files`], `PathNotFound`, `NotAFile` (a symlink, a device, a mount's top
+    /// level, …), `BadRange` (starts beyond the end), `Corrupt` when the archive does not
+    /// hold the file where its index says; for a copy, a repository that fails.
     pub async fn file_content(
         &self,
         snapshot_id: &str,
+        repository: Option<&str>,
         path: &str,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<Download, ManagerError> {
-        let snapshot = self.store.get(snapshot_id)?;
+        self.browsable(snapshot_id, repository)?;
         let path = check_path(path)?;
-        let index = self.index_of(&snapshot).await?;
+        let b = self.browsed(snapshot_id, repository).await?;
         let not_found = || ManagerError::PathNotFound {
             snapshot_id: snapshot_id.into(),
             path: path.clone(),
             what: "file",
         };
-        let damaged = || self.index_damaged(&snapshot);
-        let mut entry = index
+        let damaged = || self.index_damaged(&b);
+        let mut entry = b
+            .index
             .get(path.as_bytes())
             .map_err(damaged())?
             .ok_or_else(not_found)?;
         if entry.kind == EntryKind::Hardlink {
             let target = entry.link.unwrap_or_default();
-            entry = index
+            entry = b
+                .index
                 .get(target)
                 .map_err(damaged())?
                 .ok_or_else(not_found)?;
         }
+        let cannot_read = |e: io::Error| match &b.held {
+            Held::Local(_) => ManagerError::Corrupt(format!("cannot read `{path}`: {e}")),
+            Held::Copy(name, _) => OffsiteError::Backend {
+                name: name.clone(),
+                message: format!("reading `{path}` of the copy of {snapshot_id}: {e}"),
+            }
+            .into(),
+        };
         if entry.kind == EntryKind::Dir {
-            let (archive, folder) = (PathBuf::from(&snapshot.file_path), entry.to_owned());
+            let (tar, index, folder) = (Arc::clone(&b.tar), Arc::clone(&b.index), entry.to_owned());
             let name = format!("{}.tar.gz", String::from_utf8_lossy(folder.split().1));
             let reader = tokio::task::spawn_blocking(move || {
-                let tree = crate::archive::subtree::open(&archive, index, &folder)?;
+                let tree = crate::archive::subtree::open(tar, index, &folder)?;
                 let gz = flate2::read::GzEncoder::new(tree, flate2::Compression::new(3));
-                Ok::<_, std::io::Error>(Box::new(gz) as Box<dyn Read + Send>)
+                Ok::<_, io::Error>(Box::new(gz) as Box<dyn Read + Send>)
             })
             .await
             .map_err(|e| ManagerError::Corrupt(format!("read task: {e}")))?
-            .map_err(|e| ManagerError::Corrupt(format!("cannot read `{path}`: {e}")))?;
+            .map_err(cannot_read)?;
             return Ok(Download::Folder { name, reader });
         }
         if entry.kind != EntryKind::File {
@@ -216,19 +275,19 @@ impl BackupManager {
             Some((start, end)) => (start, end.unwrap_or(u64::MAX).min(size - 1)),
         };
         let len = if size == 0 { 0 } else { end + 1 - start };
-        let (archive, entry, name) = (
-            PathBuf::from(&snapshot.file_path),
+        let (tar, entry, name) = (
+            Arc::clone(&b.tar),
             entry.to_owned(),
             String::from_utf8_lossy(entry.split().1).into_owned(),
         );
         let reader = tokio::task::spawn_blocking(move || {
-            let mut content = index::open_file(&archive, &index, entry.as_ref())?;
-            std::io::copy(&mut (&mut content).take(start), &mut std::io::sink())?;
-            Ok::<_, std::io::Error>(Box::new(content.take(len)) as Box<dyn Read + Send>)
+            let mut content = index::open_file(&*tar, entry.as_ref())?;
+            io::copy(&mut (&mut content).take(start), &mut io::sink())?;
+            Ok::<_, io::Error>(Box::new(content.take(len)) as Box<dyn Read + Send>)
         })
         .await
         .map_err(|e| ManagerError::Corrupt(format!("read task: {e}")))?
-        .map_err(|e| ManagerError::Corrupt(format!("cannot read `{path}`: {e}")))?;
+        .map_err(cannot_read)?;
         Ok(Download::File(FileContent {
             name,
             size,
@@ -237,11 +296,104 @@ impl BackupManager {
             reader,
         }))
     }
+
+    /// Fails as the lookup of what a request names does (no such local snapshot, no
+    /// such repository) before its other parts are checked: what is not there is 404
+    /// whatever else the request holds.
+    fn browsable(&self, snapshot_id: &str, repository: Option<&str>) -> Result<(), ManagerError> {
+        match repository {
+            None => self.store.get(snapshot_id).map(drop),
+            Some(name) => self.repos.get(name).map(drop),
+        }
+    }
+
+    /// The snapshot `snapshot_id` to browse: the local one, or with `repository` its
+    /// copy there (the one opened last when it is that copy, else opened now: the
+    /// repository's key and index, the copy's entry index). Errors for a copy: those of
+    /// finding it (an unknown repository, a copy it does not hold, a storage that
+    /// fails), `CopyNotBrowsable` for a copy made before copies carried their index,
+    /// `Corrupt` for an entry index that does not read.
+    async fn browsed(
+        &self,
+        snapshot_id: &str,
+        repository: Option<&str>,
+    ) -> Result<Arc<Browsed>, ManagerError> {
+        let Some(repository) = repository else {
+            let snapshot = self.store.get(snapshot_id)?;
+            let index = self.index_of(&snapshot).await?;
+            let tar = index::Local {
+                archive: PathBuf::from(&snapshot.file_path),
+                index: Arc::clone(&index),
+            };
+            return Ok(Arc::new(Browsed {
+                snapshot_id: snapshot.snapshot_id.clone(),
+                mounts: snapshot.mounts.clone(),
+                created_at: snapshot.facts.created_at,
+                index,
+                tar: Arc::new(tar),
+                held: Held::Local(Box::new(snapshot)),
+            }));
+        };
+        let cached = self.last_copy.lock().unwrap().clone();
+        if let Some(b) = cached.filter(|b| b.is_copy(repository, snapshot_id)) {
+            return Ok(b);
+        }
+        let remote = self
+            .repos
+            .find(&self.store, Some(repository), snapshot_id)
+            .await?;
+        let cfg = self.repos.get(repository)?;
+        let opened = {
+            let remote = remote.clone();
+            tokio::task::spawn_blocking(move || crate::offsite::browse::open_copy(&cfg, &remote))
+        };
+        let (copy, index) = opened
+            .await
+            .map_err(|e| ManagerError::Corrupt(format!("open task: {e}")))??;
+        let index = index.ok_or_else(|| ManagerError::CopyNotBrowsable {
+            repository: repository.into(),
+            snapshot_id: snapshot_id.into(),
+        })?;
+        let index = Index::from_file(&index).map_err(|e| {
+            ManagerError::Corrupt(format!(
+                "the entry index of the copy of {snapshot_id} in `{repository}`: {e}"
+            ))
+        })?;
+        let copy = Arc::new(copy);
+        let b = Arc::new(Browsed {
+            snapshot_id: remote.snapshot_id.clone(),
+            mounts: remote.mounts.clone(),
+            created_at: remote.created_at,
+            index: Arc::new(index),
+            tar: Arc::new(Arc::clone(&copy)),
+            held: Held::Copy(repository.into(), copy),
+        });
+        *self.last_copy.lock().unwrap() = Some(Arc::clone(&b));
+        Ok(b)
+    }
+
+    /// For a lookup in the index of `b` that found a damaged block: the index is
+    /// forgotten (a local one in memory and on disk, so that the next request builds it
+    /// again from the archive; a copy's is read again), and the request that found it
+    /// fails with what it was doing.
+    fn index_damaged<'a>(&'a self, b: &'a Browsed) -> impl FnOnce(io::Error) -> ManagerError + 'a {
+        move |source| match &b.held {
+            Held::Local(snapshot) => self.local_index_damaged(snapshot)(source),
+            Held::Copy(repository, _) => {
+                *self.last_copy.lock().unwrap() = None;
+                ManagerError::Corrupt(format!(
+                    "the entry index of the copy of {} in `{repository}` is damaged: {source}",
+                    b.snapshot_id
+                ))
+            }
+        }
+    }
 }
 
-/// How many entries a page starts after (`next_cursor` of the page before).
+/// How many entries a page starts after (`next_cursor` of the page before; none or an
+/// empty one: the first page).
 fn parse_cursor(cursor: Option<&str>) -> Result<usize, ManagerError> {
-    cursor.map_or(Ok(0), |c| {
+    cursor.filter(|c| !c.is_empty()).map_or(Ok(0), |c| {
         c.parse()
             .map_err(|_| ManagerError::InvalidPath(format!("cursor {c}")))
     })
@@ -249,16 +401,16 @@ fn parse_cursor(cursor: Option<&str>) -> Result<usize, ManagerError> {
 
 /// Whether `folder` is a folder of the snapshot: a directory entry, or a mount's folder
 /// (which an empty mount has no entry for).
-fn is_folder(index: &Index, snapshot: &Snapshot, folder: &str) -> std::io::Result<bool> {
-    Ok(snapshot.mounts.iter().any(|m| m.archive_dir == folder)
-        || index
+fn is_folder(b: &Browsed, folder: &str) -> io::Result<bool> {
+    Ok(b.mounts.iter().any(|m| m.archive_dir == folder)
+        || b.index
             .get(folder.as_bytes())?
             .is_some_and(|e| e.kind == EntryKind::Dir))
 }
 
 /// The top level: each mount's folder, with the path it serves in its containers.
-fn mounts(snapshot: &Snapshot) -> Vec<FileInfo> {
-    let mut out: Vec<FileInfo> = snapshot
+fn mounts(b: &Browsed) -> Vec<FileInfo> {
+    let mut out: Vec<FileInfo> = b
         .mounts
         .iter()
         .map(|m| FileInfo {
@@ -269,7 +421,7 @@ fn mounts(snapshot: &Snapshot) -> Vec<FileInfo> {
             mode: String::new(),
             uid: 0,
             gid: 0,
-            mtime: snapshot.facts.created_at,
+            mtime: b.created_at,
             link: None,
             container_path: Some(m.destination.clone()),
         })

@@ -126,6 +126,15 @@ pub enum ManagerError {
     /// `beside` folder of that name exists); nothing was touched.
     #[error("`{path}` cannot be restored: {why}")]
     PathNotRestorable { path: String, why: String },
+    /// The copy was made before copies carried their entry index.
+    #[error(
+        "the copy of `{snapshot_id}` in `{repository}` was made before copies carried their \
+         entry index, so it cannot be browsed: fetch it, or browse a newer copy"
+    )]
+    CopyNotBrowsable {
+        repository: String,
+        snapshot_id: String,
+    },
     /// The byte range asked for starts beyond the file's end.
     #[error("the range starts beyond the file's {size} bytes")]
     BadRange { size: u64 },

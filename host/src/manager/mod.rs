@@ -147,6 +147,8 @@ pub struct BackupManager {
     /// each listing would otherwise read and parse the whole index again (~100 ms at
     /// 275,000 entries). Found by the archive's sha256, so a stale one is never used.
     last_index: Mutex<Option<Arc<Index>>>,
+    /// The copy browsed last, kept open ([`browse`]).
+    last_copy: Mutex<Option<Arc<browse::Browsed>>>,
     /// (snapshot, repository) of each copy task alive, waiting to retry included: one
     /// task per pair, whoever asks.
     copies_running: gate::Claims,
@@ -191,6 +193,7 @@ impl BackupManager {
             offsite_slot: tokio::sync::Semaphore::new(1),
             offsite_tasks: Mutex::default(),
             last_index: Mutex::default(),
+            last_copy: Mutex::default(),
             copies_running: gate::Claims::default(),
             retry_in_service: std::sync::atomic::AtomicBool::new(false),
             known_apps: Mutex::default(),
@@ -271,7 +274,7 @@ impl BackupManager {
     /// For a lookup in the index of `snapshot` that found a damaged block: the index is
     /// forgotten, in memory and on disk, so that the next request builds it again from
     /// the archive, and the request that found it fails with what it was doing.
-    fn index_damaged<'a>(
+    fn local_index_damaged<'a>(
         &'a self,
         snapshot: &'a Snapshot,
     ) -> impl FnOnce(std::io::Error) -> ManagerError + 'a {

@@ -22,7 +22,7 @@
 //! (preferring the tar stream the local record names).
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -437,6 +437,20 @@ impl BackupManager {
             note: snapshot.facts.note.clone(),
             root_id: Some(self.store.root_id().to_string()),
         };
+        // The entry index goes with the copy, so that the copy can be browsed; one that
+        // cannot be made or read only costs that.
+        let index = match self.index_of(snapshot).await {
+            Ok(_) => {
+                let at = archive::index::path_for(Path::new(&snapshot.file_path));
+                tokio::fs::read(&at).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let index = index
+            .inspect_err(|e| {
+                tracing::warn!(snapshot = %snapshot.snapshot_id, "the copy goes without its entry index (it cannot be browsed): {e}")
+            })
+            .ok();
         job.total(tar_bytes);
         let progress = Arc::new(offsite::Progress::default());
         let (path, threads, cancel, repo) = (
@@ -449,7 +463,15 @@ impl BackupManager {
         let copied = tokio::task::spawn_blocking(move || {
             let tar =
                 archive::read::open_tar_stream(&path, threads).map_err(OffsiteError::Local)?;
-            offsite::copy(&repo, &description, tar, &progress, Some(cancel), repair)
+            offsite::copy(
+                &repo,
+                &description,
+                index,
+                tar,
+                &progress,
+                Some(cancel),
+                repair,
+            )
         })
         .await;
         ticker.abort();

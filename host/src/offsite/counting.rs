@@ -1,5 +1,6 @@
-//! A storage backend that counts what is written through it: the bytes a copy uploads,
-//! shown in its job as it goes (rustic reports only what it read).
+//! A storage backend that counts what passes through it: the bytes a copy uploads, shown
+//! in its job as it goes (rustic reports only what it read), and the bytes browsing a
+//! copy downloads.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,20 +8,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use rustic_core::{BytesList, FileType, Id, ReadBackend, RusticResult, WriteBackend};
 
-/// Forwards every call to `inner`; adds the size of each file written to `written`.
+/// Forwards every call to `inner`; adds the size of each file written to `written`, and
+/// of each read to `read`.
 ///
-/// The count is what reached the storage, after rustic's compression and encryption:
-/// packs, index files, the snapshot file. Reads are not counted, and a removal does not
-/// subtract: it measures what a copy sent, not what the repository holds.
+/// The count is what crossed to or from the storage, after rustic's compression and
+/// encryption: packs, index files, the snapshot file. A removal does not subtract: it
+/// measures what a copy sent, not what the repository holds.
 pub struct Counting {
     /// The real backend (the repository's storage as `rustic_backend` opened it).
     pub inner: Arc<dyn WriteBackend>,
     /// Bytes written so far; shared with the job's progress (`Progress::bytes_uploaded`),
     /// which reads it while rustic's threads write. Relaxed: it orders nothing else.
     pub written: Arc<AtomicU64>,
+    /// Bytes read so far (whole files and parts of packs).
+    pub read: Arc<AtomicU64>,
 }
 
-/// Reads pass straight through: only writes are counted.
+impl Counting {
+    fn got(&self, bytes: RusticResult<Bytes>) -> RusticResult<Bytes> {
+        let bytes = bytes?;
+        self.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+}
+
 impl ReadBackend for Counting {
     fn location(&self) -> String {
         self.inner.location()
@@ -35,7 +46,7 @@ impl ReadBackend for Counting {
     }
 
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
-        self.inner.read_full(tpe, id)
+        self.got(self.inner.read_full(tpe, id))
     }
 
     fn read_partial(
@@ -46,7 +57,7 @@ impl ReadBackend for Counting {
         offset: u32,
         length: u32,
     ) -> RusticResult<Bytes> {
-        self.inner.read_partial(tpe, id, cacheable, offset, length)
+        self.got(self.inner.read_partial(tpe, id, cacheable, offset, length))
     }
 
     fn warmup_path(&self, tpe: FileType, id: &Id) -> String {

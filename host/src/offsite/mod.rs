@@ -11,12 +11,14 @@
 //! ([`Description`]), so a server that has lost everything can list and fetch it, and
 //! Debian's `restic` can `dump` it without appsnap at all.
 //!
-//! - [`source`]: the one-entry `ReadSource` that feeds a tar stream to rustic, checking
-//!   its sha256 as it goes.
+//! - [`source`]: the `ReadSource` that feeds a tar stream (and its entry index) to
+//!   rustic, checking the stream's sha256 as it goes.
+//! - [`browse`]: a copy opened for browsing, its tar stream read by ranges.
 //!
 //! rustic_core is synchronous (it runs its own threads): every function here blocks and
 //! is called from `spawn_blocking`.
 
+pub mod browse;
 mod counting;
 pub mod source;
 
@@ -312,14 +314,16 @@ fn backend_err(name: &str) -> impl Fn(Box<RusticError>) -> OffsiteError + '_ {
 /// found: a refused credential or an unreachable server is an error, never a reason to
 /// write a second repository over the first.
 pub fn open(cfg: &RepositoryConfig, create: bool) -> Result<Repository<OpenStatus>, OffsiteError> {
-    open_counting(cfg, create, None)
+    open_counting(cfg, create, None, None)
 }
 
-/// [`open`], counting what is written to the storage into `written`.
+/// [`open`], counting what is written to the storage into `written` and what is read
+/// from it into `read`.
 fn open_counting(
     cfg: &RepositoryConfig,
     create: bool,
     written: Option<Arc<AtomicU64>>,
+    read: Option<Arc<AtomicU64>>,
 ) -> Result<Repository<OpenStatus>, OffsiteError> {
     let err = backend_err(&cfg.name);
     let password = cfg.password()?;
@@ -328,10 +332,11 @@ fn open_counting(
         .options(cfg.options.clone())
         .to_backends()
         .map_err(&err)?;
-    if let Some(written) = written {
+    if written.is_some() || read.is_some() {
         let counting = counting::Counting {
             inner: backends.repository(),
-            written,
+            written: written.unwrap_or_default(),
+            read: read.unwrap_or_default(),
         };
         backends = rustic_core::RepositoryBackends::new(Arc::new(counting), backends.repo_hot());
     }
@@ -362,16 +367,18 @@ fn open_counting(
 /// and checks that what was stored is all of it: `description.tar_bytes` bytes whose
 /// sha256 is `description.tar_sha256`, every chunk in a pack the storage has. A copy
 /// that falls short is removed again. `repair`: rebuild the index first (a retry).
+/// `index`: the snapshot's entry index file, stored beside the tar stream for browsing.
 pub fn copy(
     cfg: &RepositoryConfig,
     description: &Description,
+    index: Option<Vec<u8>>,
     tar: impl io::Read + Send + 'static,
     progress: &Arc<Progress>,
     cancel: Option<crate::archive::Cancel>,
     repair: bool,
 ) -> Result<Copied, OffsiteError> {
     let err = backend_err(&cfg.name);
-    let repo = open_counting(cfg, true, Some(Arc::clone(&progress.bytes_uploaded)))?;
+    let repo = open_counting(cfg, true, Some(Arc::clone(&progress.bytes_uploaded)), None)?;
     if repair {
         // An upload cut short (a server that died, a kill) can leave index entries for
         // packs that never arrived; deduplicating against them would make a "complete"
@@ -383,6 +390,7 @@ pub fn copy(
     let path = file_path(&description.app_id, &description.snapshot_id);
     let (source, check) = source::TarSource::new(
         PathBuf::from(&path),
+        index,
         tar,
         description.tar_bytes,
         description.created_at,

@@ -1,10 +1,11 @@
-//! The tar stream as rustic's only source entry, read through a checker: rustic skips
-//! (and only logs) a file that fails to read, so the caller asks the checker afterwards
-//! whether the whole stream went through with the recorded sha256.
+//! The tar stream as rustic's source entry, read through a checker: rustic skips (and
+//! only logs) a file that fails to read, so the caller asks the checker afterwards
+//! whether the whole stream went through with the recorded sha256. The snapshot's entry
+//! index goes with it, as a second file beside it: what lets a copy be browsed by
+//! reading only the chunks that hold what is asked for.
 
 use std::ffi::OsStr;
 use std::io::{self, Read};
-use std::iter::{Once, once};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -123,7 +124,8 @@ impl<R: Read> Read for Checked<R> {
     }
 }
 
-/// A `ReadSource` of exactly one file: the tar stream at `path`.
+/// A `ReadSource` of the tar stream at `path`, and the entry index beside it (the same
+/// name ending `.index`) when there is one.
 pub struct TarSource<R> {
     /// Where the file sits in the restic snapshot (`/<app_id>/<snapshot_id>.tar`).
     path: PathBuf,
@@ -134,6 +136,28 @@ pub struct TarSource<R> {
     mtime: DateTime<Utc>,
     /// The stream can be read once: the first `entries` call takes it.
     reader: Mutex<Option<Checked<R>>>,
+    /// The index file's bytes.
+    index: Option<Vec<u8>>,
+}
+
+/// What rustic reads of one entry: the tar stream, checked, or the index's bytes.
+pub enum Open<R> {
+    Tar(Checked<R>),
+    Index(io::Cursor<Vec<u8>>),
+}
+
+impl<R: Read> Read for Open<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Open::Tar(r) => r.read(buf),
+            Open::Index(r) => r.read(buf),
+        }
+    }
+}
+
+/// Where the entry index of the tar file at `tar` sits in the copy.
+pub fn index_path(tar: &str) -> String {
+    format!("{}.index", tar.strip_suffix(".tar").unwrap_or(tar))
 }
 
 impl<R: Read + Send + 'static> TarSource<R> {
@@ -142,6 +166,7 @@ impl<R: Read + Send + 'static> TarSource<R> {
     /// `size` and `mtime` are only metadata; `progress.bytes_read` counts what is read.
     pub fn new(
         path: PathBuf,
+        index: Option<Vec<u8>>,
         reader: R,
         size: u64,
         mtime: DateTime<Utc>,
@@ -162,6 +187,7 @@ impl<R: Read + Send + 'static> TarSource<R> {
                 size,
                 mtime,
                 reader: Mutex::new(Some(checked)),
+                index,
             },
             Check(seen),
         )
@@ -169,28 +195,45 @@ impl<R: Read + Send + 'static> TarSource<R> {
 }
 
 impl<R: Read + Send + 'static> ReadSource for TarSource<R> {
-    type Open = Checked<R>;
-    type Iter = Once<RusticResult<ReadSourceEntry<Checked<R>>>>;
+    type Open = Open<R>;
+    type Iter = std::vec::IntoIter<RusticResult<ReadSourceEntry<Open<R>>>>;
 
     fn size(&self) -> RusticResult<Option<u64>> {
-        Ok(Some(self.size))
+        Ok(Some(
+            self.size + self.index.as_ref().map_or(0, |i| i.len() as u64),
+        ))
     }
 
-    /// The one entry: a regular file with mode 0600 (it holds an app's data) and the
-    /// reader. A second call yields the entry with no reader (the stream is consumed).
+    /// The index (when there is one), then the tar stream, in path order: regular files
+    /// with mode 0600 (they describe and hold an app's data). A second call yields the
+    /// tar entry with no reader (the stream is consumed).
     fn entries(&self) -> Self::Iter {
-        let name = self.path.file_name().unwrap_or(OsStr::new("snapshot.tar"));
         let mtime = rustic_core::jiff::Timestamp::from_second(self.mtime.timestamp()).ok();
-        let meta = Metadata {
-            size: self.size,
-            mode: Some(0o600),
-            mtime,
-            ..Metadata::default()
+        let file = |path: PathBuf, size: u64, open: Option<Open<R>>| {
+            let name = path
+                .file_name()
+                .unwrap_or(OsStr::new("snapshot"))
+                .to_owned();
+            let meta = Metadata {
+                size,
+                mode: Some(0o600),
+                mtime,
+                ..Metadata::default()
+            };
+            Ok(ReadSourceEntry {
+                path,
+                node: Node::new_node(&name, NodeType::File, meta),
+                open,
+            })
         };
-        once(Ok(ReadSourceEntry {
-            path: self.path.clone(),
-            node: Node::new_node(name, NodeType::File, meta),
-            open: self.reader.lock().expect("source lock").take(),
-        }))
+        let mut out = Vec::new();
+        if let Some(index) = &self.index {
+            let path = index_path(&self.path.to_string_lossy());
+            let open = Open::Index(io::Cursor::new(index.clone()));
+            out.push(file(PathBuf::from(path), index.len() as u64, Some(open)));
+        }
+        let tar = self.reader.lock().expect("source lock").take();
+        out.push(file(self.path.clone(), self.size, tar.map(Open::Tar)));
+        out.into_iter()
     }
 }

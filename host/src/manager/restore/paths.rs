@@ -111,7 +111,7 @@ impl BackupManager {
             };
             let entry = index
                 .get(path.as_bytes())
-                .map_err(self.index_damaged(snapshot))?
+                .map_err(self.local_index_damaged(snapshot))?
                 .ok_or_else(not_found)?;
             if !matches!(entry.kind, EntryKind::Dir | EntryKind::File) {
                 return Err(ManagerError::NotAFile(path));
@@ -191,7 +191,7 @@ impl BackupManager {
                 EntryKind::File => archive::allocation(c.entry.size, None),
                 _ => 0,
             };
-            let damaged = || self.index_damaged(snapshot);
+            let damaged = || self.local_index_damaged(snapshot);
             for i in index.below(&c.entry.path).map_err(damaged())? {
                 let e = index.entry(i).map_err(damaged())?;
                 if e.kind == EntryKind::File {
@@ -266,10 +266,14 @@ impl BackupManager {
             .map(|(c, p)| (c.entry.clone(), p.staging.clone()))
             .collect();
         let (index, progress_job) = (Arc::clone(index), job.clone());
+        let tar: Arc<dyn index::TarAt> = Arc::new(index::Local {
+            archive: archive.clone(),
+            index: Arc::clone(&index),
+        });
         tokio::task::spawn_blocking(move || {
             let mut read = 0;
             for (entry, staging) in work {
-                let tree = subtree::open(&archive, Arc::clone(&index), &entry)
+                let tree = subtree::open(Arc::clone(&tar), Arc::clone(&index), &entry)
                     .map_err(|e| format!("reading {}: {e}", archive.display()))?;
                 let name = String::from_utf8_lossy(entry.split().1).into_owned();
                 let target = extract::Target {
