@@ -19,7 +19,8 @@
 //! - [`notify`]: alerts (webhook, ntfy, Gotify, Slack, Discord, Telegram, mail).
 //! - [`policy`]: WebAssembly policies (wasmtime sandbox, registry of built-in and uploaded
 //!   components, bindings); the decisions are applied in `manager`.
-//! - [`offsite`]: copies in restic-format repositories (S3, paths, OpenDAL) via rustic_core.
+//! - [`offsite`]: copies in restic-format repositories (S3, paths, OpenDAL) via rustic_core,
+//!   and a copy read by byte ranges for browsing.
 //! - [`docker`]: apps are compose projects; finds their mounts, stops/starts containers,
 //!   runs hooks (bollard).
 //! - [`catalog`]: `snapshots.json` and each archive's sidecar (the server's `Facts`),
