@@ -64,8 +64,15 @@ pub(super) struct Browsed {
 impl Browsed {
     /// Whether it is the copy of `snapshot_id` in `repository`.
     fn is_copy(&self, repository: &str, snapshot_id: &str) -> bool {
-        matches!(&self.held, Held::Copy(name, _) if name == repository)
-            && self.snapshot_id == snapshot_id
+        self.repository() == Some(repository) && self.snapshot_id == snapshot_id
+    }
+
+    /// The repository holding it, for a copy.
+    pub(super) fn repository(&self) -> Option<&str> {
+        match &self.held {
+            Held::Copy(name, _) => Some(name),
+            Held::Local(_) => None,
+        }
     }
 }
 

@@ -296,6 +296,16 @@ impl BackupManager {
         }
     }
 
+    /// Closes the copy kept open for browsing when it is in `repository`: a forget and
+    /// prune there may remove what it reads, and the next request finds the copy anew
+    /// (or finds that it is gone).
+    fn forget_browsed_copy(&self, repository: &str) {
+        let mut last = self.last_copy.lock().unwrap();
+        if last.as_ref().and_then(|b| b.repository()) == Some(repository) {
+            *last = None;
+        }
+    }
+
     /// [`Self::index_of`] without the one kept in memory.
     async fn read_index(&self, snapshot: &Snapshot) -> Result<Index, ManagerError> {
         let archive = PathBuf::from(&snapshot.file_path);

@@ -176,6 +176,7 @@ impl BackupManager {
     /// for the offsite slot, and its job's result is the prune's report.
     pub fn start_prune(self: &Arc<Self>, repository: &str) -> Result<Job, ManagerError> {
         let repo = self.repos.get(repository)?;
+        self.forget_browsed_copy(repository);
         let job = self.jobs.create("prune", "");
         let (this, job2) = (Arc::clone(self), job.clone());
         self.track(tokio::spawn(async move {
