@@ -18,6 +18,20 @@ use appsnap::manager::{BackupManager, Download, PathsTarget, Selection};
 use crate::api::{App, bare_stop_start, cold, median, print_steps, steps_of};
 use crate::{generate, human};
 
+/// The file a user fetches alone: of the thousand files closest to 100 KB, the one
+/// half-way through the archive.
+pub(crate) fn small_file_half_way(index: &Index) -> index::EntryRef<'_> {
+    let mut by_offset: Vec<index::EntryRef> = index
+        .iter()
+        .unwrap()
+        .filter(|e| e.kind == EntryKind::File)
+        .collect();
+    by_offset.sort_by_key(|e| e.size.abs_diff(100_000));
+    by_offset.truncate(1000);
+    by_offset.sort_by_key(|e| e.header_offset);
+    by_offset[by_offset.len() / 2]
+}
+
 pub fn run(dir: &Path, size: u64, runs: usize) {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir).unwrap();
@@ -94,16 +108,7 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
         .max_by_key(|(_, n)| **n)
         .map(|(f, n)| (String::from_utf8_lossy(f).into_owned(), *n))
         .unwrap();
-    // The thousand files closest to 100 KB, then the one half-way through the archive.
-    let mut by_offset: Vec<index::EntryRef> = index
-        .iter()
-        .unwrap()
-        .filter(|e| e.kind == EntryKind::File)
-        .collect();
-    by_offset.sort_by_key(|e| e.size.abs_diff(100_000));
-    by_offset.truncate(1000);
-    by_offset.sort_by_key(|e| e.header_offset);
-    let file = by_offset[by_offset.len() / 2];
+    let file = small_file_half_way(&index);
     let file_path = String::from_utf8_lossy(file.path).into_owned();
     let name = String::from_utf8_lossy(file.split().1).into_owned();
     let query = name[..name.len().min(6)].to_string();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 
-use appsnap::archive::index::{self, EntryKind, Index};
+use appsnap::archive::index::{self, Index};
 
 use crate::{generate, human, sh};
 
@@ -280,16 +280,7 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
     let _ = fs::remove_dir_all(&data);
     write_index(&first);
     let index = write_index(&second);
-    // The file near 100 KB half-way through the archive, as `--browse` picks it.
-    let mut files: Vec<_> = index
-        .iter()
-        .unwrap()
-        .filter(|e| e.kind == EntryKind::File)
-        .collect();
-    files.sort_by_key(|e| e.size.abs_diff(100_000));
-    files.truncate(1000);
-    files.sort_by_key(|e| e.header_offset);
-    let small = files[files.len() / 2].to_owned();
+    let small = crate::browse::small_file_half_way(&index).to_owned();
     let mut browsed = Vec::new();
     println!(
         "offsite copy of {} of data (tar stream {}; second: {} rewritten), {runs} runs, \

@@ -141,9 +141,16 @@ impl<N: AsRef<[u8]>> Entry<N> {
 
     /// The same entry, borrowing its names.
     pub fn as_ref(&self) -> EntryRef<'_> {
+        self.map_names(|n| n.as_ref())
+    }
+}
+
+impl<N> Entry<N> {
+    /// The same entry with its names made by `f`.
+    fn map_names<'a, M>(&'a self, f: impl Fn(&'a N) -> M) -> Entry<M> {
         Entry {
-            path: self.path.as_ref(),
-            link: self.link.as_ref().map(AsRef::as_ref),
+            path: f(&self.path),
+            link: self.link.as_ref().map(&f),
             kind: self.kind,
             size: self.size,
             mode: self.mode,
@@ -159,18 +166,7 @@ impl<N: AsRef<[u8]>> Entry<N> {
 impl EntryRef<'_> {
     /// The same entry, owning its names.
     pub fn to_owned(self) -> Entry {
-        Entry {
-            path: self.path.to_vec(),
-            link: self.link.map(<[u8]>::to_vec),
-            kind: self.kind,
-            size: self.size,
-            mode: self.mode,
-            uid: self.uid,
-            gid: self.gid,
-            mtime: self.mtime,
-            header_offset: self.header_offset,
-            data_offset: self.data_offset,
-        }
+        self.map_names(|n| n.to_vec())
     }
 }
 
