@@ -29,6 +29,12 @@ ensure_packages() {
     command -v prometheus >/dev/null || bare+=(prometheus)
     command -v aiosmtpd >/dev/null || bare+=(python3-aiosmtpd)
     dpkg -s python3-venv >/dev/null 2>&1 || bare+=(python3-venv)
+    # The console's browser tests: Debian's Chromium (Playwright downloads no browser),
+    # driven from Node (which the machine usually has).
+    [ -x /usr/bin/chromium ] || bare+=(chromium)
+    # A CJK font, so that the Chinese screens' screenshots show glyphs, not boxes.
+    dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || bare+=(fonts-wqy-microhei)
+    command -v npm >/dev/null || bare+=(nodejs npm)
     if [ ${#missing[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then
         echo "installing: ${missing[*]} ${bare[*]}"
         apt-get update -qq
@@ -93,4 +99,16 @@ ensure_s3s_fs() {
     echo "installing s3s-fs 0.14.1 (a local S3 server for the tests; a few minutes, once)"
     cargo install s3s-fs@0.14.1 --features binary --locked -q \
         || die "cannot install s3s-fs from crates.io"
+}
+
+# The Node packages that drive Chromium in the console's browser tests (playwright-core,
+# @axe-core/playwright), as tests/browser/package-lock.json pins them.
+ensure_browser() {
+    local dir
+    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
+    if [ ! -d "$dir/node_modules/playwright-core" ]; then
+        echo "installing the browser tests' packages (npm ci in tests/browser)"
+        npm ci --prefix "$dir" --no-audit --no-fund -q >/dev/null \
+            || die "cannot install the browser tests' packages from npm"
+    fi
 }

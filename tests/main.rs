@@ -8,6 +8,7 @@ mod common;
 mod archive_fidelity;
 mod backup;
 mod browse;
+mod console;
 mod contract;
 mod faults;
 mod hostile;

@@ -3,6 +3,8 @@
 //! Map of the modules, from the outside in (a module only uses those below it):
 //! - [`api`]: the axum REST API — routes, auth (key, loopback Host, Origin), the one
 //!   error → HTTP mapping, OpenAPI. Nothing below it imports it.
+//! - [`console`]: the web console at `/` (askama pages, embedded assets, English and
+//!   Chinese); the API router serves it under the same Host rules.
 //! - [`scheduler`]: the service's clock — pending repairs retried, scheduled backups
 //!   started.
 //! - [`manager`]: `BackupManager`, the façade through which snapshots are created,
@@ -45,6 +47,7 @@ pub mod api;
 pub mod archive;
 pub mod catalog;
 pub mod config;
+pub mod console;
 pub mod docker;
 pub mod exclude;
 pub mod failpoint;

@@ -995,3 +995,33 @@ impl Drop for Immutable {
             .status();
     }
 }
+
+/// Runs `tests/browser/<script>` with `args` under Node, against Debian's Chromium, and
+/// fails with its output unless it exits 0. Screenshots go to
+/// `target/browser-screenshots/`. Fails loudly when Chromium or the Node packages are
+/// missing (`scripts/test` installs both).
+pub fn browser_test(script: &str, args: &[&str]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser");
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium is missing: apt-get install --no-install-recommends chromium (scripts/test does)"
+    );
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "the browser tests' packages are missing: npm ci --prefix tests/browser (scripts/test does)"
+    );
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-screenshots");
+    let out = Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(&dir)
+        .env("APPSNAP_SCREENSHOTS", &shots)
+        .output()
+        .expect("node runs (Node 20 comes with the machine; apt-get install nodejs)");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -130,12 +130,17 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
     // Health and docs stay open: they reveal nothing about the data.
     let (open, open_doc) = OpenApiRouter::new()
         .routes(routes!(healthz))
-        .with_state(manager)
+        .with_state(Arc::clone(&manager))
         .split_for_parts();
     let mut doc = api_doc;
     doc.merge(open_doc);
     crate::ids::document(&mut doc);
     error::document(&mut doc);
+    // The console answers HTML, its errors included: it joins after the JSON error
+    // layer, under the same Host and cross-site rules as the API.
+    let console = crate::console::router(Arc::clone(&manager)).route_layer(
+        middleware::from_fn_with_state(Arc::clone(&manager), refuse_cross_site),
+    );
     Router::new()
         .merge(open)
         .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", doc))
@@ -148,6 +153,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
             )
         })
         .layer(middleware::map_response(error::json_errors))
+        .merge(console)
 }
 
 /// Without a key, "loopback only" must hold against browsers too.

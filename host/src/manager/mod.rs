@@ -364,6 +364,11 @@ impl BackupManager {
         self.gate.cleanups_finished().await;
     }
 
+    /// The compose projects Docker runs (the apps appsnap can back up now).
+    pub async fn apps_in_docker(&self) -> Result<Vec<String>, ManagerError> {
+        Ok(self.docker.list_apps().await?)
+    }
+
     /// Newest first.
     pub fn list(&self, app_id: Option<&str>) -> Result<Vec<Snapshot>, ManagerError> {
         if let Some(app) = app_id {

@@ -1,0 +1,359 @@
+//! The web console: server-rendered pages at `/` for people who would rather not use
+//! curl. Read-only so far: the apps (every app Docker runs, and every app with
+//! snapshots) and each app's snapshots.
+//!
+//! Pages are askama templates (`host/templates/console/`), assets are compiled into the
+//! binary (`host/assets/`), nothing is fetched from elsewhere
+//! (`Content-Security-Policy: default-src 'self'`), and every page reads without
+//! JavaScript (the one script only shows times in the browser's time zone). Strings come
+//! in English and Simplified Chinese ([`i18n`]).
+//!
+//! Access follows the API's rules: without an API key, loopback names only (the
+//! `Host` rule the API router applies to these routes too); with a key, the pages answer
+//! 401 until sign-in exists (it will swap the key for a session cookie).
+
+pub mod i18n;
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::catalog::Snapshot;
+use crate::manager::BackupManager;
+use i18n::{Lang, Strings};
+
+/// The pages and their assets.
+pub fn router(manager: Arc<BackupManager>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/apps/{app_id}", get(app_page))
+        .route("/assets/console.css", get(css))
+        .route("/assets/console.js", get(js))
+        .route("/assets/favicon.svg", get(favicon))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&manager),
+            signed_in,
+        ))
+        .layer(middleware::map_response(security_headers))
+        .with_state(manager)
+}
+
+/// `?lang=`: switches the language (kept in a cookie).
+#[derive(Debug, Deserialize)]
+pub struct LangParam {
+    lang: Option<String>,
+}
+
+/// What every page's frame needs.
+struct Frame {
+    lang: Lang,
+    t: &'static Strings,
+    /// The page's own path, for the language switch's links.
+    here: String,
+}
+
+impl Frame {
+    fn new(param: &LangParam, headers: &HeaderMap, here: String) -> Frame {
+        let lang = Lang::of(param.lang.as_deref(), headers);
+        Frame {
+            lang,
+            t: lang.strings(),
+            here,
+        }
+    }
+
+    /// The page as a response, with the language cookie when `?lang=` chose one.
+    fn respond(
+        &self,
+        status: StatusCode,
+        page: Result<String, askama::Error>,
+        chosen: bool,
+    ) -> Response {
+        let body = match page {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!("a console page did not render: {e}");
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the page could not be rendered",
+                )
+                    .into_response();
+            }
+        };
+        let mut response = (status, Html(body)).into_response();
+        if chosen {
+            let cookie = format!(
+                "{}={}; Path=/; Max-Age=31536000; SameSite=Strict",
+                i18n::COOKIE,
+                self.lang.code()
+            );
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, v);
+            }
+        }
+        response
+    }
+}
+
+/// One row of the apps page.
+struct AppRow {
+    id: String,
+    /// Whether Docker runs it (`None`: Docker could not be asked).
+    in_docker: Option<bool>,
+    snapshots: usize,
+    last: Option<DateTime<Utc>>,
+    bytes: u64,
+}
+
+impl AppRow {
+    fn size(&self) -> String {
+        bytes(self.bytes)
+    }
+
+    fn last_taken(&self) -> Option<When> {
+        self.last.map(When::from)
+    }
+}
+
+/// One row of an app's page.
+struct SnapRow {
+    id: String,
+    taken: When,
+    size: String,
+    origin: String,
+    note: String,
+    pinned: bool,
+    locations: String,
+}
+
+impl From<&Snapshot> for SnapRow {
+    fn from(s: &Snapshot) -> SnapRow {
+        SnapRow {
+            id: s.snapshot_id.clone(),
+            taken: s.facts.created_at.into(),
+            size: bytes(s.size_bytes),
+            origin: serde_json::to_value(s.facts.origin)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            note: s.facts.note.clone().unwrap_or_default(),
+            pinned: s.facts.pinned,
+            locations: s.locations.join(", "),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/dashboard.html")]
+struct Dashboard {
+    f: Frame,
+    apps: Vec<AppRow>,
+    docker_down: bool,
+}
+
+#[derive(Template)]
+#[template(path = "console/app.html")]
+struct AppPage {
+    f: Frame,
+    app_id: String,
+    snapshots: Vec<SnapRow>,
+}
+
+#[derive(Template)]
+#[template(path = "console/message.html")]
+struct Message {
+    f: Frame,
+    title: &'static str,
+    text: &'static str,
+}
+
+/// `GET /`: every app Docker runs and every app with snapshots, by name.
+async fn dashboard(
+    State(manager): State<Arc<BackupManager>>,
+    Query(param): Query<LangParam>,
+    headers: HeaderMap,
+) -> Response {
+    let f = Frame::new(&param, &headers, "/".into());
+    let snapshots = manager.list(None).unwrap_or_default();
+    let docker = manager.apps_in_docker().await;
+    if let Err(e) = &docker {
+        tracing::warn!("the console cannot list Docker's apps: {e}");
+    }
+    let mut rows: std::collections::BTreeMap<String, AppRow> = Default::default();
+    let row = |id: &str| AppRow {
+        id: id.to_string(),
+        in_docker: docker.as_ref().ok().map(|_| false),
+        snapshots: 0,
+        last: None,
+        bytes: 0,
+    };
+    for id in docker.as_deref().unwrap_or_default() {
+        rows.entry(id.clone()).or_insert_with(|| row(id)).in_docker = Some(true);
+    }
+    for s in &snapshots {
+        let r = rows
+            .entry(s.app_id.clone())
+            .or_insert_with(|| row(&s.app_id));
+        r.snapshots += 1;
+        r.bytes += s.size_bytes;
+        r.last = r.last.max(Some(s.facts.created_at));
+    }
+    let page = Dashboard {
+        apps: rows.into_values().collect(),
+        docker_down: docker.is_err(),
+        f,
+    };
+    page.f
+        .respond(StatusCode::OK, page.render(), param.lang.is_some())
+}
+
+/// `GET /apps/{app_id}`: the app's snapshots, newest first.
+async fn app_page(
+    State(manager): State<Arc<BackupManager>>,
+    Path(app_id): Path<String>,
+    Query(param): Query<LangParam>,
+    headers: HeaderMap,
+) -> Response {
+    let f = Frame::new(&param, &headers, format!("/apps/{app_id}"));
+    let Ok(snapshots) = manager.list(Some(&app_id)) else {
+        return not_found(f);
+    };
+    let known = !snapshots.is_empty()
+        || manager
+            .apps_in_docker()
+            .await
+            .is_ok_and(|apps| apps.contains(&app_id));
+    if !known {
+        return not_found(f);
+    }
+    let chosen = param.lang.is_some();
+    let page = AppPage {
+        f,
+        app_id,
+        snapshots: snapshots.iter().map(SnapRow::from).collect(),
+    };
+    page.f.respond(StatusCode::OK, page.render(), chosen)
+}
+
+fn not_found(f: Frame) -> Response {
+    let page = Message {
+        title: f.t.not_found_title,
+        text: f.t.not_found_text,
+        f,
+    };
+    page.f.respond(StatusCode::NOT_FOUND, page.render(), false)
+}
+
+async fn css() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../../assets/console.css"),
+    )
+}
+
+async fn js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/console.js"),
+    )
+}
+
+async fn favicon() -> Response {
+    asset("image/svg+xml", include_str!("../../assets/favicon.svg"))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// With an API key set, the pages are refused until sign-in exists (an HTML page that
+/// says so, in the browser's language).
+async fn signed_in(
+    State(manager): State<Arc<BackupManager>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if manager.config().api_key.is_none() || request.uri().path().starts_with("/assets/") {
+        return next.run(request).await;
+    }
+    let f = Frame::new(
+        &LangParam { lang: None },
+        request.headers(),
+        request.uri().path().to_string(),
+    );
+    let page = Message {
+        title: f.t.sign_in_title,
+        text: f.t.sign_in_text,
+        f,
+    };
+    page.f
+        .respond(StatusCode::UNAUTHORIZED, page.render(), false)
+}
+
+/// What every console answer carries: nothing but this server's own scripts, styles and
+/// images run (no inline script, no other origin), no framing, no type sniffing, no
+/// referrer to other sites.
+async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}
+
+/// `1.5 GB`: bytes in decimal units, as `df -H` shows them.
+fn bytes(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let (mut v, mut u) = (n as f64, 0);
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// A moment as a page shows it: RFC 3339 for `<time datetime>`, and the UTC text shown
+/// before (or without) the script that turns it into the browser's time zone.
+struct When {
+    iso: String,
+    utc: String,
+}
+
+impl From<DateTime<Utc>> for When {
+    fn from(t: DateTime<Utc>) -> When {
+        When {
+            iso: t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            utc: t.format("%Y-%m-%d %H:%M UTC").to_string(),
+        }
+    }
+}

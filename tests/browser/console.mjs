@@ -1,0 +1,71 @@
+// The console in Chromium: each screen in English and Chinese, at 1280 px and 360 px,
+// checked by axe (no serious or critical violation), with a screenshot of each.
+// Usage: node console.mjs BASE_URL APP_ID   (screenshots to $APPSNAP_SCREENSHOTS)
+import { mkdirSync } from "node:fs";
+import { chromium } from "playwright-core";
+import { AxeBuilder } from "@axe-core/playwright";
+
+const [base, appId] = process.argv.slice(2);
+const shots = process.env.APPSNAP_SCREENSHOTS ?? "screenshots";
+mkdirSync(shots, { recursive: true });
+const failures = [];
+const fail = (what) => {
+  failures.push(what);
+  console.error(`FAIL ${what}`);
+};
+
+const browser = await chromium.launch({
+  executablePath: process.env.APPSNAP_CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--no-sandbox"],
+});
+const screens = [
+  { name: "apps", path: "/", heading: { "en-US": "Apps", "zh-CN": "应用" }, text: appId },
+  { name: "app", path: `/apps/${appId}`, heading: { "en-US": appId, "zh-CN": appId }, text: "snapshot_" },
+];
+for (const locale of ["en-US", "zh-CN"]) {
+  for (const width of [1280, 360]) {
+    const context = await browser.newContext({
+      locale,
+      viewport: { width, height: 900 },
+      extraHTTPHeaders: { "Accept-Language": locale },
+    });
+    const page = await context.newPage();
+    const problems = [];
+    page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+    page.on("pageerror", (e) => problems.push(String(e)));
+    for (const s of screens) {
+      const where = `${s.name} ${locale} ${width}px`;
+      const resp = await page.goto(base + s.path);
+      if (resp.status() !== 200) fail(`${where}: status ${resp.status()}`);
+      const h1 = await page.locator("h1").innerText();
+      if (!h1.includes(s.heading[locale])) fail(`${where}: heading "${h1}"`);
+      if (!(await page.content()).includes(s.text)) fail(`${where}: "${s.text}" missing`);
+      // The script ran (no CSP refusal): times are in the browser's locale, the UTC text
+      // kept as their title.
+      const times = page.locator("time[datetime][title]");
+      if ((await page.locator("time[datetime]").count()) !== (await times.count())) {
+        fail(`${where}: times not localised`);
+      }
+      // Nothing wider than the screen but the tables' own scroll boxes.
+      const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+      if (wide > width) fail(`${where}: the page is ${wide}px wide`);
+      // The first Tab reaches the skip link.
+      await page.keyboard.press("Tab");
+      const focused = await page.evaluate(() => document.activeElement?.className);
+      if (focused !== "skip") fail(`${where}: the first Tab focuses "${focused}"`);
+      const axe = await new AxeBuilder({ page }).analyze();
+      for (const v of axe.violations.filter((v) => ["serious", "critical"].includes(v.impact))) {
+        fail(`${where}: axe ${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target).join(", ")}`);
+      }
+      await page.screenshot({ path: `${shots}/${s.name}-${locale}-${width}.png`, fullPage: true });
+    }
+    for (const p of problems) fail(`${locale} ${width}px: browser console: ${p}`);
+    await context.close();
+  }
+}
+await browser.close();
+if (failures.length) {
+  console.error(`${failures.length} failure(s)`);
+  process.exit(1);
+}
+console.log(`every screen passed; screenshots in ${shots}`);
