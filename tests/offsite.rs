@@ -1250,6 +1250,23 @@ async fn a_copy_is_browsed_from_a_new_server_reading_only_the_chunks_it_needs() 
         checked += 1;
     }
     assert!(checked > 3);
+    // A folder of the copy comes as a tarball of its tree, read from the copy too.
+    let (status, tarball) = b
+        .get_bytes(&format!(
+            "/api/v1/backup/snapshots/{id}/files/content?repository=offsite&path={vol}"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("t.tar.gz"), &tarball).unwrap();
+    let listed = sh(&format!(
+        "tar -tzf {}",
+        dir.path().join("t.tar.gz").display()
+    ));
+    let top = vol.rsplit('/').next().unwrap();
+    for name in ["big.bin", "small.txt"] {
+        assert!(listed.contains(&format!("{top}/{name}")), "{listed}");
+    }
     assert!(
         b.files().iter().all(|f| !f.ends_with(".tar.gz")),
         "browsing fetched nothing: {:?}",
