@@ -121,20 +121,99 @@ async fn the_console_keeps_the_apis_access_rules() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 
-    // With a key, the pages say that sign-in is needed (HTML, in the browser's language);
-    // the assets stay open.
+    // With a key: a page sends to the sign-in form; the assets stay open.
+    let key = "k".repeat(32);
     let h = Harness::with(|c| c.api_key = Some("k".repeat(32))).await;
-    let (status, headers, body) = page(&h, "/", &[("accept-language", "zh-CN")]).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, headers, _) = page(&h, "/", &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/sign-in");
+    let (status, _, form) = page(&h, "/sign-in", &[("accept-language", "zh-CN")]).await;
+    assert_eq!(status, StatusCode::OK, "{form}");
     assert!(
-        headers[header::CONTENT_TYPE]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
+        form.contains("API 密钥") && form.contains(r#"type="password""#),
+        "{form}"
     );
-    assert!(body.contains("需要登录"), "{body}");
     let (status, _, _) = page(&h, "/assets/console.css", &[]).await;
     assert_eq!(status, StatusCode::OK);
+
+    // A form post must come from this service's own page, and the key must be right.
+    let post = |uri: &str, body: String, extra: &[(&str, String)]| {
+        let mut req = Request::post(uri)
+            .header(header::HOST, "localhost")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        for (k, v) in extra {
+            req = req.header(*k, v);
+        }
+        h.router
+            .clone()
+            .oneshot(req.body(Body::from(body)).unwrap())
+    };
+    let origin = ("origin", "http://localhost".to_string());
+    let resp = post("/sign-in", format!("key={key}"), &[]).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "no Origin: not a browser's form"
+    );
+    let evil = ("origin", "http://evil.example".to_string());
+    let resp = post("/sign-in", format!("key={key}"), &[evil])
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = post(
+        "/sign-in",
+        "key=wrong".into(),
+        std::slice::from_ref(&origin),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    let resp = post(
+        "/sign-in",
+        format!("key={key}"),
+        std::slice::from_ref(&origin),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let set = resp.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let session = set.split(';').next().unwrap().to_string();
+    assert!(!session.contains(&key), "the cookie is not the key");
+
+    // Signed in: the pages, with a sign-out form carrying the session's CSRF token.
+    let (status, _, body) = page(&h, "/", &[("cookie", &session)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let csrf = body
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a sign-out form with a CSRF token")
+        .to_string();
+    let cookie = ("cookie", session.clone());
+    let resp = post(
+        "/sign-out",
+        "csrf=forged".into(),
+        &[origin.clone(), cookie.clone()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let (status, _, _) = page(&h, "/", &[("cookie", &session)]).await;
+    assert_eq!(status, StatusCode::OK, "a forged sign-out ends nothing");
+    let resp = post("/sign-out", format!("csrf={csrf}"), &[origin, cookie])
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (status, _, _) = page(&h, "/", &[("cookie", &session)]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "the session ended");
 }
 
 #[test]
@@ -162,4 +241,16 @@ fn the_console_reads_well_in_chromium_in_both_languages_and_axe_finds_nothing_se
         String::from_utf8_lossy(&out.stderr)
     );
     crate::common::browser_test("console.mjs", &[&base, &app.id]);
+}
+
+#[test]
+fn signing_in_with_the_key_works_from_the_keyboard_in_chromium() {
+    let root = tempfile::tempdir().unwrap();
+    let key = "a-long-enough-api-key-for-the-test-0123";
+    let service = Service::start(root.path(), &[("APPSNAP_API_KEY", key)]);
+    let base = format!(
+        "http://localhost:{}",
+        service.addr.rsplit(':').next().unwrap()
+    );
+    crate::common::browser_test("sign_in.mjs", &[&base, key]);
 }

@@ -139,7 +139,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
     // The console answers HTML, its errors included: it joins after the JSON error
     // layer, under the same Host and cross-site rules as the API.
     let console = crate::console::router(Arc::clone(&manager)).route_layer(
-        middleware::from_fn_with_state(Arc::clone(&manager), refuse_cross_site),
+        middleware::from_fn_with_state(Arc::clone(&manager), refuse_cross_site_forms),
     );
     Router::new()
         .merge(open)
@@ -179,6 +179,30 @@ async fn refuse_cross_site(
     request: Request,
     next: Next,
 ) -> Response {
+    match cross_site(&manager, &request, false) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
+}
+
+/// [`refuse_cross_site`] for the console's pages, whose forms post the form content
+/// types the API refuses: an unsafe request must instead show that the browser sent it
+/// from this service's own page (`Sec-Fetch-Site: same-origin`, or an `Origin` naming
+/// this service; a browser sends one or both with every form), and the console checks
+/// its CSRF token besides.
+pub(crate) async fn refuse_cross_site_forms(
+    State(manager): State<Arc<BackupManager>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match cross_site(&manager, &request, true) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
+}
+
+/// The checks of [`refuse_cross_site`]; `forms`: the console's variant. `None`: passes.
+fn cross_site(manager: &BackupManager, request: &Request, forms: bool) -> Option<Response> {
     use axum::http::{Method, header};
     // The name the request is addressed to: HTTP/2 carries it as the URI's authority,
     // HTTP/1.1 as `Host`.
@@ -196,28 +220,33 @@ async fn refuse_cross_site(
         && let Some(host) = &host
         && !is_loopback_host(host)
     {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Host refused",
-            format!(
-                "without an API key appsnap answers only requests addressed to a loopback \
+        return Some(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Host refused",
+                format!(
+                    "without an API key appsnap answers only requests addressed to a loopback \
                      name (localhost, 127.0.0.1, [::1]), not to `{host}`: a web page could \
                      point that name at this machine (DNS rebinding). Set APPSNAP_API_KEY to \
                      reach it under another name"
-            ),
-        )
-        .into_response();
+                ),
+            )
+            .into_response(),
+        );
     }
     if matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     ) {
-        return next.run(request).await;
+        return None;
     }
     let headers = request.headers();
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let refuse = |details: String| {
-        ApiError::new(StatusCode::FORBIDDEN, "Cross-site request refused", details).into_response()
+        Some(
+            ApiError::new(StatusCode::FORBIDDEN, "Cross-site request refused", details)
+                .into_response(),
+        )
     };
     if let Some(site) = text("sec-fetch-site")
         && !matches!(site, "same-origin" | "none")
@@ -230,6 +259,16 @@ async fn refuse_cross_site(
         if authority != host {
             return refuse(format!("origin {origin} is not this service ({host})"));
         }
+    }
+    if forms {
+        if text("sec-fetch-site").is_none() && text("origin").is_none() {
+            return refuse(
+                "a console form is sent by a browser, which says where from \
+                 (Origin or Sec-Fetch-Site); this request does not"
+                    .into(),
+            );
+        }
+        return None;
     }
     let form_type = text(header::CONTENT_TYPE.as_str()).is_some_and(|ct| {
         let ct = ct
@@ -244,15 +283,17 @@ async fn refuse_cross_site(
         )
     });
     if form_type {
-        return ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Unsupported content type",
-            "send JSON (application/json) or binary (application/gzip, application/wasm, \
-             application/octet-stream); form content types are refused",
-        )
-        .into_response();
+        return Some(
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported content type",
+                "send JSON (application/json) or binary (application/gzip, \
+                 application/wasm, application/octet-stream); form content types are refused",
+            )
+            .into_response(),
+        );
     }
-    next.run(request).await
+    None
 }
 
 /// Whether a `Host` value (`name[:port]`) names this machine's loopback interface.

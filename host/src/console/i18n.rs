@@ -47,13 +47,7 @@ impl Lang {
         if let Some(lang) = chosen.and_then(Lang::parse) {
             return lang;
         }
-        let cookie = headers
-            .get_all(axum::http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='));
-        if let Some(lang) = cookie.and_then(Lang::parse) {
+        if let Some(lang) = super::session::cookie(headers, COOKIE).and_then(Lang::parse) {
             return lang;
         }
         let accept = headers
@@ -121,6 +115,10 @@ pub struct Strings {
     pub not_found_text: &'static str,
     pub sign_in_title: &'static str,
     pub sign_in_text: &'static str,
+    pub sign_in_key: &'static str,
+    pub sign_in_button: &'static str,
+    pub sign_in_wrong: &'static str,
+    pub sign_out: &'static str,
     pub times_in_utc: &'static str,
 }
 
@@ -154,9 +152,12 @@ pub static EN: Strings = Strings {
     back_to_apps: "All apps",
     not_found_title: "Not found",
     not_found_text: "There is nothing here.",
-    sign_in_title: "Sign-in needed",
-    sign_in_text: "An API key protects this server. Signing in to the console with it is not \
-                   available yet: use the API with the key (see /docs).",
+    sign_in_title: "Sign in",
+    sign_in_text: "An API key protects this server: sign in with it to use the console.",
+    sign_in_key: "API key",
+    sign_in_button: "Sign in",
+    sign_in_wrong: "That is not this server's API key.",
+    sign_out: "Sign out",
     times_in_utc: "Times are UTC unless your browser shows them in its own time zone.",
 };
 
@@ -190,8 +191,12 @@ pub static ZH: Strings = Strings {
     back_to_apps: "全部应用",
     not_found_title: "未找到",
     not_found_text: "这里什么都没有。",
-    sign_in_title: "需要登录",
-    sign_in_text: "此服务器受 API 密钥保护。控制台的密钥登录尚未提供：请携带密钥使用 API（见 /docs）。",
+    sign_in_title: "登录",
+    sign_in_text: "此服务器受 API 密钥保护：请用密钥登录后使用控制台。",
+    sign_in_key: "API 密钥",
+    sign_in_button: "登录",
+    sign_in_wrong: "这不是本服务器的 API 密钥。",
+    sign_out: "退出登录",
     times_in_utc: "时间为 UTC，浏览器会尽量以本地时区显示。",
 };
 

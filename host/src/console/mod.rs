@@ -9,41 +9,55 @@
 //! in English and Simplified Chinese ([`i18n`]).
 //!
 //! Access follows the API's rules: without an API key, loopback names only (the
-//! `Host` rule the API router applies to these routes too); with a key, the pages answer
-//! 401 until sign-in exists (it will swap the key for a session cookie).
+//! `Host` rule the API router applies to these routes too); with a key, a sign-in form
+//! swaps the key for a session cookie ([`session`]), and every form of a signed-in page
+//! carries the session's CSRF token. An unsafe request must come from this service's
+//! own page (the API router's form variant of its cross-site rule).
 
 pub mod i18n;
+pub mod session;
 
 use std::sync::Arc;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::catalog::Snapshot;
 use crate::manager::BackupManager;
 use i18n::{Lang, Strings};
+use session::{Csrf, Sessions};
+
+/// What the console's handlers share.
+#[derive(Clone)]
+struct Console {
+    manager: Arc<BackupManager>,
+    sessions: Arc<Sessions>,
+}
 
 /// The pages and their assets.
 pub fn router(manager: Arc<BackupManager>) -> Router {
+    let state = Console {
+        manager,
+        sessions: Arc::default(),
+    };
     Router::new()
         .route("/", get(dashboard))
         .route("/apps/{app_id}", get(app_page))
+        .route("/sign-out", post(sign_out))
+        .route_layer(middleware::from_fn_with_state(state.clone(), signed_in))
+        .route("/sign-in", get(sign_in_form).post(sign_in))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .route("/assets/favicon.svg", get(favicon))
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&manager),
-            signed_in,
-        ))
         .layer(middleware::map_response(security_headers))
-        .with_state(manager)
+        .with_state(state)
 }
 
 /// `?lang=`: switches the language (kept in a cookie).
@@ -58,6 +72,8 @@ struct Frame {
     t: &'static Strings,
     /// The page's own path, for the language switch's links.
     here: String,
+    /// A signed-in page's CSRF token (its sign-out form carries it).
+    csrf: Option<String>,
 }
 
 impl Frame {
@@ -67,7 +83,13 @@ impl Frame {
             lang,
             t: lang.strings(),
             here,
+            csrf: None,
         }
+    }
+
+    fn signed_in(mut self, csrf: Option<Extension<Csrf>>) -> Frame {
+        self.csrf = csrf.map(|Extension(Csrf(t))| t);
+        self
     }
 
     /// The page as a response, with the language cookie when `?lang=` chose one.
@@ -177,11 +199,12 @@ struct Message {
 
 /// `GET /`: every app Docker runs and every app with snapshots, by name.
 async fn dashboard(
-    State(manager): State<Arc<BackupManager>>,
+    State(Console { manager, .. }): State<Console>,
     Query(param): Query<LangParam>,
+    csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
 ) -> Response {
-    let f = Frame::new(&param, &headers, "/".into());
+    let f = Frame::new(&param, &headers, "/".into()).signed_in(csrf);
     let snapshots = manager.list(None).unwrap_or_default();
     let docker = manager.apps_in_docker().await;
     if let Err(e) = &docker {
@@ -217,12 +240,13 @@ async fn dashboard(
 
 /// `GET /apps/{app_id}`: the app's snapshots, newest first.
 async fn app_page(
-    State(manager): State<Arc<BackupManager>>,
+    State(Console { manager, .. }): State<Console>,
     Path(app_id): Path<String>,
     Query(param): Query<LangParam>,
+    csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
 ) -> Response {
-    let f = Frame::new(&param, &headers, format!("/apps/{app_id}"));
+    let f = Frame::new(&param, &headers, format!("/apps/{app_id}")).signed_in(csrf);
     let Ok(snapshots) = manager.list(Some(&app_id)) else {
         return not_found(f);
     };
@@ -281,28 +305,126 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// With an API key set, the pages are refused until sign-in exists (an HTML page that
-/// says so, in the browser's language).
-async fn signed_in(
-    State(manager): State<Arc<BackupManager>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if manager.config().api_key.is_none() || request.uri().path().starts_with("/assets/") {
+/// With an API key set, a page needs a session: without one, a GET is sent to the
+/// sign-in form and anything else is 401. With a session, its CSRF token is handed to the
+/// page (for its forms).
+async fn signed_in(State(console): State<Console>, mut request: Request, next: Next) -> Response {
+    if console.manager.config().api_key.is_none() {
         return next.run(request).await;
     }
-    let f = Frame::new(
-        &LangParam { lang: None },
-        request.headers(),
-        request.uri().path().to_string(),
-    );
-    let page = Message {
-        title: f.t.sign_in_title,
-        text: f.t.sign_in_text,
-        f,
+    match console.sessions.of(request.headers()) {
+        Some((_, csrf)) => {
+            request.extensions_mut().insert(csrf);
+            next.run(request).await
+        }
+        None if request.method() == axum::http::Method::GET => {
+            axum::response::Redirect::to("/sign-in").into_response()
+        }
+        None => {
+            let f = Frame::new(&LangParam { lang: None }, request.headers(), "/".into());
+            let page = Message {
+                title: f.t.sign_in_title,
+                text: f.t.sign_in_text,
+                f,
+            };
+            page.f
+                .respond(StatusCode::UNAUTHORIZED, page.render(), false)
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/sign_in.html")]
+struct SignIn {
+    f: Frame,
+    /// Why the last attempt failed.
+    error: Option<&'static str>,
+}
+
+/// `GET /sign-in`: the form (without an API key there is nothing to sign in to).
+async fn sign_in_form(
+    State(console): State<Console>,
+    Query(param): Query<LangParam>,
+    headers: HeaderMap,
+) -> Response {
+    if console.manager.config().api_key.is_none() {
+        return axum::response::Redirect::to("/").into_response();
+    }
+    let page = SignIn {
+        f: Frame::new(&param, &headers, "/sign-in".into()),
+        error: None,
     };
     page.f
-        .respond(StatusCode::UNAUTHORIZED, page.render(), false)
+        .respond(StatusCode::OK, page.render(), param.lang.is_some())
+}
+
+#[derive(Deserialize)]
+struct KeyForm {
+    key: String,
+}
+
+/// `POST /sign-in`: the key, compared in constant time; the session cookie and the apps
+/// page, or the form again with a 401.
+async fn sign_in(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<KeyForm>,
+) -> Response {
+    let Some(expected) = &console.manager.config().api_key else {
+        return axum::response::Redirect::to("/").into_response();
+    };
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let ok: bool = Sha256::digest(form.key.as_bytes())
+        .ct_eq(&Sha256::digest(expected.as_bytes()))
+        .into();
+    if !ok {
+        tracing::warn!("a console sign-in with a wrong key");
+        let f = Frame::new(&LangParam { lang: None }, &headers, "/sign-in".into());
+        let page = SignIn {
+            error: Some(f.t.sign_in_wrong),
+            f,
+        };
+        return page
+            .f
+            .respond(StatusCode::UNAUTHORIZED, page.render(), false);
+    }
+    let (id, _) = console.sessions.create();
+    let mut response = axum::response::Redirect::to("/").into_response();
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(Some(&id), &headers)) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+/// `POST /sign-out`: ends the session (its CSRF token must come with it).
+async fn sign_out(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some((id, Csrf(token))) = console.sessions.of(&headers) else {
+        return axum::response::Redirect::to("/sign-in").into_response();
+    };
+    use subtle::ConstantTimeEq;
+    if !bool::from(form.csrf.as_bytes().ct_eq(token.as_bytes())) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is not this session's",
+        )
+            .into_response();
+    }
+    console.sessions.end(&id);
+    let mut response = axum::response::Redirect::to("/sign-in").into_response();
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(None, &headers)) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
 }
 
 /// What every console answer carries: nothing but this server's own scripts, styles and

@@ -1,0 +1,59 @@
+// Signing in to a console protected by an API key, with the keyboard only, in Chromium:
+// the sign-in screen passes axe in both languages, a wrong key is said so, the right one
+// leads to the apps, and signing out leads back to the form.
+// Usage: node sign_in.mjs BASE_URL KEY   (screenshots to $APPSNAP_SCREENSHOTS)
+import { mkdirSync } from "node:fs";
+import { chromium } from "playwright-core";
+import { AxeBuilder } from "@axe-core/playwright";
+
+const [base, key] = process.argv.slice(2);
+const shots = process.env.APPSNAP_SCREENSHOTS ?? "screenshots";
+mkdirSync(shots, { recursive: true });
+const failures = [];
+const fail = (what) => {
+  failures.push(what);
+  console.error(`FAIL ${what}`);
+};
+const browser = await chromium.launch({
+  executablePath: process.env.APPSNAP_CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--no-sandbox"],
+});
+for (const locale of ["en-US", "zh-CN"]) {
+  const context = await browser.newContext({
+    locale,
+    viewport: { width: 360, height: 800 },
+    extraHTTPHeaders: { "Accept-Language": locale },
+  });
+  const page = await context.newPage();
+  await page.goto(base + "/");
+  if (!page.url().endsWith("/sign-in")) fail(`${locale}: / did not lead to the sign-in form`);
+  const axe = await new AxeBuilder({ page }).analyze();
+  for (const v of axe.violations.filter((v) => ["serious", "critical"].includes(v.impact))) {
+    fail(`sign-in ${locale}: axe ${v.id} (${v.impact}): ${v.help}`);
+  }
+  await page.screenshot({ path: `${shots}/sign-in-${locale}-360.png`, fullPage: true });
+  // The key field has the focus; type, Enter.
+  await page.keyboard.type("not the key");
+  await page.keyboard.press("Enter");
+  await page
+    .locator("[role=alert]")
+    .waitFor({ timeout: 10000 })
+    .catch(() => fail(`${locale}: a wrong key is not said`));
+  await page.locator("#key").focus();
+  await page.keyboard.type(key);
+  await page.keyboard.press("Enter");
+  await page.waitForURL(base + "/");
+  const h1 = await page.locator("h1").innerText();
+  if (!h1.includes(locale === "en-US" ? "Apps" : "应用")) fail(`${locale}: after sign-in, "${h1}"`);
+  await page.getByRole("button", { name: locale === "en-US" ? "Sign out" : "退出登录" }).click();
+  await page.waitForURL(base + "/sign-in");
+  await page.goto(base + "/");
+  if (!page.url().endsWith("/sign-in")) fail(`${locale}: still signed in after signing out`);
+  await context.close();
+}
+await browser.close();
+if (failures.length) {
+  console.error(`${failures.length} failure(s)`);
+  process.exit(1);
+}
+console.log("sign-in passed");
