@@ -30,6 +30,15 @@ async fn page(
     (status, headers, String::from_utf8(body.to_vec()).unwrap())
 }
 
+/// The CSRF token of a page's first form.
+fn csrf_of(body: &str) -> String {
+    body.split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a form with a CSRF token")
+        .to_string()
+}
+
 #[tokio::test]
 async fn the_console_lists_the_apps_and_their_snapshots_in_english_and_chinese() {
     let app = TestApp::new("");
@@ -91,6 +100,36 @@ async fn the_console_lists_the_apps_and_their_snapshots_in_english_and_chinese()
                 .starts_with("text/html")
         );
     }
+
+    // Back up now: a form with the page's CSRF token starts a backup and shows its job.
+    let (_, _, body) = page(&h, &format!("/apps/{}", app.id), &[]).await;
+    assert!(!body.contains("Sign out"), "no key, no sign-in: {body}");
+    let csrf = csrf_of(&body);
+    let post = |body: String| {
+        let req = Request::post(format!("/apps/{}/backup", app.id))
+            .header(header::HOST, "localhost")
+            .header("origin", "http://localhost")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        h.router.clone().oneshot(req)
+    };
+    let resp = post("csrf=forged".into()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = post(format!("csrf={csrf}")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let job = resp.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(job.starts_with("/jobs/job_"), "{job}");
+    let job_id = job.trim_start_matches("/jobs/");
+    crate::common::job_done(&h, job_id).await;
+    let (status, _, body) = page(&h, &job, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("Done") && body.contains("backup"), "{body}");
+    let (_, _, body) = page(&h, &format!("/apps/{}", app.id), &[]).await;
+    assert_eq!(body.matches("<code>snapshot_").count(), 2, "{body}");
 
     // The assets are the binary's own.
     let (status, headers, css) = page(&h, "/assets/console.css", &[]).await;
@@ -191,12 +230,7 @@ async fn the_console_keeps_the_apis_access_rules() {
     // Signed in: the pages, with a sign-out form carrying the session's CSRF token.
     let (status, _, body) = page(&h, "/", &[("cookie", &session)]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let csrf = body
-        .split(r#"name="csrf" value=""#)
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a sign-out form with a CSRF token")
-        .to_string();
+    let csrf = csrf_of(&body);
     let cookie = ("cookie", session.clone());
     let resp = post(
         "/sign-out",

@@ -63,6 +63,29 @@ for (const locale of ["en-US", "zh-CN"]) {
     await context.close();
   }
 }
+// Back up now, from the app's page, with the keyboard: the job's page follows it to done.
+{
+  const context = await browser.newContext({ locale: "en-US", viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  await page.goto(`${base}/apps/${appId}`);
+  const before = await page.locator("code").count();
+  await page.getByRole("button", { name: "Back up now" }).focus();
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/\/jobs\/job_/);
+  await page
+    .getByText("Done", { exact: true })
+    .waitFor({ timeout: 60000 })
+    .catch(() => fail("the job's page did not reach Done"));
+  const axe = await new AxeBuilder({ page }).analyze();
+  for (const v of axe.violations.filter((v) => ["serious", "critical"].includes(v.impact))) {
+    fail(`job page: axe ${v.id} (${v.impact}): ${v.help}`);
+  }
+  await page.screenshot({ path: `${shots}/job-en-US-1280.png`, fullPage: true });
+  await page.getByRole("link", { name: "The app's snapshots" }).click();
+  const after = await page.locator("code").count();
+  if (after !== before + 1) fail(`snapshots before ${before}, after ${after}`);
+  await context.close();
+}
 await browser.close();
 if (failures.length) {
   console.error(`${failures.length} failure(s)`);

@@ -103,7 +103,7 @@ impl ApiError {
 ///   or that worked but could not remove the data it replaced.
 ///
 /// Messages are a contract with the panels: reword one only together with them.
-fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
+pub(crate) fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
     use ManagerError::*;
     match e {
         InvalidId(_) => (StatusCode::BAD_REQUEST, "Invalid identifier"),

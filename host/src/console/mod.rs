@@ -39,6 +39,9 @@ use session::{Csrf, Sessions};
 struct Console {
     manager: Arc<BackupManager>,
     sessions: Arc<Sessions>,
+    /// The CSRF token of the pages when no API key is set (no sessions then): made at
+    /// start, so a form from a page of this process is the only one that passes.
+    open_csrf: Csrf,
 }
 
 /// The pages and their assets.
@@ -46,11 +49,17 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
     let state = Console {
         manager,
         sessions: Arc::default(),
+        open_csrf: Csrf {
+            token: session::token(),
+            session: false,
+        },
     };
     Router::new()
         .route("/", get(dashboard))
         .route("/apps/{app_id}", get(app_page))
         .route("/sign-out", post(sign_out))
+        .route("/apps/{app_id}/backup", post(backup_now))
+        .route("/jobs/{job_id}", get(job_page))
         .route_layer(middleware::from_fn_with_state(state.clone(), signed_in))
         .route("/sign-in", get(sign_in_form).post(sign_in))
         .route("/assets/console.css", get(css))
@@ -72,8 +81,10 @@ struct Frame {
     t: &'static Strings,
     /// The page's own path, for the language switch's links.
     here: String,
-    /// A signed-in page's CSRF token (its sign-out form carries it).
+    /// The page's CSRF token, for its forms.
     csrf: Option<String>,
+    /// Signed in with the API key (the page offers to sign out).
+    session: bool,
 }
 
 impl Frame {
@@ -84,11 +95,15 @@ impl Frame {
             t: lang.strings(),
             here,
             csrf: None,
+            session: false,
         }
     }
 
     fn signed_in(mut self, csrf: Option<Extension<Csrf>>) -> Frame {
-        self.csrf = csrf.map(|Extension(Csrf(t))| t);
+        if let Some(Extension(c)) = csrf {
+            self.session = c.session;
+            self.csrf = Some(c.token);
+        }
         self
     }
 
@@ -305,11 +320,119 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// Whether a form's CSRF token is the page's.
+fn csrf_ok(form: &str, csrf: &Option<Extension<Csrf>>) -> bool {
+    use subtle::ConstantTimeEq;
+    csrf.as_ref()
+        .is_some_and(|Extension(c)| bool::from(form.as_bytes().ct_eq(c.token.as_bytes())))
+}
+
+/// The page for an action the manager refused: its status, the API's message, the cause.
+fn refused(f: Frame, e: &crate::manager::ManagerError) -> Response {
+    let (status, message) = crate::api::error::classify(e);
+    let page = Failure {
+        title: f.t.action_refused,
+        message,
+        details: e.to_string(),
+        f,
+    };
+    page.f.respond(status, page.render(), false)
+}
+
+#[derive(Template)]
+#[template(path = "console/failure.html")]
+struct Failure {
+    f: Frame,
+    title: &'static str,
+    message: &'static str,
+    details: String,
+}
+
+/// `POST /apps/{app_id}/backup`: starts a backup and shows its job.
+async fn backup_now(
+    State(Console { manager, .. }): State<Console>,
+    Path(app_id): Path<String>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !csrf_ok(&form.csrf, &csrf) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is not this page's",
+        )
+            .into_response();
+    }
+    let f = Frame::new(
+        &LangParam { lang: None },
+        &headers,
+        format!("/apps/{app_id}"),
+    )
+    .signed_in(csrf);
+    match manager
+        .start_backup(&app_id, crate::catalog::Origin::Manual, None)
+        .await
+    {
+        Ok(started) => {
+            axum::response::Redirect::to(&format!("/jobs/{}", started.job.info().job_id))
+                .into_response()
+        }
+        Err(e) => refused(f, &e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/job.html")]
+struct JobPage {
+    f: Frame,
+    job: crate::jobs::JobInfo,
+    /// The failure's message and cause, for a failed job.
+    failure: Option<(String, String)>,
+}
+
+impl JobPage {
+    fn state(&self) -> &'static str {
+        match self.job.state {
+            crate::jobs::JobState::Running => self.f.t.job_running,
+            crate::jobs::JobState::Succeeded => self.f.t.job_succeeded,
+            crate::jobs::JobState::Failed => self.f.t.job_failed,
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.job.state == crate::jobs::JobState::Running
+    }
+}
+
+/// `GET /jobs/{job_id}`: a job's state, step and progress (the page's script reloads its
+/// status while it runs; without it, the Refresh link does).
+async fn job_page(
+    State(Console { manager, .. }): State<Console>,
+    Path(job_id): Path<String>,
+    Query(param): Query<LangParam>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+) -> Response {
+    let f = Frame::new(&param, &headers, format!("/jobs/{job_id}")).signed_in(csrf);
+    let Some(job) = manager.jobs.get(&job_id) else {
+        return not_found(f);
+    };
+    let job = crate::api::error::job_view(job.info());
+    let failure = job.error.as_ref().map(|e| {
+        let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+        (text("message"), text("details"))
+    });
+    let chosen = param.lang.is_some();
+    let page = JobPage { f, job, failure };
+    page.f.respond(StatusCode::OK, page.render(), chosen)
+}
+
 /// With an API key set, a page needs a session: without one, a GET is sent to the
 /// sign-in form and anything else is 401. With a session, its CSRF token is handed to the
 /// page (for its forms).
 async fn signed_in(State(console): State<Console>, mut request: Request, next: Next) -> Response {
     if console.manager.config().api_key.is_none() {
+        request.extensions_mut().insert(console.open_csrf.clone());
         return next.run(request).await;
     }
     match console.sessions.of(request.headers()) {
@@ -408,11 +531,10 @@ async fn sign_out(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let Some((id, Csrf(token))) = console.sessions.of(&headers) else {
+    let Some((id, token)) = console.sessions.of(&headers) else {
         return axum::response::Redirect::to("/sign-in").into_response();
     };
-    use subtle::ConstantTimeEq;
-    if !bool::from(form.csrf.as_bytes().ct_eq(token.as_bytes())) {
+    if !csrf_ok(&form.csrf, &Some(Extension(token))) {
         return (
             StatusCode::FORBIDDEN,
             "the form's CSRF token is not this session's",

@@ -30,11 +30,17 @@ struct Session {
     csrf: String,
 }
 
-/// A signed-in request's session: its CSRF token, for the forms of its pages.
+/// The CSRF token a request's page puts in its forms: its session's, or (no API key, no
+/// sessions) the process's own.
 #[derive(Clone, Debug)]
-pub struct Csrf(pub String);
+pub struct Csrf {
+    pub token: String,
+    /// Whether it is a session's (the page then offers to sign out).
+    pub session: bool,
+}
 
-fn token() -> String {
+/// A random token (32 bytes, hex).
+pub fn token() -> String {
     crate::archive::hex(&rand::random::<[u8; 32]>())
 }
 
@@ -68,7 +74,13 @@ impl Sessions {
         let id = cookie(headers, COOKIE)?;
         let mut map = self.map.lock().unwrap();
         match map.get(id) {
-            Some(s) if s.expires > Instant::now() => Some((id.to_string(), Csrf(s.csrf.clone()))),
+            Some(s) if s.expires > Instant::now() => Some((
+                id.to_string(),
+                Csrf {
+                    token: s.csrf.clone(),
+                    session: true,
+                },
+            )),
             Some(_) => {
                 map.remove(id);
                 None
@@ -117,7 +129,7 @@ mod tests {
         let (id, csrf) = sessions.create();
         let mut headers = HeaderMap::new();
         headers.insert("cookie", format!("x=1; {COOKIE}={id}").parse().unwrap());
-        let (found, Csrf(token)) = sessions.of(&headers).unwrap();
+        let (found, Csrf { token, .. }) = sessions.of(&headers).unwrap();
         assert_eq!(
             (found.as_str(), token.as_str()),
             (id.as_str(), csrf.as_str())
