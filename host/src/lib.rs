@@ -4,7 +4,8 @@
 //! - [`api`]: the axum REST API — routes, auth (key, loopback Host, Origin), the one
 //!   error → HTTP mapping, OpenAPI. Nothing below it imports it.
 //! - [`console`]: the web console at `/` (askama pages, embedded assets, English and
-//!   Chinese); the API router serves it under the same Host rules.
+//!   Chinese, sign-in, CSRF); the API router serves it under the same Host rules, and it
+//!   shows refusals with the API's one error mapping (`api::error`).
 //! - [`scheduler`]: the service's clock — pending repairs retried, scheduled backups
 //!   started.
 //! - [`manager`]: `BackupManager`, the façade through which snapshots are created,
