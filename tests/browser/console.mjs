@@ -1,23 +1,10 @@
 // The console in Chromium: each screen in English and Chinese, at 1280 px and 360 px,
 // checked by axe (no serious or critical violation), with a screenshot of each.
 // Usage: node console.mjs BASE_URL APP_ID   (screenshots to $APPSNAP_SCREENSHOTS)
-import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
-import { AxeBuilder } from "@axe-core/playwright";
+import { start } from "./lib.mjs";
 
 const [base, appId] = process.argv.slice(2);
-const shots = process.env.APPSNAP_SCREENSHOTS ?? "screenshots";
-mkdirSync(shots, { recursive: true });
-const failures = [];
-const fail = (what) => {
-  failures.push(what);
-  console.error(`FAIL ${what}`);
-};
-
-const browser = await chromium.launch({
-  executablePath: process.env.APPSNAP_CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--no-sandbox"],
-});
+const { browser, shots, fail, axe, finish } = await start();
 const screens = [
   { name: "apps", path: "/", heading: { "en-US": "Apps", "zh-CN": "应用" }, text: appId },
   { name: "app", path: `/apps/${appId}`, heading: { "en-US": appId, "zh-CN": appId }, text: "snapshot_" },
@@ -53,10 +40,7 @@ for (const locale of ["en-US", "zh-CN"]) {
       await page.keyboard.press("Tab");
       const focused = await page.evaluate(() => document.activeElement?.className);
       if (focused !== "skip") fail(`${where}: the first Tab focuses "${focused}"`);
-      const axe = await new AxeBuilder({ page }).analyze();
-      for (const v of axe.violations.filter((v) => ["serious", "critical"].includes(v.impact))) {
-        fail(`${where}: axe ${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target).join(", ")}`);
-      }
+      await axe(page, where);
       await page.screenshot({ path: `${shots}/${s.name}-${locale}-${width}.png`, fullPage: true });
     }
     for (const p of problems) fail(`${locale} ${width}px: browser console: ${p}`);
@@ -76,19 +60,11 @@ for (const locale of ["en-US", "zh-CN"]) {
     .getByText("Done", { exact: true })
     .waitFor({ timeout: 60000 })
     .catch(() => fail("the job's page did not reach Done"));
-  const axe = await new AxeBuilder({ page }).analyze();
-  for (const v of axe.violations.filter((v) => ["serious", "critical"].includes(v.impact))) {
-    fail(`job page: axe ${v.id} (${v.impact}): ${v.help}`);
-  }
+  await axe(page, "job page");
   await page.screenshot({ path: `${shots}/job-en-US-1280.png`, fullPage: true });
   await page.getByRole("link", { name: "The app's snapshots" }).click();
   const after = await page.locator("code").count();
   if (after !== before + 1) fail(`snapshots before ${before}, after ${after}`);
   await context.close();
 }
-await browser.close();
-if (failures.length) {
-  console.error(`${failures.length} failure(s)`);
-  process.exit(1);
-}
-console.log(`every screen passed; screenshots in ${shots}`);
+await finish(`every screen passed; screenshots in ${shots}`);

@@ -2,22 +2,10 @@
 // the sign-in screen passes axe in both languages, a wrong key is said so, the right one
 // leads to the apps, and signing out leads back to the form.
 // Usage: node sign_in.mjs BASE_URL KEY   (screenshots to $APPSNAP_SCREENSHOTS)
-import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
-import { AxeBuilder } from "@axe-core/playwright";
+import { start } from "./lib.mjs";
 
 const [base, key] = process.argv.slice(2);
-const shots = process.env.APPSNAP_SCREENSHOTS ?? "screenshots";
-mkdirSync(shots, { recursive: true });
-const failures = [];
-const fail = (what) => {
-  failures.push(what);
-  console.error(`FAIL ${what}`);
-};
-const browser = await chromium.launch({
-  executablePath: process.env.APPSNAP_CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--no-sandbox"],
-});
+const { browser, shots, fail, axe, finish } = await start();
 for (const locale of ["en-US", "zh-CN"]) {
   const context = await browser.newContext({
     locale,
@@ -27,10 +15,7 @@ for (const locale of ["en-US", "zh-CN"]) {
   const page = await context.newPage();
   await page.goto(base + "/");
   if (!page.url().endsWith("/sign-in")) fail(`${locale}: / did not lead to the sign-in form`);
-  const axe = await new AxeBuilder({ page }).analyze();
-  for (const v of axe.violations.filter((v) => ["serious", "critical"].includes(v.impact))) {
-    fail(`sign-in ${locale}: axe ${v.id} (${v.impact}): ${v.help}`);
-  }
+  await axe(page, `sign-in ${locale}`);
   await page.screenshot({ path: `${shots}/sign-in-${locale}-360.png`, fullPage: true });
   // The key field has the focus; type, Enter.
   await page.keyboard.type("not the key");
@@ -51,9 +36,4 @@ for (const locale of ["en-US", "zh-CN"]) {
   if (!page.url().endsWith("/sign-in")) fail(`${locale}: still signed in after signing out`);
   await context.close();
 }
-await browser.close();
-if (failures.length) {
-  console.error(`${failures.length} failure(s)`);
-  process.exit(1);
-}
-console.log("sign-in passed");
+await finish("sign-in passed");

@@ -513,8 +513,13 @@ async fn sign_in(
             .respond(StatusCode::UNAUTHORIZED, page.render(), false);
     }
     let (id, _) = console.sessions.create();
-    let mut response = axum::response::Redirect::to("/").into_response();
-    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(Some(&id), &headers)) {
+    redirect_setting("/", &session::set_cookie(Some(&id), &headers))
+}
+
+/// A 303 to `to` that sets the cookie `set_cookie`.
+fn redirect_setting(to: &str, set_cookie: &str) -> Response {
+    let mut response = axum::response::Redirect::to(to).into_response();
+    if let Ok(v) = HeaderValue::from_str(set_cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
     response
@@ -542,11 +547,7 @@ async fn sign_out(
             .into_response();
     }
     console.sessions.end(&id);
-    let mut response = axum::response::Redirect::to("/sign-in").into_response();
-    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(None, &headers)) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    response
+    redirect_setting("/sign-in", &session::set_cookie(None, &headers))
 }
 
 /// What every console answer carries: nothing but this server's own scripts, styles and
