@@ -141,6 +141,13 @@ async fn the_console_lists_the_apps_and_their_snapshots_in_english_and_chinese()
             .starts_with("text/css")
     );
     assert!(css.contains("prefers-color-scheme: dark"));
+    // The apps page weighs far less than 150 KB with its assets (HTML, CSS, script,
+    // icon; uncompressed).
+    let (_, _, html) = page(&h, "/", &[]).await;
+    let (_, _, js) = page(&h, "/assets/console.js", &[]).await;
+    let (_, _, icon) = page(&h, "/assets/favicon.svg", &[]).await;
+    let weight = html.len() + css.len() + js.len() + icon.len();
+    assert!(weight < 150_000, "the apps page weighs {weight} bytes");
 }
 
 #[tokio::test]
