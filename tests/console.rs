@@ -131,6 +131,54 @@ async fn the_console_lists_the_apps_and_their_snapshots_in_english_and_chinese()
     let (_, _, body) = page(&h, &format!("/apps/{}", app.id), &[]).await;
     assert_eq!(body.matches("<code>snapshot_").count(), 2, "{body}");
 
+    // Pin, note, delete: each a form with the page's token, each answered by the app's page.
+    let form = |uri: String, body: String| {
+        let req = Request::post(uri)
+            .header(header::HOST, "localhost")
+            .header("origin", "http://localhost")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        h.router.clone().oneshot(req)
+    };
+    let back = format!("/apps/{}", app.id);
+    let resp = form(
+        format!("/snapshots/{id}/pin"),
+        format!("csrf={csrf}&pinned=true"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[header::LOCATION], back.as_str());
+    let resp = form(
+        format!("/snapshots/{id}/note"),
+        format!("csrf={csrf}&note=before+the+upgrade"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let s = h.manager.get(id).unwrap();
+    assert!(s.facts.pinned);
+    assert_eq!(s.facts.note.as_deref(), Some("before the upgrade"));
+    let (status, _, confirm) = page(&h, &format!("/snapshots/{id}/delete"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        confirm.contains(id) && confirm.contains("It is pinned"),
+        "{confirm}"
+    );
+    let resp = form(format!("/snapshots/{id}/delete"), "csrf=forged".into())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(h.manager.get(id).is_ok(), "a forged form deletes nothing");
+    let resp = form(format!("/snapshots/{id}/delete"), format!("csrf={csrf}"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(h.manager.get(id).is_err(), "deleted");
+    let (_, _, body) = page(&h, &back, &[]).await;
+    assert_eq!(body.matches("<code>snapshot_").count(), 1, "{body}");
+
     // The assets are the binary's own.
     let (status, headers, css) = page(&h, "/assets/console.css", &[]).await;
     assert_eq!(status, StatusCode::OK);

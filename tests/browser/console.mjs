@@ -65,6 +65,22 @@ for (const locale of ["en-US", "zh-CN"]) {
   await page.getByRole("link", { name: "The app's snapshots" }).click();
   const after = await page.locator("code").count();
   if (after !== before + 1) fail(`snapshots before ${before}, after ${after}`);
+  // Pin the newest from the keyboard; then delete it through its confirmation.
+  await page.getByRole("button", { name: "Pin", exact: true }).first().focus();
+  await page.keyboard.press("Enter");
+  await page
+    .getByRole("button", { name: "Unpin" })
+    .waitFor({ timeout: 10000 })
+    .catch(() => fail("pinning from the keyboard did not show Unpin"));
+  await axe(page, "app page with actions");
+  await page.getByRole("link", { name: "Delete" }).first().click();
+  await page.getByText("It is pinned").waitFor({ timeout: 10000 }).catch(() => fail("the delete page does not say it is pinned"));
+  await axe(page, "delete page");
+  await page.screenshot({ path: `${shots}/delete-en-US-1280.png`, fullPage: true });
+  await page.getByRole("button", { name: "Delete" }).click();
+  await page.waitForURL(`${base}/apps/${appId}`);
+  const left = await page.locator("code").count();
+  if (left !== before) fail(`after the delete ${left} snapshots, not ${before}`);
   await context.close();
 }
 await finish(`every screen passed; screenshots in ${shots}`);

@@ -60,6 +60,12 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .route("/sign-out", post(sign_out))
         .route("/apps/{app_id}/backup", post(backup_now))
         .route("/jobs/{job_id}", get(job_page))
+        .route("/snapshots/{snapshot_id}/pin", post(pin))
+        .route("/snapshots/{snapshot_id}/note", post(note))
+        .route(
+            "/snapshots/{snapshot_id}/delete",
+            get(delete_page).post(delete),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), signed_in))
         .route("/sign-in", get(sign_in_form).post(sign_in))
         .route("/assets/console.css", get(css))
@@ -378,6 +384,126 @@ async fn backup_now(
                 .into_response()
         }
         Err(e) => refused(f, &e),
+    }
+}
+
+#[derive(Deserialize)]
+struct PinForm {
+    csrf: String,
+    pinned: bool,
+}
+
+#[derive(Deserialize)]
+struct NoteForm {
+    csrf: String,
+    note: String,
+}
+
+/// The app page of the snapshot an action changed (or the apps when it is gone).
+fn back_to_app(snapshot: Option<&Snapshot>) -> Response {
+    let to = snapshot.map_or("/".to_string(), |s| format!("/apps/{}", s.app_id));
+    axum::response::Redirect::to(&to).into_response()
+}
+
+/// `POST /snapshots/{id}/pin`: pins or unpins it.
+async fn pin(
+    State(Console { manager, .. }): State<Console>,
+    Path(id): Path<String>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+    Form(form): Form<PinForm>,
+) -> Response {
+    if !csrf_ok(&form.csrf, &csrf) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is not this page's",
+        )
+            .into_response();
+    }
+    match manager.patch(&id, Some(form.pinned), None) {
+        Ok(s) => back_to_app(Some(&s)),
+        Err(e) => refused(
+            Frame::new(&LangParam { lang: None }, &headers, "/".into()).signed_in(csrf),
+            &e,
+        ),
+    }
+}
+
+/// `POST /snapshots/{id}/note`: sets its note (empty: removes it).
+async fn note(
+    State(Console { manager, .. }): State<Console>,
+    Path(id): Path<String>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+    Form(form): Form<NoteForm>,
+) -> Response {
+    if !csrf_ok(&form.csrf, &csrf) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is not this page's",
+        )
+            .into_response();
+    }
+    match manager.patch(&id, None, Some(form.note.trim().to_string())) {
+        Ok(s) => back_to_app(Some(&s)),
+        Err(e) => refused(
+            Frame::new(&LangParam { lang: None }, &headers, "/".into()).signed_in(csrf),
+            &e,
+        ),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/delete.html")]
+struct DeletePage {
+    f: Frame,
+    s: SnapRow,
+    app_id: String,
+}
+
+/// `GET /snapshots/{id}/delete`: what a delete removes, and where, to confirm.
+async fn delete_page(
+    State(Console { manager, .. }): State<Console>,
+    Path(id): Path<String>,
+    Query(param): Query<LangParam>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+) -> Response {
+    let f = Frame::new(&param, &headers, format!("/snapshots/{id}/delete")).signed_in(csrf);
+    let Ok(snapshot) = manager.get(&id) else {
+        return not_found(f);
+    };
+    let chosen = param.lang.is_some();
+    let page = DeletePage {
+        f,
+        s: SnapRow::from(&snapshot),
+        app_id: snapshot.app_id,
+    };
+    page.f.respond(StatusCode::OK, page.render(), chosen)
+}
+
+/// `POST /snapshots/{id}/delete`: deletes the local archive (copies stay).
+async fn delete(
+    State(Console { manager, .. }): State<Console>,
+    Path(id): Path<String>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !csrf_ok(&form.csrf, &csrf) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is not this page's",
+        )
+            .into_response();
+    }
+    let snapshot = manager.get(&id).ok();
+    match manager.delete(&id) {
+        Ok(()) => back_to_app(snapshot.as_ref()),
+        Err(e) => refused(
+            Frame::new(&LangParam { lang: None }, &headers, "/".into()).signed_in(csrf),
+            &e,
+        ),
     }
 }
 
