@@ -36,12 +36,12 @@ for (const locale of ["en-US", "zh-CN"]) {
       // Nothing wider than the screen but the tables' own scroll boxes.
       const wide = await page.evaluate(() => document.documentElement.scrollWidth);
       if (wide > width) fail(`${where}: the page is ${wide}px wide`);
+      await page.screenshot({ path: `${shots}/${s.name}-${locale}-${width}.png`, fullPage: true });
       // The first Tab reaches the skip link.
       await page.keyboard.press("Tab");
       const focused = await page.evaluate(() => document.activeElement?.className);
       if (focused !== "skip") fail(`${where}: the first Tab focuses "${focused}"`);
       await axe(page, where);
-      await page.screenshot({ path: `${shots}/${s.name}-${locale}-${width}.png`, fullPage: true });
     }
     for (const p of problems) fail(`${locale} ${width}px: browser console: ${p}`);
     await context.close();
