@@ -326,6 +326,15 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// The 403 of a form whose CSRF token is not the page's (`None`: it is).
+fn csrf_refusal(form: &str, csrf: &Option<Extension<Csrf>>) -> Option<Response> {
+    let refusal = (
+        StatusCode::FORBIDDEN,
+        "the form's CSRF token is not this page's",
+    );
+    (!csrf_ok(form, csrf)).then(|| refusal.into_response())
+}
+
 /// Whether a form's CSRF token is the page's.
 fn csrf_ok(form: &str, csrf: &Option<Extension<Csrf>>) -> bool {
     use subtle::ConstantTimeEq;
@@ -362,12 +371,8 @@ async fn backup_now(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !csrf_ok(&form.csrf, &csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token is not this page's",
-        )
-            .into_response();
+    if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
+        return forbidden;
     }
     let f = Frame::new(
         &LangParam { lang: None },
@@ -405,6 +410,21 @@ fn back_to_app(snapshot: Option<&Snapshot>) -> Response {
     axum::response::Redirect::to(&to).into_response()
 }
 
+/// The answer to a change of a snapshot: its app's page, or why it was refused.
+fn patched(
+    result: Result<Snapshot, crate::manager::ManagerError>,
+    csrf: Option<Extension<Csrf>>,
+    headers: &HeaderMap,
+) -> Response {
+    match result {
+        Ok(s) => back_to_app(Some(&s)),
+        Err(e) => refused(
+            Frame::new(&LangParam { lang: None }, headers, "/".into()).signed_in(csrf),
+            &e,
+        ),
+    }
+}
+
 /// `POST /snapshots/{id}/pin`: pins or unpins it.
 async fn pin(
     State(Console { manager, .. }): State<Console>,
@@ -413,20 +433,10 @@ async fn pin(
     headers: HeaderMap,
     Form(form): Form<PinForm>,
 ) -> Response {
-    if !csrf_ok(&form.csrf, &csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token is not this page's",
-        )
-            .into_response();
+    if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
+        return forbidden;
     }
-    match manager.patch(&id, Some(form.pinned), None) {
-        Ok(s) => back_to_app(Some(&s)),
-        Err(e) => refused(
-            Frame::new(&LangParam { lang: None }, &headers, "/".into()).signed_in(csrf),
-            &e,
-        ),
-    }
+    patched(manager.patch(&id, Some(form.pinned), None), csrf, &headers)
 }
 
 /// `POST /snapshots/{id}/note`: sets its note (empty: removes it).
@@ -437,20 +447,11 @@ async fn note(
     headers: HeaderMap,
     Form(form): Form<NoteForm>,
 ) -> Response {
-    if !csrf_ok(&form.csrf, &csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token is not this page's",
-        )
-            .into_response();
+    if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
+        return forbidden;
     }
-    match manager.patch(&id, None, Some(form.note.trim().to_string())) {
-        Ok(s) => back_to_app(Some(&s)),
-        Err(e) => refused(
-            Frame::new(&LangParam { lang: None }, &headers, "/".into()).signed_in(csrf),
-            &e,
-        ),
-    }
+    let note = Some(form.note.trim().to_string());
+    patched(manager.patch(&id, None, note), csrf, &headers)
 }
 
 #[derive(Template)]
@@ -490,12 +491,8 @@ async fn delete(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !csrf_ok(&form.csrf, &csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token is not this page's",
-        )
-            .into_response();
+    if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
+        return forbidden;
     }
     let snapshot = manager.get(&id).ok();
     match manager.delete(&id) {
