@@ -296,6 +296,15 @@ fn cross_site(manager: &BackupManager, request: &Request, forms: bool) -> Option
     None
 }
 
+/// Whether `given` is the API key `expected`, compared in constant time (of their
+/// sha256, so that not even the length leaks): the API's header and the console's
+/// sign-in form both ask here.
+pub(crate) fn key_matches(given: &[u8], expected: &str) -> bool {
+    Sha256::digest(given)
+        .ct_eq(&Sha256::digest(expected.as_bytes()))
+        .into()
+}
+
 /// Whether a `Host` value (`name[:port]`) names this machine's loopback interface.
 /// Only `localhost` (any case) and literal loopback addresses count: a name that merely
 /// starts like one (`localhost.evil.example`, `127.0.0.1.nip.io`) could resolve anywhere.
@@ -339,10 +348,7 @@ async fn require_key(
                     .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             })
             .unwrap_or_default();
-        let ok: bool = Sha256::digest(given)
-            .ct_eq(&Sha256::digest(expected.as_bytes()))
-            .into();
-        if !ok {
+        if !key_matches(given, expected) {
             let details = if given.is_empty() {
                 "the x-api-key header (or Authorization: Bearer) is missing"
             } else {

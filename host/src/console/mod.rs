@@ -619,12 +619,7 @@ async fn sign_in(
     let Some(expected) = &console.manager.config().api_key else {
         return axum::response::Redirect::to("/").into_response();
     };
-    use sha2::{Digest, Sha256};
-    use subtle::ConstantTimeEq;
-    let ok: bool = Sha256::digest(form.key.as_bytes())
-        .ct_eq(&Sha256::digest(expected.as_bytes()))
-        .into();
-    if !ok {
+    if !crate::api::key_matches(form.key.as_bytes(), expected) {
         tracing::warn!("a console sign-in with a wrong key");
         let f = Frame::new(&LangParam { lang: None }, &headers, "/sign-in".into());
         let page = SignIn {
@@ -662,12 +657,8 @@ async fn sign_out(
     let Some((id, token)) = console.sessions.of(&headers) else {
         return axum::response::Redirect::to("/sign-in").into_response();
     };
-    if !csrf_ok(&form.csrf, &Some(Extension(token))) {
-        return (
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token is not this session's",
-        )
-            .into_response();
+    if let Some(forbidden) = csrf_refusal(&form.csrf, &Some(Extension(token))) {
+        return forbidden;
     }
     console.sessions.end(&id);
     redirect_setting("/sign-in", &session::set_cookie(None, &headers))
