@@ -30,6 +30,30 @@ async fn page(
     (status, headers, String::from_utf8(body.to_vec()).unwrap())
 }
 
+/// What a browser's own form sends: an `Origin` naming this service.
+const ORIGIN: (&str, &str) = ("origin", "http://localhost");
+
+/// POSTs a form (`application/x-www-form-urlencoded`) to `uri`, addressed to
+/// `localhost`, with `headers`.
+async fn post_form(
+    h: &Harness,
+    uri: &str,
+    body: String,
+    headers: &[(&str, &str)],
+) -> axum::response::Response {
+    let mut req = Request::post(uri)
+        .header(header::HOST, "localhost")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    h.router
+        .clone()
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap()
+}
+
 /// The CSRF token of a page's first form.
 fn csrf_of(body: &str) -> String {
     body.split(r#"name="csrf" value=""#)
@@ -105,18 +129,10 @@ async fn the_console_lists_the_apps_and_their_snapshots_in_english_and_chinese()
     let (_, _, body) = page(&h, &format!("/apps/{}", app.id), &[]).await;
     assert!(!body.contains("Sign out"), "no key, no sign-in: {body}");
     let csrf = csrf_of(&body);
-    let post = |body: String| {
-        let req = Request::post(format!("/apps/{}/backup", app.id))
-            .header(header::HOST, "localhost")
-            .header("origin", "http://localhost")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(body))
-            .unwrap();
-        h.router.clone().oneshot(req)
-    };
-    let resp = post("csrf=forged".into()).await.unwrap();
+    let backup = format!("/apps/{}/backup", app.id);
+    let resp = post_form(&h, &backup, "csrf=forged".into(), &[ORIGIN]).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    let resp = post(format!("csrf={csrf}")).await.unwrap();
+    let resp = post_form(&h, &backup, format!("csrf={csrf}"), &[ORIGIN]).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let job = resp.headers()[header::LOCATION]
         .to_str()
@@ -132,30 +148,23 @@ async fn the_console_lists_the_apps_and_their_snapshots_in_english_and_chinese()
     assert_eq!(body.matches("<code>snapshot_").count(), 2, "{body}");
 
     // Pin, note, delete: each a form with the page's token, each answered by the app's page.
-    let form = |uri: String, body: String| {
-        let req = Request::post(uri)
-            .header(header::HOST, "localhost")
-            .header("origin", "http://localhost")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(body))
-            .unwrap();
-        h.router.clone().oneshot(req)
-    };
     let back = format!("/apps/{}", app.id);
-    let resp = form(
-        format!("/snapshots/{id}/pin"),
+    let resp = post_form(
+        &h,
+        &format!("/snapshots/{id}/pin"),
         format!("csrf={csrf}&pinned=true"),
+        &[ORIGIN],
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert_eq!(resp.headers()[header::LOCATION], back.as_str());
-    let resp = form(
-        format!("/snapshots/{id}/note"),
+    let resp = post_form(
+        &h,
+        &format!("/snapshots/{id}/note"),
         format!("csrf={csrf}&note=before+the+upgrade"),
+        &[ORIGIN],
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let s = h.manager.get(id).unwrap();
     assert!(s.facts.pinned);
@@ -166,14 +175,22 @@ async fn the_console_lists_the_apps_and_their_snapshots_in_english_and_chinese()
         confirm.contains(id) && confirm.contains("It is pinned"),
         "{confirm}"
     );
-    let resp = form(format!("/snapshots/{id}/delete"), "csrf=forged".into())
-        .await
-        .unwrap();
+    let resp = post_form(
+        &h,
+        &format!("/snapshots/{id}/delete"),
+        "csrf=forged".into(),
+        &[ORIGIN],
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert!(h.manager.get(id).is_ok(), "a forged form deletes nothing");
-    let resp = form(format!("/snapshots/{id}/delete"), format!("csrf={csrf}"))
-        .await
-        .unwrap();
+    let resp = post_form(
+        &h,
+        &format!("/snapshots/{id}/delete"),
+        format!("csrf={csrf}"),
+        &[ORIGIN],
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert!(h.manager.get(id).is_err(), "deleted");
     let (_, _, body) = page(&h, &back, &[]).await;
@@ -231,45 +248,19 @@ async fn the_console_keeps_the_apis_access_rules() {
     assert_eq!(status, StatusCode::OK);
 
     // A form post must come from this service's own page, and the key must be right.
-    let post = |uri: &str, body: String, extra: &[(&str, String)]| {
-        let mut req = Request::post(uri)
-            .header(header::HOST, "localhost")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-        for (k, v) in extra {
-            req = req.header(*k, v);
-        }
-        h.router
-            .clone()
-            .oneshot(req.body(Body::from(body)).unwrap())
-    };
-    let origin = ("origin", "http://localhost".to_string());
-    let resp = post("/sign-in", format!("key={key}"), &[]).await.unwrap();
+    let resp = post_form(&h, "/sign-in", format!("key={key}"), &[]).await;
     assert_eq!(
         resp.status(),
         StatusCode::FORBIDDEN,
         "no Origin: not a browser's form"
     );
-    let evil = ("origin", "http://evil.example".to_string());
-    let resp = post("/sign-in", format!("key={key}"), &[evil])
-        .await
-        .unwrap();
+    let evil = ("origin", "http://evil.example");
+    let resp = post_form(&h, "/sign-in", format!("key={key}"), &[evil]).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    let resp = post(
-        "/sign-in",
-        "key=wrong".into(),
-        std::slice::from_ref(&origin),
-    )
-    .await
-    .unwrap();
+    let resp = post_form(&h, "/sign-in", "key=wrong".into(), &[ORIGIN]).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.headers().get(header::SET_COOKIE).is_none());
-    let resp = post(
-        "/sign-in",
-        format!("key={key}"),
-        std::slice::from_ref(&origin),
-    )
-    .await
-    .unwrap();
+    let resp = post_form(&h, "/sign-in", format!("key={key}"), &[ORIGIN]).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let set = resp.headers()[header::SET_COOKIE]
         .to_str()
@@ -286,20 +277,12 @@ async fn the_console_keeps_the_apis_access_rules() {
     let (status, _, body) = page(&h, "/", &[("cookie", &session)]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let csrf = csrf_of(&body);
-    let cookie = ("cookie", session.clone());
-    let resp = post(
-        "/sign-out",
-        "csrf=forged".into(),
-        &[origin.clone(), cookie.clone()],
-    )
-    .await
-    .unwrap();
+    let cookie = ("cookie", session.as_str());
+    let resp = post_form(&h, "/sign-out", "csrf=forged".into(), &[ORIGIN, cookie]).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let (status, _, _) = page(&h, "/", &[("cookie", &session)]).await;
     assert_eq!(status, StatusCode::OK, "a forged sign-out ends nothing");
-    let resp = post("/sign-out", format!("csrf={csrf}"), &[origin, cookie])
-        .await
-        .unwrap();
+    let resp = post_form(&h, "/sign-out", format!("csrf={csrf}"), &[ORIGIN, cookie]).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let (status, _, _) = page(&h, "/", &[("cookie", &session)]).await;
     assert_eq!(status, StatusCode::SEE_OTHER, "the session ended");

@@ -105,6 +105,11 @@ impl Frame {
         }
     }
 
+    /// The frame of an answer to a form or a refusal: no `?lang=` there.
+    fn plain(headers: &HeaderMap, here: &str) -> Frame {
+        Frame::new(&LangParam { lang: None }, headers, here.into())
+    }
+
     fn signed_in(mut self, csrf: Option<Extension<Csrf>>) -> Frame {
         if let Some(Extension(c)) = csrf {
             self.session = c.session;
@@ -374,12 +379,7 @@ async fn backup_now(
     if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
         return forbidden;
     }
-    let f = Frame::new(
-        &LangParam { lang: None },
-        &headers,
-        format!("/apps/{app_id}"),
-    )
-    .signed_in(csrf);
+    let f = Frame::plain(&headers, &format!("/apps/{app_id}")).signed_in(csrf);
     match manager
         .start_backup(&app_id, crate::catalog::Origin::Manual, None)
         .await
@@ -418,10 +418,7 @@ fn patched(
 ) -> Response {
     match result {
         Ok(s) => back_to_app(Some(&s)),
-        Err(e) => refused(
-            Frame::new(&LangParam { lang: None }, headers, "/".into()).signed_in(csrf),
-            &e,
-        ),
+        Err(e) => refused(Frame::plain(headers, "/").signed_in(csrf), &e),
     }
 }
 
@@ -497,10 +494,7 @@ async fn delete(
     let snapshot = manager.get(&id).ok();
     match manager.delete(&id) {
         Ok(()) => back_to_app(snapshot.as_ref()),
-        Err(e) => refused(
-            Frame::new(&LangParam { lang: None }, &headers, "/".into()).signed_in(csrf),
-            &e,
-        ),
+        Err(e) => refused(Frame::plain(&headers, "/").signed_in(csrf), &e),
     }
 }
 
@@ -567,7 +561,7 @@ async fn signed_in(State(console): State<Console>, mut request: Request, next: N
             axum::response::Redirect::to("/sign-in").into_response()
         }
         None => {
-            let f = Frame::new(&LangParam { lang: None }, request.headers(), "/".into());
+            let f = Frame::plain(request.headers(), "/");
             let page = Message {
                 title: f.t.sign_in_title,
                 text: f.t.sign_in_text,
@@ -621,7 +615,7 @@ async fn sign_in(
     };
     if !crate::api::key_matches(form.key.as_bytes(), expected) {
         tracing::warn!("a console sign-in with a wrong key");
-        let f = Frame::new(&LangParam { lang: None }, &headers, "/sign-in".into());
+        let f = Frame::plain(&headers, "/sign-in");
         let page = SignIn {
             error: Some(f.t.sign_in_wrong),
             f,
