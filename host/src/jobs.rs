@@ -41,6 +41,9 @@ pub struct JobInfo {
     /// What the job is doing now, e.g. `stopping containers`, `archiving`. `done` once it
     /// succeeded; a failed job keeps its last step, where it failed.
     pub step: String,
+    /// The job's steps as they happened, oldest first (at most the first
+    /// `MAX_LOG_LINES`, then the last step), each with when it began.
+    pub log: Vec<LogLine>,
     pub bytes_done: u64,
     /// Estimated from a metadata walk before archiving; 0 until known.
     pub bytes_total: u64,
@@ -60,6 +63,31 @@ pub struct JobInfo {
     #[schema(ignore)]
     pub failure: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+impl JobInfo {
+    /// Makes `step` the current step, and a line of the log.
+    fn log_step(&mut self, step: &str) {
+        self.step = step.to_string();
+        if self.log.len() >= MAX_LOG_LINES {
+            self.log.pop();
+        }
+        self.log.push(LogLine {
+            at: Utc::now(),
+            text: step.to_string(),
+        });
+    }
+}
+
+/// One line of a job's log.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LogLine {
+    pub at: DateTime<Utc>,
+    pub text: String,
+}
+
+/// A job's log keeps this many lines: a long job's steps are few (a dozen at most), so
+/// this bounds only a job that loops.
+const MAX_LOG_LINES: usize = 100;
 
 /// The handle a running operation reports through.
 #[derive(Clone)]
@@ -81,7 +109,7 @@ impl Job {
     }
 
     pub fn step(&self, step: &str) {
-        self.tx.send_modify(|j| j.step = step.to_string());
+        self.tx.send_modify(|j| j.log_step(step));
     }
 
     /// The estimate of the work's size; it may come after the work has begun (and then
@@ -112,7 +140,7 @@ impl Job {
     pub fn succeed(&self, result: serde_json::Value) {
         self.tx.send_modify(|j| {
             j.state = JobState::Succeeded;
-            j.step = "done".into();
+            j.log_step("done");
             j.finished_at = Some(Utc::now());
             j.result = Some(result);
         });
@@ -183,6 +211,7 @@ impl Jobs {
             app_id: app_id.into(),
             state: JobState::Running,
             step: "starting".into(),
+            log: Vec::new(),
             bytes_done: 0,
             bytes_total: 0,
             started_at: Utc::now(),

@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, ErrorBody, job_view};
 use crate::jobs::{Job, JobInfo, JobState};
@@ -60,8 +60,15 @@ pub async fn show(
 pub async fn events(
     State(manager): State<Arc<BackupManager>>,
     Path(id): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let rx = find(&manager, &id)?.subscribe();
+) -> Result<Response, ApiError> {
+    event_stream(&find(&manager, &id)?)
+}
+
+/// The event stream of `job` (see [`events`]), for the API and the console's job page.
+/// `X-Accel-Buffering: no` keeps nginx (Websoft9's proxy) from holding the events back,
+/// and the keep-alive comments keep idle proxies from closing the stream.
+pub(crate) fn event_stream(job: &Job) -> Result<Response, ApiError> {
+    let rx = job.subscribe();
     let guard = StreamSlot::take()?;
     let stream = futures_util::stream::unfold(
         (rx, true, false, guard),
@@ -77,10 +84,11 @@ pub async fn events(
                 .event(if finished { "finished" } else { "progress" })
                 .json_data(&info)
                 .expect("job info serializes");
-            Some((Ok(event), (rx, false, finished, guard)))
+            Some((Ok::<_, Infallible>(event), (rx, false, finished, guard)))
         },
     );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    let sse = Sse::new(stream).keep_alive(KeepAlive::default());
+    Ok(([("x-accel-buffering", "no")], sse).into_response())
 }
 
 /// Open event streams are bounded: each holds a connection and a subscription for as

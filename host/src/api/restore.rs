@@ -11,7 +11,7 @@ use utoipa::IntoParams;
 
 use super::error::{ApiError, ApiQuery, ErrorBody};
 use crate::jobs::JobInfo;
-use crate::manager::{BackupManager, Restored, Selection};
+use crate::manager::{BackupManager, RestorePreview, Restored, Selection};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -71,4 +71,23 @@ pub async fn restore(
     }
     let restored: Restored = super::error::finished(started, "Restore").await?;
     Ok(Json(restored).into_response())
+}
+
+/// What a whole restore of a local snapshot would do, touching nothing: the containers
+/// it stops, where each mount goes (replaced, created or skipped and why; staged while the
+/// app runs or extracted while it is stopped), the space needed and free per filesystem,
+/// the app's last restore downtime, and whether another operation holds the app now.
+#[utoipa::path(get, path = "/api/v1/backup/restore/{app_id}/{snapshot_id}/preview", tag = "backup",
+    params(("app_id" = String, Path), ("snapshot_id" = String, Path)),
+    responses(
+        (status = 200, description = "What the restore would do", body = RestorePreview),
+        (status = 400, description = "Bad id, or Snapshot does not belong to this app", body = ErrorBody),
+        (status = 404, description = "Application or local snapshot not found", body = ErrorBody),
+        (status = 422, description = "The snapshot's entry index does not read", body = ErrorBody),
+    ))]
+pub async fn preview(
+    State(manager): State<Arc<BackupManager>>,
+    Path((app_id, snapshot_id)): Path<(String, String)>,
+) -> Result<Json<RestorePreview>, ApiError> {
+    Ok(Json(manager.restore_preview(&app_id, &snapshot_id).await?))
 }

@@ -128,6 +128,12 @@ impl Gate {
         })
     }
 
+    /// The operation holding `app_id`'s lock now, if any (for a page to say so before it
+    /// offers an action that would be refused).
+    pub fn holder(&self, app_id: &str) -> Option<String> {
+        self.busy.lock().expect("busy lock").get(app_id).cloned()
+    }
+
     /// Records that the removal of what a restore of `app_id` replaced has begun. Call
     /// it while that restore still holds the app's lock, so that the next lock taken on
     /// the app sees it.

@@ -52,7 +52,7 @@ mod verify;
 
 pub use browse::{Download, FileContent, FileInfo, Listing};
 pub use error::ManagerError;
-pub use restore::{PathsTarget, Selection};
+pub use restore::{MountPlan, PathsTarget, RestorePreview, Selection, Space};
 pub use rules::{Decision, RetentionReport};
 
 use std::collections::HashMap;

@@ -22,14 +22,17 @@
 //! journal stays, and the repair is retried in the background; until then a backup or
 //! restore of the app answers 409.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 mod paths;
+mod preview;
 
 pub use paths::{PathsTarget, Selection};
+pub use preview::{MountPlan, RestorePreview};
 
 use super::BackupManager;
 use super::aside::{self, RestoreJournal, Swap};
@@ -542,7 +545,7 @@ impl BackupManager {
         let target = match current {
             Some(c) => Target::Current(PathBuf::from(&c.source)),
             None if m.kind == "volume" && !create => {
-                return Ok(Err("the app does not have this volume now".into()));
+                return Ok(Err(NO_VOLUME_NOW.into()));
             }
             None if m.kind == "volume" => match self.docker.volume_owner(&m.name).await? {
                 None => {
@@ -607,42 +610,81 @@ impl BackupManager {
 /// Refuses, before anything is touched, a restore whose data cannot fit: the old data stays
 /// on each filesystem (set aside) until the new data is complete, so what the snapshot's
 /// files will allocate (see [`archive::allocation`]) must fit in what is free now, summed
-/// per filesystem.
-/// A filesystem is told by the device of each target's nearest existing ancestor (a
-/// target may not exist yet); `stored` lines up with `plan.targets`, and discarded
+/// per filesystem ([`space`]). `stored` lines up with `plan.targets`, and discarded
 /// targets need nothing.
 fn check_space(plan: &Plan, stored: &[u64]) -> Result<(), ManagerError> {
-    use std::os::unix::fs::MetadataExt;
-    let mut need: HashMap<u64, (u64, PathBuf)> = HashMap::new();
-    for (t, &bytes) in plan.targets.iter().zip(stored) {
-        if t.discard {
-            continue;
-        }
-        let existing = t
-            .path
-            .ancestors()
-            .find(|p| p.exists())
-            .unwrap_or(Path::new("/"));
-        let dev = std::fs::metadata(existing).map(|m| m.dev()).unwrap_or(0);
-        let entry = need.entry(dev).or_insert((0, existing.to_path_buf()));
-        entry.0 += bytes;
-    }
-    for (bytes, path) in need.into_values() {
-        let vfs = nix::sys::statvfs::statvfs(&path).map_err(|e| ManagerError::Io {
-            context: format!("statvfs {}", path.display()),
-            source: e.into(),
-        })?;
-        let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
-        if bytes > free {
+    let written = plan
+        .targets
+        .iter()
+        .zip(stored)
+        .filter(|(t, _)| !t.discard)
+        .map(|(t, &bytes)| (t.path.clone(), bytes));
+    for s in space(written)? {
+        if s.need > s.free {
             return Err(ManagerError::NoSpaceToRestore(format!(
-                "the snapshot needs {bytes} bytes on the filesystem of {}, which has {free} \
+                "the snapshot needs {} bytes on the filesystem of {}, which has {} \
                  free (the current data stays there until the restore is complete; every \
                  data segment of a file takes whole blocks); nothing was touched",
-                path.display()
+                s.need,
+                s.path.display(),
+                s.free
             )));
         }
     }
     Ok(())
+}
+
+/// Why a partial restore leaves out a volume the app has lost (a whole restore creates it).
+const NO_VOLUME_NOW: &str = "the app does not have this volume now";
+
+/// What a restore needs on one filesystem, and what it has free.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Space {
+    /// A path on that filesystem: the nearest existing folder of one of its targets.
+    #[schema(value_type = String)]
+    pub path: PathBuf,
+    /// Bytes the restored files will allocate there.
+    pub need: u64,
+    /// Bytes free there now (for an unprivileged writer).
+    pub free: u64,
+}
+
+/// The bytes `targets` (host path, bytes it will allocate) need, summed per filesystem,
+/// and what each filesystem has free. A filesystem is told by the device of each
+/// target's nearest existing ancestor (a target may not exist yet).
+pub(super) fn space(
+    targets: impl Iterator<Item = (PathBuf, u64)>,
+) -> Result<Vec<Space>, ManagerError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut need: Vec<(u64, Space)> = Vec::new();
+    for (path, bytes) in targets {
+        let existing = path
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
+        let dev = std::fs::metadata(existing).map(|m| m.dev()).unwrap_or(0);
+        match need.iter_mut().find(|(d, _)| *d == dev) {
+            Some((_, s)) => s.need += bytes,
+            None => need.push((
+                dev,
+                Space {
+                    path: existing.to_path_buf(),
+                    need: bytes,
+                    free: 0,
+                },
+            )),
+        }
+    }
+    need.into_iter()
+        .map(|(_, mut s)| {
+            let vfs = nix::sys::statvfs::statvfs(&s.path).map_err(|e| ManagerError::Io {
+                context: format!("statvfs {}", s.path.display()),
+                source: e.into(),
+            })?;
+            s.free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
+            Ok(s)
+        })
+        .collect()
 }
 
 /// `t` with its entries checked but not written (it is written by the other pass).
