@@ -326,3 +326,285 @@ fn signing_in_with_the_key_works_from_the_keyboard_in_chromium() {
     );
     crate::common::browser_test("sign_in.mjs", &[&base, key]);
 }
+
+/// The job behind a console redirect to `/jobs/{id}`, once it has ended; then its page.
+async fn ended_job_page(h: &Harness, resp: axum::response::Response) -> String {
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let to = resp.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let job_id = to.strip_prefix("/jobs/").expect("a job's page");
+    crate::common::job_done(h, job_id).await;
+    let (status, _, body) = page(h, &to, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_restore_shows_its_pre_checks_asks_for_the_apps_name_and_ends_in_one_of_three_states() {
+    use crate::common::manifest;
+    let app = TestApp::new_running("", "[ -e /data/broken ] && exit 3;");
+    let h = Harness::live(&app.id).await;
+    std::fs::write(app.volume_path().join("kept"), "v1").unwrap();
+    let snap = h.backup(&app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap().to_string();
+    let snapshot_state = manifest(&app.volume_path(), false);
+    std::fs::write(app.volume_path().join("kept"), "v2, after the snapshot").unwrap();
+    let before = manifest(&app.volume_path(), false);
+
+    let name = crate::common::sh(&format!(
+        "docker inspect -f '{{{{.Name}}}}' {}",
+        app.containers[0]
+    ));
+    let name = name.trim().trim_start_matches('/');
+    // The pre-checks: the container that stops, each mount and where it goes, the space,
+    // the downtime, the rollback; and the confirmation.
+    let uri = format!("/snapshots/{id}/restore");
+    let (status, _, body) = page(&h, &uri, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for expected in [
+        "Containers stopped, then started again",
+        &format!("<code>{}</code>", name),
+        &format!("<code>{}</code>", app.volume),
+        "replaced (the current data is kept aside",
+        "while the app runs",
+        "Disk space",
+        "About as long as stopping and starting the containers",
+        "the data is put back as it was",
+        &format!(r#"data-must-be="{}""#, app.id),
+    ] {
+        assert!(body.contains(expected), "{expected}: {body}");
+    }
+    // The API answers the same pre-checks.
+    let (status, preview) = h
+        .call(
+            "GET",
+            &format!("/api/v1/backup/restore/{}/{id}/preview", app.id),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{preview}");
+    assert_eq!(preview["stops"][0], name, "{preview}");
+    assert_eq!(preview["fits"], true, "{preview}");
+    assert!(
+        preview["space"][0]["need"].as_u64().unwrap() > 0,
+        "{preview}"
+    );
+    let other = TestApp::new("");
+    let (status, _) = h
+        .call(
+            "GET",
+            &format!("/api/v1/backup/restore/{}/{id}/preview", other.id),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a foreign snapshot");
+
+    // A forged form and a wrong name do nothing.
+    let csrf = csrf_of(&body);
+    let resp = post_form(
+        &h,
+        &uri,
+        format!("csrf=forged&confirm={}", app.id),
+        &[ORIGIN],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = post_form(&h, &uri, format!("csrf={csrf}&confirm=wrong"), &[ORIGIN]).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let wrong = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        wrong.contains("is not the app&#39;s name") || wrong.contains("is not the app's name"),
+        "{wrong}"
+    );
+    assert!(h.manager.jobs.list().iter().all(|j| j.kind != "restore"));
+    assert_eq!(manifest(&app.volume_path(), false), before);
+
+    // The name typed: the restore runs as a job whose page ends in "Restored".
+    let resp = post_form(
+        &h,
+        &uri,
+        format!("csrf={csrf}&confirm={}", app.id),
+        &[ORIGIN],
+    )
+    .await;
+    let ended = ended_job_page(&h, resp).await;
+    assert!(ended.contains(">Restored</h2>"), "{ended}");
+    assert!(!ended.contains("rolled back"), "{ended}");
+    assert!(
+        ended.contains("swapping in the restored data"),
+        "the log: {ended}"
+    );
+    assert_eq!(manifest(&app.volume_path(), false), snapshot_state);
+
+    // Its event stream, by the console's route: at once the one `finished` event.
+    let restore_job = h
+        .manager
+        .jobs
+        .list()
+        .into_iter()
+        .find(|j| j.kind == "restore")
+        .unwrap();
+    let (status, headers, stream) =
+        page(&h, &format!("/jobs/{}/events", restore_job.job_id), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert_eq!(headers["x-accel-buffering"], "no");
+    assert!(stream.starts_with("event: finished\n"), "{stream}");
+
+    // A snapshot of a state the app cannot start on: "Failed – rolled back", data intact.
+    std::fs::write(app.volume_path().join("broken"), "a bad state").unwrap();
+    let bad = h.backup(&app.id).await;
+    std::fs::remove_file(app.volume_path().join("broken")).unwrap();
+    let before = manifest(&app.volume_path(), false);
+    let uri = format!(
+        "/snapshots/{}/restore",
+        bad["snapshot_id"].as_str().unwrap()
+    );
+    let resp = post_form(
+        &h,
+        &uri,
+        format!("csrf={csrf}&confirm={}", app.id),
+        &[ORIGIN],
+    )
+    .await;
+    let ended = ended_job_page(&h, resp).await;
+    assert!(ended.contains("Failed – rolled back"), "{ended}");
+    assert!(ended.contains("exit code 3"), "the reason: {ended}");
+    assert!(!ended.contains(">Restored</h2>"), "{ended}");
+    assert_eq!(manifest(&app.volume_path(), false), before);
+    assert!(
+        app.running(&app.containers[0]),
+        "started again on the old data"
+    );
+
+    // The jobs page lists both restores.
+    let (_, _, jobs) = page(&h, "/jobs", &[]).await;
+    assert_eq!(jobs.matches("<td>restore</td>").count(), 2, "{jobs}");
+}
+
+#[tokio::test]
+async fn under_a_base_path_every_link_and_redirect_keeps_the_prefix_and_a_panel_may_frame_it() {
+    let app = TestApp::new("");
+    let h = Harness::with(|c| {
+        c.base_path = "/appsnap".into();
+        c.frame_ancestors = vec!["https://panel.example.com".into()];
+    })
+    .await;
+    let (status, headers, _) = page(&h, "/", &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/appsnap");
+    let (status, headers, _) = page(&h, "/appsnap/", &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/appsnap");
+    let (status, headers, body) = page(&h, "/appsnap", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(
+        csp.ends_with("frame-ancestors https://panel.example.com"),
+        "{csp}"
+    );
+    assert!(
+        body.contains(&format!(r#"href="/appsnap/apps/{}""#, app.id)),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"href="/appsnap/assets/console.css""#),
+        "{body}"
+    );
+    // Every link and form of the page is under the prefix.
+    for attr in [r#"href="/"#, r#"action="/"#, r#"src="/"#] {
+        for at in body.match_indices(attr) {
+            let rest = &body[at.0 + attr.len()..];
+            assert!(
+                rest.starts_with("appsnap/") || rest.starts_with("appsnap\""),
+                "{}",
+                &body[at.0..at.0 + 60]
+            );
+        }
+    }
+    let (status, _, _) = page(&h, "/appsnap/assets/console.js", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = page(&h, "/apps/x", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not outside the prefix");
+
+    // A form's answer leads to a page under the prefix too.
+    let (_, _, body) = page(&h, &format!("/appsnap/apps/{}", app.id), &[]).await;
+    let resp = post_form(
+        &h,
+        &format!("/appsnap/apps/{}/backup", app.id),
+        format!("csrf={}", csrf_of(&body)),
+        &[ORIGIN],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let to = resp.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(to.starts_with("/appsnap/jobs/job_"), "{to}");
+    crate::common::job_done(&h, to.trim_start_matches("/appsnap/jobs/")).await;
+    // The API stays where it was.
+    let (status, list) = h.call("GET", "/api/v1/backup/snapshots").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+}
+
+#[test]
+fn restoring_from_the_keyboard_in_chromium_ends_restored_or_rolled_back() {
+    let app = TestApp::new_running("", "[ -e /data/broken ] && exit 3;");
+    let root = tempfile::tempdir().unwrap();
+    // Live mode, so that a snapshot can hold the state the app cannot start on.
+    let config = root.path().join("appsnap.toml");
+    std::fs::write(&config, format!("[apps.{}]\nmode = \"live\"\n", app.id)).unwrap();
+    let service = Service::start(
+        &root.path().join("backups"),
+        &[("APPSNAP_CONFIG", config.to_str().unwrap())],
+    );
+    let base = format!(
+        "http://localhost:{}",
+        service.addr.rsplit(':').next().unwrap()
+    );
+    let backup = || {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "POST",
+                &format!("{base}/api/v1/backup/{}", app.id),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        snap["snapshot_id"].as_str().unwrap().to_string()
+    };
+    let data = app.volume_path();
+    std::fs::write(data.join("kept"), "v1").unwrap();
+    let good = backup();
+    std::fs::write(data.join("broken"), "a bad state").unwrap();
+    let bad = backup();
+    std::fs::remove_file(data.join("broken")).unwrap();
+    std::fs::write(data.join("kept"), "v2").unwrap();
+
+    crate::common::browser_test("restore.mjs", &[&base, &app.id, &good, &bad]);
+    // The good restore put v1 back; the failing one was rolled back to it.
+    assert_eq!(std::fs::read_to_string(data.join("kept")).unwrap(), "v1");
+    assert!(!data.join("broken").exists());
+    assert!(app.running(&app.containers[0]));
+}

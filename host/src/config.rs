@@ -51,6 +51,15 @@ pub struct Config {
     /// Serve on this Unix socket (mode 0660) instead of `listen`: for a panel on the same
     /// host, with the socket's permissions as the access control.
     pub listen_unix: Option<PathBuf>,
+    /// The web console's path prefix behind a reverse proxy that passes the whole path
+    /// on, e.g. `/appsnap` (nginx: `location /appsnap/ { proxy_pass http://127.0.0.1:8080; }`).
+    /// Its pages and links are then under it; the API stays at `/api/v1`. Default empty:
+    /// the console at `/`.
+    pub base_path: String,
+    /// Origins allowed to show the console in a frame (CSP `frame-ancestors`), e.g.
+    /// `["https://panel.example.com"]` for a panel that embeds it. Default none: it
+    /// cannot be framed.
+    pub frame_ancestors: Vec<String>,
     /// tracing filter, e.g. `info` or `appsnap=debug`.
     pub log: String,
     /// `text` (colours only on a terminal) or `json` (one object per line, for log shippers).
@@ -174,6 +183,8 @@ impl Default for Config {
             api_key: None,
             api_key_file: None,
             listen_unix: None,
+            base_path: String::new(),
+            frame_ancestors: Vec::new(),
             log: "info".into(),
             log_format: LogFormat::Text,
             compression_level: 3,
@@ -236,6 +247,37 @@ impl Config {
         }
         if self.api_key.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::Invalid("api_key is set but empty".into()));
+        }
+        let path_char = |c: char| c.is_ascii_alphanumeric() || "/-_.".contains(c);
+        if !self.base_path.is_empty()
+            && (!self.base_path.starts_with('/')
+                || self.base_path.ends_with('/')
+                || self.base_path.contains("//")
+                || self.base_path.split('/').any(|p| p == "." || p == "..")
+                || !self.base_path.chars().all(path_char))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "base_path `{}` must be empty or like `/appsnap`: a leading `/`, no trailing \
+                 one, letters, digits, `-`, `_`, `.` and `/` only",
+                self.base_path
+            )));
+        }
+        for origin in &self.frame_ancestors {
+            let scheme = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let host_ok = scheme.is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-.:[]*".contains(c))
+            });
+            if !host_ok {
+                return Err(ConfigError::Invalid(format!(
+                    "frame_ancestors entry `{origin}` must be an origin such as \
+                     `https://panel.example.com` or `http://10.0.0.2:9000`"
+                )));
+            }
         }
         for id in self.apps.keys() {
             crate::ids::validate("app id", id).map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -359,6 +401,38 @@ mod tests {
         assert!(c.listen.ip().is_loopback());
         assert_eq!(c.max_snapshots_per_app, 0);
         assert_eq!(c.mode_for("any"), BackupMode::Precopy);
+    }
+
+    #[test]
+    fn a_base_path_and_frame_ancestors_must_be_plain_paths_and_origins() {
+        let with = |base: &str, frame: &str| Config {
+            base_path: base.into(),
+            frame_ancestors: vec![frame.into()],
+            ..Config::default()
+        };
+        with("/appsnap", "https://panel.example.com")
+            .check()
+            .unwrap();
+        with("/a/b-c_d.e", "http://10.0.0.2:9000").check().unwrap();
+        for base in [
+            "appsnap",
+            "/appsnap/",
+            "/",
+            "//x",
+            "/a/../b",
+            "/a b",
+            "/a\"b",
+        ] {
+            assert!(with(base, "https://p.example").check().is_err(), "{base}");
+        }
+        for frame in [
+            "*",
+            "panel.example.com",
+            "https://p.example; script-src *",
+            "https://",
+        ] {
+            assert!(with("", frame).check().is_err(), "{frame}");
+        }
     }
 
     #[test]

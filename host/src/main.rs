@@ -58,6 +58,9 @@ enum Command {
         /// Serve on this Unix socket (mode 0660) instead of TCP.
         #[arg(long, env = "APPSNAP_LISTEN_UNIX")]
         listen_unix: Option<PathBuf>,
+        /// The web console's path prefix behind a reverse proxy, e.g. `/appsnap`.
+        #[arg(long, env = "APPSNAP_BASE_PATH")]
+        base_path: Option<String>,
     },
     /// Snapshot an app now.
     Backup {
@@ -226,8 +229,12 @@ fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
         api_key,
         api_key_file,
         listen_unix,
+        base_path,
     } = &cli.command
     {
+        if let Some(v) = base_path {
+            config.base_path = v.clone();
+        }
         if let Some(v) = listen {
             config.listen = *v;
         }

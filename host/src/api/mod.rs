@@ -101,6 +101,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .routes(routes!(files::list))
         .routes(routes!(files::content))
         .routes(routes!(restore::restore))
+        .routes(routes!(restore::preview))
         .routes(routes!(transfer::verify))
         .routes(routes!(transfer::download))
         // Uploads stream to disk with their own limit (max_import_bytes).
@@ -141,6 +142,19 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
     let console = crate::console::router(Arc::clone(&manager)).route_layer(
         middleware::from_fn_with_state(Arc::clone(&manager), refuse_cross_site_forms),
     );
+    // Under a `base_path`, the console's pages are below it, and `/` and `base/` lead
+    // to its apps page, `base`.
+    let base = manager.config().base_path.clone();
+    let console = if base.is_empty() {
+        console
+    } else {
+        let home = base.clone();
+        let lead = axum::routing::get(move || async move { axum::response::Redirect::to(&home) });
+        Router::new()
+            .nest(&base, console)
+            .route("/", lead.clone())
+            .route(&format!("{base}/"), lead)
+    };
     Router::new()
         .merge(open)
         .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", doc))
@@ -471,10 +485,9 @@ pub async fn serve(
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
         })?;
-        tracing::info!(
-            "appsnap listening on http://{} (backups in {root}, auth {auth})",
-            listener.local_addr()?
-        );
+        let addr = listener.local_addr()?;
+        tracing::info!("appsnap listening on http://{addr} (backups in {root}, auth {auth})");
+        tracing::info!("web console: http://{addr}{}/", config.base_path);
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;

@@ -15,6 +15,8 @@
 //! own page (the API router's form variant of its cross-site rule).
 
 pub mod i18n;
+mod jobs;
+mod restore;
 pub mod session;
 
 use std::sync::Arc;
@@ -38,6 +40,8 @@ use session::{Csrf, Sessions};
 #[derive(Clone)]
 struct Console {
     manager: Arc<BackupManager>,
+    /// The path prefix of every page and link (`base_path`; empty at `/`).
+    base: Arc<str>,
     sessions: Arc<Sessions>,
     /// The CSRF token of the pages when no API key is set (no sessions then): made at
     /// start, so a form from a page of this process is the only one that passes.
@@ -47,6 +51,7 @@ struct Console {
 /// The pages and their assets.
 pub fn router(manager: Arc<BackupManager>) -> Router {
     let state = Console {
+        base: manager.config().base_path.as_str().into(),
         manager,
         sessions: Arc::default(),
         open_csrf: Csrf {
@@ -59,7 +64,13 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .route("/apps/{app_id}", get(app_page))
         .route("/sign-out", post(sign_out))
         .route("/apps/{app_id}/backup", post(backup_now))
-        .route("/jobs/{job_id}", get(job_page))
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{job_id}", get(jobs::page))
+        .route("/jobs/{job_id}/events", get(jobs::events))
+        .route(
+            "/snapshots/{snapshot_id}/restore",
+            get(restore::page).post(restore::start),
+        )
         .route("/snapshots/{snapshot_id}/pin", post(pin))
         .route("/snapshots/{snapshot_id}/note", post(note))
         .route(
@@ -71,7 +82,10 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .route("/assets/favicon.svg", get(favicon))
-        .layer(middleware::map_response(security_headers))
+        .layer(middleware::map_response_with_state(
+            state.clone(),
+            security_headers,
+        ))
         .with_state(state)
 }
 
@@ -83,6 +97,8 @@ pub struct LangParam {
 
 /// What every page's frame needs.
 struct Frame {
+    /// The path prefix of the page's links (`base_path`).
+    base: Arc<str>,
     lang: Lang,
     t: &'static Strings,
     /// The page's own path, for the language switch's links.
@@ -94,9 +110,10 @@ struct Frame {
 }
 
 impl Frame {
-    fn new(param: &LangParam, headers: &HeaderMap, here: String) -> Frame {
+    fn new(base: &Arc<str>, param: &LangParam, headers: &HeaderMap, here: String) -> Frame {
         let lang = Lang::of(param.lang.as_deref(), headers);
         Frame {
+            base: Arc::clone(base),
             lang,
             t: lang.strings(),
             here,
@@ -105,9 +122,14 @@ impl Frame {
         }
     }
 
+    /// The apps page's address.
+    fn home(&self) -> String {
+        under(&self.base, "/")
+    }
+
     /// The frame of an answer to a form or a refusal: no `?lang=` there.
-    fn plain(headers: &HeaderMap, here: &str) -> Frame {
-        Frame::new(&LangParam { lang: None }, headers, here.into())
+    fn plain(base: &Arc<str>, headers: &HeaderMap, here: &str) -> Frame {
+        Frame::new(base, &LangParam { lang: None }, headers, here.into())
     }
 
     fn signed_in(mut self, csrf: Option<Extension<Csrf>>) -> Frame {
@@ -205,6 +227,8 @@ struct Dashboard {
     f: Frame,
     apps: Vec<AppRow>,
     docker_down: bool,
+    /// The jobs running now, for the bar above the apps.
+    running: Vec<jobs::JobRow>,
 }
 
 #[derive(Template)]
@@ -225,12 +249,12 @@ struct Message {
 
 /// `GET /`: every app Docker runs and every app with snapshots, by name.
 async fn dashboard(
-    State(Console { manager, .. }): State<Console>,
+    State(Console { manager, base, .. }): State<Console>,
     Query(param): Query<LangParam>,
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
 ) -> Response {
-    let f = Frame::new(&param, &headers, "/".into()).signed_in(csrf);
+    let f = Frame::new(&base, &param, &headers, "/".into()).signed_in(csrf);
     let snapshots = manager.list(None).unwrap_or_default();
     let docker = manager.apps_in_docker().await;
     if let Err(e) = &docker {
@@ -255,7 +279,12 @@ async fn dashboard(
         r.bytes += s.size_bytes;
         r.last = r.last.max(Some(s.facts.created_at));
     }
+    let running = manager.jobs.list().into_iter();
     let page = Dashboard {
+        running: running
+            .filter(|j| j.state == crate::jobs::JobState::Running)
+            .map(jobs::JobRow::from)
+            .collect(),
         apps: rows.into_values().collect(),
         docker_down: docker.is_err(),
         f,
@@ -266,13 +295,13 @@ async fn dashboard(
 
 /// `GET /apps/{app_id}`: the app's snapshots, newest first.
 async fn app_page(
-    State(Console { manager, .. }): State<Console>,
+    State(Console { manager, base, .. }): State<Console>,
     Path(app_id): Path<String>,
     Query(param): Query<LangParam>,
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
 ) -> Response {
-    let f = Frame::new(&param, &headers, format!("/apps/{app_id}")).signed_in(csrf);
+    let f = Frame::new(&base, &param, &headers, format!("/apps/{app_id}")).signed_in(csrf);
     let Ok(snapshots) = manager.list(Some(&app_id)) else {
         return not_found(f);
     };
@@ -370,7 +399,7 @@ struct Failure {
 
 /// `POST /apps/{app_id}/backup`: starts a backup and shows its job.
 async fn backup_now(
-    State(Console { manager, .. }): State<Console>,
+    State(Console { manager, base, .. }): State<Console>,
     Path(app_id): Path<String>,
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
@@ -379,15 +408,12 @@ async fn backup_now(
     if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
         return forbidden;
     }
-    let f = Frame::plain(&headers, &format!("/apps/{app_id}")).signed_in(csrf);
+    let f = Frame::plain(&base, &headers, &format!("/apps/{app_id}")).signed_in(csrf);
     match manager
         .start_backup(&app_id, crate::catalog::Origin::Manual, None)
         .await
     {
-        Ok(started) => {
-            axum::response::Redirect::to(&format!("/jobs/{}", started.job.info().job_id))
-                .into_response()
-        }
+        Ok(started) => to(&base, &format!("/jobs/{}", started.job.info().job_id)).into_response(),
         Err(e) => refused(f, &e),
     }
 }
@@ -405,26 +431,41 @@ struct NoteForm {
 }
 
 /// The app page of the snapshot an action changed (or the apps when it is gone).
-fn back_to_app(snapshot: Option<&Snapshot>) -> Response {
-    let to = snapshot.map_or("/".to_string(), |s| format!("/apps/{}", s.app_id));
-    axum::response::Redirect::to(&to).into_response()
+fn back_to_app(base: &str, snapshot: Option<&Snapshot>) -> Response {
+    let path = snapshot.map_or("/".to_string(), |s| format!("/apps/{}", s.app_id));
+    to(base, &path).into_response()
+}
+
+/// A 303 to the console's page `path` (under `base_path`).
+fn to(base: &str, path: &str) -> axum::response::Redirect {
+    axum::response::Redirect::to(&under(base, path))
+}
+
+/// The console's page `path` under `base`: the apps page is `base` itself (a nested
+/// router answers `/appsnap`, not `/appsnap/`).
+fn under(base: &str, path: &str) -> String {
+    match path {
+        "/" if !base.is_empty() => base.to_string(),
+        _ => format!("{base}{path}"),
+    }
 }
 
 /// The answer to a change of a snapshot: its app's page, or why it was refused.
 fn patched(
+    base: &Arc<str>,
     result: Result<Snapshot, crate::manager::ManagerError>,
     csrf: Option<Extension<Csrf>>,
     headers: &HeaderMap,
 ) -> Response {
     match result {
-        Ok(s) => back_to_app(Some(&s)),
-        Err(e) => refused(Frame::plain(headers, "/").signed_in(csrf), &e),
+        Ok(s) => back_to_app(base, Some(&s)),
+        Err(e) => refused(Frame::plain(base, headers, "/").signed_in(csrf), &e),
     }
 }
 
 /// `POST /snapshots/{id}/pin`: pins or unpins it.
 async fn pin(
-    State(Console { manager, .. }): State<Console>,
+    State(Console { manager, base, .. }): State<Console>,
     Path(id): Path<String>,
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
@@ -433,12 +474,17 @@ async fn pin(
     if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
         return forbidden;
     }
-    patched(manager.patch(&id, Some(form.pinned), None), csrf, &headers)
+    patched(
+        &base,
+        manager.patch(&id, Some(form.pinned), None),
+        csrf,
+        &headers,
+    )
 }
 
 /// `POST /snapshots/{id}/note`: sets its note (empty: removes it).
 async fn note(
-    State(Console { manager, .. }): State<Console>,
+    State(Console { manager, base, .. }): State<Console>,
     Path(id): Path<String>,
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
@@ -448,7 +494,7 @@ async fn note(
         return forbidden;
     }
     let note = Some(form.note.trim().to_string());
-    patched(manager.patch(&id, None, note), csrf, &headers)
+    patched(&base, manager.patch(&id, None, note), csrf, &headers)
 }
 
 #[derive(Template)]
@@ -461,13 +507,13 @@ struct DeletePage {
 
 /// `GET /snapshots/{id}/delete`: what a delete removes, and where, to confirm.
 async fn delete_page(
-    State(Console { manager, .. }): State<Console>,
+    State(Console { manager, base, .. }): State<Console>,
     Path(id): Path<String>,
     Query(param): Query<LangParam>,
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
 ) -> Response {
-    let f = Frame::new(&param, &headers, format!("/snapshots/{id}/delete")).signed_in(csrf);
+    let f = Frame::new(&base, &param, &headers, format!("/snapshots/{id}/delete")).signed_in(csrf);
     let Ok(snapshot) = manager.get(&id) else {
         return not_found(f);
     };
@@ -482,7 +528,7 @@ async fn delete_page(
 
 /// `POST /snapshots/{id}/delete`: deletes the local archive (copies stay).
 async fn delete(
-    State(Console { manager, .. }): State<Console>,
+    State(Console { manager, base, .. }): State<Console>,
     Path(id): Path<String>,
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
@@ -493,55 +539,9 @@ async fn delete(
     }
     let snapshot = manager.get(&id).ok();
     match manager.delete(&id) {
-        Ok(()) => back_to_app(snapshot.as_ref()),
-        Err(e) => refused(Frame::plain(&headers, "/").signed_in(csrf), &e),
+        Ok(()) => back_to_app(&base, snapshot.as_ref()),
+        Err(e) => refused(Frame::plain(&base, &headers, "/").signed_in(csrf), &e),
     }
-}
-
-#[derive(Template)]
-#[template(path = "console/job.html")]
-struct JobPage {
-    f: Frame,
-    job: crate::jobs::JobInfo,
-    /// The failure's message and cause, for a failed job.
-    failure: Option<(String, String)>,
-}
-
-impl JobPage {
-    fn state(&self) -> &'static str {
-        match self.job.state {
-            crate::jobs::JobState::Running => self.f.t.job_running,
-            crate::jobs::JobState::Succeeded => self.f.t.job_succeeded,
-            crate::jobs::JobState::Failed => self.f.t.job_failed,
-        }
-    }
-
-    fn running(&self) -> bool {
-        self.job.state == crate::jobs::JobState::Running
-    }
-}
-
-/// `GET /jobs/{job_id}`: a job's state, step and progress (the page's script reloads its
-/// status while it runs; without it, the Refresh link does).
-async fn job_page(
-    State(Console { manager, .. }): State<Console>,
-    Path(job_id): Path<String>,
-    Query(param): Query<LangParam>,
-    csrf: Option<Extension<Csrf>>,
-    headers: HeaderMap,
-) -> Response {
-    let f = Frame::new(&param, &headers, format!("/jobs/{job_id}")).signed_in(csrf);
-    let Some(job) = manager.jobs.get(&job_id) else {
-        return not_found(f);
-    };
-    let job = crate::api::error::job_view(job.info());
-    let failure = job.error.as_ref().map(|e| {
-        let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-        (text("message"), text("details"))
-    });
-    let chosen = param.lang.is_some();
-    let page = JobPage { f, job, failure };
-    page.f.respond(StatusCode::OK, page.render(), chosen)
 }
 
 /// With an API key set, a page needs a session: without one, a GET is sent to the
@@ -558,10 +558,10 @@ async fn signed_in(State(console): State<Console>, mut request: Request, next: N
             next.run(request).await
         }
         None if request.method() == axum::http::Method::GET => {
-            axum::response::Redirect::to("/sign-in").into_response()
+            to(&console.base, "/sign-in").into_response()
         }
         None => {
-            let f = Frame::plain(request.headers(), "/");
+            let f = Frame::plain(&console.base, request.headers(), "/");
             let page = Message {
                 title: f.t.sign_in_title,
                 text: f.t.sign_in_text,
@@ -588,10 +588,10 @@ async fn sign_in_form(
     headers: HeaderMap,
 ) -> Response {
     if console.manager.config().api_key.is_none() {
-        return axum::response::Redirect::to("/").into_response();
+        return to(&console.base, "/").into_response();
     }
     let page = SignIn {
-        f: Frame::new(&param, &headers, "/sign-in".into()),
+        f: Frame::new(&console.base, &param, &headers, "/sign-in".into()),
         error: None,
     };
     page.f
@@ -611,11 +611,11 @@ async fn sign_in(
     Form(form): Form<KeyForm>,
 ) -> Response {
     let Some(expected) = &console.manager.config().api_key else {
-        return axum::response::Redirect::to("/").into_response();
+        return to(&console.base, "/").into_response();
     };
     if !crate::api::key_matches(form.key.as_bytes(), expected) {
         tracing::warn!("a console sign-in with a wrong key");
-        let f = Frame::plain(&headers, "/sign-in");
+        let f = Frame::plain(&console.base, &headers, "/sign-in");
         let page = SignIn {
             error: Some(f.t.sign_in_wrong),
             f,
@@ -625,12 +625,16 @@ async fn sign_in(
             .respond(StatusCode::UNAUTHORIZED, page.render(), false);
     }
     let (id, _) = console.sessions.create();
-    redirect_setting("/", &session::set_cookie(Some(&id), &headers))
+    redirect_setting(
+        &console.base,
+        "/",
+        &session::set_cookie(Some(&id), &headers),
+    )
 }
 
-/// A 303 to `to` that sets the cookie `set_cookie`.
-fn redirect_setting(to: &str, set_cookie: &str) -> Response {
-    let mut response = axum::response::Redirect::to(to).into_response();
+/// A 303 to the page `path` that sets the cookie `set_cookie`.
+fn redirect_setting(base: &str, path: &str, set_cookie: &str) -> Response {
+    let mut response = to(base, path).into_response();
     if let Ok(v) = HeaderValue::from_str(set_cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -649,26 +653,38 @@ async fn sign_out(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     let Some((id, token)) = console.sessions.of(&headers) else {
-        return axum::response::Redirect::to("/sign-in").into_response();
+        return to(&console.base, "/sign-in").into_response();
     };
     if let Some(forbidden) = csrf_refusal(&form.csrf, &Some(Extension(token))) {
         return forbidden;
     }
     console.sessions.end(&id);
-    redirect_setting("/sign-in", &session::set_cookie(None, &headers))
+    redirect_setting(
+        &console.base,
+        "/sign-in",
+        &session::set_cookie(None, &headers),
+    )
 }
 
 /// What every console answer carries: nothing but this server's own scripts, styles and
-/// images run (no inline script, no other origin), no framing, no type sniffing, no
-/// referrer to other sites.
-async fn security_headers(mut response: Response) -> Response {
+/// images run (no inline script, no other origin), no framing but by the origins of
+/// `frame_ancestors`, no type sniffing, no referrer to other sites.
+async fn security_headers(State(console): State<Console>, mut response: Response) -> Response {
+    let ancestors = &console.manager.config().frame_ancestors;
+    let frame = if ancestors.is_empty() {
+        "'none'".to_string()
+    } else {
+        ancestors.join(" ")
+    };
+    let csp =
+        format!("default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors {frame}");
+    // The config's check allows only origin characters; should a value still not be a
+    // header, the page is not framed at all.
+    let csp = HeaderValue::from_str(&csp).unwrap_or(HeaderValue::from_static(
+        "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ));
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-        ),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
