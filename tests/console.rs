@@ -312,7 +312,9 @@ fn the_console_reads_well_in_chromium_in_both_languages_and_axe_finds_nothing_se
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    crate::common::browser_test("console.mjs", &[&base, &app.id]);
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let snap = snap["snapshot_id"].as_str().unwrap();
+    crate::common::browser_test("console.mjs", &[&base, &app.id, snap]);
 }
 
 #[test]
@@ -606,5 +608,80 @@ fn restoring_from_the_keyboard_in_chromium_ends_restored_or_rolled_back() {
     // The good restore put v1 back; the failing one was rolled back to it.
     assert_eq!(std::fs::read_to_string(data.join("kept")).unwrap(), "v1");
     assert!(!data.join("broken").exists());
+    assert!(app.running(&app.containers[0]));
+}
+
+#[tokio::test]
+async fn a_snapshots_page_browses_searches_downloads_and_restores_a_path_beside() {
+    let app = TestApp::new("");
+    let h = Harness::new().await;
+    let data = app.volume_path();
+    std::fs::create_dir_all(data.join("uploads/2024")).unwrap();
+    std::fs::write(data.join("uploads/2024/photo one.jpg"), "JPEG bytes").unwrap();
+    std::fs::write(data.join("readme.txt"), "hello").unwrap();
+    let snap = h.backup(&app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap();
+    let vol = format!("volumes/{}", app.volume);
+
+    // The details, the mounts with their container paths, and the top level.
+    let (status, _, body) = page(&h, &format!("/snapshots/{id}"), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for expected in [
+        snap["sha256"].as_str().unwrap(),
+        "/data",
+        "Browse",
+        &app.volume,
+    ] {
+        assert!(body.contains(expected), "{expected}: {body}");
+    }
+    // A folder: its entries, folders first as links.
+    let (status, _, body) = page(&h, &format!("/snapshots/{id}?path={vol}"), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains(&format!("?path={vol}/uploads#files")),
+        "{body}"
+    );
+    assert!(body.contains("readme.txt"), "{body}");
+    // A search below the folder finds the photo, by its path.
+    let (_, _, body) = page(&h, &format!("/snapshots/{id}?path={vol}&q=PHOTO"), &[]).await;
+    assert!(
+        body.contains(&format!("{vol}/uploads/2024/photo one.jpg")),
+        "{body}"
+    );
+    assert!(!body.contains("readme.txt"), "{body}");
+    // A file, downloaded by the link the page gives.
+    let link = format!("/snapshots/{id}/file?path={vol}/uploads/2024/photo%20one.jpg");
+    assert!(body.contains(&link), "{body}");
+    let (status, headers, photo) = page(&h, &link, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(photo, "JPEG bytes");
+    assert!(
+        headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment"),
+    );
+    // A path that is not there, or leaves the snapshot: a clear 4xx page.
+    for bad in ["no/such", "../etc", "/etc/passwd"] {
+        let (status, _, body) = page(&h, &format!("/snapshots/{id}?path={bad}"), &[]).await;
+        assert!(status.is_client_error(), "{bad}: {status} {body}");
+    }
+
+    // Restore beside: the folder comes back next to the current one, the app running.
+    std::fs::remove_dir_all(data.join("uploads/2024")).unwrap();
+    let (_, _, body) = page(&h, &format!("/snapshots/{id}?path={vol}/uploads"), &[]).await;
+    let resp = post_form(
+        &h,
+        &format!("/snapshots/{id}/restore-beside"),
+        format!("csrf={}&path={vol}/uploads/2024", csrf_of(&body)),
+        &[ORIGIN],
+    )
+    .await;
+    let ended = ended_job_page(&h, resp).await;
+    assert!(ended.contains(">Restored</h2>"), "{ended}");
+    assert!(ended.contains(".restored-"), "the folder it made: {ended}");
+    let beside = data.join(format!("uploads/2024.restored-{id}/photo one.jpg"));
+    assert_eq!(std::fs::read_to_string(&beside).unwrap(), "JPEG bytes");
+    assert!(!data.join("uploads/2024").exists(), "nothing replaced");
     assert!(app.running(&app.containers[0]));
 }

@@ -1,13 +1,17 @@
 // The console in Chromium: each screen in English and Chinese, at 1280 px and 360 px,
 // checked by axe (no serious or critical violation), with a screenshot of each.
-// Usage: node console.mjs BASE_URL APP_ID   (screenshots to $APPSNAP_SCREENSHOTS)
+// Usage: node console.mjs BASE_URL APP_ID SNAPSHOT_ID   (screenshots to $APPSNAP_SCREENSHOTS)
 import { start } from "./lib.mjs";
 
-const [base, appId] = process.argv.slice(2);
+const [base, appId, snapId] = process.argv.slice(2);
 const { browser, shots, fail, axe, finish } = await start();
 const screens = [
   { name: "apps", path: "/", heading: { "en-US": "Apps", "zh-CN": "应用" }, text: appId },
   { name: "app", path: `/apps/${appId}`, heading: { "en-US": appId, "zh-CN": appId }, text: "snapshot_" },
+  { name: "snapshot", path: `/snapshots/${snapId}`, heading: { "en-US": "Snapshot", "zh-CN": "快照" }, text: "/data" },
+  { name: "files", path: `/snapshots/${snapId}?path=project`, heading: { "en-US": "Snapshot", "zh-CN": "快照" }, text: "docker-compose.yml" },
+  { name: "restore", path: `/snapshots/${snapId}/restore`, heading: { "en-US": "Restore this snapshot?", "zh-CN": "恢复此快照？" }, text: "data-must-be" },
+  { name: "jobs", path: "/jobs", heading: { "en-US": "Jobs", "zh-CN": "任务" }, text: "/jobs/job_" },
 ];
 for (const locale of ["en-US", "zh-CN"]) {
   for (const width of [1280, 360]) {

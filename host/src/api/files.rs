@@ -123,19 +123,25 @@ pub async fn content(
             ManagerError::InvalidPath(format!("range {}", v.to_str().unwrap_or("?")))
         })?),
     };
-    let file = match manager
+    let download = manager
         .file_content(
             &snapshot_id,
             params.repository.as_deref(),
             &params.path,
             range,
         )
-        .await?
-    {
+        .await?;
+    Ok(download_response(download, range))
+}
+
+/// The answer of a download (this route's and the console's): the file as an attachment,
+/// 206 with `Content-Range` for a range; a folder whole as `<name>.tar.gz`.
+pub(crate) fn download_response(download: Download, range: Option<(u64, Option<u64>)>) -> Response {
+    let file = match download {
         Download::File(file) => file,
         Download::Folder { name, reader } => {
             // A folder: the whole `.tar.gz`, whatever the range (its length is unknown).
-            return Ok((
+            return (
                 StatusCode::OK,
                 [
                     (header::CONTENT_TYPE, "application/gzip".to_string()),
@@ -144,7 +150,7 @@ pub async fn content(
                 ],
                 streamed(reader),
             )
-                .into_response());
+                .into_response();
         }
     };
     let status = match range {
@@ -170,7 +176,7 @@ pub async fn content(
             .headers_mut()
             .insert(header::CONTENT_RANGE, value.parse().expect("ascii"));
     }
-    Ok(response)
+    response
 }
 
 /// A body read from `reader` on a blocking thread; a client that leaves ends the read at

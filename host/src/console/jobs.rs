@@ -19,6 +19,8 @@ enum Ending {
     Restored {
         downtime_ms: u64,
         skipped: Vec<String>,
+        /// A partial restore `beside` names the folders it made.
+        restored_to: Vec<String>,
     },
     /// Failed, and the app's data and containers are as they were (rolled back, or
     /// refused before anything was touched).
@@ -78,11 +80,15 @@ fn ending(job: &JobInfo) -> Option<Ending> {
         JobState::Succeeded => {
             let result = job.result.as_ref();
             let field = |k: &str| result.and_then(|r| r.get(k));
+            let list = |k: &str| {
+                field(k)
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .unwrap_or_default()
+            };
             Some(Ending::Restored {
                 downtime_ms: field("downtime_ms").and_then(|v| v.as_u64()).unwrap_or(0),
-                skipped: field("skipped")
-                    .and_then(|v| serde_json::from_value(v.clone()).ok())
-                    .unwrap_or_default(),
+                skipped: list("skipped"),
+                restored_to: list("restored_to"),
             })
         }
         JobState::Failed => {

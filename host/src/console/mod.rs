@@ -18,6 +18,7 @@ pub mod i18n;
 mod jobs;
 mod restore;
 pub mod session;
+mod snapshot;
 
 use std::sync::Arc;
 
@@ -67,6 +68,12 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .route("/jobs", get(jobs::list))
         .route("/jobs/{job_id}", get(jobs::page))
         .route("/jobs/{job_id}/events", get(jobs::events))
+        .route("/snapshots/{snapshot_id}", get(snapshot::page))
+        .route("/snapshots/{snapshot_id}/file", get(snapshot::file))
+        .route(
+            "/snapshots/{snapshot_id}/restore-beside",
+            post(snapshot::restore_beside),
+        )
         .route(
             "/snapshots/{snapshot_id}/restore",
             get(restore::page).post(restore::start),
