@@ -685,3 +685,54 @@ async fn a_snapshots_page_browses_searches_downloads_and_restores_a_path_beside(
     assert!(!data.join("uploads/2024").exists(), "nothing replaced");
     assert!(app.running(&app.containers[0]));
 }
+
+#[tokio::test]
+async fn the_apps_page_says_which_backup_failed_what_is_stale_and_the_quota_used() {
+    let failing = TestApp::new("--label 'appsnap.pre-backup=echo dump failed >&2; exit 3'");
+    let old = TestApp::new("");
+    let h = Harness::with(|c| c.stale_after_hours = 24).await;
+    // A backup that fails, started from the apps page's button.
+    let (_, _, body) = page(&h, "/", &[]).await;
+    let resp = post_form(
+        &h,
+        &format!("/apps/{}/backup", failing.id),
+        format!("csrf={}", csrf_of(&body)),
+        &[ORIGIN],
+    )
+    .await;
+    let ended = ended_job_page(&h, resp).await;
+    assert!(ended.contains("dump failed"), "{ended}");
+    // A snapshot of two days ago (its sidecar dated back), under a quota.
+    let snap = h.backup(&old.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap();
+    let mut s = h.manager.get(id).unwrap();
+    s.facts.created_at -= chrono::Duration::hours(49);
+    let sidecar = appsnap::catalog::sidecar_path(std::path::Path::new(&s.file_path));
+    std::fs::write(&sidecar, serde_json::to_vec(&s.facts).unwrap()).unwrap();
+    h.manager.reindex().unwrap();
+    let (status, body) = h
+        .call_json(
+            "PUT",
+            &format!("/api/v1/backup/apps/{}/policies", old.id),
+            serde_json::json!({"quota": {"policy": "quota-oldest-first", "config": {"max_bytes": 5_000_000_000u64}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, _, body) = page(&h, "/", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let row = |app: &str| {
+        let at = body.find(&format!(r#"<a href="/apps/{app}">"#)).unwrap();
+        body[at..at + body[at..].find("</tr>").unwrap()].to_string()
+    };
+    let failed = row(&failing.id);
+    assert!(
+        failed.contains("last backup failed") && failed.contains("dump failed"),
+        "{failed}"
+    );
+    let stale = row(&old.id);
+    assert!(stale.contains("stale: no recent backup"), "{stale}");
+    assert!(stale.contains("2 days ago"), "{stale}");
+    assert!(stale.contains(" of 5.0 GB"), "{stale}");
+    assert!(stale.contains("only on request"), "{stale}");
+}

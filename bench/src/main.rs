@@ -11,6 +11,8 @@
 //! a real container and volume, against tar | pigz and pigz -dc | tar (see `api.rs`).
 //! `… -- --browse [--runs 3] --size 4G`: instead, browsing a snapshot and a partial
 //! restore through the manager, against `tar -xzf --to-stdout` (see `browse.rs`).
+//! `… -- --console [--runs 5]`: instead, the web console's apps page at 50 apps and
+//! 10,000 snapshots, over a real socket, and its weight (see `console.rs`).
 //!
 //! The tree: ~25 % source text (PHP/JS-like), ~40 % already-compressed media (random
 //! bytes), ~30 % database-like files of 16 KiB pages (rows + zeroed free space), ~5 % small
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 
 mod api;
 mod browse;
+mod console;
 mod offsite;
 
 use rand::rngs::StdRng;
@@ -93,6 +96,7 @@ fn main() {
     let mut offsite_runs = None;
     let mut api = false;
     let mut browse = false;
+    let mut console = false;
     let mut backup_only = false;
     let mut generate_only = None;
     let mut args = std::env::args().skip(1);
@@ -101,6 +105,7 @@ fn main() {
             "--offsite" => offsite_runs = Some(3),
             "--api" => api = true,
             "--browse" => browse = true,
+            "--console" => console = true,
             "--backup-only" => backup_only = true,
             // Only writes the tree (for timing `appsnap pack` by hand, cold or warm).
             "--generate" => {
@@ -124,6 +129,7 @@ fn main() {
                  | --offsite [--runs 3] [--size 2G] [--dir PATH] \
                  | --api [--runs 3] [--size 1G] [--dir PATH] [--backup-only] \
                  | --browse [--runs 3] [--size 4G] [--dir PATH] \
+                 | --console [--runs 5] [--dir PATH] \
                  | --generate PATH [--size 1G]"
             ),
         }
@@ -131,6 +137,9 @@ fn main() {
     if let Some(root) = generate_only {
         let data = generate(&root, size);
         return println!("generated {} at {}", human(data), root.display());
+    }
+    if console {
+        return console::run(&dir, offsite_runs.unwrap_or(5));
     }
     if browse {
         return browse::run(&dir, size, offsite_runs.unwrap_or(3));
@@ -561,6 +570,27 @@ fn policy_bench() {
 /// Listing 10,000 snapshots: the catalog loaded by the real manager, listed newest first
 /// and serialized as the API does.
 fn list_10k(root: &Path) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let manager = rt.block_on(catalog_10k(root, 20));
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let json = serde_json::to_vec(&manager.list(None).unwrap()).unwrap();
+        best = best.min(t.elapsed());
+        assert!(json.len() > 1_000_000);
+    }
+    println!(
+        "\nlist of 10,000 snapshots (newest first, as JSON): {:.1} ms",
+        best.as_secs_f64() * 1e3
+    );
+}
+
+/// A manager over a catalog of 10,000 snapshots (empty archive files) of `apps` apps,
+/// one a minute from 2026-01-01.
+pub(crate) async fn catalog_10k(
+    root: &Path,
+    apps: usize,
+) -> std::sync::Arc<appsnap::manager::BackupManager> {
     use appsnap::catalog::{Facts, Origin, Snapshot};
     let app_dir = root.join("bench_app");
     fs::create_dir_all(&app_dir).unwrap();
@@ -579,7 +609,7 @@ fn list_10k(root: &Path) {
             fs::File::create(&file_path).unwrap();
             Snapshot {
                 snapshot_id: id,
-                app_id: format!("app{}", i % 20),
+                app_id: format!("app{}", i as usize % apps),
                 size_bytes: 1 << 30,
                 file_path: file_path.to_string_lossy().into(),
                 sha256: "0".repeat(64),
@@ -604,19 +634,5 @@ fn list_10k(root: &Path) {
         state_dir: root.join(".bench-state"),
         ..Default::default()
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let manager = rt
-        .block_on(appsnap::manager::BackupManager::open(config))
-        .unwrap();
-    let mut best = Duration::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let json = serde_json::to_vec(&manager.list(None).unwrap()).unwrap();
-        best = best.min(t.elapsed());
-        assert!(json.len() > 1_000_000);
-    }
-    println!(
-        "\nlist of 10,000 snapshots (newest first, as JSON): {:.1} ms",
-        best.as_secs_f64() * 1e3
-    );
+    appsnap::manager::BackupManager::open(config).await.unwrap()
 }

@@ -14,6 +14,7 @@
 //! carries the session's CSRF token. An unsafe request must come from this service's
 //! own page (the API router's form variant of its cross-site rule).
 
+mod dashboard;
 pub mod i18n;
 mod jobs;
 mod restore;
@@ -61,7 +62,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         },
     };
     Router::new()
-        .route("/", get(dashboard))
+        .route("/", get(dashboard::page))
         .route("/apps/{app_id}", get(app_page))
         .route("/sign-out", post(sign_out))
         .route("/apps/{app_id}/backup", post(backup_now))
@@ -180,26 +181,6 @@ impl Frame {
     }
 }
 
-/// One row of the apps page.
-struct AppRow {
-    id: String,
-    /// Whether Docker runs it (`None`: Docker could not be asked).
-    in_docker: Option<bool>,
-    snapshots: usize,
-    last: Option<DateTime<Utc>>,
-    bytes: u64,
-}
-
-impl AppRow {
-    fn size(&self) -> String {
-        bytes(self.bytes)
-    }
-
-    fn last_taken(&self) -> Option<When> {
-        self.last.map(When::from)
-    }
-}
-
 /// One row of an app's page.
 struct SnapRow {
     id: String,
@@ -229,16 +210,6 @@ impl From<&Snapshot> for SnapRow {
 }
 
 #[derive(Template)]
-#[template(path = "console/dashboard.html")]
-struct Dashboard {
-    f: Frame,
-    apps: Vec<AppRow>,
-    docker_down: bool,
-    /// The jobs running now, for the bar above the apps.
-    running: Vec<jobs::JobRow>,
-}
-
-#[derive(Template)]
 #[template(path = "console/app.html")]
 struct AppPage {
     f: Frame,
@@ -252,52 +223,6 @@ struct Message {
     f: Frame,
     title: &'static str,
     text: &'static str,
-}
-
-/// `GET /`: every app Docker runs and every app with snapshots, by name.
-async fn dashboard(
-    State(Console { manager, base, .. }): State<Console>,
-    Query(param): Query<LangParam>,
-    csrf: Option<Extension<Csrf>>,
-    headers: HeaderMap,
-) -> Response {
-    let f = Frame::new(&base, &param, &headers, "/".into()).signed_in(csrf);
-    let snapshots = manager.list(None).unwrap_or_default();
-    let docker = manager.apps_in_docker().await;
-    if let Err(e) = &docker {
-        tracing::warn!("the console cannot list Docker's apps: {e}");
-    }
-    let mut rows: std::collections::BTreeMap<String, AppRow> = Default::default();
-    let row = |id: &str| AppRow {
-        id: id.to_string(),
-        in_docker: docker.as_ref().ok().map(|_| false),
-        snapshots: 0,
-        last: None,
-        bytes: 0,
-    };
-    for id in docker.as_deref().unwrap_or_default() {
-        rows.entry(id.clone()).or_insert_with(|| row(id)).in_docker = Some(true);
-    }
-    for s in &snapshots {
-        let r = rows
-            .entry(s.app_id.clone())
-            .or_insert_with(|| row(&s.app_id));
-        r.snapshots += 1;
-        r.bytes += s.size_bytes;
-        r.last = r.last.max(Some(s.facts.created_at));
-    }
-    let running = manager.jobs.list().into_iter();
-    let page = Dashboard {
-        running: running
-            .filter(|j| j.state == crate::jobs::JobState::Running)
-            .map(jobs::JobRow::from)
-            .collect(),
-        apps: rows.into_values().collect(),
-        docker_down: docker.is_err(),
-        f,
-    };
-    page.f
-        .respond(StatusCode::OK, page.render(), param.lang.is_some())
 }
 
 /// `GET /apps/{app_id}`: the app's snapshots, newest first.
