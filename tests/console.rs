@@ -736,3 +736,120 @@ async fn the_apps_page_says_which_backup_failed_what_is_stale_and_the_quota_used
     assert!(stale.contains(" of 5.0 GB"), "{stale}");
     assert!(stale.contains("only on request"), "{stale}");
 }
+
+#[tokio::test]
+async fn the_policies_page_dry_runs_a_policy_in_words_and_shows_why_an_upload_is_refused() {
+    let app = TestApp::new("");
+    let h = Harness::new().await;
+    h.backup(&app.id).await;
+    h.backup(&app.id).await;
+    let (status, _, body) = page(&h, "/policies", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for name in [
+        "keep-last",
+        "gfs",
+        "quota-oldest-first",
+        "daily-weekly-cron",
+    ] {
+        assert!(
+            body.contains(&format!("<code>{name}</code>")),
+            "{name}: {body}"
+        );
+    }
+    let csrf = csrf_of(&body);
+    let dry = |policy: &str, config: &str| {
+        format!(
+            "csrf={csrf}&policy={policy}&app={}&config={}",
+            app.id,
+            config
+                .bytes()
+                .map(|b| format!("%{b:02X}"))
+                .collect::<String>()
+        )
+    };
+    let text = |resp: axum::response::Response| async {
+        let status = resp.status();
+        let b = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(b.to_vec()).unwrap())
+    };
+    // Retention: which would go, and why; nothing goes.
+    let resp = post_form(
+        &h,
+        "/policies/dry-run",
+        dry("keep-last", r#"{"n": 1}"#),
+        &[ORIGIN],
+    )
+    .await;
+    let (status, body) = text(resp).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("Would delete (1)") && body.contains("Would keep (1)"),
+        "{body}"
+    );
+    assert_eq!(
+        h.manager.list(Some(&app.id)).unwrap().len(),
+        2,
+        "a dry run deletes nothing"
+    );
+    // A schedule: in words, and its next five runs.
+    let resp = post_form(
+        &h,
+        "/policies/dry-run",
+        dry(
+            "daily-weekly-cron",
+            r#"{"weekly": {"day": "sun", "at": "03:00"}}"#,
+        ),
+        &[ORIGIN],
+    )
+    .await;
+    let (status, body) = text(resp).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("every week on Sunday 03:00 (UTC)"), "{body}");
+    assert_eq!(body.matches("03:00 UTC</td>").count(), 5, "{body}");
+    // Settings that are not JSON, or that the policy refuses: 422 with the reason.
+    let resp = post_form(
+        &h,
+        "/policies/dry-run",
+        dry("keep-last", "{last"),
+        &[ORIGIN],
+    )
+    .await;
+    let (status, body) = text(resp).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body.contains("The settings are not JSON"), "{body}");
+    let resp = post_form(
+        &h,
+        "/policies/dry-run",
+        dry("keep-last", r#"{"n": "x"}"#),
+        &[ORIGIN],
+    )
+    .await;
+    let (status, body) = text(resp).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    // An upload that is not a component: refused with the engine's reason, nothing stored.
+    let boundary = "appsnapboundary";
+    let multipart = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nmine\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"component\"; filename=\"x.wasm\"\r\n\
+         Content-Type: application/wasm\r\n\r\nnot wasm at all\r\n--{boundary}--\r\n"
+    );
+    let req = Request::post("/policies/upload")
+        .header(header::HOST, "localhost")
+        .header("origin", "http://localhost")
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(multipart))
+        .unwrap();
+    let (status, body) = text(h.router.clone().oneshot(req).await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("role=\"alert\""), "{body}");
+    let (_, list) = h.call("GET", "/api/v1/policies").await;
+    assert!(
+        list.as_array().unwrap().iter().all(|p| p["name"] != "mine"),
+        "{list}"
+    );
+}

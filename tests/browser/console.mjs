@@ -11,6 +11,7 @@ const screens = [
   { name: "snapshot", path: `/snapshots/${snapId}`, heading: { "en-US": "Snapshot", "zh-CN": "快照" }, text: "/data" },
   { name: "files", path: `/snapshots/${snapId}?path=project`, heading: { "en-US": "Snapshot", "zh-CN": "快照" }, text: "docker-compose.yml" },
   { name: "restore", path: `/snapshots/${snapId}/restore`, heading: { "en-US": "Restore this snapshot?", "zh-CN": "恢复此快照？" }, text: "data-must-be" },
+  { name: "policies", path: "/policies", heading: { "en-US": "Policies", "zh-CN": "策略" }, text: "keep-last" },
   { name: "jobs", path: "/jobs", heading: { "en-US": "Jobs", "zh-CN": "任务" }, text: "/jobs/job_" },
 ];
 for (const locale of ["en-US", "zh-CN"]) {
@@ -85,6 +86,24 @@ for (const locale of ["en-US", "zh-CN"]) {
   await page.waitForURL(`${base}/apps/${appId}`);
   const left = await page.locator("code").count();
   if (left !== before) fail(`after the delete ${left} snapshots, not ${before}`);
+  await context.close();
+}
+// A policy's dry run, from the keyboard: what keep-last would keep and delete.
+{
+  const context = await browser.newContext({ locale: "en-US", viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  await page.goto(`${base}/policies`);
+  await page.getByLabel("Policy", { exact: true }).selectOption("keep-last");
+  await page.getByLabel("App", { exact: true }).selectOption(appId);
+  await page.getByLabel("Settings (JSON)").fill('{"n": 1}');
+  await page.getByRole("button", { name: "Dry run" }).focus();
+  await page.keyboard.press("Enter");
+  await page
+    .getByRole("heading", { name: /^Would keep \(\d+\)$/ })
+    .waitFor({ timeout: 10000 })
+    .catch(() => fail("the dry run did not show what it would keep"));
+  await axe(page, "policies page with a dry run");
+  await page.screenshot({ path: `${shots}/policies-dry-run-en-US-1280.png`, fullPage: true });
   await context.close();
 }
 await finish(`every screen passed; screenshots in ${shots}`);

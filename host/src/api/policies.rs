@@ -119,7 +119,8 @@ pub struct DryRun {
 /// The answer depends on the policy's kind: retention gives the report a run would
 /// (`dry_run: true`); quota gives `result.decision` (`admit`, `admit-after-evicting` with
 /// `evict`, or `deny` with `reason`) for a backup the size of the newest snapshot
-/// (`incoming_estimate`); schedule gives `last_run` and the `next_run` it would plan.
+/// (`incoming_estimate`); schedule gives `last_run`, the `next_run` it would plan and
+/// `next_runs`, the five runs from it.
 #[utoipa::path(post, path = "/api/v1/policies/{name}/dry-run", tag = "policies", params(("name" = String, Path)),
     request_body = DryRun, responses((status = 200, description = "The decision", body = Object),
         (status = 404, body = ErrorBody), (status = 422, description = "The config is refused", body = ErrorBody)))]
@@ -128,13 +129,6 @@ pub async fn dry_run(
     Path(name): Path<String>,
     Json(req): Json<DryRun>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if req.config.as_ref().is_some_and(|c| !c.is_object()) {
-        let refused = crate::policy::PolicyError::Config {
-            policy: name,
-            reason: "a policy's config is a JSON object".into(),
-        };
-        return Err(crate::manager::ManagerError::from(refused).into());
-    }
     Ok(Json(manager.dry_run(&name, &req.app_id, req.config).await?))
 }
 

@@ -17,6 +17,7 @@
 mod dashboard;
 pub mod i18n;
 mod jobs;
+mod policies;
 mod restore;
 pub mod session;
 mod snapshot;
@@ -67,6 +68,14 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .route("/sign-out", post(sign_out))
         .route("/apps/{app_id}/backup", post(backup_now))
         .route("/jobs", get(jobs::list))
+        .route("/policies", get(policies::page))
+        .route("/policies/dry-run", post(policies::dry_run))
+        .route(
+            "/policies/upload",
+            post(policies::upload).layer(axum::extract::DefaultBodyLimit::max(
+                crate::policy::MAX_COMPONENT_BYTES + (64 << 10),
+            )),
+        )
         .route("/jobs/{job_id}", get(jobs::page))
         .route("/jobs/{job_id}/events", get(jobs::events))
         .route("/snapshots/{snapshot_id}", get(snapshot::page))

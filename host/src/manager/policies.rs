@@ -8,6 +8,8 @@
 //! evaluated by [`BackupManager::scheduler_tick`], which the service calls periodically and
 //! tests call with the time they want.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use super::BackupManager;
@@ -128,8 +130,8 @@ impl BackupManager {
     /// still counted against its health). Quota: the policy's raw answer for a backup
     /// the size of the newest snapshot (`incoming_estimate`), before the host rules
     /// spare protected snapshots. Schedule: the next run after the app's last one (or
-    /// after now, for an app never run). A quota or schedule call that fails is the
-    /// error (`Policy`).
+    /// after now, for an app never run), and `next_runs`, the five from it. A quota or
+    /// schedule call that fails is the error (`Policy`).
     pub async fn dry_run(
         &self,
         policy: &str,
@@ -137,7 +139,28 @@ impl BackupManager {
         config: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, ManagerError> {
         crate::ids::validate("app id", app_id)?;
+        if config.as_ref().is_some_and(|c| !c.is_object()) {
+            return Err(crate::policy::PolicyError::Config {
+                policy: policy.into(),
+                reason: "a policy's config is a JSON object".into(),
+            }
+            .into());
+        }
         let compiled = self.rules().resolve(policy).await?;
+        // Settings given here are checked as a binding's would be: a dry run of settings
+        // the policy refuses is that refusal, not a pass that decides nothing.
+        if let Some(c) = &config {
+            let (checked, text) = (Arc::clone(&compiled), c.to_string());
+            let answer = tokio::task::spawn_blocking(move || {
+                crate::policy::engine::shared().validate_config(&checked, &text)
+            })
+            .await
+            .map_err(|e| crate::policy::PolicyError::Failed(e.to_string()))??;
+            answer.map_err(|reason| crate::policy::PolicyError::Config {
+                policy: policy.into(),
+                reason,
+            })?;
+        }
         let config = config
             .or_else(|| {
                 self.policies
@@ -179,14 +202,22 @@ impl BackupManager {
             Kind::Schedule => {
                 let state = self.policies.schedule_state(app_id);
                 let now = Utc::now();
-                let next = self
-                    .rules()
+                let rules = self.rules();
+                let next = rules
                     .next_run(&binding, now, state.last_run.or(Some(now)))
                     .await
                     .map_err(ManagerError::Policy)?;
-                Ok(
-                    serde_json::json!({"app_id": app_id, "policy": policy, "last_run": state.last_run, "next_run": next}),
-                )
+                // And the four after it, each asked as if the one before had run.
+                let mut next_runs: Vec<DateTime<Utc>> = next.into_iter().collect();
+                while let Some(&last) = next_runs.last().filter(|_| next_runs.len() < 5) {
+                    match rules.next_run(&binding, last, Some(last)).await {
+                        Ok(Some(t)) => next_runs.push(t),
+                        Ok(None) => break,
+                        Err(e) => return Err(ManagerError::Policy(e)),
+                    }
+                }
+                Ok(serde_json::json!({"app_id": app_id, "policy": policy,
+                    "last_run": state.last_run, "next_run": next, "next_runs": next_runs}))
             }
         }
     }
