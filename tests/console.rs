@@ -853,3 +853,110 @@ async fn the_policies_page_dry_runs_a_policy_in_words_and_shows_why_an_upload_is
         "{list}"
     );
 }
+
+#[tokio::test]
+async fn repositories_and_alerts_verify_copy_check_and_send_a_test_from_the_console() {
+    use crate::common::S3Server;
+    let s3 = S3Server::start("console");
+    let mut repo = s3.repository("offsite", "console", crate::common::S3_SECRET);
+    repo.copy = appsnap::offsite::CopyWhen::Manual; // copied from the page, not after the backup
+    let app = TestApp::new("");
+    let dead: appsnap::notify::Target = serde_json::from_value(serde_json::json!({
+        "name": "ops-hook", "type": "webhook", "url": "http://127.0.0.1:9/hook"
+    }))
+    .unwrap();
+    let h = Harness::with(|c| {
+        c.repositories = vec![repo];
+        c.notify = vec![dead];
+    })
+    .await;
+    let snap = h.backup(&app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap();
+
+    // The snapshot's page: download, verify, copy to the repository.
+    let (_, _, body) = page(&h, &format!("/snapshots/{id}"), &[]).await;
+    let csrf = csrf_of(&body);
+    assert!(body.contains(r#"<option>offsite</option>"#), "{body}");
+    let (status, archive) = h.get_bytes(&format!("/snapshots/{id}/download")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        archive,
+        std::fs::read(&h.manager.get(id).unwrap().file_path).unwrap()
+    );
+    let resp = post_form(
+        &h,
+        &format!("/snapshots/{id}/verify"),
+        format!("csrf={csrf}"),
+        &[ORIGIN],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let to = resp.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (_, _, body) = page(&h, &to, &[]).await;
+    assert!(body.contains("Verified: every entry reads"), "{body}");
+    let resp = post_form(
+        &h,
+        &format!("/snapshots/{id}/copy"),
+        format!("csrf={csrf}&repository=offsite"),
+        &[ORIGIN],
+    )
+    .await;
+    let ended = ended_job_page(&h, resp).await;
+    assert!(ended.contains("Done"), "{ended}");
+
+    // The repository's page lists the copy; a check runs as a job.
+    let (status, _, body) = page(&h, "/repositories", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains(r#"href="/repositories/offsite""#) && body.contains("ops-hook"),
+        "{body}"
+    );
+    let (status, _, body) = page(&h, "/repositories/offsite", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(id), "{body}");
+    let (status, _, _) = page(&h, "/repositories/nope", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let resp = post_form(
+        &h,
+        "/repositories/offsite/check",
+        format!("csrf={csrf}"),
+        &[ORIGIN],
+    )
+    .await;
+    let ended = ended_job_page(&h, resp).await;
+    assert!(ended.contains("Done"), "{ended}");
+
+    // A test alert to a target that is down: the page says it failed, and why.
+    let resp = post_form(
+        &h,
+        "/alerts/test",
+        format!("csrf={csrf}&target=ops-hook"),
+        &[ORIGIN],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        body.contains(r#"<span class="status bad">failed</span> <code>ops-hook</code>:"#),
+        "{body}"
+    );
+    let resp = post_form(
+        &h,
+        "/alerts/test",
+        "csrf=forged&target=ops-hook".to_string(),
+        &[ORIGIN],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}

@@ -12,6 +12,7 @@ const screens = [
   { name: "files", path: `/snapshots/${snapId}?path=project`, heading: { "en-US": "Snapshot", "zh-CN": "快照" }, text: "docker-compose.yml" },
   { name: "restore", path: `/snapshots/${snapId}/restore`, heading: { "en-US": "Restore this snapshot?", "zh-CN": "恢复此快照？" }, text: "data-must-be" },
   { name: "policies", path: "/policies", heading: { "en-US": "Policies", "zh-CN": "策略" }, text: "keep-last" },
+  { name: "repositories", path: "/repositories", heading: { "en-US": "Offsite repositories", "zh-CN": "异地存储库" }, text: 'id="alerts"' },
   { name: "jobs", path: "/jobs", heading: { "en-US": "Jobs", "zh-CN": "任务" }, text: "/jobs/job_" },
 ];
 for (const locale of ["en-US", "zh-CN"]) {

@@ -89,6 +89,12 @@ pub async fn download(
         Ok(_) => fetched(&manager, &snapshot_id, params.from.as_deref()).await?,
         Err(e) => return Err(e.into()),
     };
+    archive_response(&snapshot).await
+}
+
+/// A local snapshot's archive as an attachment `{snapshot_id}.tar.gz`, streamed (this
+/// route's answer and the console's).
+pub(crate) async fn archive_response(snapshot: &Snapshot) -> Result<Response, ApiError> {
     let file = tokio::fs::File::open(&snapshot.file_path)
         .await
         .map_err(|e| {

@@ -18,6 +18,7 @@ mod dashboard;
 pub mod i18n;
 mod jobs;
 mod policies;
+mod repositories;
 mod restore;
 pub mod session;
 mod snapshot;
@@ -69,6 +70,14 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .route("/apps/{app_id}/backup", post(backup_now))
         .route("/jobs", get(jobs::list))
         .route("/policies", get(policies::page))
+        .route("/repositories", get(repositories::page))
+        .route("/repositories/{name}", get(repositories::snapshots))
+        .route("/repositories/{name}/check", post(repositories::check))
+        .route("/repositories/{name}/prune", post(repositories::prune))
+        .route("/alerts/test", post(repositories::test_alert))
+        .route("/snapshots/{snapshot_id}/verify", post(snapshot::verify))
+        .route("/snapshots/{snapshot_id}/copy", post(snapshot::copy))
+        .route("/snapshots/{snapshot_id}/download", get(snapshot::download))
         .route("/policies/dry-run", post(policies::dry_run))
         .route(
             "/policies/upload",

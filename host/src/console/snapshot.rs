@@ -29,6 +29,9 @@ pub(super) struct Browse {
     q: String,
     #[serde(default)]
     cursor: String,
+    /// Set after a verify that passed (the page says so).
+    #[serde(default)]
+    verified: String,
 }
 
 #[derive(Template)]
@@ -41,6 +44,10 @@ struct SnapshotPage {
     /// The folders from the top to the one shown: (name, path).
     trail: Vec<(String, String)>,
     q: String,
+    /// A verify just passed.
+    verified_now: bool,
+    /// The configured repositories, for "copy to".
+    repositories: Vec<String>,
 }
 
 impl SnapshotPage {
@@ -143,6 +150,10 @@ pub(super) async fn page(
         listing,
         trail,
         q,
+        verified_now: !b.verified.is_empty(),
+        repositories: (manager.config().repositories.iter())
+            .map(|r| r.name.clone())
+            .collect(),
     };
     page.f
         .respond(StatusCode::OK, page.render(), lang.lang.is_some())
@@ -201,6 +212,70 @@ pub(super) async fn restore_beside(
         .await
     {
         Ok(started) => to(&base, &format!("/jobs/{}", started.job.id())).into_response(),
+        Err(e) => refused(f, &e),
+    }
+}
+
+/// `POST /snapshots/{id}/verify`: reads the whole archive under the extraction's rules
+/// and checks its checksum; back to its page, which says it passed, or why it did not.
+pub(super) async fn verify(
+    State(Console { manager, base, .. }): State<Console>,
+    Path(id): Path<String>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+    Form(form): Form<super::CsrfForm>,
+) -> Response {
+    if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
+        return forbidden;
+    }
+    match manager.verify(&id).await {
+        Ok(_) => to(&base, &format!("/snapshots/{id}?verified=1")).into_response(),
+        Err(e) => refused(
+            Frame::plain(&base, &headers, &format!("/snapshots/{id}")).signed_in(csrf),
+            &e,
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct CopyForm {
+    csrf: String,
+    repository: String,
+}
+
+/// `POST /snapshots/{id}/copy`: copies it to a repository now; the copy's job page.
+pub(super) async fn copy(
+    State(Console { manager, base, .. }): State<Console>,
+    Path(id): Path<String>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+    Form(form): Form<CopyForm>,
+) -> Response {
+    if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
+        return forbidden;
+    }
+    match manager.start_copy(&id, &form.repository) {
+        Ok(job) => to(&base, &format!("/jobs/{}", job.id())).into_response(),
+        Err(e) => refused(
+            Frame::plain(&base, &headers, &format!("/snapshots/{id}")).signed_in(csrf),
+            &e,
+        ),
+    }
+}
+
+/// `GET /snapshots/{id}/download`: the local archive as `{id}.tar.gz`.
+pub(super) async fn download(
+    State(Console { manager, base, .. }): State<Console>,
+    Path(id): Path<String>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+) -> Response {
+    let f = Frame::plain(&base, &headers, &format!("/snapshots/{id}")).signed_in(csrf);
+    match manager.get(&id) {
+        Ok(snapshot) => match crate::api::transfer::archive_response(&snapshot).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        },
         Err(e) => refused(f, &e),
     }
 }
