@@ -146,6 +146,15 @@ async fn the_console_lists_the_apps_and_their_snapshots_in_english_and_chinese()
     assert!(body.contains("Done") && body.contains("backup"), "{body}");
     let (_, _, body) = page(&h, &format!("/apps/{}", app.id), &[]).await;
     assert_eq!(body.matches("<code>snapshot_").count(), 2, "{body}");
+    // Its job history names the backup's job; its policies are listed (none bound).
+    assert!(
+        body.contains(&format!(r#"href="/jobs/{job_id}""#)),
+        "{body}"
+    );
+    assert!(
+        body.contains("<dt>Retention</dt><dd><code>–</code></dd>"),
+        "{body}"
+    );
 
     // Pin, note, delete: each a form with the page's token, each answered by the app's page.
     let back = format!("/apps/{}", app.id);

@@ -62,7 +62,7 @@ impl JobPage {
     }
 }
 
-fn state(f: &Frame, state: JobState) -> &'static str {
+pub(super) fn state(f: &Frame, state: JobState) -> &'static str {
     match state {
         JobState::Running => f.t.job_running,
         JobState::Succeeded => f.t.job_succeeded,

@@ -208,6 +208,8 @@ struct SnapRow {
     note: String,
     pinned: bool,
     locations: String,
+    /// Its structure was checked in full (a restore then checks only its checksum).
+    verified: bool,
 }
 
 impl From<&Snapshot> for SnapRow {
@@ -223,6 +225,7 @@ impl From<&Snapshot> for SnapRow {
             note: s.facts.note.clone().unwrap_or_default(),
             pinned: s.facts.pinned,
             locations: s.locations.join(", "),
+            verified: s.checked().is_some(),
         }
     }
 }
@@ -233,6 +236,16 @@ struct AppPage {
     f: Frame,
     app_id: String,
     snapshots: Vec<SnapRow>,
+    /// This process's jobs of the app, newest first.
+    jobs: Vec<jobs::JobRow>,
+    /// The policies that apply to it: (slot, policy and settings), `–` for none.
+    bindings: Vec<(&'static str, String)>,
+}
+
+impl AppPage {
+    fn state(&self, s: &crate::jobs::JobState) -> &'static str {
+        jobs::state(&self.f, *s)
+    }
 }
 
 #[derive(Template)]
@@ -264,10 +277,35 @@ async fn app_page(
         return not_found(f);
     }
     let chosen = param.lang.is_some();
+    let own = manager.policies.bindings(Some(&app_id));
+    let fallback = manager.policies.bindings(None);
+    let shown = |b: Option<&crate::policy::Binding>| {
+        b.map_or("–".to_string(), |b| format!("{} {}", b.policy, b.config))
+    };
+    let bindings = vec![
+        (
+            f.t.col_retention,
+            shown(own.retention.as_ref().or(fallback.retention.as_ref())),
+        ),
+        (
+            f.t.col_quota,
+            shown(own.quota.as_ref().or(fallback.quota.as_ref())),
+        ),
+        (
+            f.t.col_schedule,
+            shown(own.schedule.as_ref().or(fallback.schedule.as_ref())),
+        ),
+    ];
+    let jobs = (manager.jobs.list().into_iter())
+        .filter(|j| j.app_id == app_id)
+        .map(jobs::JobRow::from)
+        .collect();
     let page = AppPage {
         f,
         app_id,
         snapshots: snapshots.iter().map(SnapRow::from).collect(),
+        jobs,
+        bindings,
     };
     page.f.respond(StatusCode::OK, page.render(), chosen)
 }
