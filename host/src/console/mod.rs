@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::catalog::Snapshot;
-use crate::manager::BackupManager;
+use crate::manager::{BackupManager, ManagerError};
 use i18n::{Lang, Strings};
 use session::{Csrf, Sessions};
 
@@ -72,8 +72,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .route("/policies", get(policies::page))
         .route("/repositories", get(repositories::page))
         .route("/repositories/{name}", get(repositories::snapshots))
-        .route("/repositories/{name}/check", post(repositories::check))
-        .route("/repositories/{name}/prune", post(repositories::prune))
+        .route("/repositories/{name}/{action}", post(repositories::act))
         .route("/alerts/test", post(repositories::test_alert))
         .route("/snapshots/{snapshot_id}/verify", post(snapshot::verify))
         .route("/snapshots/{snapshot_id}/copy", post(snapshot::copy))
@@ -364,6 +363,19 @@ fn csrf_ok(form: &str, csrf: &Option<Extension<Csrf>>) -> bool {
         .is_some_and(|Extension(c)| bool::from(form.as_bytes().ct_eq(c.token.as_bytes())))
 }
 
+/// The answer to a form that starts a job: the job's page, or the page saying why the
+/// manager refused it.
+fn job_or_refusal(
+    base: &str,
+    started: Result<crate::jobs::Job, ManagerError>,
+    f: Frame,
+) -> Response {
+    match started {
+        Ok(job) => to(base, &format!("/jobs/{}", job.id())).into_response(),
+        Err(e) => refused(f, &e),
+    }
+}
+
 /// The page for an action the manager refused: its status, the API's message, the cause.
 fn refused(f: Frame, e: &crate::manager::ManagerError) -> Response {
     let (status, message) = crate::api::error::classify(e);
@@ -397,13 +409,10 @@ async fn backup_now(
         return forbidden;
     }
     let f = Frame::plain(&base, &headers, &format!("/apps/{app_id}")).signed_in(csrf);
-    match manager
+    let started = manager
         .start_backup(&app_id, crate::catalog::Origin::Manual, None)
-        .await
-    {
-        Ok(started) => to(&base, &format!("/jobs/{}", started.job.info().job_id)).into_response(),
-        Err(e) => refused(f, &e),
-    }
+        .await;
+    job_or_refusal(&base, started.map(|s| s.job), f)
 }
 
 #[derive(Deserialize)]

@@ -6,11 +6,13 @@
 use askama::Template;
 use axum::extract::{Extension, Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 
 use super::session::Csrf;
-use super::{Console, Frame, LangParam, When, bytes, csrf_refusal, not_found, refused, to};
+use super::{
+    Console, Frame, LangParam, When, bytes, csrf_refusal, job_or_refusal, not_found, refused,
+};
 use crate::notify::Delivery;
 use crate::offsite::RemoteSnapshot;
 
@@ -121,10 +123,11 @@ pub(super) struct CsrfOnly {
     csrf: String,
 }
 
-/// `POST /repositories/{name}/check`: checks the repository's structure; its job's page.
-pub(super) async fn check(
+/// `POST /repositories/{name}/check` checks the repository's structure, `…/prune` removes
+/// the data no copy uses: the job's page.
+pub(super) async fn act(
     State(console): State<Console>,
-    Path(name): Path<String>,
+    Path((name, action)): Path<(String, String)>,
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
     Form(form): Form<CsrfOnly>,
@@ -132,33 +135,13 @@ pub(super) async fn check(
     if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
         return forbidden;
     }
-    match console.manager.start_check(&name, false) {
-        Ok(job) => to(&console.base, &format!("/jobs/{}", job.id())).into_response(),
-        Err(e) => refused(
-            Frame::plain(&console.base, &headers, "/repositories").signed_in(csrf),
-            &e,
-        ),
-    }
-}
-
-/// `POST /repositories/{name}/prune`: removes the data no copy uses; its job's page.
-pub(super) async fn prune(
-    State(console): State<Console>,
-    Path(name): Path<String>,
-    csrf: Option<Extension<Csrf>>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfOnly>,
-) -> Response {
-    if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
-        return forbidden;
-    }
-    match console.manager.start_prune(&name) {
-        Ok(job) => to(&console.base, &format!("/jobs/{}", job.id())).into_response(),
-        Err(e) => refused(
-            Frame::plain(&console.base, &headers, "/repositories").signed_in(csrf),
-            &e,
-        ),
-    }
+    let f = Frame::plain(&console.base, &headers, "/repositories").signed_in(csrf);
+    let started = match action.as_str() {
+        "check" => console.manager.start_check(&name, false),
+        "prune" => console.manager.start_prune(&name),
+        _ => return not_found(f),
+    };
+    job_or_refusal(&console.base, started, f)
 }
 
 #[derive(Deserialize)]

@@ -5,11 +5,13 @@
 use askama::Template;
 use axum::extract::{Extension, Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 
 use super::session::Csrf;
-use super::{Console, Frame, LangParam, SnapRow, bytes, csrf_refusal, not_found, refused, to};
+use super::{
+    Console, Frame, LangParam, SnapRow, bytes, csrf_refusal, job_or_refusal, not_found, refused,
+};
 use crate::manager::RestorePreview;
 
 #[derive(Template)]
@@ -131,12 +133,9 @@ pub(super) async fn start(
             Err(refusal) => refusal,
         };
     }
-    match console
+    let started = console
         .manager
         .start_restore_from(&snapshot.app_id, &snapshot.snapshot_id, None)
-        .await
-    {
-        Ok(started) => to(&console.base, &format!("/jobs/{}", started.job.id())).into_response(),
-        Err(e) => refused(f, &e),
-    }
+        .await;
+    job_or_refusal(&console.base, started.map(|s| s.job), f)
 }

@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::session::Csrf;
-use super::{Console, Frame, SnapRow, When, bytes, csrf_refusal, not_found, refused, to};
+use super::{
+    Console, Frame, SnapRow, When, bytes, csrf_refusal, job_or_refusal, not_found, refused, to,
+};
 use crate::archive::index::EntryKind;
 use crate::catalog::Snapshot;
 use crate::manager::{FileInfo, Listing, PathsTarget, Selection};
@@ -207,13 +209,10 @@ pub(super) async fn restore_beside(
         paths: vec![form.path],
         target: PathsTarget::Beside,
     };
-    match manager
+    let started = manager
         .start_restore_paths(&snapshot.app_id, &id, &selection)
-        .await
-    {
-        Ok(started) => to(&base, &format!("/jobs/{}", started.job.id())).into_response(),
-        Err(e) => refused(f, &e),
-    }
+        .await;
+    job_or_refusal(&base, started.map(|s| s.job), f)
 }
 
 /// `POST /snapshots/{id}/verify`: reads the whole archive under the extraction's rules
@@ -254,13 +253,8 @@ pub(super) async fn copy(
     if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
         return forbidden;
     }
-    match manager.start_copy(&id, &form.repository) {
-        Ok(job) => to(&base, &format!("/jobs/{}", job.id())).into_response(),
-        Err(e) => refused(
-            Frame::plain(&base, &headers, &format!("/snapshots/{id}")).signed_in(csrf),
-            &e,
-        ),
-    }
+    let f = Frame::plain(&base, &headers, &format!("/snapshots/{id}")).signed_in(csrf);
+    job_or_refusal(&base, manager.start_copy(&id, &form.repository), f)
 }
 
 /// `GET /snapshots/{id}/download`: the local archive as `{id}.tar.gz`.

@@ -147,19 +147,30 @@ impl BackupManager {
             .into());
         }
         let compiled = self.rules().resolve(policy).await?;
-        // Settings given here are checked as a binding's would be: a dry run of settings
-        // the policy refuses is that refusal, not a pass that decides nothing.
-        if let Some(c) = &config {
-            let (checked, text) = (Arc::clone(&compiled), c.to_string());
-            let answer = tokio::task::spawn_blocking(move || {
-                crate::policy::engine::shared().validate_config(&checked, &text)
-            })
-            .await
-            .map_err(|e| crate::policy::PolicyError::Failed(e.to_string()))??;
-            answer.map_err(|reason| crate::policy::PolicyError::Config {
-                policy: policy.into(),
-                reason,
-            })?;
+        // Settings given here are checked as a binding's would be: a retention pass over
+        // settings the policy refuses would decide nothing and say nothing, so its report
+        // says the refusal instead (its `error`; nothing would be deleted).
+        let refused = match &config {
+            Some(c) if compiled.kind == Kind::Retention => {
+                let (checked, text) = (Arc::clone(&compiled), c.to_string());
+                tokio::task::spawn_blocking(move || {
+                    crate::policy::engine::shared().validate_config(&checked, &text)
+                })
+                .await
+                .map_err(|e| crate::policy::PolicyError::Failed(e.to_string()))??
+                .err()
+            }
+            _ => None,
+        };
+        if let Some(reason) = refused {
+            let report = RetentionReport {
+                app_id: app_id.into(),
+                policy: Some(policy.into()),
+                dry_run: true,
+                error: Some(format!("the policy refuses these settings: {reason}")),
+                ..Default::default()
+            };
+            return Ok(serde_json::to_value(report).expect("report"));
         }
         let config = config
             .or_else(|| {
