@@ -918,6 +918,14 @@ async fn repositories_and_alerts_verify_copy_check_and_send_a_test_from_the_cons
     let ended = ended_job_page(&h, resp).await;
     assert!(ended.contains("Done"), "{ended}");
 
+    // The copy's state on the snapshot's page, what it added offsite on the apps page.
+    let (_, _, body) = page(&h, &format!("/snapshots/{id}"), &[]).await;
+    assert!(
+        body.contains("<dt>Copy to offsite</dt><dd>done</dd>"),
+        "{body}"
+    );
+    let (_, _, body) = page(&h, "/", &[]).await;
+    assert!(body.contains("<small>offsite "), "{body}");
     // The repository's page lists the copy; a check runs as a job.
     let (status, _, body) = page(&h, "/repositories", &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -38,6 +38,8 @@ struct AppRow {
     /// Why its last backup failed.
     failure: Option<String>,
     next_run: Option<DateTime<Utc>>,
+    /// What its copies added to each repository (after deduplication), by repository.
+    offsite: BTreeMap<String, u64>,
     /// `max_bytes` of the app's quota binding (the built-in quota's setting), and the
     /// policy's name.
     quota: Option<(String, Option<u64>)>,
@@ -104,6 +106,13 @@ impl Dashboard {
             Some((policy, None)) => format!("{} ({policy})", bytes(a.bytes)),
         }
     }
+
+    /// What its copies added to each repository: `offsite 120 MB`.
+    fn offsite(&self, a: &AppRow) -> Vec<String> {
+        (a.offsite.iter())
+            .map(|(repo, n)| format!("{repo} {}", bytes(*n)))
+            .collect()
+    }
 }
 
 /// `GET /`: the apps, by name.
@@ -130,6 +139,7 @@ pub(super) async fn page(
         status: Status::None,
         failure: None,
         next_run: None,
+        offsite: BTreeMap::new(),
         quota: None,
     };
     for id in docker.as_deref().unwrap_or_default() {
@@ -142,6 +152,9 @@ pub(super) async fn page(
         r.snapshots += 1;
         r.bytes += s.size_bytes;
         r.last = r.last.max(Some(s.facts.created_at));
+        for (repo, copy) in &s.facts.copies {
+            *r.offsite.entry(repo.clone()).or_default() += copy.bytes_uploaded.unwrap_or(0);
+        }
     }
 
     // The newest backup job of each app (the jobs come newest first), and the running ones.

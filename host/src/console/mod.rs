@@ -209,6 +209,8 @@ struct SnapRow {
     locations: String,
     /// Its structure was checked in full (a restore then checks only its checksum).
     verified: bool,
+    /// Its copy in each repository: (repository, state, why the last attempt failed).
+    copies: Vec<(String, String, Option<String>)>,
 }
 
 impl From<&Snapshot> for SnapRow {
@@ -225,6 +227,15 @@ impl From<&Snapshot> for SnapRow {
             pinned: s.facts.pinned,
             locations: s.locations.join(", "),
             verified: s.checked().is_some(),
+            copies: (s.facts.copies.iter())
+                .map(|(repo, c)| {
+                    let state = serde_json::to_value(c.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    (repo.clone(), state, c.error.clone())
+                })
+                .collect(),
         }
     }
 }
