@@ -297,23 +297,18 @@ async fn the_console_keeps_the_apis_access_rules() {
     assert_eq!(status, StatusCode::SEE_OTHER, "the session ended");
 }
 
-#[test]
-fn the_console_reads_well_in_chromium_in_both_languages_and_axe_finds_nothing_serious() {
-    let app = TestApp::new("");
-    let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path(), &[]);
-    let base = format!(
-        "http://localhost:{}",
-        service.addr.rsplit(':').next().unwrap()
-    );
-    // One snapshot, so the app's page has a row.
+/// The service's address as a browser names it (`localhost`: the Host rule wants a
+/// loopback name).
+fn browser_base(service: &Service) -> String {
+    let port = service.addr.rsplit(':').next().unwrap();
+    format!("http://localhost:{port}")
+}
+
+/// A backup of `app` through the real service's API; its snapshot id.
+fn backup_over_http(base: &str, app: &str) -> String {
+    let url = format!("{base}/api/v1/backup/{app}");
     let out = std::process::Command::new("curl")
-        .args([
-            "-sf",
-            "-X",
-            "POST",
-            &format!("{base}/api/v1/backup/{}", app.id),
-        ])
+        .args(["-sf", "-X", "POST", &url])
         .output()
         .unwrap();
     assert!(
@@ -322,8 +317,18 @@ fn the_console_reads_well_in_chromium_in_both_languages_and_axe_finds_nothing_se
         String::from_utf8_lossy(&out.stderr)
     );
     let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let snap = snap["snapshot_id"].as_str().unwrap();
-    crate::common::browser_test("console.mjs", &[&base, &app.id, snap]);
+    snap["snapshot_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_console_reads_well_in_chromium_in_both_languages_and_axe_finds_nothing_serious() {
+    let app = TestApp::new("");
+    let root = tempfile::tempdir().unwrap();
+    let service = Service::start(root.path(), &[]);
+    let base = browser_base(&service);
+    // One snapshot, so the app's page has a row.
+    let snap = backup_over_http(&base, &app.id);
+    crate::common::browser_test("console.mjs", &[&base, &app.id, &snap]);
 }
 
 #[test]
@@ -331,11 +336,7 @@ fn signing_in_with_the_key_works_from_the_keyboard_in_chromium() {
     let root = tempfile::tempdir().unwrap();
     let key = "a-long-enough-api-key-for-the-test-0123";
     let service = Service::start(root.path(), &[("APPSNAP_API_KEY", key)]);
-    let base = format!(
-        "http://localhost:{}",
-        service.addr.rsplit(':').next().unwrap()
-    );
-    crate::common::browser_test("sign_in.mjs", &[&base, key]);
+    crate::common::browser_test("sign_in.mjs", &[&browser_base(&service), key]);
 }
 
 /// The job behind a console redirect to `/jobs/{id}`, once it has ended; then its page.
@@ -583,28 +584,8 @@ fn restoring_from_the_keyboard_in_chromium_ends_restored_or_rolled_back() {
         &root.path().join("backups"),
         &[("APPSNAP_CONFIG", config.to_str().unwrap())],
     );
-    let base = format!(
-        "http://localhost:{}",
-        service.addr.rsplit(':').next().unwrap()
-    );
-    let backup = || {
-        let out = std::process::Command::new("curl")
-            .args([
-                "-sf",
-                "-X",
-                "POST",
-                &format!("{base}/api/v1/backup/{}", app.id),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        snap["snapshot_id"].as_str().unwrap().to_string()
-    };
+    let base = browser_base(&service);
+    let backup = || backup_over_http(&base, &app.id);
     let data = app.volume_path();
     std::fs::write(data.join("kept"), "v1").unwrap();
     let good = backup();
