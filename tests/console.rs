@@ -291,6 +291,22 @@ async fn the_console_keeps_the_apis_access_rules() {
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let (status, _, _) = page(&h, "/", &[("cookie", &session)]).await;
     assert_eq!(status, StatusCode::OK, "a forged sign-out ends nothing");
+    // A job's event stream (an EventSource sends no key header): by the cookie only.
+    let job = h.manager.jobs.create("verify", "some_app");
+    let events = format!("/jobs/{}/events", job.id());
+    let (status, headers, _) = page(&h, &events, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "no session, no stream");
+    assert_eq!(headers[header::LOCATION], "/sign-in");
+    job.succeed(serde_json::json!({}));
+    let (status, headers, stream) = page(&h, &events, &[("cookie", &session)]).await;
+    assert_eq!(status, StatusCode::OK, "{stream}");
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert!(stream.starts_with("event: finished\n"), "{stream}");
     let resp = post_form(&h, "/sign-out", format!("csrf={csrf}"), &[ORIGIN, cookie]).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let (status, _, _) = page(&h, "/", &[("cookie", &session)]).await;

@@ -4,8 +4,11 @@
 //! - [`api`]: the axum REST API — routes, auth (key, loopback Host, Origin), the one
 //!   error → HTTP mapping, OpenAPI. Nothing below it imports it.
 //! - [`console`]: the web console at `/` (askama pages, embedded assets, English and
-//!   Chinese, sign-in, CSRF); the API router serves it under the same Host rules, and it
-//!   shows refusals with the API's one error mapping (`api::error`).
+//!   Chinese, sign-in, CSRF); the API router serves it under the same Host rules. Where
+//!   it answers what the API answers it uses the API's own function, so the two cannot
+//!   drift: refusals (`api::error`), a job's event stream (`api::jobs::event_stream`),
+//!   downloads (`api::files::download_response`, `api::transfer::archive_response`). The
+//!   one place a module points up: the two are one HTTP face of the manager.
 //! - [`scheduler`]: the service's clock — pending repairs retried, scheduled backups
 //!   started.
 //! - [`manager`]: `BackupManager`, the façade through which snapshots are created,

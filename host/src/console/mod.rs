@@ -1,12 +1,24 @@
-//! The web console: server-rendered pages at `/` for people who would rather not use
-//! curl. Read-only so far: the apps (every app Docker runs, and every app with
-//! snapshots) and each app's snapshots.
+//! The web console: server-rendered pages for people who would rather not use curl, at
+//! `/` (or under `base_path`). One file per screen, each with its routes' handlers:
+//!
+//! - `dashboard`: the apps, their status, usage and next run; the running jobs.
+//! - this file: an app's page, Back up now, pin, note, delete; sign-in and sign-out; the
+//!   frame every page shares (`Frame`) and the answers shared by the actions.
+//! - `snapshot`: a snapshot's details and files (browse, search, download, restore
+//!   beside), verify, copy, the archive's download.
+//! - `restore`: the pre-checks, the typed confirmation, the restore's job.
+//! - `jobs`: the jobs, a job's live page (SSE) and a restore's ending.
+//! - `policies`: components, upload, bindings, schedules, dry runs.
+//! - `repositories`: check, prune and snapshots of each repository; test alerts.
 //!
 //! Pages are askama templates (`host/templates/console/`), assets are compiled into the
 //! binary (`host/assets/`), nothing is fetched from elsewhere
-//! (`Content-Security-Policy: default-src 'self'`), and every page reads without
-//! JavaScript (the one script only shows times in the browser's time zone). Strings come
-//! in English and Simplified Chinese ([`i18n`]).
+//! (`Content-Security-Policy: default-src 'self'`; `frame-ancestors` from the config), and
+//! every page reads without JavaScript (the one script localises times, follows a running
+//! job, and guards the typed confirmation and double submits). Strings come in English and
+//! Simplified Chinese ([`i18n`]). The console only calls the manager, as the API does;
+//! where both answer the same thing (a download, a job's event stream) they share the
+//! API's function.
 //!
 //! Access follows the API's rules: without an API key, loopback names only (the
 //! `Host` rule the API router applies to these routes too); with a key, a sign-in form
