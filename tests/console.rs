@@ -835,6 +835,46 @@ async fn the_policies_page_dry_runs_a_policy_in_words_and_shows_why_an_upload_is
     assert!(body.contains("the policy refuses these settings"), "{body}");
     assert!(body.contains("Would delete (0)"), "{body}");
 
+    // Binding from the page: checked by the policy first; a refusal changes nothing.
+    let bind = |config: &str| {
+        format!(
+            "csrf={csrf}&target={}&slot=retention&policy=keep-last&config={}",
+            app.id,
+            config
+                .bytes()
+                .map(|b| format!("%{b:02X}"))
+                .collect::<String>()
+        )
+    };
+    let resp = post_form(&h, "/policies/bind", bind(r#"{"n": "x"}"#), &[ORIGIN]).await;
+    let (status, body) = text(resp).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        h.manager
+            .policies
+            .bindings(Some(&app.id))
+            .retention
+            .is_none()
+    );
+    let resp = post_form(&h, "/policies/bind", bind(r#"{"n": 5}"#), &[ORIGIN]).await;
+    let (status, body) = text(resp).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let bound = h
+        .manager
+        .policies
+        .bindings(Some(&app.id))
+        .retention
+        .unwrap();
+    assert_eq!(
+        (bound.policy.as_str(), bound.config["n"].as_u64()),
+        ("keep-last", Some(5))
+    );
+    assert!(body.contains(&format!("Bound for {}", app.id)), "{body}");
+    assert!(
+        body.contains("<code>keep-last {&#34;n&#34;:5}</code>"),
+        "{body}"
+    );
+
     // An upload that is not a component: refused with the engine's reason, nothing stored.
     let boundary = "appsnapboundary";
     let multipart = format!(

@@ -94,9 +94,10 @@ for (const locale of ["en-US", "zh-CN"]) {
   const context = await browser.newContext({ locale: "en-US", viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   await page.goto(`${base}/policies`);
-  await page.getByLabel("Policy", { exact: true }).selectOption("keep-last");
-  await page.getByLabel("App", { exact: true }).selectOption(appId);
-  await page.getByLabel("Settings (JSON)").fill('{"n": 1}');
+  // The dry run's own fields (the binding form below has fields of the same labels).
+  await page.locator("#dry-policy").selectOption("keep-last");
+  await page.locator("#dry-app").selectOption(appId);
+  await page.locator("#dry-config").fill('{"n": 1}');
   await page.getByRole("button", { name: "Dry run" }).focus();
   await page.keyboard.press("Enter");
   await page

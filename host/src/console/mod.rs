@@ -90,6 +90,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .route("/snapshots/{snapshot_id}/copy", post(snapshot::copy))
         .route("/snapshots/{snapshot_id}/download", get(snapshot::download))
         .route("/policies/dry-run", post(policies::dry_run))
+        .route("/policies/bind", post(policies::bind))
         .route(
             "/policies/upload",
             post(policies::upload).layer(axum::extract::DefaultBodyLimit::max(

@@ -33,6 +33,8 @@ struct PoliciesPage {
     dry: Option<Dry>,
     /// An upload's outcome: `Ok(name)` or the refusal.
     uploaded: Option<Result<String, (String, String)>>,
+    /// A binding's outcome: `Ok(default or app)` or the refusal.
+    bound: Option<Result<String, (String, String)>>,
 }
 
 struct Dry {
@@ -171,6 +173,7 @@ async fn render(
         apps,
         dry,
         uploaded,
+        bound: None,
     }
 }
 
@@ -242,6 +245,70 @@ pub(super) async fn dry_run(
         answer,
     };
     respond(render(&console, f, Some(dry), None).await, status, false)
+}
+
+#[derive(Deserialize)]
+pub(super) struct BindForm {
+    csrf: String,
+    /// `default`, or an app.
+    target: String,
+    /// `retention`, `quota` or `schedule`.
+    slot: String,
+    /// Empty: the slot is emptied (an app then falls back to the default's).
+    #[serde(default)]
+    policy: String,
+    #[serde(default)]
+    config: String,
+}
+
+/// `POST /policies/bind`: sets one slot of the default's or an app's bindings (their
+/// repository slots are kept), checked by the policy as the API's binding is; the page
+/// with the bindings, or why the policy refused them (nothing changed then).
+pub(super) async fn bind(
+    State(console): State<Console>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+    Form(form): Form<BindForm>,
+) -> Response {
+    if let Some(forbidden) = super::csrf_refusal(&form.csrf, &csrf) {
+        return forbidden;
+    }
+    let f = Frame::plain(&console.base, &headers, "/policies").signed_in(csrf);
+    let app = (form.target != "default").then_some(form.target.clone());
+    let outcome = async {
+        if let Some(app) = &app {
+            crate::ids::validate("app id", app).map_err(|e| explain(&e.into()))?;
+        }
+        let config = match form.config.trim() {
+            "" => serde_json::json!({}),
+            text => serde_json::from_str(text)
+                .map_err(|e| (f.t.config_not_json.to_string(), e.to_string()))?,
+        };
+        let binding = (!form.policy.is_empty()).then(|| Binding {
+            policy: form.policy.clone(),
+            config,
+        });
+        let mut bindings = console.manager.policies.bindings(app.as_deref());
+        match form.slot.as_str() {
+            "retention" => bindings.retention = binding,
+            "quota" => bindings.quota = binding,
+            "schedule" => bindings.schedule = binding,
+            other => return Err(("Invalid slot".into(), format!("no slot `{other}`"))),
+        }
+        let registry = Arc::clone(&console.manager.policies);
+        let bound = tokio::task::spawn_blocking(move || registry.bind(app.as_deref(), bindings))
+            .await
+            .map_err(|e| ("Policy failed".to_string(), e.to_string()))?;
+        bound.map_err(|e| explain(&ManagerError::from(e)))
+    }
+    .await;
+    let (status, result) = match outcome {
+        Ok(()) => (StatusCode::OK, Ok(form.target)),
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, Err(e)),
+    };
+    let mut page = render(&console, f, None, None).await;
+    page.bound = Some(result);
+    respond(page, status, false)
 }
 
 /// The API's message and the cause, for the page.
