@@ -82,11 +82,21 @@ impl BackupManager {
                 app_id: app_id.into(),
             });
         }
-        let index = self.index_of(&snapshot).await?;
         let docker_root = PathBuf::from(self.docker.root_dir().await?);
         let mut mounts = Vec::new();
         let mut written = Vec::new();
-        for m in &snapshot.mounts {
+        // What each mount's files allocate: the full check's record (the restore's own
+        // figure, sparse files at their real size) when there is one, else from the index
+        // (sparse files at their full length: an overestimate).
+        enum Sizes {
+            Checked(crate::catalog::Checked),
+            Index(std::sync::Arc<crate::archive::index::Index>),
+        }
+        let sizes = match snapshot.checked() {
+            Some(c) => Sizes::Checked(c.clone()),
+            None => Sizes::Index(self.index_of(&snapshot).await?),
+        };
+        for (i, m) in snapshot.mounts.iter().enumerate() {
             let mut plan = MountPlan {
                 kind: m.kind.clone(),
                 name: m.name.clone(),
@@ -96,13 +106,17 @@ impl BackupManager {
                 staged: false,
                 why: None,
             };
-            // What its files allocate: the restore's own measure, from the index.
-            let mut need = 0;
-            let mut entries = 0;
-            for i in index.below(m.archive_dir.as_bytes()).map_err(corrupt)? {
-                need += allocation(index.entry(i).map_err(corrupt)?.size, None);
-                entries += 1;
-            }
+            let (need, entries) = match &sizes {
+                Sizes::Checked(c) => (c.stored[i], c.mount_entries[i]),
+                Sizes::Index(index) => {
+                    let (mut need, mut entries) = (0, 0);
+                    for e in index.below(m.archive_dir.as_bytes()).map_err(corrupt)? {
+                        need += allocation(index.entry(e).map_err(corrupt)?.size, None);
+                        entries += 1;
+                    }
+                    (need, entries)
+                }
+            };
             let target = if entries == 0 {
                 Err("the snapshot holds nothing for it; left as it is".to_string())
             } else {
