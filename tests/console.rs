@@ -54,6 +54,13 @@ async fn post_form(
         .unwrap()
 }
 
+/// An answer's status and body, as text.
+async fn body_text(resp: axum::response::Response) -> (StatusCode, String) {
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
 /// The CSRF token of a page's first form.
 fn csrf_of(body: &str) -> String {
     body.split(r#"name="csrf" value=""#)
@@ -439,15 +446,7 @@ async fn a_restore_shows_its_pre_checks_asks_for_the_apps_name_and_ends_in_one_o
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let resp = post_form(&h, &uri, format!("csrf={csrf}&confirm=wrong"), &[ORIGIN]).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let wrong = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let wrong = body_text(resp).await.1;
     assert!(
         wrong.contains("is not the app&#39;s name") || wrong.contains("is not the app's name"),
         "{wrong}"
@@ -773,11 +772,7 @@ async fn the_policies_page_dry_runs_a_policy_in_words_and_shows_why_an_upload_is
                 .collect::<String>()
         )
     };
-    let text = |resp: axum::response::Response| async {
-        let status = resp.status();
-        let b = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8(b.to_vec()).unwrap())
-    };
+
     // Retention: which would go, and why; nothing goes.
     let resp = post_form(
         &h,
@@ -786,7 +781,7 @@ async fn the_policies_page_dry_runs_a_policy_in_words_and_shows_why_an_upload_is
         &[ORIGIN],
     )
     .await;
-    let (status, body) = text(resp).await;
+    let (status, body) = body_text(resp).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
         body.contains("Would delete (1)") && body.contains("Would keep (1)"),
@@ -808,7 +803,7 @@ async fn the_policies_page_dry_runs_a_policy_in_words_and_shows_why_an_upload_is
         &[ORIGIN],
     )
     .await;
-    let (status, body) = text(resp).await;
+    let (status, body) = body_text(resp).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("every week on Sunday 03:00 (UTC)"), "{body}");
     assert_eq!(body.matches("03:00 UTC</td>").count(), 5, "{body}");
@@ -820,7 +815,7 @@ async fn the_policies_page_dry_runs_a_policy_in_words_and_shows_why_an_upload_is
         &[ORIGIN],
     )
     .await;
-    let (status, body) = text(resp).await;
+    let (status, body) = body_text(resp).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(body.contains("The settings are not JSON"), "{body}");
     let resp = post_form(
@@ -830,7 +825,7 @@ async fn the_policies_page_dry_runs_a_policy_in_words_and_shows_why_an_upload_is
         &[ORIGIN],
     )
     .await;
-    let (status, body) = text(resp).await;
+    let (status, body) = body_text(resp).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("the policy refuses these settings"), "{body}");
     assert!(body.contains("Would delete (0)"), "{body}");
@@ -847,7 +842,7 @@ async fn the_policies_page_dry_runs_a_policy_in_words_and_shows_why_an_upload_is
         )
     };
     let resp = post_form(&h, "/policies/bind", bind(r#"{"n": "x"}"#), &[ORIGIN]).await;
-    let (status, body) = text(resp).await;
+    let (status, body) = body_text(resp).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(
         h.manager
@@ -857,7 +852,7 @@ async fn the_policies_page_dry_runs_a_policy_in_words_and_shows_why_an_upload_is
             .is_none()
     );
     let resp = post_form(&h, "/policies/bind", bind(r#"{"n": 5}"#), &[ORIGIN]).await;
-    let (status, body) = text(resp).await;
+    let (status, body) = body_text(resp).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let bound = h
         .manager
@@ -892,7 +887,7 @@ async fn the_policies_page_dry_runs_a_policy_in_words_and_shows_why_an_upload_is
         )
         .body(Body::from(multipart))
         .unwrap();
-    let (status, body) = text(h.router.clone().oneshot(req).await.unwrap()).await;
+    let (status, body) = body_text(h.router.clone().oneshot(req).await.unwrap()).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.contains("role=\"alert\""), "{body}");
     let (_, list) = h.call("GET", "/api/v1/policies").await;
@@ -994,15 +989,7 @@ async fn repositories_and_alerts_verify_copy_check_and_send_a_test_from_the_cons
     )
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let body = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let body = body_text(resp).await.1;
     assert!(
         body.contains(r#"<span class="status bad">failed</span> <code>ops-hook</code>:"#),
         "{body}"
