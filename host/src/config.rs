@@ -52,7 +52,7 @@ pub struct Config {
     /// host, with the socket's permissions as the access control.
     pub listen_unix: Option<PathBuf>,
     /// The web console's path prefix behind a reverse proxy that passes the whole path
-    /// on, e.g. `/appsnap` (nginx: `location /appsnap/ { proxy_pass http://127.0.0.1:8080; }`).
+    /// on, e.g. `/appsnap` (nginx: `location /appsnap { proxy_pass http://127.0.0.1:8080; }`).
     /// Its pages and links are then under it; the API stays at `/api/v1`. Default empty:
     /// the console at `/`.
     pub base_path: String,

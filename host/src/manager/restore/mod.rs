@@ -468,13 +468,10 @@ impl BackupManager {
         let docker_root = PathBuf::from(self.docker.root_dir().await?);
         for (i, m) in snapshot.mounts.iter().enumerate() {
             let target = if mount_entries.get(i) == Some(&0) {
-                Err(
-                    "the snapshot holds nothing for it (it could not be read at backup \
-                     time, or the archive leaves it out); left as it is"
-                        .to_string(),
-                )
+                Err(HOLDS_NOTHING.to_string())
             } else {
-                self.target_of(app, m, &docker_root, true).await?
+                self.target_of(app, m, &docker_root, LostVolume::Create)
+                    .await?
             };
             let target = match target {
                 Ok(t) => t,
@@ -529,7 +526,7 @@ impl BackupManager {
         app: &App,
         m: &crate::model::Mount,
         docker_root: &Path,
-        create: bool,
+        lost: LostVolume,
     ) -> Result<Result<Target, String>, ManagerError> {
         let dests: Vec<&str> = m.destination.split(',').filter(|d| !d.is_empty()).collect();
         let same_kind = || app.mounts.iter().filter(|c| c.kind == m.kind);
@@ -544,10 +541,13 @@ impl BackupManager {
         };
         let target = match current {
             Some(c) => Target::Current(PathBuf::from(&c.source)),
-            None if m.kind == "volume" && !create => {
-                return Ok(Err(NO_VOLUME_NOW.into()));
+            None if m.kind == "volume" && lost == LostVolume::Skip => {
+                return Ok(Err("the app does not have this volume now".into()));
             }
             None if m.kind == "volume" => match self.docker.volume_owner(&m.name).await? {
+                None if lost == LostVolume::Foresee => {
+                    Target::Foreseen(docker_root.join("volumes").join(&m.name).join("_data"))
+                }
                 None => {
                     let path = self.docker.create_volume(&m.name, &app.id).await?;
                     tracing::info!(app = %app.id, volume = %m.name, "volume recreated for the restore");
@@ -634,8 +634,21 @@ fn check_space(plan: &Plan, stored: &[u64]) -> Result<(), ManagerError> {
     Ok(())
 }
 
-/// Why a partial restore leaves out a volume the app has lost (a whole restore creates it).
-const NO_VOLUME_NOW: &str = "the app does not have this volume now";
+/// Why a mount of the snapshot is left alone: it has no entry.
+const HOLDS_NOTHING: &str = "the snapshot holds nothing for it (it could not be read at \
+     backup time, or the archive leaves it out); left as it is";
+
+/// What [`BackupManager::target_of`] does with a volume of the snapshot that the app no
+/// longer has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LostVolume {
+    /// Creates it, labelled as the app's (a whole restore).
+    Create,
+    /// Leaves the mount out (a partial restore).
+    Skip,
+    /// Says where it would be created, creating nothing (the preview).
+    Foresee,
+}
 
 /// What a restore needs on one filesystem, and what it has free.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -752,12 +765,15 @@ enum Target {
     /// A volume that did not exist, created for the restore: its name (a failed plan or
     /// a rollback removes it again) and its mount point on the host.
     CreatedAt(String, PathBuf),
+    /// A volume that does not exist and a restore would create (`LostVolume::Foresee`),
+    /// at the mount point Docker gives a local volume.
+    Foreseen(PathBuf),
 }
 
 impl Target {
     fn path(&self) -> PathBuf {
         match self {
-            Target::Current(p) | Target::CreatedAt(_, p) => p.clone(),
+            Target::Current(p) | Target::CreatedAt(_, p) | Target::Foreseen(p) => p.clone(),
         }
     }
 }

@@ -28,7 +28,7 @@ use super::super::BackupManager;
 use super::super::aside::{self, RestoreJournal, Swap};
 use super::super::error::ManagerError;
 use super::super::gate::AppLock;
-use super::{Done, Plan, Target, check_space};
+use super::{Done, LostVolume, Plan, Target, check_space};
 use crate::archive::index::{self, EntryKind, Index, inside};
 use crate::archive::{self, extract, subtree};
 use crate::catalog::Snapshot;
@@ -166,9 +166,14 @@ impl BackupManager {
                 why,
             };
             // Only a mount the app has now: a partial restore never creates one.
-            let base = match self.target_of(app, m, &docker_root, false).await? {
+            let base = match self
+                .target_of(app, m, &docker_root, LostVolume::Skip)
+                .await?
+            {
                 Ok(Target::Current(base)) => base,
-                Ok(Target::CreatedAt(..)) => unreachable!("not created when asked not to"),
+                Ok(Target::CreatedAt(..) | Target::Foreseen(_)) => {
+                    unreachable!("a lost volume is skipped when asked to")
+                }
                 Err(why) => return Err(refuse(why)),
             };
             let host = host_path(&base, &c.rel).map_err(refuse)?;

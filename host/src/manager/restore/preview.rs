@@ -6,13 +6,14 @@
 //!
 //! It follows the restore's own plan (`target_of`, `staging_path`, `space`), so that
 //! what it says is what the restore does, with one difference: it never creates a
-//! volume (the restore creates one the app lost; the preview says it will).
+//! volume (`LostVolume::Foresee`: the restore creates one the app lost; the preview says
+//! it will).
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{NO_VOLUME_NOW, Space, space};
+use super::{HOLDS_NOTHING, LostVolume, Space, Target, space};
 use crate::archive::allocation;
 use crate::manager::BackupManager;
 use crate::manager::aside;
@@ -118,29 +119,15 @@ impl BackupManager {
                 }
             };
             let target = if entries == 0 {
-                Err("the snapshot holds nothing for it; left as it is".to_string())
+                Err(HOLDS_NOTHING.to_string())
             } else {
-                self.target_of(&app, m, &docker_root, false).await?
+                (self.target_of(&app, m, &docker_root, LostVolume::Foresee)).await?
             };
             match target {
                 Ok(t) => {
-                    plan.action = "replace".into();
+                    let created = matches!(t, Target::Foreseen(_));
+                    plan.action = if created { "create" } else { "replace" }.into();
                     plan.path = t.path();
-                }
-                Err(why) if why == NO_VOLUME_NOW => {
-                    let mountpoint = docker_root.join("volumes").join(&m.name).join("_data");
-                    match self.docker.volume_owner(&m.name).await? {
-                        None => {
-                            plan.action = "create".into();
-                            plan.path = mountpoint;
-                        }
-                        Some(owner) => {
-                            plan.why = Some(format!(
-                                "the volume exists and belongs to {}, not to this app",
-                                owner.map_or("no compose project".into(), |o| format!("app `{o}`"))
-                            ))
-                        }
-                    }
                 }
                 Err(why) => plan.why = Some(why),
             }
