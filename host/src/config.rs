@@ -356,6 +356,14 @@ impl Config {
             .unwrap_or(self.mode)
     }
 
+    /// The app's `stale_after_hours` (0: no staleness watch).
+    pub fn stale_after_hours_for(&self, app_id: &str) -> u64 {
+        self.apps
+            .get(app_id)
+            .and_then(|a| a.stale_after_hours)
+            .unwrap_or(self.stale_after_hours)
+    }
+
     pub fn skip_unreadable_for(&self, app_id: &str) -> bool {
         self.apps
             .get(app_id)

@@ -164,21 +164,15 @@ pub(super) async fn page(
         last_backup.entry(j.app_id.as_str()).or_insert(j);
     }
     let schedules = manager.schedules();
-    let stats = manager.stats().ok();
     let config = manager.config();
     for r in rows.values_mut() {
         let schedule = schedules.get(&r.id);
         r.next_run = schedule.and_then(|s| s.next_run);
-        r.quota = stats
-            .as_ref()
-            .and_then(|s| s.apps.get(&r.id)?.quota.clone())
-            .map(|b| (b.config["max_bytes"].as_u64(), b.policy))
-            .map(|(max, policy)| (policy, max));
-        let stale_hours = config
-            .apps
-            .get(&r.id)
-            .and_then(|a| a.stale_after_hours)
-            .unwrap_or(config.stale_after_hours);
+        r.quota = (manager
+            .policies
+            .effective(&r.id, crate::policy::Kind::Quota))
+        .map(|b| (b.policy, b.config["max_bytes"].as_u64()));
+        let stale_hours = config.stale_after_hours_for(&r.id);
         let failed = last_backup
             .get(r.id.as_str())
             .filter(|j| j.state == JobState::Failed)

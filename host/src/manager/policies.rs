@@ -111,12 +111,7 @@ impl BackupManager {
             .last_backups()
             .into_iter()
             .map(|(app, at)| {
-                let hours = self
-                    .config
-                    .apps
-                    .get(&app)
-                    .and_then(|a| a.stale_after_hours)
-                    .unwrap_or(self.config.stale_after_hours);
+                let hours = self.config.stale_after_hours_for(&app);
                 (app, at, hours)
             })
             .collect();
