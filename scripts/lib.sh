@@ -101,6 +101,15 @@ ensure_s3s_fs() {
         || die "cannot install s3s-fs from crates.io"
 }
 
+# rustic_server (crates.io), a real restic REST server for the `rest:` repository tests:
+# built once (~10 min) into ~/.cargo/bin. 0.4.4 builds with the pinned rustc.
+ensure_rustic_server() {
+    if [ -x "$HOME/.cargo/bin/rustic-server" ]; then return 0; fi
+    echo "installing rustic_server 0.4.4 (a local REST server for the tests; ~10 minutes, once)"
+    cargo install rustic_server@0.4.4 --locked -q \
+        || die "cannot install rustic_server from crates.io"
+}
+
 # The Node packages that drive Chromium in the console's browser tests (playwright-core,
 # @axe-core/playwright), as tests/browser/package-lock.json pins them.
 ensure_browser() {

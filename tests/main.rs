@@ -17,6 +17,7 @@ mod offsite;
 mod operability;
 mod policies;
 mod precopy;
+mod repositories;
 mod restore;
 mod restore_paths;
 mod rollback_and_crash;

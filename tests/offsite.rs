@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use crate::common::{Harness, S3Server, TestApp, job_done, manifest, sh};
 
 /// The newest job of `kind` for `app` (copies are started by the backup itself).
-async fn newest_job(h: &Harness, kind: &str, app: &str) -> String {
+pub(crate) async fn newest_job(h: &Harness, kind: &str, app: &str) -> String {
     let (_, jobs) = h.call("GET", "/api/v1/jobs").await;
     jobs.as_array()
         .unwrap()
@@ -23,7 +23,10 @@ async fn newest_job(h: &Harness, kind: &str, app: &str) -> String {
 }
 
 /// Backs up `app` and waits for its copy; returns (snapshot, finished copy job).
-async fn backup_and_copy(h: &Harness, app: &str) -> (serde_json::Value, serde_json::Value) {
+pub(crate) async fn backup_and_copy(
+    h: &Harness,
+    app: &str,
+) -> (serde_json::Value, serde_json::Value) {
     let snap = h.backup(app).await;
     assert_eq!(snap["copies"]["offsite"]["state"], "pending", "{snap}");
     let job = job_done(h, &newest_job(h, "copy", app).await).await;
@@ -36,7 +39,7 @@ async fn backup_and_copy(h: &Harness, app: &str) -> (serde_json::Value, serde_js
 }
 
 /// `pigz -dc` of the local archive: the tar stream the backup wrote.
-fn inflated_sha256(snapshot: &serde_json::Value) -> String {
+pub(crate) fn inflated_sha256(snapshot: &serde_json::Value) -> String {
     let out = sh(&format!(
         "pigz -dc {} | sha256sum",
         snapshot["file_path"].as_str().unwrap()
@@ -45,7 +48,7 @@ fn inflated_sha256(snapshot: &serde_json::Value) -> String {
 }
 
 /// The copy of snapshot `id` in a repository's snapshot list.
-fn copy_of<'a>(remote: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+pub(crate) fn copy_of<'a>(remote: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     remote
         .as_array()
         .unwrap()
@@ -54,7 +57,7 @@ fn copy_of<'a>(remote: &'a serde_json::Value, id: &str) -> &'a serde_json::Value
         .unwrap_or_else(|| panic!("no copy of {id} in {remote}"))
 }
 
-fn random_file(path: &std::path::Path, len: usize) {
+pub(crate) fn random_file(path: &std::path::Path, len: usize) {
     sh(&format!("head -c {len} /dev/urandom > {}", path.display()));
 }
 
@@ -504,7 +507,7 @@ async fn a_copy_cut_by_the_server_dying_completes_once_it_is_back() {
 }
 
 /// Starts a repository job (`prune`, `check`) through the API and waits for its result.
-async fn repository_job(h: &Harness, uri: &str) -> serde_json::Value {
+pub(crate) async fn repository_job(h: &Harness, uri: &str) -> serde_json::Value {
     let (status, job) = h.call("POST", uri).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{uri}: {job}");
     let done = job_done(h, job["job_id"].as_str().unwrap()).await;
@@ -513,7 +516,7 @@ async fn repository_job(h: &Harness, uri: &str) -> serde_json::Value {
 }
 
 /// Waits for every job of `kind` started so far.
-async fn all_done(h: &Harness, kind: &str) {
+pub(crate) async fn all_done(h: &Harness, kind: &str) {
     let ids: Vec<String> = h
         .manager
         .jobs

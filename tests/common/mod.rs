@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod craft;
+pub mod rest;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -760,6 +761,24 @@ pub async fn follow_until(
     }
 }
 
+/// Total bytes of the files under `dir` (0 when it does not exist).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        dir_bytes(&e.path())
+                    } else {
+                        m.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// A real S3 server (s3s-fs, installed by `scripts/test`) on a free loopback port, serving
 /// each folder of its data dir as a bucket; killed on drop.
 pub struct S3Server {
@@ -863,19 +882,7 @@ impl S3Server {
 
     /// Total bytes stored in the bucket's files.
     pub fn stored_bytes(&self, bucket: &str) -> u64 {
-        fn walk(p: &Path) -> u64 {
-            fs::read_dir(p)
-                .map(|rd| {
-                    rd.flatten()
-                        .map(|e| {
-                            let m = e.metadata().unwrap();
-                            if m.is_dir() { walk(&e.path()) } else { m.len() }
-                        })
-                        .sum()
-                })
-                .unwrap_or(0)
-        }
-        walk(&self.data.path().join(bucket))
+        dir_bytes(&self.data.path().join(bucket))
     }
 
     /// `restic` (Debian's) on this server's repository: (status ok, stdout).

@@ -124,7 +124,7 @@ pub struct DeleteParams {
     params(("snapshot_id" = String, Path), DeleteParams),
     responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody),
         (status = 404, description = "Not at that location (nothing was deleted)", body = ErrorBody),
-        (status = 409, description = "The repository's copies of it are another server's (nothing was deleted)", body = ErrorBody),
+        (status = 409, description = "The repository's copies of it are another server's, or the repository is append-only (nothing was deleted)", body = ErrorBody),
         (status = 500, description = "The file could not be removed; still listed", body = ErrorBody),
         (status = 502, description = "The repository could not be reached", body = ErrorBody)))]
 pub async fn delete(

@@ -212,6 +212,7 @@ pub(crate) fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
                 ),
                 O::Local(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Archive error"),
                 O::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "Service shutting down"),
+                O::AppendOnly(_) => (StatusCode::CONFLICT, "Repository is append-only"),
             }
         }
     }

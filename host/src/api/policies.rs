@@ -199,6 +199,10 @@ pub struct RetentionParams {
     /// `local` (default): the local snapshots; a repository's name: the app's copies
     /// there, by the retention bound for that repository.
     pub location: Option<String>,
+    /// Only report what the pass would delete (or forget), changing nothing. The way to
+    /// see a pass on an append-only repository, which this server never runs.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Run the app's retention policy now, on its local snapshots or (`?location=NAME`) on
@@ -213,6 +217,7 @@ pub struct RetentionParams {
     params(("app_id" = String, Path), RetentionParams),
     responses((status = 200, body = RetentionReport), (status = 400, body = ErrorBody),
         (status = 404, description = "No such app and no snapshots of it, or no such repository", body = ErrorBody),
+        (status = 409, description = "The repository is append-only (a dry run is allowed)", body = ErrorBody),
         (status = 502, description = "The repository could not be read", body = ErrorBody)))]
 pub async fn run_retention(
     State(manager): State<Arc<BackupManager>>,
@@ -221,7 +226,9 @@ pub async fn run_retention(
 ) -> Result<Json<RetentionReport>, ApiError> {
     if let Some(repository) = params.location.as_deref().filter(|l| *l != "local") {
         return Ok(Json(
-            manager.retention_at(&app_id, repository, false).await?,
+            manager
+                .retention_at(&app_id, repository, params.dry_run)
+                .await?,
         ));
     }
     // An app that is gone may still have snapshots to clean up; one nobody knows is a typo.
@@ -232,7 +239,9 @@ pub async fn run_retention(
             .await
             .map_err(crate::manager::ManagerError::from)?;
     }
-    Ok(Json(manager.retention(&app_id, None, false).await?))
+    Ok(Json(
+        manager.retention(&app_id, None, params.dry_run).await?,
+    ))
 }
 
 /// Scheduled backups: last run, next run and last error per app.

@@ -19,10 +19,12 @@ use crate::offsite::RemoteSnapshot;
 pub struct RepositoryInfo {
     /// What the other routes take as `{name}`, `repository` or `from`.
     pub name: String,
-    /// `opendal:s3`, a path, …
+    /// `opendal:s3`, `rest:https://…` (a password in it masked), a path, …
     pub repository: String,
     /// `after_backup` or `manual`.
     pub copy: String,
+    /// This server never deletes there: forgets, prunes and retention passes are 409.
+    pub append_only: bool,
 }
 
 /// The configured offsite repositories.
@@ -38,7 +40,8 @@ pub async fn list(State(manager): State<Arc<BackupManager>>) -> Json<Vec<Reposit
             .iter()
             .map(|r| RepositoryInfo {
                 name: r.name.clone(),
-                repository: r.repository.clone(),
+                repository: r.location(),
+                append_only: r.append_only,
                 copy: serde_json::to_value(r.copy)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))
@@ -108,10 +111,12 @@ pub async fn copy(
 /// Answers 202 with the job; its result says what was freed.
 ///
 /// The prune waits for any copy this server is making, so that its plan sees every pack.
+/// An `append_only` repository is 409: its admin prunes it (`appsnap repo prune`).
 #[utoipa::path(post, path = "/api/v1/repositories/{name}/prune", tag = "repositories",
     params(("name" = String, Path, description = "Repository name")),
     responses((status = 202, description = "Prune started", body = JobInfo), (status = 400, body = ErrorBody),
-        (status = 404, description = "No such repository", body = ErrorBody)))]
+        (status = 404, description = "No such repository", body = ErrorBody),
+        (status = 409, description = "The repository is append-only", body = ErrorBody)))]
 pub async fn prune(
     State(manager): State<Arc<BackupManager>>,
     Path(name): Path<String>,

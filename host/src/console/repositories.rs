@@ -20,6 +20,8 @@ struct RepoRow {
     name: String,
     repository: String,
     copy: String,
+    /// Pruned by its admin elsewhere: no Prune button here.
+    append_only: bool,
 }
 
 struct TargetRow {
@@ -49,8 +51,9 @@ fn render(console: &Console, f: Frame, tested: Option<Vec<Delivery>>) -> Reposit
         repos: (config.repositories.iter())
             .map(|r| RepoRow {
                 name: r.name.clone(),
-                repository: r.repository.clone(),
+                repository: r.location(),
                 copy: text(serde_json::to_value(r.copy)),
+                append_only: r.append_only,
             })
             .collect(),
         targets: (config.notify.iter())

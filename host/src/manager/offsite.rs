@@ -176,6 +176,7 @@ impl BackupManager {
     /// for the offsite slot, and its job's result is the prune's report.
     pub fn start_prune(self: &Arc<Self>, repository: &str) -> Result<Job, ManagerError> {
         let repo = self.repos.get(repository)?;
+        refuse_append_only(&repo)?;
         self.forget_browsed_copy(repository);
         let job = self.jobs.create("prune", "");
         let (this, job2) = (Arc::clone(self), job.clone());
@@ -382,6 +383,13 @@ impl BackupManager {
         repo: &RepositoryConfig,
         evict: Vec<String>,
     ) -> (Vec<String>, Option<super::rules::RetentionReport>) {
+        if repo.append_only {
+            // Forgetting is the admin machine's work there (`appsnap repo forget`).
+            if !evict.is_empty() {
+                tracing::warn!(app = app_id, repository = %repo.name, "the quota asks to forget {evict:?}, but the repository is append-only: its admin must");
+            }
+            return (Vec::new(), None);
+        }
         let pinned = self.store.pinned_ids();
         let evict: Vec<String> = evict
             .into_iter()
@@ -577,6 +585,17 @@ impl BackupManager {
         if location == "local" && local.is_none() {
             return Err(ManagerError::SnapshotNotFound(snapshot_id.into()));
         }
+        // Refused before anything changes: under `all`, the local archive must not go
+        // while a copy that cannot be forgotten stays behind unbeknownst to the user.
+        for repo in repos.iter().filter(|r| r.append_only) {
+            if location == "all" {
+                let (own, _) = self.repos.copies_of(&self.store, &repo.name, None).await?;
+                if !own.iter().any(|r| r.snapshot_id == snapshot_id) {
+                    continue;
+                }
+            }
+            refuse_append_only(repo)?;
+        }
         let mut forgotten = 0;
         for repo in repos {
             let (own, others) = self.repos.copies_of(&self.store, &repo.name, None).await?;
@@ -636,6 +655,9 @@ impl BackupManager {
     ) -> Result<RetentionReport, ManagerError> {
         crate::ids::validate("app id", app_id)?;
         let repo = self.repos.get(repository)?;
+        if !dry_run {
+            refuse_append_only(&repo)?;
+        }
         let binding = self
             .policies
             .effective_at(app_id, Kind::Retention, repository);
@@ -675,6 +697,15 @@ impl BackupManager {
             self.start_prune(&repo.name)?;
         }
         Ok(())
+    }
+}
+
+/// `AppendOnly` for a repository this server only adds to: forgets and prunes there are
+/// refused before any work starts (the storage would refuse them half-way otherwise).
+fn refuse_append_only(repo: &RepositoryConfig) -> Result<(), ManagerError> {
+    match repo.append_only {
+        true => Err(OffsiteError::AppendOnly(repo.name.clone()).into()),
+        false => Ok(()),
     }
 }
 

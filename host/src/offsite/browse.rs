@@ -54,7 +54,7 @@ pub fn open_copy(
     cfg: &RepositoryConfig,
     remote: &RemoteSnapshot,
 ) -> Result<(OpenCopy, Option<Vec<u8>>), OffsiteError> {
-    let err = backend_err(&cfg.name);
+    let err = backend_err(cfg);
     let downloaded = Arc::new(AtomicU64::new(0));
     let repo = open_counting(cfg, false, None, Some(Arc::clone(&downloaded)))?
         .to_indexed()

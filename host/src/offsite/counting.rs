@@ -1,9 +1,10 @@
 //! A storage backend that counts what passes through it: the bytes a copy uploads, shown
 //! in its job as it goes (rustic reports only what it read), and the bytes browsing a
-//! copy downloads.
+//! copy downloads; and that holds transfers to the repository's rate limits.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustic_core::{BytesList, FileType, Id, ReadBackend, RusticResult, WriteBackend};
@@ -22,13 +23,58 @@ pub struct Counting {
     pub written: Arc<AtomicU64>,
     /// Bytes read so far (whole files and parts of packs).
     pub read: Arc<AtomicU64>,
+    /// `limit_upload_kib`: paces every write.
+    pub upload: Option<Limiter>,
+    /// `limit_download_kib`: paces every read.
+    pub download: Option<Limiter>,
 }
 
 impl Counting {
-    fn got(&self, bytes: RusticResult<Bytes>) -> RusticResult<Bytes> {
+    fn got(&self, started: Instant, bytes: RusticResult<Bytes>) -> RusticResult<Bytes> {
         let bytes = bytes?;
         self.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if let Some(limit) = &self.download {
+            limit.pace(started, bytes.len() as u64);
+        }
         Ok(bytes)
+    }
+}
+
+/// Holds a stream of transfers to a rate, shared by all of rustic's threads.
+///
+/// Each transfer, once done, books its bytes on one timeline: it begins when the previous
+/// booking ends (or when the transfer began, if the line was idle) and lasts `bytes /
+/// rate`; the transfer's thread then sleeps until its booking ends. Transfers overlap on
+/// the wire, but the bookings add up, so over any run the rate is at most the limit, and
+/// an idle period earns no burst. Pacing is per file (a pack of a few MiB), so the rate
+/// holds over seconds, not within one pack.
+pub struct Limiter {
+    bytes_per_sec: f64,
+    booked_until: Mutex<Instant>,
+}
+
+impl Limiter {
+    /// A limit of `kib` KiB/s (validated non-zero by the config's check).
+    pub fn kib(kib: u64) -> Limiter {
+        Limiter {
+            bytes_per_sec: kib.max(1) as f64 * 1024.0,
+            booked_until: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Books `bytes` moved by a transfer that began at `started`, and sleeps until the
+    /// booking ends.
+    fn pace(&self, started: Instant, bytes: u64) {
+        let until = {
+            let mut booked = self.booked_until.lock().expect("limiter");
+            let begin = (*booked).max(started);
+            *booked = begin + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
+            *booked
+        };
+        let now = Instant::now();
+        if until > now {
+            std::thread::sleep(until - now);
+        }
     }
 }
 
@@ -46,7 +92,7 @@ impl ReadBackend for Counting {
     }
 
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
-        self.got(self.inner.read_full(tpe, id))
+        self.got(Instant::now(), self.inner.read_full(tpe, id))
     }
 
     fn read_partial(
@@ -57,7 +103,11 @@ impl ReadBackend for Counting {
         offset: u32,
         length: u32,
     ) -> RusticResult<Bytes> {
-        self.got(self.inner.read_partial(tpe, id, cacheable, offset, length))
+        let started = Instant::now();
+        self.got(
+            started,
+            self.inner.read_partial(tpe, id, cacheable, offset, length),
+        )
     }
 
     fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
@@ -87,9 +137,13 @@ impl WriteBackend for Counting {
         content: BytesList,
     ) -> RusticResult<()> {
         let size = content.size() as u64;
+        let started = Instant::now();
         self.inner.write_bytes(tpe, id, cacheable, content)?;
         // Counted once the storage took it: a failed write uploaded nothing that stays.
         self.written.fetch_add(size, Ordering::Relaxed);
+        if let Some(limit) = &self.upload {
+            limit.pace(started, size);
+        }
         Ok(())
     }
 

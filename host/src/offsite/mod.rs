@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use rustic_backend::BackendOptions;
-use rustic_core::repofile::PackId;
+use rustic_core::repofile::{KeyId, MasterKey, PackId};
 use rustic_core::{
     BackupOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, ParentOptions,
     RepairIndexOptions, Repository, RepositoryOptions, RusticError, SnapshotOptions,
@@ -85,6 +85,12 @@ pub enum OffsiteError {
     /// The work was stopped (shutdown, or its client left).
     #[error("stopped: appsnap is shutting down or the request was abandoned")]
     Cancelled,
+    /// The repository is configured `append_only`: this server never deletes there.
+    #[error(
+        "repository `{0}` is append-only: prune it from a machine that holds its admin \
+         credentials (`appsnap repo forget|prune --config admin.toml`)"
+    )]
+    AppendOnly(String),
 }
 
 /// When snapshots are copied to a repository.
@@ -105,7 +111,10 @@ pub enum CopyWhen {
 pub struct RepositoryConfig {
     /// How the API and the catalog call it (an id: letters, digits, `_`, `-`).
     pub name: String,
-    /// `opendal:s3`, `opendal:<service>`, or a local path (`/mnt/nas/appsnap`).
+    /// `opendal:s3`, `opendal:<service>`, `rest:http(s)://host:port/path`, or a local
+    /// path (`/mnt/nas/appsnap`). A REST login belongs in the options (`rest_user`,
+    /// `rest_password[_file]`); one written into the URL is masked wherever it is shown.
+    #[serde(serialize_with = "serialize_masked")]
     pub repository: String,
     /// The repository password. Prefer `password_file` or the environment variable
     /// `APPSNAP_REPO_<NAME>_PASSWORD`: a config file is often world-readable.
@@ -120,8 +129,9 @@ pub struct RepositoryConfig {
     #[serde(default)]
     pub copy: CopyWhen,
     /// Handed to the backend as rustic does (`bucket`, `root`, `endpoint`, `region`,
-    /// `access_key_id`, `secret_access_key`, `retry`, …). Never serialized: it may hold
-    /// secrets.
+    /// `access_key_id`, `secret_access_key`, `retry`, …), except appsnap's own
+    /// `rest_user`, `rest_password` and `rest_password_file` (the REST server's login).
+    /// Never serialized: it may hold secrets.
     #[serde(default, skip_serializing)]
     pub options: BTreeMap<String, String>,
     /// How long packs that a prune found unused stay in the storage before a later prune
@@ -129,6 +139,19 @@ pub struct RepositoryConfig {
     /// another server is writing at the same time safe; 0 frees space at the next prune.
     #[serde(default = "default_keep_delete")]
     pub keep_delete_secs: u64,
+    /// This server only adds to the repository: forget, prune and retention passes there
+    /// are refused up front (an admin machine runs them), and nothing appsnap does
+    /// deletes a file there. Meant for a store whose credentials cannot delete (restic's
+    /// `rest-server --append-only`, an object-lock bucket): a compromised server can then
+    /// add copies but not destroy them.
+    #[serde(default)]
+    pub append_only: bool,
+    /// Upper bound of the upload rate to the storage, in KiB/s (packs, index, snapshots).
+    #[serde(default)]
+    pub limit_upload_kib: Option<u64>,
+    /// Upper bound of the download rate from the storage, in KiB/s.
+    #[serde(default)]
+    pub limit_download_kib: Option<u64>,
 }
 
 fn default_keep_delete() -> u64 {
@@ -140,9 +163,12 @@ impl std::fmt::Debug for RepositoryConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RepositoryConfig")
             .field("name", &self.name)
-            .field("repository", &self.repository)
             .field("copy", &self.copy)
+            .field("repository", &self.location())
             .field("keep_delete_secs", &self.keep_delete_secs)
+            .field("append_only", &self.append_only)
+            .field("limit_upload_kib", &self.limit_upload_kib)
+            .field("limit_download_kib", &self.limit_download_kib)
             .field("options", &self.options.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -204,9 +230,159 @@ impl RepositoryConfig {
                 reason: "`repository` is empty".into(),
             });
         }
+        if self.limit_upload_kib == Some(0) || self.limit_download_kib == Some(0) {
+            return Err(OffsiteError::Config {
+                name: self.name.clone(),
+                reason: "a limit of 0 KiB/s would never transfer anything; leave it out for \
+                         no limit"
+                    .into(),
+            });
+        }
+        self.backend_target()?;
         self.password().map(|_| ())
     }
+
+    /// Whether this is a REST server (`rest:http://…`, `rest:https://…`).
+    fn is_rest(&self) -> bool {
+        self.repository.starts_with("rest:")
+    }
+
+    /// The REST server's user and password, when the options name a user:
+    /// `rest_user` with `rest_password` or `rest_password_file` (first line, read at each
+    /// open like `password_file`).
+    fn rest_credentials(&self) -> Result<Option<(String, String)>, OffsiteError> {
+        let config = |reason: String| OffsiteError::Config {
+            name: self.name.clone(),
+            reason,
+        };
+        let Some(user) = self.options.get(REST_USER) else {
+            if self.options.contains_key(REST_PASSWORD)
+                || self.options.contains_key(REST_PASSWORD_FILE)
+            {
+                return Err(config(format!("`{REST_PASSWORD}` needs `{REST_USER}`")));
+            }
+            return Ok(None);
+        };
+        let password = match (
+            self.options.get(REST_PASSWORD),
+            self.options.get(REST_PASSWORD_FILE),
+        ) {
+            (Some(p), None) => p.clone(),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| config(format!("cannot read {file}: {e}")))?;
+                text.lines().next().unwrap_or("").to_string()
+            }
+            (None, None) => String::new(),
+            (Some(_), Some(_)) => {
+                return Err(config(format!(
+                    "`{REST_PASSWORD}` and `{REST_PASSWORD_FILE}` both given; keep one"
+                )));
+            }
+        };
+        Ok(Some((user.clone(), password)))
+    }
+
+    /// What rustic_backend is handed: the repository (for REST, the URL with the
+    /// server's credentials in it, the way rustic and restic take them) and the options
+    /// without appsnap's own.
+    fn backend_target(&self) -> Result<(String, BTreeMap<String, String>), OffsiteError> {
+        let mut options = self.options.clone();
+        for own in [REST_USER, REST_PASSWORD, REST_PASSWORD_FILE] {
+            options.remove(own);
+        }
+        if !self.is_rest() {
+            if options.len() != self.options.len() {
+                return Err(OffsiteError::Config {
+                    name: self.name.clone(),
+                    reason: format!("`{REST_USER}` and its password are for `rest:` repositories"),
+                });
+            }
+            return Ok((self.repository.clone(), options));
+        }
+        let mut url = self.rest_url()?;
+        if let Some((user, password)) = self.rest_credentials()? {
+            let bad = || OffsiteError::Config {
+                name: self.name.clone(),
+                reason: "the REST URL cannot carry credentials".into(),
+            };
+            url.set_username(&user).map_err(|_| bad())?;
+            url.set_password(Some(&password)).map_err(|_| bad())?;
+        }
+        Ok((format!("rest:{url}"), options))
+    }
+
+    /// The REST server's URL, as configured (credentials in it included).
+    fn rest_url(&self) -> Result<reqwest::Url, OffsiteError> {
+        let text = self.repository.strip_prefix("rest:").unwrap_or_default();
+        let url = reqwest::Url::parse(text).map_err(|e| OffsiteError::Config {
+            name: self.name.clone(),
+            reason: format!("`{}` is no REST URL: {e}", self.location()),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(OffsiteError::Config {
+                name: self.name.clone(),
+                reason: "a REST repository is `rest:http://…` or `rest:https://…`".into(),
+            });
+        }
+        Ok(url)
+    }
+
+    /// The repository as logs and messages show it: a password in a URL masked.
+    pub fn location(&self) -> String {
+        masked(&self.repository)
+    }
+
+    /// `text` with the REST server's password (as written and as a URL carries it)
+    /// replaced by `***`: rustic's and reqwest's messages may quote the URL.
+    fn scrub(&self, text: &str) -> String {
+        let mut secrets: Vec<String> = Vec::new();
+        if let Ok(Some((_, password))) = self.rest_credentials() {
+            secrets.push(password);
+        }
+        if let Ok(url) = self.rest_url()
+            && let Some(password) = url.password()
+        {
+            secrets.push(password.to_string());
+        }
+        let mut text = text.to_string();
+        for secret in secrets.iter().filter(|s| !s.is_empty()) {
+            let mut encoded = reqwest::Url::parse("http://h/").expect("a URL");
+            let _ = encoded.set_username("u");
+            let _ = encoded.set_password(Some(secret));
+            for form in [secret.as_str(), encoded.password().unwrap_or(secret)] {
+                text = text.replace(form, "***");
+            }
+        }
+        text
+    }
 }
+
+/// `repository` with the password of a `rest:` URL masked.
+fn masked(repository: &str) -> String {
+    match repository.strip_prefix("rest:") {
+        Some(text) => match reqwest::Url::parse(text) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("***"));
+                }
+                format!("rest:{url}")
+            }
+            Err(_) => "rest:(not a URL)".into(),
+        },
+        None => repository.to_string(),
+    }
+}
+
+/// Serializes `repository` masked: a config written back out keeps no password.
+fn serialize_masked<S: serde::Serializer>(repository: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&masked(repository))
+}
+
+/// The options appsnap reads itself for a `rest:` repository, never handed to the backend.
+const REST_USER: &str = "rest_user";
+const REST_PASSWORD: &str = "rest_password";
+const REST_PASSWORD_FILE: &str = "rest_password_file";
 
 /// What appsnap writes into the description of each restic snapshot (JSON): enough to
 /// list, fetch, check and restore the snapshot with nothing else of the server left.
@@ -293,20 +469,78 @@ fn describe(e: &RusticError) -> String {
     text.strip_prefix("Error: ").unwrap_or(&text).to_string()
 }
 
-/// Maps rustic's errors for repository `name`: a password that opens no key becomes
+/// Maps rustic's errors for repository `cfg`: a password that opens no key becomes
 /// `WrongPassword` (the operator's mistake, worth its own message), anything else
-/// `Backend` with the one-line cause.
-fn backend_err(name: &str) -> impl Fn(Box<RusticError>) -> OffsiteError + '_ {
+/// `Backend` with the one-line cause, secrets scrubbed.
+fn backend_err(cfg: &RepositoryConfig) -> impl Fn(Box<RusticError>) -> OffsiteError + '_ {
     move |e| {
         if e.is_incorrect_password() {
-            OffsiteError::WrongPassword(name.to_string())
+            OffsiteError::WrongPassword(cfg.name.clone())
         } else {
             OffsiteError::Backend {
-                name: name.to_string(),
-                message: describe(&e),
+                name: cfg.name.clone(),
+                message: cfg.scrub(&describe(&e)),
             }
         }
     }
+}
+
+/// Master keys this process has derived, by [`key_slot`], with the key file each came
+/// from. Deriving one from a password costs ~0.5 s of scrypt by design; paying it once per
+/// repository and process, instead of at every listing, download or restore, is the
+/// difference between a snappy list and a slow one. A changed password, storage or
+/// option is another slot; a key file removed from the repository (`restic key remove`)
+/// stops the cached key from being used ([`open_with_cached_key`]).
+static KEYS: std::sync::Mutex<BTreeMap<[u8; 32], CachedKey>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// A master key derived from a password, and the key file it came from.
+#[derive(Clone)]
+struct CachedKey {
+    file: KeyId,
+    key: MasterKey,
+    /// How many times the slot was filled by a derivation (tests check it stays 1).
+    derivations: u32,
+}
+
+/// What a cached key is filed under: a digest of everything that opened it (the password
+/// included, so that no cached key outlives the password that derived it).
+fn key_slot(cfg: &RepositoryConfig, password: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [cfg.name.as_str(), cfg.repository.as_str(), password] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    for (k, v) in &cfg.options {
+        for part in [k, v] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+    }
+    h.finalize().into()
+}
+
+/// Opens `repo` with the key cached under `slot`, if there is one and the key file it
+/// came from is still in the repository; `None` (and the slot emptied) otherwise, and
+/// the caller derives the key from the password.
+fn open_with_cached_key(
+    repo: Repository<()>,
+    backends: &rustic_core::RepositoryBackends,
+    slot: &[u8; 32],
+) -> Option<Repository<OpenStatus>> {
+    let cached = KEYS.lock().expect("key cache").get(slot).cloned()?;
+    let still_there = backends
+        .repository()
+        .list(rustic_core::FileType::Key)
+        .is_ok_and(|ids| ids.into_iter().any(|id| KeyId::from(id) == cached.file));
+    let opened = still_there
+        .then(|| repo.open(&Credentials::Masterkey(cached.key)).ok())
+        .flatten();
+    if opened.is_none() {
+        KEYS.lock().expect("key cache").remove(slot);
+    }
+    opened
 }
 
 /// Opens a repository; creates it first when `create` and its storage has no repository
@@ -318,48 +552,117 @@ pub fn open(cfg: &RepositoryConfig, create: bool) -> Result<Repository<OpenStatu
 }
 
 /// [`open`], counting what is written to the storage into `written` and what is read
-/// from it into `read`.
+/// from it into `read`, at the rates the repository's limits allow.
 fn open_counting(
     cfg: &RepositoryConfig,
     create: bool,
     written: Option<Arc<AtomicU64>>,
     read: Option<Arc<AtomicU64>>,
 ) -> Result<Repository<OpenStatus>, OffsiteError> {
-    let err = backend_err(&cfg.name);
+    let err = backend_err(cfg);
     let password = cfg.password()?;
-    let mut backends = BackendOptions::default()
-        .repository(cfg.repository.clone())
-        .options(cfg.options.clone())
+    let (repository, options) = cfg.backend_target()?;
+    let backends = BackendOptions::default()
+        .repository(repository)
+        .options(options)
         .to_backends()
         .map_err(&err)?;
-    if written.is_some() || read.is_some() {
-        let counting = counting::Counting {
-            inner: backends.repository(),
-            written: written.unwrap_or_default(),
-            read: read.unwrap_or_default(),
-        };
-        backends = rustic_core::RepositoryBackends::new(Arc::new(counting), backends.repo_hot());
-    }
+    let counting = counting::Counting {
+        inner: backends.repository(),
+        written: written.unwrap_or_default(),
+        read: read.unwrap_or_default(),
+        upload: cfg.limit_upload_kib.map(counting::Limiter::kib),
+        download: cfg.limit_download_kib.map(counting::Limiter::kib),
+    };
+    let backends = rustic_core::RepositoryBackends::new(Arc::new(counting), backends.repo_hot());
     // No cache: the repository may be written by other servers, and the cache would be
     // one more place holding (encrypted) data on the server whose loss we prepare for.
     let opts = RepositoryOptions::default().no_cache(true);
-    let repo = Repository::new(&opts, &backends).map_err(&err)?;
+    let repo = || Repository::new(&opts, &backends).map_err(&err);
     let credentials = Credentials::password(&password);
-    match repo.config_id().map_err(&err)? {
-        Some(_) => repo.open(&credentials).map_err(&err),
-        None if create => {
+    let slot = key_slot(cfg, &password);
+    let opened = match repo()?.config_id().map_err(&err)? {
+        Some(_) => match open_with_cached_key(repo()?, &backends, &slot) {
+            Some(opened) => return Ok(opened),
+            None => repo()?.open(&credentials).map_err(&err)?,
+        },
+        None => {
+            if cfg.is_rest() {
+                // rustic's REST backend reads any answer but 2xx to `HEAD config` as "no
+                // repository", a refused password included: ask once more and tell them
+                // apart before anything is created.
+                rest_config_missing(cfg)?;
+            }
+            if !create {
+                return Err(OffsiteError::Backend {
+                    name: cfg.name.clone(),
+                    message: "no repository there yet (`appsnap repo init` creates it)".into(),
+                });
+            }
             tracing::info!(repository = %cfg.name, "initialising a new repository");
-            repo.init(
-                &credentials,
-                &KeyOptions::default(),
-                &ConfigOptions::default(),
-            )
-            .map_err(&err)
+            repo()?
+                .init(
+                    &credentials,
+                    &KeyOptions::default(),
+                    &ConfigOptions::default(),
+                )
+                .map_err(&err)?
         }
-        None => Err(OffsiteError::Backend {
-            name: cfg.name.clone(),
-            message: "no repository there yet (`appsnap repo init` creates it)".into(),
-        }),
+    };
+    if let Some(file) = opened.key_id() {
+        let mut keys = KEYS.lock().expect("key cache");
+        let derivations = keys.get(&slot).map_or(0, |k| k.derivations) + 1;
+        keys.insert(
+            slot,
+            CachedKey {
+                file: *file,
+                key: opened.key(),
+                derivations,
+            },
+        );
+    }
+    Ok(opened)
+}
+
+/// Succeeds when the REST server answers 404 to `HEAD <repository>/config`: no repository
+/// there yet. Any other answer is the error it means (credentials refused, access denied,
+/// a server failing), named for the operator.
+fn rest_config_missing(cfg: &RepositoryConfig) -> Result<(), OffsiteError> {
+    let fail = |message: String| OffsiteError::Backend {
+        name: cfg.name.clone(),
+        message: cfg.scrub(&message),
+    };
+    let mut url = cfg.rest_url()?;
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    let url = url.join("config").map_err(|e| fail(e.to_string()))?;
+    let mut request = reqwest::blocking::Client::new().head(url.clone());
+    if let Some((user, password)) = cfg.rest_credentials()? {
+        request = request.basic_auth(user, Some(password));
+    }
+    let status = request
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .map_err(|e| {
+            fail(format!(
+                "the REST server cannot be reached: {}",
+                e.without_url()
+            ))
+        })?
+        .status();
+    match status.as_u16() {
+        404 => Ok(()),
+        // rest-server answers 401 to a wrong password; rustic_server 403, as it does to
+        // a user its access rules keep out of the repository.
+        code @ (401 | 403) => Err(fail(format!(
+            "the REST server refused the login or denies this user the repository (HTTP \
+             {code}): check `{REST_USER}` and `{REST_PASSWORD}` / `{REST_PASSWORD_FILE}`, and \
+             the server's access rules"
+        ))),
+        code => Err(fail(format!(
+            "the REST server answered HTTP {code} when asked for the repository's config"
+        ))),
     }
 }
 
@@ -377,9 +680,11 @@ pub fn copy(
     cancel: Option<crate::archive::Cancel>,
     repair: bool,
 ) -> Result<Copied, OffsiteError> {
-    let err = backend_err(&cfg.name);
+    let err = backend_err(cfg);
     let repo = open_counting(cfg, true, Some(Arc::clone(&progress.bytes_uploaded)), None)?;
-    if repair {
+    // An append-only store refuses the deletes a repair makes (it replaces index files):
+    // there the copy goes on, and the check below still refuses a copy it cannot read.
+    if repair && !cfg.append_only {
         // An upload cut short (a server that died, a kill) can leave index entries for
         // packs that never arrived; deduplicating against them would make a "complete"
         // copy that cannot be read back. Rebuild the index from the packs that exist.
@@ -427,7 +732,9 @@ pub fn copy(
             Err(e) => Some(format!("the stored file is missing: {}", describe(&e))),
         });
     if let Some(reason) = problem {
-        if let Err(e) = repo.delete_snapshots(&[saved.id]) {
+        if cfg.append_only {
+            tracing::warn!(repository = %cfg.name, "the short copy {} stays in the append-only repository (a fetch refuses it: its sha256 is not the snapshot's); its admin may forget it", saved.id);
+        } else if let Err(e) = repo.delete_snapshots(&[saved.id]) {
             tracing::warn!(repository = %cfg.name, "cannot remove the short copy {}: {}", saved.id, describe(&e));
         }
         if check.cancelled() {
@@ -507,7 +814,7 @@ pub fn list(
     let repo = open(cfg, false)?;
     let mut out: Vec<RemoteSnapshot> = repo
         .get_all_snapshots()
-        .map_err(backend_err(&cfg.name))?
+        .map_err(backend_err(cfg))?
         .into_iter()
         .filter(|s| s.label == LABEL)
         .filter_map(|s| {
@@ -573,7 +880,7 @@ fn parse_description(text: &str) -> Option<Description> {
 
 /// Bytes the repository's storage holds (every file: packs, index, snapshots, keys).
 pub fn stored(cfg: &RepositoryConfig) -> Result<u64, OffsiteError> {
-    stored_bytes(&open(cfg, false)?).map_err(backend_err(&cfg.name))
+    stored_bytes(&open(cfg, false)?).map_err(backend_err(cfg))
 }
 
 /// Removes exactly the named repository snapshots (appsnap's copies only) from the
@@ -584,7 +891,10 @@ pub fn forget(
     cfg: &RepositoryConfig,
     repository_snapshots: &[String],
 ) -> Result<usize, OffsiteError> {
-    let err = backend_err(&cfg.name);
+    if cfg.append_only {
+        return Err(OffsiteError::AppendOnly(cfg.name.clone()));
+    }
+    let err = backend_err(cfg);
     let repo = open(cfg, false)?;
     let ids: Vec<_> = repo
         .get_all_snapshots()
@@ -606,7 +916,7 @@ pub fn dump(
     remote: &RemoteSnapshot,
     out: &mut impl Write,
 ) -> Result<(), OffsiteError> {
-    let err = backend_err(&cfg.name);
+    let err = backend_err(cfg);
     let repo = open(cfg, false)?.to_indexed().map_err(&err)?;
     let node = repo
         .node_from_snapshot_path(
@@ -652,7 +962,10 @@ pub struct Pruned {
 /// snapshots are forgotten; they are first marked, then deleted by a later prune once
 /// `keep_delete_secs` have passed, so that a copy running elsewhere meanwhile is safe.
 pub fn prune(cfg: &RepositoryConfig) -> Result<Pruned, OffsiteError> {
-    let err = backend_err(&cfg.name);
+    if cfg.append_only {
+        return Err(OffsiteError::AppendOnly(cfg.name.clone()));
+    }
+    let err = backend_err(cfg);
     let repo = open(cfg, false)?;
     let keep_delete = i64::try_from(cfg.keep_delete_secs).unwrap_or(i64::MAX);
     let opts = rustic_core::PruneOptions::default()
@@ -693,7 +1006,7 @@ pub struct Checked {
 /// pack the storage has, the index against the packs; with `read_data`, also reads every
 /// pack and checks each blob's hash (downloads the whole repository).
 pub fn check(cfg: &RepositoryConfig, read_data: bool) -> Result<Checked, OffsiteError> {
-    let err = backend_err(&cfg.name);
+    let err = backend_err(cfg);
     let repo = open(cfg, false)?;
     let results = repo
         .check(rustic_core::CheckOptions::default().read_data(read_data))
@@ -718,6 +1031,82 @@ pub fn check(cfg: &RepositoryConfig, read_data: bool) -> Result<Checked, Offsite
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn local_repository(dir: &Path, password: &str) -> RepositoryConfig {
+        toml::from_str(&format!(
+            "name = 'local'\nrepository = '{}'\npassword = '{password}'\n",
+            dir.display()
+        ))
+        .unwrap()
+    }
+
+    fn derivations(cfg: &RepositoryConfig) -> u32 {
+        let slot = key_slot(cfg, &cfg.password().unwrap());
+        KEYS.lock().unwrap().get(&slot).map_or(0, |k| k.derivations)
+    }
+
+    #[test]
+    fn a_rest_login_reaches_the_backend_and_no_message() {
+        let mut cfg: RepositoryConfig = toml::from_str(
+            "name = 'nas'\nrepository = 'rest:http://127.0.0.1:8000/repo'\npassword = 'x'\n\
+             options = { rest_user = 'appsnap', rest_password = 's3cr/t@', retry = '1' }\n",
+        )
+        .unwrap();
+        cfg.check().unwrap();
+        let (url, options) = cfg.backend_target().unwrap();
+        assert_eq!(url, "rest:http://appsnap:s3cr%2Ft%40@127.0.0.1:8000/repo");
+        assert_eq!(options.keys().collect::<Vec<_>>(), ["retry"]);
+        let message = "error sending request for http://appsnap:s3cr%2Ft%40@127.0.0.1 (s3cr/t@)";
+        assert!(
+            !cfg.scrub(message).contains("s3cr"),
+            "{}",
+            cfg.scrub(message)
+        );
+        assert!(!format!("{cfg:?}").contains("s3cr"));
+
+        // A login written into the URL is masked wherever the repository is shown.
+        cfg.repository = "rest:http://appsnap:inline-pw@nas:8000/repo".into();
+        cfg.options.clear();
+        assert_eq!(cfg.location(), "rest:http://appsnap:***@nas:8000/repo");
+        assert!(!serde_json::to_string(&cfg).unwrap().contains("inline-pw"));
+        assert!(
+            !cfg.scrub("http://appsnap:inline-pw@nas")
+                .contains("inline-pw")
+        );
+
+        // A REST login on another kind of repository, a zero limit: refused.
+        cfg.repository = "/mnt/nas".into();
+        cfg.options.insert("rest_user".into(), "u".into());
+        assert!(cfg.check().is_err());
+        cfg.options.clear();
+        cfg.limit_upload_kib = Some(0);
+        assert!(cfg.check().is_err());
+    }
+
+    #[test]
+    fn a_key_is_derived_once_per_repository_and_stops_working_with_its_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = local_repository(&dir.path().join("repo"), "first password");
+        init(&cfg).unwrap();
+        assert_eq!(derivations(&cfg), 1, "init derives the key");
+        for _ in 0..3 {
+            assert!(list(&cfg, None).unwrap().is_empty());
+            stored(&cfg).unwrap();
+        }
+        assert_eq!(derivations(&cfg), 1, "listings reuse it");
+        // Another password is another slot, and must open the repository on its own.
+        let wrong = local_repository(&dir.path().join("repo"), "not the password");
+        assert!(matches!(
+            list(&wrong, None),
+            Err(OffsiteError::WrongPassword(_))
+        ));
+        // The key file removed (`restic key remove`): the cached key is no longer used.
+        for key in std::fs::read_dir(dir.path().join("repo/keys")).unwrap() {
+            std::fs::remove_file(key.unwrap().path()).unwrap();
+        }
+        assert!(list(&cfg, None).is_err(), "no key file, no access");
+        assert_eq!(derivations(&cfg), 0, "the slot is emptied");
+    }
 
     #[test]
     fn a_copy_dated_in_the_future_is_listed_as_of_its_copy_or_of_now() {

@@ -1,0 +1,340 @@
+//! Repository kinds and rules beyond S3: a real REST server (rustic_server), append-only
+//! repositories (with a stand-in for `rest-server --append-only`), and rate limits.
+
+use std::fs;
+
+use axum::http::StatusCode;
+use sha2::Digest;
+
+use crate::common::rest::{REST_ADMIN_PASSWORD, REST_PASSWORD, RefusingProxy, RestServer};
+use crate::common::{Harness, TestApp, manifest};
+use crate::offsite::{
+    all_done, backup_and_copy, copy_of, inflated_sha256, random_file, repository_job,
+};
+
+/// The repository's snapshot list, as the API gives it.
+async fn remote(h: &Harness) -> serde_json::Value {
+    let (status, remote) = h
+        .call("GET", "/api/v1/repositories/offsite/snapshots")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{remote}");
+    remote
+}
+
+#[tokio::test]
+async fn a_rest_repository_copies_lists_checks_forgets_prunes_and_restores_on_a_new_server() {
+    let server = RestServer::start("Modify");
+    let mut app = TestApp::new("");
+    crate::common::fill_every_kind(&app.volume_path());
+    let repo = RestServer::repository(
+        "offsite",
+        &RestServer::url(server.port),
+        "appsnap",
+        REST_PASSWORD,
+    );
+    let (first, second, before) = {
+        let a = Harness::with(|c| {
+            c.repositories = vec![repo.clone()];
+            c.offsite_attempts = 1;
+        })
+        .await;
+        let (first, job) = backup_and_copy(&a, &app.id).await;
+        let first = first["snapshot_id"].as_str().unwrap().to_string();
+        random_file(&app.volume_path().join("changed"), 300_000);
+        let before = manifest(&app.volume_path(), true);
+        let (snap, _) = backup_and_copy(&a, &app.id).await;
+        let second = snap["snapshot_id"].as_str().unwrap().to_string();
+
+        // Debian's restic reads over REST what appsnap wrote: the same tar stream.
+        let listed = remote(&a).await;
+        let copy = copy_of(&listed, &second);
+        let (ok, dumped) = server.restic(
+            "admin",
+            REST_ADMIN_PASSWORD,
+            &[
+                "dump",
+                copy["repository_snapshot"].as_str().unwrap(),
+                copy["path"].as_str().unwrap(),
+            ],
+        );
+        assert!(ok, "restic dump over REST");
+        let dumped = appsnap::archive::hex(&sha2::Sha256::digest(&dumped));
+        assert_eq!(dumped, inflated_sha256(&snap));
+        assert_eq!(copy["tar_sha256"], dumped.as_str());
+
+        // The REST server's password shows nowhere.
+        let (_, repos) = a.call("GET", "/api/v1/repositories").await;
+        for shown in [repos.to_string(), job.to_string(), listed.to_string()] {
+            assert!(!shown.contains(REST_PASSWORD), "{shown}");
+        }
+        let checked = repository_job(&a, "/api/v1/repositories/offsite/check").await;
+        assert_eq!(checked["errors"], serde_json::json!([]), "{checked}");
+
+        // Forget the first copy there; the prune that follows runs over REST too.
+        let (status, body) = a
+            .call(
+                "DELETE",
+                &format!("/api/v1/backup/snapshots/{first}?location=offsite"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        all_done(&a, "prune").await;
+        let listed = remote(&a).await;
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+        assert_eq!(server.files("snapshots"), 1);
+        (first, second, before)
+    };
+    let _ = first;
+
+    // Server A is gone; server B, same configuration, restores the app from REST.
+    app.recreate();
+    let b = Harness::with(|c| c.repositories = vec![repo]).await;
+    let (status, body) = b
+        .call(
+            "POST",
+            &format!("/api/v1/backup/restore/{}/{second}", app.id),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        manifest(&app.volume_path(), true),
+        before,
+        "every entry back"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_rest_login_is_named_and_creates_nothing() {
+    let server = RestServer::start("Modify");
+    let app = TestApp::new("");
+    fs::write(app.volume_path().join("data"), "precious\n").unwrap();
+    let wrong = "not-the-Rest-pw";
+    let repo = RestServer::repository("offsite", &RestServer::url(server.port), "appsnap", wrong);
+    let h = Harness::with(|c| {
+        c.repositories = vec![repo];
+        c.offsite_attempts = 1;
+    })
+    .await;
+    let snap = h.backup(&app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap();
+    let job =
+        crate::common::job_done(&h, &crate::offsite::newest_job(&h, "copy", &app.id).await).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let (_, got) = h
+        .call("GET", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    let error = got["copies"]["offsite"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("REST server refused the login") && error.contains("(HTTP 403)"),
+        "a wrong REST password is told apart from a missing repository: {error}"
+    );
+    assert!(!error.contains(wrong), "{error}");
+    assert!(
+        !server.data.path().join("repo/config").exists(),
+        "a refused login never creates a repository"
+    );
+    assert_eq!(got["locations"], serde_json::json!(["local"]), "{got}");
+}
+
+#[tokio::test]
+async fn an_append_only_repository_is_never_asked_to_delete_and_a_refused_delete_loses_nothing() {
+    let server = RestServer::start("Append");
+    let proxy = RefusingProxy::start(server.port);
+    let app = TestApp::new("");
+    let mut repo = RestServer::repository(
+        "offsite",
+        &RestServer::url(proxy.port),
+        "appsnap",
+        REST_PASSWORD,
+    );
+    repo.append_only = true;
+    let h = Harness::with(|c| {
+        c.repositories = vec![repo.clone()];
+        c.offsite_attempts = 1;
+    })
+    .await;
+    // Keep only the newest copy there: the rule this server must leave to its admin.
+    let (status, body) = h
+        .call_json(
+            "PUT",
+            &format!("/api/v1/backup/apps/{}/policies", app.id),
+            serde_json::json!({"repositories": {"offsite": {"retention": {"policy": "keep-last", "config": {"n": 1}}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        random_file(&app.volume_path().join("data"), 100_000);
+        let (snap, job) = backup_and_copy(&h, &app.id).await;
+        assert!(job["result"]["retention"].is_null(), "{job}");
+        ids.push(snap["snapshot_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(remote(&h).await.as_array().unwrap().len(), 2);
+
+    let refused = |status: StatusCode, body: &serde_json::Value| {
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        let message = body["message"].as_str().unwrap_or_default().to_string()
+            + body["details"].as_str().unwrap_or_default();
+        assert!(message.contains("append-only"), "{body}");
+    };
+    for location in ["offsite", "all"] {
+        let (status, body) = h
+            .call(
+                "DELETE",
+                &format!("/api/v1/backup/snapshots/{}?location={location}", ids[0]),
+            )
+            .await;
+        refused(status, &body);
+    }
+    let retention = format!("/api/v1/backup/apps/{}/retention?location=offsite", app.id);
+    let (status, body) = h.call("POST", &retention).await;
+    refused(status, &body);
+    let (status, body) = h.call("POST", "/api/v1/repositories/offsite/prune").await;
+    refused(status, &body);
+    // A dry run says what the admin's pass would forget.
+    let (status, report) = h.call("POST", &format!("{retention}&dry_run=true")).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        report["deleted"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(
+        report["deleted"][0]["snapshot_id"],
+        ids[0].as_str(),
+        "{report}"
+    );
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(
+        proxy.refused.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "appsnap never even tried to delete there"
+    );
+    let (_, local) = h.call("GET", "/api/v1/backup/snapshots").await;
+    assert_eq!(
+        local.as_array().unwrap().len(),
+        2,
+        "nothing local went either"
+    );
+
+    // The same store, not marked append-only here: the server's refusal fails the
+    // delete cleanly and nothing is lost.
+    repo.append_only = false;
+    let h = h.reopen(|c| c.repositories = vec![repo]).await;
+    let (status, body) = h
+        .call(
+            "DELETE",
+            &format!("/api/v1/backup/snapshots/{}?location=offsite", ids[0]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(proxy.refused.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert_eq!(
+        remote(&h).await.as_array().unwrap().len(),
+        2,
+        "both copies stay"
+    );
+    let (_, got) = h
+        .call("GET", &format!("/api/v1/backup/snapshots/{}", ids[0]))
+        .await;
+    assert_eq!(
+        got["locations"],
+        serde_json::json!(["local", "offsite"]),
+        "{got}"
+    );
+
+    // The admin machine, with full rights straight on the server: forgets there, then
+    // prunes with `appsnap repo prune --config admin.toml`.
+    let listed = remote(&h).await;
+    let old = copy_of(&listed, &ids[0])["repository_snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, _) = server.restic("admin", REST_ADMIN_PASSWORD, &["forget", &old]);
+    assert!(ok, "the admin forgets");
+    let admin = tempfile::tempdir().unwrap();
+    let config = admin.path().join("admin.toml");
+    fs::write(
+        &config,
+        format!(
+            "backup_root = '{}'\n\n[[repositories]]\nname = 'offsite'\n\
+             repository = 'rest:{}'\npassword = '{}'\nkeep_delete_secs = 0\n\
+             options = {{ rest_user = 'admin', rest_password = '{REST_ADMIN_PASSWORD}' }}\n",
+            admin.path().display(),
+            RestServer::url(server.port),
+            crate::common::rest::REPO_PASSWORD,
+        ),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        // Two prunes: the first marks what the forget left unused, the second deletes it.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_appsnap"))
+            .args(["--config"])
+            .arg(&config)
+            .args(["repo", "prune", "offsite"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "admin prune: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("pruned"));
+    }
+    assert_eq!(remote(&h).await.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn copies_and_fetches_keep_to_the_repository_rate_limits() {
+    let app = TestApp::new("");
+    let store = tempfile::tempdir().unwrap();
+    let limit_kib = 2048;
+    let mut repo: appsnap::offsite::RepositoryConfig = toml::from_str(&format!(
+        "name = 'offsite'\nrepository = '{}'\npassword = 'pw'\n\
+         limit_upload_kib = {limit_kib}\nlimit_download_kib = {limit_kib}\n",
+        store.path().join("repo").display()
+    ))
+    .unwrap();
+    repo.keep_delete_secs = 0;
+    // Random bytes: compression cannot shrink what goes over the wire.
+    random_file(&app.volume_path().join("data"), 8 << 20);
+    let h = Harness::with(|c| c.repositories = vec![repo]).await;
+    let limit = (limit_kib * 1024) as f64;
+
+    let (snap, job) = backup_and_copy(&h, &app.id).await;
+    let uploaded = job["result"]["bytes_uploaded"].as_u64().unwrap() as f64;
+    let seconds = |job: &serde_json::Value| {
+        let at = |k: &str| chrono::DateTime::parse_from_rfc3339(job[k].as_str().unwrap()).unwrap();
+        (at("finished_at") - at("started_at")).as_seconds_f64()
+    };
+    let rate = uploaded / seconds(&job);
+    eprintln!(
+        "upload: {uploaded} bytes at {:.0} KiB/s (limit {limit_kib})",
+        rate / 1024.0
+    );
+    assert!(uploaded > 8e6, "{job}");
+    assert!(rate <= limit * 1.15, "upload at {rate} B/s, limit {limit}");
+    assert!(
+        rate >= limit * 0.5,
+        "the limit, not something else, sets the pace: {rate}"
+    );
+
+    // The local archive goes; a fetch brings it back from the repository, paced too.
+    let id = snap["snapshot_id"].as_str().unwrap();
+    let (status, _) = h
+        .call("DELETE", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, job) = h
+        .call("POST", &format!("/api/v1/backup/snapshots/{id}/fetch"))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job = crate::common::job_done(&h, job["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let downloaded = crate::common::dir_bytes(&store.path().join("repo/data")) as f64;
+    let rate = downloaded / seconds(&job);
+    eprintln!(
+        "download: {downloaded} bytes at {:.0} KiB/s (limit {limit_kib})",
+        rate / 1024.0
+    );
+    assert!(
+        rate <= limit * 1.15,
+        "download at {rate} B/s, limit {limit}"
+    );
+}
