@@ -1,10 +1,10 @@
 //! Repository kinds and rules beyond S3: a real REST server (rustic_server), append-only
-//! repositories (with a stand-in for `rest-server --append-only`), and rate limits.
+//! repositories (with a stand-in for `rest-server --append-only`), rate limits, and copies
+//! of the format before trees.
 
 use std::fs;
 
 use axum::http::StatusCode;
-use sha2::Digest;
 
 use crate::common::rest::{REST_ADMIN_PASSWORD, REST_PASSWORD, RefusingProxy, RestServer};
 use crate::common::{Harness, TestApp, manifest};
@@ -45,22 +45,29 @@ async fn a_rest_repository_copies_lists_checks_forgets_prunes_and_restores_on_a_
         let (snap, _) = backup_and_copy(&a, &app.id).await;
         let second = snap["snapshot_id"].as_str().unwrap().to_string();
 
-        // Debian's restic reads over REST what appsnap wrote: the same tar stream.
+        // Debian's restic restores over REST what appsnap wrote: the app's files.
         let listed = remote(&a).await;
         let copy = copy_of(&listed, &second);
-        let (ok, dumped) = server.restic(
+        assert_eq!(copy["tar_sha256"], inflated_sha256(&snap).as_str());
+        let target = tempfile::tempdir().unwrap();
+        let path = copy["path"].as_str().unwrap();
+        let (ok, _) = server.restic(
             "admin",
             REST_ADMIN_PASSWORD,
             &[
-                "dump",
+                "restore",
                 copy["repository_snapshot"].as_str().unwrap(),
-                copy["path"].as_str().unwrap(),
+                "--target",
+                target.path().to_str().unwrap(),
+                "--include",
+                path,
             ],
         );
-        assert!(ok, "restic dump over REST");
-        let dumped = appsnap::archive::hex(&sha2::Sha256::digest(&dumped));
-        assert_eq!(dumped, inflated_sha256(&snap));
-        assert_eq!(copy["tar_sha256"], dumped.as_str());
+        assert!(ok, "restic restore over REST");
+        crate::common::assert_same_as_the_archive(
+            &snap,
+            &target.path().join(path.trim_start_matches('/')),
+        );
 
         // The REST server's password shows nowhere.
         let (_, repos) = a.call("GET", "/api/v1/repositories").await;
@@ -336,5 +343,127 @@ async fn copies_and_fetches_keep_to_the_repository_rate_limits() {
     assert!(
         rate <= limit * 1.15,
         "download at {rate} B/s, limit {limit}"
+    );
+}
+
+#[tokio::test]
+async fn a_copy_made_as_one_tar_file_is_still_listed_restored_forgotten_and_pruned() {
+    let mut app = TestApp::new("");
+    crate::common::fill_every_kind(&app.volume_path());
+    let before = manifest(&app.volume_path(), true);
+    let store = tempfile::tempdir().unwrap();
+    let mut repo: appsnap::offsite::RepositoryConfig = toml::from_str(&format!(
+        "name = 'offsite'\nrepository = '{}'\npassword = 'pw'\n",
+        store.path().join("repo").display()
+    ))
+    .unwrap();
+    repo.keep_delete_secs = 0;
+
+    // Server A backs up; its copy is made the way copies were before trees: one tar file.
+    let a = Harness::new().await;
+    let snap = a.backup(&app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap().to_string();
+    let description = appsnap::offsite::Description {
+        appsnap: 1,
+        app_id: app.id.clone(),
+        snapshot_id: id.clone(),
+        created_at: chrono::Utc::now(),
+        tar_sha256: inflated_sha256(&snap),
+        tar_bytes: snap["tar_bytes"].as_u64().unwrap(),
+        entries: None,
+        mounts: serde_json::from_value(snap["mounts"].clone()).unwrap(),
+        origin: appsnap::catalog::Origin::Manual,
+        note: None,
+        root_id: None,
+        format: appsnap::offsite::Format::Tar,
+    };
+    let archive = std::path::PathBuf::from(snap["file_path"].as_str().unwrap());
+    let cfg = repo.clone();
+    let copied = tokio::task::spawn_blocking(move || {
+        let tar = appsnap::archive::read::open_tar_stream(&archive, 1).unwrap();
+        let progress = std::sync::Arc::new(appsnap::offsite::Progress::default());
+        appsnap::offsite::copy(
+            &cfg,
+            &description,
+            None,
+            appsnap::offsite::Input::Tar(tar),
+            &progress,
+            None,
+            false,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(copied.format, appsnap::offsite::Format::Tar);
+    drop(a);
+
+    // Server B: lists it as such, restores from it, forgets it and prunes.
+    app.recreate();
+    let b = Harness::with(|c| c.repositories = vec![repo]).await;
+    let listed = remote(&b).await;
+    let copy = copy_of(&listed, &id);
+    assert_eq!(copy["format"], "tar", "{copy}");
+    assert!(copy["path"].as_str().unwrap().ends_with(".tar"), "{copy}");
+    let (status, body) = b
+        .call("POST", &format!("/api/v1/backup/restore/{}/{id}", app.id))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(manifest(&app.volume_path(), true), before);
+    let (status, body) = b
+        .call(
+            "DELETE",
+            &format!("/api/v1/backup/snapshots/{id}?location=offsite"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    all_done(&b, "prune").await;
+    assert_eq!(remote(&b).await, serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn the_count_rule_keeps_an_archive_whose_copy_is_still_owed() {
+    let app = TestApp::new("");
+    // A repository nobody serves: every copy fails and waits to retry (pending).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let repo = RestServer::repository("offsite", &RestServer::url(port), "appsnap", "x");
+    let h = Harness::with(|c| {
+        c.repositories = vec![repo];
+        c.max_snapshots_per_app = 1;
+        c.offsite_attempts = 3;
+        c.offsite_retry_secs = 3600;
+    })
+    .await;
+    let first = h.backup(&app.id).await;
+    let id = first["snapshot_id"].as_str().unwrap();
+    let job = crate::offsite::newest_job(&h, "copy", &app.id).await;
+    crate::offsite::job_until(&h, &job, |j| j.step.contains("retrying in")).await;
+    let (_, pending) = h
+        .call("GET", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    assert_eq!(
+        pending["copies"]["offsite"]["state"], "pending",
+        "{pending}"
+    );
+    h.backup(&app.id).await;
+    let (_, list) = h
+        .call(
+            "GET",
+            &format!("/api/v1/backup/snapshots?app_id={}", app.id),
+        )
+        .await;
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["snapshot_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&id),
+        "the first archive stays while its copy is owed: {ids:?}"
     );
 }

@@ -779,6 +779,28 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Asserts that each mount of `snapshot`, as a restore outside appsnap gave it in
+/// `restored` (the snapshot's folder), equals what GNU tar unpacks from the local
+/// archive: every entry, owner, mode, time, link and xattr.
+pub fn assert_same_as_the_archive(snapshot: &serde_json::Value, restored: &Path) {
+    let unpacked = tempfile::tempdir().unwrap();
+    sh(&format!(
+        "tar --xattrs --xattrs-include='*' --numeric-owner -xpzf {} -C {}",
+        snapshot["file_path"].as_str().unwrap(),
+        unpacked.path().display()
+    ));
+    let mounts = snapshot["mounts"].as_array().unwrap();
+    assert!(!mounts.is_empty(), "{snapshot}");
+    for m in mounts {
+        let dir = m["archive_dir"].as_str().unwrap();
+        assert_eq!(
+            manifest(&restored.join(dir), true),
+            manifest(&unpacked.path().join(dir), true),
+            "{dir} as restored outside appsnap"
+        );
+    }
+}
+
 /// A real S3 server (s3s-fs, installed by `scripts/test`) on a free loopback port, serving
 /// each folder of its data dir as a bucket; killed on drop.
 pub struct S3Server {
@@ -931,20 +953,29 @@ impl S3Server {
         );
     }
 
-    /// sha256 of what `restic dump` gives for a snapshot as the repository listing
-    /// (`GET /api/v1/repositories/{name}/snapshots`) shows it.
-    pub fn restic_dump_sha256(&self, bucket: &str, remote: &serde_json::Value) -> String {
-        use sha2::Digest;
-        let (ok, dumped) = self.restic(
+    /// `restic restore` of a copy (a tree) as the repository listing shows it, into a new
+    /// folder; returns it and the snapshot's folder inside it.
+    pub fn restic_restore(
+        &self,
+        bucket: &str,
+        remote: &serde_json::Value,
+    ) -> (tempfile::TempDir, PathBuf) {
+        let target = tempfile::tempdir().unwrap();
+        let path = remote["path"].as_str().unwrap();
+        let (ok, _) = self.restic(
             bucket,
             &[
-                "dump",
+                "restore",
                 remote["repository_snapshot"].as_str().unwrap(),
-                remote["path"].as_str().unwrap(),
+                "--target",
+                target.path().to_str().unwrap(),
+                "--include",
+                path,
             ],
         );
-        assert!(ok, "restic dump of {remote}");
-        appsnap::archive::hex(&sha2::Sha256::digest(&dumped))
+        assert!(ok, "restic restore of {remote}");
+        let folder = target.path().join(path.trim_start_matches('/'));
+        (target, folder)
     }
 }
 

@@ -210,7 +210,9 @@ pub(crate) fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "Repository copy does not match the snapshot",
                 ),
-                O::Local(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Archive error"),
+                O::Local(_) | O::NotATree(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "Archive error")
+                }
                 O::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "Service shutting down"),
                 O::AppendOnly(_) => (StatusCode::CONFLICT, "Repository is append-only"),
             }

@@ -153,6 +153,22 @@ impl<R: Read> TarReader<R> {
         Ok(n)
     }
 
+    /// The reader below, as it is.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Reads the current entry's padding, once its data is read to the end, so that the
+    /// stream stands at the next header (what a tree copy records byte for byte).
+    pub fn skip_padding(&mut self) -> io::Result<()> {
+        if self.remaining > 0 {
+            return Err(io::Error::other("the entry's data is not read to its end"));
+        }
+        self.skip(self.padding)?;
+        self.padding = 0;
+        Ok(())
+    }
+
     /// The next entry, or `None` at the end-of-archive marker (after checking that only
     /// zeros follow it). Whatever the caller left unread of the previous entry is skipped.
     ///
@@ -351,7 +367,8 @@ impl<R: Read> TarReader<R> {
     }
 }
 
-fn pad(size: u64) -> u64 {
+/// Zero bytes after `size` bytes of data, up to the next whole block.
+pub fn pad(size: u64) -> u64 {
     (BLOCK - size % BLOCK) % BLOCK
 }
 

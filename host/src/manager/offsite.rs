@@ -315,6 +315,7 @@ impl BackupManager {
                         "repository_snapshot": copied.repository_snapshot,
                         "bytes_read": copied.bytes_read,
                         "bytes_uploaded": copied.bytes_uploaded,
+                        "format": copied.format,
                         "evicted": forgotten,
                         "retention": retention,
                     }));
@@ -445,21 +446,26 @@ impl BackupManager {
             origin: snapshot.facts.origin,
             note: snapshot.facts.note.clone(),
             root_id: Some(self.store.root_id().to_string()),
+            format: offsite::Format::Tar,
         };
         // The entry index goes with the copy, so that the copy can be browsed; one that
-        // cannot be made or read only costs that.
+        // cannot be made or read only costs that (and the copy is one tar file: a tree is
+        // planned from the index).
         let index = match self.index_of(snapshot).await {
-            Ok(_) => {
+            Ok(loaded) => {
                 let at = archive::index::path_for(Path::new(&snapshot.file_path));
-                tokio::fs::read(&at).await.map_err(|e| e.to_string())
+                let file = tokio::fs::read(&at).await.map_err(|e| e.to_string());
+                file.map(|file| (file, loaded))
             }
             Err(e) => Err(e.to_string()),
         };
-        let index = index
-            .inspect_err(|e| {
-                tracing::warn!(snapshot = %snapshot.snapshot_id, "the copy goes without its entry index (it cannot be browsed): {e}")
-            })
-            .ok();
+        let (index, loaded) = match index {
+            Ok((file, loaded)) => (Some(file), Some(loaded)),
+            Err(e) => {
+                tracing::warn!(snapshot = %snapshot.snapshot_id, "the copy goes without its entry index (it cannot be browsed): {e}");
+                (None, None)
+            }
+        };
         job.total(tar_bytes);
         let progress = Arc::new(offsite::Progress::default());
         let (path, threads, cancel, repo) = (
@@ -468,19 +474,61 @@ impl BackupManager {
             self.gate.new_cancel(),
             repo.clone(),
         );
+        let (sha256, scratch) = (snapshot.sha256.clone(), self.store.state_dir());
         let ticker = spawn_progress(job.clone(), job.info().step, Arc::clone(&progress));
         let copied = tokio::task::spawn_blocking(move || {
-            let tar =
-                archive::read::open_tar_stream(&path, threads).map_err(OffsiteError::Local)?;
-            offsite::copy(
+            // An index that cannot be read whole only costs the tree.
+            let plan = loaded.as_ref().and_then(|index| {
+                offsite::tree::plan(index, description.tar_bytes)
+                    .inspect_err(|e| tracing::warn!(repository = %repo.name, "copied as one tar file: the entry index: {e}"))
+                    .ok()
+                    .flatten()
+            });
+            let as_tar = |index: Option<Vec<u8>>| {
+                let tar =
+                    archive::read::open_tar_stream(&path, threads).map_err(OffsiteError::Local)?;
+                let input = offsite::Input::Tar(tar);
+                offsite::copy(
+                    &repo,
+                    &description,
+                    index,
+                    input,
+                    &progress,
+                    Some(cancel.clone()),
+                    repair,
+                )
+            };
+            let (Some(plan), Some(loaded)) = (plan, loaded) else {
+                return as_tar(index);
+            };
+            // The tree is read from many places of the archive: its sha256 first proves
+            // it is the file whose stream the description names.
+            archive::check_sha256(&path, &sha256)
+                .map_err(|e| OffsiteError::Local(io::Error::other(e.to_string())))?;
+            let input = offsite::Input::Tree {
+                local: Arc::new(archive::index::Local {
+                    archive: path.clone(),
+                    index: loaded,
+                }),
+                plan,
+                scratch,
+            };
+            let copied = offsite::copy(
                 &repo,
                 &description,
-                index,
-                tar,
+                index.clone(),
+                input,
                 &progress,
-                Some(cancel),
+                Some(cancel.clone()),
                 repair,
-            )
+            );
+            match copied {
+                Err(OffsiteError::NotATree(why)) => {
+                    tracing::warn!(repository = %repo.name, "copied as one tar file instead: {why}");
+                    as_tar(index)
+                }
+                other => other,
+            }
         })
         .await;
         ticker.abort();

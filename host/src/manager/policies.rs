@@ -74,18 +74,29 @@ impl BackupManager {
         }
     }
 
-    /// The simple count rule of `max_snapshots_per_app`: oldest unpinned go first.
+    /// The simple count rule of `max_snapshots_per_app`: oldest unpinned go first. A
+    /// snapshot whose copy to a repository is still owed (pending or running) stays until
+    /// it is made: with the history kept in a repository and few archives locally, the
+    /// count must not delete the only source of a copy that waits to retry.
     pub(super) fn enforce_count(&self, app_id: &str) {
         let max = self.config.max_snapshots_per_app;
         if max == 0 {
             return;
         }
+        use crate::catalog::CopyState;
+        let owed = |s: &crate::catalog::Snapshot| {
+            s.facts
+                .copies
+                .values()
+                .any(|c| matches!(c.state, CopyState::Pending | CopyState::Copying))
+        };
         let doomed: Vec<String> = self.store.read(|catalog| {
             catalog
                 .list(Some(app_id))
                 .into_iter()
                 .filter(|s| !s.facts.pinned)
                 .skip(max)
+                .filter(|s| !owed(s))
                 .map(|s| s.snapshot_id.clone())
                 .collect()
         });

@@ -1,12 +1,13 @@
 //! A copy opened for browsing: its entry index, and its tar stream read at any offset by
 //! fetching only the chunks that hold the bytes asked for.
 //!
-//! A copy stores the tar stream as one restic file whose content is a list of chunks
-//! (blobs) with their lengths in the repository's index; rustic's `read_file_at` maps an
-//! offset onto the chunks and fetches each from its pack with one ranged read. With the
-//! snapshot's entry index (the `.index` file beside the tar file), a listing costs the
-//! index's download, and a file its header's and its data's chunks: megabytes, where a
-//! fetch of the whole copy costs its size.
+//! A copy of the old format stores the tar stream as one restic file whose content is a
+//! list of chunks with their lengths in the repository's index; rustic's `read_file_at`
+//! maps an offset onto the chunks and fetches each from its pack with one ranged read. A
+//! tree copy rebuilds the stream from its layout, reading only the nodes a range covers.
+//! With the snapshot's entry index (the `.index` file beside the snapshot), a listing
+//! costs the index's download, and a file its header's and its data's chunks: megabytes,
+//! where a fetch of the whole copy costs its size.
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -17,8 +18,11 @@ use rustic_core::repofile::{Node, NodeType};
 use rustic_core::vfs::OpenFile;
 use rustic_core::{IndexedFullStatus, Repository};
 
+use super::rebuild::TreeCopy;
 use super::source::index_path;
-use super::{OffsiteError, RemoteSnapshot, RepositoryConfig, backend_err, describe, open_counting};
+use super::{
+    Format, OffsiteError, RemoteSnapshot, RepositoryConfig, backend_err, describe, open_counting,
+};
 use crate::archive::index::TarAt;
 
 /// Largest entry index a copy's is believed to be (an index inflates to at most 1 GiB;
@@ -32,12 +36,20 @@ const WINDOW: usize = 64 << 10;
 
 /// A copy of a snapshot, open for reading parts of it.
 pub struct OpenCopy {
-    repo: Repository<IndexedFullStatus>,
-    tar: OpenFile,
+    repo: Arc<Repository<IndexedFullStatus>>,
+    stored: Stored,
     tar_bytes: u64,
     /// Bytes read from the storage since the copy was opened: the repository's own
     /// index, the entry index, the chunks read.
     pub downloaded: Arc<AtomicU64>,
+}
+
+/// How the copy holds the tar stream.
+enum Stored {
+    /// One file (`Format::Tar`).
+    Tar(OpenFile),
+    /// A tree and its layout (`Format::Tree`).
+    Tree(TreeCopy),
 }
 
 impl std::fmt::Debug for OpenCopy {
@@ -79,11 +91,16 @@ pub fn open_copy(
             .iter()
             .find(|n| *n.name() == *name && matches!(n.node_type, NodeType::File))
     };
-    let tar = file(name).ok_or_else(|| mismatch(cfg, remote, "the tar file is missing"))?;
-    if tar.meta.size != remote.tar_bytes {
-        return Err(mismatch(cfg, remote, "the tar file has another size"));
-    }
-    let tar = repo.open_file(tar).map_err(&err)?;
+    let tar = match remote.format {
+        Format::Tar => {
+            let tar = file(name).ok_or_else(|| mismatch(cfg, remote, "the tar file is missing"))?;
+            if tar.meta.size != remote.tar_bytes {
+                return Err(mismatch(cfg, remote, "the tar file has another size"));
+            }
+            Some(repo.open_file(tar).map_err(&err)?)
+        }
+        Format::Tree => None,
+    };
     let index_name = index_path(name);
     let index = match file(&index_name) {
         None => None,
@@ -104,10 +121,15 @@ pub fn open_copy(
             Some(bytes.to_vec())
         }
     };
+    let repo = Arc::new(repo);
+    let stored = match tar {
+        Some(tar) => Stored::Tar(tar),
+        None => Stored::Tree(TreeCopy::open(cfg, Arc::clone(&repo), remote)?),
+    };
     Ok((
         OpenCopy {
             repo,
-            tar,
+            stored,
             tar_bytes: remote.tar_bytes,
             downloaded,
         },
@@ -125,9 +147,9 @@ fn mismatch(cfg: &RepositoryConfig, remote: &RemoteSnapshot, reason: &str) -> Of
 
 impl OpenCopy {
     /// Up to `len` bytes of the tar stream from `at` (fewer only at its end).
-    fn read_at(&self, at: u64, len: usize) -> io::Result<Bytes> {
+    fn read_at(&self, tar: &OpenFile, at: u64, len: usize) -> io::Result<Bytes> {
         self.repo
-            .read_file_at(&self.tar, at as usize, len)
+            .read_file_at(tar, at as usize, len)
             .map_err(|e| io::Error::other(describe(&e)))
     }
 
@@ -139,11 +161,14 @@ impl OpenCopy {
 
 impl TarAt for Arc<OpenCopy> {
     fn tar_at(&self, at: u64) -> io::Result<Box<dyn Read + Send>> {
-        Ok(Box::new(Stream {
-            copy: Arc::clone(self),
-            at,
-            buf: Bytes::new(),
-        }))
+        Ok(match &self.stored {
+            Stored::Tar(_) => Box::new(Stream {
+                copy: Arc::clone(self),
+                at,
+                buf: Bytes::new(),
+            }),
+            Stored::Tree(tree) => Box::new(tree.stream_at(at)?),
+        })
     }
 }
 
@@ -161,7 +186,10 @@ impl Read for Stream {
             if self.at >= self.copy.tar_bytes || out.is_empty() {
                 return Ok(0);
             }
-            self.buf = self.copy.read_at(self.at, WINDOW)?;
+            let Stored::Tar(tar) = &self.copy.stored else {
+                unreachable!("a stream of one tar file");
+            };
+            self.buf = self.copy.read_at(tar, self.at, WINDOW)?;
             if self.buf.is_empty() {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

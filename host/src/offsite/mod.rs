@@ -1,18 +1,24 @@
-//! Offsite copies: each snapshot's tar stream, stored in restic-format repositories
-//! (S3 and S3-compatible stores, a local or mounted path, anything OpenDAL reaches).
+//! Offsite copies: each snapshot, stored in restic-format repositories (S3 and
+//! S3-compatible stores, a REST server, a local or mounted path, anything OpenDAL reaches).
 //!
-//! Local snapshots stay one `.tar.gz` each; a repository holds, per copied snapshot, one
-//! restic snapshot with one file `/<app_id>/<snapshot_id>.tar` — the *uncompressed* tar
-//! stream, so that rustic's content-defined chunks find what two snapshots of an app share
-//! (gzip bytes would differ everywhere after the first change). rustic_core does the rest:
-//! deduplication, zstd, AES-256 + Poly1305 with a key derived from the password. The
-//! restic snapshot is tagged `appsnap`, `app:<app_id>` and `appsnap-id:<snapshot_id>`,
-//! and its description carries the snapshot's metadata and the tar stream's sha256
-//! ([`Description`]), so a server that has lost everything can list and fetch it, and
-//! Debian's `restic` can `dump` it without appsnap at all.
+//! Local snapshots stay one `.tar.gz` each. A copy is one restic snapshot holding the
+//! archive's entries as a file tree under `/<app_id>/<snapshot_id>/` ([`Format::Tree`]):
+//! rustic chunks each file on its own, so a second copy uploads what changed in the files
+//! (as `restic backup` does), and `restic restore` gives the app's files. Beside the
+//! folder, `<snapshot_id>.layout` rebuilds the tar stream byte for byte and
+//! `<snapshot_id>.index` is the entry index. Copies made before trees hold the
+//! uncompressed tar stream as one file, `/<app_id>/<snapshot_id>.tar` ([`Format::Tar`]);
+//! they stay readable, and an archive that cannot be a tree is still copied so. rustic_core
+//! does the rest: deduplication, zstd, AES-256 + Poly1305 with a key derived from the
+//! password. The restic snapshot is tagged `appsnap`, `app:<app_id>` and
+//! `appsnap-id:<snapshot_id>`, and its description carries the snapshot's metadata and
+//! the tar stream's sha256 ([`Description`]), so a server that has lost everything can
+//! list and fetch it, and Debian's `restic` can restore it without appsnap at all.
 //!
-//! - [`source`]: the `ReadSource` that feeds a tar stream (and its entry index) to
-//!   rustic, checking the stream's sha256 as it goes.
+//! - [`tree`]: the archive's entries as rustic's source, in path order, and the layout.
+//! - [`layout`]: the layout's format, and the tar stream rebuilt from a tree.
+//! - [`rebuild`]: a tree copy read back from the repository as its tar stream.
+//! - [`source`]: the `ReadSource` that feeds a tar stream as one file (the old format).
 //! - [`browse`]: a copy opened for browsing, its tar stream read by ranges.
 //!
 //! rustic_core is synchronous (it runs its own threads): every function here blocks and
@@ -20,7 +26,10 @@
 
 pub mod browse;
 mod counting;
+pub mod layout;
+pub mod rebuild;
 pub mod source;
+pub mod tree;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -85,6 +94,10 @@ pub enum OffsiteError {
     /// The work was stopped (shutdown, or its client left).
     #[error("stopped: appsnap is shutting down or the request was abandoned")]
     Cancelled,
+    /// The archive cannot be copied as a tree (its entries are not as its index says):
+    /// the caller copies it as one tar file.
+    #[error("the snapshot cannot be copied as a tree: {0}")]
+    NotATree(String),
     /// The repository is configured `append_only`: this server never deletes there.
     #[error(
         "repository `{0}` is append-only: prune it from a machine that holds its admin \
@@ -410,6 +423,21 @@ pub struct Description {
     /// sharing the repository. Absent in copies made before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_id: Option<String>,
+    /// How the copy stores the snapshot; copies made before trees existed are `tar`.
+    #[serde(default)]
+    pub format: Format,
+}
+
+/// How a copy stores a snapshot in its restic snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// The tar stream as one file, `/<app_id>/<snapshot_id>.tar` (`restic dump` gives it).
+    #[default]
+    Tar,
+    /// Each entry as a node under `/<app_id>/<snapshot_id>/` (`restic restore` gives the
+    /// app's files), and `/<app_id>/<snapshot_id>.layout` to rebuild the tar stream.
+    Tree,
 }
 
 /// A snapshot as a repository holds it (`GET /api/v1/repositories/{name}/snapshots`).
@@ -430,8 +458,11 @@ pub struct RemoteSnapshot {
     pub origin: Origin,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-    /// The file inside the restic snapshot: `restic dump <id> <path>` gives the tar stream.
+    /// Where the snapshot sits in the restic snapshot: the tar file (`restic dump <id>
+    /// <path>` gives the tar stream) or, for a tree, its folder (`restic restore <id>
+    /// --include <path>` gives the files).
     pub path: String,
+    pub format: Format,
     /// The backup root (server) that made the copy, when it said.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root_id: Option<String>,
@@ -447,6 +478,7 @@ pub struct Copied {
     /// Bytes the copy added to the repository (packs, index, snapshot), after dedup and
     /// compression.
     pub bytes_uploaded: u64,
+    pub format: Format,
 }
 
 /// Counters a long repository operation updates as it goes (for the job's progress).
@@ -458,9 +490,13 @@ pub struct Progress {
     pub bytes_uploaded: Arc<AtomicU64>,
 }
 
-/// `/<app_id>/<snapshot_id>.tar`: where a snapshot's tar stream sits in its restic snapshot.
-pub fn file_path(app_id: &str, snapshot_id: &str) -> String {
-    format!("/{app_id}/{snapshot_id}.tar")
+/// Where a snapshot sits in its restic snapshot: `/<app_id>/<snapshot_id>.tar`, or the
+/// folder `/<app_id>/<snapshot_id>` of a tree.
+pub fn file_path(app_id: &str, snapshot_id: &str, format: Format) -> String {
+    match format {
+        Format::Tar => format!("/{app_id}/{snapshot_id}.tar"),
+        Format::Tree => format!("/{app_id}/{snapshot_id}"),
+    }
 }
 
 /// rustic's errors are long reports; the log form is one line with the cause.
@@ -666,89 +702,168 @@ fn rest_config_missing(cfg: &RepositoryConfig) -> Result<(), OffsiteError> {
     }
 }
 
-/// Copies one snapshot's tar stream from `tar` into the repository (created on first use)
-/// and checks that what was stored is all of it: `description.tar_bytes` bytes whose
-/// sha256 is `description.tar_sha256`, every chunk in a pack the storage has. A copy
-/// that falls short is removed again. `repair`: rebuild the index first (a retry).
-/// `index`: the snapshot's entry index file, stored beside the tar stream for browsing.
+/// What a copy reads.
+pub enum Input {
+    /// The tar stream, stored as one file (`Format::Tar`).
+    Tar(Box<dyn io::Read + Send>),
+    /// The local archive's entries, stored as a tree (`Format::Tree`), as `plan` says;
+    /// `scratch` is a folder for the layout's scratch files.
+    Tree {
+        local: Arc<crate::archive::index::Local>,
+        plan: tree::Plan,
+        scratch: PathBuf,
+    },
+}
+
+/// Copies one snapshot into the repository (created on first use), as `input` says, and
+/// checks that what was stored is all of it; a copy that falls short is removed again
+/// (left, in an append-only repository). `repair`: rebuild the index first (a retry).
+/// `index`: the snapshot's entry index file, stored beside the snapshot for browsing.
+///
+/// A tar stream is checked by its sha256 and by the chunks of the stored file; a tree by
+/// every file having been read whole from the local archive, whose gzip members carry
+/// their own checksums (and whose sha256 the caller checked, for a tree).
 pub fn copy(
     cfg: &RepositoryConfig,
     description: &Description,
     index: Option<Vec<u8>>,
-    tar: impl io::Read + Send + 'static,
+    input: Input,
     progress: &Arc<Progress>,
     cancel: Option<crate::archive::Cancel>,
     repair: bool,
 ) -> Result<Copied, OffsiteError> {
     let err = backend_err(cfg);
     let repo = open_counting(cfg, true, Some(Arc::clone(&progress.bytes_uploaded)), None)?;
-    // An append-only store refuses the deletes a repair makes (it replaces index files):
-    // there the copy goes on, and the check below still refuses a copy it cannot read.
-    if repair && !cfg.append_only {
-        // An upload cut short (a server that died, a kill) can leave index entries for
-        // packs that never arrived; deduplicating against them would make a "complete"
-        // copy that cannot be read back. Rebuild the index from the packs that exist.
+    // An upload cut short (a server that died, a kill) can leave index entries for packs
+    // that never arrived; deduplicating against them would make a "complete" copy that
+    // cannot be read back. A retry rebuilds the index from the packs that exist, and so
+    // does a tree copy that finds such entries (a tree is not checked chunk by chunk
+    // afterwards). An append-only store refuses the deletes a repair makes.
+    let tree = matches!(input, Input::Tree { .. });
+    let damaged = tree && index_names_lost_packs(&repo).map_err(&err)?;
+    if (repair || damaged) && !cfg.append_only {
         repo.repair_index(&RepairIndexOptions::default(), false)
             .map_err(&err)?;
+    } else if damaged {
+        return Err(OffsiteError::Mismatch {
+            name: cfg.name.clone(),
+            snapshot_id: description.snapshot_id.clone(),
+            reason: "the repository's index names packs the storage does not have; its \
+                     admin must repair the index (`rustic repair index`)"
+                .into(),
+        });
     }
     let repo = repo.to_indexed_ids().map_err(&err)?;
-    let path = file_path(&description.app_id, &description.snapshot_id);
-    let (source, check) = source::TarSource::new(
-        PathBuf::from(&path),
-        index,
-        tar,
-        description.tar_bytes,
-        description.created_at,
-        Arc::clone(progress),
-        cancel,
-    );
+    let format = match input {
+        Input::Tar(_) => Format::Tar,
+        Input::Tree { .. } => Format::Tree,
+    };
+    let path = file_path(&description.app_id, &description.snapshot_id, format);
+    let description = Description {
+        format,
+        ..description.clone()
+    };
     let snap = SnapshotOptions::default()
         .label(LABEL.to_string())
-        .description(serde_json::to_string(description).expect("description serializes"))
+        .description(serde_json::to_string(&description).expect("description serializes"))
         .add_tags(&format!(
             "{LABEL},app:{},appsnap-id:{}",
             description.app_id, description.snapshot_id
         ))
         .and_then(|o| o.to_snapshot())
         .map_err(&err)?;
-    // No parent: the tar stream is always read whole; dedup is by content, not by mtime.
+    // No parent: the data is always read whole; dedup is by content, not by mtime.
     let opts = BackupOptions::default().parent_opts(ParentOptions::default().force(true));
-    let saved = repo
-        .archive(&opts, &source, snap, &[PathBuf::from(&path)])
-        .map_err(&err)?;
-    // The index in `repo` predates the copy: read it again from the storage, which now
-    // holds the copy's index files (the key is kept: no second password derivation,
-    // which costs ~0.5 s of scrypt by design).
-    let repo = repo.drop_index().to_indexed().map_err(&err)?;
-    // rustic logs and skips a file it could not read completely, and saves the snapshot
-    // anyway: what was read is checked here, and a short copy is taken back.
-    let stored = repo.node_from_snapshot_path(&format!("{}:{path}", saved.id), |_| true);
-    let problem = check
-        .problem(&description.tar_sha256)
-        .or_else(|| match stored {
-            Ok(node) => unreadable_chunks(&repo, &node, description.tar_bytes)
-                .err()
-                .map(|e| describe(&e)),
-            Err(e) => Some(format!("the stored file is missing: {}", describe(&e))),
-        });
-    if let Some(reason) = problem {
+    fn take_back<S: rustic_core::Open>(
+        cfg: &RepositoryConfig,
+        id: rustic_core::repofile::SnapshotId,
+        repo: &Repository<S>,
+    ) {
         if cfg.append_only {
-            tracing::warn!(repository = %cfg.name, "the short copy {} stays in the append-only repository (a fetch refuses it: its sha256 is not the snapshot's); its admin may forget it", saved.id);
-        } else if let Err(e) = repo.delete_snapshots(&[saved.id]) {
-            tracing::warn!(repository = %cfg.name, "cannot remove the short copy {}: {}", saved.id, describe(&e));
+            tracing::warn!(repository = %cfg.name, "the short copy {id} stays in the append-only repository (a fetch refuses it: it is not the snapshot); its admin may forget it");
+        } else if let Err(e) = repo.delete_snapshots(&[id]) {
+            tracing::warn!(repository = %cfg.name, "cannot remove the short copy {id}: {}", describe(&e));
         }
-        if check.cancelled() {
-            return Err(OffsiteError::Cancelled);
-        }
-        if let Some(e) = check.read_error() {
-            return Err(OffsiteError::Local(e));
-        }
-        return Err(OffsiteError::Mismatch {
-            name: cfg.name.clone(),
-            snapshot_id: description.snapshot_id.clone(),
-            reason,
-        });
     }
+    let mismatch = |reason: String| OffsiteError::Mismatch {
+        name: cfg.name.clone(),
+        snapshot_id: description.snapshot_id.clone(),
+        reason,
+    };
+    let saved = match input {
+        Input::Tar(tar) => {
+            let (source, check) = source::TarSource::new(
+                PathBuf::from(&path),
+                index,
+                tar,
+                description.tar_bytes,
+                description.created_at,
+                Arc::clone(progress),
+                cancel,
+            );
+            let saved = repo
+                .archive(&opts, &source, snap, &[PathBuf::from(&path)])
+                .map_err(&err)?;
+            // The index in `repo` predates the copy: read it again from the storage,
+            // which now holds the copy's index files (the key is kept).
+            let repo = repo.drop_index().to_indexed().map_err(&err)?;
+            // rustic logs and skips a file it could not read completely, and saves the
+            // snapshot anyway: what was read is checked here, and a short copy is taken
+            // back.
+            let stored = repo.node_from_snapshot_path(&format!("{}:{path}", saved.id), |_| true);
+            let problem = check
+                .problem(&description.tar_sha256)
+                .or_else(|| match stored {
+                    Ok(node) => unreadable_chunks(&repo, &node, description.tar_bytes)
+                        .err()
+                        .map(|e| describe(&e)),
+                    Err(e) => Some(format!("the stored file is missing: {}", describe(&e))),
+                });
+            if let Some(reason) = problem {
+                take_back(cfg, saved.id, &repo);
+                if check.cancelled() {
+                    return Err(OffsiteError::Cancelled);
+                }
+                if let Some(e) = check.read_error() {
+                    return Err(OffsiteError::Local(e));
+                }
+                return Err(mismatch(reason));
+            }
+            saved
+        }
+        Input::Tree {
+            local,
+            plan,
+            scratch,
+        } => {
+            let (source, check) = tree::TreeSource::new(
+                local,
+                plan,
+                PathBuf::from(&path),
+                description.tar_bytes,
+                scratch,
+                index,
+                description.created_at,
+                Arc::clone(progress),
+                cancel,
+            );
+            let saved = repo
+                .archive(&opts, &source, snap, &[PathBuf::from(&path)])
+                .map_err(&err)?;
+            if let Some(reason) = check.problem() {
+                let repo = repo.drop_index();
+                take_back(cfg, saved.id, &repo);
+                if check.cancelled() {
+                    return Err(OffsiteError::Cancelled);
+                }
+                if check.unlike() {
+                    return Err(OffsiteError::NotATree(reason));
+                }
+                return Err(mismatch(reason));
+            }
+            saved
+        }
+    };
     // Counted at the storage's door (every file this copy wrote), not taken from
     // rustic's summary, which says 0 for a source like ours.
     let bytes_uploaded = progress.bytes_uploaded.load(Ordering::Relaxed);
@@ -756,7 +871,21 @@ pub fn copy(
         repository_snapshot: saved.id.to_string(),
         bytes_read: description.tar_bytes,
         bytes_uploaded,
+        format,
     })
+}
+
+/// Whether the repository's index lists a pack the storage does not have (what an
+/// upload cut short leaves behind until the index is repaired).
+fn index_names_lost_packs(repo: &Repository<OpenStatus>) -> rustic_core::RusticResult<bool> {
+    let present: std::collections::HashSet<PackId> = repo.list::<PackId>()?.collect();
+    for file in repo.stream_files::<rustic_core::repofile::IndexFile>()? {
+        let (_, file) = file?;
+        if file.packs.iter().any(|p| !present.contains(&p.id)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Fails unless every chunk of `node` is indexed in a pack the storage really has, and the
@@ -827,7 +956,8 @@ pub fn list(
             Some(RemoteSnapshot {
                 repository: cfg.name.clone(),
                 repository_snapshot: s.id.to_string(),
-                path: file_path(&d.app_id, &d.snapshot_id),
+                path: file_path(&d.app_id, &d.snapshot_id, d.format),
+                format: d.format,
                 snapshot_id: d.snapshot_id,
                 app_id: d.app_id,
                 created_at: listed_created_at(d.created_at, copied_at, Utc::now()),
@@ -918,6 +1048,16 @@ pub fn dump(
 ) -> Result<(), OffsiteError> {
     let err = backend_err(cfg);
     let repo = open(cfg, false)?.to_indexed().map_err(&err)?;
+    if remote.format == Format::Tree {
+        let copy = rebuild::TreeCopy::open(cfg, Arc::new(repo), remote)?;
+        let mut stream = copy.stream_at(0).map_err(OffsiteError::Local)?;
+        return io::copy(&mut stream, out)
+            .map(|_| ())
+            .map_err(|e| OffsiteError::Backend {
+                name: cfg.name.clone(),
+                message: cfg.scrub(&e.to_string()),
+            });
+    }
     let node = repo
         .node_from_snapshot_path(
             &format!("{}:{}", remote.repository_snapshot, remote.path),

@@ -1,0 +1,163 @@
+//! A tree copy read back as its tar stream: the layout's gaps, and each node's bytes
+//! fetched from the repository as the stream reaches them (a fetch reads it from the
+//! start, browsing from any offset).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rustic_core::repofile::{Node, NodeType};
+use rustic_core::vfs::OpenFile;
+use rustic_core::{IndexedFullStatus, Repository, TreeId};
+
+use super::layout::{Layout, Nodes, Rebuilt};
+use super::{OffsiteError, RemoteSnapshot, RepositoryConfig, backend_err, describe};
+
+/// Largest layout a copy's is believed to be (a million entries take ~100 MB raw, several
+/// times less compressed).
+const MAX_LAYOUT: u64 = 1 << 30;
+
+/// Folders a reader keeps, read once each: a fetch walks the tree in order, so this
+/// holds the folders it is in and a few more; browsing keeps those it went through.
+const MAX_FOLDERS: usize = 4096;
+
+/// A folder's nodes by name.
+type Folder = Arc<HashMap<Vec<u8>, Node>>;
+
+/// The nodes of one tree copy, found by path below the snapshot's folder.
+pub struct RepoNodes {
+    repo: Arc<Repository<IndexedFullStatus>>,
+    folder: TreeId,
+    folders: Mutex<HashMap<TreeId, Folder>>,
+    /// The file read last: a stream reads a file window after window.
+    last: Mutex<Option<(Vec<u8>, Arc<OpenFile>)>>,
+}
+
+impl RepoNodes {
+    fn folder(&self, id: TreeId) -> io::Result<Folder> {
+        if let Some(f) = self.folders.lock().expect("folders").get(&id) {
+            return Ok(Arc::clone(f));
+        }
+        let tree = self
+            .repo
+            .get_tree(&id)
+            .map_err(|e| io::Error::other(describe(&e)))?;
+        let folder: Folder = Arc::new(
+            tree.nodes
+                .into_iter()
+                .map(|n| (n.name().as_bytes().to_vec(), n))
+                .collect(),
+        );
+        let mut folders = self.folders.lock().expect("folders");
+        if folders.len() >= MAX_FOLDERS {
+            folders.clear();
+        }
+        folders.insert(id, Arc::clone(&folder));
+        Ok(folder)
+    }
+
+    /// The node at `path` below the snapshot's folder.
+    fn node(&self, path: &[u8]) -> io::Result<Node> {
+        let missing = || io::Error::other("the layout names a node the copy does not have");
+        let mut names = path.split(|&c| c == b'/').peekable();
+        let mut at = self.folder;
+        while let Some(name) = names.next() {
+            let folder = self.folder(at)?;
+            let node = folder.get(name).ok_or_else(missing)?;
+            if names.peek().is_none() {
+                return Ok(node.clone());
+            }
+            at = node.subtree.ok_or_else(missing)?;
+        }
+        Err(missing())
+    }
+
+    fn open(&self, path: &[u8]) -> io::Result<Arc<OpenFile>> {
+        if let Some((p, f)) = &*self.last.lock().expect("node cache")
+            && p == path
+        {
+            return Ok(Arc::clone(f));
+        }
+        let node = self.node(path)?;
+        if !matches!(node.node_type, NodeType::File) {
+            return Err(io::Error::other("the layout names a node that is no file"));
+        }
+        let file = Arc::new(
+            self.repo
+                .open_file(&node)
+                .map_err(|e| io::Error::other(describe(&e)))?,
+        );
+        *self.last.lock().expect("node cache") = Some((path.to_vec(), Arc::clone(&file)));
+        Ok(file)
+    }
+}
+
+impl Nodes for RepoNodes {
+    fn read(&self, path: &[u8], offset: u64, len: usize) -> io::Result<Bytes> {
+        let file = self.open(path)?;
+        self.repo
+            .read_file_at(&file, offset as usize, len)
+            .map_err(|e| io::Error::other(describe(&e)))
+    }
+}
+
+/// A tree copy opened for reading its tar stream.
+pub struct TreeCopy {
+    pub layout: Arc<Layout>,
+    pub nodes: Arc<dyn Nodes>,
+}
+
+impl TreeCopy {
+    /// Opens the tree copy `remote` in `repo`: its folder, and its layout read whole
+    /// (bounded, and checked to describe a stream of the recorded length).
+    pub fn open(
+        cfg: &RepositoryConfig,
+        repo: Arc<Repository<IndexedFullStatus>>,
+        remote: &RemoteSnapshot,
+    ) -> Result<TreeCopy, OffsiteError> {
+        let err = backend_err(cfg);
+        let mismatch = |reason: String| OffsiteError::Mismatch {
+            name: cfg.name.clone(),
+            snapshot_id: remote.snapshot_id.clone(),
+            reason,
+        };
+        let at = |path: &str| format!("{}:{path}", remote.repository_snapshot);
+        let folder = repo
+            .node_from_snapshot_path(&at(&remote.path), |_| true)
+            .map_err(&err)?
+            .subtree
+            .ok_or_else(|| mismatch("its folder is not a folder".into()))?;
+        let node = repo
+            .node_from_snapshot_path(&at(&format!("{}.layout", remote.path)), |_| true)
+            .map_err(&err)?;
+        if node.meta.size > MAX_LAYOUT {
+            return Err(mismatch("its layout is larger than one can be".into()));
+        }
+        let open = repo.open_file(&node).map_err(&err)?;
+        let size = node.meta.size as usize;
+        let bytes = repo.read_file_at(&open, 0, size).map_err(&err)?;
+        if bytes.len() != size {
+            return Err(mismatch("its layout is cut short".into()));
+        }
+        let layout = Layout::parse(bytes).map_err(|e| mismatch(e.to_string()))?;
+        if layout.tar_bytes != remote.tar_bytes {
+            return Err(mismatch("its layout describes another stream".into()));
+        }
+        Ok(TreeCopy {
+            layout: Arc::new(layout),
+            nodes: Arc::new(RepoNodes {
+                repo,
+                folder,
+                folders: Mutex::default(),
+                last: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The tar stream from offset `at` on.
+    pub fn stream_at(&self, at: u64) -> io::Result<Rebuilt> {
+        Rebuilt::at(Arc::clone(&self.layout), Arc::clone(&self.nodes), at)
+    }
+}
