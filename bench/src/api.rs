@@ -38,11 +38,11 @@ pub(crate) fn cold() {
 }
 
 /// Resets the peak RSS counter of this process; `peak_rss` reads it.
-fn reset_peak() {
+pub(crate) fn reset_peak() {
     let _ = fs::write("/proc/self/clear_refs", "5");
 }
 
-fn peak_rss() -> u64 {
+pub(crate) fn peak_rss() -> u64 {
     fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()

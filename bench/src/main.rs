@@ -6,13 +6,15 @@
 //! `cargo run --release -p appsnap-bench -- --size 2G [--dir /var/tmp/appsnap-bench]`
 //!
 //! `… -- --offsite [--runs 3] --size 2G`: instead, the offsite copy against
-//! `restic backup --stdin` into a local S3 server (see `offsite.rs`).
+//! `restic backup` of the same files into a local S3 server (see `offsite.rs`).
 //! `… -- --api [--runs 3] --size 1G`: instead, backup and restore through the manager on
 //! a real container and volume, against tar | pigz and pigz -dc | tar (see `api.rs`).
 //! `… -- --browse [--runs 3] --size 4G`: instead, browsing a snapshot and a partial
 //! restore through the manager, against `tar -xzf --to-stdout` (see `browse.rs`).
 //! `… -- --console [--runs 5]`: instead, the web console's apps page at 50 apps and
 //! 10,000 snapshots, over a real socket, and its weight (see `console.rs`).
+//! `… -- --history [--days 30] --size 1G`: instead, deduplicated local history: daily
+//! backups with 1 % churn copied into a repository on a local path (see `offsite.rs`).
 //!
 //! The tree: ~25 % source text (PHP/JS-like), ~40 % already-compressed media (random
 //! bytes), ~30 % database-like files of 16 KiB pages (rows + zeroed free space), ~5 % small
@@ -97,6 +99,7 @@ fn main() {
     let mut api = false;
     let mut browse = false;
     let mut console = false;
+    let mut history = None;
     let mut backup_only = false;
     let mut generate_only = None;
     let mut args = std::env::args().skip(1);
@@ -106,6 +109,8 @@ fn main() {
             "--api" => api = true,
             "--browse" => browse = true,
             "--console" => console = true,
+            "--history" => history = Some(30),
+            "--days" => history = Some(args.next().expect("--days N").parse().expect("a number")),
             "--backup-only" => backup_only = true,
             // Only writes the tree (for timing `appsnap pack` by hand, cold or warm).
             "--generate" => {
@@ -130,6 +135,7 @@ fn main() {
                  | --api [--runs 3] [--size 1G] [--dir PATH] [--backup-only] \
                  | --browse [--runs 3] [--size 4G] [--dir PATH] \
                  | --console [--runs 5] [--dir PATH] \
+                 | --history [--days 30] [--size 1G] [--dir PATH] \
                  | --generate PATH [--size 1G]"
             ),
         }
@@ -140,6 +146,9 @@ fn main() {
     }
     if console {
         return console::run(&dir, offsite_runs.unwrap_or(5));
+    }
+    if let Some(days) = history {
+        return offsite::history(&dir, size, days);
     }
     if browse {
         return browse::run(&dir, size, offsite_runs.unwrap_or(3));
