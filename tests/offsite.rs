@@ -1296,6 +1296,7 @@ async fn a_copy_is_browsed_from_a_new_server_reading_only_the_chunks_it_needs() 
         note: None,
         root_id: None,
         format: appsnap::offsite::Format::Tar,
+        pinned: false,
     };
     let tar =
         appsnap::offsite::Input::Tar(appsnap::archive::read::open_tar_stream(archive, 1).unwrap());

@@ -250,16 +250,15 @@ async fn an_append_only_repository_is_never_asked_to_delete_and_a_refused_delete
         "{got}"
     );
 
-    // The admin machine, with full rights straight on the server: forgets there, then
-    // prunes with `appsnap repo prune --config admin.toml`.
-    let listed = remote(&h).await;
-    let old = copy_of(&listed, &ids[0])["repository_snapshot"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (ok, _) = server.restic("admin", REST_ADMIN_PASSWORD, &["forget", &old]);
-    assert!(ok, "the admin forgets");
+    // The admin machine, with full rights straight on the server and a copy of the
+    // server's policies: applies the retention bound there, then prunes.
     let admin = tempfile::tempdir().unwrap();
+    let policies = admin.path().join("server-policies");
+    crate::common::sh(&format!(
+        "cp -a {} {}",
+        h.root.path().join(".appsnap/policies").display(),
+        policies.display()
+    ));
     let config = admin.path().join("admin.toml");
     fs::write(
         &config,
@@ -273,16 +272,39 @@ async fn an_append_only_repository_is_never_asked_to_delete_and_a_refused_delete
         ),
     )
     .unwrap();
-    for _ in 0..2 {
-        // Two prunes: the first marks what the forget left unused, the second deletes it.
+    let appsnap = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_appsnap"))
-            .args(["--config"])
+            .arg("--config")
             .arg(&config)
-            .args(["repo", "prune", "offsite"])
+            .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "admin prune: {out:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("pruned"));
+        assert!(out.status.success(), "appsnap {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let policies = policies.to_str().unwrap();
+    let forget = ["repo", "forget", "offsite", "--policies", policies];
+    let dry: serde_json::Value =
+        serde_json::from_str(&appsnap(&[&forget[..], &["--dry-run"]].concat())).unwrap();
+    assert_eq!(
+        dry[0]["deleted"][0]["snapshot_id"],
+        ids[0].as_str(),
+        "{dry}"
+    );
+    assert_eq!(
+        remote(&h).await.as_array().unwrap().len(),
+        2,
+        "a dry run forgets nothing"
+    );
+    let done: serde_json::Value = serde_json::from_str(&appsnap(&forget)).unwrap();
+    assert_eq!(
+        done[0]["deleted"][0]["snapshot_id"],
+        ids[0].as_str(),
+        "{done}"
+    );
+    for _ in 0..2 {
+        // Two prunes: the first marks what the forget left unused, the second deletes it.
+        assert!(appsnap(&["repo", "prune", "offsite"]).contains("pruned"));
     }
     assert_eq!(remote(&h).await.as_array().unwrap().len(), 1);
 }
@@ -376,6 +398,7 @@ async fn a_copy_made_as_one_tar_file_is_still_listed_restored_forgotten_and_prun
         note: None,
         root_id: None,
         format: appsnap::offsite::Format::Tar,
+        pinned: false,
     };
     let archive = std::path::PathBuf::from(snap["file_path"].as_str().unwrap());
     let cfg = repo.clone();

@@ -241,6 +241,7 @@ fn copy_tree(
         note: None,
         root_id: None,
         format: appsnap::offsite::Format::Tree,
+        pinned: false,
     };
     let plan = appsnap::offsite::tree::plan(&index, summary.tar_bytes)
         .unwrap()

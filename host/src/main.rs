@@ -166,6 +166,22 @@ enum RepoCommand {
     /// Free the space of forgotten snapshots: unused packs are marked, and those marked
     /// by an earlier prune at least `keep_delete_secs` ago are deleted.
     Prune { name: String },
+    /// Apply the retention bound to the repository (from an admin machine, for servers
+    /// whose access is append-only): every copy of each app, whichever server made it;
+    /// what the policy deletes is forgotten (`repo prune` then frees the space).
+    Forget {
+        name: String,
+        /// Only this app's copies.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only say what would be forgotten.
+        #[arg(long)]
+        dry_run: bool,
+        /// The server's policies: a copy of its `{backup_root}/.appsnap/policies` folder
+        /// (default: this configuration's own).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+    },
 }
 
 /// Parses the command line, loads the config, sets up logging, then runs the command on
@@ -255,9 +271,9 @@ fn load_config(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
 }
 
 /// Runs one command. `pack` and `unpack` need neither the backup root nor Docker, and
-/// `repo init|check|prune` only the repository. Every other command opens the manager:
-/// it takes the backup root's process lock, so it fails while a service uses the root,
-/// and first repairs what a crash left. `backup` and `restore` report SIGINT and SIGTERM
+/// `repo init|check|prune|forget` only the repository (and `forget` a policies folder).
+/// Every other command opens the manager: it takes the backup root's process lock, so it
+/// fails while a service uses the root, and first repairs what a crash left. `backup` and `restore` report SIGINT and SIGTERM
 /// and carry on to a consistent end; `backup` also waits for the offsite copies it owes,
 /// `restore` for the removal of the data it replaced.
 async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
@@ -267,7 +283,10 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         other => other,
     };
     if let Command::Repo(
-        RepoCommand::Init { name } | RepoCommand::Check { name, .. } | RepoCommand::Prune { name },
+        RepoCommand::Init { name }
+        | RepoCommand::Check { name, .. }
+        | RepoCommand::Prune { name }
+        | RepoCommand::Forget { name, .. },
     ) = &command
     {
         // These need no backup root (and no Docker): only the repository's storage, so
@@ -278,7 +297,7 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
             .find(|r| &r.name == name)
             .cloned()
             .ok_or_else(|| appsnap::offsite::OffsiteError::UnknownRepository(name.clone()))?;
-        return repo_command(command, repo).await;
+        return repo_command(command, repo, &config).await;
     }
     let manager = BackupManager::open(config).await?;
     if matches!(command, Command::Backup { .. } | Command::Restore { .. }) {
@@ -440,7 +459,10 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         | Command::Unpack { .. }
         | Command::CompilePolicy
         | Command::Repo(
-            RepoCommand::Init { .. } | RepoCommand::Check { .. } | RepoCommand::Prune { .. },
+            RepoCommand::Init { .. }
+            | RepoCommand::Check { .. }
+            | RepoCommand::Prune { .. }
+            | RepoCommand::Forget { .. },
         ) => {
             unreachable!("handled above")
         }
@@ -448,12 +470,14 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
     Ok(())
 }
 
-/// `appsnap repo init|check|prune`: straight on the repository, without the manager.
+/// `appsnap repo init|check|prune|forget`: straight on the repository, without the
+/// manager.
 /// `check` prints every warning and error, and fails only for errors. The repository
 /// calls block, so they run on blocking threads.
 async fn repo_command(
     command: Command,
     repo: appsnap::offsite::RepositoryConfig,
+    config: &Config,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use appsnap::offsite;
     let name = repo.name.clone();
@@ -486,6 +510,45 @@ async fn repo_command(
                 .into());
             }
             println!("repository {name}: no errors found");
+        }
+        Command::Repo(RepoCommand::Forget {
+            app,
+            dry_run,
+            policies,
+            ..
+        }) => {
+            let dir =
+                policies.unwrap_or_else(|| config.backup_root.join(".appsnap").join("policies"));
+            if !dir.join("state.json").is_file() {
+                return Err(format!(
+                    "no policies at {}: copy the server's {{backup_root}}/.appsnap/policies \
+                     folder here, or name it with --policies",
+                    dir.display()
+                )
+                .into());
+            }
+            let registry = appsnap::policy::Registry::open_dir(dir)?;
+            let reports = tokio::task::spawn_blocking(move || {
+                appsnap::manager::admin::forget_by_policies(
+                    &repo,
+                    &registry,
+                    app.as_deref(),
+                    dry_run,
+                )
+            })
+            .await??;
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+            let forgotten: usize = reports.iter().map(|r| r.deleted.len()).sum();
+            let verb = if dry_run { "would forget" } else { "forgot" };
+            eprintln!(
+                "repository {name}: {verb} {forgotten} snapshots of {} apps{}",
+                reports.len(),
+                if dry_run || forgotten == 0 {
+                    ""
+                } else {
+                    "; `appsnap repo prune` frees their space"
+                }
+            );
         }
         _ => unreachable!("only repository commands"),
     }

@@ -33,6 +33,7 @@
 //! their receiver (as rustic_core's commands take its `Repository`) but call only
 //! components, never another operation; components import nothing above them.
 
+pub mod admin;
 mod aside;
 mod backup;
 mod browse;

@@ -447,6 +447,7 @@ impl BackupManager {
             note: snapshot.facts.note.clone(),
             root_id: Some(self.store.root_id().to_string()),
             format: offsite::Format::Tar,
+            pinned: snapshot.facts.pinned,
         };
         // The entry index goes with the copy, so that the copy can be browsed; one that
         // cannot be made or read only costs that (and the copy is one tar file: a tree is

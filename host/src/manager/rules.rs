@@ -101,9 +101,39 @@ pub fn protected(snapshots: &[SnapshotInfo]) -> HashMap<String, &'static str> {
     out
 }
 
+/// Sorts a retention policy's verdicts on `shown` (newest first) into `report`, after the
+/// host's rules: what it would delete but a rule protects is `protected`, with why.
+pub fn sort_verdicts(report: &mut RetentionReport, shown: &[SnapshotInfo], verdicts: &[Verdict]) {
+    let guard = protected(shown);
+    let by_id: HashMap<&str, &Verdict> = verdicts.iter().map(|v| (v.id.as_str(), v)).collect();
+    for s in shown {
+        let id = s.id.clone();
+        match by_id.get(id.as_str()) {
+            Some(v) if !v.keep => match guard.get(&id) {
+                Some(why) => report.protected.push(Decision {
+                    snapshot_id: id,
+                    reason: format!("{} (kept: {why})", v.reason),
+                }),
+                None => report.deleted.push(Decision {
+                    snapshot_id: id,
+                    reason: v.reason.clone(),
+                }),
+            },
+            Some(v) => report.kept.push(Decision {
+                snapshot_id: id,
+                reason: v.reason.clone(),
+            }),
+            None => report.kept.push(Decision {
+                snapshot_id: id,
+                reason: "no verdict: kept".into(),
+            }),
+        }
+    }
+}
+
 /// The ids of an answer must be ones the policy was shown, each at most once.
 /// Otherwise `Malformed`, which the callers treat as a failed call: nothing is deleted.
-fn check_ids<'a>(
+pub(super) fn check_ids<'a>(
     shown: &[SnapshotInfo],
     ids: impl IntoIterator<Item = &'a String>,
 ) -> Result<(), PolicyError> {
@@ -213,31 +243,7 @@ impl Rules<'_> {
             }
             Err(e) => return Err(ManagerError::Policy(e)),
         };
-        let guard = protected(shown);
-        let by_id: HashMap<&str, &Verdict> = verdicts.iter().map(|v| (v.id.as_str(), v)).collect();
-        for s in shown {
-            let id = s.id.clone();
-            match by_id.get(id.as_str()) {
-                Some(v) if !v.keep => match guard.get(&id) {
-                    Some(why) => report.protected.push(Decision {
-                        snapshot_id: id,
-                        reason: format!("{} (kept: {why})", v.reason),
-                    }),
-                    None => report.deleted.push(Decision {
-                        snapshot_id: id,
-                        reason: v.reason.clone(),
-                    }),
-                },
-                Some(v) => report.kept.push(Decision {
-                    snapshot_id: id,
-                    reason: v.reason.clone(),
-                }),
-                None => report.kept.push(Decision {
-                    snapshot_id: id,
-                    reason: "no verdict: kept".into(),
-                }),
-            }
-        }
+        sort_verdicts(&mut report, shown, &verdicts);
         Ok(report)
     }
 

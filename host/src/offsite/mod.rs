@@ -426,6 +426,10 @@ pub struct Description {
     /// How the copy stores the snapshot; copies made before trees existed are `tar`.
     #[serde(default)]
     pub format: Format,
+    /// Whether the snapshot was pinned when it was copied: what an admin machine's
+    /// retention pass sees of the server's pins (`appsnap repo forget`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 /// How a copy stores a snapshot in its restic snapshot.
@@ -463,6 +467,8 @@ pub struct RemoteSnapshot {
     /// --include <path>` gives the files).
     pub path: String,
     pub format: Format,
+    /// Pinned on the server that copied it, when it copied it.
+    pub pinned: bool,
     /// The backup root (server) that made the copy, when it said.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root_id: Option<String>,
@@ -958,6 +964,7 @@ pub fn list(
                 repository_snapshot: s.id.to_string(),
                 path: file_path(&d.app_id, &d.snapshot_id, d.format),
                 format: d.format,
+                pinned: d.pinned,
                 snapshot_id: d.snapshot_id,
                 app_id: d.app_id,
                 created_at: listed_created_at(d.created_at, copied_at, Utc::now()),

@@ -264,6 +264,13 @@ impl Registry {
     pub fn open(state_dir: &Path) -> Result<Registry, PolicyError> {
         let dir = state_dir.join("policies");
         fs::create_dir_all(&dir)?;
+        Self::open_dir(dir)
+    }
+
+    /// Loads a policies folder as it is (`state.json` and uploaded components), e.g. a
+    /// copy of a server's on an admin machine; a folder without `state.json` is an empty
+    /// registry.
+    pub fn open_dir(dir: PathBuf) -> Result<Registry, PolicyError> {
         let state = match fs::read(dir.join("state.json")) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
                 PolicyError::Invalid(format!("policies/state.json is corrupt: {e}"))
