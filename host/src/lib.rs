@@ -19,14 +19,17 @@
 //!   whose; `rules`: what policies decide; `recovery`: rollback and repairs) and the
 //!   operations that use them (`backup`, `restore` with `aside`, its journaled state
 //!   machine, `browse`, `transfer`, `offsite`, `policies`), which never call each other; `run`,
-//!   the façade's job starters, chains them.
+//!   the façade's job starters, chains them. `admin` runs without the façade: a
+//!   repository's retention applied from an admin machine (`repo forget`).
 //! - [`jobs`]: long operations with progress (polled or streamed as SSE).
 //! - [`metrics`]: the Prometheus counters and gauges behind `GET /metrics`.
 //! - [`notify`]: alerts (webhook, ntfy, Gotify, Slack, Discord, Telegram, mail).
 //! - [`policy`]: WebAssembly policies (wasmtime sandbox, registry of built-in and uploaded
 //!   components, bindings); the decisions are applied in `manager`.
-//! - [`offsite`]: copies in restic-format repositories (S3, paths, OpenDAL) via rustic_core,
-//!   and a copy read by byte ranges for browsing.
+//! - [`offsite`]: copies in restic-format repositories (S3, REST, paths, OpenDAL) via
+//!   rustic_core: a snapshot as a tree of its entries with the layout that rebuilds its
+//!   tar stream (`tree`, `layout`, `rebuild`), the old one-file format (`source`), a copy
+//!   read by byte ranges for browsing, rate limits and counting (`counting`).
 //! - [`docker`]: apps are compose projects; finds their mounts, stops/starts containers,
 //!   runs hooks (bollard).
 //! - [`catalog`]: `snapshots.json` and each archive's sidecar (the server's `Facts`),
@@ -44,7 +47,7 @@
 //!
 //! `main.rs` is a thin CLI over these: `serve`, `backup`, `list`, `files`, `cat`,
 //! `delete`, `restore`, `verify`, `reindex`, `repo` (`init`, `snapshots`, `check`,
-//! `prune`), and the hidden `pack`, `unpack` (benchmark) and `compile-policy` (the
+//! `prune`, `forget`), and the hidden `pack`, `unpack` (benchmark) and `compile-policy` (the
 //! service's sandboxed compiles).
 
 pub mod api;
