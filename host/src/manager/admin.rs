@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use super::error::ManagerError;
-use super::rules::{RetentionReport, check_ids, origin_name, sort_verdicts};
+use super::rules::{RetentionReport, check_ids, remote_info, sort_verdicts};
 use crate::offsite::{self, OffsiteError, RemoteSnapshot, RepositoryConfig};
 use crate::policy::engine::SnapshotInfo;
 use crate::policy::{Kind, Registry, shared};
@@ -44,15 +44,7 @@ pub fn forget_by_policies(
         let shown: Vec<SnapshotInfo> = copies
             .iter()
             .filter(|r| seen.insert(r.snapshot_id.as_str()))
-            .map(|r| SnapshotInfo {
-                id: r.snapshot_id.clone(),
-                app_id: r.app_id.clone(),
-                created_at: r.created_at.timestamp(),
-                size: r.tar_bytes,
-                origin: origin_name(r.origin),
-                pinned: r.pinned,
-                verified: true,
-            })
+            .map(|r| remote_info(r, r.pinned))
             .collect();
         let mut report = RetentionReport {
             app_id: app.to_string(),

@@ -86,6 +86,21 @@ pub fn info(s: &Snapshot) -> SnapshotInfo {
     }
 }
 
+/// A copy in a repository as a policy sees it: sized by its tar stream; `pinned` as the
+/// caller knows the pins.
+pub fn remote_info(r: &crate::offsite::RemoteSnapshot, pinned: bool) -> SnapshotInfo {
+    SnapshotInfo {
+        id: r.snapshot_id.clone(),
+        app_id: r.app_id.clone(),
+        created_at: r.created_at.timestamp(),
+        size: r.tar_bytes,
+        origin: origin_name(r.origin),
+        pinned,
+        // Every listed copy was checked against the tar stream's sha256 when made.
+        verified: true,
+    }
+}
+
 /// Snapshots no policy may delete, with why. `snapshots` is newest first.
 /// The newest is protected even when unpinned, so that no answer can leave an app
 /// without a snapshot; a pinned one gives `pinned` as its reason.
@@ -201,16 +216,7 @@ impl Rules<'_> {
             .iter()
             .rev()
             .filter(|r| seen.insert(r.snapshot_id.clone()))
-            .map(|r| SnapshotInfo {
-                id: r.snapshot_id.clone(),
-                app_id: r.app_id.clone(),
-                created_at: r.created_at.timestamp(),
-                size: r.tar_bytes,
-                origin: origin_name(r.origin),
-                pinned: pinned.contains(&r.snapshot_id),
-                // Every listed copy was checked against the tar stream's sha256 when made.
-                verified: true,
-            })
+            .map(|r| remote_info(r, pinned.contains(&r.snapshot_id)))
             .collect())
     }
 
