@@ -448,11 +448,7 @@ async fn a_copy_made_as_one_tar_file_is_still_listed_restored_forgotten_and_prun
 async fn the_count_rule_keeps_an_archive_whose_copy_is_still_owed() {
     let app = TestApp::new("");
     // A repository nobody serves: every copy fails and waits to retry (pending).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::rest::free_port();
     let repo = RestServer::repository("offsite", &RestServer::url(port), "appsnap", "x");
     let h = Harness::with(|c| {
         c.repositories = vec![repo];

@@ -817,11 +817,7 @@ impl S3Server {
     pub fn start(bucket: &str) -> S3Server {
         let data = tempfile::tempdir().unwrap();
         fs::create_dir(data.path().join(bucket)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = rest::free_port();
         let mut server = S3Server {
             port,
             data,
@@ -862,14 +858,7 @@ impl S3Server {
             .spawn()
             .expect("start s3s-fs");
         self.child = Some(child);
-        // Readiness, not a sleep: the first accepted connection means it serves.
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("s3s-fs did not listen on port {} within 10 s", self.port);
+        rest::wait_listening(self.port, "s3s-fs");
     }
 
     /// A `[[repositories]]` entry for this server.

@@ -15,7 +15,8 @@ pub const REST_ADMIN_PASSWORD: &str = "rest-admin-Pw!";
 /// The repository password (what encrypts the data).
 pub const REPO_PASSWORD: &str = "correct horse battery";
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -23,8 +24,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Returns once `port` accepts connections (readiness, not a sleep).
-fn wait_listening(port: u16, what: &str) {
+/// Returns once `port` accepts connections (readiness, not a sleep): the first accepted
+/// connection means the server serves.
+pub fn wait_listening(port: u16, what: &str) {
     for _ in 0..500 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;

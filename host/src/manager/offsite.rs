@@ -485,19 +485,14 @@ impl BackupManager {
                     .ok()
                     .flatten()
             });
+            let copy = |input, index| {
+                let cancel = Some(cancel.clone());
+                offsite::copy(&repo, &description, index, input, &progress, cancel, repair)
+            };
             let as_tar = |index: Option<Vec<u8>>| {
                 let tar =
                     archive::read::open_tar_stream(&path, threads).map_err(OffsiteError::Local)?;
-                let input = offsite::Input::Tar(tar);
-                offsite::copy(
-                    &repo,
-                    &description,
-                    index,
-                    input,
-                    &progress,
-                    Some(cancel.clone()),
-                    repair,
-                )
+                copy(offsite::Input::Tar(tar), index)
             };
             let (Some(plan), Some(loaded)) = (plan, loaded) else {
                 return as_tar(index);
@@ -514,15 +509,7 @@ impl BackupManager {
                 plan,
                 scratch,
             };
-            let copied = offsite::copy(
-                &repo,
-                &description,
-                index.clone(),
-                input,
-                &progress,
-                Some(cancel.clone()),
-                repair,
-            );
+            let copied = copy(input, index.clone());
             match copied {
                 Err(OffsiteError::NotATree(why)) => {
                     tracing::warn!(repository = %repo.name, "copied as one tar file instead: {why}");

@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use rustic_core::repofile::{Node, NodeType};
 use rustic_core::vfs::OpenFile;
 use rustic_core::{IndexedFullStatus, Repository};
 
-use super::rebuild::TreeCopy;
+use super::rebuild::{TreeCopy, copy_folder, file_named, mismatch, read_whole};
 use super::source::index_path;
 use super::{
     Format, OffsiteError, RemoteSnapshot, RepositoryConfig, backend_err, describe, open_counting,
@@ -71,29 +70,12 @@ pub fn open_copy(
     let repo = open_counting(cfg, false, None, Some(Arc::clone(&downloaded)))?
         .to_indexed()
         .map_err(&err)?;
-    // The folder holding both files, read once: a missing index is then told apart from
-    // a storage that fails.
-    let (folder, name) = remote
-        .path
-        .rsplit_once('/')
-        .ok_or_else(|| mismatch(cfg, remote, "its path has no folder"))?;
-    let dir = repo
-        .node_from_snapshot_path(&format!("{}:{folder}", remote.repository_snapshot), |_| {
-            true
-        })
-        .map_err(&err)?;
-    let tree = dir
-        .subtree
-        .ok_or_else(|| mismatch(cfg, remote, "its folder is not a folder"))?;
-    let nodes = repo.get_tree(&tree).map_err(&err)?.nodes;
-    let file = |name: &str| -> Option<&Node> {
-        nodes
-            .iter()
-            .find(|n| *n.name() == *name && matches!(n.node_type, NodeType::File))
-    };
+    let nodes = copy_folder(cfg, &repo, remote)?;
+    let name = remote.path.rsplit('/').next().unwrap_or_default();
     let tar = match remote.format {
         Format::Tar => {
-            let tar = file(name).ok_or_else(|| mismatch(cfg, remote, "the tar file is missing"))?;
+            let tar = file_named(&nodes, name)
+                .ok_or_else(|| mismatch(cfg, remote, "the tar file is missing"))?;
             if tar.meta.size != remote.tar_bytes {
                 return Err(mismatch(cfg, remote, "the tar file has another size"));
             }
@@ -101,30 +83,16 @@ pub fn open_copy(
         }
         Format::Tree => None,
     };
-    let index_name = index_path(name);
-    let index = match file(&index_name) {
+    let index = match file_named(&nodes, &index_path(name)) {
         None => None,
-        Some(node) if node.meta.size > MAX_INDEX => {
-            return Err(mismatch(
-                cfg,
-                remote,
-                "its entry index is larger than one can be",
-            ));
-        }
         Some(node) => {
-            let open = repo.open_file(node).map_err(&err)?;
-            let size = node.meta.size as usize;
-            let bytes = repo.read_file_at(&open, 0, size).map_err(&err)?;
-            if bytes.len() != size {
-                return Err(mismatch(cfg, remote, "its entry index is cut short"));
-            }
-            Some(bytes.to_vec())
+            Some(read_whole(cfg, &repo, remote, node, MAX_INDEX, "entry index")?.to_vec())
         }
     };
     let repo = Arc::new(repo);
     let stored = match tar {
         Some(tar) => Stored::Tar(tar),
-        None => Stored::Tree(TreeCopy::open(cfg, Arc::clone(&repo), remote)?),
+        None => Stored::Tree(TreeCopy::open(cfg, Arc::clone(&repo), remote, &nodes)?),
     };
     Ok((
         OpenCopy {
@@ -135,14 +103,6 @@ pub fn open_copy(
         },
         index,
     ))
-}
-
-fn mismatch(cfg: &RepositoryConfig, remote: &RemoteSnapshot, reason: &str) -> OffsiteError {
-    OffsiteError::Mismatch {
-        name: cfg.name.clone(),
-        snapshot_id: remote.snapshot_id.clone(),
-        reason: reason.into(),
-    }
 }
 
 impl OpenCopy {

@@ -205,26 +205,36 @@ impl RepositoryConfig {
         format!("APPSNAP_REPO_{name}_PASSWORD")
     }
 
+    /// A configuration error of this repository.
+    fn misconfigured(&self, reason: impl Into<String>) -> OffsiteError {
+        OffsiteError::Config {
+            name: self.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The first line of `file` (without its line ending, otherwise as it is): what a
+    /// password file holds. Read at each open, so a rotated file needs no restart.
+    fn first_line(&self, file: &Path) -> Result<String, OffsiteError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| self.misconfigured(format!("cannot read {}: {e}", file.display())))?;
+        Ok(text.lines().next().unwrap_or("").to_string())
+    }
+
     /// The password: `password`, else `password_file` (first line), else the environment.
     fn password(&self) -> Result<String, OffsiteError> {
-        let config = |reason: String| OffsiteError::Config {
-            name: self.name.clone(),
-            reason,
-        };
         if let Some(p) = &self.password {
             return Ok(p.clone());
         }
         if let Some(file) = &self.password_file {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| config(format!("cannot read {}: {e}", file.display())))?;
-            let line = text.lines().next().unwrap_or("").to_string();
+            let line = self.first_line(file)?;
             if line.is_empty() {
-                return Err(config(format!("{} is empty", file.display())));
+                return Err(self.misconfigured(format!("{} is empty", file.display())));
             }
             return Ok(line);
         }
         std::env::var(self.password_env()).map_err(|_| {
-            config(format!(
+            self.misconfigured(format!(
                 "no password: set `password_file`, `password` or {}",
                 self.password_env()
             ))
@@ -233,23 +243,15 @@ impl RepositoryConfig {
 
     /// Checks what can be checked without reaching the storage.
     pub fn check(&self) -> Result<(), OffsiteError> {
-        crate::ids::validate("repository name", &self.name).map_err(|e| OffsiteError::Config {
-            name: self.name.clone(),
-            reason: e.to_string(),
-        })?;
+        crate::ids::validate("repository name", &self.name)
+            .map_err(|e| self.misconfigured(e.to_string()))?;
         if self.repository.is_empty() {
-            return Err(OffsiteError::Config {
-                name: self.name.clone(),
-                reason: "`repository` is empty".into(),
-            });
+            return Err(self.misconfigured("`repository` is empty"));
         }
         if self.limit_upload_kib == Some(0) || self.limit_download_kib == Some(0) {
-            return Err(OffsiteError::Config {
-                name: self.name.clone(),
-                reason: "a limit of 0 KiB/s would never transfer anything; leave it out for \
-                         no limit"
-                    .into(),
-            });
+            return Err(self.misconfigured(
+                "a limit of 0 KiB/s would never transfer anything; leave it out for no limit",
+            ));
         }
         self.backend_target()?;
         self.password().map(|_| ())
@@ -264,15 +266,11 @@ impl RepositoryConfig {
     /// `rest_user` with `rest_password` or `rest_password_file` (first line, read at each
     /// open like `password_file`).
     fn rest_credentials(&self) -> Result<Option<(String, String)>, OffsiteError> {
-        let config = |reason: String| OffsiteError::Config {
-            name: self.name.clone(),
-            reason,
-        };
         let Some(user) = self.options.get(REST_USER) else {
             if self.options.contains_key(REST_PASSWORD)
                 || self.options.contains_key(REST_PASSWORD_FILE)
             {
-                return Err(config(format!("`{REST_PASSWORD}` needs `{REST_USER}`")));
+                return Err(self.misconfigured(format!("`{REST_PASSWORD}` needs `{REST_USER}`")));
             }
             return Ok(None);
         };
@@ -281,14 +279,10 @@ impl RepositoryConfig {
             self.options.get(REST_PASSWORD_FILE),
         ) {
             (Some(p), None) => p.clone(),
-            (None, Some(file)) => {
-                let text = std::fs::read_to_string(file)
-                    .map_err(|e| config(format!("cannot read {file}: {e}")))?;
-                text.lines().next().unwrap_or("").to_string()
-            }
+            (None, Some(file)) => self.first_line(Path::new(file))?,
             (None, None) => String::new(),
             (Some(_), Some(_)) => {
-                return Err(config(format!(
+                return Err(self.misconfigured(format!(
                     "`{REST_PASSWORD}` and `{REST_PASSWORD_FILE}` both given; keep one"
                 )));
             }
@@ -306,19 +300,15 @@ impl RepositoryConfig {
         }
         if !self.is_rest() {
             if options.len() != self.options.len() {
-                return Err(OffsiteError::Config {
-                    name: self.name.clone(),
-                    reason: format!("`{REST_USER}` and its password are for `rest:` repositories"),
-                });
+                return Err(self.misconfigured(format!(
+                    "`{REST_USER}` and its password are for `rest:` repositories"
+                )));
             }
             return Ok((self.repository.clone(), options));
         }
         let mut url = self.rest_url()?;
         if let Some((user, password)) = self.rest_credentials()? {
-            let bad = || OffsiteError::Config {
-                name: self.name.clone(),
-                reason: "the REST URL cannot carry credentials".into(),
-            };
+            let bad = || self.misconfigured("the REST URL cannot carry credentials");
             url.set_username(&user).map_err(|_| bad())?;
             url.set_password(Some(&password)).map_err(|_| bad())?;
         }
@@ -328,15 +318,13 @@ impl RepositoryConfig {
     /// The REST server's URL, as configured (credentials in it included).
     fn rest_url(&self) -> Result<reqwest::Url, OffsiteError> {
         let text = self.repository.strip_prefix("rest:").unwrap_or_default();
-        let url = reqwest::Url::parse(text).map_err(|e| OffsiteError::Config {
-            name: self.name.clone(),
-            reason: format!("`{}` is no REST URL: {e}", self.location()),
+        let url = reqwest::Url::parse(text).map_err(|e| {
+            self.misconfigured(format!("`{}` is no REST URL: {e}", self.location()))
         })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(OffsiteError::Config {
-                name: self.name.clone(),
-                reason: "a REST repository is `rest:http://…` or `rest:https://…`".into(),
-            });
+            return Err(
+                self.misconfigured("a REST repository is `rest:http://…` or `rest:https://…`")
+            );
         }
         Ok(url)
     }
@@ -1056,7 +1044,8 @@ pub fn dump(
     let err = backend_err(cfg);
     let repo = open(cfg, false)?.to_indexed().map_err(&err)?;
     if remote.format == Format::Tree {
-        let copy = rebuild::TreeCopy::open(cfg, Arc::new(repo), remote)?;
+        let beside = rebuild::copy_folder(cfg, &repo, remote)?;
+        let copy = rebuild::TreeCopy::open(cfg, Arc::new(repo), remote, &beside)?;
         let mut stream = copy.stream_at(0).map_err(OffsiteError::Local)?;
         return io::copy(&mut stream, out)
             .map(|_| ())

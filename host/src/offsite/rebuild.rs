@@ -111,39 +111,27 @@ pub struct TreeCopy {
 
 impl TreeCopy {
     /// Opens the tree copy `remote` in `repo`: its folder, and its layout read whole
-    /// (bounded, and checked to describe a stream of the recorded length).
+    /// (bounded, and checked to describe a stream of the recorded length). `beside`: the
+    /// nodes of the folder that holds both ([`copy_folder`]).
     pub fn open(
         cfg: &RepositoryConfig,
         repo: Arc<Repository<IndexedFullStatus>>,
         remote: &RemoteSnapshot,
+        beside: &[Node],
     ) -> Result<TreeCopy, OffsiteError> {
-        let err = backend_err(cfg);
-        let mismatch = |reason: String| OffsiteError::Mismatch {
-            name: cfg.name.clone(),
-            snapshot_id: remote.snapshot_id.clone(),
-            reason,
-        };
-        let at = |path: &str| format!("{}:{path}", remote.repository_snapshot);
-        let folder = repo
-            .node_from_snapshot_path(&at(&remote.path), |_| true)
-            .map_err(&err)?
-            .subtree
-            .ok_or_else(|| mismatch("its folder is not a folder".into()))?;
-        let node = repo
-            .node_from_snapshot_path(&at(&format!("{}.layout", remote.path)), |_| true)
-            .map_err(&err)?;
-        if node.meta.size > MAX_LAYOUT {
-            return Err(mismatch("its layout is larger than one can be".into()));
-        }
-        let open = repo.open_file(&node).map_err(&err)?;
-        let size = node.meta.size as usize;
-        let bytes = repo.read_file_at(&open, 0, size).map_err(&err)?;
-        if bytes.len() != size {
-            return Err(mismatch("its layout is cut short".into()));
-        }
-        let layout = Layout::parse(bytes).map_err(|e| mismatch(e.to_string()))?;
+        let mismatch = |reason: &str| mismatch(cfg, remote, reason);
+        let name = remote.path.rsplit('/').next().unwrap_or_default();
+        let folder = beside
+            .iter()
+            .find(|n| *n.name() == *name)
+            .and_then(|n| n.subtree)
+            .ok_or_else(|| mismatch("its folder is missing"))?;
+        let layout = file_named(beside, &format!("{name}.layout"))
+            .ok_or_else(|| mismatch("its layout is missing"))?;
+        let bytes = read_whole(cfg, &repo, remote, layout, MAX_LAYOUT, "layout")?;
+        let layout = Layout::parse(bytes).map_err(|e| mismatch(&e.to_string()))?;
         if layout.tar_bytes != remote.tar_bytes {
-            return Err(mismatch("its layout describes another stream".into()));
+            return Err(mismatch("its layout describes another stream"));
         }
         Ok(TreeCopy {
             layout: Arc::new(layout),
@@ -160,4 +148,75 @@ impl TreeCopy {
     pub fn stream_at(&self, at: u64) -> io::Result<Rebuilt> {
         Rebuilt::at(Arc::clone(&self.layout), Arc::clone(&self.nodes), at)
     }
+}
+
+/// What a copy holds that is not the snapshot: an `OffsiteError::Mismatch`.
+pub(super) fn mismatch(
+    cfg: &RepositoryConfig,
+    remote: &RemoteSnapshot,
+    reason: &str,
+) -> OffsiteError {
+    OffsiteError::Mismatch {
+        name: cfg.name.clone(),
+        snapshot_id: remote.snapshot_id.clone(),
+        reason: reason.into(),
+    }
+}
+
+/// The nodes of the folder `/<app_id>` holding the copy `remote` (its tar file or its
+/// folder, the entry index, the layout), read once: a missing file is then told apart
+/// from a storage that fails.
+pub(super) fn copy_folder(
+    cfg: &RepositoryConfig,
+    repo: &Repository<IndexedFullStatus>,
+    remote: &RemoteSnapshot,
+) -> Result<Vec<Node>, OffsiteError> {
+    let err = backend_err(cfg);
+    let (folder, _) = remote
+        .path
+        .rsplit_once('/')
+        .ok_or_else(|| mismatch(cfg, remote, "its path has no folder"))?;
+    let dir = repo
+        .node_from_snapshot_path(&format!("{}:{folder}", remote.repository_snapshot), |_| {
+            true
+        })
+        .map_err(&err)?;
+    let tree = dir
+        .subtree
+        .ok_or_else(|| mismatch(cfg, remote, "its folder is not a folder"))?;
+    Ok(repo.get_tree(&tree).map_err(&err)?.nodes)
+}
+
+/// The regular file `name` among `nodes`.
+pub(super) fn file_named<'a>(nodes: &'a [Node], name: &str) -> Option<&'a Node> {
+    nodes
+        .iter()
+        .find(|n| *n.name() == *name && matches!(n.node_type, NodeType::File))
+}
+
+/// A small file of a copy (its entry index, its layout) read whole: one larger than `max`
+/// bytes, or one that reads short, is refused as not the snapshot's.
+pub(super) fn read_whole(
+    cfg: &RepositoryConfig,
+    repo: &Repository<IndexedFullStatus>,
+    remote: &RemoteSnapshot,
+    node: &Node,
+    max: u64,
+    what: &str,
+) -> Result<Bytes, OffsiteError> {
+    let err = backend_err(cfg);
+    if node.meta.size > max {
+        return Err(mismatch(
+            cfg,
+            remote,
+            &format!("its {what} is larger than one can be"),
+        ));
+    }
+    let open = repo.open_file(node).map_err(&err)?;
+    let size = node.meta.size as usize;
+    let bytes = repo.read_file_at(&open, 0, size).map_err(&err)?;
+    if bytes.len() != size {
+        return Err(mismatch(cfg, remote, &format!("its {what} is cut short")));
+    }
+    Ok(bytes)
 }
