@@ -27,14 +27,6 @@ fn require(tool: &str) {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The value of a PromQL query with one result, once it has one.
 async fn query(prometheus: &str, promql: &str) -> Option<String> {
     let resp = reqwest::Client::new()
@@ -110,7 +102,7 @@ async fn prometheus_scrapes_the_backup_counters_with_the_api_key() {
         svc.addr
     );
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", crate::common::rest::free_port());
     let _prometheus = Killed(
         Command::new("prometheus")
             .arg(format!(
@@ -346,7 +338,7 @@ async fn a_failed_backup_reaches_the_webhook_and_a_dead_target_costs_nothing() {
 #[tokio::test]
 async fn the_test_endpoint_sends_mail_through_a_real_smtp_server() {
     require("aiosmtpd");
-    let port = free_port();
+    let port = crate::common::rest::free_port();
     let maildir = tempfile::tempdir().unwrap();
     let _smtp = Killed(
         Command::new("aiosmtpd")

@@ -849,7 +849,7 @@ impl S3Server {
     /// Starts it (again) on the same port and data; returns once it accepts connections.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new(Self::binary())
+        let mut child = Command::new(Self::binary())
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
             .arg(self.data.path())
@@ -857,8 +857,8 @@ impl S3Server {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start s3s-fs");
+        rest::wait_listening(self.port, "s3s-fs", Some(&mut child));
         self.child = Some(child);
-        rest::wait_listening(self.port, "s3s-fs");
     }
 
     /// A `[[repositories]]` entry for this server.

@@ -1,12 +1,13 @@
 //! A real restic REST server (rustic_server, installed by `scripts/test`) with two users,
 //! and a stand-in for restic's `rest-server --append-only` in front of it.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The password of the REST user appsnap's server uses.
 pub const REST_PASSWORD: &str = "rest-appsnap-Pw!";
@@ -15,20 +16,40 @@ pub const REST_ADMIN_PASSWORD: &str = "rest-admin-Pw!";
 /// The repository password (what encrypts the data).
 pub const REPO_PASSWORD: &str = "correct horse battery";
 
-/// A loopback port nothing listens on now.
+/// A loopback port nothing listens on now, and that no other test of this run was given.
+///
+/// The kernel may hand the same free port to two tests that ask at nearly the same time
+/// (each drops its probe socket before its server binds). The second server then fails
+/// to bind while the first one answers its readiness probe, and the test talks to another
+/// test's server until that one goes away (seen in CI). So ports are handed out once.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Returns once `port` accepts connections (readiness, not a sleep): the first accepted
-/// connection means the server serves.
-pub fn wait_listening(port: u16, what: &str) {
+/// connection means the server serves. Panics if `child` (the server) exits first, or is
+/// gone right after: then what answered is not the server this test started.
+pub fn wait_listening(port: u16, what: &str, child: Option<&mut Child>) {
+    let mut child = child;
+    let exited = |child: &mut Option<&mut Child>| {
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            panic!("{what} exited ({status}) instead of listening on port {port}");
+        }
+    };
     for _ in 0..500 {
+        exited(&mut child);
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            exited(&mut child);
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -72,7 +93,7 @@ impl RestServer {
         )
         .unwrap();
         let port = free_port();
-        let child = Command::new(&binary)
+        let mut child = Command::new(&binary)
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--path")
@@ -86,7 +107,7 @@ impl RestServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start rustic-server");
-        wait_listening(port, "rustic-server");
+        wait_listening(port, "rustic-server", Some(&mut child));
         RestServer { port, data, child }
     }
 
@@ -250,7 +271,7 @@ impl RefusingProxy {
                 axum::serve(listener, app).await.unwrap();
             });
         });
-        wait_listening(port, "the refusing proxy");
+        wait_listening(port, "the refusing proxy", None);
         RefusingProxy { port, refused }
     }
 }
