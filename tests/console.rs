@@ -343,14 +343,50 @@ fn backup_over_http(base: &str, app: &str) -> String {
     snap["snapshot_id"].as_str().unwrap().to_string()
 }
 
+/// Copies `snapshot` to `repository` through the real service's API and returns once the
+/// copy's job has ended (its event stream closes then), asserting it succeeded.
+fn copy_over_http(base: &str, snapshot: &str, repository: &str) {
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl {args:?}: {out:?}");
+        out.stdout
+    };
+    let url = format!("{base}/api/v1/backup/snapshots/{snapshot}/copy?repository={repository}");
+    let job: serde_json::Value =
+        serde_json::from_slice(&curl(&["-sf", "-X", "POST", &url])).unwrap();
+    let job = job["job_id"].as_str().unwrap().to_string();
+    curl(&["-sfN", &format!("{base}/api/v1/jobs/{job}/events")]);
+    let ended: serde_json::Value =
+        serde_json::from_slice(&curl(&["-sf", &format!("{base}/api/v1/jobs/{job}")])).unwrap();
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+}
+
 #[test]
 fn the_console_reads_well_in_chromium_in_both_languages_and_axe_finds_nothing_serious() {
     let app = TestApp::new("");
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path(), &[]);
+    // A repository on a local path, copied to on request: its screens are shown too.
+    let config = root.path().join("appsnap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[repositories]]\nname = \"nas\"\nrepository = \"{}\"\n\
+             password = \"browser test\"\ncopy = \"manual\"\n",
+            root.path().join("repo").display()
+        ),
+    )
+    .unwrap();
+    let service = Service::start(
+        &root.path().join("backups"),
+        &[("APPSNAP_CONFIG", config.to_str().unwrap())],
+    );
     let base = browser_base(&service);
-    // One snapshot, so the app's page has a row.
+    // One snapshot, so the app's page has a row, and its copy.
     let snap = backup_over_http(&base, &app.id);
+    copy_over_http(&base, &snap, "nas");
     crate::common::browser_test("console.mjs", &[&base, &app.id, &snap]);
 }
 
@@ -904,6 +940,7 @@ async fn repositories_and_alerts_verify_copy_check_and_send_a_test_from_the_cons
     let mut repo = s3.repository("offsite", "console", crate::common::S3_SECRET);
     repo.copy = appsnap::offsite::CopyWhen::Manual; // copied from the page, not after the backup
     let app = TestApp::new("");
+    std::fs::write(app.volume_path().join("hello.txt"), b"hello from the copy").unwrap();
     let dead: appsnap::notify::Target = serde_json::from_value(serde_json::json!({
         "name": "ops-hook", "type": "webhook", "url": "http://127.0.0.1:9/hook"
     }))
@@ -979,6 +1016,118 @@ async fn repositories_and_alerts_verify_copy_check_and_send_a_test_from_the_cons
     .await;
     let ended = ended_job_page(&h, resp).await;
     assert!(ended.contains("Done"), "{ended}");
+
+    // Bindings per repository: what the app's copies there keep. A schedule is the
+    // app's, not a repository's; an unknown repository is refused. Nothing changes then.
+    let bind = |repository: &str, slot: &str| {
+        format!(
+            "csrf={csrf}&target={}&repository={repository}&slot={slot}&policy=keep-last&config=%7B%22n%22%3A+3%7D",
+            app.id
+        )
+    };
+    let (_, _, body) = page(&h, "/policies", &[]).await;
+    assert!(
+        body.contains(r#"<option value="offsite">Repository offsite</option>"#),
+        "{body}"
+    );
+    for (repository, slot) in [("offsite", "schedule"), ("nope", "retention")] {
+        let resp = post_form(&h, "/policies/bind", bind(repository, slot), &[ORIGIN]).await;
+        let (status, body) = body_text(resp).await;
+        assert!(status.is_client_error(), "{status} {body}");
+        assert_eq!(
+            h.manager.policies.bindings(Some(&app.id)),
+            Default::default()
+        );
+    }
+    let resp = post_form(
+        &h,
+        "/policies/bind",
+        bind("offsite", "retention"),
+        &[ORIGIN],
+    )
+    .await;
+    let (status, body) = body_text(resp).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let bound = h.manager.policies.bindings(Some(&app.id));
+    assert!(bound.retention.is_none(), "the local slot is untouched");
+    let kept = bound.repositories["offsite"].retention.clone().unwrap();
+    assert_eq!(
+        (kept.policy.as_str(), kept.config["n"].as_u64()),
+        ("keep-last", Some(3))
+    );
+    assert!(body.contains("<code>offsite</code>: keep-last"), "{body}");
+
+    // A snapshot only the repository holds now: its page lists the files read from there,
+    // a file downloads from there, and a restore fetches it, after the typed name.
+    let before = crate::common::manifest(&app.volume_path(), true);
+    let wanted = std::fs::read(app.volume_path().join("hello.txt")).unwrap();
+    let (status, _) = h
+        .call("DELETE", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    std::fs::write(app.volume_path().join("hello.txt"), b"changed since").unwrap();
+    let (_, _, body) = page(&h, &format!("/apps/{}", app.id), &[]).await;
+    let listed = format!("/repositories/offsite?app={}", app.id);
+    assert!(body.contains(&format!(r#"href="{listed}""#)), "{body}");
+    let (status, _, body) = page(&h, &listed, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let copy = format!("/repositories/offsite/snapshots/{id}");
+    assert!(
+        body.contains(&format!(r#"href="{copy}/restore""#)),
+        "{body}"
+    );
+    let (status, _, body) = page(&h, &copy, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("kept in a repository"), "{body}");
+    let (status, _, body) = page(&h, &format!("{copy}?path=volumes"), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = page(&h, &format!("{copy}?q=hello.txt"), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let file = body
+        .split(r#"href=""#)
+        .map(|rest| rest.split('"').next().unwrap())
+        .find(|link| link.starts_with(&format!("{copy}/file?path=")) && link.ends_with("hello.txt"))
+        .unwrap_or_else(|| panic!("a download link for hello.txt: {body}"))
+        .to_string();
+    assert!(
+        !body.contains("restore-beside"),
+        "only a local snapshot restores beside"
+    );
+    let (status, bytes) = h.get_bytes(&file).await;
+    assert_eq!((status, bytes), (StatusCode::OK, wanted));
+    let (status, _, body) = page(&h, &format!("{copy}/restore"), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("Fetched first"), "{body}");
+    assert!(
+        body.contains(&format!(r#"action="{copy}/restore""#)),
+        "{body}"
+    );
+    let resp = post_form(
+        &h,
+        &format!("{copy}/restore"),
+        format!("csrf={csrf}&confirm=wrong"),
+        &[ORIGIN],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(h.manager.get(id).is_err(), "nothing fetched");
+    let resp = post_form(
+        &h,
+        &format!("{copy}/restore"),
+        format!("csrf={csrf}&confirm={}", app.id),
+        &[ORIGIN],
+    )
+    .await;
+    let ended = ended_job_page(&h, resp).await;
+    assert!(ended.contains("Restored"), "{ended}");
+    assert_eq!(crate::common::manifest(&app.volume_path(), true), before);
+    let (status, _, _) = page(
+        &h,
+        "/repositories/offsite/snapshots/snapshot_19990101T000000Z_00000000",
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     // A test alert to a target that is down: the page says it failed, and why.
     let resp = post_form(

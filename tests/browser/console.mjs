@@ -13,6 +13,9 @@ const screens = [
   { name: "restore", path: `/snapshots/${snapId}/restore`, heading: { "en-US": "Restore this snapshot?", "zh-CN": "恢复此快照？" }, text: "data-must-be" },
   { name: "policies", path: "/policies", heading: { "en-US": "Policies", "zh-CN": "策略" }, text: "keep-last" },
   { name: "repositories", path: "/repositories", heading: { "en-US": "Offsite repositories", "zh-CN": "异地存储库" }, text: 'id="alerts"' },
+  { name: "repository", path: `/repositories/nas?app=${appId}`, heading: { "en-US": "nas", "zh-CN": "nas" }, text: snapId },
+  { name: "copy", path: `/repositories/nas/snapshots/${snapId}?path=project`, heading: { "en-US": "Copy", "zh-CN": "副本" }, text: "docker-compose.yml" },
+  { name: "copy-restore", path: `/repositories/nas/snapshots/${snapId}/restore`, heading: { "en-US": "Restore this snapshot?", "zh-CN": "恢复此快照？" }, text: "data-must-be" },
   { name: "jobs", path: "/jobs", heading: { "en-US": "Jobs", "zh-CN": "任务" }, text: "/jobs/job_" },
 ];
 for (const locale of ["en-US", "zh-CN"]) {

@@ -148,11 +148,7 @@ pub async fn bind(
     Path(app_id): Path<String>,
     Json(bindings): Json<Bindings>,
 ) -> Result<Json<Bindings>, ApiError> {
-    crate::ids::validate("app id", &app_id).map_err(ManagerError::from)?;
-    known_repositories(&manager, &bindings)?;
-    let registry = Arc::clone(&manager.policies);
-    let (app, b) = (app_id.clone(), bindings.clone());
-    blocking(move || registry.bind(Some(&app), b)).await?;
+    manager.bind(Some(&app_id), bindings).await?;
     Ok(Json(manager.policies.bindings(Some(&app_id))))
 }
 
@@ -179,18 +175,8 @@ pub async fn bind_default(
     State(manager): State<Arc<BackupManager>>,
     Json(bindings): Json<Bindings>,
 ) -> Result<Json<Bindings>, ApiError> {
-    known_repositories(&manager, &bindings)?;
-    let registry = Arc::clone(&manager.policies);
-    blocking(move || registry.bind(None, bindings)).await?;
+    manager.bind(None, bindings).await?;
     Ok(Json(manager.policies.bindings(None)))
-}
-
-/// A binding may only name configured repositories (404 otherwise, nothing stored).
-fn known_repositories(manager: &BackupManager, bindings: &Bindings) -> Result<(), ManagerError> {
-    for name in bindings.repositories.keys() {
-        manager.repository(name)?;
-    }
-    Ok(())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -73,21 +73,35 @@ pub async fn restore(
     Ok(Json(restored).into_response())
 }
 
-/// What a whole restore of a local snapshot would do, touching nothing: the containers
-/// it stops, where each mount goes (replaced, created or skipped and why; staged while the
-/// app runs or extracted while it is stopped), the space needed and free per filesystem,
-/// the app's last restore downtime, and whether another operation holds the app now.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PreviewParams {
+    /// The restore would be from this repository's copy (fetched and checked first).
+    pub from: Option<String>,
+}
+
+/// What a whole restore would do, touching nothing: the containers it stops, where each
+/// mount goes (replaced, created or skipped and why; staged while the app runs or
+/// extracted while it is stopped), the space needed and free per filesystem, the app's
+/// last restore downtime, and whether another operation holds the app now. With `from`,
+/// for the copy in that repository: what is fetched first (the space is checked once the
+/// archive is here).
 #[utoipa::path(get, path = "/api/v1/backup/restore/{app_id}/{snapshot_id}/preview", tag = "backup",
-    params(("app_id" = String, Path), ("snapshot_id" = String, Path)),
+    params(("app_id" = String, Path), ("snapshot_id" = String, Path), PreviewParams),
     responses(
         (status = 200, description = "What the restore would do", body = RestorePreview),
         (status = 400, description = "Bad id, or Snapshot does not belong to this app", body = ErrorBody),
-        (status = 404, description = "Application or local snapshot not found", body = ErrorBody),
+        (status = 404, description = "Application, local snapshot, repository or copy not found", body = ErrorBody),
         (status = 422, description = "The snapshot's entry index does not read", body = ErrorBody),
+        (status = 502, description = "The repository could not be read", body = ErrorBody),
     ))]
 pub async fn preview(
     State(manager): State<Arc<BackupManager>>,
     Path((app_id, snapshot_id)): Path<(String, String)>,
+    ApiQuery(params): ApiQuery<PreviewParams>,
 ) -> Result<Json<RestorePreview>, ApiError> {
-    Ok(Json(manager.restore_preview(&app_id, &snapshot_id).await?))
+    let from = params.from.as_deref();
+    Ok(Json(
+        manager.restore_preview(&app_id, &snapshot_id, from).await?,
+    ))
 }

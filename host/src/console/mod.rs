@@ -5,7 +5,8 @@
 //! - this file: an app's page, Back up now, pin, note, delete; sign-in and sign-out; the
 //!   frame every page shares (`Frame`) and the answers shared by the actions.
 //! - `snapshot`: a snapshot's details and files (browse, search, download, restore
-//!   beside), verify, copy, the archive's download.
+//!   beside), verify, copy, the archive's download; a copy in a repository, its files
+//!   read from there.
 //! - `restore`: the pre-checks, the typed confirmation, the restore's job.
 //! - `jobs`: the jobs, a job's live page (SSE) and a restore's ending.
 //! - `policies`: components, upload, bindings, schedules, dry runs.
@@ -85,6 +86,18 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .route("/repositories", get(repositories::page))
         .route("/repositories/{name}", get(repositories::snapshots))
         .route("/repositories/{name}/{action}", post(repositories::act))
+        .route(
+            "/repositories/{name}/snapshots/{snapshot_id}",
+            get(snapshot::copy_page),
+        )
+        .route(
+            "/repositories/{name}/snapshots/{snapshot_id}/file",
+            get(snapshot::copy_file),
+        )
+        .route(
+            "/repositories/{name}/snapshots/{snapshot_id}/restore",
+            get(restore::page_from).post(restore::start_from),
+        )
         .route("/alerts/test", post(repositories::test_alert))
         .route("/snapshots/{snapshot_id}/verify", post(snapshot::verify))
         .route("/snapshots/{snapshot_id}/copy", post(snapshot::copy))
@@ -253,6 +266,26 @@ impl From<&Snapshot> for SnapRow {
     }
 }
 
+impl From<&crate::offsite::RemoteSnapshot> for SnapRow {
+    /// A copy in a repository: what its description says (no local record, no copies).
+    fn from(r: &crate::offsite::RemoteSnapshot) -> SnapRow {
+        SnapRow {
+            id: r.snapshot_id.clone(),
+            taken: r.created_at.into(),
+            size: bytes(r.tar_bytes),
+            origin: serde_json::to_value(r.origin)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            note: r.note.clone().unwrap_or_default(),
+            pinned: r.pinned,
+            locations: r.repository.clone(),
+            verified: false,
+            copies: Vec::new(),
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "console/app.html")]
 struct AppPage {
@@ -263,6 +296,8 @@ struct AppPage {
     jobs: Vec<jobs::JobRow>,
     /// The policies that apply to it: (slot, policy and settings), `–` for none.
     bindings: Vec<(&'static str, String)>,
+    /// The configured repositories: its copies there are listed on their pages.
+    repositories: Vec<String>,
 }
 
 impl AppPage {
@@ -329,6 +364,9 @@ async fn app_page(
         snapshots: snapshots.iter().map(SnapRow::from).collect(),
         jobs,
         bindings,
+        repositories: (manager.config().repositories.iter())
+            .map(|r| r.name.clone())
+            .collect(),
     };
     page.f.respond(StatusCode::OK, page.render(), chosen)
 }

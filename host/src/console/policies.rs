@@ -29,6 +29,8 @@ struct PoliciesPage {
     bindings: Vec<(String, Bindings)>,
     schedules: BTreeMap<String, ScheduleState>,
     apps: Vec<String>,
+    /// The configured repositories, each a place a retention or quota can be bound for.
+    repositories: Vec<String>,
     /// The dry run asked for: its form's values, and its answer or why there is none.
     dry: Option<Dry>,
     /// An upload's outcome: `Ok(name)` or the refusal.
@@ -171,6 +173,9 @@ async fn render(
         bindings,
         schedules: manager.schedules(),
         apps,
+        repositories: (manager.config().repositories.iter())
+            .map(|r| r.name.clone())
+            .collect(),
         dry,
         uploaded,
         bound: None,
@@ -252,7 +257,11 @@ pub(super) struct BindForm {
     csrf: String,
     /// `default`, or an app.
     target: String,
-    /// `retention`, `quota` or `schedule`.
+    /// Empty: the local snapshots' slots; a repository's name: that repository's slots
+    /// (the app's copies there).
+    #[serde(default)]
+    repository: String,
+    /// `retention`, `quota` or `schedule` (not for a repository).
     slot: String,
     /// Empty: the slot is emptied (an app then falls back to the default's).
     #[serde(default)]
@@ -261,9 +270,10 @@ pub(super) struct BindForm {
     config: String,
 }
 
-/// `POST /policies/bind`: sets one slot of the default's or an app's bindings (their
-/// repository slots are kept), checked by the policy as the API's binding is; the page
-/// with the bindings, or why the policy refused them (nothing changed then).
+/// `POST /policies/bind`: sets one slot of the default's or an app's bindings, for the
+/// local snapshots or for one repository (the other slots are kept), checked by the
+/// policy as the API's binding is; the page with the bindings, or why they were refused
+/// (nothing changed then).
 pub(super) async fn bind(
     State(console): State<Console>,
     csrf: Option<Extension<Csrf>>,
@@ -276,9 +286,6 @@ pub(super) async fn bind(
     let f = Frame::plain(&console.base, &headers, "/policies").signed_in(csrf);
     let app = (form.target != "default").then_some(form.target.clone());
     let outcome = async {
-        if let Some(app) = &app {
-            crate::ids::validate("app id", app).map_err(|e| explain(&e.into()))?;
-        }
         let config = match form.config.trim() {
             "" => serde_json::json!({}),
             text => serde_json::from_str(text)
@@ -289,17 +296,30 @@ pub(super) async fn bind(
             config,
         });
         let mut bindings = console.manager.policies.bindings(app.as_deref());
-        match form.slot.as_str() {
-            "retention" => bindings.retention = binding,
-            "quota" => bindings.quota = binding,
-            "schedule" => bindings.schedule = binding,
-            other => return Err(("Invalid slot".into(), format!("no slot `{other}`"))),
+        let invalid = |what: &str| Err(("Invalid slot".to_string(), what.to_string()));
+        if form.repository.is_empty() {
+            match form.slot.as_str() {
+                "retention" => bindings.retention = binding,
+                "quota" => bindings.quota = binding,
+                "schedule" => bindings.schedule = binding,
+                other => return invalid(&format!("no slot `{other}`")),
+            }
+        } else {
+            let repo = bindings
+                .repositories
+                .entry(form.repository.clone())
+                .or_default();
+            match form.slot.as_str() {
+                "retention" => repo.retention = binding,
+                "quota" => repo.quota = binding,
+                "schedule" => return invalid(f.t.bind_schedule_local_only),
+                other => return invalid(&format!("no slot `{other}`")),
+            }
+            if repo.retention.is_none() && repo.quota.is_none() {
+                bindings.repositories.remove(&form.repository);
+            }
         }
-        let registry = Arc::clone(&console.manager.policies);
-        let bound = tokio::task::spawn_blocking(move || registry.bind(app.as_deref(), bindings))
-            .await
-            .map_err(|e| ("Policy failed".to_string(), e.to_string()))?;
-        bound.map_err(|e| explain(&ManagerError::from(e)))
+        (console.manager.bind(app.as_deref(), bindings).await).map_err(|e| explain(&e))
     }
     .await;
     let (status, result) = match outcome {

@@ -84,7 +84,15 @@ pub(super) async fn page(
 struct RepositoryPage {
     f: Frame,
     name: String,
+    /// Only this app's copies (`?app=`).
+    app: Option<String>,
     snapshots: Vec<RemoteSnapshot>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RepositoryParam {
+    lang: Option<String>,
+    app: Option<String>,
 }
 
 impl RepositoryPage {
@@ -97,23 +105,35 @@ impl RepositoryPage {
     }
 }
 
-/// `GET /repositories/{name}`: the snapshots the repository holds, newest first.
+/// `GET /repositories/{name}`: the snapshots the repository holds (`?app=`: of one app),
+/// newest first, each to browse or restore.
 pub(super) async fn snapshots(
     State(console): State<Console>,
     Path(name): Path<String>,
-    Query(param): Query<LangParam>,
+    Query(RepositoryParam { lang, app }): Query<RepositoryParam>,
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
 ) -> Response {
+    let param = LangParam { lang };
     let here = format!("/repositories/{name}");
     let f = Frame::new(&console.base, &param, &headers, here).signed_in(csrf);
     if console.manager.repository(&name).is_err() {
         return not_found(f);
     }
-    match console.manager.remote_snapshots(&name, None).await {
+    let app = app.filter(|a| !a.is_empty());
+    match console
+        .manager
+        .remote_snapshots(&name, app.as_deref())
+        .await
+    {
         Ok(mut snapshots) => {
             snapshots.reverse();
-            let page = RepositoryPage { f, name, snapshots };
+            let page = RepositoryPage {
+                f,
+                name,
+                app,
+                snapshots,
+            };
             page.f
                 .respond(StatusCode::OK, page.render(), param.lang.is_some())
         }

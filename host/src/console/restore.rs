@@ -1,6 +1,7 @@
 //! The restore flow: a page with the server's pre-checks and a typed confirmation
-//! (`GET /snapshots/{id}/restore`), then the restore as a job (`POST`), whose page ends
-//! in exactly one of Restored, Failed – rolled back, Rollback incomplete (`jobs`).
+//! (`GET /snapshots/{id}/restore`, or `/repositories/{name}/snapshots/{id}/restore` for
+//! a copy there, fetched first), then the restore as a job (`POST`), whose page ends in
+//! exactly one of Restored, Failed – rolled back, Rollback incomplete (`jobs`).
 
 use askama::Template;
 use axum::extract::{Extension, Form, Path, Query, State};
@@ -12,7 +13,7 @@ use super::session::Csrf;
 use super::{
     Console, Frame, LangParam, SnapRow, bytes, csrf_refusal, job_or_refusal, not_found, refused,
 };
-use crate::manager::RestorePreview;
+use crate::manager::{ManagerError, RestorePreview};
 
 #[derive(Template)]
 #[template(path = "console/restore.html")]
@@ -51,28 +52,54 @@ impl RestorePage {
     }
 }
 
-/// The page, or why there is none: the manager's refusal (unknown snapshot, another
-/// app's, an index that does not read) as the API would answer it.
+/// The snapshot restored: a local one, or the copy in a repository.
+struct Which {
+    id: String,
+    from: Option<String>,
+}
+
+impl Which {
+    /// The snapshot's row and app: the local record, or the repository's copy.
+    async fn find(&self, console: &Console) -> Result<(SnapRow, String), ManagerError> {
+        match &self.from {
+            None => {
+                let s = console.manager.get(&self.id)?;
+                Ok((SnapRow::from(&s), s.app_id))
+            }
+            Some(repo) => {
+                let r = console.manager.find_remote(repo, &self.id).await?;
+                Ok((SnapRow::from(&r), r.app_id))
+            }
+        }
+    }
+
+    /// The flow's own path (its form posts there).
+    fn here(&self) -> String {
+        match &self.from {
+            None => format!("/snapshots/{}/restore", self.id),
+            Some(repo) => format!("/repositories/{repo}/snapshots/{}/restore", self.id),
+        }
+    }
+}
+
+/// The page, or why there is none: the manager's refusal (unknown snapshot or copy,
+/// another app's, an index that does not read) as the API would answer it.
 async fn render(
     console: &Console,
     f: Frame,
-    id: &str,
+    which: &Which,
     error: Option<&'static str>,
 ) -> Result<RestorePage, Response> {
-    let Ok(snapshot) = console.manager.get(id) else {
-        return Err(not_found(f));
+    let found = async {
+        let (s, app) = which.find(console).await?;
+        let p = (console.manager)
+            .restore_preview(&app, &which.id, which.from.as_deref())
+            .await?;
+        Ok::<_, ManagerError>((s, p))
     };
-    match console
-        .manager
-        .restore_preview(&snapshot.app_id, &snapshot.snapshot_id)
-        .await
-    {
-        Ok(p) => Ok(RestorePage {
-            f,
-            s: SnapRow::from(&snapshot),
-            p,
-            error,
-        }),
+    match found.await {
+        Ok((s, p)) => Ok(RestorePage { f, s, p, error }),
+        Err(ManagerError::SnapshotNotFound(_)) => Err(not_found(f)),
         Err(e) => Err(refused(f, &e)),
     }
 }
@@ -85,14 +112,33 @@ pub(super) async fn page(
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
 ) -> Response {
-    let f = Frame::new(
-        &console.base,
-        &param,
-        &headers,
-        format!("/snapshots/{id}/restore"),
-    )
-    .signed_in(csrf);
-    match render(&console, f, &id, None).await {
+    show(console, Which { id, from: None }, param, csrf, headers).await
+}
+
+/// `GET /repositories/{name}/snapshots/{id}/restore`: the same, for the copy there.
+pub(super) async fn page_from(
+    State(console): State<Console>,
+    Path((name, id)): Path<(String, String)>,
+    Query(param): Query<LangParam>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+) -> Response {
+    let which = Which {
+        id,
+        from: Some(name),
+    };
+    show(console, which, param, csrf, headers).await
+}
+
+async fn show(
+    console: Console,
+    which: Which,
+    param: LangParam,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+) -> Response {
+    let f = Frame::new(&console.base, &param, &headers, which.here()).signed_in(csrf);
+    match render(&console, f, &which, None).await {
         Ok(page) => page
             .f
             .respond(StatusCode::OK, page.render(), param.lang.is_some()),
@@ -116,26 +162,51 @@ pub(super) async fn start(
     headers: HeaderMap,
     Form(form): Form<Confirm>,
 ) -> Response {
+    confirmed(console, Which { id, from: None }, csrf, headers, form).await
+}
+
+/// `POST /repositories/{name}/snapshots/{id}/restore`: the same, from the copy there.
+pub(super) async fn start_from(
+    State(console): State<Console>,
+    Path((name, id)): Path<(String, String)>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+    Form(form): Form<Confirm>,
+) -> Response {
+    let which = Which {
+        id,
+        from: Some(name),
+    };
+    confirmed(console, which, csrf, headers, form).await
+}
+
+async fn confirmed(
+    console: Console,
+    which: Which,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+    form: Confirm,
+) -> Response {
     if let Some(forbidden) = csrf_refusal(&form.csrf, &csrf) {
         return forbidden;
     }
-    let f =
-        Frame::plain(&console.base, &headers, &format!("/snapshots/{id}/restore")).signed_in(csrf);
-    let Ok(snapshot) = console.manager.get(&id) else {
-        return not_found(f);
+    let f = Frame::plain(&console.base, &headers, &which.here()).signed_in(csrf);
+    let app = match which.find(&console).await {
+        Ok((_, app)) => app,
+        Err(ManagerError::SnapshotNotFound(_)) => return not_found(f),
+        Err(e) => return refused(f, &e),
     };
-    if form.confirm.trim() != snapshot.app_id {
+    if form.confirm.trim() != app {
         let wrong = Some(f.t.confirm_wrong);
-        return match render(&console, f, &id, wrong).await {
+        return match render(&console, f, &which, wrong).await {
             Ok(page) => page
                 .f
                 .respond(StatusCode::BAD_REQUEST, page.render(), false),
             Err(refusal) => refusal,
         };
     }
-    let started = console
-        .manager
-        .start_restore_from(&snapshot.app_id, &snapshot.snapshot_id, None)
+    let started = (console.manager)
+        .start_restore_from(&app, &which.id, which.from.as_deref())
         .await;
     job_or_refusal(&console.base, started.map(|s| s.job), f)
 }

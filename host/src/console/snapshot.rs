@@ -2,6 +2,10 @@
 //! container paths) and its files: one folder at a time or a search, a file or folder
 //! downloaded (`/snapshots/{id}/file`), a path put back beside the current data while the
 //! app runs (`POST /snapshots/{id}/restore-beside`, a partial restore of kind `beside`).
+//!
+//! A copy only a repository holds has the same page under the repository
+//! (`/repositories/{name}/snapshots/{id}`): its description, its files read from the
+//! repository (only the chunks a listing or a file needs), and the way to restore it.
 
 use askama::Template;
 use axum::extract::{Extension, Form, Path, Query, State};
@@ -9,13 +13,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::i18n::Strings;
 use super::session::Csrf;
 use super::{
     Console, Frame, SnapRow, When, bytes, csrf_refusal, job_or_refusal, not_found, refused, to,
 };
 use crate::archive::index::EntryKind;
 use crate::catalog::Snapshot;
-use crate::manager::{FileInfo, Listing, PathsTarget, Selection};
+use crate::manager::{BackupManager, FileInfo, Listing, ManagerError, PathsTarget, Selection};
+use crate::offsite::RemoteSnapshot;
 
 /// Entries per page of a folder.
 const PAGE: usize = 200;
@@ -36,23 +42,52 @@ pub(super) struct Browse {
     verified: String,
 }
 
-#[derive(Template)]
-#[template(path = "console/snapshot.html")]
-struct SnapshotPage {
-    f: Frame,
-    s: SnapRow,
-    snapshot: Snapshot,
+/// One folder (or a search) of a snapshot's files, as its page shows them: the local
+/// snapshot's, or a copy's read from its repository.
+pub(super) struct Files {
+    t: &'static Strings,
+    /// The page's link (`{base}{here}`): folders, pages and files go below it.
+    link: String,
     listing: Listing,
     /// The folders from the top to the one shown: (name, path).
     trail: Vec<(String, String)>,
     q: String,
-    /// A verify just passed.
-    verified_now: bool,
-    /// The configured repositories, for "copy to".
-    repositories: Vec<String>,
+    /// A path can be put back beside the current data (a local snapshot only).
+    beside: bool,
 }
 
-impl SnapshotPage {
+impl Files {
+    /// The folder or search `b` asks for, of the local snapshot or of its copy in
+    /// `repository`.
+    async fn load(
+        manager: &BackupManager,
+        f: &Frame,
+        id: &str,
+        repository: Option<&str>,
+        b: &Browse,
+    ) -> Result<Files, ManagerError> {
+        let cursor = (!b.cursor.is_empty()).then_some(b.cursor.as_str());
+        let q = b.q.trim().to_string();
+        let listing = (manager.files(id, repository, &b.path, Some(&q), cursor, PAGE)).await?;
+        let mut trail = Vec::new();
+        let mut at = String::new();
+        for part in listing.path.split('/').filter(|p| !p.is_empty()) {
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(part);
+            trail.push((part.to_string(), at.clone()));
+        }
+        Ok(Files {
+            t: f.t,
+            link: format!("{}{}", f.base, f.here),
+            listing,
+            trail,
+            q,
+            beside: repository.is_none(),
+        })
+    }
+
     fn is_dir(&self, e: &FileInfo) -> bool {
         e.kind == EntryKind::Dir
     }
@@ -77,11 +112,11 @@ impl SnapshotPage {
 
     fn kind(&self, e: &FileInfo) -> &'static str {
         match e.kind {
-            EntryKind::File => self.f.t.kind_file,
-            EntryKind::Dir => self.f.t.kind_dir,
-            EntryKind::Symlink => self.f.t.kind_symlink,
-            EntryKind::Hardlink => self.f.t.kind_hardlink,
-            _ => self.f.t.kind_special,
+            EntryKind::File => self.t.kind_file,
+            EntryKind::Dir => self.t.kind_dir,
+            EntryKind::Symlink => self.t.kind_symlink,
+            EntryKind::Hardlink => self.t.kind_hardlink,
+            _ => self.t.kind_special,
         }
     }
 
@@ -89,27 +124,37 @@ impl SnapshotPage {
         e.mtime.into()
     }
 
-    fn query(&self, path: &str) -> String {
-        format!("?path={}", urlencode(path))
+    /// The page showing folder `path`.
+    fn folder(&self, path: &str) -> String {
+        format!("{}?path={}", self.link, urlencode(path))
     }
 
     fn next(&self) -> Option<String> {
         let cursor = self.listing.next_cursor.as_ref()?;
         Some(format!(
-            "?path={}&q={}&cursor={cursor}",
+            "{}?path={}&q={}&cursor={cursor}",
+            self.link,
             urlencode(&self.listing.path),
             urlencode(&self.q)
         ))
     }
 
     fn file_link(&self, e: &FileInfo) -> String {
-        format!(
-            "{}/snapshots/{}/file?path={}",
-            self.f.base,
-            self.s.id,
-            urlencode(&e.path)
-        )
+        format!("{}/file?path={}", self.link, urlencode(&e.path))
     }
+}
+
+#[derive(Template)]
+#[template(path = "console/snapshot.html")]
+struct SnapshotPage {
+    f: Frame,
+    s: SnapRow,
+    snapshot: Snapshot,
+    files: Files,
+    /// A verify just passed.
+    verified_now: bool,
+    /// The configured repositories, for "copy to".
+    repositories: Vec<String>,
 }
 
 /// `GET /snapshots/{id}`: the snapshot and one folder (or a search) of its files.
@@ -127,35 +172,76 @@ pub(super) async fn page(
     let Ok(snapshot) = manager.get(&id) else {
         return not_found(f);
     };
-    let cursor = (!b.cursor.is_empty()).then_some(b.cursor.as_str());
-    let q = b.q.trim().to_string();
-    let listing = match manager
-        .files(&id, None, &b.path, Some(&q), cursor, PAGE)
-        .await
-    {
-        Ok(l) => l,
+    let files = match Files::load(&manager, &f, &id, None, &b).await {
+        Ok(files) => files,
         Err(e) => return refused(f, &e),
     };
-    let mut trail = Vec::new();
-    let mut at = String::new();
-    for part in listing.path.split('/').filter(|p| !p.is_empty()) {
-        if !at.is_empty() {
-            at.push('/');
-        }
-        at.push_str(part);
-        trail.push((part.to_string(), at.clone()));
-    }
     let page = SnapshotPage {
         f,
         s: SnapRow::from(&snapshot),
         snapshot,
-        listing,
-        trail,
-        q,
+        files,
         verified_now: !b.verified.is_empty(),
         repositories: (manager.config().repositories.iter())
             .map(|r| r.name.clone())
             .collect(),
+    };
+    page.f
+        .respond(StatusCode::OK, page.render(), lang.lang.is_some())
+}
+
+#[derive(Template)]
+#[template(path = "console/copy.html")]
+struct CopyPage {
+    f: Frame,
+    s: SnapRow,
+    copy: RemoteSnapshot,
+    /// Its files, or why they cannot be read from the repository (a copy made before
+    /// copies carried their index: fetch it by restoring, or browse a newer copy).
+    files: Result<Files, String>,
+}
+
+impl CopyPage {
+    fn copied(&self) -> When {
+        self.copy.copied_at.into()
+    }
+
+    fn format(&self) -> String {
+        serde_json::to_value(self.copy.format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// `GET /repositories/{name}/snapshots/{id}`: a copy in a repository, and one folder (or
+/// a search) of its files read from there.
+pub(super) async fn copy_page(
+    State(Console { manager, base, .. }): State<Console>,
+    Path((name, id)): Path<(String, String)>,
+    Query(b): Query<Browse>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+) -> Response {
+    let lang = super::LangParam {
+        lang: b.lang.clone(),
+    };
+    let here = format!("/repositories/{name}/snapshots/{id}");
+    let f = Frame::new(&base, &lang, &headers, here).signed_in(csrf);
+    let copy = match manager.find_remote(&name, &id).await {
+        Ok(copy) => copy,
+        Err(e) => return refused(f, &e),
+    };
+    let files = match Files::load(&manager, &f, &id, Some(&name), &b).await {
+        Ok(files) => Ok(files),
+        Err(e @ ManagerError::CopyNotBrowsable { .. }) => Err(e.to_string()),
+        Err(e) => return refused(f, &e),
+    };
+    let page = CopyPage {
+        f,
+        s: SnapRow::from(&copy),
+        copy,
+        files,
     };
     page.f
         .respond(StatusCode::OK, page.render(), lang.lang.is_some())
@@ -168,13 +254,35 @@ pub(super) struct FileParam {
 
 /// `GET /snapshots/{id}/file?path=`: one file, or a folder as `.tar.gz`, as an attachment.
 pub(super) async fn file(
-    State(Console { manager, base, .. }): State<Console>,
+    State(console): State<Console>,
     Path(id): Path<String>,
     Query(p): Query<FileParam>,
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
 ) -> Response {
-    match manager.file_content(&id, None, &p.path, None).await {
+    send_file(console, &id, None, &p.path, csrf, headers).await
+}
+
+/// `GET /repositories/{name}/snapshots/{id}/file?path=`: the same from the copy there.
+pub(super) async fn copy_file(
+    State(console): State<Console>,
+    Path((name, id)): Path<(String, String)>,
+    Query(p): Query<FileParam>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+) -> Response {
+    send_file(console, &id, Some(&name), &p.path, csrf, headers).await
+}
+
+async fn send_file(
+    Console { manager, base, .. }: Console,
+    id: &str,
+    repository: Option<&str>,
+    path: &str,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+) -> Response {
+    match manager.file_content(id, repository, path, None).await {
         Ok(download) => crate::api::files::download_response(download, None),
         Err(e) => refused(
             Frame::plain(&base, &headers, &format!("/snapshots/{id}")).signed_in(csrf),

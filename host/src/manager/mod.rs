@@ -53,7 +53,7 @@ mod verify;
 
 pub use browse::{Download, FileContent, FileInfo, Listing};
 pub use error::ManagerError;
-pub use restore::{MountPlan, PathsTarget, RestorePreview, Selection, Space};
+pub use restore::{FetchPlan, MountPlan, PathsTarget, RestorePreview, Selection, Space};
 pub use rules::{Decision, RetentionReport};
 
 use std::collections::HashMap;
@@ -420,6 +420,19 @@ impl BackupManager {
         app_id: Option<&str>,
     ) -> Result<Vec<crate::offsite::RemoteSnapshot>, ManagerError> {
         self.repos.list(repository, app_id).await
+    }
+
+    /// The copy of `snapshot_id` in `repository` (the newest, where several servers
+    /// copied it). Errors: an unknown repository, its listing error, or a copy it does
+    /// not hold (`OffsiteError::SnapshotNotFound`).
+    pub async fn find_remote(
+        &self,
+        repository: &str,
+        snapshot_id: &str,
+    ) -> Result<crate::offsite::RemoteSnapshot, ManagerError> {
+        self.repos
+            .find(&self.store, Some(repository), snapshot_id)
+            .await
     }
 
     /// Rebuilds the catalog from the archives on disk and their sidecars.

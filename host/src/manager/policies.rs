@@ -16,9 +16,27 @@ use super::BackupManager;
 use super::error::ManagerError;
 use super::rules::RetentionReport;
 use crate::policy::engine::Admission;
-use crate::policy::{Binding, Kind, ScheduleState};
+use crate::policy::{Binding, Bindings, Kind, ScheduleState};
 
 impl BackupManager {
+    /// Replaces the bindings of `app` (or the default's, for `None`) as a whole, each one
+    /// checked by its policy; nothing is stored unless all are accepted. A binding may
+    /// only name configured repositories (`UnknownRepository`, nothing stored).
+    pub async fn bind(&self, app: Option<&str>, bindings: Bindings) -> Result<(), ManagerError> {
+        if let Some(app) = app {
+            crate::ids::validate("app id", app)?;
+        }
+        for name in bindings.repositories.keys() {
+            self.repository(name)?;
+        }
+        let registry = Arc::clone(&self.policies);
+        let app = app.map(str::to_string);
+        tokio::task::spawn_blocking(move || registry.bind(app.as_deref(), bindings))
+            .await
+            .map_err(|e| crate::policy::PolicyError::Failed(e.to_string()))??;
+        Ok(())
+    }
+
     /// Runs the app's retention policy on its local snapshots (or `with`, for a dry run
     /// of another binding).
     ///

@@ -1,4 +1,4 @@
-//! What a restore of a local snapshot would do, computed before it is asked for, touching
+//! What a restore of a snapshot would do, computed before it is asked for, touching
 //! nothing: which containers stop, where each mount goes (replaced, created, skipped and
 //! why, staged while the app runs or extracted while it is stopped), the space each
 //! filesystem needs and has, and how long the app was down at its last restore. The
@@ -7,7 +7,9 @@
 //! It follows the restore's own plan (`target_of`, `staging_path`, `space`), so that
 //! what it says is what the restore does, with one difference: it never creates a
 //! volume (`LostVolume::Foresee`: the restore creates one the app lost; the preview says
-//! it will).
+//! it will). For a copy only a repository holds, the sizes are not known before it is
+//! fetched: the preview says what would be fetched, and the restore checks the space
+//! once it has the archive (refusing, before anything is touched, when it is short).
 
 use std::path::PathBuf;
 
@@ -39,6 +41,20 @@ pub struct RestorePreview {
     pub last_downtime_ms: Option<u64>,
     /// Another operation holds the app now: a restore would be refused (409) until it ends.
     pub busy: Option<String>,
+    /// Restoring from a repository's copy: what is fetched first (`space` is then empty:
+    /// it is checked once the archive is here).
+    pub fetch: Option<FetchPlan>,
+}
+
+/// The copy a restore fetches before anything else, checked against its checksum.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FetchPlan {
+    pub repository: String,
+    /// The snapshot's tar stream, in bytes (what the fetch reads, before compression).
+    pub tar_bytes: u64,
+    /// When and by which server it was copied.
+    pub copied_at: chrono::DateTime<chrono::Utc>,
+    pub hostname: String,
 }
 
 /// Where one mount of the snapshot goes.
@@ -63,41 +79,61 @@ pub struct MountPlan {
 }
 
 impl BackupManager {
-    /// The pre-checks of restoring the local snapshot `snapshot_id` into `app_id`.
-    /// Errors as a restore's would be, before it starts: a bad id, an unknown app or
-    /// snapshot, a snapshot of another app (a snapshot only a repository holds is
-    /// `SnapshotNotFound` here: its sizes are known once it is fetched).
+    /// The pre-checks of restoring snapshot `snapshot_id` into `app_id`: the local one,
+    /// or with `from` its copy in that repository. Errors as a restore's would be, before
+    /// it starts: a bad id, an unknown app, snapshot, repository or copy, a snapshot of
+    /// another app.
     pub async fn restore_preview(
         &self,
         app_id: &str,
         snapshot_id: &str,
+        from: Option<&str>,
     ) -> Result<RestorePreview, ManagerError> {
         crate::ids::validate("app id", app_id)?;
         crate::ids::validate("snapshot id", snapshot_id)?;
-        let snapshot = self.store.get(snapshot_id)?;
+        // What each mount's files allocate: the full check's record (the restore's own
+        // figure, sparse files at their real size) when there is one, else from the index
+        // (sparse files at their full length: an overestimate); unknown for a copy.
+        enum Sizes {
+            Checked(crate::catalog::Checked),
+            Index(std::sync::Arc<crate::archive::index::Index>),
+            Unknown,
+        }
+        let (snapshot_app, snapshot_mounts, sizes, fetch) = match from {
+            None => {
+                let snapshot = self.store.get(snapshot_id)?;
+                let sizes = match snapshot.checked() {
+                    Some(c) => Sizes::Checked(c.clone()),
+                    None => Sizes::Index(self.index_of(&snapshot).await?),
+                };
+                (snapshot.app_id, snapshot.mounts, sizes, None)
+            }
+            Some(name) => {
+                let remote = self
+                    .repos
+                    .find(&self.store, Some(name), snapshot_id)
+                    .await?;
+                let fetch = FetchPlan {
+                    repository: remote.repository,
+                    tar_bytes: remote.tar_bytes,
+                    copied_at: remote.copied_at,
+                    hostname: remote.hostname,
+                };
+                (remote.app_id, remote.mounts, Sizes::Unknown, Some(fetch))
+            }
+        };
         let app = self.docker.find_app(app_id).await?;
-        if snapshot.app_id != app_id {
+        if snapshot_app != app_id {
             return Err(ManagerError::ForeignSnapshot {
                 snapshot_id: snapshot_id.into(),
-                snapshot_app: snapshot.app_id,
+                snapshot_app,
                 app_id: app_id.into(),
             });
         }
         let docker_root = PathBuf::from(self.docker.root_dir().await?);
         let mut mounts = Vec::new();
         let mut written = Vec::new();
-        // What each mount's files allocate: the full check's record (the restore's own
-        // figure, sparse files at their real size) when there is one, else from the index
-        // (sparse files at their full length: an overestimate).
-        enum Sizes {
-            Checked(crate::catalog::Checked),
-            Index(std::sync::Arc<crate::archive::index::Index>),
-        }
-        let sizes = match snapshot.checked() {
-            Some(c) => Sizes::Checked(c.clone()),
-            None => Sizes::Index(self.index_of(&snapshot).await?),
-        };
-        for (i, m) in snapshot.mounts.iter().enumerate() {
+        for (i, m) in snapshot_mounts.iter().enumerate() {
             let mut plan = MountPlan {
                 kind: m.kind.clone(),
                 name: m.name.clone(),
@@ -117,6 +153,8 @@ impl BackupManager {
                     }
                     (need, entries)
                 }
+                // Whether it holds anything is known once fetched: planned as if it did.
+                Sizes::Unknown => (0, 1),
             };
             let target = if entries == 0 {
                 Err(HOLDS_NOTHING.to_string())
@@ -133,7 +171,9 @@ impl BackupManager {
             }
             if plan.action != "skip" {
                 plan.staged = aside::staging_path(&plan.path, "preview").is_some();
-                written.push((plan.path.clone(), need));
+                if fetch.is_none() {
+                    written.push((plan.path.clone(), need));
+                }
             }
             mounts.push(plan);
         }
@@ -157,6 +197,7 @@ impl BackupManager {
             mounts,
             last_downtime_ms,
             busy: self.gate.holder(app_id),
+            fetch,
         })
     }
 }
