@@ -92,6 +92,8 @@ const WORDS: &[&str] = &[
 ];
 
 fn main() {
+    // As `appsnap` itself does: the copies measured here run in this process.
+    appsnap::memory::limit_arenas();
     let mut size: u64 = 2 << 30;
     let mut dir = PathBuf::from("/var/tmp/appsnap-bench");
     let mut levels = vec![3u32];

@@ -213,6 +213,24 @@ struct Copy {
     uploaded: u64,
     /// Peak RSS of this process during an appsnap copy (0 for restic's).
     rss: u64,
+    /// CPU seconds (user + system) the copy took: this process's for appsnap, the
+    /// children's for restic (s3s-fs, started earlier, is in neither).
+    cpu: f64,
+}
+
+/// CPU seconds so far: (this process, its children waited for), from `/proc/self/stat`.
+fn cpu_seconds() -> (f64, f64) {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command's closing parenthesis; utime is field 14 of the whole line.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<f64> = rest
+        .split(' ')
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let tick = 100.0; // USER_HZ on Linux
+    ((f[0] + f[1]) / tick, (f[2] + f[3]) / tick)
 }
 
 /// What a copy job does with `archive` (a backup's, indexed beside it): plan the tree from
@@ -280,18 +298,19 @@ fn appsnap_copy(
     let cfg = server.repository(bucket);
     let before = dir_bytes(&server.data.join(bucket));
     crate::api::reset_peak();
-    let start = Instant::now();
+    let (cpu, start) = (cpu_seconds().0, Instant::now());
     copy_tree(&cfg, archive, summary, id);
     Copy {
         secs: start.elapsed().as_secs_f64(),
         uploaded: dir_bytes(&server.data.join(bucket)) - before,
         rss: crate::api::peak_rss(),
+        cpu: cpu_seconds().0 - cpu,
     }
 }
 
 fn restic_copy(server: &Server, bucket: &str, tree: &Path) -> Copy {
     let before = dir_bytes(&server.data.join(bucket));
-    let start = Instant::now();
+    let (cpu, start) = (cpu_seconds().1, Instant::now());
     sh(&format!(
         "cd {} && {}",
         tree.display(),
@@ -301,6 +320,7 @@ fn restic_copy(server: &Server, bucket: &str, tree: &Path) -> Copy {
         secs: start.elapsed().as_secs_f64(),
         uploaded: dir_bytes(&server.data.join(bucket)) - before,
         rss: 0,
+        cpu: cpu_seconds().1 - cpu,
     }
 }
 
@@ -365,12 +385,14 @@ pub fn run(dir: &Path, size: u64, runs: usize) {
             let b = copy(changed, "snapshot_2");
             peak = peak.max(a.rss).max(b.rss);
             eprintln!(
-                "  run {run} {}: first {:.2}s {}, then {} changed {:.2}s {}",
+                "  run {run} {}: first {:.2}s ({:.2}s CPU) {}, then {} changed {:.2}s ({:.2}s CPU) {}",
                 ["appsnap", "restic"][tool],
                 a.secs,
+                a.cpu,
                 human(a.uploaded),
                 ["1 %", "5 %"][case],
                 b.secs,
+                b.cpu,
                 human(b.uploaded)
             );
             if case == 0 {

@@ -43,6 +43,7 @@
 //! - [`model`]: the types the layers share — `Mount`, `Source`, `ErrorBody`.
 //! - [`config`]: TOML file < `APPSNAP_*` environment < flags, with safe defaults.
 //! - [`ids`]: validation of the ids that reach the filesystem.
+//! - [`memory`]: malloc's arenas, limited when a process starts (a copy's peak RSS).
 //! - [`failpoint`]: named points where the crash-walk test stops the process.
 //!
 //! `main.rs` is a thin CLI over these: `serve`, `backup`, `list`, `files`, `cat`,
@@ -61,6 +62,7 @@ pub mod failpoint;
 pub mod ids;
 pub mod jobs;
 pub mod manager;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod notify;

@@ -189,6 +189,7 @@ enum RepoCommand {
 /// service runs it as a child with an empty environment and takes its stdout as the
 /// compiled artifact, so it must load no config and print nothing else.
 fn main() -> ExitCode {
+    appsnap::memory::limit_arenas();
     let cli = Cli::parse();
     if let Command::CompilePolicy = cli.command {
         return appsnap::policy::engine::compile_child();
