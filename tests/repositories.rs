@@ -486,3 +486,98 @@ async fn the_count_rule_keeps_an_archive_whose_copy_is_still_owed() {
         "the first archive stays while its copy is owed: {ids:?}"
     );
 }
+
+#[tokio::test]
+async fn a_pin_recorded_at_copy_time_keeps_a_copy_from_the_admins_forget() {
+    let app = TestApp::new("");
+    let store = tempfile::tempdir().unwrap();
+    let location = store.path().join("repo");
+    // Append-only here: this server never forgets there; its admin does, elsewhere.
+    let repo: appsnap::offsite::RepositoryConfig = toml::from_str(&format!(
+        "name = 'offsite'\nrepository = '{}'\npassword = 'pw'\nappend_only = true\n\
+         copy = 'manual'\nkeep_delete_secs = 0\n",
+        location.display()
+    ))
+    .unwrap();
+    let h = Harness::with(|c| c.repositories = vec![repo]).await;
+    let (status, body) = h
+        .call_json(
+            "PUT",
+            &format!("/api/v1/backup/apps/{}/policies", app.id),
+            serde_json::json!({"repositories": {"offsite": {"retention": {"policy": "keep-last", "config": {"n": 1}}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Three copies, the first pinned before it was copied (so its copy says so).
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        random_file(&app.volume_path().join("data"), 50_000);
+        let snap = h.backup(&app.id).await;
+        let id = snap["snapshot_id"].as_str().unwrap().to_string();
+        if i == 0 {
+            let (status, _) = h
+                .call_json(
+                    "PATCH",
+                    &format!("/api/v1/backup/snapshots/{id}"),
+                    serde_json::json!({"pinned": true}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let (status, job) = h
+            .call(
+                "POST",
+                &format!("/api/v1/backup/snapshots/{id}/copy?repository=offsite"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        let done = crate::common::job_done(&h, job["job_id"].as_str().unwrap()).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        ids.push(id);
+    }
+    let listed = remote(&h).await;
+    assert_eq!(copy_of(&listed, &ids[0])["pinned"], true, "{listed}");
+    assert_eq!(copy_of(&listed, &ids[1])["pinned"], false, "{listed}");
+
+    // The admin's pass, with the server's policies: keeps the newest and the pinned one.
+    let admin = tempfile::tempdir().unwrap();
+    let policies = admin.path().join("server-policies");
+    crate::common::sh(&format!(
+        "cp -a {} {}",
+        h.root.path().join(".appsnap/policies").display(),
+        policies.display()
+    ));
+    let config = admin.path().join("admin.toml");
+    fs::write(
+        &config,
+        format!(
+            "backup_root = '{}'\n\n[[repositories]]\nname = 'offsite'\n\
+             repository = '{}'\npassword = 'pw'\nkeep_delete_secs = 0\n",
+            admin.path().display(),
+            location.display(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_appsnap"))
+        .arg("--config")
+        .arg(&config)
+        .args(["repo", "forget", "offsite", "--policies"])
+        .arg(&policies)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deleted: Vec<&str> = (done[0]["deleted"].as_array().unwrap().iter())
+        .map(|d| d["snapshot_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(deleted, [ids[1].as_str()], "{done}");
+    let protected = done[0]["protected"].to_string();
+    assert!(protected.contains(&ids[0]), "{done}");
+    let held: Vec<String> = (remote(&h).await.as_array().unwrap().iter())
+        .map(|r| r["snapshot_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        held.contains(&ids[0]) && held.contains(&ids[2]) && held.len() == 2,
+        "{held:?}"
+    );
+}

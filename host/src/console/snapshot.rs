@@ -21,6 +21,7 @@ use super::{
 use crate::archive::index::EntryKind;
 use crate::catalog::Snapshot;
 use crate::manager::{BackupManager, FileInfo, Listing, ManagerError, PathsTarget, Selection};
+use crate::model::Mount;
 use crate::offsite::RemoteSnapshot;
 
 /// Entries per page of a folder.
@@ -157,6 +158,16 @@ struct SnapshotPage {
     repositories: Vec<String>,
 }
 
+impl SnapshotPage {
+    fn mounts(&self) -> &[Mount] {
+        &self.snapshot.mounts
+    }
+
+    fn browse(&self) -> Option<&Files> {
+        Some(&self.files)
+    }
+}
+
 /// `GET /snapshots/{id}`: the snapshot and one folder (or a search) of its files.
 pub(super) async fn page(
     State(Console { manager, base, .. }): State<Console>,
@@ -202,6 +213,14 @@ struct CopyPage {
 }
 
 impl CopyPage {
+    fn mounts(&self) -> &[Mount] {
+        &self.copy.mounts
+    }
+
+    fn browse(&self) -> Option<&Files> {
+        self.files.as_ref().ok()
+    }
+
     fn copied(&self) -> When {
         self.copy.copied_at.into()
     }
