@@ -695,14 +695,7 @@ async fn retention_and_quota_bind_per_repository() {
         tar_bytes = snap["tar_bytes"].as_u64().unwrap();
         if i == 1 {
             // Pinned: kept in both places whatever the policies say.
-            let (status, _) = h
-                .call_json(
-                    "PATCH",
-                    &format!("/api/v1/backup/snapshots/{}", ids[1]),
-                    serde_json::json!({"pinned": true}),
-                )
-                .await;
-            assert_eq!(status, StatusCode::OK);
+            h.pin(&ids[1], true).await;
         }
         if i == 2 {
             assert_eq!(
@@ -743,12 +736,7 @@ async fn retention_and_quota_bind_per_repository() {
 
     // A quota bound to the repository: room for 2.5 copies. Unpinned, the two oldest
     // copies are evicted once the next copy is complete.
-    h.call_json(
-        "PATCH",
-        &format!("/api/v1/backup/snapshots/{}", ids[1]),
-        serde_json::json!({"pinned": false}),
-    )
-    .await;
+    h.pin(&ids[1], false).await;
     let quota = |max: u64| serde_json::json!({"repositories": {"offsite": {"quota": {"policy": "quota-oldest-first", "config": {"max_bytes": max}}}}});
     let (status, body) = h
         .call_json(

@@ -12,6 +12,18 @@ use crate::offsite::{
     all_done, backup_and_copy, copy_of, inflated_sha256, random_file, repository_job,
 };
 
+/// Binds keep-last 1 to `app`'s copies in `offsite` (its local snapshots keep no rule).
+async fn keep_only_the_newest_copy(h: &Harness, app: &str) {
+    let (status, body) = h
+        .call_json(
+            "PUT",
+            &format!("/api/v1/backup/apps/{app}/policies"),
+            serde_json::json!({"repositories": {"offsite": {"retention": {"policy": "keep-last", "config": {"n": 1}}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// The repository's snapshot list, as the API gives it.
 async fn remote(h: &Harness) -> serde_json::Value {
     let (status, remote) = h
@@ -161,14 +173,7 @@ async fn an_append_only_repository_is_never_asked_to_delete_and_a_refused_delete
     })
     .await;
     // Keep only the newest copy there: the rule this server must leave to its admin.
-    let (status, body) = h
-        .call_json(
-            "PUT",
-            &format!("/api/v1/backup/apps/{}/policies", app.id),
-            serde_json::json!({"repositories": {"offsite": {"retention": {"policy": "keep-last", "config": {"n": 1}}}}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    keep_only_the_newest_copy(&h, &app.id).await;
     let mut ids = Vec::new();
     for _ in 0..2 {
         random_file(&app.volume_path().join("data"), 100_000);
@@ -500,14 +505,7 @@ async fn a_pin_recorded_at_copy_time_keeps_a_copy_from_the_admins_forget() {
     ))
     .unwrap();
     let h = Harness::with(|c| c.repositories = vec![repo]).await;
-    let (status, body) = h
-        .call_json(
-            "PUT",
-            &format!("/api/v1/backup/apps/{}/policies", app.id),
-            serde_json::json!({"repositories": {"offsite": {"retention": {"policy": "keep-last", "config": {"n": 1}}}}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    keep_only_the_newest_copy(&h, &app.id).await;
     // Three copies, the first pinned before it was copied (so its copy says so).
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -515,14 +513,7 @@ async fn a_pin_recorded_at_copy_time_keeps_a_copy_from_the_admins_forget() {
         let snap = h.backup(&app.id).await;
         let id = snap["snapshot_id"].as_str().unwrap().to_string();
         if i == 0 {
-            let (status, _) = h
-                .call_json(
-                    "PATCH",
-                    &format!("/api/v1/backup/snapshots/{id}"),
-                    serde_json::json!({"pinned": true}),
-                )
-                .await;
-            assert_eq!(status, StatusCode::OK);
+            h.pin(&id, true).await;
         }
         let (status, job) = h
             .call(

@@ -345,6 +345,14 @@ impl Harness {
         (status, bytes.to_vec())
     }
 
+    /// Pins or unpins snapshot `id` through the API (200 asserted).
+    pub async fn pin(&self, id: &str, pinned: bool) {
+        let uri = format!("/api/v1/backup/snapshots/{id}");
+        let (status, body) =
+            (self.call_json("PATCH", &uri, serde_json::json!({"pinned": pinned}))).await;
+        assert_eq!(status, axum::http::StatusCode::OK, "{body}");
+    }
+
     /// A request with a JSON body.
     pub async fn call_json(
         &self,

@@ -11,7 +11,7 @@ use utoipa::IntoParams;
 
 use super::error::{ApiError, ApiQuery, ErrorBody};
 use crate::jobs::JobInfo;
-use crate::manager::{BackupManager, RestorePreview, Restored, Selection};
+use crate::manager::{BackupManager, PreviewOf, RestorePreview, Restored, Selection};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -100,7 +100,10 @@ pub async fn preview(
     Path((app_id, snapshot_id)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<PreviewParams>,
 ) -> Result<Json<RestorePreview>, ApiError> {
-    let from = params.from.as_deref();
+    let from = params
+        .from
+        .as_deref()
+        .map_or(PreviewOf::Local, PreviewOf::Repository);
     Ok(Json(
         manager.restore_preview(&app_id, &snapshot_id, from).await?,
     ))

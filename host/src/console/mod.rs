@@ -147,6 +147,7 @@ pub struct LangParam {
 }
 
 /// What every page's frame needs.
+#[derive(Clone)]
 struct Frame {
     /// The path prefix of the page's links (`base_path`).
     base: Arc<str>,

@@ -13,7 +13,7 @@ use super::session::Csrf;
 use super::{
     Console, Frame, LangParam, SnapRow, bytes, csrf_refusal, job_or_refusal, not_found, refused,
 };
-use crate::manager::{ManagerError, RestorePreview};
+use crate::manager::{ManagerError, PreviewOf, RestorePreview};
 
 #[derive(Template)]
 #[template(path = "console/restore.html")]
@@ -52,6 +52,9 @@ impl RestorePage {
     }
 }
 
+/// A snapshot found: its row, its app, and what its preview is of.
+type Found = (SnapRow, String, PreviewOf<'static>);
+
 /// The snapshot restored: a local one, or the copy in a repository.
 struct Which {
     id: String,
@@ -59,16 +62,21 @@ struct Which {
 }
 
 impl Which {
-    /// The snapshot's row and app: the local record, or the repository's copy.
-    async fn find(&self, console: &Console) -> Result<(SnapRow, String), ManagerError> {
+    /// The snapshot: the local record, or the repository's copy (found once, for the
+    /// row, the app and the preview).
+    async fn find(&self, console: &Console) -> Result<Found, ManagerError> {
         match &self.from {
             None => {
                 let s = console.manager.get(&self.id)?;
-                Ok((SnapRow::from(&s), s.app_id))
+                Ok((SnapRow::from(&s), s.app_id, PreviewOf::Local))
             }
             Some(repo) => {
                 let r = console.manager.find_remote(repo, &self.id).await?;
-                Ok((SnapRow::from(&r), r.app_id))
+                Ok((
+                    SnapRow::from(&r),
+                    r.app_id.clone(),
+                    PreviewOf::Copy(Box::new(r)),
+                ))
             }
         }
     }
@@ -82,24 +90,27 @@ impl Which {
     }
 }
 
-/// The page, or why there is none: the manager's refusal (unknown snapshot or copy,
-/// another app's, an index that does not read) as the API would answer it.
+/// The snapshot `which` names, or the page that says why there is none: the manager's
+/// refusal (unknown snapshot or copy, a repository that fails) as the API would answer.
+async fn find(console: &Console, f: &Frame, which: &Which) -> Result<Found, Response> {
+    match which.find(console).await {
+        Ok(found) => Ok(found),
+        Err(ManagerError::SnapshotNotFound(_)) => Err(not_found(f.clone())),
+        Err(e) => Err(refused(f.clone(), &e)),
+    }
+}
+
+/// The page for the snapshot found, or why there is none: the preview's refusal
+/// (another app's, an index that does not read).
 async fn render(
     console: &Console,
     f: Frame,
     which: &Which,
+    (s, app, of): Found,
     error: Option<&'static str>,
 ) -> Result<RestorePage, Response> {
-    let found = async {
-        let (s, app) = which.find(console).await?;
-        let p = (console.manager)
-            .restore_preview(&app, &which.id, which.from.as_deref())
-            .await?;
-        Ok::<_, ManagerError>((s, p))
-    };
-    match found.await {
-        Ok((s, p)) => Ok(RestorePage { f, s, p, error }),
-        Err(ManagerError::SnapshotNotFound(_)) => Err(not_found(f)),
+    match console.manager.restore_preview(&app, &which.id, of).await {
+        Ok(p) => Ok(RestorePage { f, s, p, error }),
         Err(e) => Err(refused(f, &e)),
     }
 }
@@ -138,7 +149,11 @@ async fn show(
     headers: HeaderMap,
 ) -> Response {
     let f = Frame::new(&console.base, &param, &headers, which.here()).signed_in(csrf);
-    match render(&console, f, &which, None).await {
+    let found = match find(&console, &f, &which).await {
+        Ok(found) => found,
+        Err(refusal) => return refusal,
+    };
+    match render(&console, f, &which, found, None).await {
         Ok(page) => page
             .f
             .respond(StatusCode::OK, page.render(), param.lang.is_some()),
@@ -191,14 +206,14 @@ async fn confirmed(
         return forbidden;
     }
     let f = Frame::plain(&console.base, &headers, &which.here()).signed_in(csrf);
-    let app = match which.find(&console).await {
-        Ok((_, app)) => app,
-        Err(ManagerError::SnapshotNotFound(_)) => return not_found(f),
-        Err(e) => return refused(f, &e),
+    let found = match find(&console, &f, &which).await {
+        Ok(found) => found,
+        Err(refusal) => return refusal,
     };
+    let app = found.1.clone();
     if form.confirm.trim() != app {
         let wrong = Some(f.t.confirm_wrong);
-        return match render(&console, f, &which, wrong).await {
+        return match render(&console, f, &which, found, wrong).await {
             Ok(page) => page
                 .f
                 .respond(StatusCode::BAD_REQUEST, page.render(), false),

@@ -279,7 +279,8 @@ pub(super) async fn file(
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
 ) -> Response {
-    send_file(console, &id, None, &p.path, csrf, headers).await
+    let here = format!("/snapshots/{id}");
+    send_file(console, &id, None, &p.path, &here, csrf, headers).await
 }
 
 /// `GET /repositories/{name}/snapshots/{id}/file?path=`: the same from the copy there.
@@ -290,7 +291,8 @@ pub(super) async fn copy_file(
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
 ) -> Response {
-    send_file(console, &id, Some(&name), &p.path, csrf, headers).await
+    let here = format!("/repositories/{name}/snapshots/{id}");
+    send_file(console, &id, Some(&name), &p.path, &here, csrf, headers).await
 }
 
 async fn send_file(
@@ -298,15 +300,13 @@ async fn send_file(
     id: &str,
     repository: Option<&str>,
     path: &str,
+    here: &str,
     csrf: Option<Extension<Csrf>>,
     headers: HeaderMap,
 ) -> Response {
     match manager.file_content(id, repository, path, None).await {
         Ok(download) => crate::api::files::download_response(download, None),
-        Err(e) => refused(
-            Frame::plain(&base, &headers, &format!("/snapshots/{id}")).signed_in(csrf),
-            &e,
-        ),
+        Err(e) => refused(Frame::plain(&base, &headers, here).signed_in(csrf), &e),
     }
 }
 

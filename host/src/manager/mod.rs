@@ -53,7 +53,7 @@ mod verify;
 
 pub use browse::{Download, FileContent, FileInfo, Listing};
 pub use error::ManagerError;
-pub use restore::{FetchPlan, MountPlan, PathsTarget, RestorePreview, Selection, Space};
+pub use restore::{FetchPlan, MountPlan, PathsTarget, PreviewOf, RestorePreview, Selection, Space};
 pub use rules::{Decision, RetentionReport};
 
 use std::collections::HashMap;

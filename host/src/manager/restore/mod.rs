@@ -32,7 +32,7 @@ mod paths;
 mod preview;
 
 pub use paths::{PathsTarget, Selection};
-pub use preview::{FetchPlan, MountPlan, RestorePreview};
+pub use preview::{FetchPlan, MountPlan, PreviewOf, RestorePreview};
 
 use super::BackupManager;
 use super::aside::{self, RestoreJournal, Swap};

@@ -46,6 +46,16 @@ pub struct RestorePreview {
     pub fetch: Option<FetchPlan>,
 }
 
+/// The snapshot a preview is for.
+pub enum PreviewOf<'a> {
+    /// The local one.
+    Local,
+    /// Its copy in this repository (found there).
+    Repository(&'a str),
+    /// A copy the caller has already found (`BackupManager::find_remote`).
+    Copy(Box<crate::offsite::RemoteSnapshot>),
+}
+
 /// The copy a restore fetches before anything else, checked against its checksum.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FetchPlan {
@@ -80,14 +90,14 @@ pub struct MountPlan {
 
 impl BackupManager {
     /// The pre-checks of restoring snapshot `snapshot_id` into `app_id`: the local one,
-    /// or with `from` its copy in that repository. Errors as a restore's would be, before
+    /// or (`from`) a copy in a repository. Errors as a restore's would be, before
     /// it starts: a bad id, an unknown app, snapshot, repository or copy, a snapshot of
     /// another app.
     pub async fn restore_preview(
         &self,
         app_id: &str,
         snapshot_id: &str,
-        from: Option<&str>,
+        from: PreviewOf<'_>,
     ) -> Result<RestorePreview, ManagerError> {
         crate::ids::validate("app id", app_id)?;
         crate::ids::validate("snapshot id", snapshot_id)?;
@@ -99,7 +109,16 @@ impl BackupManager {
             Index(std::sync::Arc<crate::archive::index::Index>),
             Unknown,
         }
-        let (snapshot_app, snapshot_mounts, sizes, fetch) = match from {
+        let remote = match from {
+            PreviewOf::Local => None,
+            PreviewOf::Repository(name) => Some(
+                self.repos
+                    .find(&self.store, Some(name), snapshot_id)
+                    .await?,
+            ),
+            PreviewOf::Copy(remote) => Some(*remote),
+        };
+        let (snapshot_app, snapshot_mounts, sizes, fetch) = match remote {
             None => {
                 let snapshot = self.store.get(snapshot_id)?;
                 let sizes = match snapshot.checked() {
@@ -108,11 +127,7 @@ impl BackupManager {
                 };
                 (snapshot.app_id, snapshot.mounts, sizes, None)
             }
-            Some(name) => {
-                let remote = self
-                    .repos
-                    .find(&self.store, Some(name), snapshot_id)
-                    .await?;
+            Some(remote) => {
                 let fetch = FetchPlan {
                     repository: remote.repository,
                     tar_bytes: remote.tar_bytes,
