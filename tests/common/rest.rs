@@ -94,6 +94,9 @@ impl RestServer {
         .unwrap();
         let port = free_port();
         let mut child = Command::new(&binary)
+            // rustic_server 0.4.4's `serve` shuts itself down after 3 s when `CI` is set
+            // (its own test hook, src/commands/serve.rs); CI machines set it.
+            .env_remove("CI")
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--path")
@@ -104,7 +107,7 @@ impl RestServer {
             .arg("--acl-path")
             .arg(&acl)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(data.path().join("server.log")).unwrap())
             .spawn()
             .expect("start rustic-server");
         wait_listening(port, "rustic-server", Some(&mut child));
@@ -156,8 +159,25 @@ impl RestServer {
             .expect("restic is not installed: run scripts/test, or apt-get install restic");
         if !out.status.success() {
             eprintln!("restic {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            self.alive();
         }
         (out.status.success(), out.stdout)
+    }
+
+    /// Panics, with the server's own last words, if it has exited: a test then fails where
+    /// the server died rather than at a later "connection refused".
+    pub fn alive(&self) {
+        let log = || fs::read_to_string(self.data.path().join("server.log")).unwrap_or_default();
+        // `try_wait` needs `&mut`; /proc tells the same without reaping.
+        let pid = self.child.id();
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let gone = state.is_empty() || state.split_whitespace().nth(2) == Some("Z");
+        assert!(
+            !gone,
+            "rustic-server (port {}) has exited; its log:\n{}",
+            self.port,
+            log()
+        );
     }
 
     /// Files under the repository's folder of kind `dir` (`snapshots`, `data`, …).
