@@ -94,6 +94,13 @@ const WORDS: &[&str] = &[
 fn main() {
     // As `appsnap` itself does: the copies measured here run in this process.
     appsnap::memory::limit_arenas();
+    // The library's own logs (where an assembly's time goes, say), on stderr when asked.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut size: u64 = 2 << 30;
     let mut dir = PathBuf::from("/var/tmp/appsnap-bench");
     let mut levels = vec![3u32];

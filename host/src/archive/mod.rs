@@ -120,6 +120,9 @@ pub struct Options {
     pub threads: usize,
     /// Bytes of tar stream per unit of parallel work.
     pub chunk_size: usize,
+    /// Most bytes of tar stream in one gzip member (`None`: a member per chunk, or per run
+    /// of like blocks in it). See [`precopy::FIRST_PASS_MEMBER`].
+    pub member_size: Option<usize>,
     /// Directories never entered (the backup root).
     pub skip_dirs: Vec<PathBuf>,
     /// Set from outside to stop the work at the next chunk.
@@ -144,6 +147,7 @@ impl Default for Options {
             level: 3,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             chunk_size: 1 << 20,
+            member_size: None,
             skip_dirs: Vec::new(),
             cancel: None,
         }
@@ -248,7 +252,13 @@ pub fn write_recording(
         written: 0,
         started: 0,
     };
-    let gz = gzip::ParallelGzip::new(out, opts.level, opts.threads, opts.chunk_size);
+    let gz = gzip::ParallelGzip::with_members(
+        out,
+        opts.level,
+        opts.threads,
+        opts.chunk_size,
+        opts.member_size,
+    );
     let mut sink = walk::ChunkSink::new(gz, progress);
     sink.cancel = opts.cancel.clone();
     let mut walker = walk::Walker::new(&mut sink, skip);

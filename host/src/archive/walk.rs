@@ -44,6 +44,8 @@ pub struct ChunkSink<'p, W> {
     slot: Option<Slot>,
     /// Bytes of tar stream produced so far.
     pub bytes: u64,
+    /// Of them, bytes passed on as an earlier archive's members ([`Self::reuse_members`]).
+    pub reused: u64,
     progress: &'p (dyn Fn(u64) + Sync),
     /// Checked at every chunk: set, the pipeline stops as if broken.
     pub cancel: Option<super::Cancel>,
@@ -56,6 +58,7 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
             gz,
             slot: None,
             bytes: 0,
+            reused: 0,
             progress,
             cancel: None,
         }
@@ -168,6 +171,7 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
             return Err(Broken);
         }
         self.bytes += raw_len;
+        self.reused += raw_len;
         (self.progress)(self.bytes);
         Ok(())
     }

@@ -167,7 +167,7 @@ impl BackupManager {
         job.step("archiving while the app runs (first pass)");
         let (opts, sources) = (work.opts.clone(), work.sources.clone());
         let mut work = work;
-        work.opts.chunk_size = work.opts.chunk_size.min(archive::precopy::FIRST_PASS_CHUNK);
+        work.opts.member_size = Some(archive::precopy::FIRST_PASS_MEMBER);
         let pass1 = write_archive(&first, plan, work, job, Some(records)).await;
         let (first_summary, recorder) = match pass1 {
             Ok((summary, _, Some(recorder))) => (summary, recorder),
@@ -235,7 +235,12 @@ impl BackupManager {
                     compressed_bytes: first_summary.compressed_bytes,
                     tar_bytes: first_summary.tar_bytes,
                 };
-                let (written, tar_bytes, file) = archive::precopy::assemble(
+                let archive::precopy::Assembled {
+                    written,
+                    tar_bytes,
+                    file,
+                    ..
+                } = archive::precopy::assemble(
                     create_partial(&partial)?,
                     &first_archive,
                     &second.delta,
@@ -245,7 +250,12 @@ impl BackupManager {
                 )?;
                 remove_temporaries();
                 crash_point("backup.assembled");
+                let syncing = std::time::Instant::now();
                 file.sync_all().map_err(ArchiveError::Output)?;
+                tracing::info!(
+                    secs = syncing.elapsed().as_secs_f64(),
+                    "the assembled archive is on disk"
+                );
                 let summary = archive::Summary {
                     sha256: archive::hex(&written.sha256),
                     tar_sha256: written.raw_sha256.map(|h| archive::hex(&h)),
