@@ -234,7 +234,7 @@ fn step_median(runs: &[&Steps], name: &str) -> f64 {
 }
 
 /// `backup_only`: stops after the backups (for quick work on the backup path).
-pub fn run(dir: &Path, size: u64, runs: usize, backup_only: bool) {
+pub fn run(dir: &Path, size: u64, runs: usize, backup_only: bool, unchanged: bool) {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir.join("peer")).unwrap();
     let app = App::create();
@@ -279,7 +279,10 @@ pub fn run(dir: &Path, size: u64, runs: usize, backup_only: bool) {
     // Backups: the manager's in pre-copy mode and in stop mode (stop, archive, fsync,
     // start, catalog), each with a writer changing 1 % of the files meanwhile, against
     // tar | pigz of the same tree. The three take turns going first.
-    let changing = files_to_change(&app.mountpoint);
+    let changing = match unchanged {
+        true => Vec::new(),
+        false => files_to_change(&app.mountpoint),
+    };
     let (mut precopy, mut stop, mut peers) = (Vec::new(), Vec::new(), Vec::new());
     let peer_file = dir.join("peer/peer.tar.gz");
     let mut keep = None;
@@ -360,11 +363,14 @@ pub fn run(dir: &Path, size: u64, runs: usize, backup_only: bool) {
     let (a, s, p) = (secs(&precopy), secs(&stop), secs(&peers));
     let (dp, ds) = (down(&precopy), down(&stop));
     println!(
-        "backup (a writer changes {} files, 1 %, during each): pre-copy {a:.2}s ({:.1} MB/s), \
+        "backup ({}): pre-copy {a:.2}s ({:.1} MB/s), \
          stop mode {s:.2}s, tar | pigz -6 -p {cores} {p:.2}s; throughput vs tar | pigz: \
          pre-copy {:.2}x, stop mode {:.2}x; pre-copy wall time {:.2}x stop mode's; \
          size pre-copy {:.3}x stop mode, {:.3}x tar | pigz; peak RSS {}",
-        changing.len(),
+        match changing.len() {
+            0 => "nothing changes".to_string(),
+            n => format!("a writer changes {n} files, 1 %, during each"),
+        },
         input as f64 / a / 1e6,
         p / a,
         p / s,

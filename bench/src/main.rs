@@ -110,6 +110,7 @@ fn main() {
     let mut console = false;
     let mut history = None;
     let mut backup_only = false;
+    let mut unchanged = false;
     let mut generate_only = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -121,6 +122,8 @@ fn main() {
             "--history" => history = Some(30),
             "--days" => history = Some(args.next().expect("--days N").parse().expect("a number")),
             "--backup-only" => backup_only = true,
+            // --api: no writer during the backups (what a quiet app costs).
+            "--unchanged" => unchanged = true,
             // Only writes the tree (for timing `appsnap pack` by hand, cold or warm).
             "--generate" => {
                 generate_only = Some(PathBuf::from(args.next().expect("--generate PATH")))
@@ -141,7 +144,7 @@ fn main() {
             _ => panic!(
                 "usage: appsnap-bench [--size 2G] [--dir PATH] [--levels 6[,4…]] \
                  | --offsite [--runs 3] [--size 2G] [--dir PATH] \
-                 | --api [--runs 3] [--size 1G] [--dir PATH] [--backup-only] \
+                 | --api [--runs 3] [--size 1G] [--dir PATH] [--backup-only] [--unchanged] \
                  | --browse [--runs 3] [--size 4G] [--dir PATH] \
                  | --console [--runs 5] [--dir PATH] \
                  | --history [--days 30] [--size 1G] [--dir PATH] \
@@ -163,7 +166,13 @@ fn main() {
         return browse::run(&dir, size, offsite_runs.unwrap_or(3));
     }
     if api {
-        return api::run(&dir, size, offsite_runs.unwrap_or(3), backup_only);
+        return api::run(
+            &dir,
+            size,
+            offsite_runs.unwrap_or(3),
+            backup_only,
+            unchanged,
+        );
     }
     if let Some(runs) = offsite_runs {
         return offsite::run(&dir, size, runs);

@@ -14,10 +14,12 @@
 //!    are simply not met. The result is a list of pieces that, end to end, is exactly
 //!    the tar stream a cold backup at the stop would produce.
 //! 3. **Assembly, app running again** ([`assemble`]): the pieces become the final
-//!    `.tar.gz`. A first-pass chunk wholly inside one piece is copied as the gzip members
-//!    it already is (members are independent and tar has no absolute offsets, so a
-//!    member range can be spliced anywhere); the few chunks cut by a change are inflated
-//!    and compressed again with the delta's bytes. Reused members are not inflated again
+//!    `.tar.gz`. The first pass wrote small gzip members ([`FIRST_PASS_MEMBER`]); every
+//!    member wholly inside one piece is copied as it is (members are independent and tar
+//!    has no absolute offsets, so a member range can be spliced anywhere); the few
+//!    members cut by a change are inflated and compressed again with the delta's bytes.
+//!    When nothing changed at all ([`SecondPass::unchanged`]) the first pass's archive is
+//!    the final one, and nothing is written again. Reused members are not inflated again
 //!    (they are this process's output of moments ago, trusted as a stop-mode archive's
 //!    members are), so the final archive's tar stream sha256 is not known here: an
 //!    offsite copy, the only user of it, computes it before the first copy.
@@ -581,6 +583,20 @@ pub struct SecondPass {
     pub index: super::index::Builder,
 }
 
+impl SecondPass {
+    /// True when the final stream is the first pass's byte for byte: every entry was met
+    /// unchanged where the first pass put it and nothing else was written but the
+    /// end-of-archive marker. The first pass's archive is then the final one as it is.
+    pub fn unchanged(&self, first_tar_bytes: u64) -> bool {
+        let end = super::tar_format::END.len() as u64;
+        matches!(
+            self.pieces.as_slice(),
+            [Piece::First { start: 0, len }, Piece::Delta { len: e, .. }]
+                if *e == end && len + end == first_tar_bytes
+        )
+    }
+}
+
 /// The second pass over `sources` (the app stopped), against the first pass's
 /// `recorder`: writes what changed into `delta` and returns the pieces of the final
 /// stream, its end marker included. An entry that changed less than `window_ns` before
@@ -992,6 +1008,7 @@ mod tests {
 
         let (delta_file, _) = out("delta");
         let second = second_pass(delta_file, recorder, &sources, opts, 0).unwrap();
+        assert!(!second.unchanged(first.tar_bytes));
         let (final_file, final_path) = out("final");
         let first_archive = FirstArchive {
             path: &first_path,
@@ -1086,6 +1103,34 @@ mod tests {
             per_member * 2 < per_chunk,
             "compressed again: {per_member} bytes with 4 KiB members, {per_chunk} with one \
              per 16 KiB chunk"
+        );
+    }
+
+    /// Nothing changed between the passes: the second pass says so, and the first pass's
+    /// stream is then the cold one (the archive it is kept as).
+    #[test]
+    fn an_unchanged_tree_is_the_first_pass_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        tree(&data);
+        let sources = vec![Source {
+            archive_dir: "volumes/v".into(),
+            path: data,
+            exclude: Vec::new(),
+        }];
+        let opts = Options::default();
+        let first_path = dir.path().join("first");
+        let (first, recorder) = first_pass(read_write(&first_path), &sources, &opts);
+        let meta_end = recorder.meta_end;
+        let delta = read_write(&dir.path().join("delta"));
+        let second = second_pass(delta, recorder, &sources, &opts, 0).unwrap();
+        assert!(second.unchanged(first.tar_bytes), "{:?}", second.pieces);
+        assert_eq!(second.reread_entries, 0);
+        let cold_path = dir.path().join("cold");
+        super::super::write(read_write(&cold_path), b"{}", &sources, &opts, &|_| {}).unwrap();
+        assert_eq!(
+            stream_after_metadata(&first_path, meta_end),
+            stream_after_metadata(&cold_path, meta_end)
         );
     }
 

@@ -229,44 +229,64 @@ impl BackupManager {
         let final_path = plan.final_path.clone();
         let assembled = tokio::task::spawn_blocking(move || {
             let result = (|| {
-                let first_archive = archive::precopy::FirstArchive {
-                    path: &first,
-                    chunks: &first_summary.chunks,
-                    compressed_bytes: first_summary.compressed_bytes,
-                    tar_bytes: first_summary.tar_bytes,
-                };
-                let archive::precopy::Assembled {
-                    written,
-                    tar_bytes,
-                    file,
-                    ..
-                } = archive::precopy::assemble(
-                    create_partial(&partial)?,
-                    &first_archive,
-                    &second.delta,
-                    &second.pieces,
-                    &opts,
-                    &|b| progress_job.progress(b),
-                )?;
-                remove_temporaries();
-                crash_point("backup.assembled");
-                let syncing = std::time::Instant::now();
-                file.sync_all().map_err(ArchiveError::Output)?;
-                tracing::info!(
-                    secs = syncing.elapsed().as_secs_f64(),
-                    "the assembled archive is on disk"
-                );
-                let summary = archive::Summary {
-                    sha256: archive::hex(&written.sha256),
-                    tar_sha256: written.raw_sha256.map(|h| archive::hex(&h)),
-                    compressed_bytes: written.compressed_bytes,
-                    tar_bytes,
-                    entries: second.entries,
-                    stored: second.stored,
-                    mount_entries: second.mount_entries,
-                    chunks: written.chunks,
-                    warnings: second.warnings,
-                    index: Some(second.index),
+                let summary = if second.unchanged(first_summary.tar_bytes) {
+                    // Nothing changed between the passes: the first pass's archive is
+                    // the final one, and nothing is written again.
+                    fs::rename(&first, &partial).map_err(ArchiveError::Output)?;
+                    remove_temporaries();
+                    crash_point("backup.assembled");
+                    File::open(&partial)
+                        .and_then(|f| f.sync_all())
+                        .map_err(ArchiveError::Output)?;
+                    tracing::info!("nothing changed between the passes: the first is the archive");
+                    archive::Summary {
+                        entries: second.entries,
+                        stored: second.stored,
+                        mount_entries: second.mount_entries,
+                        warnings: second.warnings,
+                        index: Some(second.index),
+                        ..first_summary
+                    }
+                } else {
+                    let first_archive = archive::precopy::FirstArchive {
+                        path: &first,
+                        chunks: &first_summary.chunks,
+                        compressed_bytes: first_summary.compressed_bytes,
+                        tar_bytes: first_summary.tar_bytes,
+                    };
+                    let archive::precopy::Assembled {
+                        written,
+                        tar_bytes,
+                        file,
+                        ..
+                    } = archive::precopy::assemble(
+                        create_partial(&partial)?,
+                        &first_archive,
+                        &second.delta,
+                        &second.pieces,
+                        &opts,
+                        &|b| progress_job.progress(b),
+                    )?;
+                    remove_temporaries();
+                    crash_point("backup.assembled");
+                    let syncing = std::time::Instant::now();
+                    file.sync_all().map_err(ArchiveError::Output)?;
+                    tracing::info!(
+                        secs = syncing.elapsed().as_secs_f64(),
+                        "the assembled archive is on disk"
+                    );
+                    archive::Summary {
+                        sha256: archive::hex(&written.sha256),
+                        tar_sha256: written.raw_sha256.map(|h| archive::hex(&h)),
+                        compressed_bytes: written.compressed_bytes,
+                        tar_bytes,
+                        entries: second.entries,
+                        stored: second.stored,
+                        mount_entries: second.mount_entries,
+                        chunks: written.chunks,
+                        warnings: second.warnings,
+                        index: Some(second.index),
+                    }
                 };
                 Ok(with_index_written(summary, &final_path))
             })();
