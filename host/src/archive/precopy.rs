@@ -939,6 +939,19 @@ mod tests {
         }
     }
 
+    /// A temporary folder with [`tree`] in its `data`, the one source of a snapshot.
+    fn tree_in_a_tempdir() -> (tempfile::TempDir, PathBuf, Vec<Source>) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        tree(&data);
+        let sources = vec![Source {
+            archive_dir: "volumes/v".into(),
+            path: data.clone(),
+            exclude: Vec::new(),
+        }];
+        (dir, data, sources)
+    }
+
     /// A new file, read and written (the passes read back what they wrote).
     fn read_write(path: &Path) -> File {
         std::fs::OpenOptions::new()
@@ -989,14 +1002,7 @@ mod tests {
     /// the changed tree, most of it was not read again, and most of the first pass's
     /// members were reused as they were. Returns the tar bytes compressed again.
     fn assemble_after_changes(opts: &Options) -> u64 {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        tree(&data);
-        let sources = vec![Source {
-            archive_dir: "volumes/v".into(),
-            path: data.clone(),
-            exclude: Vec::new(),
-        }];
+        let (dir, data, sources) = tree_in_a_tempdir();
         let out = |name: &str| {
             let path: PathBuf = dir.path().join(name);
             (read_write(&path), path)
@@ -1110,14 +1116,7 @@ mod tests {
     /// stream is then the cold one (the archive it is kept as).
     #[test]
     fn an_unchanged_tree_is_the_first_pass_as_it_is() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        tree(&data);
-        let sources = vec![Source {
-            archive_dir: "volumes/v".into(),
-            path: data,
-            exclude: Vec::new(),
-        }];
+        let (dir, _, sources) = tree_in_a_tempdir();
         let opts = Options::default();
         let first_path = dir.path().join("first");
         let (first, recorder) = first_pass(read_write(&first_path), &sources, &opts);
@@ -1139,14 +1138,7 @@ mod tests {
     /// have moved its ctime).
     #[test]
     fn a_racily_clean_file_is_read_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        tree(&data);
-        let sources = vec![Source {
-            archive_dir: "volumes/v".into(),
-            path: data,
-            exclude: Vec::new(),
-        }];
+        let (dir, _, sources) = tree_in_a_tempdir();
         let opts = Options::default();
         let first_file = File::create(dir.path().join("first")).unwrap();
         let (_, recorder) = first_pass(first_file, &sources, &opts);
