@@ -49,16 +49,16 @@ pub fn open_tar_stream(path: &Path, threads: usize) -> io::Result<Box<dyn Read +
     }
 }
 
-/// One member in flight, with its place in the archive. Slots circulate (reader →
-/// worker → consumer → reader) and keep their buffers: allocating two fresh megabytes per
-/// member made the kernel fault in and zero every page of them, a large share of a
-/// restore's time.
+/// One or more members in flight, with their place in the archive. Slots circulate
+/// (reader → worker → consumer → reader) and keep their buffers: allocating two fresh
+/// megabytes per member made the kernel fault in and zero every page of them, a large
+/// share of a restore's time.
 struct Slot {
-    /// The member's place in the archive, from 0: the order the consumer restores.
+    /// The slot's place in the archive, from 0: the order the consumer restores.
     seq: u64,
-    /// The whole member as read from the file, header to trailer.
+    /// Whole members as read from the file, header to trailer.
     packed: Vec<u8>,
-    /// Its inflated bytes: once inflated, exactly the trailer's ISIZE long.
+    /// Their inflated bytes: once inflated, exactly their trailers' ISIZEs long.
     raw: Vec<u8>,
     /// Why this member cannot be read; the stream ends with it.
     error: Option<io::Error>,
@@ -129,7 +129,11 @@ impl ParallelInflate {
         loop {
             if let Some(mut slot) = self.pending.remove(&self.next) {
                 self.next += 1;
-                if let Some(e) = slot.error.take() {
+                // A slot whose first members inflated gives their bytes first; its error
+                // comes once they are read (`read`).
+                if slot.raw.is_empty()
+                    && let Some(e) = slot.error.take()
+                {
                     return Err(e);
                 }
                 return Ok(Some(slot));
@@ -146,17 +150,22 @@ impl ParallelInflate {
 }
 
 impl Read for ParallelInflate {
-    /// Copies from the current member only: a read never spans two members, so it can
-    /// return less than `buf.len()` well before the end. A used member's slot goes back to
-    /// the reader thread, which may then read the next one off the file.
+    /// Copies from the current slot only: a read never spans two slots, so it can return
+    /// less than `buf.len()` well before the end. A used slot goes back to the reader
+    /// thread, which may then read the next members off the file.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self
             .current
             .as_ref()
             .is_none_or(|c| self.pos == c.raw.len())
         {
-            if let Some(used) = self.current.take() {
+            if let Some(mut used) = self.current.take() {
+                let error = used.error.take();
                 let _ = self.recycle.send(used);
+                if let Some(e) = error {
+                    self.finished = true;
+                    return Err(e);
+                }
             }
             if self.finished {
                 return Ok(0);
@@ -180,8 +189,14 @@ impl Read for ParallelInflate {
     }
 }
 
-/// Reads whole members off the file, each into a free slot. A malformed member ends the
-/// stream with an error in its place.
+/// Members go into one slot until they hold this many bytes, packed or inflated (a
+/// pre-copy's archive is made of 64 KiB members, and a slot each cost a few thread
+/// hand-offs per member).
+const SLOT_BATCH: usize = 512 << 10;
+
+/// Reads whole members off the file into free slots, several per slot up to
+/// [`SLOT_BATCH`]. A malformed member ends the stream with an error in its place, after
+/// the members before it.
 ///
 /// The reader thread. A member's claimed length is checked against
 /// `MAX_MEMBER_PACKED` before its buffer is sized, so a forged `AS` field cannot make it
@@ -189,48 +204,98 @@ impl Read for ParallelInflate {
 /// error, or when the consumer or the workers are gone. Messages give the member's byte
 /// offset in the file.
 fn split_members(mut file: File, work: &SyncSender<Slot>, free: &Receiver<Slot>) {
-    let corrupt = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
     let mut seq = 0;
     let mut offset = 0u64;
     loop {
         let Ok(mut slot) = free.recv() else { return };
-        let mut head = [0u8; HEADER_LEN];
-        let read = match read_full(&mut file, &mut head) {
-            Ok(0) => return,
-            Ok(n) if n < HEADER_LEN => {
-                Err(corrupt(format!("truncated gzip header at byte {offset}")))
-            }
-            Ok(_) => match member_len(&head) {
-                Some(len)
-                    if len >= HEADER_LEN + TRAILER_LEN && len - HEADER_LEN <= MAX_MEMBER_PACKED =>
-                {
-                    slot.packed.clear();
-                    slot.packed.resize(len, 0);
-                    slot.packed[..HEADER_LEN].copy_from_slice(&head);
-                    match read_full(&mut file, &mut slot.packed[HEADER_LEN..]) {
-                        Ok(n) if n == len - HEADER_LEN => Ok(()),
-                        Ok(_) => Err(corrupt(format!(
-                            "archive truncated inside the member at byte {offset}"
-                        ))),
-                        Err(e) => Err(e),
-                    }
+        slot.packed.clear();
+        let mut end = Ok(false);
+        // What the members claim to inflate to (each believed up to `MAX_MEMBER_RAW`):
+        // members of zeros pack a megabyte into a kilobyte, and a slot must not hold
+        // hundreds of them.
+        let mut raw = 0;
+        while slot.packed.len() < SLOT_BATCH && raw < SLOT_BATCH {
+            let at = slot.packed.len();
+            match read_member(&mut file, &mut slot.packed, offset) {
+                Ok(true) => {
+                    offset += (slot.packed.len() - at) as u64;
+                    let trailer = &slot.packed[slot.packed.len() - 4..];
+                    let isize = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
+                    raw += (isize as usize).min(MAX_MEMBER_RAW);
                 }
-                Some(len) => Err(corrupt(format!(
-                    "the gzip member at byte {offset} claims {len} bytes (appsnap writes at \
-                     most {MAX_MEMBER_PACKED})"
-                ))),
-                _ => Err(corrupt(format!("no appsnap gzip member at byte {offset}"))),
-            },
-            Err(e) => Err(e),
-        };
-        slot.seq = seq;
-        slot.error = read.err();
-        let failed = slot.error.is_some();
-        offset += slot.packed.len() as u64;
-        if work.send(slot).is_err() || failed {
-            return;
+                Ok(false) => {
+                    end = Ok(true);
+                    break;
+                }
+                Err(e) => {
+                    slot.packed.truncate(at);
+                    end = Err(e);
+                    break;
+                }
+            }
         }
-        seq += 1;
+        let (last, error) = match end {
+            Ok(eof) => (eof, None),
+            Err(e) => (true, Some(e)),
+        };
+        if !slot.packed.is_empty() {
+            slot.seq = seq;
+            slot.error = None;
+            if work.send(slot).is_err() {
+                return;
+            }
+            seq += 1;
+            if error.is_none() {
+                if last {
+                    return;
+                }
+                continue;
+            }
+            // The error goes in a slot of its own, after the members before it.
+            let Ok(next) = free.recv() else { return };
+            slot = next;
+            slot.packed.clear();
+        }
+        let Some(error) = error else { return };
+        slot.seq = seq;
+        slot.error = Some(error);
+        let _ = work.send(slot);
+        return;
+    }
+}
+
+/// Appends the member at `offset` (the file's position) to `packed`: `Ok(false)` at a
+/// clean end of file, an error for a truncated or malformed member.
+fn read_member(file: &mut File, packed: &mut Vec<u8>, offset: u64) -> io::Result<bool> {
+    let corrupt = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
+    let mut head = [0u8; HEADER_LEN];
+    match read_full(file, &mut head)? {
+        0 => return Ok(false),
+        n if n < HEADER_LEN => {
+            return Err(corrupt(format!("truncated gzip header at byte {offset}")));
+        }
+        _ => {}
+    }
+    let len = match member_len(&head) {
+        Some(len) if len >= HEADER_LEN + TRAILER_LEN && len - HEADER_LEN <= MAX_MEMBER_PACKED => {
+            len
+        }
+        Some(len) => {
+            return Err(corrupt(format!(
+                "the gzip member at byte {offset} claims {len} bytes (appsnap writes at \
+                 most {MAX_MEMBER_PACKED})"
+            )));
+        }
+        None => return Err(corrupt(format!("no appsnap gzip member at byte {offset}"))),
+    };
+    let at = packed.len();
+    packed.extend_from_slice(&head);
+    packed.resize(at + len, 0);
+    match read_full(file, &mut packed[at + HEADER_LEN..])? {
+        n if n == len - HEADER_LEN => Ok(true),
+        _ => Err(corrupt(format!(
+            "archive truncated inside the member at byte {offset}"
+        ))),
     }
 }
 
@@ -241,8 +306,9 @@ fn inflate_worker(work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
     loop {
         let next = work.lock().map(|rx| rx.recv());
         let Ok(Ok(mut slot)) = next else { return };
+        slot.raw.clear();
         if slot.error.is_none()
-            && let Err(e) = inflate(&mut decompressor, &slot.packed, &mut slot.raw)
+            && let Err(e) = inflate_members(&mut decompressor, &slot.packed, &mut slot.raw)
         {
             slot.error = Some(e);
         }
@@ -250,12 +316,6 @@ fn inflate_worker(work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
             return;
         }
     }
-}
-
-/// Inflates one whole member into `out` (resized to what its trailer announces).
-fn inflate(decompressor: &mut Decompressor, member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-    out.clear();
-    inflate_onto(decompressor, member, out)
 }
 
 /// Inflates one whole member onto the end of `out`.
@@ -286,7 +346,7 @@ fn inflate_onto(
 
 /// Inflates the complete members in `packed` (appsnap's, each with its `AS` length, as
 /// a chunk of our own archive holds them) onto the end of `raw`, each checked as
-/// [`inflate_onto`] checks one.
+/// [`inflate_onto`] checks one. After an error `raw` holds the members before the bad one.
 pub fn inflate_members(
     decompressor: &mut Decompressor,
     packed: &[u8],
@@ -303,7 +363,11 @@ pub fn inflate_members(
                 "a gzip member's length runs past its chunk",
             ));
         }
-        inflate_onto(decompressor, &packed[pos..pos + len], raw)?;
+        let good = raw.len();
+        if let Err(e) = inflate_onto(decompressor, &packed[pos..pos + len], raw) {
+            raw.truncate(good);
+            return Err(e);
+        }
         pos += len;
     }
     Ok(())
@@ -323,4 +387,53 @@ pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> 
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::gzip::{Deflater, compress_chunk};
+
+    /// Many small members, as a pre-copy's archive has: the reader puts several in a slot
+    /// and gives every byte back in order; a damaged member after them is an error that
+    /// comes after all the bytes before it.
+    #[test]
+    fn small_members_come_back_in_order_and_a_damaged_one_after_them() {
+        let raw: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i % 251) as u8 ^ (i / 7919) as u8)
+            .collect();
+        let mut packed = Vec::new();
+        compress_chunk(Some(&mut Deflater::new(3)), &raw, &mut packed, 4096);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &packed).unwrap();
+        let mut out = Vec::new();
+        open_tar_stream(file.path(), 2)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert!(out == raw, "{} bytes of {}", out.len(), raw.len());
+
+        let mut last = Vec::new();
+        compress_chunk(
+            Some(&mut Deflater::new(3)),
+            b"the last one",
+            &mut last,
+            4096,
+        );
+        let crc = last.len() - TRAILER_LEN;
+        last[crc] ^= 0xff;
+        packed.extend_from_slice(&last);
+        std::fs::write(file.path(), &packed).unwrap();
+        let mut got = Vec::new();
+        let err = open_tar_stream(file.path(), 2)
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(
+            got == raw,
+            "every byte before the damaged member: {}",
+            got.len()
+        );
+    }
 }
