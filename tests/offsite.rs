@@ -335,15 +335,7 @@ async fn an_imported_snapshot_is_checked_and_hashed_before_its_first_copy_and_de
         "{imported}"
     );
 
-    let (status, job) = h
-        .call(
-            "POST",
-            &format!("/api/v1/backup/snapshots/{id}/copy?repository=offsite"),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let done = job_done(&h, job["job_id"].as_str().unwrap()).await;
-    assert_eq!(done["state"], "succeeded", "{done}");
+    h.copy_to(id, "offsite").await;
     let (_, got) = h
         .call("GET", &format!("/api/v1/backup/snapshots/{id}"))
         .await;
@@ -1058,15 +1050,7 @@ async fn servers_sharing_a_repository_forget_only_their_own_copies() {
     let bytes = fs::read(snap["file_path"].as_str().unwrap()).unwrap();
     let (status, body) = b.import(bytes, &format!("?app_id={moved}")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, job) = b
-        .call(
-            "POST",
-            &format!("/api/v1/backup/snapshots/{id}/copy?repository=offsite"),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let done = job_done(&b, job["job_id"].as_str().unwrap()).await;
-    assert_eq!(done["state"], "succeeded", "{done}");
+    b.copy_to(&id, "offsite").await;
     let copies_of_id = |h: &Harness| {
         let (m, id) = (std::sync::Arc::clone(&h.manager), id.clone());
         async move {

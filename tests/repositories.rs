@@ -33,6 +33,47 @@ async fn remote(h: &Harness) -> serde_json::Value {
     remote
 }
 
+/// An admin machine: a copy of the server's policies and an `admin.toml` with full rights
+/// on repository `offsite`, whose `repository`, `password` and other lines are `entry`.
+struct AdminMachine {
+    dir: tempfile::TempDir,
+    policies: std::path::PathBuf,
+}
+
+impl AdminMachine {
+    fn new(h: &Harness, entry: &str) -> AdminMachine {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("server-policies");
+        crate::common::sh(&format!(
+            "cp -a {} {}",
+            h.root.path().join(".appsnap/policies").display(),
+            policies.display()
+        ));
+        fs::write(
+            dir.path().join("admin.toml"),
+            format!(
+                "backup_root = '{}'\n\n[[repositories]]\nname = 'offsite'\n{entry}\
+                 keep_delete_secs = 0\n",
+                dir.path().display(),
+            ),
+        )
+        .unwrap();
+        AdminMachine { dir, policies }
+    }
+
+    /// The `appsnap` CLI with the admin's config (success asserted): its stdout.
+    fn appsnap(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_appsnap"))
+            .arg("--config")
+            .arg(self.dir.path().join("admin.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "appsnap {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
 #[tokio::test]
 async fn a_rest_repository_copies_lists_checks_forgets_prunes_and_restores_on_a_new_server() {
     let server = RestServer::start("Modify");
@@ -257,40 +298,19 @@ async fn an_append_only_repository_is_never_asked_to_delete_and_a_refused_delete
 
     // The admin machine, with full rights straight on the server and a copy of the
     // server's policies: applies the retention bound there, then prunes.
-    let admin = tempfile::tempdir().unwrap();
-    let policies = admin.path().join("server-policies");
-    crate::common::sh(&format!(
-        "cp -a {} {}",
-        h.root.path().join(".appsnap/policies").display(),
-        policies.display()
-    ));
-    let config = admin.path().join("admin.toml");
-    fs::write(
-        &config,
-        format!(
-            "backup_root = '{}'\n\n[[repositories]]\nname = 'offsite'\n\
-             repository = 'rest:{}'\npassword = '{}'\nkeep_delete_secs = 0\n\
+    let admin = AdminMachine::new(
+        &h,
+        &format!(
+            "repository = 'rest:{}'\npassword = '{}'\n\
              options = {{ rest_user = 'admin', rest_password = '{REST_ADMIN_PASSWORD}' }}\n",
-            admin.path().display(),
             RestServer::url(server.port),
             crate::common::rest::REPO_PASSWORD,
         ),
-    )
-    .unwrap();
-    let appsnap = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_appsnap"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "appsnap {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let policies = policies.to_str().unwrap();
+    );
+    let policies = admin.policies.to_str().unwrap();
     let forget = ["repo", "forget", "offsite", "--policies", policies];
     let dry: serde_json::Value =
-        serde_json::from_str(&appsnap(&[&forget[..], &["--dry-run"]].concat())).unwrap();
+        serde_json::from_str(&admin.appsnap(&[&forget[..], &["--dry-run"]].concat())).unwrap();
     assert_eq!(
         dry[0]["deleted"][0]["snapshot_id"],
         ids[0].as_str(),
@@ -301,7 +321,7 @@ async fn an_append_only_repository_is_never_asked_to_delete_and_a_refused_delete
         2,
         "a dry run forgets nothing"
     );
-    let done: serde_json::Value = serde_json::from_str(&appsnap(&forget)).unwrap();
+    let done: serde_json::Value = serde_json::from_str(&admin.appsnap(&forget)).unwrap();
     assert_eq!(
         done[0]["deleted"][0]["snapshot_id"],
         ids[0].as_str(),
@@ -309,7 +329,11 @@ async fn an_append_only_repository_is_never_asked_to_delete_and_a_refused_delete
     );
     for _ in 0..2 {
         // Two prunes: the first marks what the forget left unused, the second deletes it.
-        assert!(appsnap(&["repo", "prune", "offsite"]).contains("pruned"));
+        assert!(
+            admin
+                .appsnap(&["repo", "prune", "offsite"])
+                .contains("pruned")
+        );
     }
     assert_eq!(remote(&h).await.as_array().unwrap().len(), 1);
 }
@@ -515,15 +539,7 @@ async fn a_pin_recorded_at_copy_time_keeps_a_copy_from_the_admins_forget() {
         if i == 0 {
             h.pin(&id, true).await;
         }
-        let (status, job) = h
-            .call(
-                "POST",
-                &format!("/api/v1/backup/snapshots/{id}/copy?repository=offsite"),
-            )
-            .await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-        let done = crate::common::job_done(&h, job["job_id"].as_str().unwrap()).await;
-        assert_eq!(done["state"], "succeeded", "{done}");
+        h.copy_to(&id, "offsite").await;
         ids.push(id);
     }
     let listed = remote(&h).await;
@@ -531,33 +547,13 @@ async fn a_pin_recorded_at_copy_time_keeps_a_copy_from_the_admins_forget() {
     assert_eq!(copy_of(&listed, &ids[1])["pinned"], false, "{listed}");
 
     // The admin's pass, with the server's policies: keeps the newest and the pinned one.
-    let admin = tempfile::tempdir().unwrap();
-    let policies = admin.path().join("server-policies");
-    crate::common::sh(&format!(
-        "cp -a {} {}",
-        h.root.path().join(".appsnap/policies").display(),
-        policies.display()
-    ));
-    let config = admin.path().join("admin.toml");
-    fs::write(
-        &config,
-        format!(
-            "backup_root = '{}'\n\n[[repositories]]\nname = 'offsite'\n\
-             repository = '{}'\npassword = 'pw'\nkeep_delete_secs = 0\n",
-            admin.path().display(),
-            location.display(),
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_appsnap"))
-        .arg("--config")
-        .arg(&config)
-        .args(["repo", "forget", "offsite", "--policies"])
-        .arg(&policies)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let admin = AdminMachine::new(
+        &h,
+        &format!("repository = '{}'\npassword = 'pw'\n", location.display()),
+    );
+    let policies = admin.policies.to_str().unwrap();
+    let out = admin.appsnap(&["repo", "forget", "offsite", "--policies", policies]);
+    let done: serde_json::Value = serde_json::from_str(&out).unwrap();
     let deleted: Vec<&str> = (done[0]["deleted"].as_array().unwrap().iter())
         .map(|d| d["snapshot_id"].as_str().unwrap())
         .collect();

@@ -353,6 +353,17 @@ impl Harness {
         assert_eq!(status, axum::http::StatusCode::OK, "{body}");
     }
 
+    /// Copies snapshot `id` to `repository` through the API (202 asserted) and waits for
+    /// the job to succeed; returns the ended job.
+    pub async fn copy_to(&self, id: &str, repository: &str) -> serde_json::Value {
+        let uri = format!("/api/v1/backup/snapshots/{id}/copy?repository={repository}");
+        let (status, job) = self.call("POST", &uri).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        let done = job_done(self, job["job_id"].as_str().unwrap()).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        done
+    }
+
     /// A request with a JSON body.
     pub async fn call_json(
         &self,
