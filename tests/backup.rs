@@ -359,3 +359,99 @@ async fn max_snapshots_per_app_deletes_the_oldest() {
     );
     assert!(!std::path::Path::new(first["file_path"].as_str().unwrap()).exists());
 }
+
+/// A backup cancelled while its pre-backup hook runs (the hook blocks until the test
+/// creates /bind/go) ends `Job cancelled` in every mode: the app was never stopped, no
+/// archive or partial file is left, nothing is listed, and the app's lock is free again.
+/// A pre-copy backup's first pass sees the cancel flag at its first chunk; a stop-mode
+/// backup checks the cancel before it stops the containers.
+#[tokio::test]
+async fn a_cancelled_backup_never_stops_the_app_and_keeps_nothing() {
+    use appsnap::config::BackupMode;
+    for mode in [BackupMode::Precopy, BackupMode::Stop] {
+        let app = TestApp::new(
+            "--label 'appsnap.pre-backup=while [ ! -e /bind/go ]; do sleep 0.05; done'",
+        );
+        fs::write(app.volume_path().join("data"), "x".repeat(1 << 20)).unwrap();
+        let h = Harness::in_mode(&app.id, mode).await;
+        let started_at = app.started_at(&app.containers[0]);
+
+        let (status, job) = h
+            .call("POST", &format!("/api/v1/backup/{}?wait=false", app.id))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        assert_eq!(job["cancellable"], true, "{job}");
+        let job_id = job["job_id"].as_str().unwrap().to_string();
+        h.manager
+            .jobs
+            .get(&job_id)
+            .unwrap()
+            .subscribe()
+            .wait_for(|j| j.step == "running pre-backup hooks")
+            .await
+            .unwrap();
+
+        let (status, asked) = h
+            .call("POST", &format!("/api/v1/jobs/{job_id}/cancel"))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{asked}");
+        assert_eq!(
+            (&asked["state"], &asked["cancel_requested"]),
+            (&"running".into(), &true.into()),
+            "{asked}"
+        );
+        // Asking twice is the same request.
+        let (status, _) = h
+            .call("POST", &format!("/api/v1/jobs/{job_id}/cancel"))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        fs::write(app.bind().join("go"), "").unwrap();
+        finished(&h, &job_id).await;
+
+        let (_, ended) = h.call("GET", &format!("/api/v1/jobs/{job_id}")).await;
+        assert_eq!(ended["state"], "failed", "{mode:?}: {ended}");
+        assert_eq!(ended["error"]["message"], "Job cancelled", "{ended}");
+        assert!(
+            ended["error"]["details"]
+                .as_str()
+                .unwrap()
+                .contains("the backup was cancelled on request"),
+            "{ended}"
+        );
+        assert!(
+            ended["log"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["text"] != "stopping containers"),
+            "{mode:?}: the app was stopped: {ended}"
+        );
+        assert_eq!(app.started_at(&app.containers[0]), started_at, "{mode:?}");
+        assert!(app.running(&app.containers[0]));
+        assert!(
+            h.files()
+                .iter()
+                .all(|f| !f.ends_with(".tar.gz") && !f.ends_with(".partial")),
+            "{mode:?}: {:?}",
+            h.files()
+        );
+        let (_, listed) = h
+            .call(
+                "GET",
+                &format!("/api/v1/backup/snapshots?app_id={}", app.id),
+            )
+            .await;
+        assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+
+        // An ended job cannot be cancelled, an unknown one is not found.
+        let (status, body) = h
+            .call("POST", &format!("/api/v1/jobs/{job_id}/cancel"))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["message"], "Job cannot be cancelled", "{body}");
+        let (status, _) = h.call("POST", "/api/v1/jobs/job_nope/cancel").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        // The lock is free: the next backup runs (the hook returns at once now).
+        h.backup(&app.id).await;
+    }
+}

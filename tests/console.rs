@@ -1152,3 +1152,62 @@ async fn repositories_and_alerts_verify_copy_check_and_send_a_test_from_the_cons
     .await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 }
+
+/// A running backup's page offers Cancel; pressing it (with the page's CSRF token) asks
+/// the job to stop and shows it again, saying so; the job ends cancelled and its page
+/// has no button any more. A form without the token changes nothing.
+#[tokio::test]
+async fn a_running_jobs_page_cancels_it() {
+    let app =
+        TestApp::new("--label 'appsnap.pre-backup=while [ ! -e /bind/go ]; do sleep 0.05; done'");
+    let h = Harness::new().await;
+    let (_, _, body) = page(&h, "/", &[]).await;
+    let resp = post_form(
+        &h,
+        &format!("/apps/{}/backup", app.id),
+        format!("csrf={}", csrf_of(&body)),
+        &[ORIGIN],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let to = resp.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (status, _, body) = page(&h, &to, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let form = format!(r#"action="{to}/cancel""#);
+    assert!(
+        body.contains(&form) && body.contains("Cancel this job"),
+        "{body}"
+    );
+
+    let forged = post_form(&h, &format!("{to}/cancel"), "csrf=forged".into(), &[ORIGIN]).await;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let job_id = to.strip_prefix("/jobs/").unwrap();
+    assert!(!h.manager.jobs.get(job_id).unwrap().info().cancel_requested);
+
+    let resp = post_form(
+        &h,
+        &format!("{to}/cancel"),
+        format!("csrf={}", csrf_of(&body)),
+        &[ORIGIN],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[header::LOCATION], to.as_str());
+    let (_, _, body) = page(&h, &to, &[]).await;
+    assert!(
+        body.contains("Cancel asked for") && !body.contains(&form),
+        "{body}"
+    );
+
+    std::fs::write(app.bind().join("go"), "").unwrap();
+    crate::common::job_done(&h, job_id).await;
+    let (_, _, body) = page(&h, &to, &[("accept-language", "zh-CN")]).await;
+    assert!(
+        body.contains("the backup was cancelled on request"),
+        "{body}"
+    );
+    assert!(!body.contains("取消此任务"), "{body}");
+}

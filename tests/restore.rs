@@ -1178,3 +1178,75 @@ async fn excluded_paths_stay_out_of_the_snapshot_and_are_carried_over_by_a_resto
     );
     assert!(app.running(&app.containers[0]));
 }
+
+/// A restore cancelled while its data is staged (held before the stop by the fail point
+/// `restore.staged`, so that the cancel comes first) rolls back before the app is touched: the staging folders go, the
+/// app's data is what it was, its container was never stopped, no journal stays, and the
+/// job ends `Job cancelled`. Then the same restore runs to its end.
+#[tokio::test]
+async fn a_restore_cancelled_after_staging_leaves_the_app_as_it_was() {
+    if !cfg!(feature = "failpoints") {
+        panic!("this test needs the fail points: run `scripts/test`");
+    }
+    let app = TestApp::new("");
+    fill_every_kind(&app.volume_path());
+    let root = tempfile::tempdir().unwrap();
+    let resume = root.path().with_extension("resume");
+    let pause = format!("restore.staged={}", resume.display());
+    let svc = Service::start(root.path(), &[("APPSNAP_PAUSE_AT", &pause)]);
+    let snap = svc.post(&format!("/api/v1/backup/{}", app.id)).await;
+    let want = manifest(&app.volume_path(), true);
+    change_everything(&app.volume_path());
+    let changed = manifest(&app.volume_path(), true);
+    let started_at = app.started_at(&app.containers[0]);
+
+    let job = svc
+        .post(&format!("{}?wait=false", restore_uri(&app.id, &snap)))
+        .await;
+    let job_id = job["job_id"]
+        .as_str()
+        .expect("202 with the job")
+        .to_string();
+    let staging = || {
+        fs::read_dir(app.volume_path().parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".appsnap-staged-"))
+            .count()
+    };
+    // Held at the fail point, its data staged: the cancel comes before the check that
+    // precedes the stop.
+    svc.wait_for_log("paused at restore.staged");
+    assert_eq!(staging(), 1, "the restore staged its volume beside it");
+    let asked = reqwest::Client::new()
+        .post(svc.url(&format!("/api/v1/jobs/{job_id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), StatusCode::ACCEPTED);
+    fs::write(&resume, "").unwrap();
+    let ended = follow_until(&svc, &job_id, |j| j["state"] != "running").await;
+
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert_eq!(ended["error"]["message"], "Job cancelled", "{ended}");
+    assert_eq!(manifest(&app.volume_path(), true), changed);
+    assert_eq!(app.started_at(&app.containers[0]), started_at);
+    assert!(app.running(&app.containers[0]));
+    assert_eq!(staging(), 0, "the staging folder is removed");
+    assert!(asides(&app).is_empty(), "{:?}", asides(&app));
+    assert!(
+        fs::read_dir(root.path().join(".appsnap"))
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().ends_with(".journal"))
+    );
+
+    // The app's lock is free and nothing is left to repair: the restore runs again.
+    let restored = svc.post(&restore_uri(&app.id, &snap)).await;
+    assert_eq!(
+        restored["message"], "Snapshot restored successfully",
+        "{restored}"
+    );
+    assert_eq!(manifest(&app.volume_path(), true), want);
+    let _ = fs::remove_file(&resume);
+}

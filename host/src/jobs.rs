@@ -47,6 +47,13 @@ pub struct JobInfo {
     pub bytes_done: u64,
     /// Estimated from a metadata walk before archiving; 0 until known.
     pub bytes_total: u64,
+    /// Whether `POST /api/v1/jobs/{job_id}/cancel` can stop this kind of job while it
+    /// runs: backups, restores, verifies, fetches and copies. A prune, a check or a
+    /// restore's cleanup runs to its end.
+    pub cancellable: bool,
+    /// A cancel was asked for: the job stops at its next safe point and ends `failed`
+    /// (a restore rolled back), with nothing half-done kept.
+    pub cancel_requested: bool,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     /// What a successful job made: the snapshot (backup), the restore's outcome, the
@@ -89,10 +96,27 @@ pub struct LogLine {
 /// this bounds only a job that loops.
 const MAX_LOG_LINES: usize = 100;
 
+/// The kinds of job whose work checks cancel flags, and so can stop halfway without
+/// leaving anything half-done (see [`JobInfo::cancellable`]).
+const CANCELLABLE: [&str; 5] = ["backup", "restore", "verify", "fetch", "copy"];
+
+/// Why a job cannot be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// The job has ended already.
+    #[error("job {0} has already ended")]
+    Ended(String),
+    /// The job is of a kind that runs to its end once started.
+    #[error("a {0} job cannot be stopped halfway: it runs to its end")]
+    NotCancellable(String),
+}
+
 /// The handle a running operation reports through.
 #[derive(Clone)]
 pub struct Job {
     tx: Arc<watch::Sender<JobInfo>>,
+    /// The cancel flags of the job's work (see `Gate::new_cancel`).
+    cancels: Arc<crate::archive::Cancels>,
 }
 
 impl Job {
@@ -110,6 +134,55 @@ impl Job {
 
     pub fn step(&self, step: &str) {
         self.tx.send_modify(|j| j.log_step(step));
+    }
+
+    /// Asks the job to stop: every cancel flag of its work is set, and every later one.
+    /// The work stops at its next check and the job ends `failed`; it is not ended here,
+    /// since only the work knows when what it did is undone.
+    pub fn cancel(&self) -> Result<(), CancelError> {
+        let mut refused = None;
+        self.tx.send_if_modified(|j| {
+            if j.state != JobState::Running {
+                refused = Some(CancelError::Ended(j.job_id.clone()));
+                false
+            } else if !j.cancellable {
+                refused = Some(CancelError::NotCancellable(j.kind.clone()));
+                false
+            } else if j.cancel_requested {
+                false
+            } else {
+                j.cancel_requested = true;
+                let step = j.step.clone();
+                j.log_step("cancel requested");
+                j.step = step;
+                true
+            }
+        });
+        match refused {
+            Some(e) => Err(e),
+            None => {
+                self.cancels.set_all();
+                Ok(())
+            }
+        }
+    }
+
+    /// Resolves once a cancel is asked for: for a wait between pieces of work (a copy's
+    /// next attempt), which no cancel flag would end.
+    pub async fn cancel_asked(&self) {
+        let mut rx = self.subscribe();
+        // The sender lives as long as `self`: the wait cannot end with an error.
+        let _ = rx.wait_for(|j| j.cancel_requested).await;
+    }
+
+    /// Whether a cancel was asked for (the work checks it between its steps).
+    pub fn cancel_requested(&self) -> bool {
+        self.cancels.is_set()
+    }
+
+    /// Puts a piece of the job's work under its cancel (see `Gate::new_cancel`).
+    pub fn adopt_cancel(&self, flag: &crate::archive::Cancel) {
+        self.cancels.adopt(flag);
     }
 
     /// The estimate of the work's size; it may come after the work has begun (and then
@@ -214,13 +287,18 @@ impl Jobs {
             log: Vec::new(),
             bytes_done: 0,
             bytes_total: 0,
+            cancellable: CANCELLABLE.contains(&kind),
+            cancel_requested: false,
             started_at: Utc::now(),
             finished_at: None,
             result: None,
             error: None,
             failure: None,
         });
-        let job = Job { tx: Arc::new(tx) };
+        let job = Job {
+            tx: Arc::new(tx),
+            cancels: Arc::default(),
+        };
         let mut inner = self.inner.lock().expect("jobs lock");
         inner.by_id.insert(id.clone(), job.clone());
         inner.order.push_back(id);

@@ -428,6 +428,8 @@ pub struct Service {
     pub child: Child,
     pub addr: String,
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Signalled by the reader thread at each line it adds to `log`.
+    logged: Arc<std::sync::Condvar>,
     /// The thread copying stderr into `log`; joined to read a dead service's last words.
     reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -452,6 +454,8 @@ impl Service {
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = Arc::clone(&log);
+        let logged = Arc::new(std::sync::Condvar::new());
+        let logged2 = Arc::clone(&logged);
         // The service logs its bound address; read it instead of guessing a free port.
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -465,6 +469,7 @@ impl Service {
                     let _ = tx.send(at.trim_start_matches("http://").to_string());
                 }
                 log2.lock().unwrap().push(line);
+                logged2.notify_all();
             }
         });
         let addr = rx
@@ -474,6 +479,7 @@ impl Service {
             child,
             addr,
             log,
+            logged,
             reader: Some(reader),
         }
     }
@@ -523,6 +529,18 @@ impl Service {
     pub fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// Blocks until a line of the log contains `needle` (each new line wakes it); fails
+    /// the test after two minutes without one, with the log.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let mut log = self.log.lock().unwrap();
+        while !log.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "no log line with `{needle}`: {:?}", *log);
+            log = self.logged.wait_timeout(log, left).unwrap().0;
+        }
     }
 
     pub fn log_contains(&self, needle: &str) -> bool {

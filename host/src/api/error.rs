@@ -109,6 +109,8 @@ pub(crate) fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
         InvalidId(_) => (StatusCode::BAD_REQUEST, "Invalid identifier"),
         AppNotFound(_) => (StatusCode::NOT_FOUND, "Application not found"),
         SnapshotNotFound(_) => (StatusCode::NOT_FOUND, "Snapshot not found"),
+        JobNotFound(_) => (StatusCode::NOT_FOUND, "Job not found"),
+        NotCancellable(_) => (StatusCode::CONFLICT, "Job cannot be cancelled"),
         Busy { .. } => (
             StatusCode::CONFLICT,
             "Another backup or restore of this application is running",
@@ -184,6 +186,8 @@ pub(crate) fn classify(e: &ManagerError) -> (StatusCode, &'static str) {
         ),
         RootInUse(_) => (StatusCode::SERVICE_UNAVAILABLE, "Backup root in use"),
         ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "Service shutting down"),
+        // Only ever seen in a job (and by a client that waited for it).
+        Cancelled(_) => (StatusCode::CONFLICT, "Job cancelled"),
         // Only ever seen in the job: its client is gone.
         Abandoned(_) => (StatusCode::SERVICE_UNAVAILABLE, "Request abandoned"),
         Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "Storage error"),

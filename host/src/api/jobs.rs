@@ -46,6 +46,25 @@ pub async fn show(
     Ok(Json(job_view(find(&manager, &id)?.info())))
 }
 
+/// Asks a running job to stop at its next safe point.
+///
+/// Backups, restores, verifies, fetches and copies can be cancelled (`cancellable` in the
+/// job); prunes, checks and a restore's cleanup run to their end. The answer is the job,
+/// still running with `cancel_requested` set; it ends `failed` with the message `Job
+/// cancelled` once what it did is undone: a backup starts the containers it stopped
+/// again and keeps no partial archive, a restore rolls back (the app's data as it was),
+/// a copy is recorded `failed`. 409 for a job that has ended or cannot be cancelled.
+#[utoipa::path(post, path = "/api/v1/jobs/{job_id}/cancel", tag = "jobs", params(("job_id" = String, Path)),
+    responses((status = 202, body = JobInfo), (status = 404, body = ErrorBody),
+        (status = 409, description = "The job has ended, or cannot be cancelled", body = ErrorBody)))]
+pub async fn cancel(
+    State(manager): State<Arc<BackupManager>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
+    let job = manager.cancel_job(&id)?;
+    Ok((StatusCode::ACCEPTED, Json(job_view(job.info()))))
+}
+
 /// Server-sent events: `progress` with the job whenever it changes (coalesced), then one
 /// `finished` event, then the stream ends.
 ///

@@ -110,6 +110,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         .routes(routes!(jobs::list))
         .routes(routes!(jobs::show))
         .routes(routes!(jobs::events))
+        .routes(routes!(jobs::cancel))
         .routes(routes!(metrics))
         .routes(routes!(notify::test))
         .routes(routes!(repositories::list))

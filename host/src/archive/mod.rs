@@ -129,9 +129,48 @@ pub struct Options {
     pub cancel: Option<Cancel>,
 }
 
-/// A flag that long archive work checks, so that shutdown and abandoned requests stop it
-/// within a chunk instead of running to the end.
+/// A flag that long archive work checks, so that a shutdown, a job's cancel and an
+/// abandoned request stop it within a chunk instead of running to the end.
 pub type Cancel = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
+/// Who may stop work: a set of cancel flags that one call sets, and that sets every flag
+/// given to it later at once. The shutdown holds one (every flag of the process), and each
+/// job one (the flags of its own work). A flag is one piece of work's, not the job's: an
+/// abandoned request sets its own flag when it ends (`SetOnDrop`), which must not stop
+/// the job's next piece.
+#[derive(Default)]
+pub struct Cancels {
+    set: std::sync::atomic::AtomicBool,
+    flags: std::sync::Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicBool>>>,
+}
+
+impl Cancels {
+    /// Puts `flag` in the set; it is set at once when the set already is.
+    pub fn adopt(&self, flag: &Cancel) {
+        use std::sync::atomic::Ordering;
+        let mut flags = self.flags.lock().expect("cancels lock");
+        flags.retain(|w| w.strong_count() > 0);
+        flags.push(std::sync::Arc::downgrade(flag));
+        if self.set.load(Ordering::SeqCst) {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Sets every flag alive in the set, and every one adopted later.
+    pub fn set_all(&self) {
+        use std::sync::atomic::Ordering;
+        let flags = self.flags.lock().expect("cancels lock");
+        self.set.store(true, Ordering::SeqCst);
+        for flag in flags.iter().filter_map(std::sync::Weak::upgrade) {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether [`Self::set_all`] was called.
+    pub fn is_set(&self) -> bool {
+        self.set.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 /// True once the flag is set; `None` never cancels. A relaxed load is enough: the flag
 /// guards no data, and seeing it one check late only delays the stop by a chunk.

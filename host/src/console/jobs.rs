@@ -4,7 +4,7 @@
 //! `EventSource` sends where it could not send a key header).
 
 use askama::Template;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -133,6 +133,21 @@ pub(super) async fn page(
         failure,
     };
     page.f.respond(StatusCode::OK, page.render(), chosen)
+}
+
+/// `POST /jobs/{job_id}/cancel`: asks the job to stop (see the API's), then shows it.
+pub(super) async fn cancel(
+    State(Console { manager, base, .. }): State<Console>,
+    Path(job_id): Path<String>,
+    csrf: Option<Extension<Csrf>>,
+    headers: HeaderMap,
+    Form(form): Form<super::CsrfForm>,
+) -> Response {
+    if let Some(forbidden) = super::csrf_refusal(&form.csrf, &csrf) {
+        return forbidden;
+    }
+    let f = Frame::plain(&base, &headers, &format!("/jobs/{job_id}")).signed_in(csrf);
+    super::job_or_refusal(&base, manager.cancel_job(&job_id), f)
 }
 
 /// `GET /jobs/{job_id}/events`: the job's server-sent events (see the API's).

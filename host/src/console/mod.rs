@@ -8,7 +8,7 @@
 //!   beside), verify, copy, the archive's download; a copy in a repository, its files
 //!   read from there.
 //! - `restore`: the pre-checks, the typed confirmation, the restore's job.
-//! - `jobs`: the jobs, a job's live page (SSE) and a restore's ending.
+//! - `jobs`: the jobs, a job's live page (SSE), its cancel and a restore's ending.
 //! - `policies`: components, upload, bindings, schedules, dry runs.
 //! - `repositories`: check, prune and snapshots of each repository; test alerts.
 //!
@@ -112,6 +112,7 @@ pub fn router(manager: Arc<BackupManager>) -> Router {
         )
         .route("/jobs/{job_id}", get(jobs::page))
         .route("/jobs/{job_id}/events", get(jobs::events))
+        .route("/jobs/{job_id}/cancel", post(jobs::cancel))
         .route("/snapshots/{snapshot_id}", get(snapshot::page))
         .route("/snapshots/{snapshot_id}/file", get(snapshot::file))
         .route(

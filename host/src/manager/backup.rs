@@ -59,7 +59,7 @@ impl BackupManager {
         let _slot = self.gate.heavy_slot(Some(job)).await;
         tracing::info!(app = %app.id, mounts = app.mounts.len(), "backup started");
         let plan = self.plan(app, origin, note.clone())?;
-        let work = self.start_reading(app);
+        let work = self.start_reading(app, job);
         let evict = self.admit(app, job, work.estimating).await?;
 
         let running = app.running();
@@ -344,13 +344,13 @@ impl BackupManager {
 
     /// Starts the disk reading what the archive needs, and a metadata walk for its size,
     /// while the hooks run and the containers stop: the app is down for less time.
-    fn start_reading(&self, app: &App) -> Reading {
+    fn start_reading(&self, app: &App, job: &Job) -> Reading {
         let sources = app.sources();
         let opts = archive::Options {
             level: self.config.compression_level,
             threads: self.config.threads(),
             skip_dirs: vec![self.store.root().to_path_buf()],
-            cancel: Some(self.gate.new_cancel()),
+            cancel: Some(self.gate.new_cancel(Some(job))),
             ..archive::Options::default()
         };
         let ahead = archive::read_ahead(&sources, &opts);
@@ -407,6 +407,8 @@ impl BackupManager {
         if stopped.is_empty() {
             return Ok(Vec::new());
         }
+        // Stopping the app for a backup that will be thrown away would only cost downtime.
+        ManagerError::if_cancelled(job)?;
         job.step("stopping containers");
         let record = BackupJournal {
             app_id: app.id.clone(),

@@ -18,6 +18,12 @@ pub enum ManagerError {
     /// No compose project of that name exists.
     #[error("no container belongs to compose project `{0}`")]
     AppNotFound(String),
+    /// No job of that id is known to this process.
+    #[error("no job `{0}` (jobs are kept in memory until restart)")]
+    JobNotFound(String),
+    /// The job has ended, or is of a kind that runs to its end.
+    #[error(transparent)]
+    NotCancellable(#[from] crate::jobs::CancelError),
     /// No snapshot of that id is in the catalog.
     #[error("no snapshot `{0}` in the catalog")]
     SnapshotNotFound(String),
@@ -66,6 +72,10 @@ pub enum ManagerError {
     /// appsnap is shutting down: the work stopped at a consistent point.
     #[error("appsnap is shutting down; the operation was stopped and nothing half-done was kept")]
     ShuttingDown,
+    /// The job was cancelled on request (`POST /api/v1/jobs/{id}/cancel`): its work
+    /// stopped at a safe point, and what it had done was undone.
+    #[error("the {0} was cancelled on request; nothing half-done was kept")]
+    Cancelled(String),
     /// The archive file of a snapshot could not be removed; the catalog still lists it.
     #[error("cannot remove {path}: {source}")]
     Delete {
@@ -160,6 +170,27 @@ pub enum ManagerError {
 }
 
 impl ManagerError {
+    /// A job's work stopped by its cancel flags comes up as `ShuttingDown` (the flags are
+    /// shared with the shutdown, see `Gate::new_cancel`); for a job whose cancel was
+    /// asked for, it is that cancel. Every job's end passes here.
+    pub fn or_cancelled(self, job: &crate::jobs::Job) -> Self {
+        match self {
+            ManagerError::ShuttingDown | ManagerError::Cancelled(_) if job.cancel_requested() => {
+                ManagerError::Cancelled(job.info().kind)
+            }
+            other => other,
+        }
+    }
+
+    /// The cancel asked for `job`, as its error, when there is one: work checks it
+    /// before each step that would be undone anyway (stopping an app, say).
+    pub fn if_cancelled(job: &crate::jobs::Job) -> Result<(), Self> {
+        match job.cancel_requested() {
+            true => Err(ManagerError::Cancelled(job.info().kind)),
+            false => Ok(()),
+        }
+    }
+
     /// The error as an alert tells it (see [`DockerError::alert_text`]).
     pub fn alert_text(&self) -> String {
         match self {

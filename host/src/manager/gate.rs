@@ -8,16 +8,15 @@
 //!    answer, and the next operation on that app waits until it is gone;
 //! 3. a **heavy slot** ([`Gate::heavy_slot`]): at most `max_parallel` backups, restores,
 //!    verifies and imports read or write archives at once; more wait their turn and say so;
-//! 4. **cancel flags** ([`Gate::new_cancel`], [`Gate::cancel_all`]): a shutdown stops long
-//!    archive work at its next chunk;
+//! 4. **cancel flags** ([`Gate::new_cancel`], [`Gate::cancel_all`]): a shutdown, or a
+//!    job's cancel, stops long archive work at its next chunk;
 //! 5. **copy claims** ([`Claims`]): one live copy task per (snapshot, repository) pair.
 //!
 //! The gate knows nothing of the disk: whether an interrupted operation left a journal is
 //! the store's to say, and the façade asks both before an operation starts.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
@@ -39,9 +38,8 @@ pub struct Gate {
     cleanups: Cleanups,
     heavy: Semaphore,
     heavy_slots: usize,
-    /// Set once shutdown begins; new cancel flags start set.
-    shutting_down: AtomicBool,
-    cancels: Mutex<Vec<Weak<AtomicBool>>>,
+    /// Every cancel flag; set once shutdown begins, and new flags start set.
+    shutdown: archive::Cancels,
 }
 
 /// An app's lock: held for the whole operation, released when dropped, however the
@@ -98,8 +96,7 @@ impl Gate {
             cleanups: Arc::default(),
             heavy: Semaphore::new(heavy_slots),
             heavy_slots,
-            shutting_down: AtomicBool::new(false),
-            cancels: Mutex::default(),
+            shutdown: archive::Cancels::default(),
         }
     }
 
@@ -214,29 +211,26 @@ impl Gate {
         permit
     }
 
-    /// A cancel flag for one piece of long archive work, which [`Gate::cancel_all`] sets.
-    /// Made after the shutdown began, it is set from the start.
-    pub fn new_cancel(&self) -> archive::Cancel {
-        let flag = Arc::new(AtomicBool::new(self.is_shutting_down()));
-        let mut all = self.cancels.lock().expect("cancels lock");
-        all.retain(|w| w.strong_count() > 0);
-        all.push(Arc::downgrade(&flag));
+    /// A cancel flag for one piece of long archive work, which [`Gate::cancel_all`] sets,
+    /// and `job`'s cancel too ([`Job::cancel`]). Made after either, it is set from the
+    /// start.
+    pub fn new_cancel(&self, job: Option<&Job>) -> archive::Cancel {
+        let flag = archive::Cancel::default();
+        self.shutdown.adopt(&flag);
+        if let Some(job) = job {
+            job.adopt_cancel(&flag);
+        }
         flag
     }
 
     /// Begins the shutdown: every cancel flag alive is set, and every one made later.
     pub fn cancel_all(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-        for flag in self.cancels.lock().expect("cancels lock").iter() {
-            if let Some(flag) = flag.upgrade() {
-                flag.store(true, Ordering::SeqCst);
-            }
-        }
+        self.shutdown.set_all();
     }
 
     /// Whether the shutdown has begun (waits for containers end early then).
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
+        self.shutdown.is_set()
     }
 }
 
@@ -275,6 +269,7 @@ impl Drop for Claim {
 mod tests {
     use super::*;
     use crate::jobs::Jobs;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn a_second_lock_on_an_app_is_refused_and_names_the_first() {
@@ -354,13 +349,27 @@ mod tests {
     #[test]
     fn cancel_all_sets_every_flag_alive_and_every_later_one() {
         let gate = Gate::new(1);
-        let before = gate.new_cancel();
+        let before = gate.new_cancel(None);
         assert!(!before.load(Ordering::SeqCst));
         assert!(!gate.is_shutting_down());
         gate.cancel_all();
         assert!(before.load(Ordering::SeqCst));
-        assert!(gate.new_cancel().load(Ordering::SeqCst));
+        assert!(gate.new_cancel(None).load(Ordering::SeqCst));
         assert!(gate.is_shutting_down());
+    }
+
+    #[test]
+    fn a_jobs_cancel_sets_its_own_flags_only() {
+        let (gate, jobs) = (Gate::new(1), crate::jobs::Jobs::default());
+        let (mine, other) = (jobs.create("backup", "a"), jobs.create("backup", "b"));
+        let (before, others) = (gate.new_cancel(Some(&mine)), gate.new_cancel(Some(&other)));
+        let unrelated = gate.new_cancel(None);
+        assert!(mine.cancel().is_ok());
+        assert!(before.load(Ordering::SeqCst));
+        assert!(gate.new_cancel(Some(&mine)).load(Ordering::SeqCst));
+        assert!(!others.load(Ordering::SeqCst) && !unrelated.load(Ordering::SeqCst));
+        assert!(!gate.is_shutting_down());
+        assert!(mine.info().cancel_requested && !other.info().cancel_requested);
     }
 
     /// Polls `f` once: `Some` if it is ready, `None` if it would wait.

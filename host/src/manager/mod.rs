@@ -340,6 +340,22 @@ impl BackupManager {
         .map_err(|e| ManagerError::Corrupt(format!("index task: {e}")))?
     }
 
+    /// Asks the job `job_id` to stop (see [`crate::jobs::Job::cancel`]): a backup starts
+    /// the app's containers again if it stopped them and keeps no partial archive; a
+    /// restore rolls back (staging folders removed, the app as it was); a verify, fetch
+    /// or copy ends, a copy `failed` with its reason. The job ends `failed` with
+    /// `Cancelled` once its work has stopped. `JobNotFound` for an id this process does
+    /// not know; `NotCancellable` for a job that has ended or runs to its end.
+    pub fn cancel_job(&self, job_id: &str) -> Result<Job, ManagerError> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| ManagerError::JobNotFound(job_id.to_string()))?;
+        job.cancel()?;
+        tracing::info!(job = job_id, kind = %job.info().kind, "cancel requested");
+        Ok(job)
+    }
+
     /// Shutdown: archive work in progress stops at its next chunk — a backup then starts
     /// the app's containers again and keeps no partial archive, a restore rolls back, a
     /// verify ends — and containers are no longer waited for.

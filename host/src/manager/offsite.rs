@@ -254,6 +254,9 @@ impl BackupManager {
         for attempt in 1..=attempts {
             // One copy at a time: each inflates on every core and fills the uplink.
             let _slot = self.offsite_slot.acquire().await.expect("offsite slot");
+            if job.cancel_requested() {
+                return self.copy_cancelled(snapshot_id, repo, job);
+            }
             let Ok(snapshot) = self.store.get(snapshot_id) else {
                 job.fail(Arc::new(ManagerError::SnapshotNotFound(snapshot_id.into())));
                 return;
@@ -321,6 +324,9 @@ impl BackupManager {
                     }));
                     return;
                 }
+                Err(ManagerError::ShuttingDown) if job.cancel_requested() => {
+                    return self.copy_cancelled(snapshot_id, repo, job);
+                }
                 Err(ManagerError::ShuttingDown) => {
                     // Not a failure: the next start resumes it.
                     self.set_copy(snapshot_id, &repo.name, |c| c.state = CopyState::Pending);
@@ -368,8 +374,24 @@ impl BackupManager {
             job.step(&format!(
                 "attempt {attempt} failed, retrying in {wait} s: {error}"
             ));
-            tokio::time::sleep(Duration::from_secs(wait)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+                _ = job.cancel_asked() => return self.copy_cancelled(snapshot_id, repo, job),
+            }
         }
+    }
+
+    /// A copy whose job was cancelled: recorded `failed` with why (nothing retries it;
+    /// a new copy can be asked for), the job `Cancelled`. What the attempt uploaded is
+    /// unreferenced data the repository's next prune removes.
+    fn copy_cancelled(&self, snapshot_id: &str, repo: &RepositoryConfig, job: &Job) {
+        let error = ManagerError::Cancelled(job.info().kind);
+        tracing::info!(snapshot = %snapshot_id, repository = %repo.name, "offsite copy cancelled");
+        self.set_copy(snapshot_id, &repo.name, |c| {
+            c.state = CopyState::Failed;
+            c.error = Some(error.to_string());
+        });
+        job.fail(Arc::new(error));
     }
 
     /// After a copy: the evictions its quota asked for, then the repository's retention.
@@ -472,7 +494,7 @@ impl BackupManager {
         let (path, threads, cancel, repo) = (
             PathBuf::from(&snapshot.file_path),
             self.config.threads(),
-            self.gate.new_cancel(),
+            self.gate.new_cancel(Some(job)),
             repo.clone(),
         );
         let (sha256, scratch) = (snapshot.sha256.clone(), self.store.state_dir());
@@ -552,7 +574,7 @@ impl BackupManager {
             None => {
                 let (_, new) = self
                     .verify
-                    .file(snapshot, job, self.gate.new_cancel())
+                    .file(snapshot, job, self.gate.new_cancel(Some(job)))
                     .await?;
                 self.store.record_check(&snapshot.snapshot_id, new);
             }

@@ -50,17 +50,23 @@ impl BackupManager {
                 Ok::<_, ManagerError>(snapshot)
             }
             .await
-            .map_err(Arc::new);
+            .map_err(|e| Arc::new(e.or_cancelled(&job2)));
             drop(lock);
             this.metrics
                 .backup_ended(&app.id, result.is_ok(), started.elapsed());
-            this.notifier.backup_ended(
-                &app.id,
-                match &result {
-                    Ok(s) => Ok(s.snapshot_id.as_str()),
-                    Err(e) => Err(e.alert_text()),
-                },
-            );
+            // A backup its user cancelled is no failure to alert about.
+            if !matches!(
+                result.as_ref().map_err(|e| e.as_ref()),
+                Err(ManagerError::Cancelled(_))
+            ) {
+                this.notifier.backup_ended(
+                    &app.id,
+                    match &result {
+                        Ok(s) => Ok(s.snapshot_id.as_str()),
+                        Err(e) => Err(e.alert_text()),
+                    },
+                );
+            }
             match &result {
                 Ok(s) => {
                     tracing::info!(app = %app.id, snapshot = %s.snapshot_id, bytes = s.size_bytes, "backup finished");
@@ -160,7 +166,7 @@ impl BackupManager {
                 ))
             }
             .await
-            .map_err(Arc::new);
+            .map_err(|e| Arc::new(e.or_cancelled(&job2)));
             this.restore_ended(&app.id, &snapshot_id, &result, &job2);
             drop(lock);
             result
@@ -210,7 +216,7 @@ impl BackupManager {
                 Ok::<_, ManagerError>(done.answer(message, &snapshot, &cleanup))
             }
             .await
-            .map_err(Arc::new);
+            .map_err(|e| Arc::new(e.or_cancelled(&job2)));
             this.restore_ended(&app.id, &id, &result, &job2);
             drop(lock);
             result

@@ -59,6 +59,8 @@ pub(super) struct Adopt {
     /// Copy records to list with the archive (a fetch: `done` in the repository it came
     /// from). For a replacement they are merged over the listed record's own copies.
     pub copies: std::collections::BTreeMap<String, crate::catalog::Copy>,
+    /// The job the check runs for (a fetch): its cancel stops the check.
+    pub job: Option<Job>,
 }
 
 impl BackupManager {
@@ -83,13 +85,13 @@ impl BackupManager {
         let _slot = self.gate.heavy_slot(Some(&job)).await;
         let result = self
             .verify
-            .file(&snapshot, &job, self.gate.new_cancel())
+            .file(&snapshot, &job, self.gate.new_cancel(Some(&job)))
             .await
             .map(|(verified, new)| {
                 self.store.record_check(&snapshot.snapshot_id, new);
                 verified
             })
-            .map_err(std::sync::Arc::new);
+            .map_err(|e| std::sync::Arc::new(e.or_cancelled(&job)));
         match &result {
             Ok(v) => {
                 job.succeed(serde_json::json!({"entries": v.entries, "tar_bytes": v.tar_bytes}))
@@ -200,7 +202,7 @@ impl BackupManager {
             tmp.to_path_buf(),
             self.config.threads(),
             self.verify
-                .extract_options(how.replace.as_ref(), self.gate.new_cancel()),
+                .extract_options(how.replace.as_ref(), self.gate.new_cancel(how.job.as_ref())),
         );
         // A client that leaves mid-verify stops it (the file is removed by the caller).
         let _abandoned = SetOnDrop(opts.cancel.clone());
@@ -342,7 +344,10 @@ impl BackupManager {
         let (this, job2) = (Arc::clone(self), job.clone());
         let done = tokio::spawn(async move {
             let _lock = lock;
-            let result = this.fetch(&remote, &job2).await.map_err(Arc::new);
+            let result = this
+                .fetch(&remote, &job2)
+                .await
+                .map_err(|e| Arc::new(e.or_cancelled(&job2)));
             match &result {
                 Ok(s) => {
                     tracing::info!(snapshot = %s.snapshot_id, repository = %remote.repository, "fetched from the repository");
@@ -418,7 +423,7 @@ impl BackupManager {
         let (level, threads, cancel) = (
             self.config.compression_level,
             self.config.threads(),
-            self.gate.new_cancel(),
+            self.gate.new_cancel(Some(job)),
         );
         let (remote2, tmp2, job2) = (remote.clone(), tmp.clone(), job.clone());
         let written = tokio::task::spawn_blocking(move || {
@@ -508,6 +513,7 @@ impl BackupManager {
                         },
                     )]
                     .into(),
+                    job: Some(job.clone()),
                 },
             )
             .await?;

@@ -113,7 +113,7 @@ impl BackupManager {
                 job.step("verifying");
                 let (verified, new) = self
                     .verify
-                    .file(snapshot, job, self.gate.new_cancel())
+                    .file(snapshot, job, self.gate.new_cancel(Some(job)))
                     .await?;
                 self.store.record_check(&snapshot.snapshot_id, new);
                 verified
@@ -130,7 +130,7 @@ impl BackupManager {
         let mut plan = self
             .plan_targets(app, snapshot, &verified.mount_entries)
             .await?;
-        if let Err(e) = check_space(&plan, &verified.stored) {
+        if let Err(e) = check_space(&plan, &verified.stored).and(ManagerError::if_cancelled(job)) {
             remove_volumes(&self.docker, &plan.created).await;
             return Err(e);
         }
@@ -187,6 +187,8 @@ impl BackupManager {
         job.step("rolling back");
         tracing::warn!(app = %app_id, "restore failed at {step}: {cause}; rolling back");
         match rollback(&self.containers, swap).await {
+            // Whatever stopped the steps after a cancel, the cancel is why they stopped.
+            Ok(()) if job.cancel_requested() => Err(ManagerError::Cancelled(job.info().kind)),
             Ok(()) => Err(ManagerError::RestoreFailed { step, cause }),
             Err(rollback) => Err(ManagerError::RollbackFailed {
                 step,
@@ -316,6 +318,10 @@ impl BackupManager {
         }
         swap.staged()
             .map_err(fail("extracting into staging folders"))?;
+        // The last moment to stop with the app untouched: the rollback only removes the
+        // staging folders.
+        ManagerError::if_cancelled(job)
+            .map_err(|e| fail("extracting into staging folders")(e.to_string()))?;
 
         let down = self.stop_for_restore(&running, swap, job).await?;
 
@@ -402,7 +408,7 @@ impl BackupManager {
     ) -> Result<(), String> {
         let opts = self
             .verify
-            .extract_options(Some(snapshot), self.gate.new_cancel());
+            .extract_options(Some(snapshot), self.gate.new_cancel(Some(job)));
         let (path, threads, progress_job) = (
             PathBuf::from(&snapshot.file_path),
             self.config.threads(),

@@ -213,6 +213,7 @@ impl BackupManager {
             });
         }
         check_space(&plan, &stored)?;
+        ManagerError::if_cancelled(job)?;
         let running: Vec<String> = app.running().iter().map(|c| c.id.clone()).collect();
         let journal = RestoreJournal::new(&app.id, &snapshot.snapshot_id);
         let mut swap =
@@ -231,6 +232,8 @@ impl BackupManager {
         let steps = async {
             self.stage_paths(snapshot, &index, &chosen, &places, job, &mut swap)
                 .await?;
+            // The last moment to stop with nothing moved (see `restore_steps`).
+            ManagerError::if_cancelled(job).map_err(|e| ("staging".to_string(), e.to_string()))?;
             match target {
                 PathsTarget::Beside => put_beside(&places, &mut done),
                 PathsTarget::InPlace => {
@@ -263,7 +266,7 @@ impl BackupManager {
         job.step(&format!("{step} (the app keeps running)"));
         let opts = self
             .verify
-            .extract_options(Some(snapshot), self.gate.new_cancel());
+            .extract_options(Some(snapshot), self.gate.new_cancel(Some(job)));
         let archive = PathBuf::from(&snapshot.file_path);
         let work: Vec<(index::Entry, PathBuf)> = chosen
             .iter()
