@@ -1296,3 +1296,55 @@ async fn a_copy_is_browsed_from_a_new_server_reading_only_the_chunks_it_needs() 
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// A copy cancelled while it waits to retry (its server is down, the next attempt an hour
+/// away) ends at once: the job `Job cancelled`, the copy recorded `failed` with why, and
+/// nothing retries it. Asked for again once the server is back, it is made.
+#[tokio::test]
+async fn a_copy_cancelled_while_it_waits_to_retry_ends_at_once_and_can_be_asked_again() {
+    let mut s3 = S3Server::start("cancelled");
+    let app = TestApp::new("");
+    random_file(&app.volume_path().join("blob"), 1 << 20);
+    let repo = s3.repository("offsite", "cancelled", common_secret());
+    let h = Harness::with(|c| {
+        c.repositories = vec![repo];
+        c.offsite_retry_secs = 3600;
+        c.offsite_attempts = 3;
+    })
+    .await;
+    s3.kill();
+    let snap = h.backup(&app.id).await;
+    let id = snap["snapshot_id"].as_str().unwrap();
+    let job = newest_job(&h, "copy", &app.id).await;
+    let waiting = job_until(&h, &job, |j| {
+        j.step.contains("retrying") || j.state != appsnap::jobs::JobState::Running
+    })
+    .await;
+    assert!(waiting.step.contains("retrying in 3600 s"), "{waiting:?}");
+    assert!(waiting.cancellable);
+
+    let (status, asked) = h.call("POST", &format!("/api/v1/jobs/{job}/cancel")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{asked}");
+    job_done(&h, &job).await;
+    let (_, ended) = h.call("GET", &format!("/api/v1/jobs/{job}")).await;
+    assert_eq!(
+        (&ended["state"], &ended["error"]["message"]),
+        (&"failed".into(), &"Job cancelled".into()),
+        "{ended}"
+    );
+    let (_, got) = h
+        .call("GET", &format!("/api/v1/backup/snapshots/{id}"))
+        .await;
+    let copy = &got["copies"]["offsite"];
+    assert_eq!(copy["state"], "failed", "{got}");
+    assert!(
+        copy["error"]
+            .as_str()
+            .unwrap()
+            .contains("the copy was cancelled on request"),
+        "{got}"
+    );
+
+    s3.restart();
+    h.copy_to(id, "offsite").await;
+}
