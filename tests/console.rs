@@ -387,7 +387,15 @@ fn the_console_reads_well_in_chromium_in_both_languages_and_axe_finds_nothing_se
     // One snapshot, so the app's page has a row, and its copy.
     let snap = backup_over_http(&base, &app.id);
     copy_over_http(&base, &snap, "nas");
-    crate::common::browser_test("console.mjs", &[&base, &app.id, &snap]);
+    // An app whose backups wait for /bind/go: one is cancelled from its page.
+    let held =
+        TestApp::new("--label 'appsnap.pre-backup=while [ ! -e /bind/go ]; do sleep 0.05; done'");
+    let go = held.bind().join("go");
+    crate::common::browser_test(
+        "console.mjs",
+        &[&base, &app.id, &snap, &held.id, go.to_str().unwrap()],
+    );
+    assert!(held.running(&held.containers[0]));
 }
 
 #[test]

@@ -1,9 +1,12 @@
 // The console in Chromium: each screen in English and Chinese, at 1280 px and 360 px,
 // checked by axe (no serious or critical violation), with a screenshot of each.
-// Usage: node console.mjs BASE_URL APP_ID SNAPSHOT_ID   (screenshots to $APPSNAP_SCREENSHOTS)
+// Usage: node console.mjs BASE_URL APP_ID SNAPSHOT_ID HELD_APP_ID GO_FILE
+// (screenshots to $APPSNAP_SCREENSHOTS). HELD_APP_ID's pre-backup hook waits until
+// GO_FILE exists: its backup runs long enough to be cancelled from its page.
+import { writeFileSync } from "node:fs";
 import { start } from "./lib.mjs";
 
-const [base, appId, snapId] = process.argv.slice(2);
+const [base, appId, snapId, heldApp, goFile] = process.argv.slice(2);
 const { browser, shots, fail, axe, finish } = await start();
 const screens = [
   { name: "apps", path: "/", heading: { "en-US": "Apps", "zh-CN": "应用" }, text: appId },
@@ -90,6 +93,36 @@ for (const locale of ["en-US", "zh-CN"]) {
   await page.waitForURL(`${base}/apps/${appId}`);
   const left = await page.locator("code").count();
   if (left !== before) fail(`after the delete ${left} snapshots, not ${before}`);
+  await context.close();
+}
+// Cancel, from the keyboard: a backup held by its hook is cancelled from its job's page,
+// which says so at once; once the hook returns, the job ends cancelled, and the app has
+// no snapshot.
+{
+  const context = await browser.newContext({ locale: "en-US", viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  await page.goto(`${base}/apps/${heldApp}`);
+  await page.getByRole("button", { name: "Back up now" }).focus();
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/\/jobs\/job_/);
+  const job = page.url();
+  await page.getByRole("button", { name: "Cancel this job" }).focus();
+  await page.keyboard.press("Enter");
+  await page
+    .getByText("Cancel asked for")
+    .waitFor({ timeout: 10000 })
+    .catch(() => fail("the job's page does not say the cancel was asked for"));
+  if (page.url() !== job) fail(`the cancel left the job's page for ${page.url()}`);
+  await axe(page, "job page, cancel asked for");
+  writeFileSync(goFile, "");
+  await page
+    .getByText("the backup was cancelled on request")
+    .waitFor({ timeout: 60000 })
+    .catch(() => fail("the cancelled job's page does not say it was cancelled"));
+  if (await page.getByRole("button", { name: "Cancel this job" }).count()) fail("an ended job still offers Cancel");
+  await page.screenshot({ path: `${shots}/job-cancelled-en-US-1280.png`, fullPage: true });
+  await page.goto(`${base}/apps/${heldApp}`);
+  if (await page.locator('a[href*="/snapshots/snapshot_"]').count()) fail("the cancelled backup left a snapshot");
   await context.close();
 }
 // A policy's dry run, from the keyboard: what keep-last would keep and delete.

@@ -49,6 +49,11 @@ impl JobPage {
         self.job.state == JobState::Running
     }
 
+    /// A failed job's bar, its total unknown, stays empty rather than looking done.
+    fn succeeded(&self) -> bool {
+        self.job.state == JobState::Succeeded
+    }
+
     fn started(&self) -> When {
         self.job.started_at.into()
     }

@@ -145,4 +145,21 @@ mod tests {
         );
         assert!(!set.contains("Secure"));
     }
+
+    /// A session past its `TTL` is no session: its cookie leads to the sign-in form
+    /// again (the console's layer sends there whatever `of` does not find), and it is
+    /// forgotten. Its end is moved to now rather than waited for.
+    #[test]
+    fn an_expired_session_is_no_session_and_is_forgotten() {
+        let sessions = Sessions::default();
+        let (id, _) = sessions.create();
+        let mut headers = HeaderMap::new();
+        headers.insert("cookie", format!("{COOKIE}={id}").parse().unwrap());
+        assert!(sessions.of(&headers).is_some());
+        sessions.map.lock().unwrap().get_mut(&id).unwrap().expires = Instant::now();
+        assert!(sessions.of(&headers).is_none());
+        assert!(!sessions.map.lock().unwrap().contains_key(&id));
+        let set = set_cookie(Some(&id), &HeaderMap::new());
+        assert!(set.contains(&format!("Max-Age={}", TTL.as_secs())), "{set}");
+    }
 }
