@@ -270,8 +270,9 @@ impl Layout {
     }
 }
 
-/// Where a rebuilt stream gets a node's bytes: `len` bytes of the node at `path` (below
-/// the snapshot's folder) from `offset`, fewer only at its end.
+/// Where a rebuilt stream gets a node's bytes: at most `len` bytes of the node at `path`
+/// (below the snapshot's folder) from `offset`; at least one unless at its end. A
+/// source that reads in blocks (a repository's blobs) may stop at a block's end.
 pub trait Nodes: Send + Sync {
     fn read(&self, path: &[u8], offset: u64, len: usize) -> io::Result<Bytes>;
 }
@@ -286,10 +287,15 @@ pub struct Rebuilt {
     /// Record being read, and the position inside it (gap first, then data).
     record: usize,
     inside: u64,
+    /// The record's data from `inside` on, as far as the last node read went: a node is
+    /// read [`READ`] bytes at a time whatever the caller's buffer (`io::copy` asks for
+    /// 8 KiB), since each read fetches (and pays the rate limit for) whole blobs.
+    ahead: Bytes,
 }
 
-/// Most bytes one read of a node asks for.
-const READ: usize = 4 << 20;
+/// Most bytes one read of a node asks for: restic's largest chunk, so that a read that
+/// starts at a blob's start can end at a blob's end.
+const READ: usize = 8 << 20;
 
 impl Rebuilt {
     /// The stream from tar offset `at` on.
@@ -314,6 +320,7 @@ impl Rebuilt {
             records,
             record,
             inside: at - start,
+            ahead: Bytes::new(),
         })
     }
 
@@ -372,9 +379,11 @@ impl Read for Rebuilt {
                 return Ok(n);
             }
             if self.inside < r.len() {
-                let got = self.data(r, self.inside - gap, buf.len())?;
-                let n = got.len().min(buf.len());
-                buf[..n].copy_from_slice(&got[..n]);
+                if self.ahead.is_empty() {
+                    self.ahead = self.data(r, self.inside - gap, READ)?;
+                }
+                let n = self.ahead.len().min(buf.len());
+                buf[..n].copy_from_slice(&self.ahead.split_to(n));
                 self.inside += n as u64;
                 return Ok(n);
             }

@@ -32,7 +32,16 @@ pub struct RepoNodes {
     folder: TreeId,
     folders: Mutex<HashMap<TreeId, Folder>>,
     /// The file read last: a stream reads a file window after window.
-    last: Mutex<Option<(Vec<u8>, Arc<OpenFile>)>>,
+    last: Mutex<Option<Opened>>,
+}
+
+/// A file of the copy, open for reading.
+#[derive(Clone)]
+struct Opened {
+    path: Vec<u8>,
+    file: Arc<OpenFile>,
+    /// Where each of its blobs ends in the file.
+    ends: Arc<Vec<u64>>,
 }
 
 impl RepoNodes {
@@ -74,31 +83,49 @@ impl RepoNodes {
         Err(missing())
     }
 
-    fn open(&self, path: &[u8]) -> io::Result<Arc<OpenFile>> {
-        if let Some((p, f)) = &*self.last.lock().expect("node cache")
-            && p == path
+    fn open(&self, path: &[u8]) -> io::Result<Opened> {
+        if let Some(last) = &*self.last.lock().expect("node cache")
+            && last.path == path
         {
-            return Ok(Arc::clone(f));
+            return Ok(last.clone());
         }
         let node = self.node(path)?;
         if !matches!(node.node_type, NodeType::File) {
             return Err(io::Error::other("the layout names a node that is no file"));
         }
-        let file = Arc::new(
-            self.repo
-                .open_file(&node)
-                .map_err(|e| io::Error::other(describe(&e)))?,
-        );
-        *self.last.lock().expect("node cache") = Some((path.to_vec(), Arc::clone(&file)));
-        Ok(file)
+        let fail = |e: Box<rustic_core::RusticError>| io::Error::other(describe(&e));
+        let file = Arc::new(self.repo.open_file(&node).map_err(fail)?);
+        let mut end = 0;
+        let mut ends = Vec::new();
+        for id in node.content.iter().flatten() {
+            end += u64::from(self.repo.get_index_entry(id).map_err(fail)?.data_length());
+            ends.push(end);
+        }
+        let opened = Opened {
+            path: path.to_vec(),
+            file,
+            ends: Arc::new(ends),
+        };
+        *self.last.lock().expect("node cache") = Some(opened.clone());
+        Ok(opened)
     }
 }
 
 impl Nodes for RepoNodes {
+    /// Ends the read at the last blob boundary inside it, when there is one: the next
+    /// read then starts at a blob's start, and no blob is downloaded twice (rustic's
+    /// blob cache, 32 MB, does not reliably keep one between two reads: a fetch read 22 %
+    /// more than the copy held, and paid the rate limit for it).
     fn read(&self, path: &[u8], offset: u64, len: usize) -> io::Result<Bytes> {
-        let file = self.open(path)?;
+        let Opened { file, ends, .. } = self.open(path)?;
+        let asked = offset + len as u64;
+        let end = match ends.partition_point(|&e| e <= asked) {
+            0 => asked,
+            i if ends[i - 1] <= offset => asked,
+            i => ends[i - 1],
+        };
         self.repo
-            .read_file_at(&file, offset as usize, len)
+            .read_file_at(&file, offset as usize, (end - offset) as usize)
             .map_err(|e| io::Error::other(describe(&e)))
     }
 }
