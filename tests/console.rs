@@ -61,6 +61,18 @@ async fn body_text(resp: axum::response::Response) -> (StatusCode, String) {
     (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
+/// Presses Back up now: the form of the page at `page_uri` (its CSRF token), posted to
+/// `action`. Returns the job page the answer leads to.
+async fn back_up_now(h: &Harness, page_uri: &str, action: &str) -> String {
+    let (_, _, body) = page(h, page_uri, &[]).await;
+    let resp = post_form(h, action, format!("csrf={}", csrf_of(&body)), &[ORIGIN]).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    resp.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
 /// The CSRF token of a page's first form.
 fn csrf_of(body: &str) -> String {
     body.split(r#"name="csrf" value=""#)
@@ -612,19 +624,12 @@ async fn under_a_base_path_every_link_and_redirect_keeps_the_prefix_and_a_panel_
     assert_eq!(status, StatusCode::NOT_FOUND, "not outside the prefix");
 
     // A form's answer leads to a page under the prefix too.
-    let (_, _, body) = page(&h, &format!("/appsnap/apps/{}", app.id), &[]).await;
-    let resp = post_form(
+    let to = back_up_now(
         &h,
+        &format!("/appsnap/apps/{}", app.id),
         &format!("/appsnap/apps/{}/backup", app.id),
-        format!("csrf={}", csrf_of(&body)),
-        &[ORIGIN],
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    let to = resp.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_string();
     assert!(to.starts_with("/appsnap/jobs/job_"), "{to}");
     crate::common::job_done(&h, to.trim_start_matches("/appsnap/jobs/")).await;
     // The API stays where it was.
@@ -1169,19 +1174,7 @@ async fn a_running_jobs_page_cancels_it() {
     let app =
         TestApp::new("--label 'appsnap.pre-backup=while [ ! -e /bind/go ]; do sleep 0.05; done'");
     let h = Harness::new().await;
-    let (_, _, body) = page(&h, "/", &[]).await;
-    let resp = post_form(
-        &h,
-        &format!("/apps/{}/backup", app.id),
-        format!("csrf={}", csrf_of(&body)),
-        &[ORIGIN],
-    )
-    .await;
-    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    let to = resp.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let to = back_up_now(&h, "/", &format!("/apps/{}/backup", app.id)).await;
     let (status, _, body) = page(&h, &to, &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let form = format!(r#"action="{to}/cancel""#);

@@ -1180,9 +1180,10 @@ async fn excluded_paths_stay_out_of_the_snapshot_and_are_carried_over_by_a_resto
 }
 
 /// A restore cancelled while its data is staged (held before the stop by the fail point
-/// `restore.staged`, so that the cancel comes first) rolls back before the app is touched: the staging folders go, the
-/// app's data is what it was, its container was never stopped, no journal stays, and the
-/// job ends `Job cancelled`. Then the same restore runs to its end.
+/// `restore.staged`, so that the cancel comes first) rolls back before the app is
+/// touched: the staging folders go, the app's data is what it was, its container was
+/// never stopped, no journal stays, and the job ends `Job cancelled`. Then the same
+/// restore runs to its end.
 #[tokio::test]
 async fn a_restore_cancelled_after_staging_leaves_the_app_as_it_was() {
     if !cfg!(feature = "failpoints") {
