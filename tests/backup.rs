@@ -362,7 +362,8 @@ async fn max_snapshots_per_app_deletes_the_oldest() {
 
 /// A backup cancelled while its pre-backup hook runs (the hook blocks until the test
 /// creates /bind/go) ends `Job cancelled` in every mode: the app was never stopped, no
-/// archive or partial file is left, nothing is listed, and the app's lock is free again.
+/// archive or partial file is left, nothing is listed, the post-backup hook ran (it undoes
+/// what the first did), and the app's lock is free again.
 /// A pre-copy backup's first pass sees the cancel flag at its first chunk; a stop-mode
 /// backup checks the cancel before it stops the containers.
 #[tokio::test]
@@ -370,7 +371,8 @@ async fn a_cancelled_backup_never_stops_the_app_and_keeps_nothing() {
     use appsnap::config::BackupMode;
     for mode in [BackupMode::Precopy, BackupMode::Stop] {
         let app = TestApp::new(
-            "--label 'appsnap.pre-backup=while [ ! -e /bind/go ]; do sleep 0.05; done'",
+            "--label 'appsnap.pre-backup=while [ ! -e /bind/go ]; do sleep 0.05; done' \
+             --label 'appsnap.post-backup=echo ran > /bind/post-ran'",
         );
         fs::write(app.volume_path().join("data"), "x".repeat(1 << 20)).unwrap();
         let h = Harness::in_mode(&app.id, mode).await;
@@ -428,6 +430,7 @@ async fn a_cancelled_backup_never_stops_the_app_and_keeps_nothing() {
         );
         assert_eq!(app.started_at(&app.containers[0]), started_at, "{mode:?}");
         assert!(app.running(&app.containers[0]));
+        assert!(app.bind().join("post-ran").exists(), "{mode:?}: {ended}");
         assert!(
             h.files()
                 .iter()

@@ -61,6 +61,8 @@ impl BackupManager {
         let plan = self.plan(app, origin, note.clone())?;
         let work = self.start_reading(app, job);
         let evict = self.admit(app, job, work.estimating).await?;
+        // A cancel asked for while the backup waited for its slot: no hook runs.
+        ManagerError::if_cancelled(job)?;
 
         let running = app.running();
         job.step("running pre-backup hooks");
@@ -89,45 +91,65 @@ impl BackupManager {
                 running.iter().map(|c| c.id.clone()).collect()
             }
         };
-        let (synced, downtime) = if mode == BackupMode::Precopy && !stopped.is_empty() {
+        let archived = if mode == BackupMode::Precopy && !stopped.is_empty() {
             self.precopy(app, &plan, work.archive, &stopped, job, &mut warnings)
-                .await?
+                .await
         } else {
-            let down = std::time::Instant::now();
-            warnings.extend(self.stop(app, &plan, &stopped, job).await?);
-            job.step("archiving");
-            let synced = archive_then_sync(&plan, work.archive, job).await;
-            crash_point("backup.archived");
-            if !stopped.is_empty() {
-                job.step("starting containers");
-                self.start_again(&stopped, &plan.journal, &mut warnings)
-                    .await;
-            }
-            let downtime = Downtime {
-                mode,
-                downtime_ms: if stopped.is_empty() {
-                    0
-                } else {
-                    down.elapsed().as_millis() as u64
-                },
-                passes: 1,
-                stopped_entries: 0,
-                stopped_bytes: 0,
-            };
-            (synced, downtime)
+            self.stop_and_archive(app, &plan, work.archive, &stopped, mode, job, &mut warnings)
+                .await
         };
+        // Once the pre-backup hooks ran, the post-backup ones run too, whatever became of
+        // the archive (a failure, a cancel): they undo what the first did (a dump file, a
+        // paused queue).
         job.step("running post-backup hooks");
         warnings.extend(
             self.containers
                 .run_hooks_warning(&running, POST_BACKUP_LABEL, hook_timeout)
                 .await,
         );
+        let (synced, downtime) = archived?;
 
         job.step("saving");
         let snapshot = self
             .commit(app, plan, synced, origin, note, warnings, downtime)
             .await?;
         Ok((snapshot, evict))
+    }
+
+    /// Stop mode (and live mode, which stops nothing): the stop, journaled, the archive,
+    /// the start. Returns the archive under way and the downtime.
+    #[allow(clippy::too_many_arguments)]
+    async fn stop_and_archive(
+        &self,
+        app: &App,
+        plan: &Plan,
+        work: Archiving,
+        stopped: &[String],
+        mode: BackupMode,
+        job: &Job,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Synced, Downtime), ManagerError> {
+        let down = std::time::Instant::now();
+        warnings.extend(self.stop(app, plan, stopped, job).await?);
+        job.step("archiving");
+        let synced = archive_then_sync(plan, work, job).await;
+        crash_point("backup.archived");
+        if !stopped.is_empty() {
+            job.step("starting containers");
+            self.start_again(stopped, &plan.journal, warnings).await;
+        }
+        let downtime = Downtime {
+            mode,
+            downtime_ms: if stopped.is_empty() {
+                0
+            } else {
+                down.elapsed().as_millis() as u64
+            },
+            passes: 1,
+            stopped_entries: 0,
+            stopped_bytes: 0,
+        };
+        Ok((synced, downtime))
     }
 
     /// Pre-copy mode ([`archive::precopy`]): the first pass with the app running, then

@@ -253,7 +253,11 @@ impl BackupManager {
         let mut evict = Vec::new();
         for attempt in 1..=attempts {
             // One copy at a time: each inflates on every core and fills the uplink.
-            let _slot = self.offsite_slot.acquire().await.expect("offsite slot");
+            // A cancel ends the wait for the slot too (another copy may hold it for hours).
+            let _slot = tokio::select! {
+                slot = self.offsite_slot.acquire() => slot.expect("offsite slot"),
+                _ = job.cancel_asked() => return self.copy_cancelled(snapshot_id, repo, job),
+            };
             if job.cancel_requested() {
                 return self.copy_cancelled(snapshot_id, repo, job);
             }
