@@ -458,3 +458,77 @@ async fn a_cancelled_backup_never_stops_the_app_and_keeps_nothing() {
         h.backup(&app.id).await;
     }
 }
+
+/// Jobs cancelled while they wait for a heavy slot (the only one held by a backup whose
+/// hook waits for /bind/go) end `Job cancelled` once they get it, before they touch
+/// anything: the waiting backup runs no hook, the waiting restore reads nothing and
+/// moves nothing, and neither app is stopped.
+#[tokio::test]
+async fn jobs_cancelled_while_they_wait_for_a_slot_touch_nothing() {
+    let holder =
+        TestApp::new("--label 'appsnap.pre-backup=while [ ! -e /bind/go ]; do sleep 0.05; done'");
+    let hooked = TestApp::new("--label 'appsnap.pre-backup=echo ran > /bind/pre-ran'");
+    let restored = TestApp::new("");
+    fs::write(restored.volume_path().join("data"), "v1").unwrap();
+    let h = Harness::with(|c| c.max_parallel = 1).await;
+    let snap = h.backup(&restored.id).await;
+    fs::write(restored.volume_path().join("data"), "v2").unwrap();
+    fs::remove_file(hooked.bind().join("pre-ran")).ok();
+    let started = restored.started_at(&restored.containers[0]);
+
+    let held = h
+        .manager
+        .start_backup(&holder.id, appsnap::catalog::Origin::Manual, None)
+        .await
+        .unwrap();
+    held.job
+        .subscribe()
+        .wait_for(|j| j.step == "running pre-backup hooks")
+        .await
+        .unwrap();
+    let backup = h
+        .manager
+        .start_backup(&hooked.id, appsnap::catalog::Origin::Manual, None)
+        .await
+        .unwrap();
+    let restore = h
+        .manager
+        .start_restore(&restored.id, snap["snapshot_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    crate::common::until_waiting_for_a_slot(&backup.job).await;
+    crate::common::until_waiting_for_a_slot(&restore.job).await;
+    for job in [&backup.job, &restore.job] {
+        let (status, body) = h
+            .call("POST", &format!("/api/v1/jobs/{}/cancel", job.id()))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    fs::write(holder.bind().join("go"), "").unwrap();
+    assert!(held.done.await.unwrap().is_ok());
+
+    let backup_err = backup.done.await.unwrap().unwrap_err();
+    assert!(
+        matches!(*backup_err, appsnap::manager::ManagerError::Cancelled(_)),
+        "{backup_err}"
+    );
+    assert!(!hooked.bind().join("pre-ran").exists(), "the hook ran");
+    let restore_err = restore.done.await.unwrap().unwrap_err();
+    assert!(
+        matches!(*restore_err, appsnap::manager::ManagerError::Cancelled(_)),
+        "{restore_err}"
+    );
+    assert_eq!(
+        fs::read_to_string(restored.volume_path().join("data")).unwrap(),
+        "v2"
+    );
+    assert_eq!(restored.started_at(&restored.containers[0]), started);
+    assert!(
+        restore
+            .job
+            .info()
+            .log
+            .iter()
+            .all(|l| !l.text.starts_with("verifying"))
+    );
+}

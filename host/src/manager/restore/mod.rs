@@ -104,6 +104,8 @@ impl BackupManager {
         lock: &AppLock,
     ) -> Result<(Done, Swap), ManagerError> {
         let _slot = self.gate.heavy_slot(Some(job)).await;
+        // A cancel asked for while it waited for its slot: nothing is read.
+        ManagerError::if_cancelled(job)?;
         let verified = match snapshot.checked() {
             Some(checked) => {
                 job.step("verifying the checksum");

@@ -150,6 +150,7 @@ impl BackupManager {
         lock: &AppLock,
     ) -> Result<(Done, Swap), ManagerError> {
         let _slot = self.gate.heavy_slot(Some(job)).await;
+        ManagerError::if_cancelled(job)?;
         self.after_cleanup(lock, job).await?;
         job.step("preparing");
         let app = &self.docker.find_app(&app.id).await?;
