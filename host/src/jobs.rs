@@ -52,7 +52,9 @@ pub struct JobInfo {
     /// restore's cleanup runs to its end.
     pub cancellable: bool,
     /// A cancel was asked for: the job stops at its next safe point and ends `failed`
-    /// (a restore rolled back), with nothing half-done kept.
+    /// (a restore rolled back), with nothing half-done kept; or, past the point where
+    /// undoing costs more than finishing (a restore whose containers are stopped), it
+    /// runs to its end.
     pub cancel_requested: bool,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
