@@ -47,14 +47,13 @@ pub struct JobInfo {
     pub bytes_done: u64,
     /// Estimated from a metadata walk before archiving; 0 until known.
     pub bytes_total: u64,
-    /// Whether `POST /api/v1/jobs/{job_id}/cancel` can stop this kind of job while it
-    /// runs: backups, restores, verifies, fetches and copies. A prune, a check or a
-    /// restore's cleanup runs to its end.
+    /// Whether `POST /api/v1/jobs/{job_id}/cancel` can stop this job now: backups,
+    /// restores, verifies, fetches and copies can. A prune, a check or a restore's
+    /// cleanup runs to its end, and so does a restore from the moment it stops the app
+    /// (what is left, renames and the start, is shorter than undoing them).
     pub cancellable: bool,
     /// A cancel was asked for: the job stops at its next safe point and ends `failed`
-    /// (a restore rolled back), with nothing half-done kept; or, past the point where
-    /// undoing costs more than finishing (a restore whose containers are stopped), it
-    /// runs to its end.
+    /// (a restore rolled back), with nothing half-done kept.
     pub cancel_requested: bool,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -108,8 +107,9 @@ pub enum CancelError {
     /// The job has ended already.
     #[error("job {0} has already ended")]
     Ended(String),
-    /// The job is of a kind that runs to its end once started.
-    #[error("a {0} job cannot be stopped halfway: it runs to its end")]
+    /// The job runs to its end: its kind does once started, or it is past the point
+    /// where undoing costs more than finishing.
+    #[error("this {0} job cannot be stopped now: it runs to its end")]
     NotCancellable(String),
 }
 
@@ -167,6 +167,23 @@ impl Job {
                 Ok(())
             }
         }
+    }
+
+    /// From here the job runs to its end and takes no cancel (`cancellable` turns false):
+    /// for work past the point where undoing costs more than finishing. False when a
+    /// cancel came first (the caller then stops); both are decided under the job's lock,
+    /// so no cancel is taken and then ignored.
+    pub fn no_more_cancels(&self) -> bool {
+        let mut cancelled = false;
+        self.tx.send_if_modified(|j| {
+            cancelled = j.cancel_requested;
+            let change = !cancelled && j.cancellable;
+            if change {
+                j.cancellable = false;
+            }
+            change
+        });
+        !cancelled
     }
 
     /// Resolves once a cancel is asked for: for a wait between pieces of work (a copy's
@@ -333,5 +350,36 @@ impl Jobs {
             .rev()
             .map(|id| inner.by_id[id].info())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job past its point of no return refuses a cancel; one cancelled before it is
+    /// told so when it gets there; kinds that run to their end refuse from the start;
+    /// an ended job refuses.
+    #[test]
+    fn a_cancel_is_taken_until_the_point_of_no_return_and_never_after() {
+        let jobs = Jobs::default();
+        let late = jobs.create("restore", "a");
+        assert!(late.no_more_cancels());
+        assert!(matches!(late.cancel(), Err(CancelError::NotCancellable(_))));
+        assert!(!late.info().cancellable && !late.cancel_requested());
+
+        let early = jobs.create("restore", "b");
+        early.cancel().unwrap();
+        assert!(!early.no_more_cancels());
+        assert!(early.info().cancel_requested);
+
+        let prune = jobs.create("prune", "");
+        assert!(matches!(
+            prune.cancel(),
+            Err(CancelError::NotCancellable(_))
+        ));
+        let ended = jobs.create("backup", "c");
+        ended.succeed(serde_json::Value::Null);
+        assert!(matches!(ended.cancel(), Err(CancelError::Ended(_))));
     }
 }

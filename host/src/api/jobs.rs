@@ -53,10 +53,9 @@ pub async fn show(
 /// still running with `cancel_requested` set; it ends `failed` with the message `Job
 /// cancelled` once what it did is undone: a backup starts the containers it stopped
 /// again and keeps no partial archive, a restore rolls back (the app's data as it was),
-/// a copy is recorded `failed`. A restore whose containers are already stopped runs to
-/// its end (what is left is renames and the start, shorter than undoing them), unless it
-/// is still extracting with the app stopped. 409 for a job that has ended or cannot be
-/// cancelled.
+/// a copy is recorded `failed`. 409 for a job that has ended or cannot be cancelled
+/// (`cancellable` false: a prune, a check, a cleanup, or a restore from the moment it
+/// stops the app, when finishing is shorter than undoing).
 #[utoipa::path(post, path = "/api/v1/jobs/{job_id}/cancel", tag = "jobs", params(("job_id" = String, Path)),
     responses((status = 202, body = JobInfo), (status = 404, body = ErrorBody),
         (status = 409, description = "The job has ended, or cannot be cancelled", body = ErrorBody)))]

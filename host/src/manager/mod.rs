@@ -343,7 +343,8 @@ impl BackupManager {
     /// Asks the job `job_id` to stop (see [`crate::jobs::Job::cancel`]): a backup starts
     /// the app's containers again if it stopped them and keeps no partial archive; a
     /// restore rolls back (staging folders removed, the app as it was); a verify, fetch
-    /// or copy ends, a copy `failed` with its reason. The job ends `failed` with
+    /// or copy ends, a copy `failed` with its reason (a restore that has stopped the app
+    /// takes no more cancels: `Job::no_more_cancels`). The job ends `failed` with
     /// `Cancelled` once its work has stopped. `JobNotFound` for an id this process does
     /// not know; `NotCancellable` for a job that has ended or runs to its end.
     pub fn cancel_job(&self, job_id: &str) -> Result<Job, ManagerError> {

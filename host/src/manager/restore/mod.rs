@@ -320,10 +320,14 @@ impl BackupManager {
         }
         swap.staged()
             .map_err(fail("extracting into staging folders"))?;
-        // The last moment to stop with the app untouched: the rollback only removes the
-        // staging folders.
-        ManagerError::if_cancelled(job)
-            .map_err(|e| fail("extracting into staging folders")(e.to_string()))?;
+        // The last moment to stop with the app untouched (the rollback only removes the
+        // staging folders); from the stop on, finishing is shorter than undoing.
+        if !job.no_more_cancels() {
+            let cancelled = ManagerError::Cancelled(job.info().kind);
+            return Err(fail("extracting into staging folders")(
+                cancelled.to_string(),
+            ));
+        }
 
         let down = self.stop_for_restore(&running, swap, job).await?;
 

@@ -234,7 +234,10 @@ impl BackupManager {
             self.stage_paths(snapshot, &index, &chosen, &places, job, &mut swap)
                 .await?;
             // The last moment to stop with nothing moved (see `restore_steps`).
-            ManagerError::if_cancelled(job).map_err(|e| ("staging".to_string(), e.to_string()))?;
+            if !job.no_more_cancels() {
+                let cancelled = ManagerError::Cancelled(job.info().kind);
+                return Err(("staging".to_string(), cancelled.to_string()));
+            }
             match target {
                 PathsTarget::Beside => put_beside(&places, &mut done),
                 PathsTarget::InPlace => {
