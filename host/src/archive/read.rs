@@ -209,7 +209,8 @@ fn split_members(mut file: File, work: &SyncSender<Slot>, free: &Receiver<Slot>)
     loop {
         let Ok(mut slot) = free.recv() else { return };
         slot.packed.clear();
-        let mut end = Ok(false);
+        slot.error = None;
+        let mut last = false;
         // What the members claim to inflate to (each believed up to `MAX_MEMBER_RAW`):
         // members of zeros pack a megabyte into a kilobyte, and a slot must not hold
         // hundreds of them.
@@ -224,43 +225,26 @@ fn split_members(mut file: File, work: &SyncSender<Slot>, free: &Receiver<Slot>)
                     raw += (isize as usize).min(MAX_MEMBER_RAW);
                 }
                 Ok(false) => {
-                    end = Ok(true);
+                    last = true;
                     break;
                 }
                 Err(e) => {
+                    // The members before it stay in the slot; the error comes after them.
                     slot.packed.truncate(at);
-                    end = Err(e);
+                    slot.error = Some(e);
+                    last = true;
                     break;
                 }
             }
         }
-        let (last, error) = match end {
-            Ok(eof) => (eof, None),
-            Err(e) => (true, Some(e)),
-        };
-        if !slot.packed.is_empty() {
-            slot.seq = seq;
-            slot.error = None;
-            if work.send(slot).is_err() {
-                return;
-            }
-            seq += 1;
-            if error.is_none() {
-                if last {
-                    return;
-                }
-                continue;
-            }
-            // The error goes in a slot of its own, after the members before it.
-            let Ok(next) = free.recv() else { return };
-            slot = next;
-            slot.packed.clear();
+        if slot.packed.is_empty() && slot.error.is_none() {
+            return;
         }
-        let Some(error) = error else { return };
         slot.seq = seq;
-        slot.error = Some(error);
-        let _ = work.send(slot);
-        return;
+        seq += 1;
+        if work.send(slot).is_err() || last {
+            return;
+        }
     }
 }
 
@@ -299,17 +283,16 @@ fn read_member(file: &mut File, packed: &mut Vec<u8>, offset: u64) -> io::Result
     }
 }
 
-/// One inflate thread, with its own libdeflate decompressor. A slot that already carries
-/// the reader's error passes through untouched, so the consumer meets it in order.
+/// One inflate thread, with its own libdeflate decompressor. A slot's members are
+/// inflated even when the reader's error follows them; a member that fails to inflate
+/// comes before that error in the stream, so its error replaces it.
 fn inflate_worker(work: &Mutex<Receiver<Slot>>, done: &SyncSender<Slot>) {
     let mut decompressor = Decompressor::new();
     loop {
         let next = work.lock().map(|rx| rx.recv());
         let Ok(Ok(mut slot)) = next else { return };
         slot.raw.clear();
-        if slot.error.is_none()
-            && let Err(e) = inflate_members(&mut decompressor, &slot.packed, &mut slot.raw)
-        {
+        if let Err(e) = inflate_members(&mut decompressor, &slot.packed, &mut slot.raw) {
             slot.error = Some(e);
         }
         if done.send(slot).is_err() {
