@@ -15,16 +15,13 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, ErrorBody, job_view};
 use crate::jobs::{Job, JobInfo, JobState};
-use crate::manager::BackupManager;
+use crate::manager::{BackupManager, ManagerError};
 
 fn find(manager: &BackupManager, id: &str) -> Result<Job, ApiError> {
-    manager.jobs.get(id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "Job not found",
-            format!("no job `{id}` (jobs are kept in memory until restart)"),
-        )
-    })
+    manager
+        .jobs
+        .get(id)
+        .ok_or_else(|| ManagerError::JobNotFound(id.to_string()).into())
 }
 
 /// Recent jobs, newest first.

@@ -301,7 +301,7 @@ impl BackupManager {
                 Err(e) => Err(e),
             };
             self.metrics.copy_ended(&repo.name, result.is_ok());
-            let error = match result {
+            let error = match result.map_err(|e| e.or_cancelled(job)) {
                 Ok(copied) => {
                     self.set_copy(snapshot_id, &repo.name, |c| {
                         c.state = CopyState::Done;
@@ -328,7 +328,7 @@ impl BackupManager {
                     }));
                     return;
                 }
-                Err(ManagerError::ShuttingDown) if job.cancel_requested() => {
+                Err(ManagerError::Cancelled(_)) => {
                     return self.copy_cancelled(snapshot_id, repo, job);
                 }
                 Err(ManagerError::ShuttingDown) => {
