@@ -669,9 +669,7 @@ fn asides(app: &TestApp) -> Vec<std::path::PathBuf> {
 /// drop by a fail point (`APPSNAP_PAUSE_AT`), the only way to look at it while it runs.
 #[tokio::test]
 async fn the_replaced_data_goes_after_the_answer_and_the_next_backup_waits_for_it() {
-    if !cfg!(feature = "failpoints") {
-        panic!("this test needs the fail points: run `scripts/test`");
-    }
+    crate::common::require_failpoints();
     let app = TestApp::new("");
     fill_every_kind(&app.volume_path());
     fill_every_kind(&app.bind());
@@ -1186,9 +1184,7 @@ async fn excluded_paths_stay_out_of_the_snapshot_and_are_carried_over_by_a_resto
 /// restore runs to its end.
 #[tokio::test]
 async fn a_restore_cancelled_after_staging_leaves_the_app_as_it_was() {
-    if !cfg!(feature = "failpoints") {
-        panic!("this test needs the fail points: run `scripts/test`");
-    }
+    crate::common::require_failpoints();
     let app = TestApp::new("");
     fill_every_kind(&app.volume_path());
     let root = tempfile::tempdir().unwrap();

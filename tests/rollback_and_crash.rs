@@ -155,12 +155,7 @@ impl Walk<'_> {
 
 #[tokio::test]
 async fn every_fail_point_of_restore_rollback_and_backup_ends_old_or_new_never_a_mix() {
-    if !cfg!(feature = "failpoints") {
-        panic!(
-            "the crash walk needs the fail points: run `scripts/test` (it builds with \
-             `--features appsnap/failpoints`)"
-        );
-    }
+    crate::common::require_failpoints();
     // Files the snapshots leave out (`appsnap.exclude`), the same in A and B: a restore
     // carries them over, and the walk passes those steps' points too.
     let app = TestApp::new("--label appsnap.exclude=*.keep-out");
@@ -356,9 +351,7 @@ async fn every_fail_point_of_restore_rollback_and_backup_ends_old_or_new_never_a
 /// above the chosen one.
 #[tokio::test]
 async fn every_fail_point_of_a_partial_restore_ends_old_or_new_never_a_mix() {
-    if !cfg!(feature = "failpoints") {
-        panic!("the crash walk needs the fail points: run `scripts/test`");
-    }
+    crate::common::require_failpoints();
     let app = TestApp::new("--label appsnap.exclude=*.keep-out");
     let root = tempfile::tempdir().unwrap();
     let config = root.path().with_extension("toml");

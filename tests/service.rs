@@ -324,9 +324,7 @@ async fn key_from_a_file_and_a_unix_socket() {
 /// one needs a broken Docker engine.
 #[tokio::test]
 async fn a_backup_that_cannot_restart_the_app_keeps_its_journal_until_repaired() {
-    if !cfg!(feature = "failpoints") {
-        panic!("needs the fail points: run `scripts/test`");
-    }
+    crate::common::require_failpoints();
     let app = TestApp::new("");
     let root = tempfile::tempdir().unwrap();
     let config = root.path().with_extension("toml");
@@ -367,9 +365,7 @@ async fn a_backup_that_cannot_restart_the_app_keeps_its_journal_until_repaired()
 #[test]
 fn ctrl_c_during_a_cli_restore_finishes_it_first() {
     use std::io::{BufRead, BufReader};
-    if !cfg!(feature = "failpoints") {
-        panic!("needs the fail points: run `scripts/test`");
-    }
+    crate::common::require_failpoints();
     let app = TestApp::new("");
     std::fs::write(app.volume_path().join("state"), "snapshot").unwrap();
     let root = tempfile::tempdir().unwrap();

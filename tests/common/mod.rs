@@ -54,6 +54,17 @@ pub fn sh(cmd: &str) -> String {
 }
 
 /// Docker must be there: a missing engine is a failure with instructions, never a skip.
+/// Fails loudly in a build without the fail points: the tests that stop or hold appsnap
+/// at a named step need them (`scripts/test` builds with `--features appsnap/failpoints`).
+pub fn require_failpoints() {
+    if !cfg!(feature = "failpoints") {
+        panic!(
+            "this test needs the fail points: run `scripts/test` (it builds with \
+             `--features appsnap/failpoints`)"
+        );
+    }
+}
+
 pub fn require_docker() {
     static CHECK: Once = Once::new();
     CHECK.call_once(|| {
