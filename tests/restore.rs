@@ -737,12 +737,8 @@ async fn the_replaced_data_goes_after_the_answer_and_the_next_backup_waits_for_i
     let backup = follow_until(&svc, &backup_id, |j| j["state"] != "running").await;
     assert_eq!(backup["state"], "succeeded", "{backup}");
     assert!(asides(&app).is_empty(), "{:?}", asides(&app));
-    assert!(
-        fs::read_dir(root.path().join(".appsnap"))
-            .unwrap()
-            .flatten()
-            .all(|e| !e.file_name().to_string_lossy().ends_with(".journal"))
-    );
+    let journals = crate::common::journals(root.path());
+    assert!(journals.is_empty(), "{journals:?}");
     let _ = fs::remove_file(&resume);
 }
 
@@ -1231,12 +1227,8 @@ async fn a_restore_cancelled_after_staging_leaves_the_app_as_it_was() {
     assert!(app.running(&app.containers[0]));
     assert_eq!(staging(), 0, "the staging folder is removed");
     assert!(asides(&app).is_empty(), "{:?}", asides(&app));
-    assert!(
-        fs::read_dir(root.path().join(".appsnap"))
-            .unwrap()
-            .flatten()
-            .all(|e| !e.file_name().to_string_lossy().ends_with(".journal"))
-    );
+    let journals = crate::common::journals(root.path());
+    assert!(journals.is_empty(), "{journals:?}");
 
     // The app's lock is free and nothing is left to repair: the restore runs again.
     let restored = svc.post(&restore_uri(&app.id, &snap)).await;

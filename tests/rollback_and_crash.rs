@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::common::{Entry, Service, TestApp, fill_every_kind, manifest};
 
@@ -117,12 +117,7 @@ fn assert_clean(app: &TestApp, root: &Path, point: &str) {
             .collect();
         assert!(asides.is_empty(), "{point}: left aside {asides:?}");
     }
-    let journals: Vec<PathBuf> = fs::read_dir(root.join(".appsnap"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().ends_with(".journal"))
-        .collect();
+    let journals = crate::common::journals(root);
     assert!(journals.is_empty(), "{point}: {journals:?}");
 }
 

@@ -809,6 +809,17 @@ pub async fn follow_until(
     }
 }
 
+/// The operation journals left in the backup root `root` (`.appsnap/*.journal`): none
+/// once an operation has ended, repaired or rolled back.
+pub fn journals(root: &Path) -> Vec<PathBuf> {
+    fs::read_dir(root.join(".appsnap"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".journal"))
+        .collect()
+}
+
 /// Total bytes of the files under `dir` (0 when it does not exist).
 pub fn dir_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
