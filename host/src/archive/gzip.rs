@@ -475,6 +475,42 @@ fn push_member(deflater: Option<&mut Deflater>, data: &[u8], out: &mut Vec<u8>) 
     out[start + 16..start + 20].copy_from_slice(&len.to_le_bytes());
 }
 
+/// The shortest [`padding_member`]: a header, a 2-byte empty deflate stream, a trailer.
+pub const PAD_MIN: usize = HEADER_LEN + 2 + TRAILER_LEN;
+
+/// A gzip member of exactly `len` bytes (at least [`PAD_MIN`]) that inflates to nothing,
+/// for an in-place assembly to fill the bytes up to a block boundary: the usual header
+/// with its `AS` length, then empty deflate blocks (RFC 1951) adding up to the length —
+/// empty non-final stored blocks of 5 bytes, then a tail of 2 to 6 bytes made of empty
+/// fixed-Huffman blocks (10 bits each) and a final empty block — then CRC 0 and length
+/// 0. Every gzip reader takes it as an empty member.
+pub fn padding_member(len: usize) -> Vec<u8> {
+    assert!(
+        len >= PAD_MIN,
+        "a padding member is at least {PAD_MIN} bytes"
+    );
+    let body = len - HEADER_LEN - TRAILER_LEN;
+    let tail = 2 + (body - 2) % 5;
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&[
+        0x1f, 0x8b, 8, 0x04, 0, 0, 0, 0, 0, 3, 8, 0, b'A', b'S', 4, 0,
+    ]);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    for _ in 0..(body - tail) / 5 {
+        out.extend_from_slice(&[0, 0, 0, 0xff, 0xff]); // empty stored block, not final
+    }
+    out.extend_from_slice(match tail {
+        2 => &[0x03, 0x00][..],                     // fixed, final
+        3 => &[0x02, 0x0c, 0x00],                   // fixed; fixed, final
+        4 => &[0x02, 0x08, 0x30, 0x00],             // fixed; fixed; fixed, final
+        5 => &[0x01, 0x00, 0x00, 0xff, 0xff],       // stored, final
+        _ => &[0x02, 0x04, 0x00, 0x00, 0xff, 0xff], // fixed; stored, final
+    });
+    out.extend_from_slice(&[0; TRAILER_LEN]); // CRC-32 of nothing, length 0
+    debug_assert_eq!(out.len(), len);
+    out
+}
+
 /// Deflate "stored" blocks (RFC 1951 §3.2.4): byte-aligned copies with a 5-byte header.
 /// Empty data still gets one final, empty block: a deflate stream needs at least one.
 fn push_stored(data: &[u8], out: &mut Vec<u8>) {
@@ -601,6 +637,24 @@ mod tests {
             Some(<[u8; 32]>::from(Sha256::digest(&expect)))
         );
         assert_eq!(gunzip(&on_disk), expect);
+    }
+
+    #[test]
+    fn padding_members_are_empty_members_of_any_length() {
+        for len in PAD_MIN..PAD_MIN + 40 {
+            let m = padding_member(len);
+            assert_eq!(m.len(), len);
+            assert_eq!(member_len(&m), Some(len));
+            assert_eq!(gunzip(&m), Vec::<u8>::new(), "length {len}");
+            let mut raw = Vec::new();
+            super::super::read::inflate_members(
+                &mut libdeflater::Decompressor::new(),
+                &m,
+                &mut raw,
+            )
+            .unwrap_or_else(|e| panic!("length {len}: {e}"));
+            assert!(raw.is_empty());
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`tar_read`]: the bounded reader of those headers (nothing claimed is believed).
 //! - [`walk`]: the filesystem walk that feeds the tar stream into the gzip pipeline.
 //! - [`precopy`]: a backup of a running app made consistent by a short second pass.
+//! - [`in_place`]: its final archive made in the first pass's file, only the gaps rewritten.
 //! - [`read`]: the way back: members inflated in parallel into one tar stream.
 //! - [`extract`]: safe extraction into mounts (restore) and its dry run (verify).
 //! - [`index`]: where each entry and gzip member sits (browsing without inflating).
@@ -17,6 +18,7 @@
 mod digest;
 pub mod extract;
 pub mod gzip;
+pub mod in_place;
 pub mod index;
 pub mod precopy;
 pub mod prefetch;

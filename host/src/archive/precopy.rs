@@ -18,7 +18,9 @@
 //!    member wholly inside one piece is copied as it is (members are independent and tar
 //!    has no absolute offsets, so a member range can be spliced anywhere); the few
 //!    members cut by a change are inflated and compressed again with the delta's bytes.
-//!    When nothing changed at all ([`SecondPass::unchanged`]) the first pass's archive is
+//!    On ext4 and XFS this is done in place instead ([`super::in_place`]): the kept
+//!    members stay where the first pass wrote them and only the gaps are rewritten, so the
+//!    archive is not written a second time. When nothing changed at all ([`SecondPass::unchanged`]) the first pass's archive is
 //!    the final one, and nothing is written again. Reused members are not inflated again
 //!    (they are this process's output of moments ago, trusted as a stop-mode archive's
 //!    members are), so the final archive's tar stream sha256 is not known here: an
@@ -701,7 +703,8 @@ pub struct Assembled {
 }
 
 /// Writes the final archive into `out` from the pieces of the first pass's archive and
-/// of the delta file.
+/// of the delta file: a copy, for filesystems where [`super::in_place::assemble`] cannot
+/// move extents.
 pub fn assemble(
     out: File,
     first: &FirstArchive<'_>,
@@ -774,14 +777,14 @@ pub const FIRST_PASS_MEMBER: usize = 64 << 10;
 /// One member of a first-pass chunk: where it sits in the chunk's packed bytes, and the
 /// tar bytes it holds, counted from the chunk's start.
 #[derive(Debug)]
-struct Member {
-    packed: std::ops::Range<usize>,
-    raw: std::ops::Range<u64>,
+pub(super) struct Member {
+    pub packed: std::ops::Range<usize>,
+    pub raw: std::ops::Range<u64>,
 }
 
 /// The members of a chunk's `packed` bytes, by their `AS` lengths and their trailers'
 /// sizes (nothing is inflated), which must add up to the chunk's `raw_len`.
-fn members_of(packed: &[u8], raw_len: u64) -> io::Result<Vec<Member>> {
+pub(super) fn members_of(packed: &[u8], raw_len: u64) -> io::Result<Vec<Member>> {
     let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
     let (mut pos, mut raw, mut members) = (0, 0, Vec::new());
     while pos < packed.len() {
@@ -819,7 +822,7 @@ struct Cut {
 /// the delta goes to `read_error` and stops it. A chunk wholly inside a piece goes on as
 /// its members; of a chunk a piece cuts, the members wholly inside go on as they are, and
 /// only the one or two members the cut falls in are inflated.
-fn splice<W: Write + Send + 'static>(
+pub(super) fn splice<W: Write + Send + 'static>(
     sink: &mut ChunkSink<'_, W>,
     first: &File,
     table: &[(u64, u64)],
@@ -1087,6 +1090,62 @@ mod tests {
             members.len()
         );
         assert!(assembled.reused_tar_bytes * 2 > tar_bytes);
+
+        // In place, in a copy of the first pass's file: the same stream, in an archive
+        // the parallel reader takes, whose sha256 and member table are what it says.
+        let in_place_path = dir.path().join("in-place");
+        std::fs::copy(&first_path, &in_place_path).unwrap();
+        let in_place_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&in_place_path)
+            .unwrap();
+        let done = super::super::in_place::assemble(
+            &in_place_file,
+            &first_archive,
+            &second.delta,
+            &second.pieces,
+            tempfile::tempfile_in(dir.path()).unwrap(),
+            &final_opts,
+            &|_| {},
+        )
+        .unwrap()
+        .expect("an in-place assembly (the test's folder must be on ext4 or XFS)");
+        let stream = |path: &Path| {
+            let mut tar = Vec::new();
+            super::super::read::open_tar_stream(path, 2)
+                .unwrap()
+                .read_to_end(&mut tar)
+                .unwrap();
+            tar
+        };
+        let whole = stream(&final_path);
+        assert!(
+            stream(&in_place_path) == whole,
+            "the same tar stream in place"
+        );
+        assert_eq!(done.tar_bytes, tar_bytes);
+        let bytes = std::fs::read(&in_place_path).unwrap();
+        assert_eq!(done.written.compressed_bytes, bytes.len() as u64);
+        use sha2::Digest;
+        assert_eq!(
+            done.written.sha256,
+            <[u8; 32]>::from(sha2::Sha256::digest(&bytes))
+        );
+        let table = &done.written.chunks;
+        assert_eq!(table[0], (0, 0));
+        assert!(table.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
+        for &(c, t) in table {
+            let mut head = vec![0; 1024.min(whole.len() - t as usize)];
+            flate2::read::MultiGzDecoder::new(&bytes[c as usize..])
+                .read_exact(&mut head)
+                .unwrap();
+            assert!(
+                head == whole[t as usize..t as usize + head.len()],
+                "member at {c}"
+            );
+        }
+        assert!(done.kept_tar_bytes * 2 > tar_bytes);
         tar_bytes - assembled.reused_tar_bytes
     }
 

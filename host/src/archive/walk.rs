@@ -162,17 +162,24 @@ impl<'p, W: io::Write + Send + 'static> ChunkSink<'p, W> {
         if super::cancelled(&self.cancel) {
             return Err(Broken);
         }
-        if let Some(slot) = self.slot.take_if(|s| !s.raw.is_empty())
-            && !self.gz.submit(slot)
-        {
-            return Err(Broken);
-        }
+        self.cut()?;
         if !self.gz.submit_reused(members, raw_len) {
             return Err(Broken);
         }
         self.bytes += raw_len;
         self.reused += raw_len;
         (self.progress)(self.bytes);
+        Ok(())
+    }
+
+    /// Ends the chunk being filled here, however short: what comes next starts a member
+    /// of its own (an in-place assembly's regions each begin and end on one).
+    pub fn cut(&mut self) -> Result<(), Broken> {
+        if let Some(slot) = self.slot.take_if(|s| !s.raw.is_empty())
+            && !self.gz.submit(slot)
+        {
+            return Err(Broken);
+        }
         Ok(())
     }
 

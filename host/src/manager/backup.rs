@@ -177,8 +177,16 @@ impl BackupManager {
         let delta = plan
             .dir
             .join(format!(".{}.delta{PARTIAL_SUFFIX}", plan.snapshot_id));
+        let scratch = plan
+            .dir
+            .join(format!(".{}.scratch{PARTIAL_SUFFIX}", plan.snapshot_id));
         let remove_temporaries = {
-            let paths = [first.clone(), delta.clone(), records.clone()];
+            let paths = [
+                first.clone(),
+                delta.clone(),
+                records.clone(),
+                scratch.clone(),
+            ];
             move || {
                 for path in &paths {
                     let _ = fs::remove_file(path);
@@ -276,19 +284,41 @@ impl BackupManager {
                         compressed_bytes: first_summary.compressed_bytes,
                         tar_bytes: first_summary.tar_bytes,
                     };
-                    let archive::precopy::Assembled {
-                        written,
-                        tar_bytes,
-                        file,
-                        ..
-                    } = archive::precopy::assemble(
-                        create_partial(&partial)?,
+                    let progress = |b| progress_job.progress(b);
+                    // In place in the first pass's file where the filesystem can move
+                    // extents; otherwise a copy.
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&first)
+                        .map_err(ArchiveError::Output)?;
+                    let in_place = archive::in_place::assemble(
+                        &file,
                         &first_archive,
                         &second.delta,
                         &second.pieces,
+                        create_partial(&scratch)?,
                         &opts,
-                        &|b| progress_job.progress(b),
+                        &progress,
                     )?;
+                    let (written, tar_bytes, file) = match in_place {
+                        Some(done) => {
+                            fs::rename(&first, &partial).map_err(ArchiveError::Output)?;
+                            (done.written, done.tar_bytes, file)
+                        }
+                        None => {
+                            drop(file);
+                            let copy = archive::precopy::assemble(
+                                create_partial(&partial)?,
+                                &first_archive,
+                                &second.delta,
+                                &second.pieces,
+                                &opts,
+                                &progress,
+                            )?;
+                            (copy.written, copy.tar_bytes, copy.file)
+                        }
+                    };
                     remove_temporaries();
                     crash_point("backup.assembled");
                     let syncing = std::time::Instant::now();
