@@ -114,6 +114,41 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
         chunk_size: usize,
         member_size: Option<usize>,
     ) -> ParallelGzip<W> {
+        Self::start(out, level, threads, chunk_size, member_size, None)
+    }
+
+    /// As [`new`](Self::new), for a scratch output that another thread reads as it is
+    /// written (an in-place assembly's new members): with the writer's [`Progress`] to
+    /// follow, and **no hashes** — that reader hashes what it takes, and on two cores the
+    /// pipeline's own hashes would slow it down. `Written::sha256` is then all zeros and
+    /// `raw_sha256` is `None`.
+    pub fn scratch(
+        out: W,
+        level: u32,
+        threads: usize,
+        chunk_size: usize,
+    ) -> (ParallelGzip<W>, Arc<Progress>) {
+        let progress = Arc::new(Progress::default());
+        let gz = Self::start(
+            out,
+            level,
+            threads,
+            chunk_size,
+            None,
+            Some(Arc::clone(&progress)),
+        );
+        (gz, progress)
+    }
+
+    fn start(
+        out: W,
+        level: u32,
+        threads: usize,
+        chunk_size: usize,
+        member_size: Option<usize>,
+        watch: Option<Arc<Progress>>,
+    ) -> ParallelGzip<W> {
+        let hashing = watch.is_none();
         let member_size = member_size.unwrap_or(usize::MAX).max(1);
         let threads = threads.max(1);
         let slots = threads * 2 + 2;
@@ -149,15 +184,15 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
         let (hashed_tx, hashed_rx) = sync_channel::<Slot>(slots);
         let packed_hasher = thread::Builder::new()
             .name("appsnap-gzip-sha".into())
-            .spawn(move || hash_packed(&written_rx, &hashed_tx))
+            .spawn(move || hash_packed(&written_rx, &hashed_tx, hashing))
             .expect("spawn gzip hasher");
         let raw_hasher = thread::Builder::new()
             .name("appsnap-gzip-hash".into())
-            .spawn(move || hash_raw(&hashed_rx, &pool_tx))
+            .spawn(move || hash_raw(&hashed_rx, &pool_tx, hashing))
             .expect("spawn gzip hasher");
         let writer = thread::Builder::new()
             .name("appsnap-gzip-writer".into())
-            .spawn(move || write_in_order(out, &done_rx, &written_tx))
+            .spawn(move || write_in_order(out, &done_rx, &written_tx, watch.as_deref()))
             .expect("spawn gzip writer");
         ParallelGzip {
             pool,
@@ -297,7 +332,18 @@ fn write_in_order<W: Write>(
     mut out: W,
     done: &Receiver<Slot>,
     written: &SyncSender<Slot>,
+    watch: Option<&Progress>,
 ) -> WriterResult<W> {
+    // However the writer ends, whoever follows it stops waiting.
+    struct Ended<'a>(Option<&'a Progress>);
+    impl Drop for Ended<'_> {
+        fn drop(&mut self) {
+            if let Some(p) = self.0 {
+                p.update(|s| s.ended = true);
+            }
+        }
+    }
+    let _ended = Ended(watch);
     let mut pending = BTreeMap::new();
     let mut next = 0u64;
     let (mut total, mut raw_total) = (0u64, 0u64);
@@ -314,6 +360,12 @@ fn write_in_order<W: Write>(
             chunks.push((total, raw_total));
             total += slot.packed.len() as u64;
             raw_total += slot.reused.unwrap_or(slot.raw.len() as u64);
+            if let Some(p) = watch {
+                p.update(|s| {
+                    s.chunks.push(*chunks.last().expect("just pushed"));
+                    (s.total, s.raw_total) = (total, raw_total);
+                });
+            }
             next += 1;
             let _ = written.send(slot);
         }
@@ -322,14 +374,66 @@ fn write_in_order<W: Write>(
     Ok((total, chunks, out))
 }
 
+/// What the writer has written so far, for a reader that follows it in the output (an
+/// in-place assembly hashes its scratch file while the file is still being written).
+#[derive(Debug, Default)]
+pub struct Progress {
+    state: Mutex<WriterState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct WriterState {
+    /// `(compressed offset, tar offset)` of each chunk written, as in [`Written::chunks`].
+    chunks: Vec<(u64, u64)>,
+    total: u64,
+    raw_total: u64,
+    /// The writer is done, or failed.
+    ended: bool,
+}
+
+impl Progress {
+    fn update(&self, f: impl FnOnce(&mut WriterState)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until the output holds the tar stream up to `tar`, which must fall between
+    /// two chunks, and returns where that is in the output. `None` when the writer ended
+    /// first, or `tar` falls inside a chunk.
+    pub fn wait_for(&self, tar: u64) -> Option<u64> {
+        let mut s = self.state.lock().ok()?;
+        loop {
+            if s.raw_total == tar {
+                return Some(s.total);
+            }
+            if s.raw_total > tar {
+                let i = s.chunks.partition_point(|&(_, t)| t < tar);
+                return s.chunks.get(i).filter(|&&(_, t)| t == tar).map(|&(c, _)| c);
+            }
+            if s.ended {
+                return None;
+            }
+            s = self.changed.wait(s).ok()?;
+        }
+    }
+}
+
 /// Hashes the members as written, slot after slot, and passes each on to [`hash_raw`].
 /// A thread of its own, so that the writer only writes: a pre-copy's assembly, which
 /// mostly copies members, would otherwise wait on the hash.
-fn hash_packed(written: &Receiver<Slot>, hashed: &SyncSender<Slot>) -> [u8; 32] {
+fn hash_packed(written: &Receiver<Slot>, hashed: &SyncSender<Slot>, hashing: bool) -> [u8; 32] {
     let mut hash = Sha256::new();
     for slot in written {
-        hash.update(&slot.packed);
+        if hashing {
+            hash.update(&slot.packed);
+        }
         let _ = hashed.send(slot);
+    }
+    if !hashing {
+        return [0; 32];
     }
     hash.finalize().into()
 }
@@ -337,9 +441,9 @@ fn hash_packed(written: &Receiver<Slot>, hashed: &SyncSender<Slot>) -> [u8; 32] 
 /// Hashes the tar stream, slot after slot in the order written, and frees each slot.
 /// A thread of its own: where the data does not compress (media), the writer would
 /// otherwise hash every byte twice and hold the whole pipeline back.
-fn hash_raw(written: &Receiver<Slot>, pool: &SyncSender<Slot>) -> Option<[u8; 32]> {
+fn hash_raw(written: &Receiver<Slot>, pool: &SyncSender<Slot>, hashing: bool) -> Option<[u8; 32]> {
     let mut hash = Sha256::new();
-    let mut whole = true;
+    let mut whole = hashing;
     for mut slot in written {
         whole &= slot.reused.is_none();
         if whole {
