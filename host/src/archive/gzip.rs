@@ -119,14 +119,16 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
 
     /// As [`new`](Self::new), for a scratch output that another thread reads as it is
     /// written (an in-place assembly's new members): with the writer's [`Progress`] to
-    /// follow, and **no hashes** — that reader hashes what it takes, and on two cores the
-    /// pipeline's own hashes would slow it down. `Written::sha256` is then all zeros and
-    /// `raw_sha256` is `None`.
+    /// follow, and no hash of the output — that reader hashes what it takes, and on two
+    /// cores the pipeline's own hash would slow it down. `Written::sha256` is then all
+    /// zeros. The tar stream is hashed only when `raw_hash` asks for it (else
+    /// `raw_sha256` is `None`).
     pub fn scratch(
         out: W,
         level: u32,
         threads: usize,
         chunk_size: usize,
+        raw_hash: bool,
     ) -> (ParallelGzip<W>, Arc<Progress>) {
         let progress = Arc::new(Progress::default());
         let gz = Self::start(
@@ -135,7 +137,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
             threads,
             chunk_size,
             None,
-            Some(Arc::clone(&progress)),
+            Some((Arc::clone(&progress), raw_hash)),
         );
         (gz, progress)
     }
@@ -146,9 +148,11 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
         threads: usize,
         chunk_size: usize,
         member_size: Option<usize>,
-        watch: Option<Arc<Progress>>,
+        scratch: Option<(Arc<Progress>, bool)>,
     ) -> ParallelGzip<W> {
-        let hashing = watch.is_none();
+        let hash_packed_too = scratch.is_none();
+        let hash_raw_too = scratch.as_ref().is_none_or(|(_, raw)| *raw);
+        let watch = scratch.map(|(p, _)| p);
         let member_size = member_size.unwrap_or(usize::MAX).max(1);
         let threads = threads.max(1);
         let slots = threads * 2 + 2;
@@ -184,11 +188,11 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
         let (hashed_tx, hashed_rx) = sync_channel::<Slot>(slots);
         let packed_hasher = thread::Builder::new()
             .name("appsnap-gzip-sha".into())
-            .spawn(move || hash_packed(&written_rx, &hashed_tx, hashing))
+            .spawn(move || hash_packed(&written_rx, &hashed_tx, hash_packed_too))
             .expect("spawn gzip hasher");
         let raw_hasher = thread::Builder::new()
             .name("appsnap-gzip-hash".into())
-            .spawn(move || hash_raw(&hashed_rx, &pool_tx, hashing))
+            .spawn(move || hash_raw(&hashed_rx, &pool_tx, hash_raw_too))
             .expect("spawn gzip hasher");
         let writer = thread::Builder::new()
             .name("appsnap-gzip-writer".into())

@@ -42,11 +42,12 @@ use super::{ArchiveError, Options};
 /// The block `fallocate` moves: what stays in place starts and ends on a multiple of it.
 pub const ALIGN: u64 = 4096;
 
-/// The highest libdeflate level the gaps are compressed again at. They are compressed
-/// while the assembly waits, on the critical path of every pre-copy backup with changes,
-/// and compressing is most of its time: 6.2 % of the stream at 4 GiB (280 MB) cost about
-/// 3 s of CPU at level 6. They are a few percent of the archive, so a faster level costs
-/// little size.
+/// The highest libdeflate level the gaps are compressed again at while they hold less
+/// than a fifth of the stream. They are compressed while the assembly waits, on the
+/// critical path of every pre-copy backup with changes, and compressing is most of its
+/// time: 6.2 % of the stream at 4 GiB (280 MB) cost about 3 s of CPU at level 6. While
+/// they are a small part of the archive, a faster level costs little size; beyond, the
+/// archive's own level (the size then matters more).
 const RECOMPRESS_LEVEL: u32 = 4;
 
 /// What [`assemble`] made.
@@ -116,12 +117,15 @@ pub fn assemble(
     //    in its order right behind it, and reads the kept bytes each gap rewrites, while
     //    nothing has moved.
     let scratch_read = scratch.try_clone().map_err(output)?;
-    let (gz, written) = ParallelGzip::scratch(
-        scratch,
-        opts.level.min(RECOMPRESS_LEVEL),
-        opts.threads,
-        opts.chunk_size,
-    );
+    let level = if compressed_again * 5 < first.tar_bytes {
+        opts.level.min(RECOMPRESS_LEVEL)
+    } else {
+        opts.level
+    };
+    // With nothing kept, the scratch file's tar stream is the whole stream: its hash is
+    // the snapshot's `tar_sha256`, as a copy assembly of nothing reused has one.
+    let whole = !items.iter().any(|i| matches!(i, Item::Keep { .. }));
+    let (gz, written) = ParallelGzip::scratch(scratch, level, opts.threads, opts.chunk_size, whole);
     let mut hash = Sha256::new();
     let mut originals: Vec<Vec<Vec<u8>>> = Vec::new();
     let mut buf = vec![0u8; 4 << 20];
@@ -255,7 +259,7 @@ pub fn assemble(
         written: Written {
             compressed_bytes: end,
             sha256: hash.finalize().into(),
-            raw_sha256: None,
+            raw_sha256: recompressed.raw_sha256.filter(|_| whole),
             chunks: layout.member_table(&items, &table, &scratch_table, &new_tar),
         },
         tar_bytes: layout.tar_len,
