@@ -78,8 +78,9 @@ enum Item {
 /// new members go through.
 ///
 /// `Ok(None)`, with `file` untouched, when it cannot be done here: a filesystem whose
-/// `fallocate` cannot move extents (only ext4 and XFS are trusted with it), or kept members
-/// that do not come in the first pass's order. The caller then assembles a copy.
+/// `fallocate` cannot move extents (only ext4 and XFS are trusted with it, and they may
+/// still refuse the first move), or kept members that do not come in the first pass's
+/// order. The caller then assembles a copy (and the scratch file is left to it to remove).
 pub fn assemble(
     file: &File,
     first: &FirstArchive<'_>,
@@ -183,22 +184,34 @@ pub fn assemble(
     scratch_table.push((recompressed.compressed_bytes, compressed_again));
     let hashed = started.elapsed().as_secs_f64();
 
-    // 3. Each gap made its new size, last first. From here on, an error leaves the file
-    //    unusable (the caller removes it).
+    // 3. Each gap made its new size, last first. From the first move on, an error leaves
+    //    the file unusable (the caller removes it). A filesystem that refuses the very first
+    //    move (a file without extents on ext4) has had nothing done to it: a copy then.
+    let mut moves = 0;
     for (g, gap) in layout.gaps.iter().enumerate().rev() {
         if g == layout.anchors.len() {
             continue; // the last gap runs to the end of the file: written, then cut
         }
         let (old, new) = (gap.span.end - gap.span.start, gap.len());
-        if new > old {
-            fallocate(file, libc::FALLOC_FL_INSERT_RANGE, gap.span.end, new - old)?;
+        let moved = if new > old {
+            fallocate(file, libc::FALLOC_FL_INSERT_RANGE, gap.span.end, new - old)
         } else if new < old {
             fallocate(
                 file,
                 libc::FALLOC_FL_COLLAPSE_RANGE,
                 gap.span.start + new,
                 old - new,
-            )?;
+            )
+        } else {
+            continue;
+        };
+        match moved {
+            Ok(()) => moves += 1,
+            Err(e) if moves == 0 && e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                tracing::info!("this filesystem moves no extents of this file: a copy instead");
+                return Ok(None);
+            }
+            Err(e) => return Err(output(e)),
         }
     }
     let moved = started.elapsed().as_secs_f64();
@@ -679,12 +692,12 @@ fn movable(file: &File) -> bool {
         && ALIGN as i64 % fs.block_size() == 0
 }
 
-fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> Result<(), ArchiveError> {
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain syscall on a descriptor we own.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) };
     if rc != 0 {
-        return Err(ArchiveError::Output(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
