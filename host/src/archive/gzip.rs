@@ -37,6 +37,14 @@ const STORED_MAX: usize = 65535;
 pub const HEADER_LEN: usize = 20;
 /// Trailer length: CRC-32 of the member's data, then its length (ISIZE), little-endian.
 pub const TRAILER_LEN: usize = 8;
+/// Every appsnap member's header before its `AS` value (the member's length, 4 bytes).
+const HEADER_BEFORE_LEN: [u8; HEADER_LEN - 4] = [
+    0x1f, 0x8b, 8, 0x04, // magic, deflate, FLG.FEXTRA
+    0, 0, 0, 0, // MTIME unknown: the tar headers carry the real times
+    0, 3, // XFL, OS = Unix
+    8, 0, // XLEN
+    b'A', b'S', 4, 0, // subfield "AS", 4 bytes: this member's total length
+];
 
 /// One unit of work in flight: a chunk of the tar stream and the members made from it.
 pub struct Slot {
@@ -563,14 +571,8 @@ fn entropy(data: &[u8]) -> f64 {
 /// the member's whole length (header, body and trailer) is known.
 fn push_member(deflater: Option<&mut Deflater>, data: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
-    out.extend_from_slice(&[
-        0x1f, 0x8b, 8, 0x04, // magic, deflate, FLG.FEXTRA
-        0, 0, 0, 0, // MTIME unknown: the tar headers carry the real times
-        0, 3, // XFL, OS = Unix
-        8, 0, // XLEN
-        b'A', b'S', 4, 0, // subfield "AS", 4 bytes: this member's total length
-        0, 0, 0, 0,
-    ]);
+    out.extend_from_slice(&HEADER_BEFORE_LEN);
+    out.extend_from_slice(&[0; 4]);
     match deflater.and_then(|d| d.deflate(data)) {
         Some(deflated) => out.extend_from_slice(deflated),
         None => push_stored(data, out),
@@ -600,9 +602,7 @@ pub fn padding_member(len: usize) -> Vec<u8> {
     let body = len - HEADER_LEN - TRAILER_LEN;
     let tail = 2 + (body - 2) % 5;
     let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&[
-        0x1f, 0x8b, 8, 0x04, 0, 0, 0, 0, 0, 3, 8, 0, b'A', b'S', 4, 0,
-    ]);
+    out.extend_from_slice(&HEADER_BEFORE_LEN);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     for _ in 0..(body - tail) / 5 {
         out.extend_from_slice(&[0, 0, 0, 0xff, 0xff]); // empty stored block, not final
@@ -643,8 +643,8 @@ fn push_stored(data: &[u8], out: &mut Vec<u8>) {
 /// claims, unchecked: the reader bounds it before allocating anything.
 pub fn member_len(buf: &[u8]) -> Option<usize> {
     if buf.len() < HEADER_LEN
-        || buf[0..4] != [0x1f, 0x8b, 8, 0x04]
-        || buf[10..16] != [8, 0, b'A', b'S', 4, 0]
+        || buf[0..4] != HEADER_BEFORE_LEN[0..4]
+        || buf[10..16] != HEADER_BEFORE_LEN[10..16]
     {
         return None;
     }
