@@ -355,12 +355,7 @@ fn compress_new(
         return Err(output(e));
     }
     if fed.is_err() {
-        if super::cancelled(&opts.cancel) {
-            return Err(ArchiveError::Cancelled);
-        }
-        return Err(output(io::Error::other(
-            "the archive pipeline stopped early",
-        )));
+        return Err(super::stopped_early(&opts.cancel));
     }
     Ok(done)
 }
@@ -471,7 +466,8 @@ enum What {
 #[derive(Debug)]
 struct Part {
     what: What,
-    /// The item this part begins (or continues).
+    /// The item this part belongs to, when the item may begin here (`None` for a padding
+    /// member and for an anchor's tail, whose item began before it).
     item: Option<usize>,
 }
 

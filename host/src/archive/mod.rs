@@ -182,6 +182,15 @@ pub fn cancelled(cancel: &Option<Cancel>) -> bool {
         .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
 }
 
+/// Why a pipeline that returned `Broken` stopped, once its writer's own error (if any) was
+/// taken from `finish`: the cancel, or an early stop with no more to say.
+fn stopped_early(cancel: &Option<Cancel>) -> ArchiveError {
+    if cancelled(cancel) {
+        return ArchiveError::Cancelled;
+    }
+    ArchiveError::Output(io::Error::other("the archive pipeline stopped early"))
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -343,12 +352,7 @@ pub fn write_recording(
     // A broken pipeline has its cause in the writer: `finish` returns it.
     let (written, Writeback { file, .. }) = sink.finish().map_err(ArchiveError::Output)?;
     if result.is_err() {
-        if cancelled(&opts.cancel) {
-            return Err(ArchiveError::Cancelled);
-        }
-        return Err(ArchiveError::Output(io::Error::other(
-            "the archive pipeline stopped early",
-        )));
+        return Err(stopped_early(&opts.cancel));
     }
     Ok((
         Summary {

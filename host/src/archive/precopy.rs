@@ -20,8 +20,9 @@
 //!    members cut by a change are inflated and compressed again with the delta's bytes.
 //!    On ext4 and XFS this is done in place instead ([`super::in_place`]): the kept
 //!    members stay where the first pass wrote them and only the gaps are rewritten, so the
-//!    archive is not written a second time. When nothing changed at all ([`SecondPass::unchanged`]) the first pass's archive is
-//!    the final one, and nothing is written again. Reused members are not inflated again
+//!    archive is not written a second time. When nothing changed at all
+//!    ([`SecondPass::unchanged`]) the first pass's archive is the final one, and nothing
+//!    is written again. Reused members are not inflated again
 //!    (they are this process's output of moments ago, trusted as a stop-mode archive's
 //!    members are), so the final archive's tar stream sha256 is not known here: an
 //!    offsite copy, the only user of it, computes it before the first copy.
@@ -752,12 +753,7 @@ pub fn assemble(
         return Err(ArchiveError::Output(e));
     }
     if result.is_err() {
-        if super::cancelled(&opts.cancel) {
-            return Err(ArchiveError::Cancelled);
-        }
-        return Err(ArchiveError::Output(io::Error::other(
-            "the archive pipeline stopped early",
-        )));
+        return Err(super::stopped_early(&opts.cancel));
     }
     Ok(Assembled {
         written,
