@@ -219,7 +219,20 @@ async fn an_app_that_wrote_nothing_keeps_its_first_pass_as_the_archive() {
     }
     fs::write(vol.join("d0/deeper/x"), vec![7u8; 3 << 20]).unwrap();
     wait_until_older_than(&vol, 1);
-    let h = harness(&app, BackupMode::Precopy, Some(1)).await;
+    // A repository (copies on request only) makes the backup hash the tar stream, which
+    // tells a kept first pass from an assembly.
+    let store = tempfile::tempdir().unwrap();
+    let repo: appsnap::offsite::RepositoryConfig = toml::from_str(&format!(
+        "name = 'nas'\nrepository = '{}'\npassword = 'pw'\ncopy = 'manual'\n",
+        store.path().join("repo").display()
+    ))
+    .unwrap();
+    let h = Harness::with(|c| {
+        c.precopy_racy_secs = Some(1);
+        set_mode(c, &app.id, BackupMode::Precopy);
+        c.repositories = vec![repo];
+    })
+    .await;
     let snap = h.backup(&app.id).await;
     let down = &snap["downtime"];
     assert_eq!(

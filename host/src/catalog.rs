@@ -105,7 +105,9 @@ pub struct Facts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<u64>,
     /// sha256 of the uncompressed tar stream (hex), recorded by the writer: an offsite
-    /// copy holds that stream, and a copy fetched back must match it.
+    /// copy holds that stream, and a copy fetched back must match it. Absent when no
+    /// repository was configured at backup time, or when an assembly reused members: the
+    /// first copy records it (`Manager::record_tar_sha256`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tar_sha256: Option<String>,
     /// The offsite copy in each configured repository, by repository name.

@@ -106,7 +106,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
     /// `2 × threads + 2` slots, each holding a chunk and its members: that bounds memory.
     /// Panics only if a thread cannot be spawned.
     pub fn new(out: W, level: u32, threads: usize, chunk_size: usize) -> ParallelGzip<W> {
-        Self::with_members(out, level, threads, chunk_size, None)
+        Self::with_members(out, level, threads, chunk_size, None, true)
     }
 
     /// As [`new`](Self::new), with no member holding more than `member_size` bytes of tar
@@ -114,15 +114,17 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
     /// first pass writes small members inside its chunks, so that its assembly recompresses
     /// only the members a change cuts, while the pipeline still moves whole chunks (a
     /// small chunk costs a few thread hand-offs each: 64 KiB chunks made a first pass of
-    /// 1 GiB 1.5 s slower).
+    /// 1 GiB 1.5 s slower). The tar stream is hashed only when `raw_hash` asks for it
+    /// (else `raw_sha256` is `None`).
     pub fn with_members(
         out: W,
         level: u32,
         threads: usize,
         chunk_size: usize,
         member_size: Option<usize>,
+        raw_hash: bool,
     ) -> ParallelGzip<W> {
-        Self::start(out, level, threads, chunk_size, member_size, None)
+        Self::start(out, level, threads, chunk_size, member_size, raw_hash, None)
     }
 
     /// As [`new`](Self::new), for a scratch output that another thread reads as it is
@@ -145,7 +147,8 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
             threads,
             chunk_size,
             None,
-            Some((Arc::clone(&progress), raw_hash)),
+            raw_hash,
+            Some(Arc::clone(&progress)),
         );
         (gz, progress)
     }
@@ -156,11 +159,10 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
         threads: usize,
         chunk_size: usize,
         member_size: Option<usize>,
-        scratch: Option<(Arc<Progress>, bool)>,
+        hash_raw_too: bool,
+        watch: Option<Arc<Progress>>,
     ) -> ParallelGzip<W> {
-        let hash_packed_too = scratch.is_none();
-        let hash_raw_too = scratch.as_ref().is_none_or(|(_, raw)| *raw);
-        let watch = scratch.map(|(p, _)| p);
+        let hash_packed_too = watch.is_none();
         let member_size = member_size.unwrap_or(usize::MAX).max(1);
         let threads = threads.max(1);
         let slots = threads * 2 + 2;

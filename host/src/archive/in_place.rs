@@ -124,8 +124,9 @@ pub fn assemble(
         opts.level
     };
     // With nothing kept, the scratch file's tar stream is the whole stream: its hash is
-    // the snapshot's `tar_sha256`, as a copy assembly of nothing reused has one.
-    let whole = !items.iter().any(|i| matches!(i, Item::Keep { .. }));
+    // the snapshot's `tar_sha256` (when asked for), as a copy assembly of nothing reused
+    // has one.
+    let whole = opts.hash_tar && !items.iter().any(|i| matches!(i, Item::Keep { .. }));
     let (gz, written) = ParallelGzip::scratch(scratch, level, opts.threads, opts.chunk_size, whole);
     let mut hash = Sha256::new();
     let mut originals: Vec<Vec<Vec<u8>>> = Vec::new();

@@ -723,7 +723,14 @@ pub fn assemble(
         written: 0,
         started: 0,
     };
-    let gz = ParallelGzip::new(out, opts.level, opts.threads, opts.chunk_size);
+    let gz = ParallelGzip::with_members(
+        out,
+        opts.level,
+        opts.threads,
+        opts.chunk_size,
+        None,
+        opts.hash_tar,
+    );
     let mut sink = ChunkSink::new(gz, progress);
     sink.cancel = opts.cancel.clone();
     let mut table = first.chunks.to_vec();

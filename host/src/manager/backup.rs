@@ -403,6 +403,9 @@ impl BackupManager {
             threads: self.config.threads(),
             skip_dirs: vec![self.store.root().to_path_buf()],
             cancel: Some(self.gate.new_cancel(Some(job))),
+            // Without a repository, no copy needs the stream's hash: a later copy hashes
+            // the snapshot once itself.
+            hash_tar: !self.config.repositories.is_empty(),
             ..archive::Options::default()
         };
         let ahead = archive::read_ahead(&sources, &opts);

@@ -558,7 +558,7 @@ impl BackupManager {
     }
 
     /// For a snapshot without the tar stream's sha256 (an import, an older backup, a
-    /// pre-copy backup): verify it (the archive's own checksum, and a full read unless it
+    /// backup made with no repository configured, a pre-copy assembly): verify it (the archive's own checksum, and a full read unless it
     /// was checked before), then hash its stream once,
     /// and record both the sha256 and the length.
     /// So the description's sha256 is that of a checked archive: one that fails either
