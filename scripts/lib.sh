@@ -20,6 +20,8 @@ ensure_packages() {
     # The churn app of the pre-copy tests is C, linked static to run in the busybox image.
     dpkg -s libc6-dev >/dev/null 2>&1 || missing+=(libc6-dev)
     command -v cc >/dev/null || missing+=(gcc)
+    # An ext4 with bigalloc clusters, loop-mounted, where the in-place assembly falls back.
+    command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
     # restic reads appsnap's offsite repositories in the interop test (and is the
     # users' way out without appsnap).
     command -v restic >/dev/null || missing+=(restic)

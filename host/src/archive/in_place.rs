@@ -187,7 +187,9 @@ pub fn assemble(
 
     // 3. Each gap made its new size, last first. From the first move on, an error leaves
     //    the file unusable (the caller removes it). A filesystem that refuses the very first
-    //    move (a file without extents on ext4) has had nothing done to it: a copy then.
+    //    move has had nothing done to it: a copy then. It answers EOPNOTSUPP for a file
+    //    without extents on ext4, and EINVAL where moves go by units larger than a block
+    //    (an ext4 with bigalloc clusters, an XFS extent size hint).
     let mut moves = 0;
     for (g, gap) in layout.gaps.iter().enumerate().rev() {
         if g == layout.anchors.len() {
@@ -208,7 +210,10 @@ pub fn assemble(
         };
         match moved {
             Ok(()) => moves += 1,
-            Err(e) if moves == 0 && e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            Err(e)
+                if moves == 0
+                    && matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) =>
+            {
                 tracing::info!("this filesystem moves no extents of this file: a copy instead");
                 return Ok(None);
             }

@@ -1006,8 +1006,10 @@ mod tests {
     /// The whole pre-copy on a real tree changed between the passes, with `opts` for the
     /// first pass: the assembled archive's tar stream is byte for byte a cold archive's of
     /// the changed tree, most of it was not read again, and most of the first pass's
-    /// members were reused as they were. Returns the tar bytes compressed again.
-    fn assemble_after_changes(opts: &Options) -> u64 {
+    /// members were reused as they were; assembled in place, the same. With
+    /// `on_bigalloc_too`, an in-place assembly on a filesystem that refuses the moves
+    /// falls back untouched. Returns the tar bytes compressed again.
+    fn assemble_after_changes(opts: &Options, on_bigalloc_too: bool) -> u64 {
         let (dir, data, sources) = tree_in_a_tempdir();
         let out = |name: &str| {
             let path: PathBuf = dir.path().join(name);
@@ -1149,24 +1151,104 @@ mod tests {
             );
         }
         assert!(done.kept_tar_bytes * 2 > tar_bytes);
+
+        if on_bigalloc_too {
+            // On an ext4 whose clusters are 64 KiB, the first move is refused (EINVAL):
+            // nothing was done to the file, and the caller makes a copy instead.
+            let fs = LoopExt4::bigalloc();
+            let path = fs.mount.path().join("in-place");
+            std::fs::copy(&first_path, &path).unwrap();
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            let refused = super::super::in_place::assemble(
+                &file,
+                &first_archive,
+                &second.delta,
+                &second.pieces,
+                tempfile::tempfile_in(fs.mount.path()).unwrap(),
+                &final_opts,
+                &|_| {},
+            )
+            .unwrap();
+            assert!(refused.is_none(), "moved extents on a bigalloc ext4");
+            assert!(
+                std::fs::read(&path).unwrap() == first_bytes,
+                "the file is untouched"
+            );
+        }
         tar_bytes - assembled.reused_tar_bytes
+    }
+
+    /// An ext4 with 64 KiB clusters (`bigalloc`) in a file, loop-mounted for the test's
+    /// life: `fallocate` moves whole clusters only there. Needs root and loop devices.
+    struct LoopExt4 {
+        mount: tempfile::TempDir,
+        _image: tempfile::TempDir,
+    }
+
+    impl LoopExt4 {
+        fn bigalloc() -> LoopExt4 {
+            let image = tempfile::tempdir().unwrap();
+            let mount = tempfile::tempdir().unwrap();
+            let file = image.path().join("ext4.img");
+            let run = |cmd: &mut std::process::Command| {
+                let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+                assert!(
+                    out.status.success(),
+                    "{cmd:?} (this test needs root, e2fsprogs and loop devices): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            std::fs::File::create(&file)
+                .unwrap()
+                .set_len(64 << 20)
+                .unwrap();
+            run(std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-O", "bigalloc", "-C", "65536"])
+                .arg(&file));
+            run(std::process::Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&file)
+                .arg(mount.path()));
+            LoopExt4 {
+                mount,
+                _image: image,
+            }
+        }
+    }
+
+    impl Drop for LoopExt4 {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.mount.path())
+                .status();
+        }
     }
 
     /// The assembly is exact with a member per chunk and with several members in each;
     /// with several, it compresses less again (only the members a change cuts).
     #[test]
     fn the_assembled_archive_is_a_cold_archive_of_the_tree_at_the_stop() {
-        let per_chunk = assemble_after_changes(&Options {
-            chunk_size: 16384,
-            threads: 2,
-            ..Options::default()
-        });
-        let per_member = assemble_after_changes(&Options {
-            chunk_size: 16384,
-            member_size: Some(4096),
-            threads: 2,
-            ..Options::default()
-        });
+        let per_chunk = assemble_after_changes(
+            &Options {
+                chunk_size: 16384,
+                threads: 2,
+                ..Options::default()
+            },
+            false,
+        );
+        let per_member = assemble_after_changes(
+            &Options {
+                chunk_size: 16384,
+                member_size: Some(4096),
+                threads: 2,
+                ..Options::default()
+            },
+            true,
+        );
         assert!(
             per_member * 2 < per_chunk,
             "compressed again: {per_member} bytes with 4 KiB members, {per_chunk} with one \
