@@ -1096,26 +1096,31 @@ mod tests {
         );
         assert!(assembled.reused_tar_bytes * 2 > tar_bytes);
 
-        // In place, in a copy of the first pass's file: the same stream, in an archive
-        // the parallel reader takes, whose sha256 and member table are what it says.
-        let in_place_path = dir.path().join("in-place");
-        std::fs::copy(&first_path, &in_place_path).unwrap();
-        let in_place_file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&in_place_path)
+        // In place, in a copy of the first pass's file in `folder`.
+        let in_place_in = |folder: &Path| {
+            let path = folder.join("in-place");
+            std::fs::copy(&first_path, &path).unwrap();
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            let done = super::super::in_place::assemble(
+                &file,
+                &first_archive,
+                &second.delta,
+                &second.pieces,
+                tempfile::tempfile_in(folder).unwrap(),
+                &final_opts,
+                &|_| {},
+            )
             .unwrap();
-        let done = super::super::in_place::assemble(
-            &in_place_file,
-            &first_archive,
-            &second.delta,
-            &second.pieces,
-            tempfile::tempfile_in(dir.path()).unwrap(),
-            &final_opts,
-            &|_| {},
-        )
-        .unwrap()
-        .expect("an in-place assembly (the test's folder must be on ext4 or XFS)");
+            (path, done)
+        };
+        // Here: the same stream, in an archive the parallel reader takes, whose sha256
+        // and member table are what it says.
+        let (in_place_path, done) = in_place_in(dir.path());
+        let done = done.expect("an in-place assembly (the test's folder must be on ext4 or XFS)");
         let stream = |path: &Path| {
             let mut tar = Vec::new();
             super::super::read::open_tar_stream(path, 2)
@@ -1156,23 +1161,7 @@ mod tests {
             // On an ext4 whose clusters are 64 KiB, the first move is refused (EINVAL):
             // nothing was done to the file, and the caller makes a copy instead.
             let fs = LoopExt4::bigalloc();
-            let path = fs.mount.path().join("in-place");
-            std::fs::copy(&first_path, &path).unwrap();
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .unwrap();
-            let refused = super::super::in_place::assemble(
-                &file,
-                &first_archive,
-                &second.delta,
-                &second.pieces,
-                tempfile::tempfile_in(fs.mount.path()).unwrap(),
-                &final_opts,
-                &|_| {},
-            )
-            .unwrap();
+            let (path, refused) = in_place_in(fs.mount.path());
             assert!(refused.is_none(), "moved extents on a bigalloc ext4");
             assert!(
                 std::fs::read(&path).unwrap() == first_bytes,
