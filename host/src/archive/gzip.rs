@@ -71,8 +71,9 @@ pub struct Written {
     /// Of the gzip file.
     pub sha256: [u8; 32],
     /// Of the tar stream before compression: what an offsite copy holds, so a copy
-    /// fetched back can be checked against the backup that made it. `None` when members
-    /// were reused ([`ParallelGzip::submit_reused`]): their tar bytes were never seen.
+    /// fetched back can be checked against the backup that made it. `None` when it was
+    /// not asked for, or when members were reused ([`ParallelGzip::submit_reused`]):
+    /// their tar bytes were never seen.
     pub raw_sha256: Option<[u8; 32]>,
     /// `(compressed offset, tar offset)` where each chunk's members begin, in order: the
     /// member table a reader uses to inflate only what holds the bytes it wants.

@@ -558,9 +558,9 @@ impl BackupManager {
     }
 
     /// For a snapshot without the tar stream's sha256 (an import, an older backup, a
-    /// backup made with no repository configured, a pre-copy assembly): verify it (the archive's own checksum, and a full read unless it
-    /// was checked before), then hash its stream once,
-    /// and record both the sha256 and the length.
+    /// backup made with no repository configured, a pre-copy assembly): verify it (the
+    /// archive's own checksum, and a full read unless it was checked before), then hash
+    /// its stream once, and record both the sha256 and the length.
     /// So the description's sha256 is that of a checked archive: one that fails either
     /// read is `Corrupt`, and the copy's attempt fails with it.
     async fn record_tar_sha256(
