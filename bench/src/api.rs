@@ -234,15 +234,37 @@ fn step_median(runs: &[&Steps], name: &str) -> f64 {
 }
 
 /// `backup_only`: stops after the backups (for quick work on the backup path).
-pub fn run(dir: &Path, size: u64, runs: usize, backup_only: bool, unchanged: bool) {
+/// `repository`: with a repository configured (copies on request only, so none is made),
+/// as an offsite user's backups are: they also hash the tar stream.
+pub fn run(
+    dir: &Path,
+    size: u64,
+    runs: usize,
+    backup_only: bool,
+    unchanged: bool,
+    repository: bool,
+) {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir.join("peer")).unwrap();
     let app = App::create();
     let input = generate(&app.mountpoint, size);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let repositories = match repository {
+        true => vec![
+            serde_json::from_value(serde_json::json!({
+                "name": "nas",
+                "repository": dir.join("repo"),
+                "password": "bench",
+                "copy": "manual",
+            }))
+            .expect("a repository's config"),
+        ],
+        false => Vec::new(),
+    };
     let config = appsnap::config::Config {
         backup_root: dir.join("root"),
         state_dir: dir.join("state"),
+        repositories,
         ..appsnap::config::Config::default()
     };
     let settle = config.restore_settle_secs as f64;

@@ -111,6 +111,7 @@ fn main() {
     let mut history = None;
     let mut backup_only = false;
     let mut unchanged = false;
+    let mut repository = false;
     let mut generate_only = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -124,6 +125,8 @@ fn main() {
             "--backup-only" => backup_only = true,
             // --api: no writer during the backups (what a quiet app costs).
             "--unchanged" => unchanged = true,
+            // --api: with a repository configured (the backups then hash the tar stream).
+            "--with-repository" => repository = true,
             // Only writes the tree (for timing `appsnap pack` by hand, cold or warm).
             "--generate" => {
                 generate_only = Some(PathBuf::from(args.next().expect("--generate PATH")))
@@ -145,6 +148,7 @@ fn main() {
                 "usage: appsnap-bench [--size 2G] [--dir PATH] [--levels 6[,4…]] \
                  | --offsite [--runs 3] [--size 2G] [--dir PATH] \
                  | --api [--runs 3] [--size 1G] [--dir PATH] [--backup-only] [--unchanged] \
+                   [--with-repository] \
                  | --browse [--runs 3] [--size 4G] [--dir PATH] \
                  | --console [--runs 5] [--dir PATH] \
                  | --history [--days 30] [--size 1G] [--dir PATH] \
@@ -172,6 +176,7 @@ fn main() {
             offsite_runs.unwrap_or(3),
             backup_only,
             unchanged,
+            repository,
         );
     }
     if let Some(runs) = offsite_runs {
