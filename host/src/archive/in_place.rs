@@ -73,6 +73,16 @@ enum Item {
     New(Vec<Piece>),
 }
 
+impl Item {
+    /// The tar bytes it holds in the final stream.
+    fn tar_len(&self) -> u64 {
+        match self {
+            Item::Keep { tar, .. } => tar.end - tar.start,
+            Item::New(pieces) => pieces.iter().map(piece_len).sum(),
+        }
+    }
+}
+
 /// Makes the final archive in `file`, the first pass's archive (opened read and write),
 /// from `pieces` (see [`super::precopy::second_pass`]). `scratch` is an empty file the
 /// new members go through.
@@ -104,12 +114,10 @@ pub fn assemble(
     // Where each `Item::New` goes in the scratch file's tar stream, one after another.
     let mut new_tar = Vec::new();
     let mut at = 0;
-    for item in &items {
-        if let Item::New(pieces) = item {
-            let len: u64 = pieces.iter().map(piece_len).sum();
-            new_tar.push(at..at + len);
-            at += len;
-        }
+    for item in items.iter().filter(|i| matches!(i, Item::New(_))) {
+        let len = item.tar_len();
+        new_tar.push(at..at + len);
+        at += len;
     }
     let compressed_again = at;
 
@@ -543,10 +551,7 @@ impl Layout {
         let mut tar_at = 0;
         for item in items {
             tar_starts.push(tar_at);
-            tar_at += match item {
-                Item::Keep { tar, .. } => tar.end - tar.start,
-                Item::New(pieces) => pieces.iter().map(piece_len).sum(),
-            };
+            tar_at += item.tar_len();
         }
         let mut gaps = Vec::with_capacity(anchors.len() + 1);
         let mut next_new = 0;
