@@ -15,7 +15,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::common::{Harness, TestApp, manifest, set_mode, sh};
+use crate::common::{Harness, TestApp, local_repository, manifest, set_mode, sh};
 use appsnap::config::BackupMode;
 
 /// The churn program, compiled once per test run.
@@ -222,11 +222,7 @@ async fn an_app_that_wrote_nothing_keeps_its_first_pass_as_the_archive() {
     // A repository (copies on request only) makes the backup hash the tar stream, which
     // tells a kept first pass from an assembly.
     let store = tempfile::tempdir().unwrap();
-    let repo: appsnap::offsite::RepositoryConfig = toml::from_str(&format!(
-        "name = 'nas'\nrepository = '{}'\npassword = 'pw'\ncopy = 'manual'\n",
-        store.path().join("repo").display()
-    ))
-    .unwrap();
+    let repo = local_repository(&store.path().join("repo"), "copy = 'manual'\n");
     let h = Harness::with(|c| {
         c.precopy_racy_secs = Some(1);
         set_mode(c, &app.id, BackupMode::Precopy);

@@ -7,7 +7,7 @@ use std::fs;
 use axum::http::StatusCode;
 
 use crate::common::rest::{REST_ADMIN_PASSWORD, REST_PASSWORD, RefusingProxy, RestServer};
-use crate::common::{Harness, TestApp, manifest};
+use crate::common::{Harness, TestApp, local_repository, manifest};
 use crate::offsite::{
     all_done, backup_and_copy, copy_of, inflated_sha256, random_file, repository_job,
 };
@@ -358,12 +358,10 @@ async fn copies_and_fetches_keep_to_the_repository_rate_limits() {
     let app = TestApp::new("");
     let store = tempfile::tempdir().unwrap();
     let limit_kib = 8192;
-    let mut repo: appsnap::offsite::RepositoryConfig = toml::from_str(&format!(
-        "name = 'offsite'\nrepository = '{}'\npassword = 'pw'\n\
-         limit_upload_kib = {limit_kib}\nlimit_download_kib = {limit_kib}\n",
-        store.path().join("repo").display()
-    ))
-    .unwrap();
+    let mut repo = local_repository(
+        &store.path().join("repo"),
+        &format!("limit_upload_kib = {limit_kib}\nlimit_download_kib = {limit_kib}\n"),
+    );
     repo.keep_delete_secs = 0;
     // Random bytes: compression cannot shrink what goes over the wire.
     random_file(&app.volume_path().join("data"), 100_000_000);
@@ -414,11 +412,7 @@ async fn a_copy_made_as_one_tar_file_is_still_listed_restored_forgotten_and_prun
     crate::common::fill_every_kind(&app.volume_path());
     let before = manifest(&app.volume_path(), true);
     let store = tempfile::tempdir().unwrap();
-    let mut repo: appsnap::offsite::RepositoryConfig = toml::from_str(&format!(
-        "name = 'offsite'\nrepository = '{}'\npassword = 'pw'\n",
-        store.path().join("repo").display()
-    ))
-    .unwrap();
+    let mut repo = local_repository(&store.path().join("repo"), "");
     repo.keep_delete_secs = 0;
 
     // Server A backs up; its copy is made the way copies were before trees: one tar file.
@@ -533,12 +527,10 @@ async fn a_pin_recorded_at_copy_time_keeps_a_copy_from_the_admins_forget() {
     let store = tempfile::tempdir().unwrap();
     let location = store.path().join("repo");
     // Append-only here: this server never forgets there; its admin does, elsewhere.
-    let repo: appsnap::offsite::RepositoryConfig = toml::from_str(&format!(
-        "name = 'offsite'\nrepository = '{}'\npassword = 'pw'\nappend_only = true\n\
-         copy = 'manual'\nkeep_delete_secs = 0\n",
-        location.display()
-    ))
-    .unwrap();
+    let repo = local_repository(
+        &location,
+        "append_only = true\ncopy = 'manual'\nkeep_delete_secs = 0\n",
+    );
     let h = Harness::with(|c| c.repositories = vec![repo]).await;
     keep_only_the_newest_copy(&h, &app.id).await;
     // Three copies, the first pinned before it was copied (so its copy says so).

@@ -1111,3 +1111,13 @@ pub fn browser_test(script: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A `[[repositories]]` entry named `offsite` for a repository on the local path `at`
+/// (password `pw`), with `extra` TOML lines (`copy = 'manual'\n`, limits, …).
+pub fn local_repository(at: &Path, extra: &str) -> appsnap::offsite::RepositoryConfig {
+    toml::from_str(&format!(
+        "name = 'offsite'\nrepository = '{}'\npassword = 'pw'\n{extra}",
+        at.display()
+    ))
+    .expect("a local repository's config")
+}
